@@ -1,0 +1,15 @@
+//! Types and logic shared by the XDP programs and the controller.
+//!
+//! Everything here is `no_std` and allocation-free so it compiles for the BPF target; the same
+//! code runs in ordinary unit and property tests on the host.
+#![no_std]
+
+pub mod frame;
+pub mod headers;
+pub mod limits;
+pub mod maps;
+pub mod parse;
+pub mod verdict;
+
+#[cfg(feature = "user")]
+mod pod;

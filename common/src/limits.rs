@@ -1,0 +1,34 @@
+//! Every fixed size in the dataplane, with the reason for it. Map sizes are fixed when a map is
+//! created and pinned maps outlive the daemon, so changing one is an ABI change
+//! ([`DATAPLANE_ABI`]).
+
+/// Version of the pinned dataplane layout (map set, key and value layouts, sizes, meanings).
+/// A daemon refuses to adopt pinned maps of another version instead of misreading them.
+pub const DATAPLANE_ABI: u32 = 1;
+
+/// VMs one host can carry. Thousands of small VMs or containers per host is the design point;
+/// per-CPU VM counters cost `MAX_VMS × 48` bytes per CPU (≈200 KiB).
+pub const MAX_VMS: u32 = 4096;
+
+/// Uplinks (physical NICs or their veth stand-ins) per host. Bonds in the wild have 2–8
+/// members; 64 leaves room for hosts with many NIC ports.
+pub const MAX_UPLINKS: u32 = 64;
+
+/// Port slots: one per VM port and per uplink, plus slot 0 for traffic on an interface the
+/// dataplane does not know (a stale attachment), so nothing goes uncounted.
+pub const MAX_PORTS: u32 = MAX_VMS + MAX_UPLINKS + 1;
+
+/// The port slot that counts frames seen on interfaces with no port entry.
+pub const UNKNOWN_PORT_SLOT: u32 = 0;
+
+/// MAC addresses one VM may own (its vNICs' MACs plus, say, nested containers' macvlans).
+pub const MAX_MACS_PER_VM: usize = 16;
+
+/// All bound MACs: on average four per VM at full VM count.
+pub const MAX_MACS: u32 = MAX_VMS * 4;
+
+/// Longest VM name, so names fit a fixed-size record in the pinned VM table.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ − 1).
+pub const MAX_IFNAME_LEN: usize = 15;

@@ -1,0 +1,180 @@
+//! Keys and values of the dataplane's maps, shared byte for byte by eBPF and userspace.
+//!
+//! Who writes and reads each map is documented in `docs/ARCHITECTURE.md`.
+
+use crate::{
+    limits::{MAX_IFNAME_LEN, MAX_NAME_LEN},
+    parse::Shape,
+    verdict::Reason,
+};
+
+/// A packet and byte count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u64) {
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    pub fn merged(self, other: Counter) -> Counter {
+        Counter {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+        }
+    }
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRole {
+    /// A host NIC towards the network.
+    Uplink = 1,
+    /// The host side of a VM's virtual NIC.
+    Vm = 2,
+}
+
+impl PortRole {
+    pub fn from_u8(v: u8) -> Option<PortRole> {
+        match v {
+            1 => Some(PortRole::Uplink),
+            2 => Some(PortRole::Vm),
+            _ => None,
+        }
+    }
+}
+
+/// Value of `PORTS`, keyed by ingress ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Index into the per-port counter arrays.
+    pub slot: u32,
+    /// The VM this port belongs to (VM ports only), else [`NO_VM`].
+    pub vm_slot: u32,
+    /// A [`PortRole`].
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PortEntry {
+    #[inline(always)]
+    pub fn role(&self) -> Option<PortRole> {
+        PortRole::from_u8(self.role)
+    }
+}
+
+/// `vm_slot` of a port that belongs to no VM.
+pub const NO_VM: u32 = u32::MAX;
+
+/// Key of `MACS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    #[inline(always)]
+    pub fn new(mac: [u8; 6]) -> Self {
+        MacKey { mac, _pad: [0; 2] }
+    }
+}
+
+/// Value of `MACS`: which VM owns a MAC and on which port it may send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacOwner {
+    pub vm_slot: u32,
+    pub port_ifindex: u32,
+}
+
+/// Value of `VM_STATS` (per CPU), indexed by VM slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmCounters {
+    /// Frames the VM sent, seen on its port.
+    pub from_vm: Counter,
+    /// Frames for the VM, seen on an uplink.
+    pub to_vm: Counter,
+    /// Frames dropped on the VM's port.
+    pub dropped: Counter,
+}
+
+/// Index into `VERDICTS` (per CPU): one counter per port slot per [`Reason`].
+#[inline(always)]
+pub fn verdict_index(port_slot: u32, reason: Reason) -> u32 {
+    port_slot * Reason::COUNT as u32 + reason as u32
+}
+
+/// Index into `SHAPES` (per CPU): one counter per port slot per [`Shape`].
+#[inline(always)]
+pub fn shape_index(port_slot: u32, shape: Shape) -> u32 {
+    port_slot * Shape::COUNT as u32 + shape as u32
+}
+
+/// A NUL-padded name in a fixed-size record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Name<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Name<N> {
+    /// Truncates at `N - 1` bytes so the name always ends in NUL.
+    pub fn new(s: &str) -> Self {
+        let mut out = [0u8; N];
+        let n = s.len().min(N - 1);
+        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Name(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        let n = self.0.iter().position(|&b| b == 0).unwrap_or(N);
+        core::str::from_utf8(&self.0[..n]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> Default for Name<N> {
+    fn default() -> Self {
+        Name([0; N])
+    }
+}
+
+/// Value of `PORT_TABLE`, indexed by port slot: the daemon's record of which interface owns a
+/// slot, kept in the pinned maps so a restarted daemon finds its slots again. Not read by eBPF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRecord {
+    pub name: Name<{ MAX_IFNAME_LEN + 1 }>,
+    pub ifindex: u32,
+    /// A [`PortRole`], or 0 for a free slot.
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `VM_TABLE`, indexed by VM slot; like [`PortRecord`], for VMs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmRecord {
+    pub name: Name<{ MAX_NAME_LEN + 1 }>,
+    /// 1 when the slot is in use.
+    pub in_use: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Value of `INFO[0]`: what created the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneInfo {
+    /// [`crate::limits::DATAPLANE_ABI`] of the daemon that created the maps; 0 until written.
+    pub abi: u32,
+    pub _pad: u32,
+    /// Wall-clock seconds when the maps were created.
+    pub created_unix: u64,
+}

@@ -1,0 +1,23 @@
+//! Lets userspace put the shared map types in aya maps.
+
+use crate::maps::{
+    Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord,
+};
+
+// SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers and byte arrays with explicit
+// padding fields, so every bit pattern is valid and there are no implicit padding bytes.
+unsafe impl aya::Pod for Counter {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MacKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MacOwner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VmCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VmRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DataplaneInfo {}

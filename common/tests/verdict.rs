@@ -1,0 +1,164 @@
+//! The classify/policy step: every combination of port role, parse outcome and MAC owner.
+
+use xnic_common::{
+    maps::{MacOwner, NO_VM, PortEntry, PortRole},
+    parse::{Layer, ParseError, Parsed},
+    verdict::{Action, Direction, Reason, decide, mac_to_look_up},
+};
+
+const VM_PORT_IFINDEX: u32 = 7;
+const VM_SLOT: u32 = 3;
+
+fn vm_port() -> PortEntry {
+    PortEntry {
+        slot: 5,
+        vm_slot: VM_SLOT,
+        role: PortRole::Vm as u8,
+        _pad: [0; 3],
+    }
+}
+
+fn uplink() -> PortEntry {
+    PortEntry {
+        slot: 1,
+        vm_slot: NO_VM,
+        role: PortRole::Uplink as u8,
+        _pad: [0; 3],
+    }
+}
+
+fn frame(src: [u8; 6], dst: [u8; 6]) -> Result<Parsed, ParseError> {
+    Ok(Parsed {
+        src_mac: src,
+        dst_mac: dst,
+        ..Parsed::default()
+    })
+}
+
+const VM_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+const BROADCAST: [u8; 6] = [0xff; 6];
+const MULTICAST_V6: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+#[test]
+fn vm_port_passes_frames_from_its_own_mac() {
+    let owner = MacOwner {
+        vm_slot: VM_SLOT,
+        port_ifindex: VM_PORT_IFINDEX,
+    };
+    let v = decide(
+        Some(&vm_port()),
+        &frame(VM_MAC, OTHER),
+        Some(&owner),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(v.reason, Reason::FromVm);
+    assert_eq!(v.action(), Action::Pass);
+    assert_eq!(v.vm_slot, Some(VM_SLOT));
+    assert_eq!(v.direction, Direction::FromVm);
+}
+
+#[test]
+fn vm_port_drops_unknown_and_foreign_source_macs() {
+    let port = vm_port();
+    // No owner at all.
+    let v = decide(Some(&port), &frame(OTHER, VM_MAC), None, VM_PORT_IFINDEX);
+    assert_eq!(
+        (v.reason, v.action(), v.vm_slot),
+        (Reason::SpoofedMac, Action::Drop, Some(VM_SLOT))
+    );
+    // Owned by a VM behind another port.
+    let elsewhere = MacOwner {
+        vm_slot: 9,
+        port_ifindex: 99,
+    };
+    let v = decide(
+        Some(&port),
+        &frame(OTHER, VM_MAC),
+        Some(&elsewhere),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(v.reason, Reason::SpoofedMac);
+    // Right port but bound to another VM slot (stale entry).
+    let stale = MacOwner {
+        vm_slot: 9,
+        port_ifindex: VM_PORT_IFINDEX,
+    };
+    let v = decide(
+        Some(&port),
+        &frame(OTHER, VM_MAC),
+        Some(&stale),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(v.reason, Reason::SpoofedMac);
+}
+
+#[test]
+fn broken_frames_are_dropped_on_every_port_and_attributed_on_vm_ports() {
+    for (err, reason) in [
+        (ParseError::Truncated(Layer::Ipv4), Reason::Truncated),
+        (ParseError::Malformed(Layer::Tcp), Reason::Malformed),
+    ] {
+        let v = decide(Some(&vm_port()), &Err(err), None, VM_PORT_IFINDEX);
+        assert_eq!(
+            (v.reason, v.action(), v.vm_slot),
+            (reason, Action::Drop, Some(VM_SLOT))
+        );
+        let v = decide(Some(&uplink()), &Err(err), None, 1);
+        assert_eq!(
+            (v.reason, v.action(), v.vm_slot),
+            (reason, Action::Drop, None)
+        );
+    }
+}
+
+#[test]
+fn uplink_attributes_frames_to_the_destination_vm() {
+    let owner = MacOwner {
+        vm_slot: VM_SLOT,
+        port_ifindex: VM_PORT_IFINDEX,
+    };
+    let v = decide(Some(&uplink()), &frame(OTHER, VM_MAC), Some(&owner), 1);
+    assert_eq!(
+        (v.reason, v.action(), v.vm_slot),
+        (Reason::ToVm, Action::Pass, Some(VM_SLOT))
+    );
+    assert_eq!(v.direction, Direction::ToVm);
+    let v = decide(Some(&uplink()), &frame(OTHER, VM_MAC), None, 1);
+    assert_eq!(
+        (v.reason, v.action(), v.vm_slot),
+        (Reason::NotForVm, Action::Pass, None)
+    );
+}
+
+#[test]
+fn uplink_group_frames_need_no_lookup() {
+    for dst in [BROADCAST, MULTICAST_V6] {
+        let f = frame(OTHER, dst);
+        assert_eq!(mac_to_look_up(&uplink(), f.as_ref().unwrap()), None);
+        let v = decide(Some(&uplink()), &f, None, 1);
+        assert_eq!((v.reason, v.action()), (Reason::Multicast, Action::Pass));
+    }
+    let f = frame(OTHER, VM_MAC);
+    assert_eq!(mac_to_look_up(&uplink(), f.as_ref().unwrap()), Some(VM_MAC));
+    assert_eq!(mac_to_look_up(&vm_port(), f.as_ref().unwrap()), Some(OTHER));
+}
+
+#[test]
+fn frames_on_unknown_interfaces_pass_untouched() {
+    let v = decide(None, &frame(OTHER, VM_MAC), None, 42);
+    assert_eq!(
+        (v.reason, v.action(), v.vm_slot),
+        (Reason::UnknownPort, Action::Pass, None)
+    );
+}
+
+#[test]
+fn reason_tables_are_complete_and_ordered() {
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i);
+    }
+    for (i, s) in xnic_common::parse::Shape::ALL.iter().enumerate() {
+        assert_eq!(*s as usize, i);
+    }
+}

@@ -1,0 +1,95 @@
+//! The CLI's side of the API: HTTP/1.1 over the daemon's Unix socket.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{Method, Request, StatusCode, body::Bytes};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use super::types::ApiError;
+
+pub struct Client {
+    socket: PathBuf,
+    instance: String,
+}
+
+impl Client {
+    pub fn new(instance: &str) -> Client {
+        Client {
+            socket: crate::config::socket_path(instance),
+            instance: instance.to_string(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> anyhow::Result<UnixStream> {
+        match UnixStream::connect(&self.socket).await {
+            Ok(s) => Ok(s),
+            Err(e) => match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => bail!(
+                    "the xnic daemon for instance {:?} is not running (no answer on {}); \
+                     start it with `xnic run --config FILE`",
+                    self.instance,
+                    self.socket.display()
+                ),
+                std::io::ErrorKind::PermissionDenied => bail!(
+                    "permission denied on {}: the control socket is root-only; run this with sudo",
+                    self.socket.display()
+                ),
+                _ => Err(e).with_context(|| format!("cannot connect to {}", self.socket.display())),
+            },
+        }
+    }
+
+    /// Sends a request and returns the status and body.
+    pub async fn request(&self, method: Method, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        let stream = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the daemon failed")?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "xnic")
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("the daemon closed the connection")?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str) -> anyhow::Result<T> {
+        let (status, body) = self.request(method, path).await?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(anyhow!(msg));
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from the daemon to {path}"))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(Method::GET, path).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(Method::POST, path).await
+    }
+
+    /// Whether a daemon answers on the socket.
+    pub async fn is_running(&self) -> bool {
+        UnixStream::connect(&self.socket).await.is_ok()
+    }
+}

@@ -1,0 +1,137 @@
+//! Every command line `xnic` accepts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
+
+const ABOUT: &str = "Software smart-NIC for VM hosts: an XDP dataplane, its controller daemon, and \
+the CLI to drive both.";
+
+const LONG_ABOUT: &str = "Software smart-NIC for VM hosts.
+
+xnic attaches XDP programs to a host's uplinks and to the host side of each VM's virtual NIC. \
+They parse every frame, tell which VM it belongs to, count it, and decide its fate; the daemon \
+(`xnic run`) owns the programs and their maps, pins them under /sys/fs/bpf/xnic/INSTANCE so \
+forwarding survives daemon restarts, and answers the other commands over \
+/run/xnic/INSTANCE.sock (HTTP/JSON, root only).
+
+Try it without any VM: `xnic lab demo` builds a network-namespace lab, runs the daemon and \
+drives traffic through it.";
+
+#[derive(Debug, Parser)]
+#[command(name = "xnic", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    ///
+    /// Loads the XDP programs (or adopts the ones a previous daemon left running), attaches
+    /// them to every uplink and VM port in the configuration, and serves the control API until
+    /// SIGTERM or SIGINT. Stopping the daemon leaves the dataplane forwarding; `xnic down`
+    /// removes it.
+    Run(RunArgs),
+    /// Validate a configuration file without touching anything.
+    Check(ConfigArg),
+    /// Show the daemon, its dataplane and ports.
+    Status(ReadArgs),
+    /// Inspect VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Show per-port counters by verdict reason, per-VM counters and per-CPU totals.
+    Stats(ReadArgs),
+    /// Remove an instance's dataplane: detach every program and remove its pins.
+    ///
+    /// Stops the instance's daemon if it runs. Forwarding through xnic stops; the kernel's own
+    /// path takes over.
+    Down(InstanceArg),
+    /// Build, drive and remove the network-namespace lab.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Print shell completions.
+    Completions {
+        /// Shell to generate completions for.
+        shell: Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct InstanceArg {
+    /// Instance to talk to. Default: the only running instance.
+    #[arg(short, long, env = "XNIC_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub instance: InstanceArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// List VMs with their ports, addresses and traffic.
+    List(ReadArgs),
+    /// Show one VM in detail.
+    Show {
+        /// The VM's name.
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct LabConfigArg {
+    /// Lab configuration (a configuration with a [lab] section). Default: the built-in lab,
+    /// instance "lab", four VMs.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create the lab's namespaces, links and addresses.
+    Up(LabConfigArg),
+    /// Remove the lab: stop its daemon, remove its dataplane, delete its namespaces.
+    Down(LabConfigArg),
+    /// Drive traffic through a running lab and report what arrived.
+    Traffic(LabConfigArg),
+    /// The whole demo: lab up, daemon, traffic, what xnic sees; then everything removed.
+    Demo(DemoArgs),
+    /// Print the built-in lab configuration (a starting point for your own).
+    Config,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub config: LabConfigArg,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+}

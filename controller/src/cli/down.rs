@@ -1,0 +1,76 @@
+//! `xnic down`: remove an instance's dataplane, through its daemon when one runs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::{args::InstanceArg, block_on, running_instances};
+use crate::{
+    api::{client::Client, types::DownView},
+    daemon::require_root,
+    dataplane,
+};
+
+pub fn run(args: &InstanceArg) -> anyhow::Result<()> {
+    let instance = match &args.instance {
+        Some(i) => i.clone(),
+        None => {
+            let mut all = running_instances();
+            all.extend(dataplane::pinned_instances()?);
+            all.sort();
+            all.dedup();
+            match all.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    println!("nothing to remove: no xnic instance is running or pinned");
+                    return Ok(());
+                }
+                many => bail!(
+                    "several xnic instances exist ({}); pick one with --instance NAME",
+                    many.join(", ")
+                ),
+            }
+        }
+    };
+    let report = down(&instance)?;
+    if report.links_removed.is_empty() && report.maps_removed == 0 {
+        println!("instance {instance:?}: nothing was attached or pinned");
+    } else {
+        println!(
+            "instance {instance:?}: detached from {} interface(s) ({}), removed {} map pin(s)",
+            report.links_removed.len(),
+            report.links_removed.join(", "),
+            report.maps_removed
+        );
+    }
+    Ok(())
+}
+
+/// Removes `instance`'s dataplane; stops its daemon first if it runs.
+pub fn down(instance: &str) -> anyhow::Result<DownView> {
+    require_root("xnic down")?;
+    let client = Client::new(instance);
+    if block_on(client.is_running()) {
+        let view: DownView = block_on(client.post("/v1/down"))?;
+        // The daemon exits right after answering; wait until its socket is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.socket().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Anything pinned after the daemon's own teardown (nothing, normally) goes too.
+        let rest = dataplane::teardown(instance)?;
+        let mut links = view.links_removed;
+        links.extend(rest.links);
+        return Ok(DownView {
+            links_removed: links,
+            maps_removed: view.maps_removed + rest.maps.len(),
+        });
+    }
+    // A daemon that was killed leaves its socket behind.
+    let _ = std::fs::remove_file(client.socket());
+    let removed = dataplane::teardown(instance)?;
+    Ok(DownView {
+        links_removed: removed.links,
+        maps_removed: removed.maps.len(),
+    })
+}

@@ -1,0 +1,103 @@
+//! The `xnic` command line: one file per command, arguments in `args`, table rendering in
+//! `table`.
+
+pub mod args;
+mod check;
+mod demo;
+mod down;
+mod lab;
+mod stats;
+mod status;
+pub mod table;
+mod vm;
+
+use std::{future::Future, path::Path};
+
+use anyhow::{Context as _, bail};
+use clap::CommandFactory as _;
+
+use self::args::{Cli, Command, InstanceArg, LabCommand, VmCommand};
+
+/// Runs one parsed command line.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(a) => crate::daemon::run(&a.config),
+        Command::Check(a) => check::run(&a.config),
+        Command::Status(a) => status::run(&a),
+        Command::Vm(VmCommand::List(a)) => vm::list(&a),
+        Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
+        Command::Stats(a) => stats::run(&a),
+        Command::Down(a) => down::run(&a),
+        Command::Lab(LabCommand::Up(a)) => lab::up(&a),
+        Command::Lab(LabCommand::Down(a)) => lab::down(&a),
+        Command::Lab(LabCommand::Traffic(a)) => lab::traffic(&a),
+        Command::Lab(LabCommand::Demo(a)) => demo::run(&a),
+        Command::Lab(LabCommand::Config) => {
+            print!(
+                "{}",
+                crate::config::default_lab_toml("lab", "xlab", 4, true)
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xnic", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page"),
+    }
+}
+
+/// Runs a future on a small runtime: client commands make a handful of requests.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime always builds")
+        .block_on(f)
+}
+
+/// Instances with a control socket in /run/xnic.
+pub fn running_instances() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(crate::RUN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".sock").map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The instance a client command talks to: the one named, or the only one running.
+pub fn resolve_instance(arg: &InstanceArg) -> anyhow::Result<String> {
+    if let Some(i) = &arg.instance {
+        return Ok(i.clone());
+    }
+    let running = running_instances();
+    match running.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no xnic daemon is running (no socket in {}); start one with `xnic run --config FILE`",
+            crate::RUN_DIR
+        ),
+        many => bail!(
+            "several xnic instances are running ({}); pick one with --instance NAME",
+            many.join(", ")
+        ),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Loads a configuration for a command that only reads it.
+fn load_config(path: &Path) -> anyhow::Result<crate::config::Config> {
+    Ok(crate::config::Config::load(path)?)
+}

@@ -1,0 +1,308 @@
+//! Human-readable tables for the API's views; kept apart from the commands' logic.
+
+use std::{
+    fmt::Write as _,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use comfy_table::{CellAlignment, Table, presets};
+
+use crate::api::types::{Count, Rate, Role, StatsView, StatusView, VmView};
+
+fn table(header: &[&str], right_aligned_from: usize) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.to_vec());
+    for i in right_aligned_from..header.len() {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// 1234 → "1.2k", 1_200_000 → "1.2M".
+pub fn si(n: f64) -> String {
+    let (v, unit) = if n >= 1e9 {
+        (n / 1e9, "G")
+    } else if n >= 1e6 {
+        (n / 1e6, "M")
+    } else if n >= 1e3 {
+        (n / 1e3, "k")
+    } else {
+        return format!("{}", n.round() as u64);
+    };
+    format!("{v:.1}{unit}")
+}
+
+pub fn bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", n / (1024.0 * 1024.0 * 1024.0))
+    } else if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / (1024.0 * 1024.0))
+    } else if n >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{} B", n as u64)
+    }
+}
+
+fn count(c: Count) -> String {
+    format!("{} ({})", si(c.packets as f64), bytes(c.bytes))
+}
+
+fn rate(r: Rate) -> String {
+    format!("{} pps, {}b/s", si(r.pps), si(r.bps))
+}
+
+pub fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Uplink => "uplink",
+        Role::Vm => "vm",
+    }
+}
+
+pub fn status(s: &StatusView) -> String {
+    let mut out = String::new();
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(s.dataplane_created_unix);
+    let _ = writeln!(
+        out,
+        "instance   {} (pid {}, up {}, xnic {})",
+        s.instance,
+        s.pid,
+        duration(s.uptime_secs),
+        s.version
+    );
+    let _ = writeln!(
+        out,
+        "config     {}{}",
+        s.config,
+        s.netns
+            .as_ref()
+            .map_or(String::new(), |n| format!(" (network namespace {n})"))
+    );
+    let _ = writeln!(
+        out,
+        "dataplane  {} (layout v{}, created {} ago, {} by this daemon)",
+        s.pin_dir,
+        s.abi,
+        duration(age),
+        if s.adopted { "adopted" } else { "created" }
+    );
+    let _ = writeln!(
+        out,
+        "traffic    {} passed, {} dropped, {} CPUs, {} VMs",
+        count(s.totals.passed),
+        count(s.totals.dropped),
+        s.cpus,
+        s.vms
+    );
+    let _ = writeln!(out);
+    let mut t = table(
+        &[
+            "PORT", "ROLE", "VM", "LINK", "MTU", "XDP", "IFINDEX", "SLOT",
+        ],
+        6,
+    );
+    for p in &s.ports {
+        let xdp = match (p.xdp_mode, p.xdp_ours) {
+            (None, _) => "NOT ATTACHED".to_string(),
+            (Some(m), true) => format!("{m:?}").to_lowercase(),
+            (Some(_), false) => "FOREIGN PROGRAM".to_string(),
+        };
+        t.add_row(vec![
+            p.name.clone(),
+            role(p.role).to_string(),
+            p.vm.clone().unwrap_or_else(|| "-".into()),
+            if p.up { "up" } else { "DOWN" }.to_string(),
+            p.mtu.to_string(),
+            xdp,
+            p.ifindex.to_string(),
+            p.slot.to_string(),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+pub fn vms(vms: &[VmView]) -> String {
+    let mut t = table(
+        &[
+            "VM",
+            "PORT",
+            "MACS",
+            "IPS",
+            "FROM VM",
+            "TO VM",
+            "DROPPED",
+            "RATE FROM/TO",
+        ],
+        4,
+    );
+    for v in vms {
+        t.add_row(vec![
+            v.name.clone(),
+            v.port.clone(),
+            v.macs.join(","),
+            v.ips.join(","),
+            count(v.counters.from_vm),
+            count(v.counters.to_vm),
+            si(v.counters.dropped.packets as f64),
+            format!(
+                "{} / {} pps",
+                si(v.rates.from_vm.pps),
+                si(v.rates.to_vm.pps)
+            ),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn vm(v: &VmView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "vm       {} (slot {})", v.name, v.slot);
+    let _ = writeln!(out, "port     {}", v.port);
+    let _ = writeln!(out, "macs     {}", v.macs.join(", "));
+    let _ = writeln!(
+        out,
+        "ips      {}",
+        if v.ips.is_empty() {
+            "-".to_string()
+        } else {
+            v.ips.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "from vm  {}  now {}",
+        count(v.counters.from_vm),
+        rate(v.rates.from_vm)
+    );
+    let _ = writeln!(
+        out,
+        "to vm    {}  now {}",
+        count(v.counters.to_vm),
+        rate(v.rates.to_vm)
+    );
+    let _ = writeln!(
+        out,
+        "dropped  {}  now {}",
+        count(v.counters.dropped),
+        rate(v.rates.dropped)
+    );
+    if !v.port_reasons.is_empty() {
+        let _ = writeln!(out, "\nverdicts on port {}:", v.port);
+        let mut t = table(&["REASON", "FRAMES", "BYTES"], 1);
+        for (reason, c) in &v.port_reasons {
+            t.add_row(vec![reason.clone(), c.packets.to_string(), bytes(c.bytes)]);
+        }
+        let _ = writeln!(out, "{t}");
+    }
+    out
+}
+
+pub fn stats(s: &StatsView) -> String {
+    let mut out = String::new();
+    let mut t = table(&["PORT", "ROLE", "FRAMES", "BYTES", "RATE"], 2);
+    for p in &s.ports {
+        t.add_row(vec![
+            p.name.clone(),
+            role(p.role).to_string(),
+            p.total.packets.to_string(),
+            bytes(p.total.bytes),
+            rate(p.rate),
+        ]);
+    }
+    let _ = writeln!(out, "{t}\n");
+
+    let mut t = table(&["PORT", "VERDICT", "FRAMES", "BYTES"], 2);
+    let mut any = false;
+    for p in &s.ports {
+        for (reason, c) in p.reasons.iter().filter(|(_, c)| c.packets > 0) {
+            any = true;
+            t.add_row(vec![
+                p.name.clone(),
+                reason.clone(),
+                c.packets.to_string(),
+                bytes(c.bytes),
+            ]);
+        }
+    }
+    if any {
+        let _ = writeln!(out, "{t}\n");
+    }
+
+    let mut t = table(&["PORT", "SHAPE", "FRAMES", "BYTES"], 2);
+    let mut any = false;
+    for p in &s.ports {
+        for (shape, c) in &p.shapes {
+            any = true;
+            t.add_row(vec![
+                p.name.clone(),
+                shape.clone(),
+                c.packets.to_string(),
+                bytes(c.bytes),
+            ]);
+        }
+    }
+    if any {
+        let _ = writeln!(out, "{t}\n");
+    }
+
+    if !s.vms.is_empty() {
+        let mut t = table(
+            &["VM", "FROM VM", "TO VM", "DROPPED", "RATE FROM", "RATE TO"],
+            1,
+        );
+        for v in &s.vms {
+            t.add_row(vec![
+                v.name.clone(),
+                count(v.counters.from_vm),
+                count(v.counters.to_vm),
+                v.counters.dropped.packets.to_string(),
+                rate(v.rates.from_vm),
+                rate(v.rates.to_vm),
+            ]);
+        }
+        let _ = writeln!(out, "{t}\n");
+    }
+
+    let mut t = table(&["CPU", "FRAMES", "BYTES"], 1);
+    for (i, c) in s.cpus.iter().enumerate() {
+        t.add_row(vec![i.to_string(), c.packets.to_string(), bytes(c.bytes)]);
+    }
+    let _ = writeln!(out, "{t}");
+    if s.interval_secs > 0.0 {
+        let _ = writeln!(out, "\nrates over the last {:.1} s", s.interval_secs);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(si(999.0), "999");
+        assert_eq!(si(1234.0), "1.2k");
+        assert_eq!(si(2_500_000.0), "2.5M");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3661), "1h1m");
+    }
+}

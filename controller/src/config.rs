@@ -1,0 +1,597 @@
+//! The TOML configuration: one file describes the instance, its uplinks and VMs, daemon
+//! settings and the lab. It is validated as a whole before anything is touched; every error
+//! names the file, line, column and field.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
+use xnic_common::limits::{MAX_IFNAME_LEN, MAX_MACS_PER_VM, MAX_NAME_LEN, MAX_UPLINKS, MAX_VMS};
+
+use crate::net::{IpNet, MacAddr};
+
+/// Longest instance name: it becomes part of the socket path and the pin directory.
+pub const MAX_INSTANCE_LEN: usize = 32;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this xnic instance: its pins live under /sys/fs/bpf/xnic/<instance>/ and its
+    /// control socket is /run/xnic/<instance>.sock.
+    pub instance: String,
+    /// Network namespace (as in `ip netns`) that holds the interfaces; the daemon enters it.
+    /// Omit to use the daemon's own namespace.
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<UplinkConfig>,
+    #[serde(default, rename = "vm")]
+    pub vms: Vec<VmConfig>,
+    #[serde(default)]
+    pub lab: Option<LabConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModePref {
+    /// Native (driver) mode, falling back to generic with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub xdp_mode: XdpModePref,
+    /// Default log filter (tracing syntax: a level or directives like `xnic=debug`);
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// How often counters are sampled for rates, in milliseconds.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// Also serve `GET /metrics` on this TCP address (in the daemon's network namespace).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_stats_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            xdp_mode: XdpModePref::Auto,
+            log_level: default_log_level(),
+            stats_interval_ms: default_stats_interval_ms(),
+            metrics_listen: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Interface name.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: String,
+    /// Host-side interface of the VM's virtual NIC (tap or veth).
+    pub port: String,
+    /// MACs the VM may send from; frames from other MACs are dropped.
+    pub macs: Vec<String>,
+    /// The VM's addresses, optionally with a prefix length (`10.0.0.5/24`).
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+impl VmConfig {
+    /// The MACs, parsed (validation has checked them).
+    pub fn mac_addrs(&self) -> Vec<MacAddr> {
+        self.macs.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+
+    pub fn ip_nets(&self) -> Vec<IpNet> {
+        self.ips.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+/// How `xnic lab up` builds the demo topology around this configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// Prefix of the lab's other namespaces: `<prefix>-tor` and `<prefix>-<vm>`.
+    pub prefix: String,
+    /// Addresses of the traffic endpoint in the tor namespace.
+    pub tor_ips: Vec<String>,
+    /// Give lab interfaces IPv6 (link-local and the configured addresses). Off makes the lab
+    /// silent: no frame crosses it unless a test sends one.
+    #[serde(default = "default_true")]
+    pub ipv6: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl LabConfig {
+    pub fn tor_nets(&self) -> Vec<IpNet> {
+        self.tor_ips.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+/// A configuration error with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the position is known.
+    pub position: Option<(usize, usize)>,
+    /// Dotted path of the offending field, like `vm[1].macs[0]`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            position: None,
+            field: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let error =
+            |span: Option<std::ops::Range<usize>>, field: Option<String>, message| ConfigError {
+                file: file.to_owned(),
+                position: span.map(|s| line_col(text, s.start)),
+                field,
+                message,
+            };
+        let doc = DeTable::parse(text)
+            .map_err(|e| error(e.span(), None, e.message().trim().to_string()))?;
+        let de = toml::Deserializer::from(doc.clone());
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = (path != ".").then_some(path);
+            let inner = e.inner();
+            let span = inner
+                .span()
+                .or_else(|| field.as_deref().and_then(|f| locate(doc.get_ref(), f)));
+            error(span, field, inner.message().trim().to_string())
+        })?;
+        config.validate().map_err(|(field, message)| {
+            let span = locate(doc.get_ref(), &field);
+            error(span, Some(field), message)
+        })?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot: names, addresses, uniqueness, limits.
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_name("instance", &self.instance, MAX_INSTANCE_LEN)?;
+        if let Some(ns) = &self.netns {
+            check_name("netns", ns, 64)?;
+        }
+        let d = &self.daemon;
+        if !(100..=60_000).contains(&d.stats_interval_ms) {
+            return Err((
+                "daemon.stats_interval_ms".into(),
+                format!(
+                    "{} is out of range: use 100 to 60000 milliseconds",
+                    d.stats_interval_ms
+                ),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&d.log_level).is_err() {
+            return Err((
+                "daemon.log_level".into(),
+                format!(
+                    "{:?} is not a log filter: use error, warn, info, debug or trace",
+                    d.log_level
+                ),
+            ));
+        }
+        if let Some(addr) = &d.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err((
+                "daemon.metrics_listen".into(),
+                format!("{addr:?} is not an address:port like 127.0.0.1:9477"),
+            ));
+        }
+        if self.uplinks.is_empty() && self.vms.is_empty() {
+            return Err((
+                "uplink".into(),
+                "nothing to manage: configure at least one [[uplink]] or [[vm]]".into(),
+            ));
+        }
+        if self.uplinks.len() > MAX_UPLINKS as usize {
+            return Err((
+                "uplink".into(),
+                format!(
+                    "{} uplinks; at most {MAX_UPLINKS} are supported",
+                    self.uplinks.len()
+                ),
+            ));
+        }
+        if self.vms.len() > MAX_VMS as usize {
+            return Err((
+                "vm".into(),
+                format!("{} VMs; at most {MAX_VMS} are supported", self.vms.len()),
+            ));
+        }
+
+        let mut interfaces = HashSet::new();
+        for (i, u) in self.uplinks.iter().enumerate() {
+            let field = format!("uplink[{i}].name");
+            check_ifname(&field, &u.name)?;
+            if !interfaces.insert(u.name.as_str()) {
+                return Err((field, format!("interface {:?} is used twice", u.name)));
+            }
+        }
+        let mut vm_names = HashSet::new();
+        let mut macs = HashSet::new();
+        let mut ips = HashSet::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            check_name(&format!("vm[{i}].name"), &vm.name, MAX_NAME_LEN)?;
+            if !vm_names.insert(vm.name.as_str()) {
+                return Err((
+                    format!("vm[{i}].name"),
+                    format!("VM name {:?} is used twice", vm.name),
+                ));
+            }
+            let field = format!("vm[{i}].port");
+            check_ifname(&field, &vm.port)?;
+            if !interfaces.insert(vm.port.as_str()) {
+                return Err((field, format!("interface {:?} is used twice", vm.port)));
+            }
+            if vm.macs.is_empty() {
+                return Err((
+                    format!("vm[{i}].macs"),
+                    "a VM needs at least one MAC address".into(),
+                ));
+            }
+            if vm.macs.len() > MAX_MACS_PER_VM {
+                return Err((
+                    format!("vm[{i}].macs"),
+                    format!("{} MACs; at most {MAX_MACS_PER_VM} per VM", vm.macs.len()),
+                ));
+            }
+            for (j, m) in vm.macs.iter().enumerate() {
+                let field = format!("vm[{i}].macs[{j}]");
+                let mac: MacAddr = m.parse().map_err(|e| (field.clone(), e))?;
+                if mac.is_group() || mac.is_zero() {
+                    return Err((
+                        field,
+                        format!(
+                            "{m} is not a unicast MAC (the first octet must be even, and not all zero)"
+                        ),
+                    ));
+                }
+                if !macs.insert(mac) {
+                    return Err((field, format!("MAC {mac} is bound twice")));
+                }
+            }
+            for (j, a) in vm.ips.iter().enumerate() {
+                let field = format!("vm[{i}].ips[{j}]");
+                let net: IpNet = a.parse().map_err(|e| (field.clone(), e))?;
+                if !ips.insert(net.addr) {
+                    return Err((field, format!("address {} is used twice", net.addr)));
+                }
+            }
+        }
+        if let Some(lab) = &self.lab {
+            check_name("lab.prefix", &lab.prefix, 16)?;
+            if self.netns.is_none() {
+                return Err((
+                    "netns".into(),
+                    "the lab needs `netns`: the namespace it creates for the host".into(),
+                ));
+            }
+            if lab.tor_ips.is_empty() {
+                return Err((
+                    "lab.tor_ips".into(),
+                    "give the tor endpoint at least one address".into(),
+                ));
+            }
+            for (j, a) in lab.tor_ips.iter().enumerate() {
+                let field = format!("lab.tor_ips[{j}]");
+                let net: IpNet = a.parse().map_err(|e| (field.clone(), e))?;
+                if !ips.insert(net.addr) {
+                    return Err((field, format!("address {} is used twice", net.addr)));
+                }
+            }
+            if self.uplinks.is_empty() {
+                return Err((
+                    "uplink".into(),
+                    "the lab connects the host to the tor through uplinks: configure at least one"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+
+    /// Path of the control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        socket_path(&self.instance)
+    }
+}
+
+/// Where the daemon of `instance` listens.
+pub fn socket_path(instance: &str) -> PathBuf {
+    PathBuf::from(crate::RUN_DIR).join(format!("{instance}.sock"))
+}
+
+fn check_name(field: &str, name: &str, max: usize) -> Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            field.into(),
+            format!(
+                "{name:?} is not a valid name: use 1 to {max} letters, digits, '-', '_' or '.', not starting with '.'"
+            ),
+        ))
+    }
+}
+
+fn check_ifname(field: &str, name: &str) -> Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            field.into(),
+            format!(
+                "{name:?} is not a valid interface name: 1 to {MAX_IFNAME_LEN} bytes without '/', ':' or spaces"
+            ),
+        ))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// The span of the value at `path` (`a.b[2].c`) in the parsed document.
+fn locate(root: &DeTable, path: &str) -> Option<std::ops::Range<usize>> {
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            segments.push(Segment::Key(key));
+        }
+        for idx in rest.split('[') {
+            if let Ok(i) = usize::from_str(idx.trim_end_matches(']')) {
+                segments.push(Segment::Index(i));
+            }
+        }
+    }
+    let mut table = root;
+    let mut current: Option<&toml::Spanned<DeValue>> = None;
+    for seg in segments {
+        let next = match (seg, current.map(|c| c.get_ref())) {
+            (Segment::Key(k), None) => table.get(k)?,
+            (Segment::Key(k), Some(DeValue::Table(t))) => t.get(k)?,
+            (Segment::Index(i), Some(DeValue::Array(a))) => a.get(i)?,
+            _ => return current.map(|c| c.span()),
+        };
+        if let DeValue::Table(t) = next.get_ref() {
+            table = t;
+        }
+        current = Some(next);
+    }
+    current.map(|c| c.span())
+}
+
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The configuration `xnic lab up` uses when none is given: four VMs, two uplinks.
+pub fn default_lab_toml(instance: &str, prefix: &str, vms: usize, ipv6: bool) -> String {
+    let mut s = format!(
+        "# xnic lab: a host namespace with two uplinks to a tor namespace and {vms} VM namespaces.\n\
+         instance = \"{instance}\"\n\
+         netns = \"{prefix}-host\"\n\n\
+         [daemon]\n\
+         xdp_mode = \"auto\"\n\
+         log_level = \"info\"\n\n\
+         [[uplink]]\nname = \"up0\"\n\n\
+         [[uplink]]\nname = \"up1\"\n"
+    );
+    for i in 0..vms {
+        let v6 = if ipv6 {
+            format!(", \"fd77::{:x}/64\"", 0x10 + i)
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "\n[[vm]]\nname = \"vm{i}\"\nport = \"vm{i}\"\nmacs = [\"02:77:00:00:00:{:02x}\"]\nips = [\"10.77.0.{}/24\"{v6}]\n",
+            0x10 + i,
+            10 + i
+        ));
+    }
+    let tor_v6 = if ipv6 { ", \"fd77::1/64\"" } else { "" };
+    s.push_str(&format!(
+        "\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"{tor_v6}]\nipv6 = {ipv6}\n"
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("x.toml"))
+    }
+
+    const GOOD: &str = r#"
+instance = "t1"
+
+[[uplink]]
+name = "eth0"
+
+[[vm]]
+name = "vm0"
+port = "tap0"
+macs = ["02:00:00:00:00:01"]
+ips = ["10.0.0.2/24", "fd00::2"]
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.instance, "t1");
+        assert_eq!(c.daemon.stats_interval_ms, 1000);
+        assert_eq!(c.vms[0].mac_addrs()[0].0, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(c.vms[0].ip_nets().len(), 2);
+    }
+
+    #[test]
+    fn default_lab_config_is_valid() {
+        let c = parse(&default_lab_toml("lab", "xlab", 4, true)).unwrap();
+        assert_eq!(c.vms.len(), 4);
+        assert_eq!(c.uplinks.len(), 2);
+        assert!(c.lab.unwrap().ipv6);
+    }
+
+    #[test]
+    fn bad_mac_names_line_column_and_field() {
+        let text = GOOD.replace("02:00:00:00:00:01", "02:00:00:00:00:zz");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("vm[0].macs[0]"));
+        assert_eq!(e.position, Some((10, 9)));
+        assert!(
+            e.to_string().starts_with("x.toml:10:9: vm[0].macs[0]: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_location() {
+        let text = GOOD.replace("port = \"tap0\"", "port = \"tap0\"\nmtu = 9000");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("unknown field `mtu`"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(10));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = GOOD.replace("ips = [\"10.0.0.2/24\", \"fd00::2\"]", "ips = 5");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("vm[0].ips"));
+        assert_eq!(e.position.map(|p| p.0), Some(11));
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let dup_port = format!(
+            "{GOOD}\n[[vm]]\nname = \"vm1\"\nport = \"tap0\"\nmacs = [\"02:00:00:00:00:02\"]\n"
+        );
+        assert_eq!(
+            parse(&dup_port).unwrap_err().field.as_deref(),
+            Some("vm[1].port")
+        );
+        let dup_mac = format!(
+            "{GOOD}\n[[vm]]\nname = \"vm1\"\nport = \"tap1\"\nmacs = [\"02:00:00:00:00:01\"]\n"
+        );
+        assert_eq!(
+            parse(&dup_mac).unwrap_err().field.as_deref(),
+            Some("vm[1].macs[0]")
+        );
+        let dup_uplink_port = GOOD.replace("tap0", "eth0");
+        assert_eq!(
+            parse(&dup_uplink_port).unwrap_err().field.as_deref(),
+            Some("vm[0].port")
+        );
+    }
+
+    #[test]
+    fn multicast_mac_and_bad_names_are_rejected() {
+        let e = parse(&GOOD.replace("02:00:00:00:00:01", "03:00:00:00:00:01")).unwrap_err();
+        assert!(e.message.contains("unicast"), "{e}");
+        let e = parse(&GOOD.replace("instance = \"t1\"", "instance = \"a/b\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("instance"));
+        assert_eq!(e.position, Some((2, 12)));
+        let e = parse(&GOOD.replace("eth0", "a-very-long-interface")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("uplink[0].name"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let e = parse("instance = \n").unwrap_err();
+        assert!(e.position.is_some(), "{e}");
+    }
+
+    #[test]
+    fn empty_config_is_rejected() {
+        let e = parse("instance = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("nothing to manage"), "{e}");
+    }
+}

@@ -1,0 +1,295 @@
+//! `xnic run`: the daemon. Loads or adopts the dataplane, brings it in line with the
+//! configuration, samples counters, and serves the control API until a signal or
+//! `POST /v1/down`.
+//!
+//! On SIGTERM/SIGINT (or a crash) the dataplane stays attached and pinned: forwarding goes on
+//! and the next daemon adopts it. Only `xnic down` removes it.
+
+mod ebpf_log;
+pub mod state;
+mod views;
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use tokio::{net::UnixListener, sync::watch};
+use tracing::{error, info, warn};
+
+use self::state::State;
+use crate::{
+    api::{
+        self,
+        types::{DownView, StatsView, StatusView, VmView},
+    },
+    config::Config,
+    dataplane::{self, Dataplane},
+    monitor::{
+        links::Links,
+        sample::{Rates, Sample},
+    },
+};
+
+/// Why the daemon stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal: leave the dataplane running for the next daemon.
+    Signal,
+    /// `POST /v1/down`: remove the dataplane.
+    Down,
+}
+
+/// The running daemon, shared by the API handlers and background tasks.
+pub struct Daemon {
+    state: Mutex<State>,
+    /// The latest counter sample and the rates it gave.
+    sampled: Mutex<(Option<Sample>, Rates)>,
+    links: Links,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A handler that panicked mid-update leaves nothing inconsistent we rely on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Daemon {
+    pub fn instance(&self) -> String {
+        lock(&self.state).config.instance.clone()
+    }
+
+    fn fresh(&self, state: &State) -> anyhow::Result<(Sample, Rates)> {
+        let sample = Sample::take(state)?;
+        let rates = lock(&self.sampled).1.clone();
+        Ok((sample, rates))
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusView> {
+        let links: HashMap<_, _> = self
+            .links
+            .all()
+            .await?
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect();
+        let state = lock(&self.state);
+        let (sample, _) = self.fresh(&state)?;
+        Ok(views::status(&state, &sample, &links))
+    }
+
+    pub fn vms(&self) -> anyhow::Result<Vec<VmView>> {
+        let state = lock(&self.state);
+        let (sample, rates) = self.fresh(&state)?;
+        Ok((0..state.vms.len())
+            .map(|i| views::vm(&state, &sample, &rates, i))
+            .collect())
+    }
+
+    /// `Err` carries the known VM names when there is no VM `name`.
+    pub fn vm(&self, name: &str) -> anyhow::Result<Result<VmView, Vec<String>>> {
+        let state = lock(&self.state);
+        let Some(index) = state.vms.iter().position(|v| v.name == name) else {
+            return Ok(Err(state.vms.iter().map(|v| v.name.clone()).collect()));
+        };
+        let (sample, rates) = self.fresh(&state)?;
+        Ok(Ok(views::vm(&state, &sample, &rates, index)))
+    }
+
+    pub fn stats(&self) -> anyhow::Result<StatsView> {
+        let state = lock(&self.state);
+        let (sample, rates) = self.fresh(&state)?;
+        Ok(views::stats(&state, &sample, &rates))
+    }
+
+    /// Removes the dataplane and stops the daemon (after the answer is sent).
+    pub fn down(&self) -> anyhow::Result<DownView> {
+        let state = lock(&self.state);
+        let removed = dataplane::teardown(&state.config.instance)?;
+        let _ = self.stop.send(Some(Stop::Down));
+        Ok(DownView {
+            links_removed: removed.links,
+            maps_removed: removed.maps.len(),
+        })
+    }
+
+    fn sample_tick(&self) {
+        let state = lock(&self.state);
+        match Sample::take(&state) {
+            Ok(now) => {
+                let mut sampled = lock(&self.sampled);
+                if let Some(prev) = &sampled.0 {
+                    sampled.1 = Rates::between(prev, &now);
+                }
+                sampled.0 = Some(now);
+            }
+            Err(e) => warn!(error = %e, "reading counters failed"),
+        }
+    }
+}
+
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): run it with sudo");
+    }
+    Ok(())
+}
+
+/// Runs the daemon in the foreground until it is told to stop.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    crate::logging::init(&config.daemon.log_level);
+    require_root("xnic run")?;
+    if let Some(ns) = &config.netns {
+        // Before any thread exists, so the whole daemon lives in the namespace.
+        crate::netns::enter(ns)?;
+    }
+    let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, config_path))
+}
+
+/// Removes the control socket when the daemon ends, however it ends.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn bind_socket(path: &Path, instance: &str) -> anyhow::Result<(UnixListener, SocketGuard)> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("socket path has no directory"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "a daemon for instance {instance:?} is already running (it answers on {}); \
+                 stop it first, or use another instance name",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let guard = SocketGuard(path.to_owned());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to root", path.display()))?;
+    Ok((listener, guard))
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let socket = config.socket_path();
+    let (listener, _socket_guard) = bind_socket(&socket, &config.instance).await?;
+
+    let links = Links::connect()?;
+    let interfaces = state::resolve_interfaces(&config, &links).await?;
+    let mut dp = Dataplane::open(&config.instance, ebpf_log::level())?;
+    if dp.created() {
+        info!(pins = %dp.pins().path().display(), "created a new dataplane");
+    } else {
+        let created = dp.info().map(|i| i.created_unix).unwrap_or(0);
+        info!(pins = %dp.pins().path().display(), created_unix = created, "adopting the pinned dataplane");
+    }
+    let ebpf_logs = ebpf_log::start(dp.ebpf_mut());
+    let stats_interval = Duration::from_millis(config.daemon.stats_interval_ms);
+    let metrics_listen = config.daemon.metrics_listen.clone();
+    let state = state::start(config, config_path, dp, &interfaces)?;
+    info!(
+        instance = %state.config.instance,
+        ports = state.ports.len(),
+        vms = state.vms.len(),
+        socket = %socket.display(),
+        "xnic is running"
+    );
+
+    let (stop_tx, mut stop_rx) = watch::channel(None);
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(state),
+        sampled: Mutex::new((None, Rates::default())),
+        links,
+        stop: stop_tx,
+    });
+
+    let sampler = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(stats_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                daemon.sample_tick();
+            }
+        })
+    };
+    let signals = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            info!("signal received: stopping; the dataplane keeps forwarding");
+            let _ = daemon.stop.send(Some(Stop::Signal));
+        })
+    };
+    let metrics = match metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!(%addr, "serving /metrics over TCP");
+            let app = api::server::metrics_router(daemon.clone());
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(Option::is_some).await;
+                    })
+                    .await;
+            }))
+        }
+        None => None,
+    };
+
+    let app = api::server::router(daemon.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.wait_for(Option::is_some).await;
+        })
+        .await
+        .context("control API server failed")?;
+
+    sampler.abort();
+    signals.abort();
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    drop(ebpf_logs);
+    let stop = *daemon.stop.borrow();
+    match stop {
+        Some(Stop::Down) => info!("dataplane removed; daemon stopped"),
+        _ => info!("daemon stopped; run `xnic down` to remove the dataplane"),
+    }
+    Ok(())
+}

@@ -1,0 +1,599 @@
+//! The only code that talks to aya: loads the XDP object, attaches its programs, pins and
+//! adopts maps and links, and reads and writes map entries.
+//!
+//! Everything lives under `/sys/fs/bpf/xnic/<instance>/`: `maps/<NAME>` for every map and
+//! `links/<ifname>` for every attachment. Pinned links keep the programs attached when the
+//! daemon exits or crashes; a new daemon loads a fresh copy of the programs against the pinned
+//! maps and swaps it into each pinned link atomically, so forwarding never stops and counters
+//! keep counting.
+
+mod bpffs;
+pub mod objects;
+
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use tracing::{info, warn};
+use xnic_common::{
+    limits::{DATAPLANE_ABI, MAX_MACS, MAX_PORTS, MAX_VMS},
+    maps::{
+        Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, PortRole, VmCounters,
+        VmRecord,
+    },
+    parse::Shape,
+    verdict::Reason,
+};
+
+pub use self::bpffs::ensure_bpffs;
+use crate::config::XdpModePref;
+
+/// Root of every instance's pins.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/xnic";
+
+/// Where one instance's pins live.
+#[derive(Clone, Debug)]
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub fn new(instance: &str) -> PinDir {
+        PinDir(Path::new(PIN_ROOT).join(instance))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.0.join("maps")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.0.join("links")
+    }
+
+    pub fn link(&self, ifname: &str) -> PathBuf {
+        self.links().join(ifname)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.0.exists()
+    }
+}
+
+/// The maps of the dataplane object, with the layout each must have. Pinned maps are checked
+/// against this before a daemon adopts them.
+const MAP_SHAPES: &[(&str, usize, usize, u32)] = &[
+    ("PORTS", 4, size_of::<PortEntry>(), MAX_PORTS),
+    ("MACS", size_of::<MacKey>(), size_of::<MacOwner>(), MAX_MACS),
+    (
+        "VERDICTS",
+        4,
+        size_of::<Counter>(),
+        MAX_PORTS * Reason::COUNT as u32,
+    ),
+    (
+        "SHAPES",
+        4,
+        size_of::<Counter>(),
+        MAX_PORTS * Shape::COUNT as u32,
+    ),
+    ("VM_STATS", 4, size_of::<VmCounters>(), MAX_VMS),
+    ("PORT_TABLE", 4, size_of::<PortRecord>(), MAX_PORTS),
+    ("VM_TABLE", 4, size_of::<VmRecord>(), MAX_VMS),
+    ("INFO", 4, size_of::<DataplaneInfo>(), 1),
+];
+
+/// How a program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+/// What [`Dataplane::attach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment (and pin) was made in this mode.
+    Fresh(AttachMode),
+    /// A pinned attachment from an earlier daemon now runs this daemon's program.
+    Adopted,
+}
+
+/// Counters of one port slot, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PortCounters {
+    pub reasons: [Counter; Reason::COUNT],
+    pub shapes: [Counter; Shape::COUNT],
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: PinDir,
+    /// Whether this daemon created the pin directory (so a failed start can remove it).
+    created: bool,
+    nr_cpus: usize,
+}
+
+impl Dataplane {
+    /// Loads the programs against the instance's pinned maps, creating and pinning them when
+    /// this is the instance's first start.
+    pub fn open(instance: &str, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
+        ensure_bpffs()?;
+        let pins = PinDir::new(instance);
+        let created = !pins.exists();
+        if !created {
+            check_pinned_maps(&pins)?;
+        }
+        for dir in [pins.maps(), pins.links()] {
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
+        }
+        let result = Self::load(pins.clone(), created, ebpf_log_level);
+        if result.is_err() && created {
+            let _ = fs::remove_dir_all(pins.path());
+        }
+        result
+    }
+
+    fn load(pins: PinDir, created: bool, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
+            .load(objects::DATAPLANE)
+            .context("loading the XDP object failed")?;
+        for role in [PortRole::Uplink, PortRole::Vm] {
+            let name = program_name(role);
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected XDP program {name}"))?;
+        }
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let mut dp = Dataplane {
+            ebpf,
+            pins,
+            created,
+            nr_cpus,
+        };
+        let info = dp.info()?;
+        if info.abi == 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut map: Array<_, DataplaneInfo> = Array::try_from(dp.map_mut("INFO")?)?;
+            map.set(
+                0,
+                DataplaneInfo {
+                    abi: DATAPLANE_ABI,
+                    _pad: 0,
+                    created_unix: now,
+                },
+                0,
+            )?;
+        }
+        Ok(dp)
+    }
+
+    /// Whether this daemon created the pinned maps (a first start) rather than adopting them.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    pub fn nr_cpus(&self) -> usize {
+        self.nr_cpus
+    }
+
+    /// The loaded object, for the eBPF log reader.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn info(&self) -> anyhow::Result<DataplaneInfo> {
+        let map: Array<_, DataplaneInfo> = Array::try_from(self.map("INFO")?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// Attaches the program for `role` to `ifname`, or adopts the pinned attachment an
+    /// earlier daemon left there by swapping this daemon's program into it.
+    ///
+    /// `attached_prog_id` is the id of the XDP program the interface runs now (from netlink),
+    /// which tells whether a pinned link still belongs to this interface.
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        role: PortRole,
+        mode: XdpModePref,
+        attached_prog_id: Option<u32>,
+    ) -> anyhow::Result<Attached> {
+        let pin = self.pins.link(ifname);
+        let program = self.program_mut(role)?;
+        if pin.exists() {
+            let link = FdLink::from(
+                PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("cannot open pinned link {}", pin.display()))?,
+            );
+            let link_prog = link.info().map(|i| i.program_id()).ok();
+            if link_prog.is_some() && link_prog == attached_prog_id {
+                let link = XdpLink::try_from(link)?;
+                let id = program.attach_to_link(link).with_context(|| {
+                    format!("cannot swap the new program into the XDP link on {ifname}")
+                })?;
+                // The pin keeps the link; holding no fd of our own makes removing the pin
+                // enough to detach.
+                drop(program.take_link(id)?);
+                return Ok(Attached::Adopted);
+            }
+            // The interface was recreated or someone replaced the program: the pin is stale.
+            warn!(interface = ifname, "removing stale XDP link pin");
+            fs::remove_file(&pin)
+                .with_context(|| format!("cannot remove stale pin {}", pin.display()))?;
+        }
+        let (link_id, mode) = match mode {
+            XdpModePref::Native => (
+                program.attach_to_if_index(ifindex, XdpMode::Driver),
+                AttachMode::Native,
+            ),
+            XdpModePref::Generic => (
+                program.attach_to_if_index(ifindex, XdpMode::Skb),
+                AttachMode::Generic,
+            ),
+            XdpModePref::Auto => match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (Ok(id), AttachMode::Native),
+                Err(e) => {
+                    warn!(
+                        interface = ifname,
+                        error = %e,
+                        "native XDP attach failed; falling back to generic (slower) XDP"
+                    );
+                    (
+                        program.attach_to_if_index(ifindex, XdpMode::Skb),
+                        AttachMode::Generic,
+                    )
+                }
+            },
+        };
+        let link_id = link_id.with_context(|| {
+            format!(
+                "cannot attach XDP to {ifname} ({mode:?} mode); is another XDP program attached?"
+            )
+        })?;
+        let link: FdLink = program
+            .take_link(link_id)?
+            .try_into()
+            .map_err(|_| anyhow!("the kernel attached XDP to {ifname} without a bpf_link (kernel older than 5.9?); xnic needs bpf_link to pin attachments"))?;
+        link.pin(&pin)
+            .with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
+        Ok(Attached::Fresh(mode))
+    }
+
+    /// Detaches from `ifname` by removing its pinned link (the kernel drops the attachment
+    /// with the last reference).
+    pub fn detach(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let pin = self.pins.link(ifname);
+        match fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", pin.display())),
+        }
+    }
+
+    /// The program id behind the pinned link of `ifname`, if there is one.
+    pub fn pinned_link_program(&self, ifname: &str) -> Option<u32> {
+        let link = FdLink::from(PinnedLink::from_pin(self.pins.link(ifname)).ok()?);
+        link.info().ok().map(|i| i.program_id())
+    }
+
+    /// Interface names with a pinned link.
+    pub fn pinned_links(&self) -> anyhow::Result<Vec<String>> {
+        list_dir(&self.pins.links())
+    }
+
+    fn program_mut(&mut self, role: PortRole) -> anyhow::Result<&mut Xdp> {
+        let name = program_name(role);
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    /// Kernel id of the program for `role`.
+    pub fn program_id(&self, role: PortRole) -> Option<u32> {
+        let prog: &Xdp = self.ebpf.program(program_name(role))?.try_into().ok()?;
+        prog.info().ok().map(|i| i.id())
+    }
+
+    fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    }
+
+    // --- ports -------------------------------------------------------------------------------
+
+    pub fn set_port(&mut self, ifindex: u32, entry: PortEntry) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map_mut("PORTS")?)?;
+        map.insert(ifindex, entry, 0)
+            .with_context(|| format!("cannot write PORTS[{ifindex}]"))?;
+        Ok(())
+    }
+
+    pub fn remove_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map_mut("PORTS")?)?;
+        match map.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete PORTS[{ifindex}]")),
+        }
+    }
+
+    pub fn ports(&self) -> anyhow::Result<Vec<(u32, PortEntry)>> {
+        let map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map("PORTS")?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    pub fn port_records(&self) -> anyhow::Result<Vec<(u32, PortRecord)>> {
+        let map: Array<_, PortRecord> = Array::try_from(self.map("PORT_TABLE")?)?;
+        Ok((0..MAX_PORTS)
+            .filter_map(|slot| map.get(&slot, 0).ok().map(|r| (slot, r)))
+            .filter(|(_, r)| r.role != 0)
+            .collect())
+    }
+
+    pub fn set_port_record(&mut self, slot: u32, record: PortRecord) -> anyhow::Result<()> {
+        let mut map: Array<_, PortRecord> = Array::try_from(self.map_mut("PORT_TABLE")?)?;
+        map.set(slot, record, 0)?;
+        Ok(())
+    }
+
+    // --- VMs ---------------------------------------------------------------------------------
+
+    pub fn set_mac(&mut self, mac: [u8; 6], owner: MacOwner) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map_mut("MACS")?)?;
+        map.insert(MacKey::new(mac), owner, 0)
+            .context("cannot write MACS (is the MAC table full?)")?;
+        Ok(())
+    }
+
+    pub fn remove_mac(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map_mut("MACS")?)?;
+        match map.remove(&MacKey::new(mac)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("cannot delete from MACS"),
+        }
+    }
+
+    pub fn macs(&self) -> anyhow::Result<Vec<([u8; 6], MacOwner)>> {
+        let map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map("MACS")?)?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.mac, v))
+            .collect())
+    }
+
+    pub fn vm_records(&self) -> anyhow::Result<Vec<(u32, VmRecord)>> {
+        let map: Array<_, VmRecord> = Array::try_from(self.map("VM_TABLE")?)?;
+        Ok((0..MAX_VMS)
+            .filter_map(|slot| map.get(&slot, 0).ok().map(|r| (slot, r)))
+            .filter(|(_, r)| r.in_use != 0)
+            .collect())
+    }
+
+    pub fn set_vm_record(&mut self, slot: u32, record: VmRecord) -> anyhow::Result<()> {
+        let mut map: Array<_, VmRecord> = Array::try_from(self.map_mut("VM_TABLE")?)?;
+        map.set(slot, record, 0)?;
+        Ok(())
+    }
+
+    // --- counters ----------------------------------------------------------------------------
+
+    /// Zeroes a port slot's counters, so a reused slot starts from nothing.
+    pub fn reset_port_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        let mut verdicts: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut("VERDICTS")?)?;
+        for r in Reason::ALL {
+            verdicts.set(
+                xnic_common::maps::verdict_index(slot, r),
+                PerCpuValues::try_from(vec![Counter::default(); n])?,
+                0,
+            )?;
+        }
+        let mut shapes: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map_mut("SHAPES")?)?;
+        for s in Shape::ALL {
+            shapes.set(
+                xnic_common::maps::shape_index(slot, s),
+                PerCpuValues::try_from(vec![Counter::default(); n])?,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn reset_vm_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        let mut map: PerCpuArray<_, VmCounters> = PerCpuArray::try_from(self.map_mut("VM_STATS")?)?;
+        map.set(
+            slot,
+            PerCpuValues::try_from(vec![VmCounters::default(); n])?,
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Counters of `slot`, summed over CPUs, plus each CPU's share of the slot's frames
+    /// (added into `per_cpu`, one entry per possible CPU).
+    pub fn port_counters(
+        &self,
+        slot: u32,
+        per_cpu: &mut [Counter],
+    ) -> anyhow::Result<PortCounters> {
+        let verdicts: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("VERDICTS")?)?;
+        let shapes: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("SHAPES")?)?;
+        let mut out = PortCounters::default();
+        for r in Reason::ALL {
+            let values = verdicts.get(&xnic_common::maps::verdict_index(slot, r), 0)?;
+            for (cpu, v) in values.iter().enumerate() {
+                out.reasons[r as usize] = out.reasons[r as usize].merged(*v);
+                if let Some(c) = per_cpu.get_mut(cpu) {
+                    *c = c.merged(*v);
+                }
+            }
+        }
+        for s in Shape::ALL {
+            let values = shapes.get(&xnic_common::maps::shape_index(slot, s), 0)?;
+            out.shapes[s as usize] = values.iter().fold(Counter::default(), |a, v| a.merged(*v));
+        }
+        Ok(out)
+    }
+
+    pub fn vm_counters(&self, slot: u32) -> anyhow::Result<VmCounters> {
+        let map: PerCpuArray<_, VmCounters> = PerCpuArray::try_from(self.map("VM_STATS")?)?;
+        let values = map.get(&slot, 0)?;
+        Ok(values
+            .iter()
+            .fold(VmCounters::default(), |a, v| VmCounters {
+                from_vm: a.from_vm.merged(v.from_vm),
+                to_vm: a.to_vm.merged(v.to_vm),
+                dropped: a.dropped.merged(v.dropped),
+            }))
+    }
+}
+
+pub fn program_name(role: PortRole) -> &'static str {
+    match role {
+        PortRole::Uplink => "xnic_uplink",
+        PortRole::Vm => "xnic_vm",
+    }
+}
+
+/// Refuses pinned maps this daemon would misread: another ABI version, or another layout.
+fn check_pinned_maps(pins: &PinDir) -> anyhow::Result<()> {
+    let info_pin = pins.maps().join("INFO");
+    if info_pin.exists() {
+        let data = MapData::from_pin(&info_pin)
+            .with_context(|| format!("cannot open {}", info_pin.display()))?;
+        let map: Array<_, DataplaneInfo> = Array::try_from(aya::maps::Map::Array(data))?;
+        let info = map.get(&0, 0)?;
+        if info.abi != 0 && info.abi != DATAPLANE_ABI {
+            bail!(
+                "the pinned dataplane in {} has layout version {}, this xnic uses version {}; \
+                 remove it with `xnic down` (this interrupts forwarding) and start again",
+                pins.path().display(),
+                info.abi,
+                DATAPLANE_ABI
+            );
+        }
+    }
+    for (name, key, value, max) in MAP_SHAPES {
+        let pin = pins.maps().join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&pin).with_context(|| format!("cannot open {}", pin.display()))?;
+        if (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        ) != (*key, *value, *max)
+        {
+            bail!(
+                "pinned map {} has key/value size {}/{} and {} entries, this xnic expects \
+                 {key}/{value} and {max}; remove it with `xnic down` (this interrupts \
+                 forwarding) and start again",
+                pin.display(),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list_dir(dir: &Path) -> anyhow::Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            Ok(names)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    }
+}
+
+/// What [`teardown`] removed.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub links: Vec<String>,
+    pub maps: Vec<String>,
+}
+
+/// Removes everything an instance pinned: links first (which detaches its programs from every
+/// interface), then maps, then the directory. Works whether or not a daemon runs.
+pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
+    let pins = PinDir::new(instance);
+    let mut done = Teardown::default();
+    if !pins.exists() {
+        return Ok(done);
+    }
+    for link in list_dir(&pins.links())? {
+        let path = pins.link(&link);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        info!(interface = %link, "detached");
+        done.links.push(link);
+    }
+    for map in list_dir(&pins.maps())? {
+        let path = pins.maps().join(&map);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        done.maps.push(map);
+    }
+    for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+        }
+    }
+    // Leave /sys/fs/bpf/xnic itself only if another instance still uses it.
+    let _ = fs::remove_dir(PIN_ROOT);
+    Ok(done)
+}
+
+/// Instances with pins on this host.
+pub fn pinned_instances() -> anyhow::Result<Vec<String>> {
+    list_dir(Path::new(PIN_ROOT))
+}

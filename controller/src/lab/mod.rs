@@ -1,0 +1,435 @@
+//! The network-namespace lab: the demo and test topology built from a configuration's `[lab]`
+//! section.
+//!
+//! ```text
+//!   <prefix>-tor                       <netns> (the host)                 <prefix>-<vm>
+//!  ┌─────────────────┐   host-up0 ─ up0 ┌──────────────────────┐ vm0 ─ eth0 ┌──────────┐
+//!  │ br0 + tor_ips   │─────────────────│ xbr0: VM ports + up0 │──────────│ VM's IPs │
+//!  │ (traffic end)   │   host-up1 ─ up1 │ up1: idle for the    │   ...     └──────────┘
+//!  └─────────────────┘─────────────────│ kernel path          │
+//!                                       └──────────────────────┘
+//! ```
+//!
+//! The host bridges its VM ports with the first uplink, so the kernel forwards everything the
+//! dataplane passes; the other uplinks stay out of the bridge (a second bridged path to the
+//! tor's bridge would be a loop) until a capability forwards through them. Neighbour entries
+//! are static, so no ARP or ND crosses the lab, and with `ipv6 = false` nothing at all crosses it
+//! unless someone sends.
+
+pub mod daemon;
+pub mod traffic;
+
+use std::{net::IpAddr, process::Command};
+
+use anyhow::{Context as _, bail};
+use tracing::debug;
+
+use crate::{
+    config::{Config, LabConfig},
+    net::{IpNet, MacAddr},
+    netns,
+};
+
+/// The tor's bridge MAC, fixed so VMs can have static neighbour entries for it.
+pub const TOR_MAC: MacAddr = MacAddr([0x02, 0x78, 0x00, 0x00, 0x00, 0x01]);
+/// The host's bridge.
+pub const HOST_BRIDGE: &str = "xbr0";
+/// The tor's bridge.
+pub const TOR_BRIDGE: &str = "br0";
+/// The VM side of every VM port.
+pub const VM_IFNAME: &str = "eth0";
+
+pub struct Lab {
+    config: Config,
+    lab: LabConfig,
+}
+
+impl Lab {
+    pub fn new(config: Config) -> anyhow::Result<Lab> {
+        let Some(lab) = config.lab.clone() else {
+            bail!("the configuration has no [lab] section, so it does not describe a lab");
+        };
+        Ok(Lab { config, lab })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn host_ns(&self) -> &str {
+        self.config.netns.as_deref().unwrap_or_default()
+    }
+
+    pub fn tor_ns(&self) -> String {
+        format!("{}-tor", self.lab.prefix)
+    }
+
+    pub fn vm_ns(&self, vm: &str) -> String {
+        format!("{}-{vm}", self.lab.prefix)
+    }
+
+    /// Every namespace the lab owns.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.host_ns().to_string(), self.tor_ns()];
+        v.extend(self.config.vms.iter().map(|vm| self.vm_ns(&vm.name)));
+        v
+    }
+
+    pub fn tor_addrs(&self) -> Vec<IpNet> {
+        self.lab.tor_nets()
+    }
+
+    /// Whether any of the lab's namespaces exists.
+    pub fn exists(&self) -> bool {
+        self.namespaces().iter().any(|ns| netns::path(ns).exists())
+    }
+
+    /// Builds the lab. Fails without touching anything if any of its namespaces exists;
+    /// removes what it built if a step fails.
+    pub fn up(&self) -> anyhow::Result<()> {
+        let existing: Vec<String> = self
+            .namespaces()
+            .into_iter()
+            .filter(|ns| netns::path(ns).exists())
+            .collect();
+        if !existing.is_empty() {
+            bail!(
+                "lab namespaces already exist: {}; run `xnic lab down` first",
+                existing.join(", ")
+            );
+        }
+        if let Err(e) = self.build() {
+            let _ = self.down();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        let host = self.host_ns();
+        let tor = self.tor_ns();
+        for ns in self.namespaces() {
+            ip(&["netns", "add", &ns])?;
+            if !self.lab.ipv6 {
+                sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+                sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+            }
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+
+        // The tor: one bridge with the endpoint's addresses, a port per uplink.
+        ip(&[
+            "-n",
+            &tor,
+            "link",
+            "add",
+            TOR_BRIDGE,
+            "address",
+            &TOR_MAC.to_string(),
+            "type",
+            "bridge",
+        ])?;
+        ip(&["-n", &tor, "link", "set", TOR_BRIDGE, "up"])?;
+        for net in self.lab.tor_nets() {
+            add_addr(&tor, TOR_BRIDGE, &net)?;
+        }
+
+        // The host: the VM bridge, uplinks to the tor.
+        ip(&["-n", host, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
+        ip(&["-n", host, "link", "set", HOST_BRIDGE, "up"])?;
+        for (i, up) in self.config.uplinks.iter().enumerate() {
+            let peer = tor_port(&up.name);
+            veth(host, &up.name, &tor, &peer)?;
+            ip(&["-n", &tor, "link", "set", &peer, "master", TOR_BRIDGE, "up"])?;
+            if i == 0 {
+                ip(&["-n", host, "link", "set", &up.name, "master", HOST_BRIDGE])?;
+            }
+            ip(&["-n", host, "link", "set", &up.name, "up"])?;
+        }
+
+        // VMs: a namespace each, its port on the host bridge.
+        for vm in &self.config.vms {
+            let ns = self.vm_ns(&vm.name);
+            veth(host, &vm.port, &ns, VM_IFNAME)?;
+            if let Some(mac) = vm.mac_addrs().first() {
+                ip(&[
+                    "-n",
+                    &ns,
+                    "link",
+                    "set",
+                    VM_IFNAME,
+                    "address",
+                    &mac.to_string(),
+                ])?;
+            }
+            ip(&["-n", &ns, "link", "set", VM_IFNAME, "up"])?;
+            for net in vm.ip_nets() {
+                if net.addr.is_ipv6() && !self.lab.ipv6 {
+                    continue;
+                }
+                add_addr(&ns, VM_IFNAME, &net)?;
+            }
+            ip(&[
+                "-n",
+                host,
+                "link",
+                "set",
+                &vm.port,
+                "master",
+                HOST_BRIDGE,
+                "up",
+            ])?;
+        }
+
+        // Static neighbours everywhere: no ARP/ND on the wire, and AF_XDP-style tests that
+        // steal frames cannot break address resolution.
+        let mut everyone: Vec<(String, &str, IpAddr, MacAddr)> = Vec::new();
+        for net in self.lab.tor_nets() {
+            everyone.push((tor.clone(), TOR_BRIDGE, net.addr, TOR_MAC));
+        }
+        for vm in &self.config.vms {
+            let Some(mac) = vm.mac_addrs().first().copied() else {
+                continue;
+            };
+            for net in vm.ip_nets() {
+                everyone.push((self.vm_ns(&vm.name), VM_IFNAME, net.addr, mac));
+            }
+        }
+        for (ns, dev, own, _) in &everyone {
+            for (other_ns, _, addr, mac) in &everyone {
+                if other_ns == ns || addr.is_ipv4() != own.is_ipv4() {
+                    continue;
+                }
+                if addr.is_ipv6() && !self.lab.ipv6 {
+                    continue;
+                }
+                ip(&[
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    &addr.to_string(),
+                    "lladdr",
+                    &mac.to_string(),
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+        }
+        // Where each VM is, so the tor does not flood frames for VMs over every uplink
+        // before it has heard from them (dynamic: a VM's frames may move them).
+        if let Some(first) = self.config.uplinks.first() {
+            for vm in &self.config.vms {
+                for mac in vm.mac_addrs() {
+                    bridge(&[
+                        "-n",
+                        &tor,
+                        "fdb",
+                        "replace",
+                        &mac.to_string(),
+                        "dev",
+                        &tor_port(&first.name),
+                        "master",
+                        "dynamic",
+                    ])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every lab namespace that exists (and with them their interfaces). Returns the
+    /// names removed.
+    pub fn down(&self) -> anyhow::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for ns in self.namespaces() {
+            if netns::path(&ns).exists() {
+                match ip(&["netns", "del", &ns]) {
+                    Ok(()) => removed.push(ns),
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!(
+                "could not remove every lab namespace: {}",
+                errors.join("; ")
+            );
+        }
+        Ok(removed)
+    }
+}
+
+/// The tor-side name of an uplink's veth (interface names are at most 15 bytes).
+pub fn tor_port(uplink: &str) -> String {
+    let mut s = format!("host-{uplink}");
+    s.truncate(15);
+    s
+}
+
+fn veth(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> anyhow::Result<()> {
+    ip(&[
+        "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b,
+    ])
+}
+
+fn add_addr(ns: &str, dev: &str, net: &IpNet) -> anyhow::Result<()> {
+    let cidr = format!("{}/{}", net.addr, net.prefix_or_default());
+    if net.addr.is_ipv6() {
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"])
+    } else {
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", dev])
+    }
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ],
+    )
+}
+
+/// Runs `ip` with `args`, turning a failure into an error that shows the command.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+fn bridge(args: &[&str]) -> anyhow::Result<()> {
+    run("bridge", args)
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    debug!("{cmd} {}", args.join(" "));
+    let out = Command::new(cmd).args(args).output().with_context(|| {
+        format!("cannot run `{cmd}` (is iproute2 installed? `cargo xtask setup` installs it)")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// What one round of lab traffic did.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrafficReport {
+    /// (from namespace, to address, sent, received)
+    pub pings: Vec<(String, String, u32, u32)>,
+    /// UDP sent by all VMs to the tor, and what the tor received.
+    pub udp_sent: u64,
+    pub udp: traffic::RecvReport,
+    pub iperf: Option<(String, traffic::IperfReport)>,
+}
+
+/// The tor's UDP sink port for lab traffic.
+pub const TOR_UDP_PORT: u16 = 9000;
+
+impl Lab {
+    /// One round: every VM pings the tor and its neighbour VM, every VM sends sequence-numbered
+    /// UDP to the tor for `udp` time, and (when `iperf` is set) vm0 runs an iperf3 TCP test to
+    /// the tor for that long.
+    pub fn drive(
+        &self,
+        udp: std::time::Duration,
+        iperf: Option<u32>,
+    ) -> anyhow::Result<TrafficReport> {
+        let mut report = TrafficReport::default();
+        let tor_addrs: Vec<IpAddr> = self
+            .lab
+            .tor_nets()
+            .iter()
+            .map(|n| n.addr)
+            .filter(|a| a.is_ipv4() || self.lab.ipv6)
+            .collect();
+        let vms = &self.config.vms;
+        for (i, vm) in vms.iter().enumerate() {
+            let ns = self.vm_ns(&vm.name);
+            let mut targets: Vec<IpAddr> = tor_addrs.clone();
+            if vms.len() > 1
+                && let Some(peer) = vms[(i + 1) % vms.len()]
+                    .ip_nets()
+                    .iter()
+                    .find(|n| n.addr.is_ipv4())
+            {
+                targets.push(peer.addr);
+            }
+            for t in targets {
+                let r = traffic::ping(&ns, &t.to_string(), 5)?;
+                report
+                    .pings
+                    .push((ns.clone(), t.to_string(), r.sent, r.received));
+            }
+        }
+        if let Some(tor4) = tor_addrs.iter().find(|a| a.is_ipv4()) {
+            let sink = std::net::SocketAddr::new(*tor4, TOR_UDP_PORT);
+            let rx = traffic::Receiver::start(Some(&self.tor_ns()), sink)?;
+            let senders: Vec<_> = vms
+                .iter()
+                .map(|vm| {
+                    let ns = self.vm_ns(&vm.name);
+                    std::thread::spawn(move || {
+                        traffic::send_udp(
+                            Some(&ns),
+                            traffic::UdpStream {
+                                dst: sink,
+                                flows: 4,
+                                pps: 2000,
+                                duration: udp,
+                                payload: 200,
+                            },
+                        )
+                    })
+                })
+                .collect();
+            for s in senders {
+                let sent = s
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("UDP sender panicked"))??;
+                report.udp_sent += sent.sent;
+            }
+            report.udp = rx.stop()?;
+            if let (Some(secs), Some(vm0)) = (iperf, vms.first()) {
+                let client = self.vm_ns(&vm0.name);
+                let r = traffic::iperf3(&self.tor_ns(), &tor4.to_string(), &client, secs)?;
+                report.iperf = Some((vm0.name.clone(), r));
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl TrafficReport {
+    /// A short human summary.
+    pub fn summary(&self) -> String {
+        let sent: u32 = self.pings.iter().map(|p| p.2).sum();
+        let received: u32 = self.pings.iter().map(|p| p.3).sum();
+        let mut s = format!(
+            "ping: {received}/{sent} replies over {} pairs; UDP: {} sent, {} received, {} reordered, {} duplicated",
+            self.pings.len(),
+            self.udp_sent,
+            self.udp.received,
+            self.udp.reordered,
+            self.udp.duplicates
+        );
+        if let Some((vm, r)) = &self.iperf {
+            s.push_str(&format!(
+                "; iperf3 {vm} → tor: {:.2} Gbit/s",
+                r.bits_per_second / 1e9
+            ));
+        }
+        s
+    }
+}

@@ -1,0 +1,396 @@
+//! Traffic for the lab and the tests: sequence-numbered UDP flows whose receiver counts loss,
+//! reordering and duplicates per flow, plus thin wrappers around ping and iperf3.
+//!
+//! Senders and receivers run on threads that enter the lab's namespaces, so one process can
+//! drive a whole lab.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsFd as _,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::netns;
+
+/// Marks our datagrams ("xnic"), so stray traffic on the port is not counted.
+const MAGIC: u32 = 0x786e_6963;
+/// Header of every datagram: magic, flow id, sequence number, send time (ns).
+const HEADER_LEN: usize = 24;
+
+/// A set of UDP flows from one namespace to one address, sent at a steady total rate.
+#[derive(Clone, Debug)]
+pub struct UdpStream {
+    pub dst: SocketAddr,
+    /// Distinct flows (each its own source port).
+    pub flows: u32,
+    /// Total datagrams per second over all flows.
+    pub pps: u64,
+    pub duration: Duration,
+    /// UDP payload bytes (at least the 24-byte header).
+    pub payload: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendReport {
+    pub sent: u64,
+    /// Datagrams the kernel refused to send (full socket buffer).
+    pub send_errors: u64,
+    pub elapsed_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecvReport {
+    /// Datagrams received, duplicates excluded.
+    pub received: u64,
+    /// Datagrams that arrived after a later one of the same flow.
+    pub reordered: u64,
+    pub duplicates: u64,
+    /// Sequence numbers missing below the highest seen, per flow, summed. Loss at the very
+    /// end of a flow shows only against the sender's count.
+    pub gaps: u64,
+    pub flows: u64,
+}
+
+/// Sends `stream` from namespace `ns` (the caller's namespace when `None`); blocks until done.
+pub fn send_udp(ns: Option<&str>, stream: UdpStream) -> anyhow::Result<SendReport> {
+    let work = move || send_here(&stream);
+    match ns {
+        Some(ns) => netns::run_in(ns, work),
+        None => work(),
+    }
+}
+
+fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
+    if s.pps == 0 || s.flows == 0 {
+        bail!("a UDP stream needs at least one flow and a non-zero rate");
+    }
+    let bind: SocketAddr = if s.dst.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let sockets: Vec<UdpSocket> = (0..s.flows)
+        .map(|_| {
+            let sock = UdpSocket::bind(bind)?;
+            sock.connect(s.dst)?;
+            Ok(sock)
+        })
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot open UDP sockets towards {}", s.dst))?;
+    let mut buf = vec![0u8; s.payload.max(HEADER_LEN)];
+    buf[..4].copy_from_slice(&MAGIC.to_be_bytes());
+    let mut seqs = vec![0u64; sockets.len()];
+    let total = (s.pps as f64 * s.duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / s.pps as f64);
+    let start = Instant::now();
+    let mut report = SendReport::default();
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            let wait = due - now;
+            if wait > Duration::from_micros(200) {
+                std::thread::sleep(wait - Duration::from_micros(100));
+            }
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        let flow = (i % sockets.len() as u64) as usize;
+        buf[4..8].copy_from_slice(&(flow as u32).to_be_bytes());
+        buf[8..16].copy_from_slice(&seqs[flow].to_be_bytes());
+        let ns = start.elapsed().as_nanos() as u64;
+        buf[16..24].copy_from_slice(&ns.to_be_bytes());
+        match sockets[flow].send(&buf) {
+            Ok(_) => {
+                seqs[flow] += 1;
+                report.sent += 1;
+            }
+            Err(_) => report.send_errors += 1,
+        }
+    }
+    report.elapsed_secs = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[derive(Default)]
+struct FlowState {
+    /// One past the highest sequence number seen.
+    next: u64,
+    received: u64,
+    reordered: u64,
+    duplicates: u64,
+    seen: Vec<u64>,
+}
+
+impl FlowState {
+    fn record(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= 1 << bit;
+        self.received += 1;
+        if seq + 1 < self.next {
+            self.reordered += 1;
+        }
+        self.next = self.next.max(seq + 1);
+    }
+}
+
+/// Counts datagrams of [`send_udp`] streams arriving on a UDP port.
+pub struct Receiver {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<anyhow::Result<RecvReport>>,
+}
+
+impl Receiver {
+    /// Listens on `bind` inside namespace `ns` (the caller's namespace when `None`). Returns
+    /// once the socket is bound.
+    pub fn start(ns: Option<&str>, bind: SocketAddr) -> anyhow::Result<Receiver> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ns = ns.map(str::to_string);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let setup = || -> anyhow::Result<UdpSocket> {
+                if let Some(ns) = &ns {
+                    netns::enter(ns)?;
+                }
+                let sock = UdpSocket::bind(bind).with_context(|| format!("cannot bind {bind}"))?;
+                // Deep buffer: a test must see what the network did, not a slow reader.
+                let _ = nix::sys::socket::setsockopt(
+                    &sock.as_fd(),
+                    nix::sys::socket::sockopt::RcvBufForce,
+                    &(32 << 20),
+                );
+                sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+                Ok(sock)
+            };
+            let sock = match setup() {
+                Ok(s) => {
+                    let _ = ready_tx.send(s.local_addr().map_err(anyhow::Error::from));
+                    s
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let _ = ready_tx.send(Err(e));
+                    bail!(msg);
+                }
+            };
+            let mut flows: HashMap<u32, FlowState> = HashMap::new();
+            let mut buf = [0u8; 65536];
+            // Drain what is queued even after stop is asked.
+            let mut idle_after_stop = 0;
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= HEADER_LEN && buf[..4] == MAGIC.to_be_bytes() => {
+                        let flow = u32::from_be_bytes(buf[4..8].try_into()?);
+                        let seq = u64::from_be_bytes(buf[8..16].try_into()?);
+                        flows.entry(flow).or_default().record(seq);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if flag.load(Ordering::Relaxed) {
+                            idle_after_stop += 1;
+                            if idle_after_stop >= 2 {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            let mut r = RecvReport {
+                flows: flows.len() as u64,
+                ..RecvReport::default()
+            };
+            for f in flows.values() {
+                r.received += f.received;
+                r.reordered += f.reordered;
+                r.duplicates += f.duplicates;
+                r.gaps += f.next - f.received;
+            }
+            Ok(r)
+        });
+        match ready_rx.recv() {
+            Ok(Ok(addr)) => Ok(Receiver { addr, stop, thread }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => bail!("receiver thread ended before binding"),
+        }
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops after the socket has been quiet for a moment, and reports.
+    pub fn stop(self) -> anyhow::Result<RecvReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
+    }
+}
+
+/// Result of [`ping`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub sent: u32,
+    pub received: u32,
+}
+
+/// Pings `target` from namespace `ns` (`count` echo requests, 50 ms apart).
+pub fn ping(ns: &str, target: &str, count: u32) -> anyhow::Result<PingReport> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-q", "-n", "-c"])
+        .arg(count.to_string())
+        .args(["-i", "0.05", "-W", "1", target])
+        .output()
+        .context("cannot run ping (is iputils-ping installed? `cargo xtask setup` installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "5 packets transmitted, 5 received, 0% packet loss, time 4ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| {
+            format!(
+                "ping {target} from {ns} printed no summary: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+    let numbers: Vec<u32> = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [sent, received, ..] => Ok(PingReport {
+            sent: *sent,
+            received: *received,
+        }),
+        _ => bail!("cannot read ping's summary: {line}"),
+    }
+}
+
+/// Result of [`iperf3`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IperfReport {
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+}
+
+/// Runs an iperf3 TCP test for `secs` from `client_ns` to a one-shot server on `server_addr`
+/// in `server_ns`.
+pub fn iperf3(
+    server_ns: &str,
+    server_addr: &str,
+    client_ns: &str,
+    secs: u32,
+) -> anyhow::Result<IperfReport> {
+    let port = "5201";
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            server_ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_addr,
+            "-p",
+            port,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot run iperf3 (`cargo xtask setup` installs it)")?;
+    // Give the server a moment to listen, retrying the client if it was too quick.
+    let mut last_err = String::new();
+    let mut result = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                client_ns,
+                "iperf3",
+                "-J",
+                "-c",
+                server_addr,
+                "-p",
+                port,
+                "-t",
+            ])
+            .arg(secs.to_string())
+            .output()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            result = Some(IperfReport {
+                bits_per_second: bps,
+                retransmits: json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+            });
+            break;
+        }
+        last_err = json["error"].as_str().unwrap_or("no result").to_string();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    result.with_context(|| format!("iperf3 from {client_ns} to {server_addr} failed: {last_err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_state_counts_reorder_duplicates_and_gaps() {
+        let mut f = FlowState::default();
+        for seq in [0, 1, 3, 2, 2, 5] {
+            f.record(seq);
+        }
+        assert_eq!(f.received, 5);
+        assert_eq!(f.reordered, 1);
+        assert_eq!(f.duplicates, 1);
+        assert_eq!(f.next - f.received, 1, "seq 4 missing");
+    }
+
+    #[test]
+    fn udp_over_loopback_is_counted_exactly() {
+        let rx = Receiver::start(None, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = rx.local_addr();
+        let sent = send_udp(
+            None,
+            UdpStream {
+                dst: addr,
+                flows: 3,
+                pps: 20_000,
+                duration: Duration::from_millis(100),
+                payload: 64,
+            },
+        )
+        .unwrap();
+        let got = rx.stop().unwrap();
+        assert_eq!(sent.sent, 2000);
+        assert_eq!(
+            (got.received, got.flows, got.duplicates, got.gaps),
+            (2000, 3, 0, 0)
+        );
+    }
+}

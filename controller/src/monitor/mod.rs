@@ -1,0 +1,4 @@
+//! What the daemon observes: dataplane counters (sampled into rates) and kernel state.
+
+pub mod links;
+pub mod sample;
