@@ -207,18 +207,27 @@ fn fail<T>(error: ParseError) -> Step<T> {
     Err(Stop::Error(error))
 }
 
-/// Parses `frame`. See the module documentation for what counts as an error.
+/// Parses `frame` into `p`, which must start out as `Parsed::default()`. See the module
+/// documentation for what counts as an error; on error, `p` holds what was parsed before it.
+///
+/// (Filling a caller's struct rather than returning `Result<Parsed, _>` keeps every byte the
+/// XDP program copies initialised, which the verifier insists on.)
 #[inline(always)]
-pub fn parse(frame: &Frame) -> Result<Parsed, ParseError> {
-    let mut p = Parsed::default();
-    match parse_into(frame, &mut p) {
-        Ok(()) => Ok(p),
+pub fn parse(frame: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+    match parse_into(frame, p) {
+        Ok(()) => Ok(()),
         Err(Stop::NonLinear) => {
             p.mark(Shape::NonLinear);
-            Ok(p)
+            Ok(())
         }
         Err(Stop::Error(e)) => Err(e),
     }
+}
+
+/// [`parse`] into a fresh [`Parsed`], for userspace callers.
+pub fn parse_frame(frame: &Frame) -> Result<Parsed, ParseError> {
+    let mut p = Parsed::default();
+    parse(frame, &mut p).map(|()| p)
 }
 
 #[inline(always)]

@@ -88,8 +88,9 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub reason: Reason,
-    /// The VM slot the frame is counted against, if any.
-    pub vm_slot: Option<u32>,
+    /// The VM slot the frame is counted against, or [`NO_VM`]. (Not an `Option`: the BPF
+    /// verifier rejects the uninitialised payload of a `None` that LLVM may copy around.)
+    pub vm_slot: u32,
     pub direction: Direction,
 }
 
@@ -97,52 +98,60 @@ impl Verdict {
     pub const fn action(&self) -> Action {
         self.reason.action()
     }
+
+    /// The VM slot, if the frame belongs to a VM.
+    pub const fn vm(&self) -> Option<u32> {
+        if self.vm_slot == NO_VM {
+            None
+        } else {
+            Some(self.vm_slot)
+        }
+    }
 }
 
+/// No MAC needs looking up (never a bound MAC: configuration rejects the zero MAC).
+pub const NO_LOOKUP: [u8; 6] = [0; 6];
+
 /// The MAC whose owner decides a frame's fate: the source on a VM port (who sent it), the
-/// destination on an uplink (who it is for). `None` when no lookup is needed.
+/// destination on an uplink (who it is for). [`NO_LOOKUP`] when no lookup is needed.
 #[inline(always)]
-pub fn mac_to_look_up(port: &PortEntry, parsed: &Parsed) -> Option<[u8; 6]> {
-    match port.role()? {
-        PortRole::Vm => Some(parsed.src_mac),
-        PortRole::Uplink if is_group(&parsed.dst_mac) => None,
-        PortRole::Uplink => Some(parsed.dst_mac),
+pub fn mac_to_look_up(port: &PortEntry, parsed: &Parsed) -> [u8; 6] {
+    match port.role() {
+        Some(PortRole::Vm) => parsed.src_mac,
+        Some(PortRole::Uplink) if !is_group(&parsed.dst_mac) => parsed.dst_mac,
+        _ => NO_LOOKUP,
     }
 }
 
 /// Decides a frame's verdict.
 ///
 /// * `port`: the `PORTS` entry of the ingress interface, if it has one;
-/// * `parsed`: the parse result;
+/// * `parsed`: the parse outcome and what was parsed;
 /// * `owner`: the `MACS` entry for [`mac_to_look_up`]'s MAC, if it has one;
 /// * `ingress_ifindex`: the interface the frame arrived on.
 #[inline(always)]
 pub fn decide(
     port: Option<&PortEntry>,
-    parsed: &Result<Parsed, ParseError>,
+    outcome: Result<(), ParseError>,
+    parsed: &Parsed,
     owner: Option<&MacOwner>,
     ingress_ifindex: u32,
 ) -> Verdict {
     let Some(port) = port else {
         return Verdict {
             reason: Reason::UnknownPort,
-            vm_slot: None,
+            vm_slot: NO_VM,
             direction: Direction::ToVm,
         };
     };
     let role = port.role();
-    let port_vm = if port.vm_slot == NO_VM {
-        None
-    } else {
-        Some(port.vm_slot)
-    };
     if role == Some(PortRole::Vm) {
         // Everything on a VM port is counted against that port's VM, whatever its headers say.
-        let reason = match parsed {
+        let reason = match outcome {
             Err(ParseError::Truncated(_)) => Reason::Truncated,
             Err(ParseError::Malformed(_)) => Reason::Malformed,
             Ok(_) => match owner {
-                Some(o) if o.port_ifindex == ingress_ifindex && Some(o.vm_slot) == port_vm => {
+                Some(o) if o.port_ifindex == ingress_ifindex && o.vm_slot == port.vm_slot => {
                     Reason::FromVm
                 }
                 _ => Reason::SpoofedMac,
@@ -150,17 +159,17 @@ pub fn decide(
         };
         return Verdict {
             reason,
-            vm_slot: port_vm,
+            vm_slot: port.vm_slot,
             direction: Direction::FromVm,
         };
     }
-    let (reason, vm_slot) = match parsed {
-        Err(ParseError::Truncated(_)) => (Reason::Truncated, None),
-        Err(ParseError::Malformed(_)) => (Reason::Malformed, None),
-        Ok(p) if is_group(&p.dst_mac) => (Reason::Multicast, None),
+    let (reason, vm_slot) = match outcome {
+        Err(ParseError::Truncated(_)) => (Reason::Truncated, NO_VM),
+        Err(ParseError::Malformed(_)) => (Reason::Malformed, NO_VM),
+        Ok(()) if is_group(&parsed.dst_mac) => (Reason::Multicast, NO_VM),
         Ok(_) => match owner {
-            Some(o) => (Reason::ToVm, Some(o.vm_slot)),
-            None => (Reason::NotForVm, None),
+            Some(o) => (Reason::ToVm, o.vm_slot),
+            None => (Reason::NotForVm, NO_VM),
         },
     };
     Verdict {

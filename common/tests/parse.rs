@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use support::{Net, Spec, Transport, spec, transport_of, v4_mapped};
 use xnic_common::{
     frame::Frame,
-    parse::{Fragment, L3, Layer, MAX_IPV6_EXT_HEADERS, ParseError, Parsed, Shape, parse},
+    parse::{Fragment, L3, Layer, MAX_IPV6_EXT_HEADERS, ParseError, Parsed, Shape, parse_frame},
 };
 
 /// Bytes that end exactly where an inaccessible page begins.
@@ -71,7 +71,7 @@ impl Drop for Guarded {
 
 fn parse_guarded(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let g = Guarded::new(bytes);
-    parse(&Frame::from_slice(g.slice()))
+    parse_frame(&Frame::from_slice(g.slice()))
 }
 
 fn expected_tunnel(spec: &Spec) -> bool {
@@ -446,7 +446,7 @@ fn headers_outside_the_linear_part_stop_parsing_without_error() {
     let start = linear.as_ptr() as usize;
     // SAFETY: [start, start + 20) is `linear`, alive for this test.
     let frame = unsafe { Frame::from_raw(start, start + linear.len(), bytes.len()) };
-    let p = parse(&frame).unwrap();
+    let p = parse_frame(&frame).unwrap();
     assert!(p.has(Shape::NonLinear));
     assert_eq!(p.l3, L3::None);
     assert_eq!(p.src_mac, [2, 0, 0, 0, 0, 2]);

@@ -3,7 +3,7 @@
 use xnic_common::{
     maps::{MacOwner, NO_VM, PortEntry, PortRole},
     parse::{Layer, ParseError, Parsed},
-    verdict::{Action, Direction, Reason, decide, mac_to_look_up},
+    verdict::{Action, Direction, NO_LOOKUP, Reason, decide, mac_to_look_up},
 };
 
 const VM_PORT_IFINDEX: u32 = 7;
@@ -27,12 +27,12 @@ fn uplink() -> PortEntry {
     }
 }
 
-fn frame(src: [u8; 6], dst: [u8; 6]) -> Result<Parsed, ParseError> {
-    Ok(Parsed {
+fn frame(src: [u8; 6], dst: [u8; 6]) -> Parsed {
+    Parsed {
         src_mac: src,
         dst_mac: dst,
         ..Parsed::default()
-    })
+    }
 }
 
 const VM_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
@@ -48,13 +48,14 @@ fn vm_port_passes_frames_from_its_own_mac() {
     };
     let v = decide(
         Some(&vm_port()),
+        Ok(()),
         &frame(VM_MAC, OTHER),
         Some(&owner),
         VM_PORT_IFINDEX,
     );
     assert_eq!(v.reason, Reason::FromVm);
     assert_eq!(v.action(), Action::Pass);
-    assert_eq!(v.vm_slot, Some(VM_SLOT));
+    assert_eq!(v.vm(), Some(VM_SLOT));
     assert_eq!(v.direction, Direction::FromVm);
 }
 
@@ -62,9 +63,15 @@ fn vm_port_passes_frames_from_its_own_mac() {
 fn vm_port_drops_unknown_and_foreign_source_macs() {
     let port = vm_port();
     // No owner at all.
-    let v = decide(Some(&port), &frame(OTHER, VM_MAC), None, VM_PORT_IFINDEX);
+    let v = decide(
+        Some(&port),
+        Ok(()),
+        &frame(OTHER, VM_MAC),
+        None,
+        VM_PORT_IFINDEX,
+    );
     assert_eq!(
-        (v.reason, v.action(), v.vm_slot),
+        (v.reason, v.action(), v.vm()),
         (Reason::SpoofedMac, Action::Drop, Some(VM_SLOT))
     );
     // Owned by a VM behind another port.
@@ -74,6 +81,7 @@ fn vm_port_drops_unknown_and_foreign_source_macs() {
     };
     let v = decide(
         Some(&port),
+        Ok(()),
         &frame(OTHER, VM_MAC),
         Some(&elsewhere),
         VM_PORT_IFINDEX,
@@ -86,6 +94,7 @@ fn vm_port_drops_unknown_and_foreign_source_macs() {
     };
     let v = decide(
         Some(&port),
+        Ok(()),
         &frame(OTHER, VM_MAC),
         Some(&stale),
         VM_PORT_IFINDEX,
@@ -99,16 +108,19 @@ fn broken_frames_are_dropped_on_every_port_and_attributed_on_vm_ports() {
         (ParseError::Truncated(Layer::Ipv4), Reason::Truncated),
         (ParseError::Malformed(Layer::Tcp), Reason::Malformed),
     ] {
-        let v = decide(Some(&vm_port()), &Err(err), None, VM_PORT_IFINDEX);
+        let v = decide(
+            Some(&vm_port()),
+            Err(err),
+            &Parsed::default(),
+            None,
+            VM_PORT_IFINDEX,
+        );
         assert_eq!(
-            (v.reason, v.action(), v.vm_slot),
+            (v.reason, v.action(), v.vm()),
             (reason, Action::Drop, Some(VM_SLOT))
         );
-        let v = decide(Some(&uplink()), &Err(err), None, 1);
-        assert_eq!(
-            (v.reason, v.action(), v.vm_slot),
-            (reason, Action::Drop, None)
-        );
+        let v = decide(Some(&uplink()), Err(err), &Parsed::default(), None, 1);
+        assert_eq!((v.reason, v.action(), v.vm()), (reason, Action::Drop, None));
     }
 }
 
@@ -118,15 +130,21 @@ fn uplink_attributes_frames_to_the_destination_vm() {
         vm_slot: VM_SLOT,
         port_ifindex: VM_PORT_IFINDEX,
     };
-    let v = decide(Some(&uplink()), &frame(OTHER, VM_MAC), Some(&owner), 1);
+    let v = decide(
+        Some(&uplink()),
+        Ok(()),
+        &frame(OTHER, VM_MAC),
+        Some(&owner),
+        1,
+    );
     assert_eq!(
-        (v.reason, v.action(), v.vm_slot),
+        (v.reason, v.action(), v.vm()),
         (Reason::ToVm, Action::Pass, Some(VM_SLOT))
     );
     assert_eq!(v.direction, Direction::ToVm);
-    let v = decide(Some(&uplink()), &frame(OTHER, VM_MAC), None, 1);
+    let v = decide(Some(&uplink()), Ok(()), &frame(OTHER, VM_MAC), None, 1);
     assert_eq!(
-        (v.reason, v.action(), v.vm_slot),
+        (v.reason, v.action(), v.vm()),
         (Reason::NotForVm, Action::Pass, None)
     );
 }
@@ -135,20 +153,20 @@ fn uplink_attributes_frames_to_the_destination_vm() {
 fn uplink_group_frames_need_no_lookup() {
     for dst in [BROADCAST, MULTICAST_V6] {
         let f = frame(OTHER, dst);
-        assert_eq!(mac_to_look_up(&uplink(), f.as_ref().unwrap()), None);
-        let v = decide(Some(&uplink()), &f, None, 1);
+        assert_eq!(mac_to_look_up(&uplink(), &f), NO_LOOKUP);
+        let v = decide(Some(&uplink()), Ok(()), &f, None, 1);
         assert_eq!((v.reason, v.action()), (Reason::Multicast, Action::Pass));
     }
     let f = frame(OTHER, VM_MAC);
-    assert_eq!(mac_to_look_up(&uplink(), f.as_ref().unwrap()), Some(VM_MAC));
-    assert_eq!(mac_to_look_up(&vm_port(), f.as_ref().unwrap()), Some(OTHER));
+    assert_eq!(mac_to_look_up(&uplink(), &f), VM_MAC);
+    assert_eq!(mac_to_look_up(&vm_port(), &f), OTHER);
 }
 
 #[test]
 fn frames_on_unknown_interfaces_pass_untouched() {
-    let v = decide(None, &frame(OTHER, VM_MAC), None, 42);
+    let v = decide(None, Ok(()), &frame(OTHER, VM_MAC), None, 42);
     assert_eq!(
-        (v.reason, v.action(), v.vm_slot),
+        (v.reason, v.action(), v.vm()),
         (Reason::UnknownPort, Action::Pass, None)
     );
 }

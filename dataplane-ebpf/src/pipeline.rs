@@ -6,8 +6,8 @@ use xnic_common::{
     frame::Frame,
     limits::UNKNOWN_PORT_SLOT,
     maps::{MacKey, PortRole},
-    parse::parse,
-    verdict::{Action, decide, mac_to_look_up},
+    parse::{Parsed, parse},
+    verdict::{Action, NO_LOOKUP, decide, mac_to_look_up},
 };
 
 use crate::{
@@ -25,23 +25,29 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
 
     // parse
-    let parsed = parse(&frame);
+    let mut parsed = Parsed::default();
+    let outcome = parse(&frame, &mut parsed);
 
     // classify: which port, which VM
-    // SAFETY: the value is copied out before anything can delete the entry.
+    // SAFETY: entries are plain data; the daemon replaces them whole, never in place.
     let port = unsafe { PORTS.get(ifindex) }
-        .copied()
         // A port entry for the other role means a stale attachment: count it as unknown.
         .filter(|p| p.role == role as u8);
-    let owner = match (&port, &parsed) {
-        (Some(port), Ok(p)) => mac_to_look_up(port, p)
-            // SAFETY: as above.
-            .and_then(|mac| unsafe { MACS.get(MacKey::new(mac)) }.copied()),
+    let owner = match (port, outcome) {
+        (Some(port), Ok(())) => {
+            let mac = mac_to_look_up(port, &parsed);
+            if mac == NO_LOOKUP {
+                None
+            } else {
+                // SAFETY: as above.
+                unsafe { MACS.get(MacKey::new(mac)) }
+            }
+        }
         _ => None,
     };
 
     // policy
-    let verdict = decide(port.as_ref(), &parsed, owner.as_ref(), ifindex);
+    let verdict = decide(port, outcome, &parsed, owner, ifindex);
 
     // count
     let slot = port.map_or(UNKNOWN_PORT_SLOT, |p| p.slot);

@@ -4,7 +4,7 @@
 use aya_ebpf::maps::PerCpuArray;
 use xnic_common::{
     maps::{Counter, shape_index, verdict_index},
-    parse::{ParseError, Parsed, Shape},
+    parse::{Parsed, Shape},
     verdict::{Action, Direction, Verdict},
 };
 
@@ -20,18 +20,16 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
 }
 
 #[inline(always)]
-pub fn count(port_slot: u32, verdict: &Verdict, parsed: &Result<Parsed, ParseError>, bytes: u64) {
+pub fn count(port_slot: u32, verdict: &Verdict, parsed: &Parsed, bytes: u64) {
     bump(&VERDICTS, verdict_index(port_slot, verdict.reason), bytes);
-    if let Ok(p) = parsed
-        && p.shapes != 0
-    {
+    if parsed.shapes != 0 {
         for shape in Shape::ALL {
-            if p.has(shape) {
+            if parsed.has(shape) {
                 bump(&SHAPES, shape_index(port_slot, shape), bytes);
             }
         }
     }
-    if let Some(vm) = verdict.vm_slot
+    if let Some(vm) = verdict.vm()
         && let Some(c) = VM_STATS.get_ptr_mut(vm)
     {
         // SAFETY: as in `bump`.

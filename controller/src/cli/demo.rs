@@ -65,6 +65,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Ok(removed) => println!("namespaces removed: {}", removed.join(", ")),
         Err(e) => cleanup = cleanup.and(Err(e)),
     }
+    if args.config.config.is_none() {
+        // The built-in configuration was written for the daemon; it goes with the lab.
+        let _ = std::fs::remove_file(&config_path);
+    }
     result.and(cleanup)
 }
 

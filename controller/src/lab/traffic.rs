@@ -193,16 +193,17 @@ impl Receiver {
                     bail!(msg);
                 }
             };
-            let mut flows: HashMap<u32, FlowState> = HashMap::new();
+            // A flow is a sender socket and its flow id: several senders may use the same ids.
+            let mut flows: HashMap<(SocketAddr, u32), FlowState> = HashMap::new();
             let mut buf = [0u8; 65536];
             // Drain what is queued even after stop is asked.
             let mut idle_after_stop = 0;
             loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) if n >= HEADER_LEN && buf[..4] == MAGIC.to_be_bytes() => {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) if n >= HEADER_LEN && buf[..4] == MAGIC.to_be_bytes() => {
                         let flow = u32::from_be_bytes(buf[4..8].try_into()?);
                         let seq = u64::from_be_bytes(buf[8..16].try_into()?);
-                        flows.entry(flow).or_default().record(seq);
+                        flows.entry((from, flow)).or_default().record(seq);
                     }
                     Ok(_) => {}
                     Err(_) => {
