@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use http_body_util::{BodyExt as _, Empty};
-use hyper::{Method, Request, StatusCode, body::Bytes};
+use hyper::Request;
+pub use hyper::{Method, StatusCode, body::Bytes};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;

@@ -49,6 +49,14 @@ pub fn run(args: &InstanceArg) -> anyhow::Result<()> {
 /// Removes `instance`'s dataplane; stops its daemon first if it runs.
 pub fn down(instance: &str) -> anyhow::Result<DownView> {
     require_root("xnic down")?;
+    let view = remove_dataplane(instance)?;
+    // The daemon is gone: its lock file goes too.
+    let _ =
+        std::fs::remove_file(std::path::Path::new(crate::RUN_DIR).join(format!("{instance}.lock")));
+    Ok(view)
+}
+
+fn remove_dataplane(instance: &str) -> anyhow::Result<DownView> {
     let client = Client::new(instance);
     if block_on(client.is_running()) {
         let view: DownView = block_on(client.post("/v1/down"))?;

@@ -18,8 +18,9 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use nix::fcntl::{Flock, FlockArg};
 use tokio::{net::UnixListener, sync::watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use self::state::State;
 use crate::{
@@ -166,21 +167,38 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn bind_socket(path: &Path, instance: &str) -> anyhow::Result<(UnixListener, SocketGuard)> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("socket path has no directory"))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "a daemon for instance {instance:?} is already running (it answers on {}); \
-                 stop it first, or use another instance name",
-                path.display()
-            );
+/// Holds `/run/xnic/<instance>.lock` for the daemon's lifetime: one daemon per instance. The
+/// kernel releases it when the process dies, however it dies.
+fn lock_instance(instance: &str) -> anyhow::Result<Flock<std::fs::File>> {
+    std::fs::create_dir_all(crate::RUN_DIR)
+        .with_context(|| format!("cannot create {}", crate::RUN_DIR))?;
+    let path = Path::new(crate::RUN_DIR).join(format!("{instance}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow!(
+            "a daemon for instance {instance:?} is already running (it holds {}); \
+             stop it first, or use another instance name",
+            path.display()
+        )
+    })
+}
+
+/// Listens on the control socket, root-only. Called once the daemon is fully up, so a client
+/// that can connect talks to a ready daemon.
+fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
+    // The instance lock is ours: whatever socket file exists is a dead daemon's.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()));
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -192,7 +210,15 @@ async fn bind_socket(path: &Path, instance: &str) -> anyhow::Result<(UnixListene
 
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let socket = config.socket_path();
-    let (listener, _socket_guard) = bind_socket(&socket, &config.instance).await?;
+    let _lock = lock_instance(&config.instance)?;
+    // Handlers first: a signal during start-up must not kill the daemon half-way.
+    let (mut sigterm, mut sigint) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        )
+    };
 
     let links = Links::connect()?;
     let interfaces = state::resolve_interfaces(&config, &links).await?;
@@ -207,6 +233,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let stats_interval = Duration::from_millis(config.daemon.stats_interval_ms);
     let metrics_listen = config.daemon.metrics_listen.clone();
     let state = state::start(config, config_path, dp, &interfaces)?;
+    let (listener, _socket_guard) = bind_socket(&socket)?;
     info!(
         instance = %state.config.instance,
         ports = state.ports.len(),
@@ -237,17 +264,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let signals = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                error!("cannot install signal handlers");
-                return;
-            };
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
             }
             info!("signal received: stopping; the dataplane keeps forwarding");
             let _ = daemon.stop.send(Some(Stop::Signal));

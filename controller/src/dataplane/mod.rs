@@ -7,8 +7,10 @@
 //! maps and swaps it into each pinned link atomically, so forwarding never stops and counters
 //! keep counting.
 
+pub mod baseline;
 mod bpffs;
 pub mod objects;
+pub mod testrun;
 
 use std::{
     fs,
@@ -317,6 +319,17 @@ impl Dataplane {
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// Runs the program for `role` on `frame` with `BPF_PROG_TEST_RUN` (see [`testrun::run`]).
+    pub fn test_run(
+        &mut self,
+        role: PortRole,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> anyhow::Result<testrun::TestRunOutcome> {
+        testrun::run(self.program_mut(role)?, frame, ingress_ifindex, repeat)
     }
 
     /// Kernel id of the program for `role`.

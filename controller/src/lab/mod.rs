@@ -131,6 +131,9 @@ impl Lab {
         ])?;
         ip(&["-n", &tor, "link", "set", TOR_BRIDGE, "up"])?;
         for net in self.lab.tor_nets() {
+            if net.addr.is_ipv6() && !self.lab.ipv6 {
+                continue;
+            }
             add_addr(&tor, TOR_BRIDGE, &net)?;
         }
 

@@ -1,0 +1,259 @@
+//! Helpers for xnic's integration tests: uniquely named labs that always clean up, the real
+//! `xnic` binary, and quick access to the daemon's API.
+//!
+//! Every name a test creates (instances, namespaces, pin directories, configuration files)
+//! starts with `xt<pid>x`, so leftovers of a killed test run are recognisable; [`sweep`]
+//! removes those whose process is gone.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use xnic::{
+    api::{
+        client::Client,
+        types::{StatsView, StatusView, VmView},
+    },
+    cli::block_on,
+    config::{Config, default_lab_toml},
+    dataplane::{self, PIN_ROOT},
+    lab::{Lab, daemon::DaemonProcess},
+};
+
+/// How long a daemon may take to start answering.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// A name no other test, in this process or another, uses.
+pub fn unique_name() -> String {
+    SWEEP.call_once(sweep);
+    format!(
+        "xt{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("xt")?.split('x').next()?.parse().ok()
+}
+
+fn is_stale(name: &str) -> bool {
+    owner_pid(name).is_some_and(|pid| {
+        pid != std::process::id() && !PathBuf::from(format!("/proc/{pid}")).exists()
+    })
+}
+
+/// Removes what killed test runs left behind: their pins, sockets and namespaces.
+pub fn sweep() {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for inst in names(PIN_ROOT) {
+        if is_stale(&inst) {
+            let _ = dataplane::teardown(&inst);
+        }
+    }
+    for f in names(xnic::RUN_DIR) {
+        if is_stale(&f) {
+            let _ = std::fs::remove_file(PathBuf::from(xnic::RUN_DIR).join(f));
+        }
+    }
+    for ns in names("/run/netns") {
+        if is_stale(&ns) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+/// The `xnic` binary cargo built next to this test (or `$XNIC_BIN`).
+pub fn xnic_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XNIC_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/xnic
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    dir.join("xnic")
+}
+
+/// Runs the `xnic` binary with `args`.
+pub fn xnic(args: &[&str]) -> Output {
+    Command::new(xnic_bin())
+        .args(args)
+        .output()
+        .expect("running the xnic binary")
+}
+
+/// A lab with its own instance and namespaces. Dropping it stops its daemon, removes its
+/// dataplane, its namespaces and its configuration file, whatever state the test left.
+pub struct TestLab {
+    pub lab: Lab,
+    pub config_path: PathBuf,
+    pub instance: String,
+    daemon: Option<DaemonProcess>,
+}
+
+impl TestLab {
+    /// A lab with `vms` VMs and two uplinks; IPv6 off, so the lab is silent unless a test
+    /// sends something.
+    pub fn new(vms: usize) -> TestLab {
+        Self::with_config(&default_lab_toml(
+            &unique_name(),
+            &unique_name(),
+            vms,
+            false,
+        ))
+    }
+
+    /// A lab from configuration text (which must have a [lab] section and unique names).
+    pub fn with_config(text: &str) -> TestLab {
+        let config =
+            Config::parse(text, std::path::Path::new("test.toml")).expect("valid test config");
+        let instance = config.instance.clone();
+        std::fs::create_dir_all(xnic::RUN_DIR).expect("run dir");
+        let config_path = PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.test.toml"));
+        std::fs::write(&config_path, text).expect("writing test config");
+        let lab = Lab::new(config).expect("lab config");
+        let t = TestLab {
+            lab,
+            config_path,
+            instance,
+            daemon: None,
+        };
+        t.lab.up().expect("lab up");
+        t
+    }
+
+    pub fn config(&self) -> &Config {
+        self.lab.config()
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start_daemon(&mut self) -> &DaemonProcess {
+        let d = DaemonProcess::start(
+            &xnic_bin(),
+            &self.config_path,
+            &self.instance,
+            None,
+            READY_TIMEOUT,
+        )
+        .expect("daemon start");
+        self.daemon.insert(d)
+    }
+
+    /// The running daemon, taken out (to kill or stop it).
+    pub fn take_daemon(&mut self) -> DaemonProcess {
+        self.daemon.take().expect("a running daemon")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.instance)
+    }
+
+    pub fn status(&self) -> StatusView {
+        block_on(self.client().get("/v1/status")).expect("GET /v1/status")
+    }
+
+    pub fn stats(&self) -> StatsView {
+        block_on(self.client().get("/v1/stats")).expect("GET /v1/stats")
+    }
+
+    pub fn vm(&self, name: &str) -> VmView {
+        block_on(self.client().get(&format!("/v1/vms/{name}"))).expect("GET /v1/vms/NAME")
+    }
+
+    pub fn vm_ns(&self, vm: &str) -> String {
+        self.lab.vm_ns(vm)
+    }
+
+    /// `ip -d link show` of an interface in the host namespace.
+    pub fn link_details(&self, ifname: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                self.lab.host_ns(),
+                "-d",
+                "link",
+                "show",
+                "dev",
+                ifname,
+            ])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Interfaces in the host namespace with an XDP program attached.
+    pub fn interfaces_with_xdp(&self) -> Vec<String> {
+        self.config()
+            .uplinks
+            .iter()
+            .map(|u| u.name.clone())
+            .chain(self.config().vms.iter().map(|v| v.port.clone()))
+            .filter(|name| self.link_details(name).contains("prog/xdp"))
+            .collect()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            let _ = d.kill();
+        }
+        let _ = dataplane::teardown(&self.instance);
+        let _ = std::fs::remove_file(xnic::config::socket_path(&self.instance));
+        let _ = std::fs::remove_file(
+            PathBuf::from(xnic::RUN_DIR).join(format!("{}.lock", self.instance)),
+        );
+        let _ = self.lab.down();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Sum of every verdict counter of every port.
+pub fn total_frames(stats: &StatsView) -> u64 {
+    stats.ports.iter().map(|p| p.total.packets).sum()
+}
+
+/// The count of `reason` on port `port`.
+pub fn reason_count(stats: &StatsView, port: &str, reason: &str) -> xnic::api::types::Count {
+    stats
+        .ports
+        .iter()
+        .find(|p| p.name == port)
+        .and_then(|p| p.reasons.get(reason).copied())
+        .unwrap_or_default()
+}
+
+/// Runs `ip` and fails the test on error.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

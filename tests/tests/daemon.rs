@@ -1,0 +1,452 @@
+//! The real daemon on a real lab: exact counts for known traffic, a crash under traffic,
+//! configuration and interface errors, and `xnic down` leaving nothing behind.
+
+use std::{net::SocketAddr, time::Duration};
+
+use xnic::{
+    api::{client::Method, types::DownView},
+    cli::block_on,
+    lab::{
+        TOR_UDP_PORT,
+        traffic::{Receiver, UdpStream, send_udp},
+    },
+};
+use xnic_tests::{TestLab, reason_count, total_frames, unique_name, xnic};
+
+const TOR_IP: &str = "10.77.0.1";
+
+fn tor_sink() -> SocketAddr {
+    SocketAddr::new(TOR_IP.parse().unwrap(), TOR_UDP_PORT)
+}
+
+/// Ethernet + IPv4 + UDP headers.
+const UDP_OVERHEAD: u64 = 14 + 20 + 8;
+
+#[test]
+fn counts_known_traffic_exactly() {
+    let mut t = TestLab::new(2);
+    t.start_daemon();
+    let vm0_ip = t.config().vms[0].ip_nets()[0].addr;
+    let payload = 100usize;
+    let frame = UDP_OVERHEAD + payload as u64;
+
+    // vm0 → tor: 1000 datagrams.
+    let rx = Receiver::start(Some(&t.lab.tor_ns()), tor_sink()).unwrap();
+    let sent = send_udp(
+        Some(&t.vm_ns("vm0")),
+        UdpStream {
+            dst: tor_sink(),
+            flows: 4,
+            pps: 5000,
+            duration: Duration::from_millis(200),
+            payload,
+        },
+    )
+    .unwrap();
+    let got = rx.stop().unwrap();
+    assert_eq!((sent.sent, got.received), (1000, 1000));
+
+    // tor → vm0: 500 datagrams.
+    let vm0_sink = SocketAddr::new(vm0_ip, 7000);
+    let rx = Receiver::start(Some(&t.vm_ns("vm0")), vm0_sink).unwrap();
+    let sent = send_udp(
+        Some(&t.lab.tor_ns()),
+        UdpStream {
+            dst: vm0_sink,
+            flows: 2,
+            pps: 5000,
+            duration: Duration::from_millis(100),
+            payload,
+        },
+    )
+    .unwrap();
+    let got = rx.stop().unwrap();
+    assert_eq!((sent.sent, got.received), (500, 500));
+
+    let vm0 = t.vm("vm0");
+    assert_eq!(
+        (vm0.counters.from_vm.packets, vm0.counters.from_vm.bytes),
+        (1000, 1000 * frame)
+    );
+    assert_eq!(
+        (vm0.counters.to_vm.packets, vm0.counters.to_vm.bytes),
+        (500, 500 * frame)
+    );
+    assert_eq!(vm0.counters.dropped.packets, 0);
+    let stats = t.stats();
+    assert_eq!(reason_count(&stats, "vm0", "from_vm").packets, 1000);
+    assert_eq!(reason_count(&stats, "up0", "to_vm").packets, 500);
+    assert_eq!(reason_count(&stats, "up1", "to_vm").packets, 0);
+    // The lab is silent (IPv6 off, static neighbours): nothing else crossed any port.
+    assert_eq!(total_frames(&stats), 1500, "{stats:#?}");
+    // Per-CPU counters add up to the same total.
+    assert_eq!(stats.cpus.iter().map(|c| c.packets).sum::<u64>(), 1500);
+    let vm1 = t.vm("vm1");
+    assert_eq!(vm1.counters.from_vm.packets + vm1.counters.to_vm.packets, 0);
+}
+
+#[test]
+fn sigkill_and_restart_under_traffic_lose_nothing() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    let rx = Receiver::start(Some(&t.lab.tor_ns()), tor_sink()).unwrap();
+    let ns = t.vm_ns("vm0");
+    let sender = std::thread::spawn(move || {
+        send_udp(
+            Some(&ns),
+            UdpStream {
+                dst: tor_sink(),
+                flows: 8,
+                pps: 10_000,
+                duration: Duration::from_secs(5),
+                payload: 64,
+            },
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = t.vm("vm0").counters.from_vm.packets;
+    assert!(before > 0, "traffic is flowing before the crash");
+    t.take_daemon().kill().unwrap();
+    // No daemon for a while: the pinned programs keep forwarding and counting.
+    std::thread::sleep(Duration::from_millis(1000));
+    t.start_daemon();
+    let status = t.status();
+    assert!(
+        status.adopted,
+        "the new daemon adopted the pinned dataplane"
+    );
+    assert!(status.ports.iter().all(|p| p.xdp_ours), "{status:#?}");
+    let sent = sender.join().unwrap().unwrap();
+    let got = rx.stop().unwrap();
+    assert_eq!(sent.send_errors, 0);
+    assert_eq!(got.received, sent.sent, "lost {}", sent.sent - got.received);
+    assert_eq!((got.reordered, got.duplicates, got.gaps), (0, 0, 0));
+    // Counters counted straight through the gap.
+    assert_eq!(t.vm("vm0").counters.from_vm.packets, sent.sent);
+}
+
+#[test]
+fn sigterm_leaves_the_dataplane_forwarding() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    t.take_daemon().stop().unwrap();
+    assert_eq!(
+        t.interfaces_with_xdp().len(),
+        3,
+        "uplinks and VM port keep XDP"
+    );
+    let rx = Receiver::start(Some(&t.lab.tor_ns()), tor_sink()).unwrap();
+    let sent = send_udp(
+        Some(&t.vm_ns("vm0")),
+        UdpStream {
+            dst: tor_sink(),
+            flows: 1,
+            pps: 1000,
+            duration: Duration::from_millis(100),
+            payload: 32,
+        },
+    )
+    .unwrap();
+    assert_eq!(rx.stop().unwrap().received, sent.sent);
+    // A new daemon sees what was counted while none ran.
+    t.start_daemon();
+    assert_eq!(t.vm("vm0").counters.from_vm.packets, sent.sent);
+}
+
+#[test]
+fn down_removes_everything_it_attached_and_pinned() {
+    let mut t = TestLab::new(2);
+    t.start_daemon();
+    assert_eq!(t.interfaces_with_xdp().len(), 4);
+    let pins = format!("/sys/fs/bpf/xnic/{}", t.instance);
+    assert!(std::path::Path::new(&pins).exists());
+
+    let out = xnic(&["down", "--instance", &t.instance]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.take_daemon().wait(Duration::from_secs(10)).unwrap();
+    assert!(t.interfaces_with_xdp().is_empty(), "no XDP left");
+    assert!(!std::path::Path::new(&pins).exists(), "no pins left");
+    assert!(
+        !xnic::config::socket_path(&t.instance).exists(),
+        "no socket left"
+    );
+
+    // Without a daemon, down still works (and has nothing left to do).
+    let out = xnic(&["down", "--instance", &t.instance]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing was attached"));
+
+    let namespaces = t.lab.namespaces();
+    let out = xnic(&["lab", "down", "--config", t.config_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ns in namespaces {
+        assert!(
+            !std::path::Path::new("/run/netns").join(&ns).exists(),
+            "{ns} left behind"
+        );
+    }
+}
+
+#[test]
+fn down_without_a_daemon_detaches_pinned_programs() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    t.take_daemon().kill().unwrap();
+    assert_eq!(t.interfaces_with_xdp().len(), 3);
+    let out = xnic(&["down", "--instance", &t.instance]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.interfaces_with_xdp().is_empty());
+    assert!(
+        !xnic::config::socket_path(&t.instance).exists(),
+        "stale socket removed"
+    );
+}
+
+/// A lab configuration with a mistake on a known line.
+fn config_with(instance: &str, prefix: &str, vm_block: &str) -> String {
+    format!(
+        "instance = \"{instance}\"\nnetns = \"{prefix}-host\"\n\n[[uplink]]\nname = \"up0\"\n\n{vm_block}\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"]\nipv6 = false\n"
+    )
+}
+
+#[test]
+fn bad_config_is_rejected_with_its_location_and_nothing_is_touched() {
+    let instance = unique_name();
+    let prefix = unique_name();
+    let good = config_with(
+        &instance,
+        &prefix,
+        "[[vm]]\nname = \"vm0\"\nport = \"vm0\"\nmacs = [\"02:77:00:00:00:10\"]\nips = [\"10.77.0.10/24\"]\n",
+    );
+    let t = TestLab::with_config(&good);
+    let bad = good.replace("02:77:00:00:00:10", "02:77:00:00:10");
+    let path = std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bad.toml"));
+    std::fs::write(&path, &bad).unwrap();
+    let out = xnic(&["run", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let location = format!("{}:10:9: vm[0].macs[0]:", path.display());
+    assert!(stderr.contains(&location), "{stderr}");
+    assert!(stderr.contains("is not a MAC address"), "{stderr}");
+    assert!(t.interfaces_with_xdp().is_empty());
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{instance}")).exists());
+    assert!(!xnic::config::socket_path(&instance).exists());
+
+    // `xnic check` gives the same verdict without needing anything else.
+    std::fs::write(&path, &bad).unwrap();
+    let out = xnic(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&location));
+}
+
+#[test]
+fn unknown_interface_is_rejected_and_nothing_is_touched() {
+    let instance = unique_name();
+    let prefix = unique_name();
+    let good = config_with(
+        &instance,
+        &prefix,
+        "[[vm]]\nname = \"vm0\"\nport = \"vm0\"\nmacs = [\"02:77:00:00:00:10\"]\nips = [\"10.77.0.10/24\"]\n",
+    );
+    let t = TestLab::with_config(&good);
+    let bad = good.replace("[lab]", "[[uplink]]\nname = \"nosuch0\"\n\n[lab]");
+    let path = std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bad.toml"));
+    std::fs::write(&path, &bad).unwrap();
+    let out = xnic(&["run", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("interface nosuch0 not found"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert!(t.interfaces_with_xdp().is_empty(), "up0 and vm0 untouched");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{instance}")).exists());
+    assert!(!xnic::config::socket_path(&instance).exists());
+}
+
+#[test]
+fn foreign_xdp_program_is_refused_before_anything_changes() {
+    let mut t = TestLab::new(1);
+    // Someone else's program on vm0 (the baseline XDP_PASS program, attached directly).
+    let host = t.lab.host_ns().to_string();
+    let holder = std::thread::spawn(move || {
+        xnic::netns::enter(&host).unwrap();
+        let mut b = xnic::dataplane::baseline::Baseline::load().unwrap();
+        let ifindex = nix::net::if_::if_nametoindex("vm0").unwrap();
+        let link = b
+            .attach(xnic::dataplane::baseline::BaselineProgram::Pass, ifindex)
+            .unwrap();
+        (b, link)
+    })
+    .join()
+    .unwrap();
+    let out = xnic(&["run", "--config", t.config_path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("interface vm0 already runs XDP program"),
+        "{stderr}"
+    );
+    assert_eq!(
+        t.interfaces_with_xdp(),
+        vec!["vm0".to_string()],
+        "only the foreign program"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{}", t.instance)).exists());
+    drop(holder);
+    // With the interface free again, the daemon starts.
+    t.start_daemon();
+    assert_eq!(t.interfaces_with_xdp().len(), 3);
+}
+
+#[test]
+fn spoofed_source_mac_is_dropped_and_counted() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    let ns = t.vm_ns("vm0");
+    xnic_tests::ip(&[
+        "-n",
+        &ns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "02:66:00:00:00:01",
+    ])
+    .unwrap();
+    // A new MAC flushes the neighbour table; restore the static entry so no ARP is needed.
+    let tor_mac = xnic::lab::TOR_MAC.to_string();
+    xnic_tests::ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "replace",
+        TOR_IP,
+        "lladdr",
+        &tor_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    let rx = Receiver::start(Some(&t.lab.tor_ns()), tor_sink()).unwrap();
+    let sent = send_udp(
+        Some(&ns),
+        UdpStream {
+            dst: tor_sink(),
+            flows: 1,
+            pps: 1000,
+            duration: Duration::from_millis(100),
+            payload: 10,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rx.stop().unwrap().received,
+        0,
+        "nothing spoofed gets through"
+    );
+    let vm0 = t.vm("vm0");
+    assert_eq!(vm0.counters.dropped.packets, sent.sent);
+    assert_eq!(vm0.counters.from_vm.packets, 0);
+    assert_eq!(vm0.port_reasons["spoofed_mac"].packets, sent.sent);
+}
+
+#[test]
+fn cli_reads_as_tables_and_json_and_explains_errors() {
+    let mut t = TestLab::new(2);
+    t.start_daemon();
+    let i = t.instance.clone();
+
+    let out = xnic(&["status", "--instance", &i]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("up0") && text.contains("native"), "{text}");
+
+    let out = xnic(&["status", "--instance", &i, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["instance"], i.as_str());
+    assert_eq!(v["ports"].as_array().unwrap().len(), 4);
+
+    let out = xnic(&["vm", "list", "--instance", &i, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+
+    let out = xnic(&["stats", "--instance", &i, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["ports"][0]["reasons"]["from_vm"].is_object());
+
+    let out = xnic(&["vm", "show", "vm1", "--instance", &i]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("02:77:00:00:00:11"));
+
+    let out = xnic(&["vm", "show", "nosuch", "--instance", &i]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no VM named \"nosuch\"; known VMs: vm0, vm1"),
+        "{err}"
+    );
+
+    let out = xnic(&["status", "--instance", "xtnotrunning"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not running"));
+
+    // Prometheus text on the socket.
+    let (code, body) = block_on(t.client().request(Method::GET, "/metrics")).unwrap();
+    assert!(code.is_success());
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("xnic_port_packets_total{"), "{body}");
+    assert!(body.contains("xnic_vm_packets_total{"), "{body}");
+
+    // Completions are generated.
+    let out = xnic(&["completions", "bash"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("xnic"));
+
+    // An unknown endpoint says what exists.
+    let (code, body) = block_on(t.client().request(Method::GET, "/v2/nothing")).unwrap();
+    assert_eq!(code.as_u16(), 404);
+    assert!(String::from_utf8_lossy(&body).contains("/v1/status"));
+
+    // POST /v1/down through the API ends the daemon and removes the dataplane.
+    let down: DownView = block_on(t.client().post("/v1/down")).unwrap();
+    assert_eq!(down.links_removed.len(), 4);
+    t.take_daemon().wait(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn the_control_socket_is_root_only() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    let socket = xnic::config::socket_path(&t.instance);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // As nobody, the CLI explains instead of failing obscurely.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xnic_tests::xnic_bin())
+        .args(["status", "--instance", &t.instance])
+        .output();
+    if let Ok(out) = out {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("root-only") || err.contains("Permission denied"),
+            "{err}"
+        );
+    }
+}
