@@ -5,7 +5,7 @@ mod support;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
-use support::{Net, Spec, Transport, spec, transport_of, v4_mapped};
+use support::{Net, Spec, Transport, ip_spec, spec, transport_of, v4_mapped};
 use xnic_common::{
     frame::Frame,
     parse::{Fragment, L3, Layer, MAX_IPV6_EXT_HEADERS, ParseError, Parsed, Shape, parse_frame},
@@ -186,8 +186,25 @@ fn check_transport(t: &Transport, v6: bool, p: &Parsed) {
     }
 }
 
+/// Whether the VLAN stack uses a legacy tag protocol id (0x9100, 0x9200) that etherparse
+/// accepts but Linux, and so the dataplane, does not treat as VLAN.
+fn has_legacy_tpid(bytes: &[u8]) -> bool {
+    let mut at = 12;
+    while at + 2 <= bytes.len() {
+        match u16::from_be_bytes([bytes[at], bytes[at + 1]]) {
+            0x9100 | 0x9200 => return true,
+            0x8100 | 0x88a8 => at += 4,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Where both parsers reach the same header, they must read the same values from it.
 fn check_against_etherparse(bytes: &[u8], p: &Parsed) {
+    if has_legacy_tpid(bytes) {
+        return;
+    }
     let Ok(reference) = SlicedPacket::from_ethernet(bytes) else {
         return;
     };
@@ -242,7 +259,11 @@ fn check_against_etherparse(bytes: &[u8], p: &Parsed) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn built_frames_parse_as_built(spec in spec()) {
@@ -253,8 +274,7 @@ proptest! {
     }
 
     #[test]
-    fn every_strict_prefix_of_an_ip_frame_is_truncated(spec in spec()) {
-        prop_assume!(!matches!(spec.net, Net::Other(_)));
+    fn every_strict_prefix_of_an_ip_frame_is_truncated(spec in ip_spec()) {
         let bytes = spec.build();
         for cut in 0..bytes.len() {
             let r = parse_guarded(&bytes[..cut]);
@@ -263,8 +283,7 @@ proptest! {
     }
 
     #[test]
-    fn ethernet_padding_changes_nothing(spec in spec(), pad in 1usize..64) {
-        prop_assume!(!matches!(spec.net, Net::Other(_)));
+    fn ethernet_padding_changes_nothing(spec in ip_spec(), pad in 1usize..64) {
         let bytes = spec.build();
         let mut padded = bytes.clone();
         padded.extend(std::iter::repeat_n(0u8, pad));

@@ -1,1 +1,240 @@
-fn main() {}
+//! Project automation. Every command runs `setup` first (fast when nothing is missing).
+//!
+//! ```text
+//! cargo xtask setup                 install toolchains, bpf-linker, system packages
+//! cargo xtask build                 build everything (debug)
+//! cargo xtask test [-- ARGS]        formatting, lints, then every test (needs root)
+//! cargo xtask lab [ARGS]            the lab demo (`xnic lab demo ARGS`, e.g. --duration 60)
+//! cargo xtask bench NAME [ARGS]     a benchmark (release build); results in bench/results/
+//! cargo xtask fmt [--check]         format userspace and eBPF code
+//! cargo xtask lint                  clippy -D warnings on userspace and eBPF code
+//! ```
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|fmt|lint> [ARGS]
+
+  setup               install what this machine lacks (toolchains, bpf-linker, packages)
+  build               build everything (debug)
+  test [-- ARGS]      check formatting and lints, then run every test (ARGS go to cargo test)
+  lab [ARGS]          set up, build, and run the lab demo (`xnic lab demo ARGS`;
+                      --duration SECS to stop by itself)
+  bench NAME [ARGS]   run a benchmark (`cargo xtask bench dataplane`); results go to
+                      bench/results/NAME.json and .md
+  fmt [--check]       format (or check) all code
+  lint                clippy with warnings as errors, userspace and eBPF";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match command.as_str() {
+        "setup" => setup::run(),
+        "build" => {
+            setup::run()?;
+            build()
+        }
+        "test" => {
+            setup::run()?;
+            test(&rest)
+        }
+        "lab" => {
+            setup::run()?;
+            cargo(&["build", "--package", "xnic"])?;
+            let xnic = root().join("target/debug/xnic");
+            let mut args = vec!["lab", "demo"];
+            args.extend(&rest);
+            cmd(xnic.to_str().context("non-UTF-8 path")?, &args)
+        }
+        "bench" => {
+            setup::run()?;
+            bench(&rest)
+        }
+        "fmt" => {
+            setup::run()?;
+            fmt(rest.contains(&"--check"))
+        }
+        "lint" => {
+            setup::run()?;
+            lint()
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// PATH for every command xtask runs: tools `cargo install` puts in ~/.cargo/bin
+/// (bpf-linker) must be found by the builds even when that directory is not on PATH (sudo,
+/// CI).
+pub fn path_env() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(bin) = home.map(|h| h.join("bin"))
+        && !dirs.contains(&bin)
+    {
+        dirs.insert(0, bin);
+    }
+    std::env::join_paths(dirs).unwrap_or(path)
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .env("PATH", path_env())
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", path_env())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd(&cargo, args)
+}
+
+/// cargo of the pinned nightly, for the eBPF crate.
+fn nightly_cargo(args: &[&str]) -> anyhow::Result<()> {
+    let toolchain = setup::ebpf_toolchain()?;
+    let mut all = vec!["run", toolchain.as_str(), "cargo"];
+    all.extend(args);
+    cmd("rustup", &all)
+}
+
+const EBPF_TARGET_ARGS: &[&str] = &[
+    "--package",
+    "xnic-ebpf",
+    "--bins",
+    "--release",
+    "--target",
+    "bpfel-unknown-none",
+    "-Z",
+    "build-std=core",
+];
+
+/// Every host crate: the eBPF crate only builds for the BPF target (see [`EBPF_TARGET_ARGS`]).
+const HOST_CRATES: &[&str] = &["--workspace", "--exclude", "xnic-ebpf"];
+
+fn build() -> anyhow::Result<()> {
+    let mut args = vec!["build"];
+    args.extend(HOST_CRATES);
+    args.push("--all-targets");
+    cargo(&args)
+}
+
+fn fmt(check: bool) -> anyhow::Result<()> {
+    if check {
+        cargo(&["fmt", "--all", "--", "--check"])
+    } else {
+        cargo(&["fmt", "--all"])
+    }
+}
+
+fn lint() -> anyhow::Result<()> {
+    let mut args = vec!["clippy"];
+    args.extend(HOST_CRATES);
+    args.extend(["--all-targets", "--", "-D", "warnings"]);
+    cargo(&args)?;
+    let mut args = vec!["clippy"];
+    args.extend(EBPF_TARGET_ARGS);
+    args.extend(["--", "-D", "warnings"]);
+    nightly_cargo(&args)
+}
+
+fn test(rest: &[&str]) -> anyhow::Result<()> {
+    let mut stages: Vec<(&str, f64)> = Vec::new();
+    let mut stage = |name: &'static str, f: &dyn Fn() -> anyhow::Result<()>| {
+        eprintln!("\n== {name}");
+        let t = Instant::now();
+        let r = f();
+        stages.push((name, t.elapsed().as_secs_f64()));
+        r.with_context(|| format!("stage `{name}` failed"))
+    };
+    stage("format", &|| fmt(true))?;
+    stage("lint", &lint)?;
+    stage("build", &build)?;
+    let extra: Vec<&str> = match rest.iter().position(|a| *a == "--") {
+        Some(i) => rest[i + 1..].to_vec(),
+        None => Vec::new(),
+    };
+    stage("tests", &|| {
+        let mut args = vec!["test"];
+        args.extend(HOST_CRATES);
+        if !extra.is_empty() {
+            args.push("--");
+            args.extend(&extra);
+        }
+        cargo(&args)
+    })?;
+    eprintln!("\n== summary");
+    for (name, secs) in &stages {
+        eprintln!("{name:>8}: {secs:6.1} s");
+    }
+    Ok(())
+}
+
+fn bench(rest: &[&str]) -> anyhow::Result<()> {
+    let Some(name) = rest.first() else {
+        bail!("which benchmark? `cargo xtask bench dataplane`");
+    };
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "xnic",
+        "--package",
+        "xnic-bench",
+    ])?;
+    let bin = root().join("target/release/xnic-bench");
+    let mut args = vec![*name];
+    args.extend(&rest[1..]);
+    cmd(bin.to_str().context("non-UTF-8 path")?, &args)
+}

@@ -339,7 +339,7 @@ fn ipv6_exts() -> impl Strategy<Value = Vec<Ipv6Ext>> {
         })
 }
 
-fn net() -> impl Strategy<Value = Net> {
+fn ip_net() -> impl Strategy<Value = Net> {
     prop_oneof![
         (
             any::<[u8; 4]>(),
@@ -368,12 +368,28 @@ fn net() -> impl Strategy<Value = Net> {
                 exts,
                 transport,
             }),
-        prop::sample::select(vec![0x0806u16, 0x88cc, 0x8847, 0x9000]).prop_map(Net::Other),
     ]
 }
 
+fn net() -> impl Strategy<Value = Net> {
+    prop_oneof![
+        2 => ip_net(),
+        1 => prop::sample::select(vec![0x0806u16, 0x88cc, 0x8847, 0x9000]).prop_map(Net::Other),
+    ]
+}
+
+/// Frames of every kind the builder makes.
 pub fn spec() -> impl Strategy<Value = Spec> {
-    (mac(), mac(), vec(1u16..4095, 0..=2), net(), 0usize..200).prop_map(
+    spec_with(net().boxed())
+}
+
+/// IPv4 and IPv6 frames only.
+pub fn ip_spec() -> impl Strategy<Value = Spec> {
+    spec_with(ip_net().boxed())
+}
+
+fn spec_with(net: BoxedStrategy<Net>) -> impl Strategy<Value = Spec> {
+    (mac(), mac(), vec(1u16..4095, 0..=2), net, 0usize..200).prop_map(
         |(dst_mac, src_mac, vlans, net, payload)| Spec {
             dst_mac,
             src_mac,
