@@ -514,6 +514,12 @@ ips = ["10.0.0.2/24", "fd00::2"]
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = parse(include_str!("../../examples/host.toml")).unwrap();
+        assert_eq!(c.vms[1].mac_addrs().len(), 2);
+    }
+
+    #[test]
     fn default_lab_config_is_valid() {
         let c = parse(&default_lab_toml("lab", "xlab", 4, true)).unwrap();
         assert_eq!(c.vms.len(), 4);

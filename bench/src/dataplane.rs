@@ -1,0 +1,461 @@
+//! `dataplane`: what the XDP programs cost.
+//!
+//! (a) Live: trafgen (netsniff-ng) blasts 64-byte UDP frames into a veth pair; the receiving
+//!     end runs, in turn, no XDP at all (the kernel's own path), the minimal XDP_PASS and
+//!     XDP_DROP programs (the limit of the XDP path), and each xnic program. Frames per second
+//!     are read from the veth's counters in steady state; scenarios are interleaved over
+//!     several rounds and the median is reported.
+//! (b) Per packet: BPF_PROG_TEST_RUN with a million repetitions on several frame shapes, each
+//!     xnic program against the empty XDP program, in the same run.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use etherparse::PacketBuilder;
+use xnic::{
+    dataplane::{
+        Dataplane,
+        baseline::{Baseline, BaselineProgram},
+    },
+    netns,
+};
+use xnic_common::maps::{MacOwner, NO_VM, PortEntry, PortRole};
+
+use crate::{
+    flag,
+    report::{Better, Report, median},
+};
+
+/// The "VM" whose frames the VM-port program sees.
+const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
+const GEN_IP: &str = "10.99.0.1";
+const DUT_IP: &str = "10.99.0.2";
+const TEST_RUN_REPEAT: u32 = 1_000_000;
+
+/// Two namespaces joined by a veth: `gen0` in the generator's, `dut0` in the one under test.
+struct VethPair {
+    gen_ns: String,
+    dut_ns: String,
+}
+
+impl VethPair {
+    fn create() -> anyhow::Result<VethPair> {
+        let id = std::process::id();
+        let pair = VethPair {
+            gen_ns: format!("xbench{id}-gen"),
+            dut_ns: format!("xbench{id}-dut"),
+        };
+        for ns in [&pair.gen_ns, &pair.dut_ns] {
+            ip(&["netns", "add", ns])?;
+        }
+        ip(&[
+            "link",
+            "add",
+            "gen0",
+            "netns",
+            &pair.gen_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dut0",
+            "netns",
+            &pair.dut_ns,
+        ])?;
+        ip(&[
+            "-n",
+            &pair.gen_ns,
+            "addr",
+            "add",
+            &format!("{GEN_IP}/24"),
+            "dev",
+            "gen0",
+        ])?;
+        ip(&[
+            "-n",
+            &pair.dut_ns,
+            "addr",
+            "add",
+            &format!("{DUT_IP}/24"),
+            "dev",
+            "dut0",
+        ])?;
+        for (ns, dev) in [(&pair.gen_ns, "gen0"), (&pair.dut_ns, "dut0")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+
+    fn dut_mac(&self) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.dut_ns, "-j", "link", "show", "dut0"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_string)
+            .context("no MAC for dut0")
+    }
+
+    /// Frames dut0 received: XDP-processed frames when a program is attached (veth counts
+    /// them per queue), frames handed to the stack otherwise.
+    fn received(&self, xdp: bool) -> anyhow::Result<u64> {
+        if xdp {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.dut_ns, "ethtool", "-S", "dut0"])
+                .output()
+                .context("running ethtool")?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.trim_start().starts_with("rx_queue_") && l.contains("_xdp_packets:"))
+                .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
+                .sum())
+        } else {
+            let out = Command::new("ip")
+                .args(["-n", &self.dut_ns, "-j", "-s", "link", "show", "dut0"])
+                .output()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            v[0]["stats64"]["rx"]["packets"]
+                .as_u64()
+                .context("no rx counter for dut0")
+        }
+    }
+
+    /// Starts trafgen on gen0 with `config`; it runs until killed.
+    fn trafgen(&self, config: &std::path::Path) -> anyhow::Result<Child> {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.gen_ns,
+                "trafgen",
+                "--dev",
+                "gen0",
+                "--conf",
+            ])
+            .arg(config)
+            .args(["--cpus", "1", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.gen_ns, &self.dut_ns] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the benchmark's pinned dataplane however the run ends.
+struct DataplaneGuard(String);
+
+impl Drop for DataplaneGuard {
+    fn drop(&mut self) {
+        let _ = xnic::dataplane::teardown(&self.0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Kernel,
+    XdpPass,
+    XdpDrop,
+    XnicUplink,
+    XnicVm,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 5] = [
+        Scenario::Kernel,
+        Scenario::XdpPass,
+        Scenario::XdpDrop,
+        Scenario::XnicUplink,
+        Scenario::XnicVm,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Kernel => "kernel path (no XDP)",
+            Scenario::XdpPass => "minimal XDP_PASS",
+            Scenario::XdpDrop => "minimal XDP_DROP",
+            Scenario::XnicUplink => "xnic_uplink",
+            Scenario::XnicVm => "xnic_vm",
+        }
+    }
+}
+
+struct Bench {
+    pair: VethPair,
+    dp: Dataplane,
+    baseline: Baseline,
+    ifindex: u32,
+}
+
+impl Bench {
+    /// Points the port entry of dut0 at `role` (the program only acts on its own role).
+    fn port_role(&mut self, role: PortRole) -> anyhow::Result<()> {
+        let vm_slot = if role == PortRole::Vm { 0 } else { NO_VM };
+        self.dp.set_port(
+            self.ifindex,
+            PortEntry {
+                slot: 1,
+                vm_slot,
+                role: role as u8,
+                _pad: [0; 3],
+            },
+        )
+    }
+
+    /// Frames per second dut0 handles in `scenario`, in steady state over `secs`.
+    fn live(
+        &mut self,
+        scenario: Scenario,
+        config: &std::path::Path,
+        secs: f64,
+    ) -> anyhow::Result<f64> {
+        let mut baseline_link = None;
+        match scenario {
+            Scenario::Kernel => {}
+            Scenario::XdpPass | Scenario::XdpDrop => {
+                let p = if scenario == Scenario::XdpPass {
+                    BaselineProgram::Pass
+                } else {
+                    BaselineProgram::Drop
+                };
+                baseline_link = Some((p, self.baseline.attach(p, self.ifindex)?));
+            }
+            Scenario::XnicUplink | Scenario::XnicVm => {
+                let role = if scenario == Scenario::XnicUplink {
+                    PortRole::Uplink
+                } else {
+                    PortRole::Vm
+                };
+                self.port_role(role)?;
+                self.dp.attach(
+                    "dut0",
+                    self.ifindex,
+                    role,
+                    xnic::config::XdpModePref::Native,
+                    None,
+                )?;
+            }
+        }
+        let xdp = scenario != Scenario::Kernel;
+        let mut generator = self.pair.trafgen(config)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (c0, t0) = (self.pair.received(xdp)?, Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (c1, t1) = (self.pair.received(xdp)?, Instant::now());
+        let _ = generator.kill();
+        let _ = generator.wait();
+        if let Some((p, link)) = baseline_link {
+            self.baseline.detach(p, link)?;
+        }
+        if matches!(scenario, Scenario::XnicUplink | Scenario::XnicVm) {
+            self.dp.detach("dut0")?;
+        }
+        // Let the generator's last frames drain before the next scenario.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
+    }
+}
+
+fn frames(dut_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    // (shape, frame the uplink program sees (to the VM), frame the VM-port program sees (from
+    // the VM)); both are looked up, counted and passed.
+    let udp4 = |src: [u8; 6], dst: [u8; 6]| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(src, dst)
+            .ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
+            .udp(4000, 9)
+            .write(&mut out, &[0u8; 18])
+            .unwrap();
+        out
+    };
+    let vlan = |src, dst| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(src, dst)
+            .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+            .ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
+            .udp(4000, 9)
+            .write(&mut out, &[0u8; 18])
+            .unwrap();
+        out
+    };
+    let tcp6 = |src, dst| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(src, dst)
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(4000, 80, 1, 65535)
+            .write(&mut out, &[0u8; 20])
+            .unwrap();
+        out
+    };
+    let peer = [0x02, 0x99, 0, 0, 0, 1];
+    let _ = dut_mac;
+    vec![
+        ("IPv4 UDP, 64 B", udp4(peer, VM_MAC), udp4(VM_MAC, peer)),
+        (
+            "802.1Q IPv4 UDP, 68 B",
+            vlan(peer, VM_MAC),
+            vlan(VM_MAC, peer),
+        ),
+        ("IPv6 TCP, 94 B", tcp6(peer, VM_MAC), tcp6(VM_MAC, peer)),
+    ]
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("bad MAC {s}");
+    }
+    for (b, p) in m.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)?;
+    }
+    Ok(m)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the dataplane benchmark needs root (BPF, network namespaces)");
+    }
+    let secs: f64 = flag(args, "--secs", 3.0)?;
+    let rounds: usize = flag(args, "--rounds", 3)?;
+    let pair = VethPair::create()?;
+    let dut_mac = pair.dut_mac()?;
+    // Everything below attaches to dut0, so this thread lives in its namespace.
+    netns::enter(&pair.dut_ns)?;
+    let ifindex = nix::net::if_::if_nametoindex("dut0")?;
+    let instance = format!("xbench{}", std::process::id());
+    let _guard = DataplaneGuard(instance.clone());
+    let dp = Dataplane::open(&instance, 3)?;
+    let baseline = Baseline::load()?;
+    let mut b = Bench {
+        pair,
+        dp,
+        baseline,
+        ifindex,
+    };
+    // The generator's frames come from the "VM" MAC, bound to dut0 (so the VM program
+    // passes them), and go to dut0's own MAC (so the uplink program passes them to the host,
+    // and the kernel takes them up its stack in every scenario alike).
+    b.dp.set_mac(
+        VM_MAC,
+        MacOwner {
+            vm_slot: 0,
+            port_ifindex: ifindex,
+        },
+    )?;
+    let config = std::env::temp_dir().join(format!("xnic-bench-{}.trafgen", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "{{\n  eth(da={dut_mac}, sa=02:77:00:00:00:10, type=0x0800),\n  ipv4(saddr={GEN_IP}, daddr={DUT_IP}, ttl=64),\n  udp(sp=4000, dp=9),\n  fill(0x00, 18)\n}}\n"
+        ),
+    )?;
+
+    let mut report = Report::new("dataplane");
+    report.notes.push(format!(
+        "Live: trafgen sends 64-byte IPv4/UDP frames into a veth pair; each scenario runs {secs} s in steady state, {rounds} interleaved rounds, median reported. Frames are addressed to the receiving host, so every passing scenario takes them up the same kernel path."
+    ));
+    report.notes.push(format!(
+        "Per packet: BPF_PROG_TEST_RUN, {TEST_RUN_REPEAT} repetitions, median of {rounds} runs; the xnic programs do their port and MAC lookups and count the frame."
+    ));
+
+    eprintln!(
+        "live: {rounds} rounds × {} scenarios × {secs} s",
+        Scenario::ALL.len()
+    );
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Scenario::ALL.len()];
+    for round in 0..rounds {
+        for (i, s) in Scenario::ALL.iter().enumerate() {
+            let pps = b.live(*s, &config, secs)?;
+            eprintln!(
+                "  round {}: {:<22} {:>10.0} frames/s",
+                round + 1,
+                s.label(),
+                pps
+            );
+            samples[i].push(pps);
+        }
+    }
+    let _ = std::fs::remove_file(&config);
+    let pps: Vec<f64> = samples.into_iter().map(median).collect();
+    let base = |s: Scenario| pps[Scenario::ALL.iter().position(|x| *x == s).unwrap_or(0)];
+    for s in [Scenario::XnicUplink, Scenario::XnicVm] {
+        report.add(
+            "frames per second",
+            &format!("veth receive, 64 B UDP, {}", s.label()),
+            "frames/s",
+            Better::Higher,
+            base(s),
+            &[
+                (Scenario::Kernel.label(), base(Scenario::Kernel)),
+                (Scenario::XdpPass.label(), base(Scenario::XdpPass)),
+                (Scenario::XdpDrop.label(), base(Scenario::XdpDrop)),
+            ],
+        );
+    }
+
+    eprintln!("per packet: BPF_PROG_TEST_RUN × {TEST_RUN_REPEAT}");
+    for (shape, to_vm, from_vm) in frames(parse_mac(&dut_mac)?) {
+        let mut empty = Vec::new();
+        let mut uplink = Vec::new();
+        let mut vm = Vec::new();
+        for _ in 0..rounds {
+            empty.push(
+                b.baseline
+                    .test_run(BaselineProgram::Pass, &to_vm, TEST_RUN_REPEAT)?
+                    .ns_per_run as f64,
+            );
+            b.port_role(PortRole::Uplink)?;
+            uplink.push(
+                b.dp.test_run(PortRole::Uplink, &to_vm, ifindex, TEST_RUN_REPEAT)?
+                    .ns_per_run as f64,
+            );
+            b.port_role(PortRole::Vm)?;
+            vm.push(
+                b.dp.test_run(PortRole::Vm, &from_vm, ifindex, TEST_RUN_REPEAT)?
+                    .ns_per_run as f64,
+            );
+        }
+        let empty = median(empty);
+        for (label, v) in [("xnic_uplink", uplink), ("xnic_vm", vm)] {
+            let ns = median(v);
+            eprintln!("  {shape:<24} {label:<12} {ns:>5.0} ns   empty program {empty:>4.0} ns");
+            report.add(
+                "ns per frame",
+                &format!("BPF_PROG_TEST_RUN, {shape}, {label}"),
+                "ns",
+                Better::Lower,
+                ns,
+                &[("empty XDP program", empty)],
+            );
+        }
+    }
+    report.write()
+}

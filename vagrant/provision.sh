@@ -1,0 +1,61 @@
+#!/bin/sh
+# Provisions the xnic test rig: Rust, the project's own setup, a release build, and the
+# daemon running on the lab as a systemd service.
+set -eu
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends ca-certificates curl build-essential git pkg-config
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x /root/.cargo/bin/cargo ]; then
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+export PATH="/root/.cargo/bin:$PATH"
+
+cd /xnic
+# The same setup every xtask command runs: pinned nightly, bpf-linker, Debian packages.
+cargo xtask setup
+cargo build --release --package xnic
+install -m 0755 target/release/xnic /usr/local/bin/xnic
+
+# The lab, described by the built-in configuration.
+mkdir -p /etc/xnic
+xnic lab config > /etc/xnic/lab.toml
+
+cat > /etc/systemd/system/xnic-lab.service <<'UNIT'
+[Unit]
+Description=xnic network-namespace lab
+After=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/bin/xnic lab up --config /etc/xnic/lab.toml
+ExecStop=/usr/local/bin/xnic lab down --config /etc/xnic/lab.toml
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+cat > /etc/systemd/system/xnic@.service <<'UNIT'
+[Unit]
+Description=xnic daemon (%i)
+After=network.target xnic-lab.service
+Requires=xnic-lab.service
+
+[Service]
+ExecStart=/usr/local/bin/xnic run --config /etc/xnic/%i.toml
+# Stopping the daemon leaves the dataplane forwarding; `xnic down --instance %i` removes it.
+KillSignal=SIGTERM
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+systemctl daemon-reload
+systemctl enable --now xnic-lab.service xnic@lab.service
+sleep 2
+xnic status
+xnic lab traffic --config /etc/xnic/lab.toml
+xnic stats
