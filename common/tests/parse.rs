@@ -155,14 +155,7 @@ fn check_against_spec(spec: &Spec, bytes: &[u8], p: &Parsed) {
 }
 
 fn check_transport(t: &Transport, v6: bool, p: &Parsed) {
-    let proto = match t {
-        Transport::Tcp { .. } => 6,
-        Transport::Udp { .. } => 17,
-        Transport::Icmp { .. } if v6 => 58,
-        Transport::Icmp { .. } => 1,
-        Transport::Other(n) => *n,
-    };
-    assert_eq!(p.ip_proto, proto);
+    assert_eq!(p.ip_proto, support::transport_proto(t, v6));
     if p.fragment != Fragment::None {
         assert_eq!((p.src_port, p.dst_port, p.l4_offset), (0, 0, 0));
         return;

@@ -11,7 +11,7 @@ use xnic::{
         traffic::{Receiver, UdpStream, send_udp},
     },
 };
-use xnic_tests::{TestLab, reason_count, total_frames, unique_name, xnic};
+use xnic_tests::{TestLab, reason_count, total_frames, xnic};
 
 const TOR_IP: &str = "10.77.0.1";
 
@@ -214,67 +214,57 @@ fn down_without_a_daemon_detaches_pinned_programs() {
     );
 }
 
-/// A lab configuration with a mistake on a known line.
-fn config_with(instance: &str, prefix: &str, vm_block: &str) -> String {
-    format!(
-        "instance = \"{instance}\"\nnetns = \"{prefix}-host\"\n\n[[uplink]]\nname = \"up0\"\n\n{vm_block}\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"]\nipv6 = false\n"
-    )
+/// Runs `xnic COMMAND --config FILE` on `text` written next to `t`'s configuration.
+fn xnic_on_config(
+    t: &TestLab,
+    command: &str,
+    text: &str,
+) -> (std::path::PathBuf, std::process::Output) {
+    let path = t.config_path.with_extension("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = xnic(&[command, "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    (path, out)
+}
+
+/// Nothing of `t`'s instance exists: no XDP on its interfaces, no pins, no socket.
+fn assert_untouched(t: &TestLab) {
+    assert!(t.interfaces_with_xdp().is_empty(), "interfaces untouched");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{}", t.instance)).exists());
+    assert!(!xnic::config::socket_path(&t.instance).exists());
 }
 
 #[test]
 fn bad_config_is_rejected_with_its_location_and_nothing_is_touched() {
-    let instance = unique_name();
-    let prefix = unique_name();
-    let good = config_with(
-        &instance,
-        &prefix,
-        "[[vm]]\nname = \"vm0\"\nport = \"vm0\"\nmacs = [\"02:77:00:00:00:10\"]\nips = [\"10.77.0.10/24\"]\n",
-    );
-    let t = TestLab::with_config(&good);
+    let t = TestLab::new(1);
+    let good = std::fs::read_to_string(&t.config_path).unwrap();
+    let line = 1 + good
+        .lines()
+        .position(|l| l.contains("02:77:00:00:00:10"))
+        .unwrap();
     let bad = good.replace("02:77:00:00:00:10", "02:77:00:00:10");
-    let path = std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bad.toml"));
-    std::fs::write(&path, &bad).unwrap();
-    let out = xnic(&["run", "--config", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    let location = format!("{}:10:9: vm[0].macs[0]:", path.display());
-    assert!(stderr.contains(&location), "{stderr}");
-    assert!(stderr.contains("is not a MAC address"), "{stderr}");
-    assert!(t.interfaces_with_xdp().is_empty());
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{instance}")).exists());
-    assert!(!xnic::config::socket_path(&instance).exists());
-
-    // `xnic check` gives the same verdict without needing anything else.
-    std::fs::write(&path, &bad).unwrap();
-    let out = xnic(&["check", "--config", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&path);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&location));
+    for command in ["run", "check"] {
+        let (path, out) = xnic_on_config(&t, command, &bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let location = format!("{}:{line}:9: vm[0].macs[0]:", path.display());
+        assert!(stderr.contains(&location), "{command}: {stderr}");
+        assert!(stderr.contains("is not a MAC address"), "{stderr}");
+        assert_untouched(&t);
+    }
 }
 
 #[test]
 fn unknown_interface_is_rejected_and_nothing_is_touched() {
-    let instance = unique_name();
-    let prefix = unique_name();
-    let good = config_with(
-        &instance,
-        &prefix,
-        "[[vm]]\nname = \"vm0\"\nport = \"vm0\"\nmacs = [\"02:77:00:00:00:10\"]\nips = [\"10.77.0.10/24\"]\n",
-    );
-    let t = TestLab::with_config(&good);
+    let t = TestLab::new(1);
+    let good = std::fs::read_to_string(&t.config_path).unwrap();
     let bad = good.replace("[lab]", "[[uplink]]\nname = \"nosuch0\"\n\n[lab]");
-    let path = std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bad.toml"));
-    std::fs::write(&path, &bad).unwrap();
-    let out = xnic(&["run", "--config", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&path);
+    let (_, out) = xnic_on_config(&t, "run", &bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("interface nosuch0 not found"), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
-    assert!(t.interfaces_with_xdp().is_empty(), "up0 and vm0 untouched");
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/xnic/{instance}")).exists());
-    assert!(!xnic::config::socket_path(&instance).exists());
+    assert_untouched(&t);
 }
 
 #[test]

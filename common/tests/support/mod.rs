@@ -65,7 +65,8 @@ pub struct Spec {
     pub payload: usize,
 }
 
-fn transport_proto(t: &Transport, v6: bool) -> u8 {
+/// The IP protocol number of `t` (ICMP's depends on the IP version).
+pub fn transport_proto(t: &Transport, v6: bool) -> u8 {
     match t {
         Transport::Tcp { .. } => 6,
         Transport::Udp { .. } => 17,

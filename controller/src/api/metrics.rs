@@ -129,6 +129,12 @@ impl Collector for Snapshot {
             &vm_rates,
         )?;
 
+        counter_family(
+            &mut encoder,
+            "xnic_unknown_port_packets",
+            "Frames seen on interfaces without a port entry (stale attachments)",
+            &[(vec![inst()], self.stats.unknown_port.packets)],
+        )?;
         let cpus: Vec<(Labels, u64)> = self
             .stats
             .cpus

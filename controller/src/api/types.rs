@@ -128,6 +128,8 @@ pub struct StatsView {
     pub interval_secs: f64,
     pub ports: Vec<PortStats>,
     pub vms: Vec<VmStats>,
+    /// Frames seen on interfaces xnic has no port entry for (a stale attachment): passed.
+    pub unknown_port: Count,
     /// Frames each CPU processed (all ports), index = CPU number.
     pub cpus: Vec<Count>,
 }

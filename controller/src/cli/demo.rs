@@ -82,15 +82,18 @@ fn demo(
     let exe = std::env::current_exe().context("cannot find the xnic executable")?;
     let instance = lab.config().instance.clone();
     let client = Client::new(&instance);
+    let start = || {
+        DaemonProcess::start(
+            &exe,
+            config_path,
+            &instance,
+            Some(DAEMON_PREFIX),
+            READY_TIMEOUT,
+        )
+    };
 
     heading("starting the daemon");
-    *running = Some(DaemonProcess::start(
-        &exe,
-        config_path,
-        &instance,
-        Some(DAEMON_PREFIX),
-        READY_TIMEOUT,
-    )?);
+    *running = Some(start()?);
     let status: StatusView = block_on(client.get("/v1/status"))?;
     print!("{}", table::status(&status));
 
@@ -128,13 +131,7 @@ fn demo(
         }
         std::thread::sleep(Duration::from_millis(500));
         println!("starting a new daemon while {} keeps sending", vm0.name);
-        *running = Some(DaemonProcess::start(
-            &exe,
-            config_path,
-            &instance,
-            Some(DAEMON_PREFIX),
-            READY_TIMEOUT,
-        )?);
+        *running = Some(start()?);
         let sent = sender
             .join()
             .map_err(|_| anyhow::anyhow!("sender panicked"))??;

@@ -280,6 +280,14 @@ pub fn stats(s: &StatsView) -> String {
         let _ = writeln!(out, "{t}\n");
     }
 
+    if s.unknown_port.packets > 0 {
+        let _ = writeln!(
+            out,
+            "{} frames ({}) on interfaces without a port entry (stale attachments), passed\n",
+            s.unknown_port.packets,
+            bytes(s.unknown_port.bytes)
+        );
+    }
     let mut t = table(&["CPU", "FRAMES", "BYTES"], 1);
     for (i, c) in s.cpus.iter().enumerate() {
         t.add_row(vec![i.to_string(), c.packets.to_string(), bytes(c.bytes)]);

@@ -29,7 +29,7 @@ fn role(r: PortRole) -> Role {
 
 fn totals(sample: &Sample) -> Totals {
     let mut t = Totals::default();
-    for port in &sample.ports {
+    for port in sample.ports.iter().chain([&sample.unknown_port]) {
         for r in Reason::ALL {
             let c = Count::from(port.reasons[r as usize]);
             match r.action() {
@@ -159,6 +159,7 @@ pub fn stats(state: &State, sample: &Sample, rates: &Rates) -> StatsView {
         interval_secs: rates.interval_secs,
         ports,
         vms,
+        unknown_port: total(&sample.unknown_port).into(),
         cpus: sample.cpus.iter().map(|c: &Counter| (*c).into()).collect(),
     }
 }

@@ -2,7 +2,10 @@
 
 use std::time::Instant;
 
-use xnic_common::maps::{Counter, VmCounters};
+use xnic_common::{
+    limits::UNKNOWN_PORT_SLOT,
+    maps::{Counter, VmCounters},
+};
 
 use crate::{
     api::types::{Rate, VmRates},
@@ -18,7 +21,9 @@ pub struct Sample {
     pub ports: Vec<PortCounters>,
     /// Same order as `State::vms`.
     pub vms: Vec<VmCounters>,
-    /// Frames per CPU over all managed ports.
+    /// Frames seen on interfaces with no port entry (stale attachments).
+    pub unknown_port: PortCounters,
+    /// Frames per CPU over all ports.
     pub cpus: Vec<Counter>,
 }
 
@@ -31,6 +36,7 @@ impl Sample {
             .iter()
             .map(|p| dp.port_counters(p.slot, &mut cpus))
             .collect::<anyhow::Result<_>>()?;
+        let unknown_port = dp.port_counters(UNKNOWN_PORT_SLOT, &mut cpus)?;
         let vms = state
             .vms
             .iter()
@@ -40,6 +46,7 @@ impl Sample {
             at: Instant::now(),
             ports,
             vms,
+            unknown_port,
             cpus,
         })
     }
