@@ -114,6 +114,9 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(program)
         .args(args)
         .env("PATH", path_env())
+        // Set by .cargo/config.toml for the eBPF build's nested cargo; xtask's own cargo runs
+        // should report as usual.
+        .env_remove("CARGO_TERM_QUIET")
         .current_dir(root())
         .status()
         .with_context(|| format!("cannot run {program}"))?;
