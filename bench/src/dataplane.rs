@@ -20,6 +20,7 @@ use xnic::{
         Dataplane,
         baseline::{Baseline, BaselineProgram},
     },
+    lab::ip,
     netns,
 };
 use xnic_common::maps::{MacOwner, NO_VM, PortEntry, PortRole};
@@ -152,21 +153,6 @@ impl Drop for VethPair {
             let _ = ip(&["netns", "del", ns]);
         }
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Removes the benchmark's pinned dataplane however the run ends.

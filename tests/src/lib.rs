@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use xnic::{
     api::{
         client::Client,
@@ -243,17 +242,4 @@ pub fn reason_count(stats: &StatsView, port: &str, reason: &str) -> xnic::api::t
         .unwrap_or_default()
 }
 
-/// Runs `ip` and fails the test on error.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
+pub use xnic::lab::ip;
