@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::JoinHandle,
@@ -30,6 +31,9 @@ impl DaemonProcess {
         timeout: Duration,
     ) -> anyhow::Result<DaemonProcess> {
         let mut child = Command::new(exe)
+            // Its own process group: Ctrl-C in the caller's terminal is the caller's to
+            // handle (the demo shuts the daemon down through the API).
+            .process_group(0)
             .arg("run")
             .arg("--config")
             .arg(config)
