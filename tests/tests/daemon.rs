@@ -440,3 +440,30 @@ fn the_control_socket_is_root_only() {
         );
     }
 }
+
+#[test]
+fn metrics_are_also_served_over_tcp_when_configured() {
+    let name = xnic_tests::unique_name();
+    let text = xnic::config::default_lab_toml(&name, &xnic_tests::unique_name(), 1, false).replace(
+        "log_level = \"info\"",
+        "log_level = \"info\"\nmetrics_listen = \"127.0.0.1:9477\"",
+    );
+    let mut t = TestLab::with_config(&text);
+    t.start_daemon();
+    // The listener lives in the daemon's network namespace, the lab's host.
+    let body = xnic::netns::run_in(t.lab.host_ns(), || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    assert!(body.contains("xnic_port_packets_total{"), "{body}");
+    assert!(body.contains(&format!("instance=\"{name}\"")));
+}
