@@ -5,10 +5,12 @@
 #![no_std]
 
 pub mod frame;
+pub mod hash;
 pub mod headers;
 pub mod limits;
 pub mod maps;
 pub mod parse;
+pub mod rss;
 pub mod verdict;
 
 #[cfg(feature = "user")]

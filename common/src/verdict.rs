@@ -92,11 +92,23 @@ pub struct Verdict {
     /// verifier rejects the uninitialised payload of a `None` that LLVM may copy around.)
     pub vm_slot: u32,
     pub direction: Direction,
+    /// The VM the frame is delivered to, whose RSS state picks the CPU that finishes it, or
+    /// [`NO_VM`] (not for a VM, or dropped).
+    pub deliver_to: u32,
 }
 
 impl Verdict {
     pub const fn action(&self) -> Action {
         self.reason.action()
+    }
+
+    /// The VM the frame is delivered to, if any.
+    pub const fn deliver_to(&self) -> Option<u32> {
+        if self.deliver_to == NO_VM {
+            None
+        } else {
+            Some(self.deliver_to)
+        }
     }
 
     /// The VM slot, if the frame belongs to a VM.
@@ -109,17 +121,13 @@ impl Verdict {
     }
 }
 
-/// No MAC needs looking up (never a bound MAC: configuration rejects the zero MAC).
-pub const NO_LOOKUP: [u8; 6] = [0; 6];
-
-/// The MAC whose owner decides a frame's fate: the source on a VM port (who sent it), the
-/// destination on an uplink (who it is for). [`NO_LOOKUP`] when no lookup is needed.
+/// The destination MAC worth looking up: unicast only (group frames belong to no VM).
 #[inline(always)]
-pub fn mac_to_look_up(port: &PortEntry, parsed: &Parsed) -> [u8; 6] {
-    match port.role() {
-        Some(PortRole::Vm) => parsed.src_mac,
-        Some(PortRole::Uplink) if !is_group(&parsed.dst_mac) => parsed.dst_mac,
-        _ => NO_LOOKUP,
+pub fn unicast_dst(parsed: &Parsed) -> Option<[u8; 6]> {
+    if is_group(&parsed.dst_mac) {
+        None
+    } else {
+        Some(parsed.dst_mac)
     }
 }
 
@@ -127,14 +135,16 @@ pub fn mac_to_look_up(port: &PortEntry, parsed: &Parsed) -> [u8; 6] {
 ///
 /// * `port`: the `PORTS` entry of the ingress interface, if it has one;
 /// * `parsed`: the parse outcome and what was parsed;
-/// * `owner`: the `MACS` entry for [`mac_to_look_up`]'s MAC, if it has one;
+/// * `src_owner`: the `MACS` entry of the source MAC (looked up on VM ports only);
+/// * `dst_owner`: the `MACS` entry of the destination MAC, if unicast;
 /// * `ingress_ifindex`: the interface the frame arrived on.
 #[inline(always)]
 pub fn decide(
     port: Option<&PortEntry>,
     outcome: Result<(), ParseError>,
     parsed: &Parsed,
-    owner: Option<&MacOwner>,
+    src_owner: Option<&MacOwner>,
+    dst_owner: Option<&MacOwner>,
     ingress_ifindex: u32,
 ) -> Verdict {
     let Some(port) = port else {
@@ -142,6 +152,7 @@ pub fn decide(
             reason: Reason::UnknownPort,
             vm_slot: NO_VM,
             direction: Direction::ToVm,
+            deliver_to: NO_VM,
         };
     };
     let role = port.role();
@@ -150,24 +161,30 @@ pub fn decide(
         let reason = match outcome {
             Err(ParseError::Truncated(_)) => Reason::Truncated,
             Err(ParseError::Malformed(_)) => Reason::Malformed,
-            Ok(_) => match owner {
+            Ok(_) => match src_owner {
                 Some(o) if o.port_ifindex == ingress_ifindex && o.vm_slot == port.vm_slot => {
                     Reason::FromVm
                 }
                 _ => Reason::SpoofedMac,
             },
         };
+        // A VM's frame for another VM on this host is that VM's traffic to deliver.
+        let deliver_to = match (reason, dst_owner) {
+            (Reason::FromVm, Some(d)) if d.vm_slot != port.vm_slot => d.vm_slot,
+            _ => NO_VM,
+        };
         return Verdict {
             reason,
             vm_slot: port.vm_slot,
             direction: Direction::FromVm,
+            deliver_to,
         };
     }
     let (reason, vm_slot) = match outcome {
         Err(ParseError::Truncated(_)) => (Reason::Truncated, NO_VM),
         Err(ParseError::Malformed(_)) => (Reason::Malformed, NO_VM),
         Ok(()) if is_group(&parsed.dst_mac) => (Reason::Multicast, NO_VM),
-        Ok(_) => match owner {
+        Ok(_) => match dst_owner {
             Some(o) => (Reason::ToVm, o.vm_slot),
             None => (Reason::NotForVm, NO_VM),
         },
@@ -176,6 +193,7 @@ pub fn decide(
         reason,
         vm_slot,
         direction: Direction::ToVm,
+        deliver_to: vm_slot,
     }
 }
 

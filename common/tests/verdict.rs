@@ -3,7 +3,7 @@
 use xnic_common::{
     maps::{MacOwner, NO_VM, PortEntry, PortRole},
     parse::{Layer, ParseError, Parsed},
-    verdict::{Action, Direction, NO_LOOKUP, Reason, decide, mac_to_look_up},
+    verdict::{Action, Direction, Reason, decide, unicast_dst},
 };
 
 const VM_PORT_IFINDEX: u32 = 7;
@@ -51,6 +51,7 @@ fn vm_port_passes_frames_from_its_own_mac() {
         Ok(()),
         &frame(VM_MAC, OTHER),
         Some(&owner),
+        None,
         VM_PORT_IFINDEX,
     );
     assert_eq!(v.reason, Reason::FromVm);
@@ -68,6 +69,7 @@ fn vm_port_drops_unknown_and_foreign_source_macs() {
         Ok(()),
         &frame(OTHER, VM_MAC),
         None,
+        None,
         VM_PORT_IFINDEX,
     );
     assert_eq!(
@@ -84,6 +86,7 @@ fn vm_port_drops_unknown_and_foreign_source_macs() {
         Ok(()),
         &frame(OTHER, VM_MAC),
         Some(&elsewhere),
+        None,
         VM_PORT_IFINDEX,
     );
     assert_eq!(v.reason, Reason::SpoofedMac);
@@ -97,6 +100,7 @@ fn vm_port_drops_unknown_and_foreign_source_macs() {
         Ok(()),
         &frame(OTHER, VM_MAC),
         Some(&stale),
+        None,
         VM_PORT_IFINDEX,
     );
     assert_eq!(v.reason, Reason::SpoofedMac);
@@ -113,13 +117,14 @@ fn broken_frames_are_dropped_on_every_port_and_attributed_on_vm_ports() {
             Err(err),
             &Parsed::default(),
             None,
+            None,
             VM_PORT_IFINDEX,
         );
         assert_eq!(
             (v.reason, v.action(), v.vm()),
             (reason, Action::Drop, Some(VM_SLOT))
         );
-        let v = decide(Some(&uplink()), Err(err), &Parsed::default(), None, 1);
+        let v = decide(Some(&uplink()), Err(err), &Parsed::default(), None, None, 1);
         assert_eq!((v.reason, v.action(), v.vm()), (reason, Action::Drop, None));
     }
 }
@@ -134,6 +139,7 @@ fn uplink_attributes_frames_to_the_destination_vm() {
         Some(&uplink()),
         Ok(()),
         &frame(OTHER, VM_MAC),
+        None,
         Some(&owner),
         1,
     );
@@ -142,7 +148,14 @@ fn uplink_attributes_frames_to_the_destination_vm() {
         (Reason::ToVm, Action::Pass, Some(VM_SLOT))
     );
     assert_eq!(v.direction, Direction::ToVm);
-    let v = decide(Some(&uplink()), Ok(()), &frame(OTHER, VM_MAC), None, 1);
+    let v = decide(
+        Some(&uplink()),
+        Ok(()),
+        &frame(OTHER, VM_MAC),
+        None,
+        None,
+        1,
+    );
     assert_eq!(
         (v.reason, v.action(), v.vm()),
         (Reason::NotForVm, Action::Pass, None)
@@ -153,18 +166,16 @@ fn uplink_attributes_frames_to_the_destination_vm() {
 fn uplink_group_frames_need_no_lookup() {
     for dst in [BROADCAST, MULTICAST_V6] {
         let f = frame(OTHER, dst);
-        assert_eq!(mac_to_look_up(&uplink(), &f), NO_LOOKUP);
-        let v = decide(Some(&uplink()), Ok(()), &f, None, 1);
+        assert_eq!(unicast_dst(&f), None);
+        let v = decide(Some(&uplink()), Ok(()), &f, None, None, 1);
         assert_eq!((v.reason, v.action()), (Reason::Multicast, Action::Pass));
     }
-    let f = frame(OTHER, VM_MAC);
-    assert_eq!(mac_to_look_up(&uplink(), &f), VM_MAC);
-    assert_eq!(mac_to_look_up(&vm_port(), &f), OTHER);
+    assert_eq!(unicast_dst(&frame(OTHER, VM_MAC)), Some(VM_MAC));
 }
 
 #[test]
 fn frames_on_unknown_interfaces_pass_untouched() {
-    let v = decide(None, Ok(()), &frame(OTHER, VM_MAC), None, 42);
+    let v = decide(None, Ok(()), &frame(OTHER, VM_MAC), None, None, 42);
     assert_eq!(
         (v.reason, v.action(), v.vm()),
         (Reason::UnknownPort, Action::Pass, None)
@@ -179,4 +190,68 @@ fn reason_tables_are_complete_and_ordered() {
     for (i, s) in xnic_common::parse::Shape::ALL.iter().enumerate() {
         assert_eq!(*s as usize, i);
     }
+}
+
+#[test]
+fn frames_are_delivered_to_the_destination_vm() {
+    let own = MacOwner {
+        vm_slot: VM_SLOT,
+        port_ifindex: VM_PORT_IFINDEX,
+    };
+    let other_vm = MacOwner {
+        vm_slot: 8,
+        port_ifindex: 77,
+    };
+    // Uplink frame for a VM: delivered to it.
+    let v = decide(
+        Some(&uplink()),
+        Ok(()),
+        &frame(OTHER, VM_MAC),
+        None,
+        Some(&own),
+        1,
+    );
+    assert_eq!(v.deliver_to, VM_SLOT);
+    // VM to another VM: counted against the sender, delivered to the receiver.
+    let v = decide(
+        Some(&vm_port()),
+        Ok(()),
+        &frame(VM_MAC, OTHER),
+        Some(&own),
+        Some(&other_vm),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(
+        (v.reason, v.vm(), v.deliver_to),
+        (Reason::FromVm, Some(VM_SLOT), 8)
+    );
+    // VM to the outside, or to itself: nothing to deliver here.
+    let v = decide(
+        Some(&vm_port()),
+        Ok(()),
+        &frame(VM_MAC, OTHER),
+        Some(&own),
+        None,
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(v.deliver_to, NO_VM);
+    let v = decide(
+        Some(&vm_port()),
+        Ok(()),
+        &frame(VM_MAC, VM_MAC),
+        Some(&own),
+        Some(&own),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!(v.deliver_to, NO_VM);
+    // A spoofed frame is dropped, never delivered.
+    let v = decide(
+        Some(&vm_port()),
+        Ok(()),
+        &frame(OTHER, VM_MAC),
+        None,
+        Some(&other_vm),
+        VM_PORT_IFINDEX,
+    );
+    assert_eq!((v.reason, v.deliver_to), (Reason::SpoofedMac, NO_VM));
 }

@@ -2,10 +2,14 @@
 //! same short pipeline (see `pipeline.rs`) with the logic in `xnic_common`.
 #![no_std]
 #![no_main]
+// Atomic add on map values (see steer.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod pipeline;
 mod stats;
+mod steer;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xnic_common::maps::PortRole;
@@ -20,6 +24,13 @@ pub fn xnic_uplink(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xnic_vm(ctx: XdpContext) -> u32 {
     pipeline::run(&ctx, PortRole::Vm)
+}
+
+/// Runs on the CPU a frame was steered to (a CPU-map entry's program): accounts it there and
+/// hands it to the kernel on that CPU.
+#[xdp(frags, map = "cpumap")]
+pub fn xnic_cpumap(ctx: XdpContext) -> u32 {
+    steer::finish(&ctx)
 }
 
 #[cfg(not(test))]

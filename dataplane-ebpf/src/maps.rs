@@ -3,12 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, CpuMap, HashMap, PerCpuArray},
 };
 use xnic_common::{
     limits::{MAX_MACS, MAX_PORTS, MAX_VMS},
     maps::{Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord},
-    parse::Shape,
+    parse::{Parsed, Shape},
+    rss::{
+        EngineEntry, FLOW_SLOTS as FLOW_SLOTS_LEN, FlowSlot, MAX_CPUS, MAX_ENGINES, MAX_TABLE_SIZE,
+        RssConfig, SteerCounter, VmRss,
+    },
     verdict::Reason,
 };
 
@@ -19,6 +23,12 @@ pub static PORTS: HashMap<u32, PortEntry> = HashMap::pinned(MAX_PORTS, 0);
 /// MAC → owning VM and the port it may send from. Written by the daemon, read per frame.
 #[map]
 pub static MACS: HashMap<MacKey, MacOwner> = HashMap::pinned(MAX_MACS, 0);
+
+/// Per CPU: where the parser writes what it found, one frame at a time. Keeping it in a map
+/// rather than on the stack means the verifier does not track every parser path's field
+/// values through the rest of the program, so it can merge those paths.
+#[map]
+pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: frames and bytes per port slot per verdict reason.
 #[map]
@@ -44,3 +54,42 @@ pub static VM_TABLE: Array<VmRecord> = Array::pinned(MAX_VMS, 0);
 /// Layout version of the pinned maps, for the daemon only.
 #[map]
 pub static INFO: Array<DataplaneInfo> = Array::pinned(1, 0);
+
+// --- RSS steering (see xnic_common::rss) -------------------------------------------------
+
+/// CPU → queue and CPU-map program. Written by the daemon, used by the redirect.
+#[map]
+pub static CPUMAP: CpuMap = CpuMap::pinned(MAX_CPUS, 0);
+
+/// Global steering settings (one entry). Written by the daemon.
+#[map]
+pub static RSS_CONFIG: Array<RssConfig> = Array::pinned(1, 0);
+
+/// VM slot → engine. Written by the daemon (policy decisions), read per frame.
+#[map]
+pub static VM_RSS: Array<VmRss> = Array::pinned(MAX_VMS, 0);
+
+/// Engine → table size. Written by the daemon.
+#[map]
+pub static ENGINES: Array<EngineEntry> = Array::pinned(MAX_ENGINES, 0);
+
+/// Engine × bucket → CPU. Written by the daemon (rebalancing), read per frame.
+#[map]
+pub static RSS_TABLES: Array<u32> = Array::pinned(MAX_ENGINES * MAX_TABLE_SIZE, 0);
+
+/// Flow hash → the flow's CPU and queued-frame counts. Written by both programs.
+#[map]
+pub static FLOW_SLOTS: Array<FlowSlot> = Array::pinned(FLOW_SLOTS_LEN, 0);
+
+/// Per CPU: frames and bytes per engine bucket, counted on the CPU that finished them.
+#[map]
+pub static BUCKET_STATS: PerCpuArray<Counter> =
+    PerCpuArray::pinned(MAX_ENGINES * MAX_TABLE_SIZE, 0);
+
+/// Per CPU: frames and bytes delivered per VM, counted on the CPU that finished them.
+#[map]
+pub static VM_CPU_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VMS, 0);
+
+/// Per CPU: steering events (`SteerCounter`).
+#[map]
+pub static STEER_STATS: PerCpuArray<u64> = PerCpuArray::pinned(SteerCounter::COUNT as u32, 0);

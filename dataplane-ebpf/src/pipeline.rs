@@ -7,12 +7,12 @@ use xnic_common::{
     limits::UNKNOWN_PORT_SLOT,
     maps::{MacKey, PortRole},
     parse::{Parsed, parse},
-    verdict::{Action, NO_LOOKUP, decide, mac_to_look_up},
+    verdict::{Action, decide, unicast_dst},
 };
 
 use crate::{
-    maps::{MACS, PORTS},
-    stats,
+    maps::{MACS, PORTS, SCRATCH},
+    stats, steer,
 };
 
 #[inline(always)]
@@ -25,36 +25,48 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
 
     // parse
-    let mut parsed = Parsed::default();
-    let outcome = parse(&frame, &mut parsed);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Action::Pass as u32;
+    };
+    // SAFETY: this CPU's scratch entry, used by one program invocation at a time.
+    let parsed = unsafe { &mut *scratch };
+    *parsed = Parsed::default();
+    let outcome = parse(&frame, parsed);
 
     // classify: which port, which VM
     // SAFETY: entries are plain data; the daemon replaces them whole, never in place.
     let port = unsafe { PORTS.get(ifindex) }
         // A port entry for the other role means a stale attachment: count it as unknown.
         .filter(|p| p.role == role as u8);
-    let owner = match (port, outcome) {
-        (Some(port), Ok(())) => {
-            let mac = mac_to_look_up(port, &parsed);
-            if mac == NO_LOOKUP {
-                None
-            } else {
-                // SAFETY: as above.
-                unsafe { MACS.get(MacKey::new(mac)) }
-            }
-        }
+    let parsed_ok = port.is_some() && outcome.is_ok();
+    // Who sent it (VM ports only: the anti-spoofing check) and who it is for.
+    let src_owner = if parsed_ok && role == PortRole::Vm {
+        // SAFETY: as above.
+        unsafe { MACS.get(MacKey::new(parsed.src_mac)) }
+    } else {
+        None
+    };
+    let dst_owner = match unicast_dst(parsed) {
+        // SAFETY: as above.
+        Some(mac) if parsed_ok => unsafe { MACS.get(MacKey::new(mac)) },
         _ => None,
     };
 
     // policy
-    let verdict = decide(port, outcome, &parsed, owner, ifindex);
+    let verdict = decide(port, outcome, parsed, src_owner, dst_owner, ifindex);
 
     // count
     let slot = port.map_or(UNKNOWN_PORT_SLOT, |p| p.slot);
-    stats::count(slot, &verdict, &parsed, len as u64);
+    stats::count(slot, &verdict, parsed, len as u64);
 
     // act
     let action = verdict.action();
+    if action == Action::Pass
+        && let Some(vm) = verdict.deliver_to()
+        && let Some(redirect) = steer::steer(ctx, parsed, vm)
+    {
+        return redirect;
+    }
     if action == Action::Drop {
         debug!(
             ctx,

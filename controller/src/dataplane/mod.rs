@@ -37,6 +37,10 @@ use xnic_common::{
         VmRecord,
     },
     parse::Shape,
+    rss::{
+        EngineEntry, FLOW_SLOTS, FlowSlot, MAX_ENGINES, MAX_TABLE_SIZE, RssConfig, SteerCounter,
+        VmRss,
+    },
     verdict::Reason,
 };
 
@@ -97,6 +101,19 @@ const MAP_SHAPES: &[(&str, usize, usize, u32)] = &[
     ("PORT_TABLE", 4, size_of::<PortRecord>(), MAX_PORTS),
     ("VM_TABLE", 4, size_of::<VmRecord>(), MAX_VMS),
     ("INFO", 4, size_of::<DataplaneInfo>(), 1),
+    ("RSS_CONFIG", 4, size_of::<RssConfig>(), 1),
+    ("VM_RSS", 4, size_of::<VmRss>(), MAX_VMS),
+    ("ENGINES", 4, size_of::<EngineEntry>(), MAX_ENGINES),
+    ("RSS_TABLES", 4, 4, MAX_ENGINES * MAX_TABLE_SIZE),
+    ("FLOW_SLOTS", 4, size_of::<FlowSlot>(), FLOW_SLOTS),
+    (
+        "BUCKET_STATS",
+        4,
+        size_of::<Counter>(),
+        MAX_ENGINES * MAX_TABLE_SIZE,
+    ),
+    ("VM_CPU_STATS", 4, size_of::<Counter>(), MAX_VMS),
+    ("STEER_STATS", 4, 8, SteerCounter::COUNT as u32),
 ];
 
 /// How a program ended up attached.
@@ -153,9 +170,12 @@ impl Dataplane {
     }
 
     fn load(pins: PinDir, created: bool, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
+            // The kernel sizes a CPU map to the CPUs that can exist, no more.
+            .map_max_entries("CPUMAP", nr_cpus as u32)
             .load(objects::DATAPLANE)
             .context("loading the XDP object failed")?;
         for role in [PortRole::Uplink, PortRole::Vm] {
@@ -167,7 +187,6 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel rejected XDP program {name}"))?;
         }
-        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let mut dp = Dataplane {
             ebpf,
             pins,

@@ -1,0 +1,203 @@
+//! Software RSS: which CPU finishes a VM's frames, and the per-flow handover that keeps a
+//! flow's frames in order when that CPU changes.
+//!
+//! A frame for a VM is hashed ([`crate::hash::flow_hash`]); the VM's engine table maps the
+//! hash's bucket to a CPU, and the frame is redirected through the CPU map to that CPU, where
+//! the CPU-map program counts it and hands it to the kernel. A VM without an engine (no-RSS)
+//! goes to the default CPU.
+//!
+//! Ordering: every flow (by hash) owns a *flow slot* remembering the CPU its frames went to
+//! and how many are still queued there (enqueued on the receiving CPU, dequeued by the
+//! CPU-map program). When the table names another CPU, the flow moves only once nothing of it
+//! is queued on the old CPU and the old CPU has had [`DRAIN_GRACE_NS`] to push the last frame
+//! through the stack behind it. A queue that has not drained after [`MAX_DRAIN_NS`] is
+//! overloaded and dropping; the flow then moves anyway, and the switch is counted as forced.
+
+/// Buckets an engine table can have. Tables are 128 buckets by default (what NICs and RSS++
+/// use); 256 allows finer balancing on many-CPU engines.
+pub const MAX_TABLE_SIZE: u32 = 256;
+
+/// The default table size.
+pub const DEFAULT_TABLE_SIZE: u32 = 128;
+
+/// RSS engines one host can have: each is a CPU set and a table. 64 covers a dedicated
+/// engine per CPU on 64-CPU hosts.
+pub const MAX_ENGINES: u32 = 64;
+
+/// CPUs the CPU map covers (its key is the CPU number).
+pub const MAX_CPUS: u32 = 512;
+
+/// Flow slots, indexed by flow hash. Flows that share a slot only wait for each other's
+/// queued frames when their CPU changes; 65536 makes that rare at tens of thousands of
+/// concurrent flows per host (≈2.6 MiB).
+pub const FLOW_SLOTS: u32 = 65536;
+
+/// Frames each CPU's CPU-map queue holds: ~2 ms of work at 1 Mpps, enough to absorb bursts
+/// without hiding overload.
+pub const CPUMAP_QUEUE_SIZE: u32 = 2048;
+
+/// After a flow's last queued frame left the CPU-map queue, the kernel still has it in that
+/// CPU's backlog for a few microseconds; 50 µs covers that with a wide margin.
+pub const DRAIN_GRACE_NS: u64 = 50_000;
+
+/// A queue that has not drained a flow's frames in 5 ms (over twice a full queue's worth at
+/// 1 Mpps) is dropping them: move the flow anyway.
+pub const MAX_DRAIN_NS: u64 = 5_000_000;
+
+/// `VmRss::engine` of a VM in the no-RSS state.
+pub const NO_ENGINE: u32 = u32::MAX;
+
+/// `SteerMeta::bucket` of a frame that went to the default CPU (no table involved).
+pub const NO_BUCKET: u32 = u32::MAX;
+
+/// `RSS_CONFIG[0]`: global steering settings, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RssConfig {
+    /// 1 when frames for VMs are steered; 0 leaves them to the kernel where they arrive.
+    pub enabled: u32,
+    /// The no-RSS CPU.
+    pub default_cpu: u32,
+    /// Per-host hash seed.
+    pub seed: u32,
+    /// 1 for the symmetric hash.
+    pub symmetric: u32,
+}
+
+/// `VM_RSS[vm slot]`: the VM's engine, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmRss {
+    /// Engine index, or [`NO_ENGINE`].
+    pub engine: u32,
+    pub _pad: u32,
+}
+
+impl Default for VmRss {
+    fn default() -> Self {
+        VmRss {
+            engine: NO_ENGINE,
+            _pad: 0,
+        }
+    }
+}
+
+/// `ENGINES[engine]`: the table's size as a mask (size − 1, size a power of two).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineEntry {
+    pub table_mask: u32,
+    pub _pad: u32,
+}
+
+/// Index of `bucket` of `engine` in `RSS_TABLES` and the bucket counters.
+#[inline(always)]
+pub fn bucket_index(engine: u32, bucket: u32) -> u32 {
+    engine * MAX_TABLE_SIZE + bucket
+}
+
+/// `FLOW_SLOTS[hash % FLOW_SLOTS]`: where a flow's frames go now, and how many are queued.
+/// `cpu` and `waiting_since_ns` are written by the receiving side, `dequeued` and
+/// `last_dequeue_ns` by the CPU-map program; the counters are updated atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub cpu: u32,
+    pub _pad: u32,
+    pub enqueued: u64,
+    pub dequeued: u64,
+    pub last_dequeue_ns: u64,
+    /// When the flow started waiting to move (0: not waiting).
+    pub waiting_since_ns: u64,
+}
+
+/// XDP metadata the receiving side puts in front of a steered frame for the CPU-map program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerMeta {
+    pub flow_slot: u32,
+    /// `bucket_index`, or [`NO_BUCKET`].
+    pub bucket: u32,
+    pub vm_slot: u32,
+}
+
+/// Per-CPU steering counters (`STEER_STATS[counter]`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SteerCounter {
+    /// Frames redirected to a CPU.
+    Steered = 0,
+    /// Frames the CPU-map program handed to the kernel (counted on the CPU that ran it).
+    Delivered = 1,
+    /// Flows moved to a new CPU after their queued frames drained.
+    SwitchDrained = 2,
+    /// Flows moved before draining (queue overloaded for longer than `MAX_DRAIN_NS`).
+    SwitchForced = 3,
+    /// Frames kept on a flow's old CPU while it waits to move.
+    HeldForOrder = 4,
+    /// Frames that could not be redirected (no CPU-map entry): passed where they arrived.
+    NoCpu = 5,
+    /// Steered frames without valid metadata at the CPU-map program: passed, not counted.
+    NoMeta = 6,
+}
+
+impl SteerCounter {
+    pub const COUNT: usize = 7;
+    pub const ALL: [SteerCounter; Self::COUNT] = [
+        SteerCounter::Steered,
+        SteerCounter::Delivered,
+        SteerCounter::SwitchDrained,
+        SteerCounter::SwitchForced,
+        SteerCounter::HeldForOrder,
+        SteerCounter::NoCpu,
+        SteerCounter::NoMeta,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SteerCounter::Steered => "steered",
+            SteerCounter::Delivered => "delivered",
+            SteerCounter::SwitchDrained => "switch_drained",
+            SteerCounter::SwitchForced => "switch_forced",
+            SteerCounter::HeldForOrder => "held_for_order",
+            SteerCounter::NoCpu => "no_cpu",
+            SteerCounter::NoMeta => "no_meta",
+        }
+    }
+}
+
+/// What a flow does when its frame arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Already on the wanted CPU.
+    Stay,
+    /// Moves now: nothing of it is queued on the old CPU.
+    Switch,
+    /// Moves now although frames are still queued: the old queue is not draining.
+    ForceSwitch,
+    /// Stays on the old CPU until its queued frames drain.
+    Wait,
+}
+
+/// Decides whether a flow on `current` moves to `want`, given its frames still queued
+/// (`in_flight`), when its last frame left the queue, since when it has been waiting, and the
+/// time now (all nanoseconds on the same clock).
+#[inline(always)]
+pub fn handover(
+    current: u32,
+    want: u32,
+    in_flight: u64,
+    last_dequeue_ns: u64,
+    waiting_since_ns: u64,
+    now_ns: u64,
+) -> Handover {
+    if current == want {
+        Handover::Stay
+    } else if in_flight == 0 && now_ns.saturating_sub(last_dequeue_ns) >= DRAIN_GRACE_NS {
+        Handover::Switch
+    } else if waiting_since_ns != 0 && now_ns.saturating_sub(waiting_since_ns) >= MAX_DRAIN_NS {
+        Handover::ForceSwitch
+    } else {
+        Handover::Wait
+    }
+}

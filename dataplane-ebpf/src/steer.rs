@@ -1,0 +1,192 @@
+//! The steer step: a frame for a VM goes to the CPU its RSS state picks, through the CPU map;
+//! the CPU-map program on that CPU finishes it. See `xnic_common::rss` for the design.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xsub};
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+};
+use xnic_common::{
+    hash::flow_hash,
+    maps::Counter,
+    parse::Parsed,
+    rss::{
+        FLOW_SLOTS as FLOW_SLOTS_LEN, FlowSlot, Handover, NO_BUCKET, NO_ENGINE, SteerCounter,
+        SteerMeta, bucket_index, handover,
+    },
+};
+
+use crate::maps::{
+    BUCKET_STATS, CPUMAP, ENGINES, FLOW_SLOTS, RSS_CONFIG, RSS_TABLES, STEER_STATS, VM_CPU_STATS,
+    VM_RSS,
+};
+
+const META_LEN: usize = size_of::<SteerMeta>();
+
+#[inline(always)]
+fn count(c: SteerCounter) {
+    if let Some(v) = STEER_STATS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
+        unsafe { *v += 1 };
+    }
+}
+
+// The BPF target has atomic add but not the compare-and-swap `AtomicU64` is built on, so the
+// counters use the intrinsics directly. Each takes a pointer into a map value, which lives as
+// long as the map and is 8-byte aligned (FlowSlot is repr(C) with u64 fields).
+
+/// A single aligned 64-bit load (the BPF backend cannot select an atomic load for the
+/// generic CPU, and an aligned load is not torn).
+#[inline(always)]
+fn load(field: *mut u64) -> u64 {
+    // SAFETY: see above.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+fn add(field: *mut u64) {
+    // SAFETY: see above.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}
+
+#[inline(always)]
+fn sub(field: *mut u64) {
+    // SAFETY: see above.
+    unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}
+
+/// Redirects the frame to the CPU that finishes frames for VM `vm`. `None` when steering is
+/// off or impossible; the frame then passes where it arrived.
+#[inline(always)]
+pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32) -> Option<u32> {
+    let cfg = RSS_CONFIG.get(0)?;
+    if cfg.enabled == 0 {
+        return None;
+    }
+    let engine = VM_RSS.get(vm)?.engine;
+    let hash = flow_hash(parsed, cfg.seed, cfg.symmetric != 0);
+    let (want, bucket) = if engine == NO_ENGINE {
+        (cfg.default_cpu, NO_BUCKET)
+    } else {
+        let mask = ENGINES.get(engine)?.table_mask;
+        let index = bucket_index(engine, hash & mask);
+        (*RSS_TABLES.get(index)?, index)
+    };
+
+    // Hand the flow over to `want` only once nothing of it is queued on its current CPU.
+    let flow_slot = hash & (FLOW_SLOTS_LEN - 1);
+    let slot: *mut FlowSlot = FLOW_SLOTS.get_ptr_mut(flow_slot)?;
+    // SAFETY: `slot` points into the FLOW_SLOTS array value for this index.
+    let current = unsafe { (*slot).cpu };
+    if current != want {
+        // Dequeued first: every dequeued frame was enqueued before, so in-flight ≥ 0.
+        // SAFETY: as above; the counters are read through atomics.
+        let dequeued = load(unsafe { &raw mut (*slot).dequeued });
+        let enqueued = load(unsafe { &raw mut (*slot).enqueued });
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: as above.
+        let (last, since) = unsafe { ((*slot).last_dequeue_ns, (*slot).waiting_since_ns) };
+        match handover(
+            current,
+            want,
+            enqueued.wrapping_sub(dequeued),
+            last,
+            since,
+            now,
+        ) {
+            Handover::Stay => {}
+            Handover::Switch | Handover::ForceSwitch => {
+                // SAFETY: as above; a racing writer writes the same values.
+                unsafe {
+                    (*slot).cpu = want;
+                    (*slot).waiting_since_ns = 0;
+                }
+                count(
+                    if since != 0 && now.saturating_sub(since) >= xnic_common::rss::MAX_DRAIN_NS {
+                        SteerCounter::SwitchForced
+                    } else {
+                        SteerCounter::SwitchDrained
+                    },
+                );
+            }
+            Handover::Wait => {
+                if since == 0 {
+                    // SAFETY: as above.
+                    unsafe { (*slot).waiting_since_ns = now };
+                }
+                count(SteerCounter::HeldForOrder);
+            }
+        }
+    }
+    // SAFETY: as above.
+    let cpu = unsafe { (*slot).cpu };
+
+    // Tell the CPU-map program which flow slot and bucket this frame belongs to.
+    // SAFETY: `ctx.ctx` is this invocation's xdp_md; a negative delta grows the metadata.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) } != 0 {
+        return None;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + META_LEN > data {
+        return None;
+    }
+    // SAFETY: [meta, meta + META_LEN) was just reserved and checked against `data`;
+    // unaligned writes are fine for BPF packet memory.
+    unsafe {
+        (meta as *mut SteerMeta).write_unaligned(SteerMeta {
+            flow_slot,
+            bucket,
+            vm_slot: vm,
+        })
+    };
+    // SAFETY: as above.
+    add(unsafe { &raw mut (*slot).enqueued });
+    match CPUMAP.redirect(cpu, 0) {
+        Ok(action) => {
+            count(SteerCounter::Steered);
+            Some(action)
+        }
+        Err(_) => {
+            // SAFETY: as above.
+            sub(unsafe { &raw mut (*slot).enqueued });
+            count(SteerCounter::NoCpu);
+            None
+        }
+    }
+}
+
+/// The CPU-map program's work: account the frame to its flow, bucket and VM on this CPU, and
+/// hand it to the kernel here.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext) -> u32 {
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + META_LEN > data {
+        count(SteerCounter::NoMeta);
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: [meta, meta + META_LEN) lies before `data`, inside the metadata area.
+    let m = unsafe { (meta as *const SteerMeta).read_unaligned() };
+    if let Some(slot) = FLOW_SLOTS.get_ptr_mut(m.flow_slot) {
+        // SAFETY: `slot` points into the FLOW_SLOTS array value.
+        add(unsafe { &raw mut (*slot).dequeued });
+        // SAFETY: as above; helper without arguments.
+        unsafe { (*slot).last_dequeue_ns = bpf_ktime_get_ns() };
+    }
+    // SAFETY: `ctx.ctx` is this invocation's xdp_md.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let bump = |c: Option<*mut Counter>| {
+        if let Some(c) = c {
+            // SAFETY: per-CPU slot, touched only by this CPU.
+            unsafe { (*c).add(len) };
+        }
+    };
+    if m.bucket != NO_BUCKET {
+        bump(BUCKET_STATS.get_ptr_mut(m.bucket));
+    }
+    bump(VM_CPU_STATS.get_ptr_mut(m.vm_slot));
+    count(SteerCounter::Delivered);
+    xdp_action::XDP_PASS
+}
