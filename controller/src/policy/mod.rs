@@ -1,4 +1,5 @@
 //! Pure decision code: inputs in, decisions out. No I/O and no clock reads, so every rule is
 //! unit-tested and can be simulated at scale.
 
+pub mod rss;
 pub mod slots;

@@ -1,0 +1,840 @@
+//! RSS engine policy: which engine state each VM is in, and which CPU each bucket of an
+//! engine's table names. Pure: loads in, decisions out, applied to the policy's own state.
+//!
+//! Every period:
+//! 1. a VM whose load stayed under the low threshold for `low_periods` goes back to no-RSS;
+//! 2. a shared engine whose load per CPU is over the high threshold sends one VM away (chosen
+//!    by load or by priority), to a free dedicated engine, else to the shared engine it fits
+//!    best (it must stay under `fill` × the threshold there), else nowhere (reported once);
+//! 3. a no-RSS VM over its threshold joins the shared engine it fits best;
+//! 4. every engine a VM did not just join or leave has its buckets rebalanced across its CPUs
+//!    (RSS++ style): while the spread between the most and least loaded CPU is above
+//!    `rebalance_above`, move the bucket of the most loaded CPU that best evens the pair, a
+//!    few per period, none once the spread is under `rebalance_to`, never a CPU's only loaded
+//!    bucket, never a bucket moved within `bucket_dwell_periods`.
+//!
+//! A VM that moved stays put for `min_dwell_periods`; pinned VMs are never moved.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Shared,
+    Dedicated,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Engine {
+    pub name: String,
+    pub kind: EngineKind,
+    pub cpus: Vec<u32>,
+    /// Bucket → CPU; every entry is one of `cpus`.
+    pub table: Vec<u32>,
+}
+
+impl Engine {
+    /// An engine whose table deals its buckets out over its CPUs in turn.
+    pub fn new(name: &str, kind: EngineKind, cpus: Vec<u32>, table_size: usize) -> Engine {
+        let table = (0..table_size).map(|b| cpus[b % cpus.len()]).collect();
+        Engine {
+            name: name.to_string(),
+            kind,
+            cpus,
+            table,
+        }
+    }
+}
+
+/// A VM's RSS engine state: exactly one of no-RSS, or an engine (shared or dedicated by the
+/// engine's kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Placement {
+    NoRss,
+    Engine(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vm {
+    pub name: String,
+    pub placement: Placement,
+    /// Placed by hand: the policy leaves it alone.
+    pub pinned: bool,
+    pub priority: i32,
+    pub prefer_dedicated: bool,
+    /// Period of the VM's last move.
+    pub last_move: Option<u64>,
+    /// Consecutive periods under the low threshold.
+    pub low_periods: u32,
+}
+
+impl Vm {
+    pub fn new(name: &str) -> Vm {
+        Vm {
+            name: name.to_string(),
+            placement: Placement::NoRss,
+            pinned: false,
+            priority: 0,
+            prefer_dedicated: false,
+            last_move: None,
+            low_periods: 0,
+        }
+    }
+}
+
+/// Which VM leaves an overloaded shared engine first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The busiest VM.
+    #[default]
+    Load,
+    /// VMs that prefer a dedicated engine, then by priority, then by load.
+    Priority,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// A shared engine above this many packets/s per CPU is overloaded.
+    pub engine_high_pps_per_cpu: f64,
+    /// A VM may join an engine only if the engine stays under `fill` × the high threshold.
+    pub fill: f64,
+    /// A no-RSS VM above this many packets/s joins a shared engine.
+    pub no_rss_high_pps: f64,
+    /// A VM under this many packets/s for `low_periods` periods goes back to no-RSS.
+    pub vm_low_pps: f64,
+    pub low_periods: u32,
+    /// Periods a VM stays where it was moved before it may move again.
+    pub min_dwell_periods: u64,
+    pub selection: Selection,
+    /// Rebalance an engine's buckets when (max − min) / min of its CPU loads exceeds this...
+    pub rebalance_above: f64,
+    /// ...and stop once it is under this.
+    pub rebalance_to: f64,
+    /// Ignore imbalance while the busiest CPU of an engine carries less than this (noise).
+    pub rebalance_min_pps: f64,
+    /// Bucket moves per engine per period.
+    pub max_bucket_moves: usize,
+    /// Periods a moved bucket stays put.
+    pub bucket_dwell_periods: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            engine_high_pps_per_cpu: 200_000.0,
+            fill: 0.8,
+            no_rss_high_pps: 50_000.0,
+            vm_low_pps: 5_000.0,
+            low_periods: 30,
+            min_dwell_periods: 20,
+            selection: Selection::Load,
+            rebalance_above: 0.10,
+            rebalance_to: 0.05,
+            rebalance_min_pps: 1_000.0,
+            max_bucket_moves: 4,
+            bucket_dwell_periods: 5,
+        }
+    }
+}
+
+/// What the policy measured for a period: packets per second per VM (same order as the VMs)
+/// and per bucket of each engine (same order as the engines and their tables).
+#[derive(Clone, Debug, Default)]
+pub struct Loads {
+    pub vm_pps: Vec<f64>,
+    pub bucket_pps: Vec<Vec<f64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// Its shared engine was over the high threshold.
+    EngineOverloaded,
+    /// It was over the no-RSS threshold.
+    NoRssOverloaded,
+    /// It stayed under the low threshold.
+    Underloaded,
+    /// An operator placed it.
+    Manual,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    MoveVm {
+        vm: usize,
+        from: Placement,
+        to: Placement,
+        reason: MoveReason,
+        vm_pps: f64,
+        /// The figure that triggered the move: the engine's load per CPU, or the VM's load.
+        trigger_pps: f64,
+    },
+    MoveBucket {
+        engine: usize,
+        bucket: usize,
+        from_cpu: u32,
+        to_cpu: u32,
+        bucket_pps: f64,
+        /// The two CPUs' loads before the move.
+        from_load: f64,
+        to_load: f64,
+    },
+    /// An overloaded shared engine had no VM it could send anywhere (reported when it starts).
+    NoDestination { engine: usize, load_per_cpu: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct RssPolicy {
+    pub engines: Vec<Engine>,
+    pub vms: Vec<Vm>,
+    pub params: Params,
+    /// Per engine, per bucket: period of the bucket's last move.
+    bucket_moved: Vec<Vec<Option<u64>>>,
+    /// Per engine: a NoDestination was reported and the engine is still overloaded.
+    stuck: Vec<bool>,
+}
+
+/// (max − min) / min of `loads`; infinite when the least loaded is idle and another is not.
+pub fn spread(loads: &[f64]) -> f64 {
+    let max = loads.iter().copied().fold(f64::MIN, f64::max);
+    let min = loads.iter().copied().fold(f64::MAX, f64::min);
+    if loads.is_empty() || max <= 0.0 {
+        0.0
+    } else if min <= 0.0 {
+        f64::INFINITY
+    } else {
+        (max - min) / min
+    }
+}
+
+impl RssPolicy {
+    pub fn new(engines: Vec<Engine>, vms: Vec<Vm>, params: Params) -> RssPolicy {
+        let bucket_moved = engines.iter().map(|e| vec![None; e.table.len()]).collect();
+        let stuck = vec![false; engines.len()];
+        RssPolicy {
+            engines,
+            vms,
+            params,
+            bucket_moved,
+            stuck,
+        }
+    }
+
+    /// Packets per second of the VMs placed in engine `e`.
+    pub fn engine_pps(&self, e: usize, loads: &Loads) -> f64 {
+        self.vms
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.placement == Placement::Engine(e))
+            .map(|(i, _)| loads.vm_pps.get(i).copied().unwrap_or(0.0))
+            .sum()
+    }
+
+    /// Per-CPU load of engine `e`'s CPUs (same order as `cpus`), from its bucket loads.
+    pub fn cpu_loads(&self, e: usize, loads: &Loads) -> Vec<f64> {
+        let engine = &self.engines[e];
+        let buckets = loads.bucket_pps.get(e);
+        engine
+            .cpus
+            .iter()
+            .map(|cpu| {
+                engine
+                    .table
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| *c == cpu)
+                    .map(|(b, _)| buckets.and_then(|l| l.get(b)).copied().unwrap_or(0.0))
+                    .sum()
+            })
+            .collect()
+    }
+
+    fn occupied(&self, e: usize) -> bool {
+        self.vms.iter().any(|v| v.placement == Placement::Engine(e))
+    }
+
+    fn dwell_ok(&self, vm: usize, period: u64) -> bool {
+        self.vms[vm]
+            .last_move
+            .is_none_or(|p| period.saturating_sub(p) >= self.params.min_dwell_periods)
+    }
+
+    fn movable(&self, vm: usize, period: u64) -> bool {
+        !self.vms[vm].pinned && self.dwell_ok(vm, period)
+    }
+
+    /// The shared engine (other than `except`) that `pps` more load fits best, if any.
+    fn best_shared(&self, pps: f64, except: Option<usize>, loads: &Loads) -> Option<usize> {
+        let limit = self.params.engine_high_pps_per_cpu * self.params.fill;
+        self.engines
+            .iter()
+            .enumerate()
+            .filter(|(e, eng)| eng.kind == EngineKind::Shared && Some(*e) != except)
+            .map(|(e, eng)| (e, (self.engine_pps(e, loads) + pps) / eng.cpus.len() as f64))
+            .filter(|(_, after)| *after <= limit)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(e, _)| e)
+    }
+
+    fn free_dedicated(&self) -> Option<usize> {
+        self.engines
+            .iter()
+            .enumerate()
+            .filter(|(e, eng)| eng.kind == EngineKind::Dedicated && !self.occupied(*e))
+            .max_by_key(|(_, eng)| eng.cpus.len())
+            .map(|(e, _)| e)
+    }
+
+    fn move_vm(
+        &mut self,
+        vm: usize,
+        to: Placement,
+        reason: MoveReason,
+        period: u64,
+        loads: &Loads,
+        trigger_pps: f64,
+    ) -> Decision {
+        let from = self.vms[vm].placement;
+        let v = &mut self.vms[vm];
+        v.placement = to;
+        v.last_move = Some(period);
+        v.low_periods = 0;
+        Decision::MoveVm {
+            vm,
+            from,
+            to,
+            reason,
+            vm_pps: loads.vm_pps.get(vm).copied().unwrap_or(0.0),
+            trigger_pps,
+        }
+    }
+
+    /// Places `vm` by hand (`Some`, pinning it there) or hands it back to the policy (`None`).
+    /// A dedicated engine takes one VM: placing a second one there is refused.
+    pub fn place(
+        &mut self,
+        vm: usize,
+        to: Option<Placement>,
+        period: u64,
+    ) -> Result<Option<Decision>, String> {
+        let Some(to) = to else {
+            self.vms[vm].pinned = false;
+            return Ok(None);
+        };
+        if let Placement::Engine(e) = to {
+            let engine = self
+                .engines
+                .get(e)
+                .ok_or_else(|| format!("no engine #{e}"))?;
+            if engine.kind == EngineKind::Dedicated
+                && self
+                    .vms
+                    .iter()
+                    .enumerate()
+                    .any(|(i, v)| i != vm && v.placement == to)
+            {
+                return Err(format!(
+                    "dedicated engine {} already serves another VM",
+                    engine.name
+                ));
+            }
+        }
+        self.vms[vm].pinned = true;
+        if self.vms[vm].placement == to {
+            return Ok(None);
+        }
+        Ok(Some(self.move_vm(
+            vm,
+            to,
+            MoveReason::Manual,
+            period,
+            &Loads::default(),
+            0.0,
+        )))
+    }
+
+    /// One period: decides, applies the decisions to this policy's state, returns them.
+    pub fn step(&mut self, period: u64, loads: &Loads) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let pps = |i: usize| loads.vm_pps.get(i).copied().unwrap_or(0.0);
+        let mut touched = vec![false; self.engines.len()];
+        let mut mark = |p: Placement, touched: &mut Vec<bool>| {
+            if let Placement::Engine(e) = p {
+                touched[e] = true;
+            }
+        };
+
+        // 1. Quiet VMs go back to no-RSS.
+        for i in 0..self.vms.len() {
+            if self.vms[i].placement == Placement::NoRss || self.vms[i].pinned {
+                self.vms[i].low_periods = 0;
+                continue;
+            }
+            if pps(i) < self.params.vm_low_pps {
+                self.vms[i].low_periods += 1;
+            } else {
+                self.vms[i].low_periods = 0;
+            }
+            if self.vms[i].low_periods >= self.params.low_periods && self.dwell_ok(i, period) {
+                mark(self.vms[i].placement, &mut touched);
+                let d = self.move_vm(
+                    i,
+                    Placement::NoRss,
+                    MoveReason::Underloaded,
+                    period,
+                    loads,
+                    pps(i),
+                );
+                out.push(d);
+            }
+        }
+
+        // 2. Overloaded shared engines send one VM away each.
+        for e in 0..self.engines.len() {
+            if self.engines[e].kind != EngineKind::Shared {
+                continue;
+            }
+            let per_cpu = self.engine_pps(e, loads) / self.engines[e].cpus.len() as f64;
+            if per_cpu <= self.params.engine_high_pps_per_cpu {
+                self.stuck[e] = false;
+                continue;
+            }
+            let mut candidates: Vec<usize> = (0..self.vms.len())
+                .filter(|&i| {
+                    self.vms[i].placement == Placement::Engine(e) && self.movable(i, period)
+                })
+                .filter(|&i| pps(i) > 0.0)
+                .collect();
+            match self.params.selection {
+                Selection::Load => candidates.sort_by(|&a, &b| pps(b).total_cmp(&pps(a))),
+                Selection::Priority => candidates.sort_by(|&a, &b| {
+                    let (va, vb) = (&self.vms[a], &self.vms[b]);
+                    vb.prefer_dedicated
+                        .cmp(&va.prefer_dedicated)
+                        .then(vb.priority.cmp(&va.priority))
+                        .then(pps(b).total_cmp(&pps(a)))
+                }),
+            }
+            let dest = candidates.iter().find_map(|&i| {
+                self.free_dedicated()
+                    .or_else(|| self.best_shared(pps(i), Some(e), loads))
+                    .map(|d| (i, d))
+            });
+            match dest {
+                Some((i, d)) => {
+                    self.stuck[e] = false;
+                    touched[e] = true;
+                    touched[d] = true;
+                    let dec = self.move_vm(
+                        i,
+                        Placement::Engine(d),
+                        MoveReason::EngineOverloaded,
+                        period,
+                        loads,
+                        per_cpu,
+                    );
+                    out.push(dec);
+                }
+                None if !self.stuck[e] => {
+                    self.stuck[e] = true;
+                    out.push(Decision::NoDestination {
+                        engine: e,
+                        load_per_cpu: per_cpu,
+                    });
+                }
+                None => {}
+            }
+        }
+
+        // 3. Busy no-RSS VMs join a shared engine.
+        for i in 0..self.vms.len() {
+            if self.vms[i].placement != Placement::NoRss
+                || !self.movable(i, period)
+                || pps(i) <= self.params.no_rss_high_pps
+            {
+                continue;
+            }
+            if let Some(d) = self.best_shared(pps(i), None, loads) {
+                touched[d] = true;
+                let dec = self.move_vm(
+                    i,
+                    Placement::Engine(d),
+                    MoveReason::NoRssOverloaded,
+                    period,
+                    loads,
+                    pps(i),
+                );
+                out.push(dec);
+            }
+        }
+
+        // 4. Even out each settled engine's CPUs.
+        for e in 0..self.engines.len() {
+            if !touched[e] {
+                self.rebalance(e, period, loads, &mut out);
+            }
+        }
+        out
+    }
+
+    fn rebalance(&mut self, e: usize, period: u64, loads: &Loads, out: &mut Vec<Decision>) {
+        let Some(bucket_pps) = loads.bucket_pps.get(e) else {
+            return;
+        };
+        if self.engines[e].cpus.len() < 2 {
+            return;
+        }
+        let mut cpu_load = self.cpu_loads(e, loads);
+        let busiest = cpu_load.iter().copied().fold(0.0, f64::max);
+        if busiest < self.params.rebalance_min_pps
+            || spread(&cpu_load) <= self.params.rebalance_above
+        {
+            return;
+        }
+        let dwell = self.params.bucket_dwell_periods;
+        for _ in 0..self.params.max_bucket_moves {
+            if spread(&cpu_load) <= self.params.rebalance_to {
+                break;
+            }
+            let engine = &self.engines[e];
+            let (a, _) = cpu_load
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .expect("engine has CPUs");
+            let (b, _) = cpu_load
+                .iter()
+                .enumerate()
+                .min_by(|x, y| x.1.total_cmp(y.1))
+                .expect("engine has CPUs");
+            let gap = cpu_load[a] - cpu_load[b];
+            let (cpu_a, cpu_b) = (engine.cpus[a], engine.cpus[b]);
+            // Buckets of the busiest CPU that make the pair more even: moving `x` leaves the
+            // pair's maximum at max(A − x, B + x) < A exactly when x < gap. Best: x ≈ gap / 2.
+            let loaded: Vec<usize> = (0..engine.table.len())
+                .filter(|&k| {
+                    engine.table[k] == cpu_a && bucket_pps.get(k).copied().unwrap_or(0.0) > 0.0
+                })
+                .collect();
+            if loaded.len() < 2 {
+                break; // a CPU whose load is one bucket is not split
+            }
+            let pick = loaded
+                .iter()
+                .copied()
+                .filter(|&k| {
+                    self.bucket_moved[e][k].is_none_or(|p| period.saturating_sub(p) >= dwell)
+                })
+                .filter(|&k| bucket_pps[k] < gap)
+                .min_by(|&x, &y| {
+                    (bucket_pps[x] - gap / 2.0)
+                        .abs()
+                        .total_cmp(&(bucket_pps[y] - gap / 2.0).abs())
+                });
+            let Some(k) = pick else {
+                break;
+            };
+            out.push(Decision::MoveBucket {
+                engine: e,
+                bucket: k,
+                from_cpu: cpu_a,
+                to_cpu: cpu_b,
+                bucket_pps: bucket_pps[k],
+                from_load: cpu_load[a],
+                to_load: cpu_load[b],
+            });
+            self.engines[e].table[k] = cpu_b;
+            self.bucket_moved[e][k] = Some(period);
+            cpu_load[a] -= bucket_pps[k];
+            cpu_load[b] += bucket_pps[k];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            engine_high_pps_per_cpu: 1000.0,
+            fill: 0.8,
+            no_rss_high_pps: 500.0,
+            vm_low_pps: 100.0,
+            low_periods: 3,
+            min_dwell_periods: 2,
+            rebalance_min_pps: 10.0,
+            ..Params::default()
+        }
+    }
+
+    fn engines() -> Vec<Engine> {
+        vec![
+            Engine::new("shared-a", EngineKind::Shared, vec![0, 1], 8),
+            Engine::new("shared-b", EngineKind::Shared, vec![2, 3], 8),
+            Engine::new("dedicated", EngineKind::Dedicated, vec![4, 5], 8),
+        ]
+    }
+
+    fn policy(n: usize) -> RssPolicy {
+        RssPolicy::new(
+            engines(),
+            (0..n).map(|i| Vm::new(&format!("vm{i}"))).collect(),
+            params(),
+        )
+    }
+
+    fn loads(vm_pps: &[f64]) -> Loads {
+        Loads {
+            vm_pps: vm_pps.to_vec(),
+            bucket_pps: vec![vec![0.0; 8]; 3],
+        }
+    }
+
+    fn vm_moves(d: &[Decision]) -> Vec<(usize, Placement, Placement, MoveReason)> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::MoveVm {
+                    vm,
+                    from,
+                    to,
+                    reason,
+                    ..
+                } => Some((*vm, *from, *to, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn busy_no_rss_vm_joins_the_least_loaded_shared_engine() {
+        let mut p = policy(2);
+        p.vms[1].placement = Placement::Engine(0);
+        let d = p.step(10, &loads(&[600.0, 500.0]));
+        assert_eq!(
+            vm_moves(&d),
+            vec![(
+                0,
+                Placement::NoRss,
+                Placement::Engine(1),
+                MoveReason::NoRssOverloaded
+            )]
+        );
+        // Under the threshold nothing happens.
+        let mut p = policy(1);
+        assert!(vm_moves(&p.step(10, &loads(&[499.0]))).is_empty());
+    }
+
+    #[test]
+    fn overloaded_shared_engine_sends_its_busiest_vm_to_a_free_dedicated_engine() {
+        let mut p = policy(3);
+        for v in &mut p.vms {
+            v.placement = Placement::Engine(0);
+        }
+        // 2100 pps over 2 CPUs = 1050 per CPU > 1000.
+        let d = p.step(10, &loads(&[300.0, 1500.0, 300.0]));
+        assert_eq!(
+            vm_moves(&d),
+            vec![(
+                1,
+                Placement::Engine(0),
+                Placement::Engine(2),
+                MoveReason::EngineOverloaded
+            )]
+        );
+        if let Decision::MoveVm { trigger_pps, .. } = &d[0] {
+            assert_eq!(*trigger_pps, 1050.0);
+        }
+    }
+
+    #[test]
+    fn without_a_free_dedicated_engine_the_vm_goes_to_another_shared_engine() {
+        let mut p = policy(4);
+        p.vms[3].placement = Placement::Engine(2); // the dedicated engine is taken
+        for v in &mut p.vms[..3] {
+            v.placement = Placement::Engine(0);
+        }
+        let d = p.step(10, &loads(&[300.0, 1500.0, 300.0, 50_000.0]));
+        assert_eq!(
+            vm_moves(&d),
+            vec![(
+                1,
+                Placement::Engine(0),
+                Placement::Engine(1),
+                MoveReason::EngineOverloaded
+            )]
+        );
+    }
+
+    #[test]
+    fn no_destination_is_reported_once_while_it_lasts() {
+        let mut p = policy(3);
+        p.vms[2].placement = Placement::Engine(2);
+        p.vms[0].placement = Placement::Engine(0);
+        p.vms[1].placement = Placement::Engine(1);
+        // Both shared engines are full: nowhere to go.
+        let l = loads(&[2500.0, 2500.0, 10.0]);
+        let first = p.step(10, &l);
+        assert!(
+            first
+                .iter()
+                .any(|d| matches!(d, Decision::NoDestination { engine: 0, .. }))
+        );
+        let again = p.step(11, &l);
+        assert!(
+            !again
+                .iter()
+                .any(|d| matches!(d, Decision::NoDestination { engine: 0, .. }))
+        );
+    }
+
+    #[test]
+    fn priority_selection_prefers_flagged_then_higher_priority_vms() {
+        let mut p = policy(3);
+        p.params.selection = Selection::Priority;
+        for v in &mut p.vms {
+            v.placement = Placement::Engine(0);
+        }
+        p.vms[0].priority = 5;
+        p.vms[2].prefer_dedicated = true;
+        let d = p.step(10, &loads(&[800.0, 1000.0, 400.0]));
+        assert_eq!(vm_moves(&d)[0].0, 2, "prefer_dedicated first");
+        let mut p = policy(3);
+        p.params.selection = Selection::Priority;
+        for v in &mut p.vms {
+            v.placement = Placement::Engine(0);
+        }
+        p.vms[0].priority = 5;
+        let d = p.step(10, &loads(&[800.0, 1000.0, 400.0]));
+        assert_eq!(vm_moves(&d)[0].0, 0, "then priority");
+    }
+
+    #[test]
+    fn quiet_vm_returns_to_no_rss_after_low_periods_and_dwell() {
+        let mut p = policy(1);
+        p.vms[0].placement = Placement::Engine(0);
+        p.vms[0].last_move = Some(9);
+        let l = loads(&[50.0]);
+        assert!(vm_moves(&p.step(10, &l)).is_empty()); // 1 low period
+        assert!(vm_moves(&p.step(11, &l)).is_empty()); // 2
+        let d = p.step(12, &l); // 3, dwell 3 ≥ 2
+        assert_eq!(
+            vm_moves(&d),
+            vec![(
+                0,
+                Placement::Engine(0),
+                Placement::NoRss,
+                MoveReason::Underloaded
+            )]
+        );
+        // A busy period resets the count.
+        let mut p = policy(1);
+        p.vms[0].placement = Placement::Engine(0);
+        p.step(10, &l);
+        p.step(11, &l);
+        p.step(12, &loads(&[300.0]));
+        assert!(vm_moves(&p.step(13, &l)).is_empty());
+    }
+
+    #[test]
+    fn dwell_time_blocks_immediate_moves_back() {
+        let mut p = policy(1);
+        let d = p.step(10, &loads(&[600.0]));
+        assert_eq!(vm_moves(&d).len(), 1);
+        // Even if it were overloaded there at once, it stays for min_dwell_periods.
+        p.vms[0].low_periods = 100;
+        assert!(vm_moves(&p.step(11, &loads(&[0.0]))).is_empty());
+    }
+
+    #[test]
+    fn pinned_vms_are_never_moved() {
+        let mut p = policy(2);
+        p.place(0, Some(Placement::NoRss), 1).unwrap();
+        assert!(vm_moves(&p.step(10, &loads(&[600.0, 0.0]))).is_empty());
+        p.place(0, None, 11).unwrap();
+        assert_eq!(vm_moves(&p.step(12, &loads(&[600.0, 0.0]))).len(), 1);
+    }
+
+    #[test]
+    fn manual_placement_refuses_a_second_vm_on_a_dedicated_engine() {
+        let mut p = policy(2);
+        assert!(p.place(0, Some(Placement::Engine(2)), 1).unwrap().is_some());
+        assert!(p.place(1, Some(Placement::Engine(2)), 1).is_err());
+    }
+
+    fn bucket_loads(engine0: Vec<f64>) -> Loads {
+        Loads {
+            vm_pps: vec![0.0],
+            bucket_pps: vec![engine0, vec![0.0; 8], vec![0.0; 8]],
+        }
+    }
+
+    #[test]
+    fn buckets_move_from_the_busiest_cpu_until_even() {
+        let mut p = policy(1);
+        p.vms[0].placement = Placement::Engine(0);
+        p.vms[0].last_move = Some(0);
+        // Table: even buckets on CPU 0, odd on CPU 1. CPU 0 carries 400, CPU 1 carries 40.
+        let l = bucket_loads(vec![100.0, 10.0, 100.0, 10.0, 100.0, 10.0, 100.0, 10.0]);
+        let d = p.step(10, &l);
+        let moves: Vec<_> = d
+            .iter()
+            .filter(|d| matches!(d, Decision::MoveBucket { .. }))
+            .collect();
+        assert!(!moves.is_empty() && moves.len() <= 4);
+        let loads_after = p.cpu_loads(0, &l);
+        assert!(spread(&loads_after) <= 0.25, "{loads_after:?}");
+        for k in 0..8 {
+            assert!(p.engines[0].cpus.contains(&p.engines[0].table[k]));
+        }
+    }
+
+    #[test]
+    fn balanced_engines_and_single_hot_buckets_stay_put() {
+        let mut p = policy(1);
+        let even = bucket_loads(vec![50.0; 8]);
+        assert!(p.step(10, &even).is_empty());
+        // One elephant bucket on CPU 0 and nothing else there: splitting is impossible.
+        let hot = bucket_loads(vec![1000.0, 10.0, 0.0, 10.0, 0.0, 10.0, 0.0, 10.0]);
+        assert!(
+            p.step(11, &hot)
+                .iter()
+                .all(|d| !matches!(d, Decision::MoveBucket { .. }))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_under_random_loads(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0.0f64..3000.0, 5), proptest::collection::vec(0.0f64..500.0, 8)),
+                1..40,
+            ),
+        ) {
+            let mut p = policy(5);
+            for (period, (vm_pps, buckets)) in steps.into_iter().enumerate() {
+                let l = Loads { vm_pps, bucket_pps: vec![buckets.clone(), buckets.clone(), buckets] };
+                p.step(period as u64, &l);
+                // A dedicated engine serves at most one VM.
+                for (e, eng) in p.engines.iter().enumerate() {
+                    if eng.kind == EngineKind::Dedicated {
+                        prop_assert!(p.vms.iter().filter(|v| v.placement == Placement::Engine(e)).count() <= 1);
+                    }
+                    // Tables only name their engine's CPUs.
+                    for cpu in &eng.table {
+                        prop_assert!(eng.cpus.contains(cpu));
+                    }
+                }
+                // Every VM is in exactly one state, naming an engine that exists.
+                for v in &p.vms {
+                    if let Placement::Engine(e) = v.placement {
+                        prop_assert!(e < p.engines.len());
+                    }
+                }
+            }
+        }
+    }
+}
