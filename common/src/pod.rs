@@ -1,7 +1,8 @@
 //! Lets userspace put the shared map types in aya maps.
 
-use crate::maps::{
-    Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord,
+use crate::{
+    maps::{Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord},
+    rss::{EngineEntry, FlowSlot, RssConfig, VmRss},
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers and byte arrays with explicit
@@ -21,3 +22,11 @@ unsafe impl aya::Pod for PortRecord {}
 unsafe impl aya::Pod for VmRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for DataplaneInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RssConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VmRss {}
+// SAFETY: as above.
+unsafe impl aya::Pod for EngineEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowSlot {}

@@ -87,7 +87,9 @@ impl Default for VmRss {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineEntry {
     pub table_mask: u32,
-    pub _pad: u32,
+    /// Identifies the configuration (name, CPUs, size) the table was built for, never 0, so
+    /// a restarted daemon keeps a table only if its engine is unchanged. Not read by eBPF.
+    pub config_tag: u32,
 }
 
 /// Index of `bucket` of `engine` in `RSS_TABLES` and the bucket counters.

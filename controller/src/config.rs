@@ -35,7 +35,56 @@ pub struct Config {
     #[serde(default, rename = "vm")]
     pub vms: Vec<VmConfig>,
     #[serde(default)]
+    pub rss: Option<RssSection>,
+    #[serde(default)]
     pub lab: Option<LabConfig>,
+}
+
+/// Software RSS (`[rss]`): steer each VM's frames to CPUs through engines.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RssSection {
+    /// How often loads are measured and the policy runs, in milliseconds.
+    #[serde(default = "default_rss_period_ms")]
+    pub period_ms: u64,
+    /// The CPU that finishes frames of VMs in the no-RSS state.
+    #[serde(default)]
+    pub default_cpu: u32,
+    #[serde(default)]
+    pub hash: HashKind,
+    /// Buckets per engine table: a power of two up to 256.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    #[serde(default)]
+    pub policy: crate::policy::rss::Params,
+    #[serde(default, rename = "engine")]
+    pub engines: Vec<EngineConfig>,
+}
+
+fn default_rss_period_ms() -> u64 {
+    100
+}
+
+fn default_table_size() -> u32 {
+    xnic_common::rss::DEFAULT_TABLE_SIZE
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HashKind {
+    /// Both directions of a connection hash alike.
+    #[default]
+    Symmetric,
+    Asymmetric,
+}
+
+/// One RSS engine (`[[rss.engine]]`): a CPU set and a table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub name: String,
+    pub kind: crate::policy::rss::EngineKind,
+    pub cpus: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -102,6 +151,21 @@ pub struct VmConfig {
     /// The VM's addresses, optionally with a prefix length (`10.0.0.5/24`).
     #[serde(default)]
     pub ips: Vec<String>,
+    /// RSS engine state: `auto` (the policy decides), `none` (no-RSS, pinned), or an engine's
+    /// name (pinned there).
+    #[serde(default = "default_rss_state")]
+    pub rss: String,
+    /// Higher first when a shared engine must shed a VM (with `[rss.policy] selection =
+    /// "priority"`).
+    #[serde(default)]
+    pub priority: i32,
+    /// Offered a dedicated engine first.
+    #[serde(default)]
+    pub prefer_dedicated: bool,
+}
+
+fn default_rss_state() -> String {
+    "auto".into()
 }
 
 impl VmConfig {
@@ -319,6 +383,7 @@ impl Config {
                 }
             }
         }
+        self.validate_rss()?;
         if let Some(lab) = &self.lab {
             check_name("lab.prefix", &lab.prefix, 16)?;
             if self.netns.is_none() {
@@ -345,6 +410,133 @@ impl Config {
                     "uplink".into(),
                     "the lab connects the host to the tor through uplinks: configure at least one"
                         .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rss(&self) -> Result<(), (String, String)> {
+        let Some(rss) = &self.rss else {
+            for (i, vm) in self.vms.iter().enumerate() {
+                if vm.rss != "auto" {
+                    return Err((
+                        format!("vm[{i}].rss"),
+                        "set without an [rss] section: add one to steer VMs to CPUs".into(),
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        if !(10..=10_000).contains(&rss.period_ms) {
+            return Err((
+                "rss.period_ms".into(),
+                format!(
+                    "{} is out of range: use 10 to 10000 milliseconds",
+                    rss.period_ms
+                ),
+            ));
+        }
+        let max = xnic_common::rss::MAX_TABLE_SIZE;
+        if !rss.table_size.is_power_of_two() || !(2..=max).contains(&rss.table_size) {
+            return Err((
+                "rss.table_size".into(),
+                format!("{} is not a power of two from 2 to {max}", rss.table_size),
+            ));
+        }
+        if rss.engines.len() > xnic_common::rss::MAX_ENGINES as usize {
+            return Err((
+                "rss.engine".into(),
+                format!(
+                    "{} engines; at most {} are supported",
+                    rss.engines.len(),
+                    xnic_common::rss::MAX_ENGINES
+                ),
+            ));
+        }
+        let p = &rss.policy;
+        let checks: [(&str, bool, &str); 4] = [
+            ("fill", p.fill > 0.0 && p.fill <= 1.0, "must be in (0, 1]"),
+            (
+                "vm_low_pps",
+                p.vm_low_pps < p.no_rss_high_pps,
+                "must be below no_rss_high_pps, or VMs would bounce between states",
+            ),
+            (
+                "rebalance_to",
+                p.rebalance_to < p.rebalance_above,
+                "must be below rebalance_above",
+            ),
+            (
+                "engine_high_pps_per_cpu",
+                p.engine_high_pps_per_cpu > 0.0,
+                "must be positive",
+            ),
+        ];
+        for (field, ok, why) in checks {
+            if !ok {
+                return Err((format!("rss.policy.{field}"), why.into()));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, e) in rss.engines.iter().enumerate() {
+            check_name(&format!("rss.engine[{i}].name"), &e.name, MAX_NAME_LEN)?;
+            if e.name == "auto" || e.name == "none" {
+                return Err((
+                    format!("rss.engine[{i}].name"),
+                    format!("{:?} is reserved for VM states", e.name),
+                ));
+            }
+            if !names.insert(e.name.as_str()) {
+                return Err((
+                    format!("rss.engine[{i}].name"),
+                    format!("engine name {:?} is used twice", e.name),
+                ));
+            }
+            if e.cpus.is_empty() {
+                return Err((
+                    format!("rss.engine[{i}].cpus"),
+                    "an engine needs CPUs".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (j, cpu) in e.cpus.iter().enumerate() {
+                if !seen.insert(cpu) {
+                    return Err((
+                        format!("rss.engine[{i}].cpus[{j}]"),
+                        format!("CPU {cpu} is listed twice"),
+                    ));
+                }
+            }
+        }
+        let mut dedicated_users = HashSet::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            if vm.rss == "auto" || vm.rss == "none" {
+                continue;
+            }
+            let Some(engine) = rss.engines.iter().find(|e| e.name == vm.rss) else {
+                return Err((
+                    format!("vm[{i}].rss"),
+                    format!(
+                        "no engine named {:?}; use auto, none or one of: {}",
+                        vm.rss,
+                        rss.engines
+                            .iter()
+                            .map(|e| e.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            if engine.kind == crate::policy::rss::EngineKind::Dedicated
+                && !dedicated_users.insert(engine.name.as_str())
+            {
+                return Err((
+                    format!("vm[{i}].rss"),
+                    format!(
+                        "dedicated engine {:?} already serves another VM",
+                        engine.name
+                    ),
                 ));
             }
         }
@@ -587,6 +779,64 @@ ips = ["10.0.0.2/24", "fd00::2"]
         assert_eq!(e.position, Some((2, 12)));
         let e = parse(&GOOD.replace("eth0", "a-very-long-interface")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("uplink[0].name"));
+    }
+
+    const RSS: &str = r#"
+[rss]
+default_cpu = 0
+[rss.policy]
+engine_high_pps_per_cpu = 1000.0
+[[rss.engine]]
+name = "shared-a"
+kind = "shared"
+cpus = [0, 1]
+[[rss.engine]]
+name = "solo"
+kind = "dedicated"
+cpus = [1]
+"#;
+
+    #[test]
+    fn rss_section_parses_and_references_are_checked() {
+        let c = parse(&format!("{GOOD}{RSS}")).unwrap();
+        let rss = c.rss.unwrap();
+        assert_eq!(
+            (rss.table_size, rss.period_ms, rss.engines.len()),
+            (128, 100, 2)
+        );
+        assert_eq!(rss.policy.engine_high_pps_per_cpu, 1000.0);
+        assert_eq!(rss.policy.low_periods, 30, "defaults fill the rest");
+        let bad = format!(
+            "{}{RSS}",
+            GOOD.replace("ips = [", "rss = \"nosuch\"\nips = [")
+        );
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("vm[0].rss"));
+        assert!(e.message.contains("shared-a, solo"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}{}",
+            RSS.replace("default_cpu = 0", "table_size = 100")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("rss.table_size"));
+        let e = parse(&format!(
+            "{GOOD}{}",
+            RSS.replace("cpus = [0, 1]", "cpus = [0, 0]")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("rss.engine[0].cpus[1]"));
+        let e = parse(&format!(
+            "{GOOD}{}",
+            RSS.replace("engine_high_pps_per_cpu = 1000.0", "vm_low_pps = 1e9")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("rss.policy.vm_low_pps"));
+        let e = parse(&format!(
+            "{GOOD}{}",
+            RSS.replace("engine_high_pps_per_cpu", "engine_hihg_pps_per_cpu")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn counts_known_traffic_exactly() {
             pps: 5000,
             duration: Duration::from_millis(200),
             payload,
+            zipf: None,
         },
     )
     .unwrap();
@@ -57,6 +58,7 @@ fn counts_known_traffic_exactly() {
             pps: 5000,
             duration: Duration::from_millis(100),
             payload,
+            zipf: None,
         },
     )
     .unwrap();
@@ -100,6 +102,7 @@ fn sigkill_and_restart_under_traffic_lose_nothing() {
                 pps: 10_000,
                 duration: Duration::from_secs(5),
                 payload: 64,
+                zipf: None,
             },
         )
     });
@@ -144,6 +147,7 @@ fn sigterm_leaves_the_dataplane_forwarding() {
             pps: 1000,
             duration: Duration::from_millis(100),
             payload: 32,
+            zipf: None,
         },
     )
     .unwrap();
@@ -342,6 +346,7 @@ fn spoofed_source_mac_is_dropped_and_counted() {
             pps: 1000,
             duration: Duration::from_millis(100),
             payload: 10,
+            zipf: None,
         },
     )
     .unwrap();

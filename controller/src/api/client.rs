@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::Request;
 pub use hyper::{Method, StatusCode, body::Bytes};
 use hyper_util::rt::TokioIo;
@@ -50,16 +50,31 @@ impl Client {
 
     /// Sends a request and returns the status and body.
     pub async fn request(&self, method: Method, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.request_with(method, path, None).await
+    }
+
+    /// Sends a request with an optional JSON body.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake with the daemon failed")?;
         tokio::spawn(conn);
-        let req = Request::builder()
+        let builder = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "xnic")
-            .body(Empty::<Bytes>::new())?;
+            .header("host", "xnic");
+        let req = match json {
+            Some(body) => builder
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)).boxed())?,
+            None => builder.body(Empty::<Bytes>::new().boxed())?,
+        };
         let resp = sender
             .send_request(req)
             .await
@@ -69,8 +84,13 @@ impl Client {
         Ok((status, body))
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str) -> anyhow::Result<T> {
-        let (status, body) = self.request(method, path).await?;
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
+        let (status, body) = self.request_with(method, path, body).await?;
         if !status.is_success() {
             let msg = serde_json::from_slice::<ApiError>(&body)
                 .map(|e| e.error)
@@ -82,11 +102,21 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.json(Method::GET, path).await
+        self.json(Method::GET, path, None).await
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.json(Method::POST, path).await
+        self.json(Method::POST, path, None).await
+    }
+
+    /// POSTs `body` as JSON.
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
     }
 
     /// Whether a daemon answers on the socket.

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 
-use super::types::ApiError;
-use crate::daemon::Daemon;
+use super::types::{ApiError, RssSetRequest};
+use crate::daemon::{ApiFailure, Daemon};
 
 type Shared = State<Arc<Daemon>>;
 
@@ -36,6 +36,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}", get(vm))
         .route("/v1/stats", get(stats))
         .route("/v1/down", post(down))
+        .route("/v1/rss", get(rss_status))
+        .route("/v1/rss/events", get(rss_events))
+        .route("/v1/rss/engines/{name}/buckets", get(rss_buckets))
+        .route("/v1/rss/vms/{name}", post(rss_set))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(daemon)
@@ -89,6 +93,67 @@ async fn stats(State(d): Shared) -> Result<impl IntoResponse, Failure> {
 
 async fn down(State(d): Shared) -> Result<impl IntoResponse, Failure> {
     Ok(Json(d.down()?))
+}
+
+const NO_RSS: &str = "RSS is not configured: add an [rss] section to the configuration";
+
+impl From<ApiFailure> for Failure {
+    fn from(f: ApiFailure) -> Self {
+        match f {
+            ApiFailure::NotConfigured => Failure(StatusCode::CONFLICT, NO_RSS.into()),
+            ApiFailure::NotFound(m) => Failure(StatusCode::NOT_FOUND, m),
+            ApiFailure::BadRequest(m) => Failure(StatusCode::BAD_REQUEST, m),
+            ApiFailure::Internal(m) => Failure(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+async fn rss_status(State(d): Shared) -> Result<impl IntoResponse, Failure> {
+    d.rss_status()
+        .map(Json)
+        .ok_or_else(|| ApiFailure::NotConfigured.into())
+}
+
+#[derive(serde::Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn rss_events(
+    State(d): Shared,
+    Query(q): Query<Since>,
+) -> Result<impl IntoResponse, Failure> {
+    d.rss_events(q.since)
+        .map(Json)
+        .ok_or_else(|| ApiFailure::NotConfigured.into())
+}
+
+async fn rss_buckets(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, Failure> {
+    match d.rss_buckets(&name)? {
+        Some(b) => Ok(Json(b)),
+        None => Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no RSS engine named {name:?}"),
+        )),
+    }
+}
+
+async fn rss_set(
+    State(d): Shared,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, Failure> {
+    let req: RssSetRequest = serde_json::from_slice(&body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {e}; expected JSON like {{\"state\": \"auto\"}}"),
+        )
+    })?;
+    Ok(Json(d.rss_set(&name, &req)?))
 }
 
 async fn metrics(State(d): Shared) -> Result<impl IntoResponse, Failure> {

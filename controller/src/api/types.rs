@@ -166,3 +166,98 @@ pub struct DownView {
     pub links_removed: Vec<String>,
     pub maps_removed: usize,
 }
+
+/// `GET /v1/rss`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssStatusView {
+    pub enabled: bool,
+    pub period_ms: u64,
+    /// Policy periods run so far.
+    pub period: u64,
+    pub default_cpu: u32,
+    pub hash: crate::config::HashKind,
+    pub table_size: u32,
+    pub engines: Vec<RssEngineView>,
+    pub vms: Vec<RssVmView>,
+    pub cpus: Vec<RssCpuView>,
+    /// Steering counters since the dataplane was created.
+    pub steering: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssEngineView {
+    pub name: String,
+    pub kind: crate::policy::rss::EngineKind,
+    pub cpus: Vec<u32>,
+    pub vms: Vec<String>,
+    /// Frames per second of its VMs over the last period.
+    pub load_pps: f64,
+    pub load_pps_per_cpu: f64,
+    /// (CPU, frames per second its buckets sent there).
+    pub cpu_pps: Vec<(u32, f64)>,
+    /// CPU → number of table buckets naming it.
+    pub buckets_per_cpu: BTreeMap<u32, u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssVmView {
+    pub name: String,
+    pub slot: u32,
+    /// `no-rss`, `shared:<engine>` or `dedicated:<engine>`.
+    pub state: String,
+    pub pinned: bool,
+    pub priority: i32,
+    pub prefer_dedicated: bool,
+    pub load_pps: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssCpuView {
+    pub cpu: u32,
+    /// Frames per second finished on this CPU by the CPU-map program.
+    pub steered_pps: f64,
+    /// Share of the period its CPU-map threads ran (VNIC side).
+    pub vnic_busy: f64,
+    /// Share of the period in softirq or NAPI threads (NIC side).
+    pub nic_busy: f64,
+}
+
+/// One entry of `GET /v1/rss/events`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssEvent {
+    pub id: u64,
+    pub unix_ms: u64,
+    pub period: u64,
+    /// `vm_migration`, `bucket_move` or `no_destination`.
+    pub kind: String,
+    /// The VM, `engine/bucket`, or engine.
+    pub subject: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub figures: BTreeMap<String, f64>,
+}
+
+/// One entry of `GET /v1/rss/engines/{name}/buckets`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssBucketView {
+    pub bucket: u32,
+    /// The CPU the table names now.
+    pub cpu: u32,
+    /// Frames of this bucket each CPU finished, since the engine's table was set up.
+    pub frames_per_cpu: Vec<u64>,
+    pub pps: f64,
+}
+
+/// Body of `POST /v1/rss/vms/{name}`: any of the fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RssSetRequest {
+    /// `auto`, `none`, or an engine name.
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub prefer_dedicated: Option<bool>,
+}

@@ -44,6 +44,9 @@ pub enum Command {
     Vm(VmCommand),
     /// Show per-port counters by verdict reason, per-VM counters and per-CPU totals.
     Stats(ReadArgs),
+    /// Software RSS: engines, VM states, CPU loads, migrations.
+    #[command(subcommand)]
+    Rss(RssCommand),
     /// Remove an instance's dataplane: detach every program and remove its pins.
     ///
     /// Stops the instance's daemon if it runs. Forwarding through xnic stops; the kernel's own
@@ -105,6 +108,47 @@ pub enum VmCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RssCommand {
+    /// Engines with their CPUs, VMs, loads and tables; each VM's state; per-CPU load.
+    Status(ReadArgs),
+    /// Migrations and bucket moves, with their reasons and figures (oldest first).
+    Events {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Per bucket of an engine: the CPU its table names and the frames each CPU finished.
+    Buckets {
+        /// The engine's name.
+        engine: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Move a VM by hand, or hand it back to the policy; change its hints.
+    Set {
+        /// The VM's name.
+        vm: String,
+        /// `auto` (the policy decides), `none` (no-RSS) or an engine's name; anything but
+        /// `auto` pins the VM there.
+        #[arg(long)]
+        state: Option<String>,
+        /// Priority when a shared engine must shed a VM (higher goes first).
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Offer this VM a dedicated engine first.
+        #[arg(long)]
+        prefer_dedicated: Option<bool>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct LabConfigArg {
     /// Lab configuration (a configuration with a [lab] section). Default: the built-in lab,
@@ -120,11 +164,44 @@ pub enum LabCommand {
     /// Remove the lab: stop its daemon, remove its dataplane, delete its namespaces.
     Down(LabConfigArg),
     /// Drive traffic through a running lab and report what arrived.
-    Traffic(LabConfigArg),
+    ///
+    /// Without --from/--to: a round of pings, UDP from every VM and an iperf3 run. With them:
+    /// one stream of sequence-numbered UDP flows, reporting loss and reordering.
+    Traffic(TrafficArgs),
     /// The whole demo: lab up, daemon, traffic, what xnic sees; then everything removed.
     Demo(DemoArgs),
     /// Print the built-in lab configuration (a starting point for your own).
     Config,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrafficArgs {
+    #[command(flatten)]
+    pub config: LabConfigArg,
+    /// Sender: a VM's name or `tor`.
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+    /// Receiver: a VM's name or `tor`.
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// Distinct flows (source ports).
+    #[arg(long, default_value_t = 16)]
+    pub flows: u32,
+    /// Datagrams per second, all flows together.
+    #[arg(long, default_value_t = 10_000)]
+    pub pps: u64,
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Zipf exponent for per-flow rates (e.g. 1.1: a few elephants, many mice); equal shares
+    /// when absent.
+    #[arg(long)]
+    pub zipf: Option<f64>,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Print JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -127,6 +127,7 @@ fn demo(
                     pps: 5000,
                     duration: Duration::from_secs(4),
                     payload: 100,
+                    zipf: None,
                 },
             )
         });

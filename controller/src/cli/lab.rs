@@ -2,11 +2,18 @@
 
 use std::path::PathBuf;
 
-use super::{args::LabConfigArg, down, running_instances};
+use super::{
+    args::{LabConfigArg, TrafficArgs},
+    down, running_instances,
+};
 use crate::{
     config::{Config, default_lab_toml},
     dataplane,
-    lab::{Lab, daemon::default_config_path},
+    lab::{
+        Lab,
+        daemon::default_config_path,
+        traffic::{Receiver, UdpStream, send_udp},
+    },
 };
 
 /// The lab described by `--config`, or the built-in lab (written to /run/xnic so the daemon
@@ -57,13 +64,49 @@ pub fn down(arg: &LabConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn traffic(arg: &LabConfigArg) -> anyhow::Result<()> {
+pub fn traffic(args: &TrafficArgs) -> anyhow::Result<()> {
     crate::daemon::require_root("xnic lab traffic")?;
-    let (lab, _) = resolve(arg)?;
+    let (lab, _) = resolve(&args.config)?;
     if !lab.exists() {
         anyhow::bail!("the lab is not up; run `xnic lab up` first");
     }
-    let report = lab.drive(std::time::Duration::from_secs(2), Some(2))?;
-    println!("{}", report.summary());
+    let (Some(from), Some(to)) = (&args.from, &args.to) else {
+        let report = lab.drive(std::time::Duration::from_secs(2), Some(2))?;
+        println!("{}", report.summary());
+        return Ok(());
+    };
+    let (from_ns, _) = lab.endpoint(from)?;
+    let (to_ns, to_addr) = lab.endpoint(to)?;
+    let sink = std::net::SocketAddr::new(to_addr, crate::lab::TOR_UDP_PORT);
+    let rx = Receiver::start(Some(&to_ns), sink)?;
+    let sent = send_udp(
+        Some(&from_ns),
+        UdpStream {
+            dst: sink,
+            flows: args.flows,
+            pps: args.pps,
+            duration: std::time::Duration::from_secs_f64(args.secs),
+            payload: args.payload,
+            zipf: args.zipf,
+        },
+    )?;
+    let got = rx.stop()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "sent": sent, "received": got }))?
+        );
+    } else {
+        println!(
+            "{from} → {to}: {} flows, {} sent in {:.1} s, {} received, {} lost, {} reordered, {} duplicated",
+            got.flows,
+            sent.sent,
+            sent.elapsed_secs,
+            got.received,
+            sent.sent.saturating_sub(got.received),
+            got.reordered,
+            got.duplicates
+        );
+    }
     Ok(())
 }

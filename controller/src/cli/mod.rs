@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod down;
 mod lab;
+mod rss;
 mod stats;
 mod status;
 pub mod table;
@@ -16,7 +17,7 @@ use std::{future::Future, path::Path};
 use anyhow::{Context as _, bail};
 use clap::CommandFactory as _;
 
-use self::args::{Cli, Command, InstanceArg, LabCommand, VmCommand};
+use self::args::{Cli, Command, InstanceArg, LabCommand, RssCommand, VmCommand};
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -27,6 +28,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCommand::List(a)) => vm::list(&a),
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
         Command::Stats(a) => stats::run(&a),
+        Command::Rss(RssCommand::Status(a)) => rss::status(&a),
+        Command::Rss(RssCommand::Events {
+            read,
+            since,
+            follow,
+        }) => rss::events(&read, since, follow),
+        Command::Rss(RssCommand::Buckets { engine, read }) => rss::buckets(&engine, &read),
+        Command::Rss(RssCommand::Set {
+            vm,
+            state,
+            priority,
+            prefer_dedicated,
+            read,
+        }) => rss::set(&vm, state, priority, prefer_dedicated, &read),
         Command::Down(a) => down::run(&a),
         Command::Lab(LabCommand::Up(a)) => lab::up(&a),
         Command::Lab(LabCommand::Down(a)) => lab::down(&a),

@@ -299,6 +299,147 @@ pub fn stats(s: &StatsView) -> String {
     out
 }
 
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+pub fn rss_status(s: &crate::api::types::RssStatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rss        period {} ms (#{}), {:?} hash, {} buckets per table, no-RSS CPU {}",
+        s.period_ms, s.period, s.hash, s.table_size, s.default_cpu
+    );
+    let _ = writeln!(
+        out,
+        "steering   {}\n",
+        s.steering
+            .iter()
+            .map(|(k, v)| format!("{k} {}", si(*v as f64)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut t = table(
+        &[
+            "ENGINE",
+            "KIND",
+            "CPUS",
+            "VMS",
+            "LOAD",
+            "PER CPU",
+            "BUCKETS PER CPU",
+        ],
+        4,
+    );
+    for e in &s.engines {
+        t.add_row(vec![
+            e.name.clone(),
+            format!("{:?}", e.kind).to_lowercase(),
+            e.cpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            if e.vms.is_empty() {
+                "-".into()
+            } else {
+                e.vms.join(",")
+            },
+            format!("{} pps", si(e.load_pps)),
+            format!("{} pps", si(e.load_pps_per_cpu)),
+            e.buckets_per_cpu
+                .iter()
+                .map(|(cpu, n)| format!("cpu{cpu}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    let _ = writeln!(out, "{t}\n");
+    let mut t = table(
+        &[
+            "VM",
+            "STATE",
+            "PINNED",
+            "PRIORITY",
+            "PREFER DEDICATED",
+            "LOAD",
+        ],
+        5,
+    );
+    for v in &s.vms {
+        t.add_row(vec![
+            v.name.clone(),
+            v.state.clone(),
+            if v.pinned { "yes" } else { "no" }.into(),
+            v.priority.to_string(),
+            if v.prefer_dedicated { "yes" } else { "no" }.into(),
+            format!("{} pps", si(v.load_pps)),
+        ]);
+    }
+    let _ = writeln!(out, "{t}\n");
+    let mut t = table(&["CPU", "STEERED", "VNIC BUSY", "NIC BUSY"], 1);
+    for c in &s.cpus {
+        t.add_row(vec![
+            c.cpu.to_string(),
+            format!("{} pps", si(c.steered_pps)),
+            pct(c.vnic_busy),
+            pct(c.nic_busy),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+pub fn rss_events(events: &[crate::api::types::RssEvent], header: bool) -> String {
+    if events.is_empty() {
+        return if header {
+            "no RSS events yet\n".into()
+        } else {
+            String::new()
+        };
+    }
+    let mut t = table(
+        &[
+            "#", "PERIOD", "KIND", "SUBJECT", "FROM", "TO", "REASON", "FIGURES",
+        ],
+        8,
+    );
+    for e in events {
+        t.add_row(vec![
+            e.id.to_string(),
+            e.period.to_string(),
+            e.kind.clone(),
+            e.subject.clone(),
+            e.from.clone(),
+            e.to.clone(),
+            e.reason.clone(),
+            e.figures
+                .iter()
+                .map(|(k, v)| format!("{k}={}", si(*v)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn rss_buckets(buckets: &[crate::api::types::RssBucketView]) -> String {
+    let ncpu = buckets.first().map_or(0, |b| b.frames_per_cpu.len());
+    let mut header = vec!["BUCKET".to_string(), "CPU".into(), "PPS".into()];
+    header.extend((0..ncpu).map(|c| format!("FRAMES ON CPU{c}")));
+    let refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = table(&refs, 1);
+    for b in buckets
+        .iter()
+        .filter(|b| b.frames_per_cpu.iter().any(|f| *f > 0) || b.pps > 0.0)
+    {
+        let mut row = vec![b.bucket.to_string(), b.cpu.to_string(), si(b.pps)];
+        row.extend(b.frames_per_cpu.iter().map(|f| f.to_string()));
+        t.add_row(row);
+    }
+    format!("{t}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

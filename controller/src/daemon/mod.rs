@@ -6,6 +6,7 @@
 //! and the next daemon adopts it. Only `xnic down` removes it.
 
 mod ebpf_log;
+pub mod rss;
 pub mod state;
 mod views;
 
@@ -26,7 +27,10 @@ use self::state::State;
 use crate::{
     api::{
         self,
-        types::{DownView, StatsView, StatusView, VmView},
+        types::{
+            DownView, RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView, StatsView,
+            StatusView, VmView,
+        },
     },
     config::Config,
     dataplane::{self, Dataplane},
@@ -35,6 +39,15 @@ use crate::{
         sample::{Rates, Sample},
     },
 };
+
+/// Why an API request failed, for the HTTP status.
+#[derive(Debug)]
+pub enum ApiFailure {
+    NotConfigured,
+    NotFound(String),
+    BadRequest(String),
+    Internal(String),
+}
 
 /// Why the daemon stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +118,65 @@ impl Daemon {
         let state = lock(&self.state);
         let (sample, rates) = self.fresh(&state)?;
         Ok(views::stats(&state, &sample, &rates))
+    }
+
+    pub fn rss_status(&self) -> Option<RssStatusView> {
+        let state = lock(&self.state);
+        let rss = state.rss.as_ref()?;
+        Some(rss.status(&state.vms, &state.dataplane))
+    }
+
+    pub fn rss_events(&self, since: u64) -> Option<Vec<RssEvent>> {
+        let state = lock(&self.state);
+        Some(state.rss.as_ref()?.events(since))
+    }
+
+    /// `Ok(None)`: no engine of that name. `Err`: RSS is not configured.
+    pub fn rss_buckets(&self, engine: &str) -> Result<Option<Vec<RssBucketView>>, ApiFailure> {
+        let state = lock(&self.state);
+        let rss = state.rss.as_ref().ok_or(ApiFailure::NotConfigured)?;
+        rss.buckets(engine, &state.dataplane)
+            .map_err(|e| ApiFailure::Internal(format!("{e:#}")))
+    }
+
+    pub fn rss_set(&self, vm: &str, req: &RssSetRequest) -> Result<RssVmView, ApiFailure> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let Some(rss) = state.rss.as_mut() else {
+            return Err(ApiFailure::NotConfigured);
+        };
+        let Some(index) = state.vms.iter().position(|v| v.name == vm) else {
+            let known: Vec<_> = state.vms.iter().map(|v| v.name.clone()).collect();
+            return Err(ApiFailure::NotFound(format!(
+                "no VM named {vm:?}; known VMs: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        rss.set(
+            &mut state.dataplane,
+            &state.vms,
+            index,
+            req.state.as_deref(),
+            req.priority,
+            req.prefer_dedicated,
+        )
+        .map_err(ApiFailure::BadRequest)?;
+        let status = rss.status(&state.vms, &state.dataplane);
+        Ok(status.vms[index].clone())
+    }
+
+    fn rss_tick(&self) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if let Some(rss) = state.rss.as_mut()
+            && let Err(e) = rss.tick(&mut state.dataplane, &state.vms)
+        {
+            warn!(error = %e, "RSS period failed");
+        }
     }
 
     /// Removes the dataplane and stops the daemon (after the answer is sent).
@@ -211,6 +283,9 @@ fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let socket = config.socket_path();
     let _lock = lock_instance(&config.instance)?;
+    if let Some(rss) = &config.rss {
+        rss::check_cpus(rss)?;
+    }
     // Handlers first: a signal during start-up must not kill the daemon half-way.
     let (mut sigterm, mut sigint) = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -231,6 +306,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     let ebpf_logs = ebpf_log::start(dp.ebpf_mut());
     let stats_interval = Duration::from_millis(config.daemon.stats_interval_ms);
+    let rss_period = config
+        .rss
+        .as_ref()
+        .map(|r| Duration::from_millis(r.period_ms));
     let metrics_listen = config.daemon.metrics_listen.clone();
     let state = state::start(config, config_path, dp, &interfaces)?;
     let (listener, _socket_guard) = bind_socket(&socket)?;
@@ -261,6 +340,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         })
     };
+    let rss_loop = rss_period.map(|period| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                daemon.rss_tick();
+            }
+        })
+    });
     let signals = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
@@ -301,6 +391,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     sampler.abort();
     signals.abort();
+    if let Some(r) = rss_loop {
+        r.abort();
+    }
     if let Some(m) = metrics {
         let _ = m.await;
     }

@@ -43,6 +43,10 @@ pub struct Vm {
     pub port: String,
     pub macs: Vec<MacAddr>,
     pub ips: Vec<IpNet>,
+    /// Configured RSS state: `auto`, `none` or an engine name.
+    pub rss_hint: String,
+    pub priority: i32,
+    pub prefer_dedicated: bool,
 }
 
 pub struct State {
@@ -55,6 +59,8 @@ pub struct State {
     /// This daemon found a pinned dataplane and took it over.
     pub adopted: bool,
     pub started: Instant,
+    /// Software RSS, when configured.
+    pub rss: Option<super::rss::RssRuntime>,
 }
 
 impl State {
@@ -144,7 +150,7 @@ pub fn start(
     }
     let mut fresh = Vec::new();
     match apply(&config, &mut dataplane, interfaces, &mut fresh) {
-        Ok((ports, vms)) => Ok(State {
+        Ok((ports, vms, rss)) => Ok(State {
             adopted: !dataplane.created(),
             config,
             config_path,
@@ -152,6 +158,7 @@ pub fn start(
             ports,
             vms,
             started: Instant::now(),
+            rss,
         }),
         Err(e) => {
             for ifname in fresh {
@@ -176,7 +183,7 @@ fn apply(
     dp: &mut Dataplane,
     interfaces: &HashMap<String, LinkState>,
     fresh: &mut Vec<String>,
-) -> anyhow::Result<(Vec<Port>, Vec<Vm>)> {
+) -> anyhow::Result<(Vec<Port>, Vec<Vm>, Option<super::rss::RssRuntime>)> {
     // Slots: names keep the slots their counters are in.
     let recorded_vms: Vec<(u32, String)> = dp
         .vm_records()?
@@ -216,6 +223,8 @@ fn apply(
         let slot = vm_plan.slot_of(&vm.name).context("VM without a slot")?;
         if vm_plan.assign.iter().any(|(n, _)| n == &vm.name) {
             dp.reset_vm_counters(slot)?;
+            dp.reset_vm_cpu_counters(slot)?;
+            dp.set_vm_rss(slot, xnic_common::rss::VmRss::default())?;
         }
         dp.set_vm_record(
             slot,
@@ -231,6 +240,9 @@ fn apply(
             port: vm.port.clone(),
             macs: vm.mac_addrs(),
             ips: vm.ip_nets(),
+            rss_hint: vm.rss.clone(),
+            priority: vm.priority,
+            prefer_dedicated: vm.prefer_dedicated,
         });
     }
     let mut wanted_macs: HashMap<[u8; 6], MacOwner> = HashMap::new();
@@ -300,6 +312,15 @@ fn apply(
         }
     }
 
+    // Steering: CPU queues, tables and placements before frames can be redirected.
+    let rss = match &config.rss {
+        Some(section) => Some(super::rss::RssRuntime::start(section, &vms, dp)?),
+        None => {
+            super::rss::RssRuntime::disable(dp)?;
+            None
+        }
+    };
+
     // Attach last: a failure here is undone by the caller.
     for port in &ports {
         let attached_prog = interfaces[&port.name].xdp.map(|x| x.prog_id);
@@ -320,5 +341,5 @@ fn apply(
             }
         }
     }
-    Ok((ports, vms))
+    Ok((ports, vms, rss))
 }

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, CpuMap, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -38,8 +38,8 @@ use xnic_common::{
     },
     parse::Shape,
     rss::{
-        EngineEntry, FLOW_SLOTS, FlowSlot, MAX_ENGINES, MAX_TABLE_SIZE, RssConfig, SteerCounter,
-        VmRss,
+        CPUMAP_QUEUE_SIZE, EngineEntry, FLOW_SLOTS, FlowSlot, MAX_ENGINES, MAX_TABLE_SIZE,
+        RssConfig, SteerCounter, VmRss, bucket_index,
     },
     verdict::Reason,
 };
@@ -178,8 +178,11 @@ impl Dataplane {
             .map_max_entries("CPUMAP", nr_cpus as u32)
             .load(objects::DATAPLANE)
             .context("loading the XDP object failed")?;
-        for role in [PortRole::Uplink, PortRole::Vm] {
-            let name = program_name(role);
+        for name in [
+            program_name(PortRole::Uplink),
+            program_name(PortRole::Vm),
+            CPUMAP_PROGRAM,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
@@ -445,6 +448,138 @@ impl Dataplane {
         Ok(())
     }
 
+    // --- RSS steering ------------------------------------------------------------------------
+
+    pub fn rss_config(&self) -> anyhow::Result<RssConfig> {
+        let map: Array<_, RssConfig> = Array::try_from(self.map("RSS_CONFIG")?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    pub fn set_rss_config(&mut self, config: RssConfig) -> anyhow::Result<()> {
+        let mut map: Array<_, RssConfig> = Array::try_from(self.map_mut("RSS_CONFIG")?)?;
+        map.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// CPUs with a CPU-map queue, and the program id each runs.
+    pub fn cpu_queues(&self) -> anyhow::Result<Vec<(u32, Option<u32>)>> {
+        let map: CpuMap<_> = CpuMap::try_from(self.map("CPUMAP")?)?;
+        Ok((0..map.len())
+            .filter_map(|cpu| {
+                let v = map.get(cpu, 0).ok()?;
+                (v.queue_size > 0).then(|| (cpu, v.prog_id.map(|p| p.get())))
+            })
+            .collect())
+    }
+
+    /// Gives `cpu` a CPU-map queue running this daemon's CPU-map program.
+    pub fn set_cpu_queue(&mut self, cpu: u32) -> anyhow::Result<()> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(CPUMAP_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {CPUMAP_PROGRAM}"))?
+            .try_into()?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut("CPUMAP")?)?;
+        map.set(cpu, CPUMAP_QUEUE_SIZE, Some(&fd), 0)
+            .with_context(|| format!("cannot create the CPU-map queue for CPU {cpu}"))?;
+        Ok(())
+    }
+
+    /// Removes `cpu`'s CPU-map queue (a zero-size entry is a deletion).
+    pub fn remove_cpu_queue(&mut self, cpu: u32) -> anyhow::Result<()> {
+        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut("CPUMAP")?)?;
+        map.set(cpu, 0, None, 0)
+            .with_context(|| format!("cannot remove the CPU-map queue of CPU {cpu}"))?;
+        Ok(())
+    }
+
+    pub fn vm_rss(&self, vm_slot: u32) -> anyhow::Result<VmRss> {
+        let map: Array<_, VmRss> = Array::try_from(self.map("VM_RSS")?)?;
+        Ok(map.get(&vm_slot, 0)?)
+    }
+
+    pub fn set_vm_rss(&mut self, vm_slot: u32, rss: VmRss) -> anyhow::Result<()> {
+        let mut map: Array<_, VmRss> = Array::try_from(self.map_mut("VM_RSS")?)?;
+        map.set(vm_slot, rss, 0)?;
+        Ok(())
+    }
+
+    pub fn engine(&self, engine: u32) -> anyhow::Result<EngineEntry> {
+        let map: Array<_, EngineEntry> = Array::try_from(self.map("ENGINES")?)?;
+        Ok(map.get(&engine, 0)?)
+    }
+
+    pub fn set_engine(&mut self, engine: u32, entry: EngineEntry) -> anyhow::Result<()> {
+        let mut map: Array<_, EngineEntry> = Array::try_from(self.map_mut("ENGINES")?)?;
+        map.set(engine, entry, 0)?;
+        Ok(())
+    }
+
+    /// The first `size` buckets of `engine`'s table.
+    pub fn table(&self, engine: u32, size: u32) -> anyhow::Result<Vec<u32>> {
+        let map: Array<_, u32> = Array::try_from(self.map("RSS_TABLES")?)?;
+        (0..size)
+            .map(|b| Ok(map.get(&bucket_index(engine, b), 0)?))
+            .collect()
+    }
+
+    pub fn set_bucket(&mut self, engine: u32, bucket: u32, cpu: u32) -> anyhow::Result<()> {
+        let mut map: Array<_, u32> = Array::try_from(self.map_mut("RSS_TABLES")?)?;
+        map.set(bucket_index(engine, bucket), cpu, 0)?;
+        Ok(())
+    }
+
+    /// Per bucket of `engine` (the first `size`), frames and bytes per CPU that ran them.
+    pub fn bucket_counters(&self, engine: u32, size: u32) -> anyhow::Result<Vec<Vec<Counter>>> {
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("BUCKET_STATS")?)?;
+        (0..size)
+            .map(|b| Ok(map.get(&bucket_index(engine, b), 0)?.to_vec()))
+            .collect()
+    }
+
+    pub fn reset_bucket_counters(&mut self, engine: u32) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut("BUCKET_STATS")?)?;
+        for b in 0..MAX_TABLE_SIZE {
+            map.set(
+                bucket_index(engine, b),
+                PerCpuValues::try_from(vec![Counter::default(); n])?,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Frames and bytes delivered to VM `slot`, per CPU that ran them.
+    pub fn vm_cpu_counters(&self, slot: u32) -> anyhow::Result<Vec<Counter>> {
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("VM_CPU_STATS")?)?;
+        Ok(map.get(&slot, 0)?.to_vec())
+    }
+
+    pub fn reset_vm_cpu_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut("VM_CPU_STATS")?)?;
+        map.set(
+            slot,
+            PerCpuValues::try_from(vec![Counter::default(); n])?,
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Steering counters, summed over CPUs, in `SteerCounter` order.
+    pub fn steer_counters(&self) -> anyhow::Result<[u64; SteerCounter::COUNT]> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("STEER_STATS")?)?;
+        let mut out = [0u64; SteerCounter::COUNT];
+        for c in SteerCounter::ALL {
+            out[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
     // --- counters ----------------------------------------------------------------------------
 
     /// Zeroes a port slot's counters, so a reused slot starts from nothing.
@@ -519,6 +654,9 @@ impl Dataplane {
             }))
     }
 }
+
+/// The program each CPU-map entry runs on its CPU.
+const CPUMAP_PROGRAM: &str = "xnic_cpumap";
 
 pub fn program_name(role: PortRole) -> &'static str {
     match role {

@@ -79,6 +79,32 @@ impl Lab {
         self.lab.tor_nets()
     }
 
+    /// The namespace and first IPv4 address of `name`: `tor` or a VM.
+    pub fn endpoint(&self, name: &str) -> anyhow::Result<(String, IpAddr)> {
+        let (ns, nets) = if name == "tor" {
+            (self.tor_ns(), self.lab.tor_nets())
+        } else {
+            let vm = self.config.vm(name).with_context(|| {
+                format!(
+                    "no VM named {name:?} in the lab; use tor or one of: {}",
+                    self.config
+                        .vms
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            (self.vm_ns(name), vm.ip_nets())
+        };
+        let addr = nets
+            .iter()
+            .map(|n| n.addr)
+            .find(IpAddr::is_ipv4)
+            .with_context(|| format!("{name} has no IPv4 address in the lab configuration"))?;
+        Ok((ns, addr))
+    }
+
     /// Whether any of the lab's namespaces exists.
     pub fn exists(&self) -> bool {
         self.namespaces().iter().any(|ns| netns::path(ns).exists())
@@ -136,6 +162,7 @@ impl Lab {
             }
             add_addr(&tor, TOR_BRIDGE, &net)?;
         }
+        full_checksums(&tor, TOR_BRIDGE)?;
 
         // The host: the VM bridge, uplinks to the tor.
         ip(&["-n", host, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
@@ -166,6 +193,7 @@ impl Lab {
                 ])?;
             }
             ip(&["-n", &ns, "link", "set", VM_IFNAME, "up"])?;
+            full_checksums(&ns, VM_IFNAME)?;
             for net in vm.ip_nets() {
                 if net.addr.is_ipv6() && !self.lab.ipv6 {
                     continue;
@@ -288,6 +316,19 @@ fn add_addr(ns: &str, dev: &str, net: &IpNet) -> anyhow::Result<()> {
     }
 }
 
+/// Makes an endpoint send finished frames: full checksums, no segmentation offload. veth
+/// otherwise hands on frames with partial checksums and 64 KiB GSO super-frames, which a real
+/// NIC never receives and which lose their offload state when XDP redirects them (the
+/// receiving VM would drop them as bad checksums).
+fn full_checksums(ns: &str, dev: &str) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+        ],
+    )
+}
+
 fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     run(
         "ip",
@@ -392,6 +433,7 @@ impl Lab {
                                 pps: 2000,
                                 duration: udp,
                                 payload: 200,
+                                zipf: None,
                             },
                         )
                     })

@@ -38,6 +38,73 @@ pub struct UdpStream {
     pub duration: Duration,
     /// UDP payload bytes (at least the 24-byte header).
     pub payload: usize,
+    /// Per-flow rates: `None` for equal shares, `Some(s)` for a Zipf law with exponent `s`
+    /// (flow k gets a share ∝ 1/(k+1)^s: a few elephants and many mice).
+    pub zipf: Option<f64>,
+}
+
+/// Picks the flow of each datagram: round-robin for equal shares, otherwise by weight in O(1)
+/// (Vose's alias method) with a fixed-seed generator, so runs are repeatable.
+struct FlowPicker {
+    next: u64,
+    alias: Option<(Vec<f64>, Vec<usize>)>,
+    rng: u64,
+    flows: usize,
+}
+
+impl FlowPicker {
+    fn new(flows: usize, zipf: Option<f64>) -> FlowPicker {
+        let alias = zipf.map(|s| {
+            let weights: Vec<f64> = (0..flows).map(|k| 1.0 / ((k + 1) as f64).powf(s)).collect();
+            alias_table(&weights)
+        });
+        FlowPicker {
+            next: 0,
+            alias,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            flows,
+        }
+    }
+
+    fn pick(&mut self) -> usize {
+        let Some((prob, alias)) = &self.alias else {
+            let f = (self.next % self.flows as u64) as usize;
+            self.next += 1;
+            return f;
+        };
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let column = (r >> 32) as usize % self.flows;
+        let coin = (r & 0xffff_ffff) as f64 / 4_294_967_296.0;
+        if coin < prob[column] {
+            column
+        } else {
+            alias[column]
+        }
+    }
+}
+
+/// Vose's alias table for sampling index k with probability ∝ `weights[k]`.
+fn alias_table(weights: &[f64]) -> (Vec<f64>, Vec<usize>) {
+    let n = weights.len();
+    let total: f64 = weights.iter().sum();
+    let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+    let mut prob = vec![1.0; n];
+    let mut alias: Vec<usize> = (0..n).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        prob[s] = scaled[s];
+        alias[s] = l;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    (prob, alias)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +157,7 @@ fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
     let mut buf = vec![0u8; s.payload.max(HEADER_LEN)];
     buf[..4].copy_from_slice(&MAGIC.to_be_bytes());
     let mut seqs = vec![0u64; sockets.len()];
+    let mut picker = FlowPicker::new(sockets.len(), s.zipf);
     let total = (s.pps as f64 * s.duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / s.pps as f64);
     let start = Instant::now();
@@ -106,7 +174,7 @@ fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
                 std::hint::spin_loop();
             }
         }
-        let flow = (i % sockets.len() as u64) as usize;
+        let flow = picker.pick();
         buf[4..8].copy_from_slice(&(flow as u32).to_be_bytes());
         buf[8..16].copy_from_slice(&seqs[flow].to_be_bytes());
         let ns = start.elapsed().as_nanos() as u64;
@@ -361,6 +429,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zipf_picker_follows_the_weights() {
+        let mut p = FlowPicker::new(8, Some(1.0));
+        let mut counts = [0u32; 8];
+        for _ in 0..200_000 {
+            counts[p.pick()] += 1;
+        }
+        let h8: f64 = (1..=8).map(|k| 1.0 / k as f64).sum();
+        for (k, c) in counts.iter().enumerate() {
+            let want = 200_000.0 / ((k + 1) as f64 * h8);
+            assert!(
+                (*c as f64 - want).abs() < want * 0.05,
+                "flow {k}: {c} vs {want}"
+            );
+        }
+        let mut rr = FlowPicker::new(3, None);
+        assert_eq!(
+            (0..6).map(|_| rr.pick()).collect::<Vec<_>>(),
+            vec![0, 1, 2, 0, 1, 2]
+        );
+    }
+
+    #[test]
     fn flow_state_counts_reorder_duplicates_and_gaps() {
         let mut f = FlowState::default();
         for seq in [0, 1, 3, 2, 2, 5] {
@@ -384,6 +474,7 @@ mod tests {
                 pps: 20_000,
                 duration: Duration::from_millis(100),
                 payload: 64,
+                zipf: None,
             },
         )
         .unwrap();

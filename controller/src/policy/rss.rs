@@ -94,6 +94,7 @@ pub enum Selection {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
     /// A shared engine above this many packets/s per CPU is overloaded.
     pub engine_high_pps_per_cpu: f64,
@@ -117,6 +118,9 @@ pub struct Params {
     pub max_bucket_moves: usize,
     /// Periods a moved bucket stays put.
     pub bucket_dwell_periods: u64,
+    /// Weight of the newest period in the smoothed loads the policy decides on (1 = no
+    /// smoothing). Smoothing keeps measurement noise from moving buckets back and forth.
+    pub smoothing: f64,
 }
 
 impl Default for Params {
@@ -134,6 +138,7 @@ impl Default for Params {
             rebalance_min_pps: 1_000.0,
             max_bucket_moves: 4,
             bucket_dwell_periods: 5,
+            smoothing: 0.5,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct RssPolicy {
     bucket_moved: Vec<Vec<Option<u64>>>,
     /// Per engine: a NoDestination was reported and the engine is still overloaded.
     stuck: Vec<bool>,
+    /// Exponentially smoothed loads (see `Params::smoothing`).
+    smoothed: Option<Loads>,
 }
 
 /// (max − min) / min of `loads`; infinite when the least loaded is idle and another is not.
@@ -218,6 +225,7 @@ impl RssPolicy {
             params,
             bucket_moved,
             stuck,
+            smoothed: None,
         }
     }
 
@@ -354,12 +362,45 @@ impl RssPolicy {
         )))
     }
 
-    /// One period: decides, applies the decisions to this policy's state, returns them.
-    pub fn step(&mut self, period: u64, loads: &Loads) -> Vec<Decision> {
+    /// Folds a period's measurements into the smoothed loads.
+    fn smooth(&mut self, measured: &Loads) -> Loads {
+        let a = self.params.smoothing.clamp(0.0, 1.0);
+        let mix = |old: &[f64], new: &[f64]| -> Vec<f64> {
+            new.iter()
+                .enumerate()
+                .map(|(i, n)| old.get(i).map_or(*n, |o| a * n + (1.0 - a) * o))
+                .collect()
+        };
+        let next = match &self.smoothed {
+            Some(old) => Loads {
+                vm_pps: mix(&old.vm_pps, &measured.vm_pps),
+                bucket_pps: measured
+                    .bucket_pps
+                    .iter()
+                    .enumerate()
+                    .map(|(e, new)| mix(old.bucket_pps.get(e).map_or(&[][..], |v| v), new))
+                    .collect(),
+            },
+            None => measured.clone(),
+        };
+        self.smoothed = Some(next.clone());
+        next
+    }
+
+    /// The loads the policy last decided on.
+    pub fn smoothed(&self) -> Option<&Loads> {
+        self.smoothed.as_ref()
+    }
+
+    /// One period: decides on the measured loads (smoothed), applies the decisions to this
+    /// policy's state, returns them.
+    pub fn step(&mut self, period: u64, measured: &Loads) -> Vec<Decision> {
+        let smoothed = self.smooth(measured);
+        let loads = &smoothed;
         let mut out = Vec::new();
         let pps = |i: usize| loads.vm_pps.get(i).copied().unwrap_or(0.0);
         let mut touched = vec![false; self.engines.len()];
-        let mut mark = |p: Placement, touched: &mut Vec<bool>| {
+        let mark = |p: Placement, touched: &mut Vec<bool>| {
             if let Placement::Engine(e) = p {
                 touched[e] = true;
             }
@@ -470,8 +511,8 @@ impl RssPolicy {
         }
 
         // 4. Even out each settled engine's CPUs.
-        for e in 0..self.engines.len() {
-            if !touched[e] {
+        for (e, settled) in touched.iter().map(|t| !t).enumerate() {
+            if settled {
                 self.rebalance(e, period, loads, &mut out);
             }
         }
@@ -567,6 +608,7 @@ mod tests {
             low_periods: 3,
             min_dwell_periods: 2,
             rebalance_min_pps: 10.0,
+            smoothing: 1.0,
             ..Params::default()
         }
     }
@@ -804,6 +846,16 @@ mod tests {
                 .iter()
                 .all(|d| !matches!(d, Decision::MoveBucket { .. }))
         );
+    }
+
+    #[test]
+    fn smoothing_damps_a_one_period_spike() {
+        let mut p = policy(1);
+        p.params.smoothing = 0.25;
+        p.step(1, &loads(&[100.0]));
+        // One period at 1000 pps reads as 325: not over the no-RSS threshold of 500.
+        assert!(vm_moves(&p.step(2, &loads(&[1000.0]))).is_empty());
+        assert_eq!(p.smoothed().unwrap().vm_pps[0], 325.0);
     }
 
     proptest! {
