@@ -669,10 +669,33 @@ pub fn default_lab_toml(instance: &str, prefix: &str, vms: usize, ipv6: bool) ->
         ));
     }
     let tor_v6 = if ipv6 { ", \"fd77::1/64\"" } else { "" };
+    s.push_str(&lab_rss_toml(
+        &crate::daemon::rss::online_cpus().unwrap_or_else(|_| vec![0]),
+    ));
     s.push_str(&format!(
         "\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"{tor_v6}]\nipv6 = {ipv6}\n"
     ));
     s
+}
+
+/// The lab's RSS section for a host with `cpus`: two shared engines over every CPU and a
+/// dedicated engine on the last one, with thresholds low enough that lab traffic moves VMs.
+pub fn lab_rss_toml(cpus: &[u32]) -> String {
+    let all = cpus
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let last = cpus.last().copied().unwrap_or(0);
+    format!(
+        "\n[rss]\ndefault_cpu = {first}\n\n[rss.policy]\n\
+         engine_high_pps_per_cpu = 15000.0\nno_rss_high_pps = 4000.0\nvm_low_pps = 500.0\n\
+         low_periods = 20\nmin_dwell_periods = 10\n\n\
+         [[rss.engine]]\nname = \"shared-a\"\nkind = \"shared\"\ncpus = [{all}]\n\n\
+         [[rss.engine]]\nname = \"shared-b\"\nkind = \"shared\"\ncpus = [{all}]\n\n\
+         [[rss.engine]]\nname = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [{last}]\n",
+        first = cpus.first().copied().unwrap_or(0)
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,279 @@
+//! Software RSS with the real daemon in a lab: frames run on the CPU their bucket names, VMs
+//! move between engine states with their load, and moves under traffic lose and reorder
+//! nothing.
+
+use std::{
+    net::SocketAddr,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use xnic::{
+    api::types::{RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView},
+    cli::block_on,
+    config::default_lab_toml,
+    lab::traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
+};
+use xnic_tests::{TestLab, unique_name, xnic};
+
+const SINK_PORT: u16 = 9000;
+
+/// A lab whose RSS policy uses `policy` (TOML lines for [rss.policy]).
+fn lab(vms: usize, policy: &str) -> TestLab {
+    let text = default_lab_toml(&unique_name(), &unique_name(), vms, false);
+    let start = text
+        .find("[rss.policy]")
+        .expect("lab config has [rss.policy]");
+    let end = start
+        + text[start..]
+            .find("[[rss.engine]]")
+            .expect("engines follow");
+    let text = format!(
+        "{}[rss.policy]\n{policy}\n\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    let mut t = TestLab::with_config(&text);
+    t.start_daemon();
+    t
+}
+
+fn rss(t: &TestLab) -> RssStatusView {
+    block_on(t.client().get("/v1/rss")).expect("GET /v1/rss")
+}
+
+fn state_of(t: &TestLab, vm: &str) -> String {
+    rss(t)
+        .vms
+        .iter()
+        .find(|v| v.name == vm)
+        .expect("vm")
+        .state
+        .clone()
+}
+
+fn set(t: &TestLab, vm: &str, state: &str) -> RssVmView {
+    let req = RssSetRequest {
+        state: Some(state.into()),
+        ..RssSetRequest::default()
+    };
+    block_on(t.client().post_json(&format!("/v1/rss/vms/{vm}"), &req)).expect("POST rss set")
+}
+
+fn sink(t: &TestLab, vm: &str) -> (String, SocketAddr) {
+    let (ns, addr) = t.lab.endpoint(vm).unwrap();
+    (ns, SocketAddr::new(addr, SINK_PORT))
+}
+
+/// Sends from the tor to `vm` in the background; join for the report.
+fn blast(
+    t: &TestLab,
+    vm: &str,
+    flows: u32,
+    pps: u64,
+    secs: f64,
+) -> (Receiver, JoinHandle<SendReport>) {
+    let (ns, addr) = sink(t, vm);
+    let rx = Receiver::start(Some(&ns), addr).unwrap();
+    let tor = t.lab.tor_ns();
+    let tx = std::thread::spawn(move || {
+        send_udp(
+            Some(&tor),
+            UdpStream {
+                dst: addr,
+                flows,
+                pps,
+                duration: Duration::from_secs_f64(secs),
+                payload: 64,
+                zipf: Some(1.0),
+            },
+        )
+        .unwrap()
+    });
+    (rx, tx)
+}
+
+fn finish(rx: Receiver, tx: JoinHandle<SendReport>) -> (SendReport, RecvReport) {
+    let sent = tx.join().unwrap();
+    (sent, rx.stop().unwrap())
+}
+
+/// Polls `cond` every 100 ms for up to `limit`; true if it held.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+#[test]
+fn every_bucket_runs_on_the_cpu_its_table_names() {
+    // No rebalancing and no automatic moves: the tables stay as set up.
+    let t = lab(
+        1,
+        "no_rss_high_pps = 1e9\nvm_low_pps = 0.0\nrebalance_above = 1e9\nrebalance_to = 1e8",
+    );
+    set(&t, "vm0", "shared-a");
+    let (rx, tx) = blast(&t, "vm0", 64, 5000, 2.0);
+    let (sent, got) = finish(rx, tx);
+    assert_eq!(got.received, sent.sent);
+    let buckets: Vec<RssBucketView> =
+        block_on(t.client().get("/v1/rss/engines/shared-a/buckets")).unwrap();
+    let mut total = 0;
+    let mut used = 0;
+    for b in &buckets {
+        for (cpu, frames) in b.frames_per_cpu.iter().enumerate() {
+            total += frames;
+            if *frames > 0 {
+                assert_eq!(
+                    cpu as u32, b.cpu,
+                    "bucket {} ran on CPU {cpu}: {b:?}",
+                    b.bucket
+                );
+            }
+        }
+        used += usize::from(b.frames_per_cpu.iter().any(|f| *f > 0));
+    }
+    assert_eq!(
+        total, sent.sent,
+        "every frame counted in exactly one bucket"
+    );
+    assert!(used > 16, "64 flows spread over many buckets ({used})");
+    let s = rss(&t);
+    assert!(s.steering["delivered"] >= sent.sent);
+    assert_eq!(s.steering["no_cpu"], 0);
+}
+
+#[test]
+fn vms_move_through_engine_states_with_their_load() {
+    let t = lab(
+        2,
+        "engine_high_pps_per_cpu = 3000.0\nno_rss_high_pps = 1500.0\nvm_low_pps = 300.0\n\
+         low_periods = 10\nmin_dwell_periods = 5",
+    );
+    assert_eq!(state_of(&t, "vm0"), "no-rss");
+
+    // Above the no-RSS threshold: a shared engine.
+    let (rx, tx) = blast(&t, "vm0", 32, 2500, 3.0);
+    assert!(eventually(Duration::from_secs(3), || state_of(&t, "vm0")
+        .starts_with("shared:")));
+    finish(rx, tx);
+
+    // Its shared engine (2 CPUs) over 3000/CPU: the free dedicated engine.
+    let (rx, tx) = blast(&t, "vm0", 32, 9000, 3.0);
+    assert!(eventually(Duration::from_secs(3), || state_of(&t, "vm0")
+        == "dedicated:dedicated-1"));
+    let (sent, got) = finish(rx, tx);
+    assert_eq!((got.received, got.reordered), (sent.sent, 0));
+
+    // Quiet for low_periods: back to no-RSS.
+    assert!(eventually(Duration::from_secs(4), || state_of(&t, "vm0") == "no-rss"));
+
+    let events: Vec<RssEvent> = block_on(t.client().get("/v1/rss/events")).unwrap();
+    let path: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.kind == "vm_migration" && e.subject == "vm0")
+        .map(|e| (e.from.clone(), e.to.clone()))
+        .collect();
+    assert_eq!(path.len(), 3, "{events:#?}");
+    assert_eq!(path[0].0, "no-rss");
+    assert_eq!(path[1].1, "dedicated:dedicated-1");
+    assert_eq!(path[2].1, "no-rss");
+    let first = events.iter().find(|e| e.kind == "vm_migration").unwrap();
+    assert!(first.figures["vm_pps"] > 1500.0, "{first:?}");
+}
+
+#[test]
+fn without_a_free_dedicated_engine_a_vm_goes_to_the_other_shared_engine() {
+    let t = lab(
+        3,
+        "engine_high_pps_per_cpu = 3000.0\nno_rss_high_pps = 1500.0\nvm_low_pps = 300.0\n\
+         low_periods = 100\nmin_dwell_periods = 5",
+    );
+    set(&t, "vm1", "dedicated-1");
+    for vm in ["vm0", "vm2"] {
+        set(&t, vm, "shared-a");
+        set(&t, vm, "auto");
+    }
+    // shared-a carries 6500 pps over 2 CPUs (> 3000 each); vm0 fits shared-b.
+    let (rx0, tx0) = blast(&t, "vm0", 32, 4000, 3.0);
+    let (rx2, tx2) = blast(&t, "vm2", 32, 2500, 3.0);
+    assert!(eventually(Duration::from_secs(3), || state_of(&t, "vm0")
+        == "shared:shared-b"));
+    finish(rx0, tx0);
+    finish(rx2, tx2);
+    assert_eq!(
+        state_of(&t, "vm1"),
+        "dedicated:dedicated-1",
+        "pinned VMs stay"
+    );
+    assert_eq!(state_of(&t, "vm2"), "shared:shared-a");
+}
+
+#[test]
+fn moves_under_traffic_lose_and_reorder_nothing() {
+    let t = lab(1, "no_rss_high_pps = 1e9\nvm_low_pps = 0.0");
+    let (rx, tx) = blast(&t, "vm0", 64, 10_000, 6.0);
+    for state in ["shared-a", "dedicated-1", "shared-b", "none", "shared-a"] {
+        std::thread::sleep(Duration::from_millis(1000));
+        set(&t, "vm0", state);
+    }
+    let (sent, got) = finish(rx, tx);
+    assert_eq!(sent.send_errors, 0);
+    assert_eq!(got.received, sent.sent, "lost {}", sent.sent - got.received);
+    assert_eq!((got.reordered, got.duplicates, got.gaps), (0, 0, 0));
+    let s = rss(&t);
+    assert!(
+        s.steering["switch_drained"] > 0,
+        "flows changed CPU: {:?}",
+        s.steering
+    );
+    assert_eq!(s.steering["switch_forced"], 0);
+}
+
+#[test]
+fn rss_errors_explain_themselves() {
+    let t = lab(1, "");
+    let i = t.instance.clone();
+    let out = xnic(&["rss", "set", "nosuch", "--state", "none", "--instance", &i]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VM named \"nosuch\""));
+    let out = xnic(&["rss", "set", "vm0", "--state", "nowhere", "--instance", &i]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shared-a, shared-b, dedicated-1"), "{err}");
+    let out = xnic(&["rss", "set", "vm0", "--instance", &i]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to set"));
+    let out = xnic(&["rss", "status", "--instance", &i, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["engines"].as_array().unwrap().len(), 3);
+    let out = xnic(&["rss", "events", "--instance", &i]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn rss_off_without_an_rss_section_and_offline_cpus_refused() {
+    let name = unique_name();
+    let text = default_lab_toml(&name, &unique_name(), 1, false);
+    let start = text.find("\n[rss]").unwrap();
+    let end = text.find("\n[lab]").unwrap();
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let mut t = TestLab::with_config(&without);
+    t.start_daemon();
+    let out = xnic(&["rss", "status", "--instance", &t.instance]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add an [rss] section"));
+    drop(t);
+
+    let bad = text.replace(
+        "name = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [",
+        "name = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [4095, ",
+    );
+    let t = TestLab::with_config(&bad);
+    let out = xnic(&["run", "--config", t.config_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CPU 4095 is not online"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(t.interfaces_with_xdp().is_empty());
+}
