@@ -406,6 +406,8 @@ fn cli_reads_as_tables_and_json_and_explains_errors() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("xnic_port_packets_total{"), "{body}");
     assert!(body.contains("xnic_vm_packets_total{"), "{body}");
+    assert!(body.contains("xnic_rss_vm_state{"), "{body}");
+    assert!(body.contains("xnic_rss_cpu_busy_ratio{"), "{body}");
 
     // Completions are generated.
     let out = xnic(&["completions", "bash"]);

@@ -8,12 +8,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::types::{Count, Role, StatsView};
+use super::types::{Count, Role, RssStatusView, StatsView};
 
 #[derive(Debug)]
 struct Snapshot {
     instance: String,
     stats: StatsView,
+    rss: Option<RssStatusView>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -148,15 +149,119 @@ impl Collector for Snapshot {
             "Frames the XDP programs processed on each CPU",
             &cpus,
         )?;
+        if let Some(rss) = &self.rss {
+            self.encode_rss(rss, &mut encoder)?;
+        }
         Ok(())
     }
 }
 
-pub fn encode(instance: &str, stats: &StatsView) -> Result<String, std::fmt::Error> {
+impl Snapshot {
+    fn encode_rss(
+        &self,
+        rss: &RssStatusView,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let inst = || ("instance", self.instance.clone());
+        let vm_state: Vec<(Labels, f64)> = rss
+            .vms
+            .iter()
+            .map(|v| {
+                (
+                    vec![inst(), ("vm", v.name.clone()), ("state", v.state.clone())],
+                    1.0,
+                )
+            })
+            .collect();
+        gauge_family(
+            encoder,
+            "xnic_rss_vm_state",
+            "A VM's RSS engine state (1 for its current state)",
+            &vm_state,
+        )?;
+        let vm_load: Vec<(Labels, f64)> = rss
+            .vms
+            .iter()
+            .map(|v| (vec![inst(), ("vm", v.name.clone())], v.load_pps))
+            .collect();
+        gauge_family(
+            encoder,
+            "xnic_rss_vm_load_pps",
+            "Frames per second delivered to a VM (smoothed)",
+            &vm_load,
+        )?;
+        let engine_load: Vec<(Labels, f64)> = rss
+            .engines
+            .iter()
+            .map(|e| (vec![inst(), ("engine", e.name.clone())], e.load_pps_per_cpu))
+            .collect();
+        gauge_family(
+            encoder,
+            "xnic_rss_engine_load_pps_per_cpu",
+            "An engine's load per CPU (smoothed)",
+            &engine_load,
+        )?;
+        let mut cpu_busy = Vec::new();
+        let mut cpu_pps = Vec::new();
+        for c in &rss.cpus {
+            let cpu = c.cpu.to_string();
+            cpu_busy.push((
+                vec![inst(), ("cpu", cpu.clone()), ("side", "vnic".into())],
+                c.vnic_busy,
+            ));
+            cpu_busy.push((
+                vec![inst(), ("cpu", cpu.clone()), ("side", "nic".into())],
+                c.nic_busy,
+            ));
+            cpu_pps.push((vec![inst(), ("cpu", cpu)], c.steered_pps));
+        }
+        gauge_family(
+            encoder,
+            "xnic_rss_cpu_busy_ratio",
+            "Share of the last period a CPU spent finishing steered frames (vnic) or in softirq/NAPI (nic)",
+            &cpu_busy,
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_rss_cpu_steered_pps",
+            "Frames per second finished on a CPU",
+            &cpu_pps,
+        )?;
+        let steering: Vec<(Labels, u64)> = rss
+            .steering
+            .iter()
+            .map(|(k, v)| (vec![inst(), ("event", k.clone())], *v))
+            .collect();
+        counter_family(
+            encoder,
+            "xnic_rss_steering",
+            "Steering events in the dataplane",
+            &steering,
+        )?;
+        let events: Vec<(Labels, u64)> = rss
+            .event_counts
+            .iter()
+            .map(|(k, v)| (vec![inst(), ("kind", k.clone())], *v))
+            .collect();
+        counter_family(
+            encoder,
+            "xnic_rss_events",
+            "RSS policy events (migrations, bucket moves, no destination)",
+            &events,
+        )
+    }
+}
+
+pub fn encode(
+    instance: &str,
+    stats: &StatsView,
+    rss: Option<RssStatusView>,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         instance: instance.to_string(),
         stats: stats.clone(),
+        rss,
     }));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;

@@ -158,7 +158,7 @@ async fn rss_set(
 
 async fn metrics(State(d): Shared) -> Result<impl IntoResponse, Failure> {
     let stats = d.stats()?;
-    let text = super::metrics::encode(&d.instance(), &stats)
+    let text = super::metrics::encode(&d.instance(), &stats, d.rss_status())
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [(

@@ -182,6 +182,8 @@ pub struct RssStatusView {
     pub cpus: Vec<RssCpuView>,
     /// Steering counters since the dataplane was created.
     pub steering: BTreeMap<String, u64>,
+    /// Events by kind since this daemon started.
+    pub event_counts: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -49,6 +49,7 @@ pub struct RssRuntime {
     cpu_pps: Vec<f64>,
     cpu_busy: Vec<CpuLoad>,
     events: VecDeque<RssEvent>,
+    event_counts: BTreeMap<String, u64>,
     next_event: u64,
     nr_cpus: usize,
 }
@@ -247,6 +248,7 @@ impl RssRuntime {
             cpu_pps: vec![0.0; nr_cpus],
             cpu_busy: Vec::new(),
             events: VecDeque::new(),
+            event_counts: BTreeMap::new(),
             next_event: 1,
             nr_cpus,
         })
@@ -423,6 +425,7 @@ impl RssRuntime {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.next_event += 1;
+        *self.event_counts.entry(event.kind.clone()).or_default() += 1;
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
         }
@@ -566,6 +569,7 @@ impl RssRuntime {
             vms: vm_views,
             cpus,
             steering,
+            event_counts: self.event_counts.clone(),
         }
     }
 
