@@ -14,7 +14,7 @@ use super::{args::DemoArgs, block_on, down, lab::resolve, table};
 use crate::{
     api::{
         client::Client,
-        types::{StatsView, StatusView, VmView},
+        types::{RssEvent, RssStatusView, StatsView, StatusView, VmView},
     },
     lab::{
         Lab, TOR_UDP_PORT,
@@ -103,6 +103,12 @@ fn demo(
     let status: StatusView = block_on(client.get("/v1/status"))?;
     print!("{}", table::status(&status));
 
+    if lab.config().rss.is_some()
+        && let Some(vm0) = lab.config().vms.first()
+    {
+        rss_demo(lab, &client, &vm0.name)?;
+    }
+
     heading("traffic: ping between VMs and to the tor, UDP from every VM, iperf3 vm0 → tor");
     let report = lab.drive(Duration::from_secs(2), Some(2))?;
     println!("{}", report.summary());
@@ -158,11 +164,20 @@ fn demo(
     }
 
     heading("steady traffic (Ctrl-C to stop)");
+    let mut seen_events = 0;
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         let report = lab.drive(Duration::from_secs(1), None)?;
         let vms: Vec<VmView> = block_on(client.get("/v1/vms"))?;
         println!("{}", report.summary());
         print!("{}", table::vms(&vms));
+        if lab.config().rss.is_some() {
+            let events: Vec<RssEvent> =
+                block_on(client.get(&format!("/v1/rss/events?since={seen_events}")))?;
+            if let Some(last) = events.last() {
+                seen_events = last.id;
+                print!("{}", table::rss_events(&events, false));
+            }
+        }
         for _ in 0..20 {
             if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -170,5 +185,48 @@ fn demo(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    Ok(())
+}
+
+/// Load from the tor pushes a VM from no-RSS to a shared engine and on to a dedicated one.
+fn rss_demo(lab: &Lab, client: &Client, vm: &str) -> anyhow::Result<()> {
+    let (ns, addr) = lab.endpoint(vm)?;
+    let sink = std::net::SocketAddr::new(addr, TOR_UDP_PORT);
+    for (pps, what) in [
+        (6_000, "over the no-RSS threshold: a shared engine takes it"),
+        (
+            40_000,
+            "its shared engine overloads: a dedicated engine takes it",
+        ),
+    ] {
+        heading(&format!(
+            "RSS: tor → {vm} at {pps} datagrams/s over 64 Zipf flows ({what})"
+        ));
+        let rx = Receiver::start(Some(&ns), sink)?;
+        let sent = send_udp(
+            Some(&lab.tor_ns()),
+            UdpStream {
+                dst: sink,
+                flows: 64,
+                pps,
+                duration: Duration::from_secs(3),
+                payload: 64,
+                zipf: Some(1.1),
+            },
+        )?;
+        let got = rx.stop()?;
+        println!(
+            "sent {}, received {}, lost {}, reordered {}",
+            sent.sent,
+            got.received,
+            sent.sent.saturating_sub(got.received),
+            got.reordered
+        );
+        let status: RssStatusView = block_on(client.get("/v1/rss"))?;
+        print!("{}", table::rss_status(&status));
+    }
+    let events: Vec<RssEvent> = block_on(client.get("/v1/rss/events"))?;
+    println!("RSS events (migrations and bucket moves, with the figures behind them):");
+    print!("{}", table::rss_events(&events, true));
     Ok(())
 }
