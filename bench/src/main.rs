@@ -4,6 +4,9 @@
 
 mod dataplane;
 mod report;
+mod rss;
+mod rss_live;
+mod rss_sim;
 
 use anyhow::bail;
 
@@ -11,11 +14,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("dataplane") => dataplane::run(&args[1..]),
+        Some("rss") => rss::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane"
+            "unknown benchmark {other:?}; available: dataplane, rss"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane> [--secs N] [--rounds N]"
+            "usage: xnic-bench <dataplane|rss> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

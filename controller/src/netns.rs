@@ -40,3 +40,12 @@ pub fn run_in<T: Send + 'static>(
     .join()
     .map_err(|_| anyhow::anyhow!("thread in network namespace panicked"))?
 }
+
+/// Starts `cmd` inside network namespace `name`. The child is the command itself (not an
+/// `ip netns exec` wrapper), so killing it stops the command.
+pub fn spawn_in(name: &str, mut cmd: std::process::Command) -> anyhow::Result<std::process::Child> {
+    let what = format!("{cmd:?}");
+    run_in(name, move || {
+        cmd.spawn().with_context(|| format!("cannot start {what}"))
+    })
+}

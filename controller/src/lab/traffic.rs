@@ -26,6 +26,8 @@ use crate::netns;
 const MAGIC: u32 = 0x786e_6963;
 /// Header of every datagram: magic, flow id, sequence number, send time (ns).
 const HEADER_LEN: usize = 24;
+/// How long a stopped receiver keeps draining its socket.
+const MAX_DRAIN: Duration = Duration::from_secs(2);
 
 /// A set of UDP flows from one namespace to one address, sent at a steady total rate.
 #[derive(Clone, Debug)]
@@ -264,9 +266,17 @@ impl Receiver {
             // A flow is a sender socket and its flow id: several senders may use the same ids.
             let mut flows: HashMap<(SocketAddr, u32), FlowState> = HashMap::new();
             let mut buf = [0u8; 65536];
-            // Drain what is queued even after stop is asked.
+            // Drain what is queued even after stop is asked, but not for ever: a sender that
+            // never stops must not hang the caller.
             let mut idle_after_stop = 0;
+            let mut stop_seen: Option<Instant> = None;
             loop {
+                if flag.load(Ordering::Relaxed) {
+                    let since = *stop_seen.get_or_insert_with(Instant::now);
+                    if since.elapsed() > MAX_DRAIN {
+                        break;
+                    }
+                }
                 match sock.recv_from(&mut buf) {
                     Ok((n, from)) if n >= HEADER_LEN && buf[..4] == MAGIC.to_be_bytes() => {
                         let flow = u32::from_be_bytes(buf[4..8].try_into()?);

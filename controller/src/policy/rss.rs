@@ -8,10 +8,13 @@
 //!    best (it must stay under `fill` × the threshold there), else nowhere (reported once);
 //! 3. a no-RSS VM over its threshold joins the shared engine it fits best;
 //! 4. every engine a VM did not just join or leave has its buckets rebalanced across its CPUs
-//!    (RSS++ style): while the spread between the most and least loaded CPU is above
-//!    `rebalance_above`, move the bucket of the most loaded CPU that best evens the pair, a
-//!    few per period, none once the spread is under `rebalance_to`, never a CPU's only loaded
-//!    bucket, never a bucket moved within `bucket_dwell_periods`.
+//!    (RSS++ style): when the spread between the most and least loaded CPU is above
+//!    `rebalance_above`, move the bucket of the most loaded CPU that best evens it with the
+//!    least loaded, a few per period, until that pair is within `rebalance_to`; never a CPU's
+//!    only loaded bucket, never a bucket moved within `bucket_dwell_periods`. A CPU that cannot
+//!    give anything (an unsplittable elephant) is skipped, so the CPUs behind it still get
+//!    balanced. A move must lower the pair's maximum by at least half `rebalance_to` of a mean CPU
+//!    load, so noise does not shuffle buckets in steady state.
 //!
 //! A VM that moved stays put for `min_dwell_periods`; pinned VMs are never moved.
 
@@ -534,48 +537,68 @@ impl RssPolicy {
             return;
         }
         let dwell = self.params.bucket_dwell_periods;
-        for _ in 0..self.params.max_bucket_moves {
-            if spread(&cpu_load) <= self.params.rebalance_to {
-                break;
-            }
+        // A move must lower the pair's maximum by a real share of a CPU's load, or measurement
+        // noise would keep buckets moving in steady state.
+        let min_gain =
+            self.params.rebalance_to / 2.0 * cpu_load.iter().sum::<f64>() / cpu_load.len() as f64;
+        // CPUs with nothing they can give (one loaded bucket, or none that fits the gap):
+        // skipped, so the CPUs behind an unsplittable elephant still get balanced.
+        let mut exhausted = vec![false; cpu_load.len()];
+        let mut moves = 0;
+        while moves < self.params.max_bucket_moves {
             let engine = &self.engines[e];
-            let (a, _) = cpu_load
-                .iter()
-                .enumerate()
-                .max_by(|x, y| x.1.total_cmp(y.1))
-                .expect("engine has CPUs");
+            let Some(a) = (0..cpu_load.len())
+                .filter(|&i| !exhausted[i])
+                .max_by(|&x, &y| cpu_load[x].total_cmp(&cpu_load[y]))
+            else {
+                break;
+            };
             let (b, _) = cpu_load
                 .iter()
                 .enumerate()
                 .min_by(|x, y| x.1.total_cmp(y.1))
                 .expect("engine has CPUs");
             let gap = cpu_load[a] - cpu_load[b];
+            // The most loaded CPU still in play is close enough to the least loaded: within
+            // `rebalance_above` to start moving this period (hysteresis against measurement
+            // noise), within `rebalance_to` to keep going.
+            let tolerance = if moves == 0 {
+                self.params.rebalance_above
+            } else {
+                self.params.rebalance_to
+            };
+            if a == b || gap <= tolerance * cpu_load[b].max(1.0) {
+                break;
+            }
             let (cpu_a, cpu_b) = (engine.cpus[a], engine.cpus[b]);
-            // Buckets of the busiest CPU that make the pair more even: moving `x` leaves the
-            // pair's maximum at max(A − x, B + x) < A exactly when x < gap. Best: x ≈ gap / 2.
+            // Buckets of CPU A that make the pair more even: moving `x` leaves the pair's
+            // maximum at max(A − x, B + x) < A exactly when x < gap. Best: x ≈ gap / 2.
             let loaded: Vec<usize> = (0..engine.table.len())
                 .filter(|&k| {
                     engine.table[k] == cpu_a && bucket_pps.get(k).copied().unwrap_or(0.0) > 0.0
                 })
                 .collect();
-            if loaded.len() < 2 {
-                break; // a CPU whose load is one bucket is not split
-            }
-            let pick = loaded
-                .iter()
-                .copied()
-                .filter(|&k| {
-                    self.bucket_moved[e][k].is_none_or(|p| period.saturating_sub(p) >= dwell)
-                })
-                .filter(|&k| bucket_pps[k] < gap)
-                .min_by(|&x, &y| {
-                    (bucket_pps[x] - gap / 2.0)
-                        .abs()
-                        .total_cmp(&(bucket_pps[y] - gap / 2.0).abs())
-                });
-            let Some(k) = pick else {
-                break;
+            let pick = if loaded.len() < 2 {
+                None // a CPU whose load is one bucket is not split
+            } else {
+                loaded
+                    .iter()
+                    .copied()
+                    .filter(|&k| {
+                        self.bucket_moved[e][k].is_none_or(|p| period.saturating_sub(p) >= dwell)
+                    })
+                    .filter(|&k| bucket_pps[k].min(gap - bucket_pps[k]) >= min_gain)
+                    .min_by(|&x, &y| {
+                        (bucket_pps[x] - gap / 2.0)
+                            .abs()
+                            .total_cmp(&(bucket_pps[y] - gap / 2.0).abs())
+                    })
             };
+            let Some(k) = pick else {
+                exhausted[a] = true;
+                continue;
+            };
+            moves += 1;
             out.push(Decision::MoveBucket {
                 engine: e,
                 bucket: k,

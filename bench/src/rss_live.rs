@@ -1,0 +1,369 @@
+//! Live part of the `rss` benchmark, in a lab on this machine's CPUs:
+//!
+//! 1. Rebalancing: skewed traffic (64 Zipf flows) to a VM on a shared engine; per-CPU load
+//!    the initial table gives versus the table after the policy rebalanced it, both from the
+//!    same measured bucket loads.
+//! 2. Delivery: trafgen floods the VM with 64-byte UDP over thousands of flows; datagrams per
+//!    second that reach the VM's socket with xnic steering, versus the kernel alone with RPS
+//!    (`rps_cpus` on the same ports), versus the kernel alone without RPS, in the same run.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xnic::{
+    api::{
+        client::Client,
+        types::{RssBucketView, RssSetRequest, RssStatusView, RssVmView},
+    },
+    cli::block_on,
+    config::{Config, default_lab_toml},
+    lab::{
+        Lab, TOR_MAC,
+        daemon::DaemonProcess,
+        traffic::{Receiver, UdpStream, send_udp},
+    },
+    policy::rss::spread,
+};
+
+use crate::{
+    flag,
+    report::{Better, Report},
+};
+
+const PORT: u16 = 9000;
+
+/// The lab, removed however the run ends.
+struct LiveLab {
+    lab: Lab,
+    config_path: std::path::PathBuf,
+    instance: String,
+}
+
+impl Drop for LiveLab {
+    fn drop(&mut self) {
+        let _ = xnic::dataplane::teardown(&self.instance);
+        let _ = std::fs::remove_file(xnic::config::socket_path(&self.instance));
+        let _ = self.lab.down();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+fn xnic_bin() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name("xnic"))
+}
+
+fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+        bail!("no Udp line in /proc/net/snmp of {ns}");
+    };
+    let i = head
+        .split_whitespace()
+        .position(|h| h == "InDatagrams")
+        .context("no InDatagrams column")?;
+    vals.split_whitespace()
+        .nth(i)
+        .context("short Udp line")?
+        .parse()
+        .context("bad InDatagrams")
+}
+
+fn set_rps(ns: &str, dev: &str, mask: &str) -> anyhow::Result<()> {
+    let script =
+        format!("for q in /sys/class/net/{dev}/queues/rx-*/rps_cpus; do echo {mask} > $q; done");
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .status()?;
+    if !st.success() {
+        bail!("cannot set rps_cpus on {dev} in {ns}");
+    }
+    Ok(())
+}
+
+/// What trafgen is asked to send, in frames per second. Unpaced, trafgen starves everything
+/// else on a 2-CPU machine; at this rate it still runs flat out on one CPU (≈160k here),
+/// and the rest of the machine keeps breathing.
+const OFFERED_PPS: u64 = 300_000;
+
+/// Datagrams per second reaching `vm`'s socket while trafgen floods it for `secs`.
+fn delivered_pps(lab: &Lab, vm: &str, secs: f64) -> anyhow::Result<f64> {
+    let (ns, addr) = lab.endpoint(vm)?;
+    let vm_mac = lab
+        .config()
+        .vm(vm)
+        .and_then(|v| v.mac_addrs().first().copied())
+        .context("VM without a MAC")?;
+    let tor = lab.tor_ns();
+    let tor_ip = lab
+        .tor_addrs()
+        .iter()
+        .map(|n| n.addr)
+        .find(|a| a.is_ipv4())
+        .context("tor without IPv4")?;
+    let uplink = &lab.config().uplinks[0].name;
+    let cfg = std::env::temp_dir().join(format!("xnic-rss-{}.trafgen", std::process::id()));
+    // Random source ports: thousands of flows. UDP checksum 0 (none), IP checksum computed.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{\n  eth(da={vm_mac}, sa={TOR_MAC}, type=0x0800),\n  ipv4(saddr={tor_ip}, daddr={addr}, ttl=64),\n  udp(sp=drnd(), dp={PORT}, csum=0),\n  fill(0x00, 18)\n}}\n"
+        ),
+    )?;
+    // A socket that drains: datagrams count as delivered when they reach its queue.
+    let rx = Receiver::start(Some(&ns), SocketAddr::new(addr, PORT))?;
+    let mut trafgen = Command::new("trafgen");
+    trafgen
+        .args(["--dev", &xnic::lab::tor_port(uplink), "--conf"])
+        .arg(&cfg)
+        .args(["--cpus", "1", "-q", "-b", &format!("{OFFERED_PPS}pps")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut generator = xnic::netns::spawn_in(&tor, trafgen)
+        .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (udp_delivered(&ns)?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (c1, t1) = (udp_delivered(&ns)?, Instant::now());
+    let _ = generator.kill();
+    let _ = generator.wait();
+    let _ = rx.stop();
+    let _ = std::fs::remove_file(&cfg);
+    Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
+}
+
+pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
+    let secs: f64 = flag(args, "--secs", 4.0)?;
+    let id = std::process::id();
+    let instance = format!("xbrss{id}");
+    let text = default_lab_toml(&instance, &format!("xbr{id}"), 1, false);
+    // Hand placement only: the VM stays where the benchmark puts it.
+    let start = text
+        .find("[rss.policy]")
+        .context("lab config has [rss.policy]")?;
+    let end = start + text[start..].find("[[rss.engine]]").context("engines")?;
+    let text = format!(
+        "{}[rss.policy]\nno_rss_high_pps = 1e12\nvm_low_pps = 0.0\n\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    let config_path =
+        std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bench.toml"));
+    std::fs::create_dir_all(xnic::RUN_DIR)?;
+    std::fs::write(&config_path, &text)?;
+    let config = Config::load(&config_path)?;
+    let live = LiveLab {
+        lab: Lab::new(config)?,
+        config_path,
+        instance: instance.clone(),
+    };
+    live.lab.up()?;
+    let client = Client::new(&instance);
+    let exe = xnic_bin()?;
+
+    // 1. Rebalancing under skewed traffic.
+    eprintln!("live: rebalancing under skew");
+    let daemon = DaemonProcess::start(
+        &exe,
+        &live.config_path,
+        &instance,
+        None,
+        Duration::from_secs(30),
+    )?;
+    let status: RssStatusView = block_on(client.get("/v1/rss"))?;
+    let initial = status.engines[0].clone();
+    let engine = initial.name.clone();
+    let _: RssVmView = block_on(client.post_json(
+        "/v1/rss/vms/vm0",
+        &RssSetRequest {
+            state: Some(engine.clone()),
+            ..RssSetRequest::default()
+        },
+    ))?;
+    let initial_table: Vec<u32> = {
+        let b: Vec<RssBucketView> =
+            block_on(client.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
+        b.iter().map(|b| b.cpu).collect()
+    };
+    let (ns, addr) = live.lab.endpoint("vm0")?;
+    let sink = SocketAddr::new(addr, PORT);
+    let rx = Receiver::start(Some(&ns), sink)?;
+    let sent = send_udp(
+        Some(&live.lab.tor_ns()),
+        UdpStream {
+            dst: sink,
+            flows: 64,
+            pps: 30_000,
+            duration: Duration::from_secs_f64(secs * 2.0),
+            payload: 64,
+            zipf: Some(1.1),
+        },
+    )?;
+    let got = rx.stop()?;
+    let buckets: Vec<RssBucketView> =
+        block_on(client.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
+    let cpus = &initial.cpus;
+    // Per-CPU load from the frames each bucket carried, under the initial and the final table.
+    let frames: Vec<f64> = buckets
+        .iter()
+        .map(|b| b.frames_per_cpu.iter().sum::<u64>() as f64)
+        .collect();
+    let per_cpu = |table: &[u32]| -> Vec<f64> {
+        cpus.iter()
+            .map(|c| {
+                table
+                    .iter()
+                    .zip(&frames)
+                    .filter(|(t, _)| *t == c)
+                    .map(|(_, f)| f)
+                    .sum::<f64>()
+            })
+            .collect()
+    };
+    let final_table: Vec<u32> = buckets.iter().map(|b| b.cpu).collect();
+    let before = per_cpu(&initial_table);
+    let after = per_cpu(&final_table);
+    let moved = initial_table
+        .iter()
+        .zip(&final_table)
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!(
+        "  per-CPU frames: initial table {before:?}, rebalanced {after:?} ({moved} buckets moved); {} sent, {} received, {} reordered",
+        sent.sent, got.received, got.reordered
+    );
+    let mm = |l: &[f64]| {
+        l.iter().copied().fold(0.0, f64::max) / (l.iter().sum::<f64>() / l.len() as f64)
+    };
+    report.add(
+        "per-CPU load max/mean",
+        &format!("live, {} CPUs of engine {engine}, 64 Zipf(1.1) flows at 30k pps: table after rebalancing", cpus.len()),
+        "ratio",
+        Better::Lower,
+        mm(&after),
+        &[("initial table (static RSS)", mm(&before))],
+    );
+    report.add(
+        "per-CPU load (max−min)/min",
+        &format!("live, {} CPUs of engine {engine}, 64 Zipf(1.1) flows at 30k pps: table after rebalancing", cpus.len()),
+        "ratio",
+        Better::Lower,
+        spread(&after),
+        &[("initial table (static RSS)", spread(&before))],
+    );
+    report.add(
+        "datagrams lost or reordered during rebalancing",
+        "live, 64 Zipf(1.1) flows at 30k pps while buckets move",
+        "datagrams",
+        Better::Lower,
+        (sent.sent.saturating_sub(got.received) + got.reordered) as f64,
+        &[],
+    );
+    report.notes.push(format!(
+        "Live rebalancing: {moved} of {} buckets moved; per-CPU loads from the same measured bucket loads under the initial and the final table.",
+        final_table.len()
+    ));
+
+    // 2. Delivery: xnic steering vs the kernel with and without RPS. The VM gets the engine
+    // whose CPUs the generator does not sit on (trafgen pins itself to CPU 0, the last engine
+    // is the dedicated one on the last CPU), and RPS gets the same CPUs.
+    eprintln!("live: delivered datagrams per second");
+    let target = status.engines.last().context("no engines")?.clone();
+    let _: RssVmView = block_on(client.post_json(
+        "/v1/rss/vms/vm0",
+        &RssSetRequest {
+            state: Some(target.name.clone()),
+            ..RssSetRequest::default()
+        },
+    ))?;
+    // Each configuration `rounds` times, interleaved with the others; medians reported.
+    let rounds: usize = flag(args, "--rounds", 3)?;
+    let host = live.lab.host_ns().to_string();
+    let uplink = live.lab.config().uplinks[0].name.clone();
+    let mask = |cpus: &[u32]| format!("{:x}", cpus.iter().fold(0u64, |m, c| m | 1 << c));
+    let labels = [
+        "kernel with RPS to the same CPUs",
+        "kernel with RPS to all CPUs",
+        "kernel without RPS",
+    ];
+    let mut xnic_runs = Vec::new();
+    let mut kernel_runs = vec![Vec::new(); labels.len()];
+    let mut xnic_daemon = Some(daemon);
+    for round in 0..rounds {
+        // xnic: steering on (a daemon adopting the pinned dataplane after the first round).
+        if xnic_daemon.is_none() {
+            xnic_daemon = Some(DaemonProcess::start(
+                &exe,
+                &live.config_path,
+                &instance,
+                None,
+                Duration::from_secs(30),
+            )?);
+            let _: RssVmView = block_on(client.post_json(
+                "/v1/rss/vms/vm0",
+                &RssSetRequest {
+                    state: Some(target.name.clone()),
+                    ..RssSetRequest::default()
+                },
+            ))?;
+        }
+        set_rps(&host, &uplink, "0")?;
+        set_rps(&ns, xnic::lab::VM_IFNAME, "0")?;
+        let pps = delivered_pps(&live.lab, "vm0", secs)?;
+        eprintln!(
+            "  round {}: xnic steering ({}, CPUs {:?}): {pps:.0}/s",
+            round + 1,
+            target.name,
+            target.cpus
+        );
+        xnic_runs.push(pps);
+        // The kernel alone: remove the dataplane.
+        let out = Command::new(&exe)
+            .args(["down", "--instance", &instance])
+            .output()?;
+        if !out.status.success() {
+            bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(d) = xnic_daemon.take() {
+            let _ = d.wait(Duration::from_secs(10));
+        }
+        for (i, set) in [target.cpus.clone(), cpus.clone(), Vec::new()]
+            .iter()
+            .enumerate()
+        {
+            set_rps(&host, &uplink, &mask(set))?;
+            set_rps(&ns, xnic::lab::VM_IFNAME, &mask(set))?;
+            let pps = delivered_pps(&live.lab, "vm0", secs)?;
+            eprintln!(
+                "  round {}: {} (rps_cpus={}): {pps:.0}/s",
+                round + 1,
+                labels[i],
+                mask(set)
+            );
+            kernel_runs[i].push(pps);
+        }
+    }
+    let xnic_pps = crate::report::median(xnic_runs);
+    let rps: Vec<(&str, f64)> = labels
+        .iter()
+        .zip(kernel_runs)
+        .map(|(l, runs)| (*l, crate::report::median(runs)))
+        .collect();
+    report.add(
+        "datagrams delivered to the VM per second",
+        &format!("live, trafgen (offered {OFFERED_PPS} pps, 64 B UDP, random source ports) to one VM steered to CPUs {:?}", target.cpus),
+        "datagrams/s",
+        Better::Higher,
+        xnic_pps,
+        &rps,
+    );
+    Ok(())
+}
