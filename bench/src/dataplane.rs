@@ -210,7 +210,8 @@ impl Bench {
                 slot: 1,
                 vm_slot,
                 role: role as u8,
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             },
         )
     }

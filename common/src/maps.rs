@@ -60,10 +60,21 @@ pub struct PortEntry {
     pub vm_slot: u32,
     /// A [`PortRole`].
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// [`PORT_STEER`] and friends.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
+/// `PortEntry::flags`: frames arriving here may be steered to other CPUs. Set only for ports
+/// in native XDP mode: generic XDP loses the metadata the CPU-map program needs.
+pub const PORT_STEER: u8 = 1;
+
 impl PortEntry {
+    #[inline(always)]
+    pub fn steers(&self) -> bool {
+        self.flags & PORT_STEER != 0
+    }
+
     #[inline(always)]
     pub fn role(&self) -> Option<PortRole> {
         PortRole::from_u8(self.role)

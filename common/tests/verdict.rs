@@ -14,7 +14,8 @@ fn vm_port() -> PortEntry {
         slot: 5,
         vm_slot: VM_SLOT,
         role: PortRole::Vm as u8,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -23,7 +24,8 @@ fn uplink() -> PortEntry {
         slot: 1,
         vm_slot: NO_VM,
         role: PortRole::Uplink as u8,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     }
 }
 

@@ -62,6 +62,7 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
     // act
     let action = verdict.action();
     if action == Action::Pass
+        && port.is_some_and(|p| p.steers())
         && let Some(vm) = verdict.deliver_to()
         && let Some(redirect) = steer::steer(ctx, parsed, vm)
     {

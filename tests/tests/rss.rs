@@ -277,3 +277,20 @@ fn rss_off_without_an_rss_section_and_offline_cpus_refused() {
     assert!(err.contains("nothing was changed"), "{err}");
     assert!(t.interfaces_with_xdp().is_empty());
 }
+
+#[test]
+fn generic_xdp_ports_deliver_without_steering() {
+    let text = default_lab_toml(&unique_name(), &unique_name(), 1, false)
+        .replace("xdp_mode = \"auto\"", "xdp_mode = \"generic\"");
+    let mut t = TestLab::with_config(&text);
+    t.start_daemon();
+    set(&t, "vm0", "shared-a");
+    let (rx, tx) = blast(&t, "vm0", 8, 2000, 1.0);
+    let (sent, got) = finish(rx, tx);
+    assert_eq!(got.received, sent.sent);
+    let s = rss(&t);
+    assert_eq!(
+        s.steering["steered"], 0,
+        "generic XDP loses the metadata steering needs"
+    );
+}

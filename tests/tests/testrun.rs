@@ -58,7 +58,8 @@ impl Fixture {
                     slot: PORT_SLOT,
                     vm_slot,
                     role: role as u8,
-                    _pad: [0; 3],
+                    flags: 0,
+                    _pad: [0; 2],
                 },
             )
             .unwrap();

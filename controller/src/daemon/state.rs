@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 use xnic_common::{
     limits::{MAX_PORTS, MAX_VMS},
-    maps::{MacOwner, NO_VM, Name, PortEntry, PortRecord, PortRole, VmRecord},
+    maps::{MacOwner, NO_VM, Name, PORT_STEER, PortEntry, PortRecord, PortRole, VmRecord},
 };
 
 use crate::{
@@ -279,13 +279,15 @@ fn apply(
             .as_ref()
             .and_then(|v| vms.iter().find(|x| &x.name == v))
             .map_or(NO_VM, |v| v.slot);
+        // Steering is enabled per port once its XDP mode is known (below).
         dp.set_port(
             ifindex,
             PortEntry {
                 slot,
                 vm_slot,
                 role: *role as u8,
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             },
         )?;
         dp.set_port_record(
@@ -324,7 +326,7 @@ fn apply(
     // Attach last: a failure here is undone by the caller.
     for port in &ports {
         let attached_prog = interfaces[&port.name].xdp.map(|x| x.prog_id);
-        match dp
+        let mode = match dp
             .attach(
                 &port.name,
                 port.ifindex,
@@ -334,12 +336,37 @@ fn apply(
             )
             .with_context(|| format!("attaching to {}", port.name))?
         {
-            Attached::Adopted => info!(interface = %port.name, "adopted running XDP attachment"),
+            Attached::Adopted => {
+                info!(interface = %port.name, "adopted running XDP attachment");
+                interfaces[&port.name].xdp.map(|x| x.mode)
+            }
             Attached::Fresh(mode) => {
                 fresh.push(port.name.clone());
                 info!(interface = %port.name, ?mode, program = crate::dataplane::program_name(port.role), "attached");
+                Some(mode)
             }
+        };
+        // Frames steered from generic XDP lose their metadata on the way to the CPU-map
+        // program; such ports leave frames where they arrive.
+        let native = mode == Some(crate::dataplane::AttachMode::Native);
+        if rss.is_some() && !native {
+            warn!(interface = %port.name, "RSS steering needs native XDP: frames arriving here stay on the CPU they arrive on");
         }
+        let vm_slot = port
+            .vm
+            .as_ref()
+            .and_then(|v| vms.iter().find(|x| &x.name == v))
+            .map_or(NO_VM, |v| v.slot);
+        dp.set_port(
+            port.ifindex,
+            PortEntry {
+                slot: port.slot,
+                vm_slot,
+                role: port.role as u8,
+                flags: if native { PORT_STEER } else { 0 },
+                _pad: [0; 2],
+            },
+        )?;
     }
     Ok((ports, vms, rss))
 }
