@@ -52,6 +52,18 @@ impl Drop for LiveLab {
     }
 }
 
+/// Pins `vm` to `engine` through the API.
+fn place(client: &Client, vm: &str, engine: &str) -> anyhow::Result<()> {
+    let _: RssVmView = block_on(client.post_json(
+        &format!("/v1/rss/vms/{vm}"),
+        &RssSetRequest {
+            state: Some(engine.to_string()),
+            ..RssSetRequest::default()
+        },
+    ))?;
+    Ok(())
+}
+
 fn xnic_bin() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe.with_file_name("xnic"))
