@@ -193,13 +193,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     let status: RssStatusView = block_on(client.get("/v1/rss"))?;
     let initial = status.engines[0].clone();
     let engine = initial.name.clone();
-    let _: RssVmView = block_on(client.post_json(
-        "/v1/rss/vms/vm0",
-        &RssSetRequest {
-            state: Some(engine.clone()),
-            ..RssSetRequest::default()
-        },
-    ))?;
+    place(&client, "vm0", &engine)?;
     let initial_table: Vec<u32> = {
         let b: Vec<RssBucketView> =
             block_on(client.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
@@ -289,13 +283,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     // is the dedicated one on the last CPU), and RPS gets the same CPUs.
     eprintln!("live: delivered datagrams per second");
     let target = status.engines.last().context("no engines")?.clone();
-    let _: RssVmView = block_on(client.post_json(
-        "/v1/rss/vms/vm0",
-        &RssSetRequest {
-            state: Some(target.name.clone()),
-            ..RssSetRequest::default()
-        },
-    ))?;
+    place(&client, "vm0", &target.name)?;
     // Each configuration `rounds` times, interleaved with the others; medians reported.
     let rounds: usize = flag(args, "--rounds", 3)?;
     let host = live.lab.host_ns().to_string();
@@ -319,13 +307,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
                 None,
                 Duration::from_secs(30),
             )?);
-            let _: RssVmView = block_on(client.post_json(
-                "/v1/rss/vms/vm0",
-                &RssSetRequest {
-                    state: Some(target.name.clone()),
-                    ..RssSetRequest::default()
-                },
-            ))?;
+            place(&client, "vm0", &target.name)?;
         }
         set_rps(&host, &uplink, "0")?;
         set_rps(&ns, xnic::lab::VM_IFNAME, "0")?;
