@@ -9,7 +9,7 @@
 //!     xnic program against the empty XDP program, in the same run.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -127,22 +127,14 @@ impl VethPair {
     }
 
     /// Starts trafgen on gen0 with `config`; it runs until killed.
-    fn trafgen(&self, config: &std::path::Path) -> anyhow::Result<Child> {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.gen_ns,
-                "trafgen",
-                "--dev",
-                "gen0",
-                "--conf",
-            ])
+    fn trafgen(&self, config: &std::path::Path) -> anyhow::Result<xnic::netns::Spawned> {
+        let mut cmd = Command::new("trafgen");
+        cmd.args(["--dev", "gen0", "--conf"])
             .arg(config)
             .args(["--cpus", "1", "-q"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stderr(Stdio::null());
+        netns::spawn_in(&self.gen_ns, cmd)
             .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")
     }
 }
@@ -251,13 +243,12 @@ impl Bench {
             }
         }
         let xdp = scenario != Scenario::Kernel;
-        let mut generator = self.pair.trafgen(config)?;
+        let generator = self.pair.trafgen(config)?;
         std::thread::sleep(Duration::from_millis(500));
         let (c0, t0) = (self.pair.received(xdp)?, Instant::now());
         std::thread::sleep(Duration::from_secs_f64(secs));
         let (c1, t1) = (self.pair.received(xdp)?, Instant::now());
-        let _ = generator.kill();
-        let _ = generator.wait();
+        generator.kill();
         if let Some((p, link)) = baseline_link {
             self.baseline.detach(p, link)?;
         }

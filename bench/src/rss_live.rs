@@ -139,14 +139,13 @@ fn delivered_pps(lab: &Lab, vm: &str, secs: f64) -> anyhow::Result<f64> {
         .args(["--cpus", "1", "-q", "-b", &format!("{OFFERED_PPS}pps")])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut generator = xnic::netns::spawn_in(&tor, trafgen)
+    let generator = xnic::netns::spawn_in(&tor, trafgen)
         .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")?;
     std::thread::sleep(Duration::from_millis(500));
     let (c0, t0) = (udp_delivered(&ns)?, Instant::now());
     std::thread::sleep(Duration::from_secs_f64(secs));
     let (c1, t1) = (udp_delivered(&ns)?, Instant::now());
-    let _ = generator.kill();
-    let _ = generator.wait();
+    generator.kill();
     let _ = rx.stop();
     let _ = std::fs::remove_file(&cfg);
     Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())

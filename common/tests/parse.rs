@@ -463,3 +463,30 @@ fn headers_outside_the_linear_part_stop_parsing_without_error() {
     assert_eq!(p.l3, L3::None);
     assert_eq!(p.src_mac, [2, 0, 0, 0, 0, 2]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The XDP program reuses one `Parsed` per CPU, clearing it between frames: whatever the
+    /// previous frame left must not change what a consumer reads of the next.
+    #[test]
+    fn a_cleared_parse_reads_like_a_fresh_one(a in spec(), b in spec()) {
+        let (fa, fb) = (a.build(), b.build());
+        let mut reused = Parsed::default();
+        let _ = xnic_common::parse::parse(&Frame::from_slice(&fa), &mut reused);
+        reused.clear();
+        let ra = xnic_common::parse::parse(&Frame::from_slice(&fb), &mut reused);
+        let fresh = parse_frame(&Frame::from_slice(&fb));
+        prop_assert_eq!(ra.is_ok(), fresh.is_ok());
+        if let Ok(fresh) = fresh {
+            let seed = 7;
+            prop_assert_eq!(
+                xnic_common::hash::flow_hash(&reused, seed, true),
+                xnic_common::hash::flow_hash(&fresh, seed, true)
+            );
+            prop_assert_eq!((reused.l3, reused.l4_offset, reused.src_port, reused.dst_port, reused.shapes, reused.fragment),
+                            (fresh.l3, fresh.l4_offset, fresh.src_port, fresh.dst_port, fresh.shapes, fresh.fragment));
+            prop_assert_eq!(&reused.vlan_ids[..reused.vlan_count as usize], &fresh.vlan_ids[..fresh.vlan_count as usize]);
+        }
+    }
+}

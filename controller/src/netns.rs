@@ -41,11 +41,34 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in network namespace panicked"))?
 }
 
-/// Starts `cmd` inside network namespace `name`. The child is the command itself (not an
-/// `ip netns exec` wrapper), so killing it stops the command.
-pub fn spawn_in(name: &str, mut cmd: std::process::Command) -> anyhow::Result<std::process::Child> {
+/// A command started by [`spawn_in`], in a process group of its own and killed as a whole
+/// (trafgen, for one, forks workers that outlive a killed parent). Killed on drop.
+pub struct Spawned(std::process::Child);
+
+impl Spawned {
+    /// SIGKILLs the command and everything it forked, and reaps it.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` inside network namespace `name` (the command itself, not an `ip netns exec`
+/// wrapper), in a process group of its own.
+pub fn spawn_in(name: &str, mut cmd: std::process::Command) -> anyhow::Result<Spawned> {
+    use std::os::unix::process::CommandExt as _;
     let what = format!("{cmd:?}");
+    cmd.process_group(0);
     run_in(name, move || {
-        cmd.spawn().with_context(|| format!("cannot start {what}"))
+        cmd.spawn()
+            .map(Spawned)
+            .with_context(|| format!("cannot start {what}"))
     })
 }

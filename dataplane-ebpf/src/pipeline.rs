@@ -6,7 +6,7 @@ use xnic_common::{
     frame::Frame,
     limits::UNKNOWN_PORT_SLOT,
     maps::{MacKey, PortRole},
-    parse::{Parsed, parse},
+    parse::parse,
     verdict::{Action, decide, unicast_dst},
 };
 
@@ -30,7 +30,7 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
     };
     // SAFETY: this CPU's scratch entry, used by one program invocation at a time.
     let parsed = unsafe { &mut *scratch };
-    *parsed = Parsed::default();
+    parsed.clear();
     let outcome = parse(&frame, parsed);
 
     // classify: which port, which VM
