@@ -151,8 +151,10 @@ impl Report {
 fn fmt_num(v: f64) -> String {
     if v.abs() >= 1000.0 {
         format!("{v:.0}")
-    } else {
+    } else if v.abs() >= 10.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
     }
 }
 
