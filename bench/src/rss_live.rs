@@ -151,6 +151,113 @@ fn delivered_pps(lab: &Lab, vm: &str, secs: f64) -> anyhow::Result<f64> {
     Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
 }
 
+/// One rebalancing trial's outcome.
+struct Trial {
+    /// Frames per CPU of the engine under the initial and the final table.
+    before: Vec<f64>,
+    after: Vec<f64>,
+    moved: usize,
+    table_len: usize,
+    sent: u64,
+    received: u64,
+    reordered: u64,
+}
+
+fn start_daemon(live: &LiveLab, exe: &std::path::Path) -> anyhow::Result<DaemonProcess> {
+    DaemonProcess::start(
+        exe,
+        &live.config_path,
+        &live.instance,
+        None,
+        Duration::from_secs(30),
+    )
+}
+
+/// Removes the dataplane (`xnic down`) and waits for the daemon to exit.
+fn stop_dataplane(
+    live: &LiveLab,
+    exe: &std::path::Path,
+    daemon: DaemonProcess,
+) -> anyhow::Result<()> {
+    let out = Command::new(exe)
+        .args(["down", "--instance", &live.instance])
+        .output()?;
+    if !out.status.success() {
+        bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = daemon.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+/// A fresh dataplane (new hash seed), vm0 placed on the first shared engine, skewed traffic
+/// while the policy rebalances; per-CPU loads of the initial and the final table from the
+/// same measured bucket loads.
+fn rebalance_trial(
+    live: &LiveLab,
+    client: &Client,
+    exe: &std::path::Path,
+    secs: f64,
+) -> anyhow::Result<Trial> {
+    let daemon = start_daemon(live, exe)?;
+    let status: RssStatusView = block_on(client.get("/v1/rss"))?;
+    let engine = status.engines.first().context("no engines")?.clone();
+    place(client, "vm0", &engine.name)?;
+    let buckets_path = format!("/v1/rss/engines/{}/buckets", engine.name);
+    let initial_table: Vec<u32> = {
+        let b: Vec<RssBucketView> = block_on(client.get(&buckets_path))?;
+        b.iter().map(|b| b.cpu).collect()
+    };
+    let (ns, addr) = live.lab.endpoint("vm0")?;
+    let sink = SocketAddr::new(addr, PORT);
+    let rx = Receiver::start(Some(&ns), sink)?;
+    let sent = send_udp(
+        Some(&live.lab.tor_ns()),
+        UdpStream {
+            dst: sink,
+            flows: 64,
+            pps: 30_000,
+            duration: Duration::from_secs_f64(secs * 2.0),
+            payload: 64,
+            zipf: Some(1.1),
+        },
+    )?;
+    let got = rx.stop()?;
+    let buckets: Vec<RssBucketView> = block_on(client.get(&buckets_path))?;
+    stop_dataplane(live, exe, daemon)?;
+    let frames: Vec<f64> = buckets
+        .iter()
+        .map(|b| b.frames_per_cpu.iter().sum::<u64>() as f64)
+        .collect();
+    let per_cpu = |table: &[u32]| -> Vec<f64> {
+        engine
+            .cpus
+            .iter()
+            .map(|c| {
+                table
+                    .iter()
+                    .zip(&frames)
+                    .filter(|(t, _)| *t == c)
+                    .map(|(_, f)| f)
+                    .sum::<f64>()
+            })
+            .collect()
+    };
+    let final_table: Vec<u32> = buckets.iter().map(|b| b.cpu).collect();
+    Ok(Trial {
+        before: per_cpu(&initial_table),
+        after: per_cpu(&final_table),
+        moved: initial_table
+            .iter()
+            .zip(&final_table)
+            .filter(|(a, b)| a != b)
+            .count(),
+        table_len: final_table.len(),
+        sent: sent.sent,
+        received: got.received,
+        reordered: got.reordered,
+    })
+}
+
 pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     let secs: f64 = flag(args, "--secs", 4.0)?;
     let id = std::process::id();
@@ -180,112 +287,83 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     let client = Client::new(&instance);
     let exe = xnic_bin()?;
 
-    // 1. Rebalancing under skewed traffic.
-    eprintln!("live: rebalancing under skew");
-    let daemon = DaemonProcess::start(
-        &exe,
-        &live.config_path,
-        &instance,
-        None,
-        Duration::from_secs(30),
-    )?;
-    let status: RssStatusView = block_on(client.get("/v1/rss"))?;
-    let initial = status.engines[0].clone();
-    let engine = initial.name.clone();
-    place(&client, "vm0", &engine)?;
-    let initial_table: Vec<u32> = {
-        let b: Vec<RssBucketView> =
-            block_on(client.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
-        b.iter().map(|b| b.cpu).collect()
+    // 1. Rebalancing under skewed traffic. Which buckets the elephants land in depends on the
+    // hash seed a fresh dataplane draws, so each trial starts from scratch and medians are
+    // reported.
+    let trials: usize = flag(args, "--trials", 3)?.max(1);
+    let mut results = Vec::new();
+    for trial in 0..trials {
+        eprintln!("live: rebalancing under skew, trial {}/{trials}", trial + 1);
+        let r = rebalance_trial(&live, &client, &exe, secs)?;
+        eprintln!(
+            "  per-CPU frames: initial table {:?}, rebalanced {:?} ({} buckets moved); {} sent, {} received, {} reordered",
+            r.before, r.after, r.moved, r.sent, r.received, r.reordered
+        );
+        results.push(r);
+    }
+    let median_of = |f: &dyn Fn(&Trial) -> f64| {
+        crate::report::median(results.iter().map(f).collect::<Vec<_>>())
     };
-    let (ns, addr) = live.lab.endpoint("vm0")?;
-    let sink = SocketAddr::new(addr, PORT);
-    let rx = Receiver::start(Some(&ns), sink)?;
-    let sent = send_udp(
-        Some(&live.lab.tor_ns()),
-        UdpStream {
-            dst: sink,
-            flows: 64,
-            pps: 30_000,
-            duration: Duration::from_secs_f64(secs * 2.0),
-            payload: 64,
-            zipf: Some(1.1),
-        },
-    )?;
-    let got = rx.stop()?;
-    let buckets: Vec<RssBucketView> =
-        block_on(client.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
-    let cpus = &initial.cpus;
-    // Per-CPU load from the frames each bucket carried, under the initial and the final table.
-    let frames: Vec<f64> = buckets
-        .iter()
-        .map(|b| b.frames_per_cpu.iter().sum::<u64>() as f64)
-        .collect();
-    let per_cpu = |table: &[u32]| -> Vec<f64> {
-        cpus.iter()
-            .map(|c| {
-                table
-                    .iter()
-                    .zip(&frames)
-                    .filter(|(t, _)| *t == c)
-                    .map(|(_, f)| f)
-                    .sum::<f64>()
-            })
-            .collect()
-    };
-    let final_table: Vec<u32> = buckets.iter().map(|b| b.cpu).collect();
-    let before = per_cpu(&initial_table);
-    let after = per_cpu(&final_table);
-    let moved = initial_table
-        .iter()
-        .zip(&final_table)
-        .filter(|(a, b)| a != b)
-        .count();
-    eprintln!(
-        "  per-CPU frames: initial table {before:?}, rebalanced {after:?} ({moved} buckets moved); {} sent, {} received, {} reordered",
-        sent.sent, got.received, got.reordered
-    );
     let mm = |l: &[f64]| {
         l.iter().copied().fold(0.0, f64::max) / (l.iter().sum::<f64>() / l.len() as f64)
     };
+    let scenario = format!(
+        "live, {} CPUs of one shared engine, 64 Zipf(1.1) flows at 30k pps, median of {trials} trials with fresh hash seeds: table after rebalancing",
+        results[0].before.len()
+    );
     report.add(
         "per-CPU load max/mean",
-        &format!("live, {} CPUs of engine {engine}, 64 Zipf(1.1) flows at 30k pps: table after rebalancing", cpus.len()),
+        &scenario,
         "ratio",
         Better::Lower,
-        mm(&after),
-        &[("initial table (static RSS)", mm(&before))],
+        median_of(&|r| mm(&r.after)),
+        &[("initial table (static RSS)", median_of(&|r| mm(&r.before)))],
     );
     report.add(
         "per-CPU load (max−min)/min",
-        &format!("live, {} CPUs of engine {engine}, 64 Zipf(1.1) flows at 30k pps: table after rebalancing", cpus.len()),
+        &scenario,
         "ratio",
         Better::Lower,
-        spread(&after),
-        &[("initial table (static RSS)", spread(&before))],
+        median_of(&|r| spread(&r.after)),
+        &[(
+            "initial table (static RSS)",
+            median_of(&|r| spread(&r.before)),
+        )],
     );
     report.add(
         "datagrams lost or reordered during rebalancing",
-        "live, 64 Zipf(1.1) flows at 30k pps while buckets move",
+        &format!(
+            "live, 64 Zipf(1.1) flows at 30k pps while buckets move, total over {trials} trials"
+        ),
         "datagrams",
         Better::Lower,
-        (sent.sent.saturating_sub(got.received) + got.reordered) as f64,
+        results
+            .iter()
+            .map(|r| (r.sent.saturating_sub(r.received) + r.reordered) as f64)
+            .sum(),
         &[],
     );
     report.notes.push(format!(
-        "Live rebalancing: {moved} of {} buckets moved; per-CPU loads from the same measured bucket loads under the initial and the final table.",
-        final_table.len()
+        "Live rebalancing: buckets moved per trial {:?} of {}; per-CPU loads from the same measured bucket loads under the initial and the final table.",
+        results.iter().map(|r| r.moved).collect::<Vec<_>>(),
+        results[0].table_len
     ));
 
     // 2. Delivery: xnic steering vs the kernel with and without RPS. The VM gets the engine
     // whose CPUs the generator does not sit on (trafgen pins itself to CPU 0, the last engine
     // is the dedicated one on the last CPU), and RPS gets the same CPUs.
     eprintln!("live: delivered datagrams per second");
-    let target = status.engines.last().context("no engines")?.clone();
-    place(&client, "vm0", &target.name)?;
+    let (target, cpus) = {
+        let daemon = start_daemon(&live, &exe)?;
+        let status: RssStatusView = block_on(client.get("/v1/rss"))?;
+        let all: Vec<u32> = status.engines.iter().flat_map(|e| e.cpus.clone()).collect();
+        drop(daemon);
+        (status.engines.last().context("no engines")?.clone(), all)
+    };
     // Each configuration `rounds` times, interleaved with the others; medians reported.
     let rounds: usize = flag(args, "--rounds", 3)?;
     let host = live.lab.host_ns().to_string();
+    let (ns, _) = live.lab.endpoint("vm0")?;
     let uplink = live.lab.config().uplinks[0].name.clone();
     let mask = |cpus: &[u32]| format!("{:x}", cpus.iter().fold(0u64, |m, c| m | 1 << c));
     let labels = [
@@ -295,17 +373,11 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     ];
     let mut xnic_runs = Vec::new();
     let mut kernel_runs = vec![Vec::new(); labels.len()];
-    let mut xnic_daemon = Some(daemon);
+    let mut xnic_daemon = None;
     for round in 0..rounds {
         // xnic: steering on (a daemon adopting the pinned dataplane after the first round).
         if xnic_daemon.is_none() {
-            xnic_daemon = Some(DaemonProcess::start(
-                &exe,
-                &live.config_path,
-                &instance,
-                None,
-                Duration::from_secs(30),
-            )?);
+            xnic_daemon = Some(start_daemon(&live, &exe)?);
             place(&client, "vm0", &target.name)?;
         }
         set_rps(&host, &uplink, "0")?;
@@ -319,14 +391,8 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
         );
         xnic_runs.push(pps);
         // The kernel alone: remove the dataplane.
-        let out = Command::new(&exe)
-            .args(["down", "--instance", &instance])
-            .output()?;
-        if !out.status.success() {
-            bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
         if let Some(d) = xnic_daemon.take() {
-            let _ = d.wait(Duration::from_secs(10));
+            stop_dataplane(&live, &exe, d)?;
         }
         for (i, set) in [target.cpus.clone(), cpus.clone(), Vec::new()]
             .iter()

@@ -201,6 +201,9 @@ pub struct RssPolicy {
     bucket_moved: Vec<Vec<Option<u64>>>,
     /// Per engine: a NoDestination was reported and the engine is still overloaded.
     stuck: Vec<bool>,
+    /// Per engine: rebalancing started (spread over `rebalance_above`) and goes on, period
+    /// after period, until the spread is under `rebalance_to` or nothing more can move.
+    rebalancing: Vec<bool>,
     /// Exponentially smoothed loads (see `Params::smoothing`).
     smoothed: Option<Loads>,
 }
@@ -223,6 +226,7 @@ impl RssPolicy {
         let bucket_moved = engines.iter().map(|e| vec![None; e.table.len()]).collect();
         let stuck = vec![false; engines.len()];
         RssPolicy {
+            rebalancing: vec![false; engines.len()],
             engines,
             vms,
             params,
@@ -531,9 +535,15 @@ impl RssPolicy {
         }
         let mut cpu_load = self.cpu_loads(e, loads);
         let busiest = cpu_load.iter().copied().fold(0.0, f64::max);
-        if busiest < self.params.rebalance_min_pps
-            || spread(&cpu_load) <= self.params.rebalance_above
-        {
+        // Hysteresis against measurement noise: start over `rebalance_above`, then keep going
+        // (across periods) down to `rebalance_to`.
+        let tolerance = if self.rebalancing[e] {
+            self.params.rebalance_to
+        } else {
+            self.params.rebalance_above
+        };
+        if busiest < self.params.rebalance_min_pps || spread(&cpu_load) <= tolerance {
+            self.rebalancing[e] = false;
             return;
         }
         let dwell = self.params.bucket_dwell_periods;
@@ -559,11 +569,9 @@ impl RssPolicy {
                 .min_by(|x, y| x.1.total_cmp(y.1))
                 .expect("engine has CPUs");
             let gap = cpu_load[a] - cpu_load[b];
-            // The most loaded CPU still in play is close enough to the least loaded: within
-            // `rebalance_above` to start moving this period (hysteresis against measurement
-            // noise), within `rebalance_to` to keep going.
+            // The most loaded CPU still in play is close enough to the least loaded.
             let tolerance = if moves == 0 {
-                self.params.rebalance_above
+                tolerance
             } else {
                 self.params.rebalance_to
             };
@@ -571,48 +579,78 @@ impl RssPolicy {
                 break;
             }
             let (cpu_a, cpu_b) = (engine.cpus[a], engine.cpus[b]);
-            // Buckets of CPU A that make the pair more even: moving `x` leaves the pair's
-            // maximum at max(A − x, B + x) < A exactly when x < gap. Best: x ≈ gap / 2.
-            let loaded: Vec<usize> = (0..engine.table.len())
+            let settled = |k: usize| {
+                self.bucket_moved[e][k].is_none_or(|p| period.saturating_sub(p) >= dwell)
+            };
+            let on = |cpu: u32| -> Vec<usize> {
+                (0..engine.table.len())
+                    .filter(|&k| engine.table[k] == cpu && settled(k))
+                    .filter(|&k| bucket_pps.get(k).copied().unwrap_or(0.0) > 0.0)
+                    .collect()
+            };
+            // Shifting load `x` from A to B leaves the pair's maximum at max(A − x, B + x),
+            // lower than A exactly when 0 < x < gap; the best shift is gap / 2. A shift must
+            // gain at least `min_gain` on both sides of that window.
+            let fits = |x: f64| x.min(gap - x) >= min_gain;
+            let closeness = |x: f64| (x - gap / 2.0).abs();
+            let loaded_on_a = (0..engine.table.len())
                 .filter(|&k| {
                     engine.table[k] == cpu_a && bucket_pps.get(k).copied().unwrap_or(0.0) > 0.0
                 })
-                .collect();
-            let pick = if loaded.len() < 2 {
-                None // a CPU whose load is one bucket is not split
+                .count();
+            let from_a = if loaded_on_a < 2 {
+                Vec::new() // a CPU whose load is one bucket is not split
             } else {
-                loaded
+                on(cpu_a)
+            };
+            // One bucket from A to B...
+            let single = from_a
+                .iter()
+                .copied()
+                .filter(|&k| fits(bucket_pps[k]))
+                .min_by(|&x, &y| closeness(bucket_pps[x]).total_cmp(&closeness(bucket_pps[y])));
+            // ...or, when every bucket of A is bigger than the gap (few buckets per CPU), a
+            // swap with a smaller bucket of B: the shift is the difference of the two.
+            let swap = if single.is_none() && moves + 2 <= self.params.max_bucket_moves {
+                let from_b = on(cpu_b);
+                from_a
                     .iter()
-                    .copied()
-                    .filter(|&k| {
-                        self.bucket_moved[e][k].is_none_or(|p| period.saturating_sub(p) >= dwell)
+                    .flat_map(|&x| from_b.iter().map(move |&y| (x, y)))
+                    .filter(|&(x, y)| fits(bucket_pps[x] - bucket_pps[y]))
+                    .min_by(|&(x1, y1), &(x2, y2)| {
+                        closeness(bucket_pps[x1] - bucket_pps[y1])
+                            .total_cmp(&closeness(bucket_pps[x2] - bucket_pps[y2]))
                     })
-                    .filter(|&k| bucket_pps[k].min(gap - bucket_pps[k]) >= min_gain)
-                    .min_by(|&x, &y| {
-                        (bucket_pps[x] - gap / 2.0)
-                            .abs()
-                            .total_cmp(&(bucket_pps[y] - gap / 2.0).abs())
-                    })
+            } else {
+                None
             };
-            let Some(k) = pick else {
-                exhausted[a] = true;
-                continue;
+            let shifts: Vec<(usize, usize, usize)> = match (single, swap) {
+                (Some(k), _) => vec![(k, a, b)],
+                (None, Some((x, y))) => vec![(x, a, b), (y, b, a)],
+                (None, None) => {
+                    exhausted[a] = true;
+                    continue;
+                }
             };
-            moves += 1;
-            out.push(Decision::MoveBucket {
-                engine: e,
-                bucket: k,
-                from_cpu: cpu_a,
-                to_cpu: cpu_b,
-                bucket_pps: bucket_pps[k],
-                from_load: cpu_load[a],
-                to_load: cpu_load[b],
-            });
-            self.engines[e].table[k] = cpu_b;
-            self.bucket_moved[e][k] = Some(period);
-            cpu_load[a] -= bucket_pps[k];
-            cpu_load[b] += bucket_pps[k];
+            for (k, from, to) in shifts {
+                moves += 1;
+                out.push(Decision::MoveBucket {
+                    engine: e,
+                    bucket: k,
+                    from_cpu: self.engines[e].cpus[from],
+                    to_cpu: self.engines[e].cpus[to],
+                    bucket_pps: bucket_pps[k],
+                    from_load: cpu_load[from],
+                    to_load: cpu_load[to],
+                });
+                self.engines[e].table[k] = self.engines[e].cpus[to];
+                self.bucket_moved[e][k] = Some(period);
+                cpu_load[from] -= bucket_pps[k];
+                cpu_load[to] += bucket_pps[k];
+            }
         }
+        // Nothing could move: stop until the spread crosses `rebalance_above` again.
+        self.rebalancing[e] = moves > 0;
     }
 }
 
@@ -869,6 +907,61 @@ mod tests {
                 .iter()
                 .all(|d| !matches!(d, Decision::MoveBucket { .. }))
         );
+    }
+
+    fn bucket_moves(d: &[Decision]) -> Vec<(usize, u32, u32)> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::MoveBucket {
+                    bucket,
+                    from_cpu,
+                    to_cpu,
+                    ..
+                } => Some((*bucket, *from_cpu, *to_cpu)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn buckets_bigger_than_the_gap_are_swapped() {
+        let mut p = policy(1);
+        // CPU 0 carries 100 + 90, CPU 1 carries 70 + 55: every bucket of CPU 0 is bigger
+        // than the gap (65), so no single move helps; a swap shifting ~30 does.
+        let l = bucket_loads(vec![100.0, 70.0, 90.0, 55.0, 0.0, 0.0, 0.0, 0.0]);
+        let moves = bucket_moves(&p.step(10, &l));
+        assert_eq!(moves.len(), 2, "{moves:?}");
+        assert!(moves.iter().any(|&(_, from, to)| (from, to) == (0, 1)));
+        assert!(moves.iter().any(|&(_, from, to)| (from, to) == (1, 0)));
+        let after = p.cpu_loads(0, &l);
+        assert!(spread(&after) <= 0.05, "{after:?}");
+        // A swap needs two moves of the budget.
+        let mut tight = policy(1);
+        tight.params.max_bucket_moves = 1;
+        assert!(bucket_moves(&tight.step(10, &l)).is_empty());
+    }
+
+    #[test]
+    fn rebalancing_starts_above_the_high_mark_and_goes_on_down_to_the_low_mark() {
+        let mut p = policy(1);
+        p.params.max_bucket_moves = 1;
+        // CPU 0 carries 50 + 2 + 2 + 2 = 56, CPU 1 carries 4 × 12 = 48: spread 0.17.
+        let l = bucket_loads(vec![50.0, 12.0, 2.0, 12.0, 2.0, 12.0, 2.0, 12.0]);
+        assert_eq!(bucket_moves(&p.step(10, &l)).len(), 1);
+        // 54 against 50: spread 0.08, under `rebalance_above` (0.10) but over
+        // `rebalance_to` (0.05), so the next period goes on.
+        let after_one = p.cpu_loads(0, &l);
+        assert!(
+            spread(&after_one) > 0.05 && spread(&after_one) <= 0.10,
+            "{after_one:?}"
+        );
+        let mut fresh = policy(1);
+        fresh.engines[0].table = p.engines[0].table.clone();
+        assert!(bucket_moves(&fresh.step(10, &l)).is_empty());
+        assert_eq!(bucket_moves(&p.step(11, &l)).len(), 1);
+        assert!(spread(&p.cpu_loads(0, &l)) <= 0.05);
+        // Balanced: it stops, and stays stopped.
+        assert!(bucket_moves(&p.step(12, &l)).is_empty());
     }
 
     #[test]
