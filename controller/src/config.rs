@@ -21,8 +21,8 @@ pub const MAX_INSTANCE_LEN: usize = 32;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Names this xnic instance: its pins live under /sys/fs/bpf/xnic/<instance>/ and its
-    /// control socket is /run/xnic/<instance>.sock.
+    /// Names this xnic instance: its pins live under `/sys/fs/bpf/xnic/<instance>/` and its
+    /// control socket is `/run/xnic/<instance>.sock`.
     pub instance: String,
     /// Network namespace (as in `ip netns`) that holds the interfaces; the daemon enters it.
     /// Omit to use the daemon's own namespace.
@@ -478,36 +478,9 @@ impl Config {
                 return Err((format!("rss.policy.{field}"), why.into()));
             }
         }
-        let mut names = HashSet::new();
         for (i, e) in rss.engines.iter().enumerate() {
-            check_name(&format!("rss.engine[{i}].name"), &e.name, MAX_NAME_LEN)?;
-            if e.name == "auto" || e.name == "none" {
-                return Err((
-                    format!("rss.engine[{i}].name"),
-                    format!("{:?} is reserved for VM states", e.name),
-                ));
-            }
-            if !names.insert(e.name.as_str()) {
-                return Err((
-                    format!("rss.engine[{i}].name"),
-                    format!("engine name {:?} is used twice", e.name),
-                ));
-            }
-            if e.cpus.is_empty() {
-                return Err((
-                    format!("rss.engine[{i}].cpus"),
-                    "an engine needs CPUs".into(),
-                ));
-            }
-            let mut seen = HashSet::new();
-            for (j, cpu) in e.cpus.iter().enumerate() {
-                if !seen.insert(cpu) {
-                    return Err((
-                        format!("rss.engine[{i}].cpus[{j}]"),
-                        format!("CPU {cpu} is listed twice"),
-                    ));
-                }
-            }
+            let others = rss.engines[..i].iter().map(|o| o.name.as_str());
+            check_engine(&format!("rss.engine[{i}]"), e, others)?;
         }
         let mut dedicated_users = HashSet::new();
         for (i, vm) in self.vms.iter().enumerate() {
@@ -556,6 +529,77 @@ impl Config {
 /// Where the daemon of `instance` listens.
 pub fn socket_path(instance: &str) -> PathBuf {
     PathBuf::from(crate::RUN_DIR).join(format!("{instance}.sock"))
+}
+
+/// An engine's own fields, and its name against the `others` already there; errors name the
+/// field under `at` (e.g. `rss.engine[2]`).
+pub fn check_engine<'a>(
+    at: &str,
+    e: &EngineConfig,
+    mut others: impl Iterator<Item = &'a str>,
+) -> Result<(), (String, String)> {
+    check_name(&format!("{at}.name"), &e.name, MAX_NAME_LEN)?;
+    if e.name == "auto" || e.name == "none" {
+        return Err((
+            format!("{at}.name"),
+            format!("{:?} is reserved for VM states", e.name),
+        ));
+    }
+    if others.any(|o| o == e.name) {
+        return Err((
+            format!("{at}.name"),
+            format!("engine name {:?} is used twice", e.name),
+        ));
+    }
+    check_cpu_set(at, &e.cpus)
+}
+
+/// An engine's CPU set: not empty, no CPU twice, within what the dataplane addresses.
+pub fn check_cpu_set(at: &str, cpus: &[u32]) -> Result<(), (String, String)> {
+    if cpus.is_empty() {
+        return Err((format!("{at}.cpus"), "an engine needs CPUs".into()));
+    }
+    for (j, cpu) in cpus.iter().enumerate() {
+        if *cpu >= xnic_common::rss::MAX_CPUS {
+            return Err((
+                format!("{at}.cpus[{j}]"),
+                format!(
+                    "CPU {cpu} is beyond the {} CPUs xnic supports",
+                    xnic_common::rss::MAX_CPUS
+                ),
+            ));
+        }
+        if cpus[..j].contains(cpu) {
+            return Err((
+                format!("{at}.cpus[{j}]"),
+                format!("CPU {cpu} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a CPU list as the kernel writes them (`0-3,6`).
+pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let num = |t: &str| {
+            t.trim().parse::<u32>().map_err(|_| {
+                format!("{t:?} in {text:?} is not a CPU number; write CPUs like 0-3,6")
+            })
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("{part:?} is an empty range; write it low-high"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part)?),
+        }
+    }
+    Ok(cpus)
 }
 
 fn check_name(field: &str, name: &str, max: usize) -> Result<(), (String, String)> {
@@ -860,6 +904,25 @@ cpus = [1]
         ))
         .unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists_and_cpu_limits() {
+        assert_eq!(parse_cpu_list("0-3,6").unwrap(), vec![0, 1, 2, 3, 6]);
+        assert_eq!(parse_cpu_list("5\n").unwrap(), vec![5]);
+        assert!(parse_cpu_list("3-1").unwrap_err().contains("empty range"));
+        assert!(
+            parse_cpu_list("x")
+                .unwrap_err()
+                .contains("not a CPU number")
+        );
+        let e = parse(&format!(
+            "{GOOD}{}",
+            RSS.replace("cpus = [1]", "cpus = [1, 4095]")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("rss.engine[1].cpus[1]"));
+        assert!(e.message.contains("beyond the 512 CPUs"), "{e}");
     }
 
     #[test]

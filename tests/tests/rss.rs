@@ -274,12 +274,12 @@ fn rss_off_without_an_rss_section_and_offline_cpus_refused() {
 
     let bad = text.replace(
         "name = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [",
-        "name = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [4095, ",
+        "name = \"dedicated-1\"\nkind = \"dedicated\"\ncpus = [511, ",
     );
     let t = TestLab::with_config(&bad);
     let out = xnic(&["run", "--config", t.config_path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("CPU 4095 is not online"), "{err}");
+    assert!(err.contains("CPU 511 is not online"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert!(t.interfaces_with_xdp().is_empty());
 }
@@ -299,4 +299,145 @@ fn generic_xdp_ports_deliver_without_steering() {
         s.steering["steered"], 0,
         "generic XDP loses the metadata steering needs"
     );
+}
+
+/// Runs `xnic rss engine ARGS --instance I`; stdout on success, stderr on failure.
+fn engine_cmd(t: &TestLab, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["rss", "engine"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--instance", &t.instance]);
+    let out = xnic(&all);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn engine(t: &TestLab, name: &str) -> Option<xnic::api::types::RssEngineView> {
+    rss(t).engines.into_iter().find(|e| e.name == name)
+}
+
+/// Frames per bucket and CPU of `engine`.
+fn bucket_frames(t: &TestLab, engine: &str) -> Vec<RssBucketView> {
+    block_on(t.client().get(&format!("/v1/rss/engines/{engine}/buckets"))).unwrap()
+}
+
+#[test]
+fn engines_change_at_runtime_under_traffic() {
+    // No automatic moves and no rebalancing: the tables are what the changes made them.
+    let t = lab(
+        1,
+        "no_rss_high_pps = 1e9\nvm_low_pps = 0.0\nrebalance_above = 1e9\nrebalance_to = 1e8",
+    );
+    let out = engine_cmd(&t, &["add", "extra", "--kind", "shared", "--cpus", "0"]).unwrap();
+    assert!(out.contains("engine extra"), "{out}");
+    let e = engine(&t, "extra").expect("the new engine is listed");
+    assert_eq!((e.cpus.clone(), e.buckets_per_cpu[&0]), (vec![0], 128));
+    set(&t, "vm0", "extra");
+
+    // CPU set changes while 64 flows run: nothing lost, duplicated or reordered.
+    let (rx, tx) = blast(&t, "vm0", 64, 10_000, 5.0);
+    for cpus in ["0-1", "1", "0,1"] {
+        std::thread::sleep(Duration::from_millis(1000));
+        engine_cmd(&t, &["set", "extra", "--cpus", cpus]).unwrap();
+    }
+    let (sent, got) = finish(rx, tx);
+    assert_eq!(got.received, sent.sent, "lost {}", sent.sent - got.received);
+    assert_eq!((got.reordered, got.duplicates, got.gaps), (0, 0, 0));
+    let e = engine(&t, "extra").unwrap();
+    assert_eq!(e.cpus, vec![0, 1]);
+    assert_eq!(
+        e.buckets_per_cpu.values().copied().collect::<Vec<_>>(),
+        vec![64, 64],
+        "the table is dealt evenly over the new CPUs"
+    );
+
+    // Frames now run on the CPU the new table names.
+    let before = bucket_frames(&t, "extra");
+    let (rx, tx) = blast(&t, "vm0", 64, 5000, 1.0);
+    let (sent, got) = finish(rx, tx);
+    assert_eq!(got.received, sent.sent);
+    let after = bucket_frames(&t, "extra");
+    let mut total = 0;
+    for (b, a) in before.iter().zip(&after) {
+        for cpu in 0..a.frames_per_cpu.len() {
+            let delta = a.frames_per_cpu[cpu] - b.frames_per_cpu[cpu];
+            total += delta;
+            assert!(
+                delta == 0 || cpu as u32 == a.cpu,
+                "bucket {} ran on CPU {cpu}, its table names {}",
+                a.bucket,
+                a.cpu
+            );
+        }
+    }
+    assert_eq!(total, sent.sent);
+
+    let events: Vec<RssEvent> = block_on(t.client().get("/v1/rss/events")).unwrap();
+    let changes: Vec<&RssEvent> = events
+        .iter()
+        .filter(|e| e.kind == "engine_cpus_changed")
+        .collect();
+    assert_eq!(changes.len(), 3, "{events:#?}");
+    assert_eq!(
+        (changes[0].from.as_str(), changes[0].to.as_str()),
+        ("cpu0", "cpu0,cpu1")
+    );
+    assert_eq!(changes[0].figures["buckets_moved"], 64.0);
+    assert!(events.iter().any(|e| e.kind == "engine_added"));
+
+    // Removing it: refused while vm0 is pinned there, then vm0 goes back to no-RSS.
+    let err = engine_cmd(&t, &["del", "extra"]).unwrap_err();
+    assert!(err.contains("placed on it by hand (vm0)"), "{err}");
+    assert_eq!(state_of(&t, "vm0"), "shared:extra", "nothing changed");
+    set(&t, "vm0", "auto");
+    let out = engine_cmd(&t, &["del", "extra"]).unwrap();
+    assert!(out.contains("back to no-RSS: vm0"), "{out}");
+    assert_eq!(state_of(&t, "vm0"), "no-rss");
+    assert!(engine(&t, "extra").is_none());
+    assert_eq!(rss(&t).engines.len(), 3);
+}
+
+#[test]
+fn engine_changes_that_cannot_work_are_refused_whole() {
+    let t = lab(1, "");
+    let shape = |t: &TestLab| -> Vec<(String, Vec<u32>, std::collections::BTreeMap<u32, u32>)> {
+        rss(t)
+            .engines
+            .into_iter()
+            .map(|e| (e.name, e.cpus, e.buckets_per_cpu))
+            .collect()
+    };
+    let before = shape(&t);
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["add", "shared-a", "--kind", "shared", "--cpus", "0"],
+            "engine name \"shared-a\" is used twice",
+        ),
+        (
+            &["add", "far", "--kind", "shared", "--cpus", "0,511"],
+            "CPU 511 is not online",
+        ),
+        (
+            &["add", "auto", "--kind", "shared", "--cpus", "0"],
+            "reserved for VM states",
+        ),
+        (
+            &["add", "twice", "--kind", "dedicated", "--cpus", "1,1"],
+            "CPU 1 is listed twice",
+        ),
+        (
+            &["set", "nosuch", "--cpus", "0"],
+            "no RSS engine named \"nosuch\"",
+        ),
+        (&["set", "shared-a", "--cpus", "3-1"], "empty range"),
+    ];
+    for (args, want) in cases {
+        let err = engine_cmd(&t, args).expect_err(want);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let err = engine_cmd(&t, &["del", "nosuch"]).unwrap_err();
+    assert!(err.contains("no RSS engine named"), "{err}");
+    assert_eq!(shape(&t), before, "nothing changed");
 }

@@ -109,6 +109,10 @@ impl Client {
         self.json(Method::POST, path, None).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(Method::DELETE, path, None).await
+    }
+
     /// POSTs `body` as JSON.
     pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,

@@ -10,7 +10,7 @@ use axum::{
     routing::{get, post},
 };
 
-use super::types::{ApiError, RssSetRequest};
+use super::types::{ApiError, RssEngineAddRequest, RssEngineSetRequest, RssSetRequest};
 use crate::daemon::{ApiFailure, Daemon};
 
 type Shared = State<Arc<Daemon>>;
@@ -38,6 +38,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/down", post(down))
         .route("/v1/rss", get(rss_status))
         .route("/v1/rss/events", get(rss_events))
+        .route("/v1/rss/engines", post(rss_engine_add))
+        .route(
+            "/v1/rss/engines/{name}",
+            post(rss_engine_set).delete(rss_engine_remove),
+        )
         .route("/v1/rss/engines/{name}/buckets", get(rss_buckets))
         .route("/v1/rss/vms/{name}", post(rss_set))
         .route("/metrics", get(metrics))
@@ -57,7 +62,7 @@ async fn not_found(uri: axum::http::Uri) -> Failure {
     Failure(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint {uri}; this daemon serves /v1/status, /v1/vms, /v1/vms/NAME, /v1/stats, /v1/down (POST) and /metrics"
+            "no such endpoint {uri}; this daemon serves /v1/status, /v1/vms, /v1/vms/NAME, /v1/stats, /v1/down (POST), /v1/rss, /v1/rss/events, /v1/rss/vms/NAME (POST), /v1/rss/engines (POST), /v1/rss/engines/NAME (POST, DELETE), /v1/rss/engines/NAME/buckets and /metrics"
         ),
     )
 }
@@ -142,18 +147,50 @@ async fn rss_buckets(
     }
 }
 
+/// Parses a JSON body, or says what was expected.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], example: &str) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {e}; expected JSON like {example}"),
+        )
+    })
+}
+
 async fn rss_set(
     State(d): Shared,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Failure> {
-    let req: RssSetRequest = serde_json::from_slice(&body).map_err(|e| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            format!("bad request body: {e}; expected JSON like {{\"state\": \"auto\"}}"),
-        )
-    })?;
+    let req: RssSetRequest = body(&bytes, r#"{"state": "auto"}"#)?;
     Ok(Json(d.rss_set(&name, &req)?))
+}
+
+async fn rss_engine_add(
+    State(d): Shared,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, Failure> {
+    let req: RssEngineAddRequest = body(
+        &bytes,
+        r#"{"name": "shared-c", "kind": "shared", "cpus": [2, 3]}"#,
+    )?;
+    Ok(Json(d.rss_engine_add(&req)?))
+}
+
+async fn rss_engine_set(
+    State(d): Shared,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, Failure> {
+    let req: RssEngineSetRequest = body(&bytes, r#"{"cpus": [0, 1]}"#)?;
+    Ok(Json(d.rss_engine_set(&name, &req)?))
+}
+
+async fn rss_engine_remove(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, Failure> {
+    Ok(Json(d.rss_engine_remove(&name)?))
 }
 
 async fn metrics(State(d): Shared) -> Result<impl IntoResponse, Failure> {

@@ -263,3 +263,27 @@ pub struct RssSetRequest {
     #[serde(default)]
     pub prefer_dedicated: Option<bool>,
 }
+
+/// `POST /v1/rss/engines`: a new engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RssEngineAddRequest {
+    pub name: String,
+    pub kind: crate::policy::rss::EngineKind,
+    pub cpus: Vec<u32>,
+}
+
+/// `POST /v1/rss/engines/{name}`: an engine's new CPU set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RssEngineSetRequest {
+    pub cpus: Vec<u32>,
+}
+
+/// `DELETE /v1/rss/engines/{name}`: what went with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssEngineRemoved {
+    pub name: String,
+    /// VMs that were on it and are now in the no-RSS state.
+    pub vms_to_no_rss: Vec<String>,
+}

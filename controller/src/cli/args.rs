@@ -130,6 +130,10 @@ pub enum RssCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Add, change or remove engines at runtime (until the daemon restarts: put lasting
+    /// changes in the configuration file).
+    #[command(subcommand)]
+    Engine(RssEngineCommand),
     /// Move a VM by hand, or hand it back to the policy; change its hints.
     Set {
         /// The VM's name.
@@ -149,9 +153,67 @@ pub enum RssCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RssEngineCommand {
+    /// Add an engine: a CPU set and a fresh table dealt evenly over it.
+    Add {
+        /// The engine's name.
+        name: String,
+        /// `shared` (serves several VMs) or `dedicated` (serves one).
+        #[arg(long, value_enum)]
+        kind: EngineKindArg,
+        /// Its CPUs, like `2-3` or `0,2,4`.
+        #[arg(long, value_parser = cpu_list)]
+        cpus: CpuList,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Give an engine a new CPU set. Its buckets are dealt over the new CPUs moving as few
+    /// as possible; each moved flow leaves its old CPU only once its queued frames are done.
+    Set {
+        /// The engine's name.
+        name: String,
+        /// Its new CPUs, like `0-3`.
+        #[arg(long, value_parser = cpu_list)]
+        cpus: CpuList,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Remove an engine; its VMs go back to no-RSS (refused while a VM is pinned to it).
+    Del {
+        /// The engine's name.
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineKindArg {
+    Shared,
+    Dedicated,
+}
+
+impl From<EngineKindArg> for crate::policy::rss::EngineKind {
+    fn from(k: EngineKindArg) -> Self {
+        match k {
+            EngineKindArg::Shared => Self::Shared,
+            EngineKindArg::Dedicated => Self::Dedicated,
+        }
+    }
+}
+
+/// A parsed `--cpus` list (a newtype, so clap takes it as one value).
+#[derive(Debug, Clone)]
+pub struct CpuList(pub Vec<u32>);
+
+fn cpu_list(text: &str) -> Result<CpuList, String> {
+    crate::config::parse_cpu_list(text).map(CpuList)
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct LabConfigArg {
-    /// Lab configuration (a configuration with a [lab] section). Default: the built-in lab,
+    /// Lab configuration (a configuration with a `[lab]` section). Default: the built-in lab,
     /// instance "lab", four VMs.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,

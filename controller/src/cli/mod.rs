@@ -17,7 +17,7 @@ use std::{future::Future, path::Path};
 use anyhow::{Context as _, bail};
 use clap::CommandFactory as _;
 
-use self::args::{Cli, Command, InstanceArg, LabCommand, RssCommand, VmCommand};
+use self::args::{Cli, Command, InstanceArg, LabCommand, RssCommand, RssEngineCommand, VmCommand};
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -35,6 +35,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             follow,
         }) => rss::events(&read, since, follow),
         Command::Rss(RssCommand::Buckets { engine, read }) => rss::buckets(&engine, &read),
+        Command::Rss(RssCommand::Engine(RssEngineCommand::Add {
+            name,
+            kind,
+            cpus,
+            read,
+        })) => rss::engine_add(&name, kind.into(), cpus.0, &read),
+        Command::Rss(RssCommand::Engine(RssEngineCommand::Set { name, cpus, read })) => {
+            rss::engine_set(&name, cpus.0, &read)
+        }
+        Command::Rss(RssCommand::Engine(RssEngineCommand::Del { name, read })) => {
+            rss::engine_del(&name, &read)
+        }
         Command::Rss(RssCommand::Set {
             vm,
             state,
@@ -115,4 +127,18 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 /// Loads a configuration for a command that only reads it.
 fn load_config(path: &Path) -> anyhow::Result<crate::config::Config> {
     Ok(crate::config::Config::load(path)?)
+}
+
+/// Names are restricted to URL-safe characters by the configuration, but a name typed on the
+/// command line may not be: it goes into an API path encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -1,11 +1,14 @@
-//! `xnic rss status|events|buckets|set`.
+//! `xnic rss status|events|buckets|engine|set`.
 
 use std::time::Duration;
 
-use super::{args::ReadArgs, block_on, print_json, resolve_instance, table};
+use super::{args::ReadArgs, block_on, percent_encode, print_json, resolve_instance, table};
 use crate::api::{
     client::Client,
-    types::{RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView},
+    types::{
+        RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssEngineView,
+        RssEvent, RssSetRequest, RssStatusView, RssVmView,
+    },
 };
 
 fn client(args: &ReadArgs) -> anyhow::Result<Client> {
@@ -49,8 +52,10 @@ pub fn events(args: &ReadArgs, since: u64, follow: bool) -> anyhow::Result<()> {
 }
 
 pub fn buckets(engine: &str, args: &ReadArgs) -> anyhow::Result<()> {
-    let b: Vec<RssBucketView> =
-        block_on(client(args)?.get(&format!("/v1/rss/engines/{engine}/buckets")))?;
+    let b: Vec<RssBucketView> = block_on(client(args)?.get(&format!(
+        "/v1/rss/engines/{}/buckets",
+        percent_encode(engine)
+    )))?;
     if args.json {
         print_json(&b)
     } else {
@@ -74,7 +79,8 @@ pub fn set(
         priority,
         prefer_dedicated,
     };
-    let v: RssVmView = block_on(client(args)?.post_json(&format!("/v1/rss/vms/{vm}"), &req))?;
+    let v: RssVmView =
+        block_on(client(args)?.post_json(&format!("/v1/rss/vms/{}", percent_encode(vm)), &req))?;
     if args.json {
         print_json(&v)
     } else {
@@ -92,4 +98,65 @@ pub fn set(
         );
         Ok(())
     }
+}
+
+/// Prints an engine after a change: JSON, or one line and its CPUs' bucket counts.
+fn print_engine(e: &RssEngineView, args: &ReadArgs) -> anyhow::Result<()> {
+    if args.json {
+        return print_json(e);
+    }
+    let buckets: Vec<String> = e
+        .buckets_per_cpu
+        .iter()
+        .map(|(cpu, n)| format!("cpu{cpu}:{n}"))
+        .collect();
+    println!(
+        "engine {} ({:?}): CPUs {:?}, buckets {}; kept until the daemon restarts",
+        e.name,
+        e.kind,
+        e.cpus,
+        buckets.join(" ")
+    );
+    Ok(())
+}
+
+pub fn engine_add(
+    name: &str,
+    kind: crate::policy::rss::EngineKind,
+    cpus: Vec<u32>,
+    args: &ReadArgs,
+) -> anyhow::Result<()> {
+    let req = RssEngineAddRequest {
+        name: name.to_string(),
+        kind,
+        cpus,
+    };
+    let e: RssEngineView = block_on(client(args)?.post_json("/v1/rss/engines", &req))?;
+    print_engine(&e, args)
+}
+
+pub fn engine_set(name: &str, cpus: Vec<u32>, args: &ReadArgs) -> anyhow::Result<()> {
+    let req = RssEngineSetRequest { cpus };
+    let e: RssEngineView = block_on(
+        client(args)?.post_json(&format!("/v1/rss/engines/{}", percent_encode(name)), &req),
+    )?;
+    print_engine(&e, args)
+}
+
+pub fn engine_del(name: &str, args: &ReadArgs) -> anyhow::Result<()> {
+    let r: RssEngineRemoved =
+        block_on(client(args)?.delete(&format!("/v1/rss/engines/{}", percent_encode(name))))?;
+    if args.json {
+        return print_json(&r);
+    }
+    if r.vms_to_no_rss.is_empty() {
+        println!("engine {} removed", r.name);
+    } else {
+        println!(
+            "engine {} removed; back to no-RSS: {}",
+            r.name,
+            r.vms_to_no_rss.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `xnic vm list` and `xnic vm show`.
 
-use super::{args::ReadArgs, block_on, print_json, resolve_instance, table};
+use super::{args::ReadArgs, block_on, percent_encode, print_json, resolve_instance, table};
 use crate::api::{client::Client, types::VmView};
 
 pub fn list(args: &ReadArgs) -> anyhow::Result<()> {
@@ -24,18 +24,4 @@ pub fn show(name: &str, args: &ReadArgs) -> anyhow::Result<()> {
         print!("{}", table::vm(&vm));
         Ok(())
     }
-}
-
-/// VM names are restricted to URL-safe characters by the configuration, but a name typed on
-/// the command line may not be.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

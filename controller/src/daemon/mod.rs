@@ -28,7 +28,8 @@ use crate::{
     api::{
         self,
         types::{
-            DownView, RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView, StatsView,
+            DownView, RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest,
+            RssEngineView, RssEvent, RssSetRequest, RssStatusView, RssVmView, StatsView,
             StatusView, VmView,
         },
     },
@@ -140,33 +141,92 @@ impl Daemon {
     }
 
     pub fn rss_set(&self, vm: &str, req: &RssSetRequest) -> Result<RssVmView, ApiFailure> {
+        self.with_rss(|rss, dp, vms| {
+            let Some(index) = vms.iter().position(|v| v.name == vm) else {
+                let known: Vec<_> = vms.iter().map(|v| v.name.clone()).collect();
+                return Err(ApiFailure::NotFound(format!(
+                    "no VM named {vm:?}; known VMs: {}",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            };
+            rss.set(
+                dp,
+                vms,
+                index,
+                req.state.as_deref(),
+                req.priority,
+                req.prefer_dedicated,
+            )
+            .map_err(ApiFailure::BadRequest)?;
+            Ok(rss.status(vms, dp).vms[index].clone())
+        })
+    }
+
+    /// Runs `f` on the RSS runtime with the dataplane and VMs, or says RSS is not configured.
+    fn with_rss<T>(
+        &self,
+        f: impl FnOnce(
+            &mut rss::RssRuntime,
+            &mut crate::dataplane::Dataplane,
+            &[state::Vm],
+        ) -> Result<T, ApiFailure>,
+    ) -> Result<T, ApiFailure> {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
-        let Some(rss) = state.rss.as_mut() else {
-            return Err(ApiFailure::NotConfigured);
-        };
-        let Some(index) = state.vms.iter().position(|v| v.name == vm) else {
-            let known: Vec<_> = state.vms.iter().map(|v| v.name.clone()).collect();
-            return Err(ApiFailure::NotFound(format!(
-                "no VM named {vm:?}; known VMs: {}",
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        };
-        rss.set(
-            &mut state.dataplane,
-            &state.vms,
-            index,
-            req.state.as_deref(),
-            req.priority,
-            req.prefer_dedicated,
-        )
-        .map_err(ApiFailure::BadRequest)?;
-        let status = rss.status(&state.vms, &state.dataplane);
-        Ok(status.vms[index].clone())
+        let rss = state.rss.as_mut().ok_or(ApiFailure::NotConfigured)?;
+        f(rss, &mut state.dataplane, &state.vms)
+    }
+
+    pub fn rss_engine_add(&self, req: &RssEngineAddRequest) -> Result<RssEngineView, ApiFailure> {
+        self.with_rss(|rss, dp, vms| {
+            let ec = crate::config::EngineConfig {
+                name: req.name.clone(),
+                kind: req.kind,
+                cpus: req.cpus.clone(),
+            };
+            rss.add_engine(dp, &ec).map_err(ApiFailure::BadRequest)?;
+            rss.engine_view(&req.name, vms, dp)
+                .ok_or_else(|| ApiFailure::Internal("the new engine is missing".into()))
+        })
+    }
+
+    pub fn rss_engine_set(
+        &self,
+        name: &str,
+        req: &RssEngineSetRequest,
+    ) -> Result<RssEngineView, ApiFailure> {
+        self.with_rss(|rss, dp, vms| {
+            if rss.policy.engine_index(name).is_none() {
+                return Err(ApiFailure::NotFound(format!(
+                    "no RSS engine named {name:?}"
+                )));
+            }
+            rss.set_engine_cpus(dp, vms, name, req.cpus.clone())
+                .map_err(ApiFailure::BadRequest)?;
+            rss.engine_view(name, vms, dp)
+                .ok_or_else(|| ApiFailure::Internal("the engine is missing".into()))
+        })
+    }
+
+    pub fn rss_engine_remove(&self, name: &str) -> Result<RssEngineRemoved, ApiFailure> {
+        self.with_rss(|rss, dp, vms| {
+            if rss.policy.engine_index(name).is_none() {
+                return Err(ApiFailure::NotFound(format!(
+                    "no RSS engine named {name:?}"
+                )));
+            }
+            let moved = rss
+                .remove_engine(dp, vms, name)
+                .map_err(ApiFailure::BadRequest)?;
+            Ok(RssEngineRemoved {
+                name: name.to_string(),
+                vms_to_no_rss: moved,
+            })
+        })
     }
 
     fn rss_tick(&self) {

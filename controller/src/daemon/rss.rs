@@ -7,24 +7,31 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tracing::{debug, info, warn};
 use xnic_common::{
     maps::Counter,
-    rss::{EngineEntry, NO_ENGINE, RssConfig, SteerCounter, VmRss},
+    rss::{EngineEntry, MAX_DRAIN_NS, MAX_ENGINES, NO_ENGINE, RssConfig, SteerCounter, VmRss},
 };
 
 use super::state::Vm;
 use crate::{
     api::types::{RssBucketView, RssCpuView, RssEngineView, RssEvent, RssStatusView, RssVmView},
-    config::{HashKind, RssSection},
+    config::{EngineConfig, HashKind, RssSection, check_cpu_set, check_engine},
     dataplane::Dataplane,
     monitor::cpu::{CpuLoad, CpuMonitor, CpuTimes, loads as cpu_loads},
-    policy::rss::{Decision, Engine, EngineKind, Loads, MoveReason, Placement, RssPolicy},
+    policy::rss::{
+        BucketCause, Decision, Engine, EngineKind, Loads, MoveReason, Placement, RssPolicy,
+    },
 };
 
 /// Events kept for `xnic rss events`.
 const EVENT_HISTORY: usize = 1000;
+
+/// How long a CPU-map queue no engine uses any more is kept before it is removed: far longer
+/// than any flow waits for its old CPU to drain (`MAX_DRAIN_NS`), so nothing is still steered
+/// there when it goes.
+const QUEUE_RETIRE_DELAY: std::time::Duration = std::time::Duration::from_nanos(MAX_DRAIN_NS * 200);
 
 /// One reading of the steering counters.
 struct Sample {
@@ -52,6 +59,8 @@ pub struct RssRuntime {
     event_counts: BTreeMap<String, u64>,
     next_event: u64,
     nr_cpus: usize,
+    /// Since when CPU-map queues may be left that no engine uses any more.
+    queues_to_retire: Option<Instant>,
 }
 
 fn placement_name(p: Placement, engines: &[Engine]) -> String {
@@ -72,44 +81,33 @@ fn placement_name(p: Placement, engines: &[Engine]) -> String {
 pub fn online_cpus() -> anyhow::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
         .context("cannot read /sys/devices/system/cpu/online")?;
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<u32>()?..=b.parse::<u32>()?),
-            None => cpus.push(part.parse()?),
-        }
+    crate::config::parse_cpu_list(&text).map_err(anyhow::Error::msg)
+}
+
+/// `Err` names the first of `cpus` that is not online, with the online ones.
+fn check_online(cpus: &[u32]) -> Result<(), String> {
+    let online = online_cpus().map_err(|e| format!("{e:#}"))?;
+    match cpus.iter().find(|c| !online.contains(c)) {
+        None => Ok(()),
+        Some(cpu) => Err(format!(
+            "CPU {cpu} is not online on this host (online: {})",
+            online
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
     }
-    Ok(cpus)
 }
 
 /// Refuses CPUs this host does not have, before anything is changed.
 pub fn check_cpus(rss: &RssSection) -> anyhow::Result<()> {
-    let online = online_cpus()?;
-    let show = || {
-        online
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if !online.contains(&rss.default_cpu) {
-        bail!(
-            "rss.default_cpu: CPU {} is not online on this host (online: {}); nothing was changed",
-            rss.default_cpu,
-            show()
-        );
-    }
+    check_online(&[rss.default_cpu])
+        .map_err(|e| anyhow::anyhow!("rss.default_cpu: {e}; nothing was changed"))?;
     for (i, e) in rss.engines.iter().enumerate() {
-        for cpu in &e.cpus {
-            if !online.contains(cpu) {
-                bail!(
-                    "rss.engine[{i}] ({}): CPU {cpu} is not online on this host (online: {}); \
-                     nothing was changed",
-                    e.name,
-                    show()
-                );
-            }
-        }
+        check_online(&e.cpus).map_err(|m| {
+            anyhow::anyhow!("rss.engine[{i}] ({}): {m}; nothing was changed", e.name)
+        })?;
     }
     Ok(())
 }
@@ -121,7 +119,7 @@ impl RssRuntime {
         let size = rss.table_size;
         let mut engines = Vec::new();
         for (e, ec) in rss.engines.iter().enumerate() {
-            let tag = config_tag(ec, size);
+            let tag = config_tag(&ec.name, ec.kind, &ec.cpus, size);
             let pinned = dp.table(e as u32, size)?;
             let same = dp.engine(e as u32)?.config_tag == tag;
             let engine = if same && pinned.iter().all(|c| ec.cpus.contains(c)) {
@@ -130,6 +128,7 @@ impl RssRuntime {
                     kind: ec.kind,
                     cpus: ec.cpus.clone(),
                     table: pinned,
+                    retired: false,
                 }
             } else {
                 let fresh = Engine::new(&ec.name, ec.kind, ec.cpus.clone(), size as usize);
@@ -147,6 +146,13 @@ impl RssRuntime {
                 },
             )?;
             engines.push(engine);
+        }
+
+        // Engines a previous daemon added at runtime are gone with it.
+        for e in rss.engines.len() as u32..MAX_ENGINES {
+            if dp.engine(e)? != EngineEntry::default() {
+                dp.set_engine(e, EngineEntry::default())?;
+            }
         }
 
         // Placements: configuration pins win; otherwise what the dataplane says, if valid.
@@ -197,7 +203,8 @@ impl RssRuntime {
         }
 
         // CPU-map queues: every engine CPU and the default CPU. Queues a previous daemon left
-        // keep running (replacing one would restart its queue mid-flow).
+        // keep running (replacing one would restart its queue mid-flow); those no engine uses
+        // any more go once flows have left them.
         let mut wanted: Vec<u32> = rss.engines.iter().flat_map(|e| e.cpus.clone()).collect();
         wanted.push(rss.default_cpu);
         wanted.sort_unstable();
@@ -208,11 +215,10 @@ impl RssRuntime {
                 dp.set_cpu_queue(*cpu)?;
             }
         }
-        for (cpu, _) in existing {
-            if !wanted.contains(&cpu) {
-                dp.remove_cpu_queue(cpu)?;
-            }
-        }
+        let queues_to_retire = existing
+            .iter()
+            .any(|(cpu, _)| !wanted.contains(cpu))
+            .then(Instant::now);
 
         // Steering on, last. Keep the seed a previous daemon used: a new one would remap flows.
         let old = dp.rss_config()?;
@@ -251,6 +257,7 @@ impl RssRuntime {
             event_counts: BTreeMap::new(),
             next_event: 1,
             nr_cpus,
+            queues_to_retire,
         })
     }
 
@@ -296,8 +303,55 @@ impl RssRuntime {
         })
     }
 
+    /// CPUs that need a CPU-map queue: every active engine's and the default one.
+    fn wanted_cpus(&self) -> Vec<u32> {
+        let mut wanted: Vec<u32> = self
+            .policy
+            .active_engines()
+            .flat_map(|e| e.cpus.clone())
+            .collect();
+        wanted.push(self.config.default_cpu);
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted
+    }
+
+    /// Gives every CPU in `cpus` a CPU-map queue, before a table may name it.
+    fn ensure_queues(&self, dp: &mut Dataplane, cpus: &[u32]) -> anyhow::Result<()> {
+        let existing = dp.cpu_queues()?;
+        for cpu in cpus {
+            if !existing.iter().any(|(c, prog)| c == cpu && prog.is_some()) {
+                dp.set_cpu_queue(*cpu)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the CPU-map queues no engine uses, once `QUEUE_RETIRE_DELAY` has passed.
+    fn retire_queues(&mut self, dp: &mut Dataplane) -> anyhow::Result<()> {
+        if self
+            .queues_to_retire
+            .is_none_or(|since| since.elapsed() < QUEUE_RETIRE_DELAY)
+        {
+            return Ok(());
+        }
+        let wanted = self.wanted_cpus();
+        for (cpu, _) in dp.cpu_queues()? {
+            if !wanted.contains(&cpu) {
+                dp.remove_cpu_queue(cpu)?;
+                info!(
+                    cpu,
+                    "CPU-map queue removed: no engine uses this CPU any more"
+                );
+            }
+        }
+        self.queues_to_retire = None;
+        Ok(())
+    }
+
     /// One period: measure, decide, apply.
     pub fn tick(&mut self, dp: &mut Dataplane, vms: &[Vm]) -> anyhow::Result<()> {
+        self.retire_queues(dp)?;
         let now = self.sample(dp, vms)?;
         let Some(prev) = self.last.replace(now) else {
             return Ok(());
@@ -375,6 +429,7 @@ impl RssRuntime {
                 Decision::MoveBucket {
                     engine,
                     bucket,
+                    cause,
                     from_cpu,
                     to_cpu,
                     bucket_pps,
@@ -382,7 +437,11 @@ impl RssRuntime {
                     to_load,
                 } => {
                     dp.set_bucket(*engine as u32, *bucket as u32, *to_cpu)?;
-                    debug!(engine = %engines[*engine].name, bucket, from_cpu, to_cpu, bucket_pps = *bucket_pps as u64, "RSS bucket move");
+                    debug!(engine = %engines[*engine].name, bucket, from_cpu, to_cpu, ?cause, bucket_pps = *bucket_pps as u64, "RSS bucket move");
+                    if *cause == BucketCause::CpuSetChanged {
+                        // One event for the whole change, recorded by the caller.
+                        continue;
+                    }
                     RssEvent {
                         kind: "bucket_move".into(),
                         subject: format!("{}/{bucket}", engines[*engine].name),
@@ -462,20 +521,8 @@ impl RssRuntime {
                     .unwrap_or(name);
                 let e = self
                     .policy
-                    .engines
-                    .iter()
-                    .position(|e| e.name == name)
-                    .ok_or_else(|| {
-                        format!(
-                            "no engine named {name:?}; use auto, none or one of: {}",
-                            self.policy
-                                .engines
-                                .iter()
-                                .map(|e| e.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })?;
+                    .engine_index(name)
+                    .ok_or_else(|| self.unknown_engine(name, "use auto, none or"))?;
                 Some(Placement::Engine(e))
             }
         };
@@ -484,6 +531,162 @@ impl RssRuntime {
                 .map_err(|e| format!("{e:#}"))?;
         }
         Ok(())
+    }
+
+    fn unknown_engine(&self, name: &str, what: &str) -> String {
+        let names: Vec<&str> = self
+            .policy
+            .active_engines()
+            .map(|e| e.name.as_str())
+            .collect();
+        format!(
+            "no engine named {name:?}; {what} one of: {}",
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
+    /// Writes engine `e`'s table and entry from the policy's state.
+    fn write_engine(&self, dp: &mut Dataplane, e: usize) -> anyhow::Result<()> {
+        let engine = &self.policy.engines[e];
+        let size = self.config.table_size;
+        for (b, cpu) in engine.table.iter().enumerate() {
+            dp.set_bucket(e as u32, b as u32, *cpu)?;
+        }
+        dp.set_engine(
+            e as u32,
+            EngineEntry {
+                table_mask: size - 1,
+                config_tag: config_tag(&engine.name, engine.kind, &engine.cpus, size),
+            },
+        )
+    }
+
+    /// Adds an engine (kept until the daemon restarts; the configuration file is what a
+    /// restart uses).
+    pub fn add_engine(&mut self, dp: &mut Dataplane, ec: &EngineConfig) -> Result<(), String> {
+        let names: Vec<String> = self
+            .policy
+            .active_engines()
+            .map(|e| e.name.clone())
+            .collect();
+        check_engine("engine", ec, names.iter().map(String::as_str))
+            .map_err(|(field, msg)| format!("{field}: {msg}"))?;
+        check_online(&ec.cpus)?;
+        self.ensure_queues(dp, &ec.cpus)
+            .map_err(|e| format!("{e:#}"))?;
+        let size = self.config.table_size as usize;
+        let engine = Engine::new(&ec.name, ec.kind, ec.cpus.clone(), size);
+        let e = self.policy.add_engine(engine, MAX_ENGINES as usize)?;
+        let written = dp
+            .reset_bucket_counters(e as u32)
+            .and_then(|()| self.write_engine(dp, e));
+        if let Err(err) = written {
+            self.policy.engines[e].retired = true;
+            let _ = dp.set_engine(e as u32, EngineEntry::default());
+            return Err(format!("cannot write engine {:?}: {err:#}", ec.name));
+        }
+        info!(engine = %ec.name, kind = ?ec.kind, cpus = ?ec.cpus, "RSS engine added");
+        self.record(RssEvent {
+            kind: "engine_added".into(),
+            subject: ec.name.clone(),
+            to: cpu_list(&ec.cpus),
+            reason: "added by an operator".into(),
+            ..RssEvent::default()
+        });
+        Ok(())
+    }
+
+    /// Gives an engine a new CPU set; its table is dealt over the new CPUs moving as few
+    /// buckets as possible, and every moved flow drains from its old CPU first.
+    pub fn set_engine_cpus(
+        &mut self,
+        dp: &mut Dataplane,
+        vms: &[Vm],
+        name: &str,
+        cpus: Vec<u32>,
+    ) -> Result<(), String> {
+        let e = self
+            .policy
+            .engine_index(name)
+            .ok_or_else(|| self.unknown_engine(name, "name"))?;
+        check_cpu_set("engine", &cpus).map_err(|(field, msg)| format!("{field}: {msg}"))?;
+        check_online(&cpus)?;
+        let before = self.policy.engines[e].clone();
+        if before.cpus == cpus {
+            return Ok(());
+        }
+        self.ensure_queues(dp, &cpus)
+            .map_err(|e| format!("{e:#}"))?;
+        let decisions = self.policy.set_cpus(e, cpus.clone(), self.period)?;
+        let moved = decisions.len();
+        let written = self
+            .apply(dp, vms, decisions)
+            .and_then(|()| self.write_engine(dp, e));
+        if let Err(err) = written {
+            // Put the old table back as a whole.
+            self.policy.engines[e] = before;
+            let _ = self.write_engine(dp, e);
+            return Err(format!("cannot change engine {name:?}: {err:#}"));
+        }
+        info!(engine = name, from = ?before.cpus, to = ?cpus, buckets_moved = moved, "RSS engine CPU set changed");
+        self.record(RssEvent {
+            kind: "engine_cpus_changed".into(),
+            subject: name.to_string(),
+            from: cpu_list(&before.cpus),
+            to: cpu_list(&cpus),
+            reason: "changed by an operator".into(),
+            figures: BTreeMap::from([("buckets_moved".into(), moved as f64)]),
+            ..RssEvent::default()
+        });
+        self.queues_to_retire.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Removes an engine; its VMs go back to no-RSS. Returns their names.
+    pub fn remove_engine(
+        &mut self,
+        dp: &mut Dataplane,
+        vms: &[Vm],
+        name: &str,
+    ) -> Result<Vec<String>, String> {
+        let e = self
+            .policy
+            .engine_index(name)
+            .ok_or_else(|| self.unknown_engine(name, "name"))?;
+        let decisions = self.policy.remove_engine(e, self.period)?;
+        let moved: Vec<String> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::MoveVm { vm, .. } => Some(vms[*vm].name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.apply(dp, vms, decisions)
+            .and_then(|()| dp.set_engine(e as u32, EngineEntry::default()))
+            .map_err(|err| format!("cannot remove engine {name:?}: {err:#}"))?;
+        info!(engine = name, vms = ?moved, "RSS engine removed");
+        self.record(RssEvent {
+            kind: "engine_removed".into(),
+            subject: name.to_string(),
+            from: cpu_list(&self.policy.engines[e].cpus),
+            reason: "removed by an operator".into(),
+            figures: BTreeMap::from([("vms_moved".into(), moved.len() as f64)]),
+            ..RssEvent::default()
+        });
+        self.queues_to_retire.get_or_insert_with(Instant::now);
+        Ok(moved)
+    }
+
+    /// The status view of engine `name`.
+    pub fn engine_view(&self, name: &str, vms: &[Vm], dp: &Dataplane) -> Option<RssEngineView> {
+        self.status(vms, dp)
+            .engines
+            .into_iter()
+            .find(|e| e.name == name)
     }
 
     pub fn events(&self, since: u64) -> Vec<RssEvent> {
@@ -501,6 +704,7 @@ impl RssRuntime {
         let engine_views = engines
             .iter()
             .enumerate()
+            .filter(|(_, eng)| !eng.retired)
             .map(|(e, eng)| {
                 let cpu_loads = self.policy.cpu_loads(e, loads);
                 let mut buckets_per_cpu = BTreeMap::new();
@@ -579,7 +783,7 @@ impl RssRuntime {
         name: &str,
         dp: &Dataplane,
     ) -> anyhow::Result<Option<Vec<RssBucketView>>> {
-        let Some(e) = self.policy.engines.iter().position(|e| e.name == name) else {
+        let Some(e) = self.policy.engine_index(name) else {
             return Ok(None);
         };
         let counters = dp.bucket_counters(e as u32, self.config.table_size)?;
@@ -605,20 +809,28 @@ impl RssRuntime {
 }
 
 /// A tag for an engine's configuration (FNV-1a over name, kind, CPUs and table size).
-fn config_tag(e: &crate::config::EngineConfig, size: u32) -> u32 {
+fn config_tag(name: &str, kind: EngineKind, cpus: &[u32], size: u32) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
             h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         }
     };
-    feed(e.name.as_bytes());
-    feed(&[e.kind as u8]);
-    for cpu in &e.cpus {
+    feed(name.as_bytes());
+    feed(&[kind as u8]);
+    for cpu in cpus {
         feed(&cpu.to_le_bytes());
     }
     feed(&size.to_le_bytes());
     h | 1
+}
+
+/// `0,1,4` for events.
+fn cpu_list(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(|c| format!("cpu{c}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn vm_rss(p: Placement) -> VmRss {
@@ -637,5 +849,6 @@ fn reason_text(r: MoveReason) -> &'static str {
         MoveReason::NoRssOverloaded => "load over the no-RSS threshold",
         MoveReason::Underloaded => "load under the low threshold long enough",
         MoveReason::Manual => "placed by an operator",
+        MoveReason::EngineRemoved => "its engine was removed",
     }
 }

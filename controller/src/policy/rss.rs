@@ -8,13 +8,18 @@
 //!    best (it must stay under `fill` × the threshold there), else nowhere (reported once);
 //! 3. a no-RSS VM over its threshold joins the shared engine it fits best;
 //! 4. every engine a VM did not just join or leave has its buckets rebalanced across its CPUs
-//!    (RSS++ style): when the spread between the most and least loaded CPU is above
+//!    (RSS++ style): once the spread between the most and least loaded CPU exceeds
 //!    `rebalance_above`, move the bucket of the most loaded CPU that best evens it with the
-//!    least loaded, a few per period, until that pair is within `rebalance_to`; never a CPU's
-//!    only loaded bucket, never a bucket moved within `bucket_dwell_periods`. A CPU that cannot
-//!    give anything (an unsplittable elephant) is skipped, so the CPUs behind it still get
-//!    balanced. A move must lower the pair's maximum by at least half `rebalance_to` of a mean CPU
-//!    load, so noise does not shuffle buckets in steady state.
+//!    least loaded (or, when every bucket there is bigger than the gap, swap one for a smaller
+//!    bucket of the least loaded), a few per period, period after period until the spread is
+//!    within `rebalance_to`; never a CPU's only loaded bucket, never a bucket moved within
+//!    `bucket_dwell_periods`. A CPU that cannot give anything (an unsplittable elephant) is
+//!    skipped, so the CPUs behind it still get balanced. A move must lower the pair's maximum
+//!    by at least half `rebalance_to` of a mean CPU load, so noise does not shuffle buckets in
+//!    steady state.
+//!
+//! Operators can also add engines, change an engine's CPU set ([`reshare`] deals its table
+//! over the new CPUs) and remove engines.
 //!
 //! A VM that moved stays put for `min_dwell_periods`; pinned VMs are never moved.
 
@@ -34,6 +39,9 @@ pub struct Engine {
     pub cpus: Vec<u32>,
     /// Bucket → CPU; every entry is one of `cpus`.
     pub table: Vec<u32>,
+    /// Removed at runtime: its index stays taken (the dataplane addresses engines by index)
+    /// until a new engine reuses it; it serves no VM and is never chosen.
+    pub retired: bool,
 }
 
 impl Engine {
@@ -45,8 +53,45 @@ impl Engine {
             kind,
             cpus,
             table,
+            retired: false,
         }
     }
+}
+
+/// `table` dealt over a new CPU set with as few buckets moved as possible: every CPU ends up
+/// with its share of buckets (equal within one), a bucket stays where it is while its CPU
+/// remains in the set and is within its share, and the rest go to CPUs under their share.
+pub fn reshare(table: &[u32], cpus: &[u32]) -> Vec<u32> {
+    if cpus.is_empty() {
+        return table.to_vec();
+    }
+    let (base, extra) = (table.len() / cpus.len(), table.len() % cpus.len());
+    let held = |cpu: u32| table.iter().filter(|&&c| c == cpu).count();
+    // The CPUs holding most get the one-bucket-larger shares: fewer moves.
+    let mut order: Vec<usize> = (0..cpus.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(held(cpus[i])));
+    let mut quota = vec![base; cpus.len()];
+    for &i in order.iter().take(extra) {
+        quota[i] += 1;
+    }
+    let mut kept = vec![0; cpus.len()];
+    let mut out = table.to_vec();
+    let mut homeless = Vec::new();
+    for (b, cpu) in table.iter().enumerate() {
+        match cpus.iter().position(|c| c == cpu) {
+            Some(i) if kept[i] < quota[i] => kept[i] += 1,
+            _ => homeless.push(b),
+        }
+    }
+    let mut i = 0;
+    for b in homeless {
+        while kept[i] >= quota[i] {
+            i += 1;
+        }
+        out[b] = cpus[i];
+        kept[i] += 1;
+    }
+    out
 }
 
 /// A VM's RSS engine state: exactly one of no-RSS, or an engine (shared or dedicated by the
@@ -165,6 +210,18 @@ pub enum MoveReason {
     Underloaded,
     /// An operator placed it.
     Manual,
+    /// An operator removed its engine.
+    EngineRemoved,
+}
+
+/// Why a bucket moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketCause {
+    /// Its engine's CPUs were unevenly loaded.
+    Imbalance,
+    /// Its engine's CPU set changed.
+    CpuSetChanged,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +238,7 @@ pub enum Decision {
     MoveBucket {
         engine: usize,
         bucket: usize,
+        cause: BucketCause,
         from_cpu: u32,
         to_cpu: u32,
         bucket_pps: f64,
@@ -206,6 +264,19 @@ pub struct RssPolicy {
     rebalancing: Vec<bool>,
     /// Exponentially smoothed loads (see `Params::smoothing`).
     smoothed: Option<Loads>,
+}
+
+/// A CPU set an engine can have: not empty, no CPU twice.
+fn check_cpus(cpus: &[u32]) -> Result<(), String> {
+    if cpus.is_empty() {
+        return Err("an engine needs CPUs".into());
+    }
+    for (i, c) in cpus.iter().enumerate() {
+        if cpus[..i].contains(c) {
+            return Err(format!("CPU {c} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// (max − min) / min of `loads`; infinite when the least loaded is idle and another is not.
@@ -285,7 +356,7 @@ impl RssPolicy {
         self.engines
             .iter()
             .enumerate()
-            .filter(|(e, eng)| eng.kind == EngineKind::Shared && Some(*e) != except)
+            .filter(|(e, eng)| eng.kind == EngineKind::Shared && !eng.retired && Some(*e) != except)
             .map(|(e, eng)| (e, (self.engine_pps(e, loads) + pps) / eng.cpus.len() as f64))
             .filter(|(_, after)| *after <= limit)
             .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -296,7 +367,9 @@ impl RssPolicy {
         self.engines
             .iter()
             .enumerate()
-            .filter(|(e, eng)| eng.kind == EngineKind::Dedicated && !self.occupied(*e))
+            .filter(|(e, eng)| {
+                eng.kind == EngineKind::Dedicated && !eng.retired && !self.occupied(*e)
+            })
             .max_by_key(|(_, eng)| eng.cpus.len())
             .map(|(e, _)| e)
     }
@@ -341,6 +414,7 @@ impl RssPolicy {
             let engine = self
                 .engines
                 .get(e)
+                .filter(|eng| !eng.retired)
                 .ok_or_else(|| format!("no engine #{e}"))?;
             if engine.kind == EngineKind::Dedicated
                 && self
@@ -367,6 +441,125 @@ impl RssPolicy {
             &Loads::default(),
             0.0,
         )))
+    }
+
+    /// The engines not retired.
+    pub fn active_engines(&self) -> impl Iterator<Item = &Engine> {
+        self.engines.iter().filter(|e| !e.retired)
+    }
+
+    /// The engine named `name`, unless retired.
+    pub fn engine_index(&self, name: &str) -> Option<usize> {
+        self.engines
+            .iter()
+            .position(|e| e.name == name && !e.retired)
+    }
+
+    /// Gives engine `e` a new CPU set; its table is dealt over the new CPUs with as few
+    /// buckets moved as possible (see [`reshare`]).
+    pub fn set_cpus(
+        &mut self,
+        e: usize,
+        cpus: Vec<u32>,
+        period: u64,
+    ) -> Result<Vec<Decision>, String> {
+        check_cpus(&cpus)?;
+        let engine = self
+            .engines
+            .get_mut(e)
+            .filter(|eng| !eng.retired)
+            .ok_or_else(|| format!("no engine #{e}"))?;
+        let table = reshare(&engine.table, &cpus);
+        let mut out = Vec::new();
+        for (k, (&old, &new)) in engine.table.iter().zip(&table).enumerate() {
+            if old != new {
+                out.push(Decision::MoveBucket {
+                    engine: e,
+                    bucket: k,
+                    cause: BucketCause::CpuSetChanged,
+                    from_cpu: old,
+                    to_cpu: new,
+                    bucket_pps: 0.0,
+                    from_load: 0.0,
+                    to_load: 0.0,
+                });
+                self.bucket_moved[e][k] = Some(period);
+            }
+        }
+        engine.cpus = cpus;
+        engine.table = table;
+        self.rebalancing[e] = false;
+        Ok(out)
+    }
+
+    /// Adds an engine, in the first retired engine's place or after the others; returns its
+    /// index. At most `max_engines` indices exist.
+    pub fn add_engine(&mut self, engine: Engine, max_engines: usize) -> Result<usize, String> {
+        check_cpus(&engine.cpus)?;
+        if self.engine_index(&engine.name).is_some() {
+            return Err(format!("an engine named {:?} exists", engine.name));
+        }
+        let size = engine.table.len();
+        let e = match self.engines.iter().position(|e| e.retired) {
+            Some(e) => {
+                self.engines[e] = engine;
+                e
+            }
+            None if self.engines.len() < max_engines => {
+                self.engines.push(engine);
+                self.stuck.push(false);
+                self.rebalancing.push(false);
+                self.bucket_moved.push(Vec::new());
+                self.engines.len() - 1
+            }
+            None => {
+                return Err(format!(
+                    "{max_engines} engines exist; at most {max_engines} are supported"
+                ));
+            }
+        };
+        self.bucket_moved[e] = vec![None; size];
+        self.stuck[e] = false;
+        self.rebalancing[e] = false;
+        Ok(e)
+    }
+
+    /// Removes engine `e`: its VMs go back to no-RSS. Refused while a VM is pinned to it.
+    pub fn remove_engine(&mut self, e: usize, period: u64) -> Result<Vec<Decision>, String> {
+        let name = match self.engines.get(e) {
+            Some(eng) if !eng.retired => eng.name.clone(),
+            _ => return Err(format!("no engine #{e}")),
+        };
+        let pinned: Vec<&str> = self
+            .vms
+            .iter()
+            .filter(|v| v.pinned && v.placement == Placement::Engine(e))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !pinned.is_empty() {
+            return Err(format!(
+                "engine {name:?} has VMs placed on it by hand ({}); place them elsewhere first",
+                pinned.join(", ")
+            ));
+        }
+        let loads = self.smoothed.clone().unwrap_or_default();
+        let out = (0..self.vms.len())
+            .filter(|&i| self.vms[i].placement == Placement::Engine(e))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|i| {
+                self.move_vm(
+                    i,
+                    Placement::NoRss,
+                    MoveReason::EngineRemoved,
+                    period,
+                    &loads,
+                    0.0,
+                )
+            })
+            .collect();
+        self.engines[e].retired = true;
+        Ok(out)
     }
 
     /// Folds a period's measurements into the smoothed loads.
@@ -530,7 +723,7 @@ impl RssPolicy {
         let Some(bucket_pps) = loads.bucket_pps.get(e) else {
             return;
         };
-        if self.engines[e].cpus.len() < 2 {
+        if self.engines[e].cpus.len() < 2 || self.engines[e].retired {
             return;
         }
         let mut cpu_load = self.cpu_loads(e, loads);
@@ -637,6 +830,7 @@ impl RssPolicy {
                 out.push(Decision::MoveBucket {
                     engine: e,
                     bucket: k,
+                    cause: BucketCause::Imbalance,
                     from_cpu: self.engines[e].cpus[from],
                     to_cpu: self.engines[e].cpus[to],
                     bucket_pps: bucket_pps[k],
@@ -965,6 +1159,75 @@ mod tests {
     }
 
     #[test]
+    fn reshare_moves_only_what_it_must() {
+        // 0,1,0,1,... over {0, 1} → {0, 1, 2}: CPU 2 takes a third, CPUs 0 and 1 keep theirs.
+        let table: Vec<u32> = (0..12).map(|b| b % 2).collect();
+        let out = reshare(&table, &[0, 1, 2]);
+        let count = |c: u32| out.iter().filter(|&&x| x == c).count();
+        assert_eq!((count(0), count(1), count(2)), (4, 4, 4));
+        let moved = table.iter().zip(&out).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 4);
+        // Dropping CPU 1: only its buckets move.
+        let out = reshare(&table, &[0]);
+        assert!(out.iter().all(|&c| c == 0));
+        // Same set: nothing moves.
+        assert_eq!(reshare(&table, &[1, 0]), table);
+    }
+
+    #[test]
+    fn engines_change_at_runtime() {
+        let mut p = policy(2);
+        // A new engine goes after the others; its name must be new.
+        let e = p
+            .add_engine(Engine::new("extra", EngineKind::Dedicated, vec![6], 8), 64)
+            .unwrap();
+        assert_eq!(e, 3);
+        assert!(
+            p.add_engine(Engine::new("extra", EngineKind::Shared, vec![6], 8), 64)
+                .is_err()
+        );
+        assert!(
+            p.add_engine(Engine::new("full", EngineKind::Shared, vec![6], 8), 4)
+                .unwrap_err()
+                .contains("at most 4")
+        );
+        // New CPUs: buckets move, each reported.
+        let d = p.set_cpus(e, vec![6, 7], 1).unwrap();
+        assert_eq!(bucket_moves(&d).len(), 4);
+        assert!(d.iter().all(|d| matches!(
+            d,
+            Decision::MoveBucket {
+                cause: BucketCause::CpuSetChanged,
+                ..
+            }
+        )));
+        assert!(p.set_cpus(e, vec![], 2).is_err());
+        assert!(p.set_cpus(e, vec![6, 6], 2).is_err());
+        // Removal: refused while a VM is pinned there; otherwise its VMs go to no-RSS.
+        p.place(0, Some(Placement::Engine(e)), 3).unwrap();
+        assert!(p.remove_engine(e, 4).unwrap_err().contains("vm0"));
+        p.place(0, None, 5).unwrap();
+        let d = p.remove_engine(e, 6).unwrap();
+        assert_eq!(
+            vm_moves(&d),
+            vec![(
+                0,
+                Placement::Engine(e),
+                Placement::NoRss,
+                MoveReason::EngineRemoved
+            )]
+        );
+        assert_eq!(p.engine_index("extra"), None);
+        // A retired engine is never a destination, and its place is reused.
+        assert!(p.free_dedicated().is_some_and(|d| d != e));
+        assert!(p.place(1, Some(Placement::Engine(e)), 7).is_err());
+        let again = p
+            .add_engine(Engine::new("again", EngineKind::Shared, vec![1], 8), 64)
+            .unwrap();
+        assert_eq!(again, e);
+    }
+
+    #[test]
     fn smoothing_damps_a_one_period_spike() {
         let mut p = policy(1);
         p.params.smoothing = 0.25;
@@ -975,6 +1238,37 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn reshare_deals_evenly_and_keeps_what_fits(
+            table in proptest::collection::vec(0u32..8, 1..256),
+            cpus in proptest::collection::btree_set(0u32..8, 1..8),
+        ) {
+            let cpus: Vec<u32> = cpus.into_iter().collect();
+            let out = reshare(&table, &cpus);
+            prop_assert_eq!(out.len(), table.len());
+            let counts: Vec<usize> = cpus.iter().map(|c| out.iter().filter(|&&x| x == *c).count()).collect();
+            // Only the new CPUs, evenly (within one bucket).
+            prop_assert_eq!(counts.iter().sum::<usize>(), table.len());
+            prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+            // As few moves as possible: a bucket moves only if its CPU left the set or held
+            // more than its share.
+            let share = table.len().div_ceil(cpus.len());
+            let must_move: usize = cpus
+                .iter()
+                .map(|c| table.iter().filter(|&&x| x == *c).count().saturating_sub(share))
+                .sum::<usize>()
+                + table.iter().filter(|c| !cpus.contains(c)).count();
+            let moved = table.iter().zip(&out).filter(|(a, b)| a != b).count();
+            prop_assert!(moved >= must_move);
+            let floor = table.len() / cpus.len();
+            let may_move: usize = cpus
+                .iter()
+                .map(|c| table.iter().filter(|&&x| x == *c).count().saturating_sub(floor))
+                .sum::<usize>()
+                + table.iter().filter(|c| !cpus.contains(c)).count();
+            prop_assert!(moved <= may_move);
+        }
+
         #[test]
         fn invariants_hold_under_random_loads(
             steps in proptest::collection::vec(
