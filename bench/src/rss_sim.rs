@@ -191,6 +191,7 @@ impl Rebalancer for Xnic {
         let loads = Loads {
             vm_pps: vec![measured.iter().sum()],
             bucket_pps: vec![measured.to_vec()],
+            cpu_busy: Vec::new(),
         };
         self.0
             .step(period, &loads)

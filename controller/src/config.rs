@@ -455,7 +455,7 @@ impl Config {
             ));
         }
         let p = &rss.policy;
-        let checks: [(&str, bool, &str); 4] = [
+        let checks: [(&str, bool, &str); 5] = [
             ("fill", p.fill > 0.0 && p.fill <= 1.0, "must be in (0, 1]"),
             (
                 "vm_low_pps",
@@ -471,6 +471,11 @@ impl Config {
                 "engine_high_pps_per_cpu",
                 p.engine_high_pps_per_cpu > 0.0,
                 "must be positive",
+            ),
+            (
+                "engine_high_busy",
+                p.engine_high_busy > 0.0 && p.engine_high_busy <= 1.0,
+                "must be in (0, 1] (a fraction of a CPU; 1 turns the busy trigger off)",
             ),
         ];
         for (field, ok, why) in checks {

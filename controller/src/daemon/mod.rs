@@ -344,7 +344,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let socket = config.socket_path();
     let _lock = lock_instance(&config.instance)?;
     if let Some(rss) = &config.rss {
-        rss::check_cpus(rss)?;
+        rss::check_cpus(rss).map_err(|e| anyhow!("{e:#}; nothing was changed"))?;
     }
     // Handlers first: a signal during start-up must not kill the daemon half-way.
     let (mut sigterm, mut sigint) = {

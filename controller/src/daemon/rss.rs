@@ -100,14 +100,11 @@ fn check_online(cpus: &[u32]) -> Result<(), String> {
     }
 }
 
-/// Refuses CPUs this host does not have, before anything is changed.
+/// Refuses CPUs this host does not have.
 pub fn check_cpus(rss: &RssSection) -> anyhow::Result<()> {
-    check_online(&[rss.default_cpu])
-        .map_err(|e| anyhow::anyhow!("rss.default_cpu: {e}; nothing was changed"))?;
+    check_online(&[rss.default_cpu]).map_err(|e| anyhow::anyhow!("rss.default_cpu: {e}"))?;
     for (i, e) in rss.engines.iter().enumerate() {
-        check_online(&e.cpus).map_err(|m| {
-            anyhow::anyhow!("rss.engine[{i}] ({}): {m}; nothing was changed", e.name)
-        })?;
+        check_online(&e.cpus).map_err(|m| anyhow::anyhow!("rss.engine[{i}] ({}): {m}", e.name))?;
     }
     Ok(())
 }
@@ -372,6 +369,7 @@ impl RssRuntime {
                 .zip(&now.bucket)
                 .map(|(pa, pb)| pa.iter().zip(pb).map(|(a, b)| rate(*a, *b)).collect())
                 .collect(),
+            cpu_busy: Vec::new(),
         };
         self.cpu_pps = (0..self.nr_cpus)
             .map(|cpu| {
@@ -388,6 +386,11 @@ impl RssRuntime {
             })
             .collect();
         self.cpu_busy = cpu_loads(&prev.cpu, &now.cpu);
+        self.loads.cpu_busy = self
+            .cpu_busy
+            .iter()
+            .map(|l| (l.vnic + l.nic).min(1.0))
+            .collect();
         self.period += 1;
         let decisions = self.policy.step(self.period, &self.loads);
         self.apply(dp, vms, decisions)
@@ -409,6 +412,7 @@ impl RssRuntime {
                     reason,
                     vm_pps,
                     trigger_pps,
+                    cpu_busy,
                 } => {
                     dp.set_vm_rss(vms[*vm].slot, vm_rss(*to))?;
                     let (from, to) = (placement_name(*from, engines), placement_name(*to, engines));
@@ -419,10 +423,15 @@ impl RssRuntime {
                         from,
                         to,
                         reason: reason_text(*reason).into(),
-                        figures: BTreeMap::from([
-                            ("vm_pps".into(), *vm_pps),
-                            ("trigger_pps".into(), *trigger_pps),
-                        ]),
+                        figures: [
+                            ("vm_pps", *vm_pps),
+                            ("trigger_pps", *trigger_pps),
+                            ("engine_cpu_busy", *cpu_busy),
+                        ]
+                        .into_iter()
+                        .filter(|(k, v)| *k != "engine_cpu_busy" || *v > 0.0)
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
                         ..RssEvent::default()
                     }
                 }
@@ -846,6 +855,7 @@ fn vm_rss(p: Placement) -> VmRss {
 fn reason_text(r: MoveReason) -> &'static str {
     match r {
         MoveReason::EngineOverloaded => "shared engine over its high threshold",
+        MoveReason::EngineCpusBusy => "shared engine's CPUs busy in kernel threads",
         MoveReason::NoRssOverloaded => "load over the no-RSS threshold",
         MoveReason::Underloaded => "load under the low threshold long enough",
         MoveReason::Manual => "placed by an operator",

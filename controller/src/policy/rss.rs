@@ -3,9 +3,10 @@
 //!
 //! Every period:
 //! 1. a VM whose load stayed under the low threshold for `low_periods` goes back to no-RSS;
-//! 2. a shared engine whose load per CPU is over the high threshold sends one VM away (chosen
+//! 2. a shared engine whose load per CPU is over the high threshold, or whose CPUs are busier
+//!    than `engine_high_busy` in the kernel threads carrying traffic, sends one VM away (chosen
 //!    by load or by priority), to a free dedicated engine, else to the shared engine it fits
-//!    best (it must stay under `fill` × the threshold there), else nowhere (reported once);
+//!    best (it must stay under `fill` × both thresholds there), else nowhere (reported once);
 //! 3. a no-RSS VM over its threshold joins the shared engine it fits best;
 //! 4. every engine a VM did not just join or leave has its buckets rebalanced across its CPUs
 //!    (RSS++ style): once the spread between the most and least loaded CPU exceeds
@@ -146,6 +147,9 @@ pub enum Selection {
 pub struct Params {
     /// A shared engine above this many packets/s per CPU is overloaded.
     pub engine_high_pps_per_cpu: f64,
+    /// ...and so is one whose CPUs are, on average, busier than this (0 to 1) in the kernel
+    /// threads that carry its traffic: CPU-map threads (VNIC side) and softirq/NAPI (NIC side).
+    pub engine_high_busy: f64,
     /// A VM may join an engine only if the engine stays under `fill` × the high threshold.
     pub fill: f64,
     /// A no-RSS VM above this many packets/s joins a shared engine.
@@ -175,6 +179,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             engine_high_pps_per_cpu: 200_000.0,
+            engine_high_busy: 0.9,
             fill: 0.8,
             no_rss_high_pps: 50_000.0,
             vm_low_pps: 5_000.0,
@@ -192,11 +197,13 @@ impl Default for Params {
 }
 
 /// What the policy measured for a period: packets per second per VM (same order as the VMs)
-/// and per bucket of each engine (same order as the engines and their tables).
+/// and per bucket of each engine (same order as the engines and their tables), and per CPU
+/// (by number) the busy fraction of the kernel threads that carry steered traffic.
 #[derive(Clone, Debug, Default)]
 pub struct Loads {
     pub vm_pps: Vec<f64>,
     pub bucket_pps: Vec<Vec<f64>>,
+    pub cpu_busy: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +211,8 @@ pub struct Loads {
 pub enum MoveReason {
     /// Its shared engine was over the high threshold.
     EngineOverloaded,
+    /// Its shared engine's CPUs were too busy in kernel threads.
+    EngineCpusBusy,
     /// It was over the no-RSS threshold.
     NoRssOverloaded,
     /// It stayed under the low threshold.
@@ -234,6 +243,8 @@ pub enum Decision {
         vm_pps: f64,
         /// The figure that triggered the move: the engine's load per CPU, or the VM's load.
         trigger_pps: f64,
+        /// For a move off a shared engine: the mean kernel-thread busy fraction of its CPUs.
+        cpu_busy: f64,
     },
     MoveBucket {
         engine: usize,
@@ -317,6 +328,16 @@ impl RssPolicy {
             .sum()
     }
 
+    /// Mean kernel-thread busy fraction of engine `e`'s CPUs.
+    pub fn engine_busy(&self, e: usize, loads: &Loads) -> f64 {
+        let cpus = &self.engines[e].cpus;
+        let sum: f64 = cpus
+            .iter()
+            .map(|&c| loads.cpu_busy.get(c as usize).copied().unwrap_or(0.0))
+            .sum();
+        sum / cpus.len().max(1) as f64
+    }
+
     /// Per-CPU load of engine `e`'s CPUs (same order as `cpus`), from its bucket loads.
     pub fn cpu_loads(&self, e: usize, loads: &Loads) -> Vec<f64> {
         let engine = &self.engines[e];
@@ -350,13 +371,17 @@ impl RssPolicy {
         !self.vms[vm].pinned && self.dwell_ok(vm, period)
     }
 
-    /// The shared engine (other than `except`) that `pps` more load fits best, if any.
+    /// The shared engine (other than `except`) that `pps` more load fits best, if any: it
+    /// must stay under `fill` × the packet threshold and have CPUs under `fill` × the busy
+    /// threshold.
     fn best_shared(&self, pps: f64, except: Option<usize>, loads: &Loads) -> Option<usize> {
         let limit = self.params.engine_high_pps_per_cpu * self.params.fill;
+        let busy_limit = self.params.engine_high_busy * self.params.fill;
         self.engines
             .iter()
             .enumerate()
             .filter(|(e, eng)| eng.kind == EngineKind::Shared && !eng.retired && Some(*e) != except)
+            .filter(|(e, _)| self.engine_busy(*e, loads) <= busy_limit)
             .map(|(e, eng)| (e, (self.engine_pps(e, loads) + pps) / eng.cpus.len() as f64))
             .filter(|(_, after)| *after <= limit)
             .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -395,6 +420,7 @@ impl RssPolicy {
             reason,
             vm_pps: loads.vm_pps.get(vm).copied().unwrap_or(0.0),
             trigger_pps,
+            cpu_busy: 0.0,
         }
     }
 
@@ -574,6 +600,7 @@ impl RssPolicy {
         let next = match &self.smoothed {
             Some(old) => Loads {
                 vm_pps: mix(&old.vm_pps, &measured.vm_pps),
+                cpu_busy: mix(&old.cpu_busy, &measured.cpu_busy),
                 bucket_pps: measured
                     .bucket_pps
                     .iter()
@@ -637,10 +664,15 @@ impl RssPolicy {
                 continue;
             }
             let per_cpu = self.engine_pps(e, loads) / self.engines[e].cpus.len() as f64;
-            if per_cpu <= self.params.engine_high_pps_per_cpu {
+            let busy = self.engine_busy(e, loads);
+            let reason = if per_cpu > self.params.engine_high_pps_per_cpu {
+                MoveReason::EngineOverloaded
+            } else if busy > self.params.engine_high_busy && per_cpu > 0.0 {
+                MoveReason::EngineCpusBusy
+            } else {
                 self.stuck[e] = false;
                 continue;
-            }
+            };
             let mut candidates: Vec<usize> = (0..self.vms.len())
                 .filter(|&i| {
                     self.vms[i].placement == Placement::Engine(e) && self.movable(i, period)
@@ -667,14 +699,11 @@ impl RssPolicy {
                     self.stuck[e] = false;
                     touched[e] = true;
                     touched[d] = true;
-                    let dec = self.move_vm(
-                        i,
-                        Placement::Engine(d),
-                        MoveReason::EngineOverloaded,
-                        period,
-                        loads,
-                        per_cpu,
-                    );
+                    let mut dec =
+                        self.move_vm(i, Placement::Engine(d), reason, period, loads, per_cpu);
+                    if let Decision::MoveVm { cpu_busy, .. } = &mut dec {
+                        *cpu_busy = busy;
+                    }
                     out.push(dec);
                 }
                 None if !self.stuck[e] => {
@@ -888,6 +917,7 @@ mod tests {
         Loads {
             vm_pps: vm_pps.to_vec(),
             bucket_pps: vec![vec![0.0; 8]; 3],
+            cpu_busy: Vec::new(),
         }
     }
 
@@ -964,6 +994,45 @@ mod tests {
                 MoveReason::EngineOverloaded
             )]
         );
+    }
+
+    #[test]
+    fn busy_kernel_threads_overload_a_shared_engine_too() {
+        let mut p = policy(2);
+        p.vms[0].placement = Placement::Engine(0);
+        p.vms[1].placement = Placement::Engine(1);
+        // 400 pps per CPU is far under the packet threshold (1000), but CPUs 0 and 1 spend
+        // 95 % of their time in kernel threads carrying traffic.
+        let mut l = loads(&[800.0, 10.0]);
+        l.cpu_busy = vec![0.95, 0.95, 0.1, 0.1, 0.1, 0.1];
+        let d = p.step(10, &l);
+        let moves = vm_moves(&d);
+        assert_eq!(
+            moves,
+            vec![(
+                0,
+                Placement::Engine(0),
+                Placement::Engine(2),
+                MoveReason::EngineCpusBusy
+            )]
+        );
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Decision::MoveVm { cpu_busy, .. } if *cpu_busy > 0.9))
+        );
+        // No free dedicated engine, and the other shared engine's CPUs are busy as well:
+        // nowhere to go.
+        let mut p = policy(3);
+        p.vms[0].placement = Placement::Engine(0);
+        p.vms[2].placement = Placement::Engine(2);
+        l.cpu_busy = vec![0.95, 0.95, 0.95, 0.95, 0.1, 0.1];
+        let l = Loads {
+            vm_pps: vec![800.0, 0.0, 10.0],
+            ..l
+        };
+        let d = p.step(10, &l);
+        assert!(vm_moves(&d).is_empty(), "{d:?}");
+        assert!(matches!(d[..], [Decision::NoDestination { engine: 0, .. }]));
     }
 
     #[test]
@@ -1066,6 +1135,7 @@ mod tests {
         Loads {
             vm_pps: vec![0.0],
             bucket_pps: vec![engine0, vec![0.0; 8], vec![0.0; 8]],
+            cpu_busy: Vec::new(),
         }
     }
 
@@ -1278,7 +1348,7 @@ mod tests {
         ) {
             let mut p = policy(5);
             for (period, (vm_pps, buckets)) in steps.into_iter().enumerate() {
-                let l = Loads { vm_pps, bucket_pps: vec![buckets.clone(), buckets.clone(), buckets] };
+                let l = Loads { vm_pps, bucket_pps: vec![buckets.clone(), buckets.clone(), buckets], cpu_busy: Vec::new() };
                 p.step(period as u64, &l);
                 // A dedicated engine serves at most one VM.
                 for (e, eng) in p.engines.iter().enumerate() {
