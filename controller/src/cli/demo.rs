@@ -14,7 +14,10 @@ use super::{args::DemoArgs, block_on, down, lab::resolve, table};
 use crate::{
     api::{
         client::Client,
-        types::{RssEvent, RssStatusView, StatsView, StatusView, VmView},
+        types::{
+            RssEngineSetRequest, RssEngineView, RssEvent, RssStatusView, StatsView, StatusView,
+            VmView,
+        },
     },
     lab::{
         Lab, TOR_UDP_PORT,
@@ -225,8 +228,70 @@ fn rss_demo(lab: &Lab, client: &Client, vm: &str) -> anyhow::Result<()> {
         let status: RssStatusView = block_on(client.get("/v1/rss"))?;
         print!("{}", table::rss_status(&status));
     }
+    engine_change_demo(lab, client, vm, sink)?;
     let events: Vec<RssEvent> = block_on(client.get("/v1/rss/events"))?;
-    println!("RSS events (migrations and bucket moves, with the figures behind them):");
+    println!("RSS events (migrations, bucket moves and engine changes, with their figures):");
     print!("{}", table::rss_events(&events, true));
+    Ok(())
+}
+
+/// An operator moves the VM's engine to other CPUs and back while its flows run: every flow
+/// drains from its old CPU first, so nothing is lost or reordered.
+fn engine_change_demo(
+    lab: &Lab,
+    client: &Client,
+    vm: &str,
+    sink: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let status: RssStatusView = block_on(client.get("/v1/rss"))?;
+    let Some(engine) = status
+        .vms
+        .iter()
+        .find(|v| v.name == vm)
+        .and_then(|v| v.state.split_once(':'))
+        .and_then(|(_, name)| status.engines.iter().find(|e| e.name == name))
+    else {
+        return Ok(());
+    };
+    let online = crate::daemon::rss::online_cpus()?;
+    let Some(&other) = online.iter().find(|c| !engine.cpus.contains(c)) else {
+        return Ok(()); // one CPU: nowhere else to go
+    };
+    heading(&format!(
+        "RSS: an operator moves engine {} from CPUs {:?} to [{other}] and back while {vm} receives 10000 datagrams/s",
+        engine.name, engine.cpus
+    ));
+    let (ns, _) = lab.endpoint(vm)?;
+    let rx = Receiver::start(Some(&ns), sink)?;
+    let tor = lab.tor_ns();
+    let sender = std::thread::spawn(move || {
+        send_udp(
+            Some(&tor),
+            UdpStream {
+                dst: sink,
+                flows: 64,
+                pps: 10_000,
+                duration: Duration::from_secs(3),
+                payload: 64,
+                zipf: Some(1.1),
+            },
+        )
+    });
+    let path = format!("/v1/rss/engines/{}", engine.name);
+    for cpus in [vec![other], engine.cpus.clone()] {
+        std::thread::sleep(Duration::from_secs(1));
+        let _: RssEngineView = block_on(client.post_json(&path, &RssEngineSetRequest { cpus }))?;
+    }
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
+    let got = rx.stop()?;
+    println!(
+        "sent {}, received {}, lost {}, reordered {}",
+        sent.sent,
+        got.received,
+        sent.sent.saturating_sub(got.received),
+        got.reordered
+    );
     Ok(())
 }

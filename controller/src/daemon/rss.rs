@@ -426,10 +426,16 @@ impl RssRuntime {
                         figures: [
                             ("vm_pps", *vm_pps),
                             ("trigger_pps", *trigger_pps),
-                            ("engine_cpu_busy", *cpu_busy),
+                            ("engine_cpu_busy_pct", *cpu_busy * 100.0),
                         ]
                         .into_iter()
-                        .filter(|(k, v)| *k != "engine_cpu_busy" || *v > 0.0)
+                        .filter(|(k, _)| {
+                            *k != "engine_cpu_busy_pct"
+                                || matches!(
+                                    reason,
+                                    MoveReason::EngineOverloaded | MoveReason::EngineCpusBusy
+                                )
+                        })
                         .map(|(k, v)| (k.to_string(), v))
                         .collect(),
                         ..RssEvent::default()
