@@ -203,7 +203,8 @@ impl Bench {
                 vm_slot,
                 role: role as u8,
                 flags: 0,
-                _pad: [0; 2],
+                team: 0,
+                member: 0,
             },
         )
     }

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod maps;
 pub mod parse;
 pub mod rss;
+pub mod team;
 pub mod verdict;
 
 #[cfg(feature = "user")]

@@ -4,7 +4,7 @@
 
 /// Version of the pinned dataplane layout (map set, key and value layouts, sizes, meanings).
 /// A daemon refuses to adopt pinned maps of another version instead of misreading them.
-pub const DATAPLANE_ABI: u32 = 3;
+pub const DATAPLANE_ABI: u32 = 4;
 
 /// VMs one host can carry. Thousands of small VMs or containers per host is the design point;
 /// per-CPU VM counters cost `MAX_VMS × 48` bytes per CPU (≈200 KiB).

@@ -62,17 +62,37 @@ pub struct PortEntry {
     pub role: u8,
     /// [`PORT_STEER`] and friends.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Uplinks in a team: the team's index (else 0; see [`PORT_TEAM`]).
+    pub team: u8,
+    /// Uplinks in a team: the member index in it.
+    pub member: u8,
 }
 
 /// `PortEntry::flags`: frames arriving here may be steered to other CPUs. Set only for ports
 /// in native XDP mode: generic XDP loses the metadata the CPU-map program needs.
 pub const PORT_STEER: u8 = 1;
 
+/// `PortEntry::flags`: xnic switches this port's frames itself (a team is configured): frames
+/// for a local VM are redirected to its port, a VM's frames for the network to its uplink.
+pub const PORT_SWITCH: u8 = 2;
+
+/// `PortEntry::flags`: an uplink that is a member of team `team`.
+pub const PORT_TEAM: u8 = 4;
+
 impl PortEntry {
     #[inline(always)]
     pub fn steers(&self) -> bool {
         self.flags & PORT_STEER != 0
+    }
+
+    #[inline(always)]
+    pub fn switches(&self) -> bool {
+        self.flags & PORT_SWITCH != 0
+    }
+
+    #[inline(always)]
+    pub fn team_member(&self) -> Option<(u32, u32)> {
+        (self.flags & PORT_TEAM != 0).then_some((self.team as u32, self.member as u32))
     }
 
     #[inline(always)]

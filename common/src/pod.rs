@@ -3,6 +3,7 @@
 use crate::{
     maps::{Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord},
     rss::{EngineEntry, FlowSlot, RssConfig, VmRss},
+    team::{TeamEntry, VmBucket, VmTeam},
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers and byte arrays with explicit
@@ -30,3 +31,9 @@ unsafe impl aya::Pod for VmRss {}
 unsafe impl aya::Pod for EngineEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VmTeam {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TeamEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VmBucket {}

@@ -121,6 +121,8 @@ pub struct SteerMeta {
     /// `bucket_index`, or [`NO_BUCKET`].
     pub bucket: u32,
     pub vm_slot: u32,
+    /// The VM port the CPU-map program redirects the frame to, or 0: pass it to the kernel.
+    pub deliver_ifindex: u32,
 }
 
 /// Per-CPU steering counters (`STEER_STATS[counter]`).

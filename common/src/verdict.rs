@@ -37,10 +37,27 @@ pub enum Reason {
     Malformed = 6,
     /// Seen on an interface with no port entry (a stale attachment): passed untouched.
     UnknownPort = 7,
+    /// Sent by a teamed VM to the network: redirected to the uplink its placement names.
+    ToUplink = 8,
+    /// Over the VM's bandwidth allocation: dropped.
+    OverAllocation = 9,
+    /// Over the reduced rate a VM gets when the uplinks cannot carry every allocation and
+    /// higher-priority VMs come first: dropped.
+    PriorityShed = 10,
+    /// No uplink of the VM's team is up: dropped.
+    NoUplink = 11,
+    /// Inside the VM's configured pause after a failover: dropped.
+    FailoverPause = 12,
+    /// A broadcast or multicast arriving on a team member that does not accept them (another
+    /// member delivers the same frame): dropped.
+    NotReceiver = 13,
+    /// Arrived on a team member with a local VM's source MAC: one of our own frames coming
+    /// back (a loop in the network): dropped.
+    Looped = 14,
 }
 
 impl Reason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 15;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::FromVm,
         Reason::ToVm,
@@ -50,6 +67,13 @@ impl Reason {
         Reason::Truncated,
         Reason::Malformed,
         Reason::UnknownPort,
+        Reason::ToUplink,
+        Reason::OverAllocation,
+        Reason::PriorityShed,
+        Reason::NoUplink,
+        Reason::FailoverPause,
+        Reason::NotReceiver,
+        Reason::Looped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -62,13 +86,29 @@ impl Reason {
             Reason::Truncated => "truncated",
             Reason::Malformed => "malformed",
             Reason::UnknownPort => "unknown_port",
+            Reason::ToUplink => "to_uplink",
+            Reason::OverAllocation => "over_allocation",
+            Reason::PriorityShed => "priority_shed",
+            Reason::NoUplink => "no_uplink",
+            Reason::FailoverPause => "failover_pause",
+            Reason::NotReceiver => "not_receiver",
+            Reason::Looped => "looped",
         }
     }
 
     /// The action every frame with this reason gets.
     pub const fn action(self) -> Action {
         match self {
-            Reason::SpoofedMac | Reason::Truncated | Reason::Malformed => Action::Drop,
+            Reason::SpoofedMac
+            | Reason::Truncated
+            | Reason::Malformed
+            | Reason::OverAllocation
+            | Reason::PriorityShed
+            | Reason::NoUplink
+            | Reason::FailoverPause
+            | Reason::NotReceiver
+            | Reason::Looped => Action::Drop,
+            Reason::ToUplink => Action::Redirect,
             Reason::FromVm
             | Reason::ToVm
             | Reason::NotForVm

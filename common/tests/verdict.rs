@@ -15,7 +15,8 @@ fn vm_port() -> PortEntry {
         vm_slot: VM_SLOT,
         role: PortRole::Vm as u8,
         flags: 0,
-        _pad: [0; 2],
+        team: 0,
+        member: 0,
     }
 }
 
@@ -25,7 +26,8 @@ fn uplink() -> PortEntry {
         vm_slot: NO_VM,
         role: PortRole::Uplink as u8,
         flags: 0,
-        _pad: [0; 2],
+        team: 0,
+        member: 0,
     }
 }
 

@@ -36,8 +36,46 @@ pub struct Config {
     pub vms: Vec<VmConfig>,
     #[serde(default)]
     pub rss: Option<RssSection>,
+    #[serde(default, rename = "team")]
+    pub teams: Vec<TeamConfig>,
     #[serde(default)]
     pub lab: Option<LabConfig>,
+}
+
+/// A NIC team (`[[team]]`): uplinks that carry its VMs' frames, and how VMs are placed on
+/// them. With a team configured, xnic switches VM traffic itself (see `docs/ARCHITECTURE.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    /// Member uplinks, in failover order (the first one up carries failover-placed VMs).
+    pub uplinks: Vec<String>,
+    /// How VMs without their own `team_policy` are placed.
+    #[serde(default)]
+    pub policy: crate::policy::team::Placement,
+    /// A member that comes back up carries traffic again only after staying up this long.
+    #[serde(default = "default_failback_hold_ms")]
+    pub failback_hold_ms: u64,
+    /// Gratuitous ARPs / unsolicited neighbour advertisements sent per moved address.
+    #[serde(default = "default_announce_count")]
+    pub announce_count: u32,
+    /// How often loads are measured and load placement runs, in milliseconds.
+    #[serde(default = "default_team_period_ms")]
+    pub period_ms: u64,
+    #[serde(default)]
+    pub load: crate::policy::team::LoadParams,
+}
+
+fn default_failback_hold_ms() -> u64 {
+    3000
+}
+
+fn default_announce_count() -> u32 {
+    1
+}
+
+fn default_team_period_ms() -> u64 {
+    500
 }
 
 /// Software RSS (`[rss]`): steer each VM's frames to CPUs through engines.
@@ -138,6 +176,10 @@ impl Default for DaemonConfig {
 pub struct UplinkConfig {
     /// Interface name.
     pub name: String,
+    /// What the uplink can carry, in Mbit/s: VMs' allocations beyond it are cut, lowest
+    /// priority first. Omit for no limit.
+    #[serde(default)]
+    pub capacity_mbps: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -162,6 +204,26 @@ pub struct VmConfig {
     /// Offered a dedicated engine first.
     #[serde(default)]
     pub prefer_dedicated: bool,
+    /// The team carrying the VM's frames: a team's name, or `none`. Default: the first team.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// The uplink the VM is pinned to while it is up (then placed by its policy).
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// Overrides the team's placement policy for this VM.
+    #[serde(default)]
+    pub team_policy: Option<crate::policy::team::Placement>,
+    /// Bandwidth allocation, Mbit/s: frames beyond it are dropped. Omit for no limit.
+    #[serde(default)]
+    pub bandwidth_mbps: Option<f64>,
+    /// Burst allowed above the allocation, KiB. Default: 5 ms at the allocated rate, at
+    /// least 16 KiB.
+    #[serde(default)]
+    pub burst_kib: Option<u32>,
+    /// Drop the VM's frames for this long after a failover moves it (lets a guest's
+    /// stateful peers settle before traffic resumes on the new path). 0: no pause.
+    #[serde(default)]
+    pub failover_pause_ms: u64,
 }
 
 fn default_rss_state() -> String {
@@ -384,6 +446,7 @@ impl Config {
             }
         }
         self.validate_rss()?;
+        self.validate_teams()?;
         if let Some(lab) = &self.lab {
             check_name("lab.prefix", &lab.prefix, 16)?;
             if self.netns.is_none() {
@@ -519,6 +582,170 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_teams(&self) -> Result<(), (String, String)> {
+        use xnic_common::team::{MAX_TEAM_MEMBERS, MAX_TEAMS};
+        for (i, u) in self.uplinks.iter().enumerate() {
+            if let Some(c) = u.capacity_mbps
+                && !(c > 0.0 && c.is_finite())
+            {
+                return Err((
+                    format!("uplink[{i}].capacity_mbps"),
+                    format!("{c} is not a positive rate in Mbit/s"),
+                ));
+            }
+        }
+        if self.teams.len() > MAX_TEAMS as usize {
+            return Err((
+                "team".into(),
+                format!(
+                    "{} teams; at most {MAX_TEAMS} are supported",
+                    self.teams.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut members = HashSet::new();
+        for (i, t) in self.teams.iter().enumerate() {
+            check_name(&format!("team[{i}].name"), &t.name, MAX_NAME_LEN)?;
+            if t.name == "none" || !names.insert(t.name.as_str()) {
+                return Err((
+                    format!("team[{i}].name"),
+                    format!("team name {:?} is used twice or reserved", t.name),
+                ));
+            }
+            if t.uplinks.is_empty() || t.uplinks.len() > MAX_TEAM_MEMBERS as usize {
+                return Err((
+                    format!("team[{i}].uplinks"),
+                    format!("a team has 1 to {MAX_TEAM_MEMBERS} uplinks"),
+                ));
+            }
+            for (j, u) in t.uplinks.iter().enumerate() {
+                let field = format!("team[{i}].uplinks[{j}]");
+                if !self.uplinks.iter().any(|x| &x.name == u) {
+                    return Err((
+                        field,
+                        format!("{u:?} is not an [[uplink]]; add it there first"),
+                    ));
+                }
+                if !members.insert(u.as_str()) {
+                    return Err((field, format!("uplink {u:?} is in two teams")));
+                }
+            }
+            if !(50..=60_000).contains(&t.period_ms) {
+                return Err((
+                    format!("team[{i}].period_ms"),
+                    format!(
+                        "{} is out of range: use 50 to 60000 milliseconds",
+                        t.period_ms
+                    ),
+                ));
+            }
+            if t.failback_hold_ms > 3_600_000 {
+                return Err((
+                    format!("team[{i}].failback_hold_ms"),
+                    "at most an hour (3600000)".into(),
+                ));
+            }
+            if t.announce_count > 10 {
+                return Err((
+                    format!("team[{i}].announce_count"),
+                    "at most 10 announcements per address".into(),
+                ));
+            }
+            t.load
+                .check()
+                .map_err(|(f, m)| (format!("team[{i}].load.{f}"), m))?;
+        }
+        for (i, vm) in self.vms.iter().enumerate() {
+            let team = match vm.team.as_deref() {
+                Some("none") => None,
+                Some(name) => {
+                    Some(self.teams.iter().find(|t| t.name == name).ok_or_else(|| {
+                        (
+                            format!("vm[{i}].team"),
+                            format!(
+                                "no team named {name:?}; use none or one of: {}",
+                                self.teams
+                                    .iter()
+                                    .map(|t| t.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?)
+                }
+                None => self.teams.first(),
+            };
+            let teamed_field = |f: &str| {
+                (
+                    format!("vm[{i}].{f}"),
+                    "set for a VM in no team: add a [[team]] or give the VM one".to_string(),
+                )
+            };
+            let Some(team) = team else {
+                if vm.uplink.is_some() {
+                    return Err(teamed_field("uplink"));
+                }
+                if vm.team_policy.is_some() {
+                    return Err(teamed_field("team_policy"));
+                }
+                if vm.bandwidth_mbps.is_some() {
+                    return Err(teamed_field("bandwidth_mbps"));
+                }
+                continue;
+            };
+            if let Some(u) = &vm.uplink
+                && !team.uplinks.contains(u)
+            {
+                return Err((
+                    format!("vm[{i}].uplink"),
+                    format!(
+                        "{u:?} is not a member of team {:?}; use one of: {}",
+                        team.name,
+                        team.uplinks.join(", ")
+                    ),
+                ));
+            }
+            if let Some(b) = vm.bandwidth_mbps {
+                let min = xnic_common::team::MIN_RATE_BYTES_PER_SEC as f64 * 8.0 / 1e6;
+                if !(b >= min && b.is_finite()) {
+                    return Err((
+                        format!("vm[{i}].bandwidth_mbps"),
+                        format!("{b} is not a rate of at least {min} Mbit/s (1 kbit/s)"),
+                    ));
+                }
+            }
+            if vm.burst_kib.is_some() && vm.bandwidth_mbps.is_none() {
+                return Err((
+                    format!("vm[{i}].burst_kib"),
+                    "a burst needs a bandwidth_mbps allocation".into(),
+                ));
+            }
+            if vm.burst_kib == Some(0) {
+                return Err((
+                    format!("vm[{i}].burst_kib"),
+                    "must be at least 1 KiB (a burst smaller than one frame passes nothing)".into(),
+                ));
+            }
+            if vm.failover_pause_ms > 60_000 {
+                return Err((
+                    format!("vm[{i}].failover_pause_ms"),
+                    "at most a minute (60000)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The team VM `vm` belongs to, by index into `teams`.
+    pub fn team_of(&self, vm: &VmConfig) -> Option<usize> {
+        match vm.team.as_deref() {
+            Some("none") => None,
+            Some(name) => self.teams.iter().position(|t| t.name == name),
+            None => (!self.teams.is_empty()).then_some(0),
+        }
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {

@@ -10,6 +10,7 @@ mod maps;
 mod pipeline;
 mod stats;
 mod steer;
+mod team;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xnic_common::maps::PortRole;
@@ -27,10 +28,17 @@ pub fn xnic_vm(ctx: XdpContext) -> u32 {
 }
 
 /// Runs on the CPU a frame was steered to (a CPU-map entry's program): accounts it there and
-/// hands it to the kernel on that CPU.
+/// hands it to the kernel on that CPU, or to the VM's port when xnic switches.
 #[xdp(frags, map = "cpumap")]
 pub fn xnic_cpumap(ctx: XdpContext) -> u32 {
     steer::finish(&ctx)
+}
+
+/// Runs on each broadcast copy bound for a team uplink (a devmap entry's program): lets it
+/// out only through the sending VM's flood uplink.
+#[xdp(frags, map = "devmap")]
+pub fn xnic_flood(ctx: XdpContext) -> u32 {
+    team::flood_filter(&ctx)
 }
 
 #[cfg(not(test))]

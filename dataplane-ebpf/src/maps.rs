@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, CpuMap, HashMap, PerCpuArray},
+    maps::{Array, CpuMap, DevMapHash, HashMap, PerCpuArray},
 };
 use xnic_common::{
     limits::{MAX_MACS, MAX_PORTS, MAX_VMS},
@@ -13,6 +13,7 @@ use xnic_common::{
         EngineEntry, FLOW_SLOTS as FLOW_SLOTS_LEN, FlowSlot, MAX_CPUS, MAX_ENGINES, MAX_TABLE_SIZE,
         RssConfig, SteerCounter, VmRss,
     },
+    team::{MAX_TEAM_MEMBERS, MAX_TEAMS, TEAM_TABLE_SIZE, TeamEntry, VmBucket, VmTeam},
     verdict::Reason,
 };
 
@@ -93,3 +94,33 @@ pub static VM_CPU_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VMS, 0);
 /// Per CPU: steering events (`SteerCounter`).
 #[map]
 pub static STEER_STATS: PerCpuArray<u64> = PerCpuArray::pinned(SteerCounter::COUNT as u32, 0);
+
+// --- Teaming (see xnic_common::team) -------------------------------------------------------
+
+/// VM slot → team, placement and allocation. Written by the daemon, read per frame.
+#[map]
+pub static VM_TEAM: Array<VmTeam> = Array::pinned(MAX_VMS, 0);
+
+/// VM slot → token bucket time. Written by the programs only.
+#[map]
+pub static VM_BUCKETS: Array<VmBucket> = Array::pinned(MAX_VMS, 0);
+
+/// Team → members' ifindexes, the member that accepts group frames, the hash seed.
+#[map]
+pub static TEAMS: Array<TeamEntry> = Array::pinned(MAX_TEAMS, 0);
+
+/// Team × flow-hash bucket → member (flow-hash placement). Written by the daemon.
+#[map]
+pub static TEAM_TABLES: Array<u32> = Array::pinned(MAX_TEAMS * TEAM_TABLE_SIZE, 0);
+
+/// Per CPU: frames and bytes each VM sent through each member of its team.
+#[map]
+pub static TEAM_VM_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VMS * MAX_TEAM_MEMBERS, 0);
+
+/// ifindex → itself, for every VM port and team uplink: where switched frames are redirected.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_PORTS, 0);
+
+/// Every VM port, and every team uplink with `xnic_flood` as its program: broadcast targets.
+#[map]
+pub static FLOOD: DevMapHash = DevMapHash::pinned(MAX_PORTS, 0);

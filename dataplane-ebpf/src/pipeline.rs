@@ -1,4 +1,4 @@
-//! One frame through the dataplane: parse → classify → count → act.
+//! One frame through the dataplane: parse → classify → policy → team → count → act.
 
 use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 use aya_log_ebpf::debug;
@@ -7,12 +7,12 @@ use xnic_common::{
     limits::UNKNOWN_PORT_SLOT,
     maps::{MacKey, PortRole},
     parse::parse,
-    verdict::{Action, decide, unicast_dst},
+    verdict::{Action, Reason, decide, is_group, unicast_dst},
 };
 
 use crate::{
     maps::{MACS, PORTS, SCRATCH},
-    stats, steer,
+    stats, steer, team,
 };
 
 #[inline(always)]
@@ -53,22 +53,68 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
     };
 
     // policy
-    let verdict = decide(port, outcome, parsed, src_owner, dst_owner, ifindex);
+    let mut verdict = decide(port, outcome, parsed, src_owner, dst_owner, ifindex);
+
+    // team: a teamed VM's frames for the network, and group frames on team uplinks
+    let mut action = verdict.action() as u32;
+    if let Some(p) = port
+        && p.switches()
+    {
+        let group = is_group(&parsed.dst_mac);
+        match role {
+            PortRole::Vm if verdict.reason == Reason::FromVm && verdict.deliver_to().is_none() => {
+                if let Some(out) = team::egress(parsed, p.vm_slot, len as u64, group) {
+                    verdict.reason = out.reason;
+                    action = out.action;
+                }
+            }
+            PortRole::Uplink => {
+                if let Some((team_index, member)) = p.team_member()
+                    && outcome.is_ok()
+                {
+                    if team::looped(parsed) {
+                        verdict.reason = Reason::Looped;
+                        action = Action::Drop as u32;
+                    } else if group {
+                        if team::receives_group(team_index, member) {
+                            action = team::flood();
+                        } else {
+                            verdict.reason = Reason::NotReceiver;
+                            action = Action::Drop as u32;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 
     // count
     let slot = port.map_or(UNKNOWN_PORT_SLOT, |p| p.slot);
     stats::count(slot, &verdict, parsed, len as u64);
 
     // act
-    let action = verdict.action();
-    if action == Action::Pass
-        && port.is_some_and(|p| p.steers())
+    if action == Action::Pass as u32
+        && let Some(p) = port
         && let Some(vm) = verdict.deliver_to()
-        && let Some(redirect) = steer::steer(ctx, parsed, vm)
     {
-        return redirect;
+        // When xnic switches, the frame goes to the VM's port rather than the kernel.
+        let deliver_ifindex = match dst_owner {
+            Some(o) if p.switches() => o.port_ifindex,
+            _ => 0,
+        };
+        if p.steers()
+            && let Some(redirect) = steer::steer(ctx, parsed, vm, deliver_ifindex)
+        {
+            return redirect;
+        }
+        if deliver_ifindex != 0
+            && let Some(redirect) = team::to_port(deliver_ifindex)
+        {
+            return redirect;
+        }
     }
-    if action == Action::Drop {
+    if action == Action::Drop as u32 {
         debug!(
             ctx,
             "drop: {} on ifindex {} ({} bytes)",
@@ -77,5 +123,5 @@ pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
             len
         );
     }
-    action as u32
+    action
 }

@@ -57,10 +57,11 @@ fn sub(field: *mut u64) {
     unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
 }
 
-/// Redirects the frame to the CPU that finishes frames for VM `vm`. `None` when steering is
-/// off or impossible; the frame then passes where it arrived.
+/// Redirects the frame to the CPU that finishes frames for VM `vm` (there it goes to port
+/// `deliver_ifindex`, or to the kernel when 0). `None` when steering is off or impossible; the
+/// frame then goes on where it arrived.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32) -> Option<u32> {
+pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32, deliver_ifindex: u32) -> Option<u32> {
     let cfg = RSS_CONFIG.get(0)?;
     if cfg.enabled == 0 {
         return None;
@@ -140,6 +141,7 @@ pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32) -> Option<u32> {
             flow_slot,
             bucket,
             vm_slot: vm,
+            deliver_ifindex,
         })
     };
     // SAFETY: as above.
@@ -159,7 +161,7 @@ pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32) -> Option<u32> {
 }
 
 /// The CPU-map program's work: account the frame to its flow, bucket and VM on this CPU, and
-/// hand it to the kernel here.
+/// hand it to the kernel here, or to the VM's port when xnic switches.
 #[inline(always)]
 pub fn finish(ctx: &XdpContext) -> u32 {
     let (meta, data) = (ctx.metadata(), ctx.data());
@@ -188,5 +190,10 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     }
     bump(VM_CPU_STATS.get_ptr_mut(m.vm_slot));
     count(SteerCounter::Delivered);
+    if m.deliver_ifindex != 0
+        && let Some(redirect) = crate::team::to_port(m.deliver_ifindex)
+    {
+        return redirect;
+    }
     xdp_action::XDP_PASS
 }

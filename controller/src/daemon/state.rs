@@ -287,7 +287,8 @@ fn apply(
                 vm_slot,
                 role: *role as u8,
                 flags: 0,
-                _pad: [0; 2],
+                team: 0,
+                member: 0,
             },
         )?;
         dp.set_port_record(
@@ -364,7 +365,8 @@ fn apply(
                 vm_slot,
                 role: port.role as u8,
                 flags: if native { PORT_STEER } else { 0 },
-                _pad: [0; 2],
+                team: 0,
+                member: 0,
             },
         )?;
     }

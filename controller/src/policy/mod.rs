@@ -3,3 +3,4 @@
 
 pub mod rss;
 pub mod slots;
+pub mod team;

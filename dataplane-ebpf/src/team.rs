@@ -1,0 +1,178 @@
+//! The team step: a teamed VM's frame for the network is paced against its allocation and
+//! redirected to its uplink; see `xnic_common::team` for the design.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use xnic_common::{
+    hash::flow_hash,
+    maps::MacKey,
+    parse::Parsed,
+    team::{
+        Egress, FLOW_HASH_MEMBER, NO_TEAM, admit, cost_ns, over_rate_reason, pick, table_index,
+        vm_member_index,
+    },
+    verdict::Reason,
+};
+
+use crate::maps::{FLOOD, MACS, TEAM_TABLES, TEAM_VM_STATS, TEAMS, TX_PORTS, VM_BUCKETS, VM_TEAM};
+
+/// What the team step did with a frame: the reason it is counted under and the XDP action.
+pub struct Outcome {
+    pub reason: Reason,
+    pub action: u32,
+}
+
+const fn drop(reason: Reason) -> Outcome {
+    Outcome {
+        reason,
+        action: xdp_action::XDP_DROP,
+    }
+}
+
+/// A teamed VM's frame for the network (`group`: a broadcast or multicast). `None` when the
+/// VM is in no team: the frame goes on as without teaming.
+#[inline(always)]
+pub fn egress(parsed: &Parsed, vm_slot: u32, len: u64, group: bool) -> Option<Outcome> {
+    let vm = VM_TEAM.get(vm_slot)?;
+    if vm.team == NO_TEAM {
+        return None;
+    }
+    let team = TEAMS.get(vm.team)?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let table_member = if vm.member == FLOW_HASH_MEMBER && !group {
+        let hash = flow_hash(parsed, team.seed, true);
+        TEAM_TABLES.get(table_index(vm.team, hash)).copied()
+    } else {
+        None
+    };
+    let member = match pick(vm, now, table_member) {
+        Egress::Member(m) => Some(m),
+        // A VM's broadcasts still reach the other VMs when no uplink is up.
+        Egress::Drop(Reason::NoUplink) if group => None,
+        Egress::Drop(reason) => return Some(drop(reason)),
+    };
+    if vm.ns_per_byte_q16 != 0 && !take(vm_slot, cost_ns(vm.ns_per_byte_q16, len), vm.burst_ns, now)
+    {
+        return Some(drop(over_rate_reason(vm)));
+    }
+    if group {
+        count(vm_slot, vm.flood_member, len);
+        let action = FLOOD
+            .redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64)
+            .unwrap_or(xdp_action::XDP_DROP);
+        return Some(Outcome {
+            reason: Reason::FromVm,
+            action,
+        });
+    }
+    let member = member?;
+    let ifindex = *team.ifindex.get(member as usize)?;
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(action) => {
+            count(vm_slot, member, len);
+            Some(Outcome {
+                reason: Reason::ToUplink,
+                action,
+            })
+        }
+        Err(_) => Some(drop(Reason::NoUplink)),
+    }
+}
+
+#[inline(always)]
+fn count(vm_slot: u32, member: u32, len: u64) {
+    if let Some(c) = TEAM_VM_STATS.get_ptr_mut(vm_member_index(vm_slot, member)) {
+        // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
+        unsafe { (*c).add(len) };
+    }
+}
+
+/// GCRA on the VM's shared bucket (`xnic_common::team::admit`) without a lock: a frame that
+/// conforms adds its cost with an atomic add, so concurrent CPUs never lose each other's
+/// costs and the long-run rate is exact; CPUs racing at the edge of the burst can each admit
+/// one frame beyond it (the debt is still recorded). When the bucket was idle (its time in the
+/// past) the time restarts from now with a plain store; racing CPUs there can lose each
+/// other's cost once per idle period.
+#[inline(always)]
+fn take(vm_slot: u32, cost: u64, burst_ns: u64, now: u64) -> bool {
+    let Some(bucket) = VM_BUCKETS.get_ptr_mut(vm_slot) else {
+        return true;
+    };
+    // SAFETY: `bucket` points into the VM_BUCKETS array value, which lives as long as the map
+    // and is 8-byte aligned; aligned 64-bit loads and stores are not torn.
+    let tat: *mut u64 = unsafe { &raw mut (*bucket).tat_ns };
+    // SAFETY: as above.
+    let before = unsafe { core::ptr::read_volatile(tat) };
+    match admit(before, now, cost, burst_ns) {
+        None => false,
+        Some(_) if before < now => {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(tat, now + cost) };
+            true
+        }
+        Some(_) => {
+            // SAFETY: as above.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, cost) };
+            true
+        }
+    }
+}
+
+/// Whether a frame arriving on a team member carries a local VM's source MAC: one of our own
+/// frames coming back.
+#[inline(always)]
+pub fn looped(parsed: &Parsed) -> bool {
+    // SAFETY: entries are plain data; the daemon replaces them whole.
+    unsafe { MACS.get(MacKey::new(parsed.src_mac)) }.is_some()
+}
+
+/// Whether `member` accepts group frames for team `team`.
+#[inline(always)]
+pub fn receives_group(team: u32, member: u32) -> bool {
+    TEAMS.get(team).is_some_and(|t| t.rx_member == member)
+}
+
+/// Sends a group frame from the network to every VM port.
+#[inline(always)]
+pub fn flood() -> u32 {
+    FLOOD
+        .redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64)
+        .unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Redirects a frame to a VM's port (or anything in `TX_PORTS`).
+#[inline(always)]
+pub fn to_port(ifindex: u32) -> Option<u32> {
+    TX_PORTS.redirect(ifindex, 0).ok()
+}
+
+/// The devmap program on each uplink's `FLOOD` entry: a broadcast copy goes out of an uplink
+/// only when it is the flood uplink of the VM that sent it (so the network sees each VM's
+/// MACs on one port, and never our copy of a frame that came from the network).
+#[inline(always)]
+pub fn flood_filter(ctx: &XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 12 > end {
+        return xdp_action::XDP_DROP;
+    }
+    let mut src = [0u8; 6];
+    // SAFETY: [data, data + 12) is inside the frame (checked above); bytes 6..12 are the
+    // source MAC.
+    unsafe { core::ptr::copy_nonoverlapping((data + 6) as *const u8, src.as_mut_ptr(), 6) };
+    // SAFETY: as in `looped`.
+    let Some(owner) = (unsafe { MACS.get(MacKey::new(src)) }) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: `ctx.ctx` is this invocation's xdp_md.
+    let egress = unsafe { (*ctx.ctx).egress_ifindex };
+    match VM_TEAM.get(owner.vm_slot) {
+        Some(vm) if vm.flood_ifindex != 0 && vm.flood_ifindex == egress => xdp_action::XDP_PASS,
+        _ => xdp_action::XDP_DROP,
+    }
+}
