@@ -945,6 +945,7 @@ pub fn default_lab_toml(instance: &str, prefix: &str, vms: usize, ipv6: bool) ->
         ));
     }
     let tor_v6 = if ipv6 { ", \"fd77::1/64\"" } else { "" };
+    s.push_str(LAB_TEAM_TOML);
     s.push_str(&lab_rss_toml(
         &crate::daemon::rss::online_cpus().unwrap_or_else(|_| vec![0]),
     ));
@@ -953,6 +954,11 @@ pub fn default_lab_toml(instance: &str, prefix: &str, vms: usize, ipv6: bool) ->
     ));
     s
 }
+
+/// The lab's team: both uplinks, active/standby, a short hold-down so the demo shows the
+/// failback.
+pub const LAB_TEAM_TOML: &str = "\n[[team]]\nname = \"uplinks\"\nuplinks = [\"up0\", \"up1\"]\n\
+     policy = \"failover\"\nfailback_hold_ms = 2000\n";
 
 /// The lab's RSS section for a host with `cpus`: two shared engines over every CPU and a
 /// dedicated engine on the last one, with thresholds low enough that lab traffic moves VMs.

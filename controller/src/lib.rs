@@ -1,6 +1,7 @@
 //! xnic's controller: the daemon, the CLI, and the lab. The `xnic` binary is a thin wrapper
 //! around [`cli::dispatch`]; tests and benchmarks use the modules directly.
 
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;

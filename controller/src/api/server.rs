@@ -45,6 +45,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/v1/rss/engines/{name}/buckets", get(rss_buckets))
         .route("/v1/rss/vms/{name}", post(rss_set))
+        .route("/v1/team", get(team_status))
+        .route("/v1/team/events", get(team_events))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(daemon)
@@ -62,7 +64,7 @@ async fn not_found(uri: axum::http::Uri) -> Failure {
     Failure(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint {uri}; this daemon serves /v1/status, /v1/vms, /v1/vms/NAME, /v1/stats, /v1/down (POST), /v1/rss, /v1/rss/events, /v1/rss/vms/NAME (POST), /v1/rss/engines (POST), /v1/rss/engines/NAME (POST, DELETE), /v1/rss/engines/NAME/buckets and /metrics"
+            "no such endpoint {uri}; this daemon serves /v1/status, /v1/vms, /v1/vms/NAME, /v1/stats, /v1/down (POST), /v1/rss, /v1/rss/events, /v1/rss/vms/NAME (POST), /v1/rss/engines (POST), /v1/rss/engines/NAME (POST, DELETE), /v1/rss/engines/NAME/buckets, /v1/team, /v1/team/events and /metrics"
         ),
     )
 }
@@ -132,6 +134,23 @@ async fn rss_events(
     d.rss_events(q.since)
         .map(Json)
         .ok_or_else(|| ApiFailure::NotConfigured.into())
+}
+
+const NO_TEAM: &str = "no team is configured: add a [[team]] section to the configuration";
+
+async fn team_status(State(d): Shared) -> Result<impl IntoResponse, Failure> {
+    d.team_status()
+        .map(Json)
+        .ok_or_else(|| Failure(StatusCode::CONFLICT, NO_TEAM.into()))
+}
+
+async fn team_events(
+    State(d): Shared,
+    Query(q): Query<Since>,
+) -> Result<impl IntoResponse, Failure> {
+    d.team_events(q.since)
+        .map(Json)
+        .ok_or_else(|| Failure(StatusCode::CONFLICT, NO_TEAM.into()))
 }
 
 async fn rss_buckets(

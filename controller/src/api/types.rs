@@ -103,6 +103,9 @@ pub struct VmView {
     pub rates: VmRates,
     /// Verdicts on the VM's port, by reason (only reasons with traffic).
     pub port_reasons: BTreeMap<String, Count>,
+    /// Its team placement and allocation, when it is in a team.
+    #[serde(default)]
+    pub team: Option<TeamVmView>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -286,4 +289,86 @@ pub struct RssEngineRemoved {
     pub name: String,
     /// VMs that were on it and are now in the no-RSS state.
     pub vms_to_no_rss: Vec<String>,
+}
+
+/// `GET /v1/team`: every team, its uplinks and VMs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamStatusView {
+    pub teams: Vec<TeamView>,
+    pub vms: Vec<TeamVmView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamView {
+    pub name: String,
+    pub policy: String,
+    pub failback_hold_ms: u64,
+    /// The member that accepts broadcasts and multicasts from the network.
+    pub rx_uplink: Option<String>,
+    pub uplinks: Vec<TeamUplinkView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamUplinkView {
+    pub name: String,
+    pub ifindex: u32,
+    /// `up`, `down`, or `holding` (up, waiting for its failback hold-down).
+    pub state: String,
+    /// When holding: milliseconds until it carries traffic again.
+    pub failback_in_ms: Option<u64>,
+    pub capacity_mbps: Option<f64>,
+    /// What the team's VMs sent through it over the last period.
+    pub load_mbps: f64,
+    pub load_pps: f64,
+    /// VMs placed on it (flow-hash VMs are listed on every usable member).
+    pub vms: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamVmView {
+    pub name: String,
+    pub team: String,
+    pub policy: String,
+    pub pinned_uplink: Option<String>,
+    /// The uplink carrying it, `flow-hash` (per flow), or `none` (no uplink is up).
+    pub uplink: String,
+    /// The uplink carrying its broadcasts.
+    pub flood_uplink: Option<String>,
+    pub priority: i32,
+    pub allocation_mbps: Option<f64>,
+    pub burst_kib: Option<u32>,
+    /// What it gets now: below the allocation when its uplink is short.
+    pub granted_mbps: Option<f64>,
+    pub shed: bool,
+    /// Milliseconds of failover pause left.
+    pub paused_ms: u64,
+    pub sent_mbps: f64,
+    /// Frames and bytes it sent through each uplink.
+    pub per_uplink: BTreeMap<String, Count>,
+}
+
+/// One teaming event (`GET /v1/team/events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamEvent {
+    pub id: u64,
+    pub unix_ms: u64,
+    /// `link_down`, `link_up`, `failback`, `rebalance`.
+    pub kind: String,
+    pub team: String,
+    pub uplink: Option<String>,
+    pub moves: Vec<TeamMoveView>,
+    /// From the kernel's link event reaching the daemon to the dataplane carrying the VMs
+    /// on their new uplinks, microseconds.
+    pub switch_us: Option<u64>,
+    /// Announcements sent (gratuitous ARP, unsolicited NA, RARP) and how long they took.
+    pub announced: u32,
+    pub announce_us: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamMoveView {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    pub cause: String,
 }

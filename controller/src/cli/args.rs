@@ -47,6 +47,9 @@ pub enum Command {
     /// Software RSS: engines, VM states, CPU loads, migrations.
     #[command(subcommand)]
     Rss(RssCommand),
+    /// NIC teaming: uplinks, placements, allocations, failovers.
+    #[command(subcommand)]
+    Team(TeamCommand),
     /// Remove an instance's dataplane: detach every program and remove its pins.
     ///
     /// Stops the instance's daemon if it runs. Forwarding through xnic stops; the kernel's own
@@ -150,6 +153,23 @@ pub enum RssCommand {
         prefer_dedicated: Option<bool>,
         #[command(flatten)]
         read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Each team's uplinks (state, capacity, load, VMs) and each VM's placement and allocation.
+    Status(ReadArgs),
+    /// Failovers, failbacks and load moves, with how long each switch took (oldest first).
+    Events {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 

@@ -10,6 +10,7 @@ mod rss;
 mod stats;
 mod status;
 pub mod table;
+mod team;
 mod vm;
 
 use std::{future::Future, path::Path};
@@ -17,7 +18,9 @@ use std::{future::Future, path::Path};
 use anyhow::{Context as _, bail};
 use clap::CommandFactory as _;
 
-use self::args::{Cli, Command, InstanceArg, LabCommand, RssCommand, RssEngineCommand, VmCommand};
+use self::args::{
+    Cli, Command, InstanceArg, LabCommand, RssCommand, RssEngineCommand, TeamCommand, VmCommand,
+};
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -28,6 +31,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCommand::List(a)) => vm::list(&a),
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
         Command::Stats(a) => stats::run(&a),
+        Command::Team(TeamCommand::Status(a)) => team::status(&a),
+        Command::Team(TeamCommand::Events {
+            read,
+            since,
+            follow,
+        }) => team::events(&read, since, follow),
         Command::Rss(RssCommand::Status(a)) => rss::status(&a),
         Command::Rss(RssCommand::Events {
             read,

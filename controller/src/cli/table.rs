@@ -211,7 +211,189 @@ pub fn vm(v: &VmView) -> String {
         }
         let _ = writeln!(out, "{t}");
     }
+    if let Some(team) = &v.team {
+        let _ = writeln!(out, "\nteam {} ({}):", team.team, team.policy);
+        let _ = write!(out, "{}", team_vm(team));
+    }
     out
+}
+
+fn mbps(m: Option<f64>) -> String {
+    m.map_or("-".into(), |m| format!("{m:.1} Mbit/s"))
+}
+
+fn team_vm(t: &crate::api::types::TeamVmView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "uplink      {}{}",
+        t.uplink,
+        t.pinned_uplink
+            .as_ref()
+            .map_or(String::new(), |p| format!(" (pinned to {p})"))
+    );
+    let _ = writeln!(
+        out,
+        "broadcasts  {}",
+        t.flood_uplink.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "allocation  {}{}  granted {}{}",
+        mbps(t.allocation_mbps),
+        t.burst_kib
+            .map_or(String::new(), |b| format!(" (burst {b} KiB)")),
+        mbps(t.granted_mbps),
+        if t.shed {
+            "  (uplink short: lower priority)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "priority    {}   sent now {:.1} Mbit/s{}",
+        t.priority,
+        t.sent_mbps,
+        if t.paused_ms > 0 {
+            format!("   paused for {} ms", t.paused_ms)
+        } else {
+            String::new()
+        }
+    );
+    if !t.per_uplink.is_empty() {
+        let mut tab = table(&["UPLINK", "FRAMES", "BYTES"], 1);
+        for (u, c) in &t.per_uplink {
+            tab.add_row(vec![u.clone(), c.packets.to_string(), bytes(c.bytes)]);
+        }
+        let _ = writeln!(out, "{tab}");
+    }
+    out
+}
+
+pub fn team_status(s: &crate::api::types::TeamStatusView) -> String {
+    let mut out = String::new();
+    for team in &s.teams {
+        let _ = writeln!(
+            out,
+            "team {}  policy {}  failback hold {} ms  broadcasts received on {}",
+            team.name,
+            team.policy,
+            team.failback_hold_ms,
+            team.rx_uplink.as_deref().unwrap_or("-")
+        );
+        let mut t = table(&["UPLINK", "STATE", "CAPACITY", "LOAD", "PPS", "VMS"], 2);
+        for u in &team.uplinks {
+            let state = match u.failback_in_ms {
+                Some(ms) => format!("{} ({ms} ms)", u.state),
+                None => u.state.clone(),
+            };
+            t.add_row(vec![
+                u.name.clone(),
+                state,
+                mbps(u.capacity_mbps),
+                format!("{:.1} Mbit/s", u.load_mbps),
+                si(u.load_pps),
+                if u.vms.is_empty() {
+                    "-".into()
+                } else {
+                    u.vms.join(",")
+                },
+            ]);
+        }
+        let _ = writeln!(out, "{t}");
+    }
+    let mut t = table(
+        &[
+            "VM",
+            "TEAM",
+            "POLICY",
+            "UPLINK",
+            "PRIORITY",
+            "ALLOCATION",
+            "GRANTED",
+            "SENT",
+        ],
+        4,
+    );
+    for v in &s.vms {
+        t.add_row(vec![
+            v.name.clone(),
+            v.team.clone(),
+            v.policy.clone(),
+            match &v.pinned_uplink {
+                Some(p) if p != &v.uplink => format!("{} (pinned {p})", v.uplink),
+                _ => v.uplink.clone(),
+            },
+            v.priority.to_string(),
+            mbps(v.allocation_mbps),
+            format!(
+                "{}{}",
+                mbps(v.granted_mbps),
+                if v.shed { " shed" } else { "" }
+            ),
+            format!("{:.1} Mbit/s", v.sent_mbps),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+pub fn team_events(events: &[crate::api::types::TeamEvent], header: bool) -> String {
+    if events.is_empty() {
+        return if header {
+            "no team events yet\n".into()
+        } else {
+            String::new()
+        };
+    }
+    let mut t = table(
+        &[
+            "#",
+            "TIME",
+            "KIND",
+            "TEAM",
+            "UPLINK",
+            "MOVED",
+            "SWITCH",
+            "ANNOUNCED",
+        ],
+        5,
+    );
+    for e in events {
+        let moved = e
+            .moves
+            .iter()
+            .map(|m| format!("{} {}→{}", m.vm, m.from, m.to))
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.add_row(vec![
+            e.id.to_string(),
+            clock(e.unix_ms),
+            e.kind.clone(),
+            e.team.clone(),
+            e.uplink.clone().unwrap_or("-".into()),
+            if moved.is_empty() { "-".into() } else { moved },
+            e.switch_us.map_or("-".into(), |us| format!("{us} µs")),
+            match e.announce_us {
+                Some(us) => format!("{} in {us} µs", e.announced),
+                None => e.announced.to_string(),
+            },
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// Wall-clock HH:MM:SS.mmm (UTC) of a Unix time in milliseconds.
+fn clock(unix_ms: u64) -> String {
+    let s = unix_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        unix_ms % 1000
+    )
 }
 
 pub fn stats(s: &StatsView) -> String {

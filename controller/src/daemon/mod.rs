@@ -8,6 +8,7 @@
 mod ebpf_log;
 pub mod rss;
 pub mod state;
+pub mod team;
 mod views;
 
 use std::{
@@ -30,7 +31,7 @@ use crate::{
         types::{
             DownView, RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest,
             RssEngineView, RssEvent, RssSetRequest, RssStatusView, RssVmView, StatsView,
-            StatusView, VmView,
+            StatusView, TeamEvent, TeamStatusView, VmView,
         },
     },
     config::Config,
@@ -229,6 +230,37 @@ impl Daemon {
         })
     }
 
+    pub fn team_status(&self) -> Option<TeamStatusView> {
+        let state = lock(&self.state);
+        Some(state.team.as_ref()?.status(&state.dataplane))
+    }
+
+    pub fn team_events(&self, since: u64) -> Option<Vec<TeamEvent>> {
+        let state = lock(&self.state);
+        Some(state.team.as_ref()?.events(since))
+    }
+
+    /// The kernel says interface `ifindex` is (not) up; `seen` is when that reached us.
+    fn team_link(&self, ifindex: u32, up: bool, seen: std::time::Instant) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if let Some(team) = state.team.as_mut()
+            && let Err(e) = team.link(&mut state.dataplane, &state.vms, ifindex, up, seen)
+        {
+            warn!(error = %e, ifindex, "applying a team link change failed");
+        }
+    }
+
+    fn team_tick(&self) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if let Some(team) = state.team.as_mut()
+            && let Err(e) = team.tick(&mut state.dataplane, &state.vms)
+        {
+            warn!(error = %e, "team period failed");
+        }
+    }
+
     fn rss_tick(&self) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
@@ -371,6 +403,18 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .as_ref()
         .map(|r| Duration::from_millis(r.period_ms));
     let metrics_listen = config.daemon.metrics_listen.clone();
+    let team_period = config
+        .teams
+        .iter()
+        .map(|t| t.period_ms)
+        .min()
+        .map(Duration::from_millis);
+    // Subscribed before the state is read, so no link change falls between the two.
+    let link_events = if team_period.is_some() {
+        Some(crate::monitor::links::watch()?)
+    } else {
+        None
+    };
     let state = state::start(config, config_path, dp, &interfaces)?;
     let (listener, _socket_guard) = bind_socket(&socket)?;
     info!(
@@ -409,6 +453,32 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 tick.tick().await;
                 daemon.rss_tick();
             }
+        })
+    });
+    let team_loop = team_period.map(|period| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                daemon.team_tick();
+            }
+        })
+    });
+    let link_watch = link_events.map(|events| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let mut events = std::pin::pin!(events);
+            while let Some((ifindex, up)) = events.next().await {
+                let seen = std::time::Instant::now();
+                // The state lock can wait on a period's map reads: off the async threads.
+                let daemon = daemon.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || daemon.team_link(ifindex, up, seen)).await;
+            }
+            warn!("netlink link events ended: team failover now waits for the next restart");
         })
     });
     let signals = {
@@ -451,8 +521,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     sampler.abort();
     signals.abort();
-    if let Some(r) = rss_loop {
-        r.abort();
+    for task in [rss_loop, team_loop, link_watch].into_iter().flatten() {
+        task.abort();
     }
     if let Some(m) = metrics {
         let _ = m.await;

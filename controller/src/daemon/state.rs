@@ -12,7 +12,10 @@ use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 use xnic_common::{
     limits::{MAX_PORTS, MAX_VMS},
-    maps::{MacOwner, NO_VM, Name, PORT_STEER, PortEntry, PortRecord, PortRole, VmRecord},
+    maps::{
+        MacOwner, NO_VM, Name, PORT_STEER, PORT_SWITCH, PORT_TEAM, PortEntry, PortRecord, PortRole,
+        VmRecord,
+    },
 };
 
 use crate::{
@@ -61,6 +64,8 @@ pub struct State {
     pub started: Instant,
     /// Software RSS, when configured.
     pub rss: Option<super::rss::RssRuntime>,
+    /// NIC teaming, when configured.
+    pub team: Option<super::team::TeamRuntime>,
 }
 
 impl State {
@@ -150,7 +155,7 @@ pub fn start(
     }
     let mut fresh = Vec::new();
     match apply(&config, &mut dataplane, interfaces, &mut fresh) {
-        Ok((ports, vms, rss)) => Ok(State {
+        Ok((ports, vms, rss, team)) => Ok(State {
             adopted: !dataplane.created(),
             config,
             config_path,
@@ -159,6 +164,7 @@ pub fn start(
             vms,
             started: Instant::now(),
             rss,
+            team,
         }),
         Err(e) => {
             for ifname in fresh {
@@ -183,7 +189,12 @@ fn apply(
     dp: &mut Dataplane,
     interfaces: &HashMap<String, LinkState>,
     fresh: &mut Vec<String>,
-) -> anyhow::Result<(Vec<Port>, Vec<Vm>, Option<super::rss::RssRuntime>)> {
+) -> anyhow::Result<(
+    Vec<Port>,
+    Vec<Vm>,
+    Option<super::rss::RssRuntime>,
+    Option<super::team::TeamRuntime>,
+)> {
     // Slots: names keep the slots their counters are in.
     let recorded_vms: Vec<(u32, String)> = dp
         .vm_records()?
@@ -225,6 +236,7 @@ fn apply(
             dp.reset_vm_counters(slot)?;
             dp.reset_vm_cpu_counters(slot)?;
             dp.set_vm_rss(slot, xnic_common::rss::VmRss::default())?;
+            dp.reset_team_vm_counters(slot)?;
         }
         dp.set_vm_record(
             slot,
@@ -324,6 +336,44 @@ fn apply(
         }
     };
 
+    // Switching and teams: redirect targets and placements before any port switches.
+    let team_uplinks: HashMap<&str, (u8, u8)> = config
+        .teams
+        .iter()
+        .enumerate()
+        .flat_map(|(t, team)| {
+            team.uplinks
+                .iter()
+                .enumerate()
+                .map(move |(m, u)| (u.as_str(), (t as u8, m as u8)))
+        })
+        .collect();
+    let switching = !config.teams.is_empty();
+    let wanted_switch: HashSet<u32> = if switching {
+        ports.iter().map(|p| p.ifindex).collect()
+    } else {
+        HashSet::new()
+    };
+    for ifindex in dp.switch_ports()? {
+        if !wanted_switch.contains(&ifindex) {
+            dp.remove_switch_port(ifindex)?;
+        }
+    }
+    let team = if switching {
+        for port in &ports {
+            dp.set_switch_port(port.ifindex, team_uplinks.contains_key(port.name.as_str()))?;
+        }
+        Some(super::team::TeamRuntime::start(
+            config,
+            &vms,
+            &ports,
+            dp,
+            |name| interfaces.get(name).is_some_and(|l| l.up),
+        )?)
+    } else {
+        None
+    };
+
     // Attach last: a failure here is undone by the caller.
     for port in &ports {
         let attached_prog = interfaces[&port.name].xdp.map(|x| x.prog_id);
@@ -358,17 +408,20 @@ fn apply(
             .as_ref()
             .and_then(|v| vms.iter().find(|x| &x.name == v))
             .map_or(NO_VM, |v| v.slot);
+        let team_member = team_uplinks.get(port.name.as_str()).copied();
         dp.set_port(
             port.ifindex,
             PortEntry {
                 slot: port.slot,
                 vm_slot,
                 role: port.role as u8,
-                flags: if native { PORT_STEER } else { 0 },
-                team: 0,
-                member: 0,
+                flags: if native { PORT_STEER } else { 0 }
+                    | if switching { PORT_SWITCH } else { 0 }
+                    | if team_member.is_some() { PORT_TEAM } else { 0 },
+                team: team_member.map_or(0, |(t, _)| t),
+                member: team_member.map_or(0, |(_, m)| m),
             },
         )?;
     }
-    Ok((ports, vms, rss))
+    Ok((ports, vms, rss, team))
 }

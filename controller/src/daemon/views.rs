@@ -115,6 +115,10 @@ pub fn vm(state: &State, sample: &Sample, rates: &Rates, index: usize) -> VmView
         counters: vm_counters(&sample.vms[index]),
         rates: rates.vms.get(index).copied().unwrap_or(VmRates::default()),
         port_reasons,
+        team: state
+            .team
+            .as_ref()
+            .and_then(|t| t.vm_view(&state.dataplane, index)),
     }
 }
 

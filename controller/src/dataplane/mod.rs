@@ -22,7 +22,10 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, CpuMap, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, CpuMap, DevMapHash, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -40,6 +43,9 @@ use xnic_common::{
     rss::{
         CPUMAP_QUEUE_SIZE, EngineEntry, FLOW_SLOTS, FlowSlot, MAX_ENGINES, MAX_TABLE_SIZE,
         RssConfig, SteerCounter, VmRss, bucket_index,
+    },
+    team::{
+        MAX_TEAM_MEMBERS, MAX_TEAMS, TEAM_TABLE_SIZE, TeamEntry, VmBucket, VmTeam, vm_member_index,
     },
     verdict::Reason,
 };
@@ -114,6 +120,19 @@ const MAP_SHAPES: &[(&str, usize, usize, u32)] = &[
     ),
     ("VM_CPU_STATS", 4, size_of::<Counter>(), MAX_VMS),
     ("STEER_STATS", 4, 8, SteerCounter::COUNT as u32),
+    ("VM_TEAM", 4, size_of::<VmTeam>(), MAX_VMS),
+    ("VM_BUCKETS", 4, size_of::<VmBucket>(), MAX_VMS),
+    ("TEAMS", 4, size_of::<TeamEntry>(), MAX_TEAMS),
+    ("TEAM_TABLES", 4, 4, MAX_TEAMS * TEAM_TABLE_SIZE),
+    (
+        "TEAM_VM_STATS",
+        4,
+        size_of::<Counter>(),
+        MAX_VMS * MAX_TEAM_MEMBERS,
+    ),
+    // bpf_devmap_val: ifindex and program fd/id.
+    ("TX_PORTS", 4, 8, MAX_PORTS),
+    ("FLOOD", 4, 8, MAX_PORTS),
 ];
 
 /// How a program ended up attached.
@@ -182,6 +201,7 @@ impl Dataplane {
             program_name(PortRole::Uplink),
             program_name(PortRole::Vm),
             CPUMAP_PROGRAM,
+            FLOOD_PROGRAM,
         ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -580,6 +600,116 @@ impl Dataplane {
         Ok(out)
     }
 
+    // --- teaming ----------------------------------------------------------------------------
+
+    pub fn vm_team(&self, vm_slot: u32) -> anyhow::Result<VmTeam> {
+        let map: Array<_, VmTeam> = Array::try_from(self.map("VM_TEAM")?)?;
+        Ok(map.get(&vm_slot, 0)?)
+    }
+
+    pub fn set_vm_team(&mut self, vm_slot: u32, entry: VmTeam) -> anyhow::Result<()> {
+        let mut map: Array<_, VmTeam> = Array::try_from(self.map_mut("VM_TEAM")?)?;
+        map.set(vm_slot, entry, 0)?;
+        Ok(())
+    }
+
+    /// Empties VM `slot`'s token bucket (a new allocation starts with a full burst).
+    pub fn reset_vm_bucket(&mut self, vm_slot: u32) -> anyhow::Result<()> {
+        let mut map: Array<_, VmBucket> = Array::try_from(self.map_mut("VM_BUCKETS")?)?;
+        map.set(vm_slot, VmBucket::default(), 0)?;
+        Ok(())
+    }
+
+    pub fn team(&self, team: u32) -> anyhow::Result<TeamEntry> {
+        let map: Array<_, TeamEntry> = Array::try_from(self.map("TEAMS")?)?;
+        Ok(map.get(&team, 0)?)
+    }
+
+    pub fn set_team(&mut self, team: u32, entry: TeamEntry) -> anyhow::Result<()> {
+        let mut map: Array<_, TeamEntry> = Array::try_from(self.map_mut("TEAMS")?)?;
+        map.set(team, entry, 0)?;
+        Ok(())
+    }
+
+    /// Writes the entries of team `team`'s flow table that differ from `table`.
+    pub fn set_team_table(&mut self, team: u32, table: &[u32]) -> anyhow::Result<()> {
+        let mut map: Array<_, u32> = Array::try_from(self.map_mut("TEAM_TABLES")?)?;
+        for (b, &member) in table.iter().enumerate() {
+            let index = team * TEAM_TABLE_SIZE + b as u32;
+            if map.get(&index, 0)? != member {
+                map.set(index, member, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames and bytes VM `slot` sent through each member of its team, summed over CPUs.
+    pub fn team_vm_counters(&self, vm_slot: u32) -> anyhow::Result<Vec<Counter>> {
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("TEAM_VM_STATS")?)?;
+        (0..MAX_TEAM_MEMBERS)
+            .map(|m| {
+                let values = map.get(&vm_member_index(vm_slot, m), 0)?;
+                Ok(values.iter().fold(Counter::default(), |a, v| a.merged(*v)))
+            })
+            .collect()
+    }
+
+    pub fn reset_team_vm_counters(&mut self, vm_slot: u32) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut("TEAM_VM_STATS")?)?;
+        for m in 0..MAX_TEAM_MEMBERS {
+            map.set(
+                vm_member_index(vm_slot, m),
+                PerCpuValues::try_from(vec![Counter::default(); n])?,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ifindex` a target of switched frames (`TX_PORTS`) and of broadcasts (`FLOOD`;
+    /// team uplinks there run the flood filter).
+    pub fn set_switch_port(&mut self, ifindex: u32, team_uplink: bool) -> anyhow::Result<()> {
+        {
+            let mut tx: DevMapHash<_> = DevMapHash::try_from(self.map_mut("TX_PORTS")?)?;
+            tx.insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("cannot add ifindex {ifindex} to TX_PORTS"))?;
+        }
+        let filter = if team_uplink {
+            let prog: &Xdp = self
+                .ebpf
+                .program(FLOOD_PROGRAM)
+                .ok_or_else(|| anyhow!("no program {FLOOD_PROGRAM}"))?
+                .try_into()?;
+            Some(prog.fd()?.try_clone()?)
+        } else {
+            None
+        };
+        let mut flood: DevMapHash<_> = DevMapHash::try_from(self.map_mut("FLOOD")?)?;
+        flood
+            .insert(ifindex, ifindex, filter.as_ref(), 0)
+            .with_context(|| format!("cannot add ifindex {ifindex} to FLOOD"))?;
+        Ok(())
+    }
+
+    /// ifindexes in `TX_PORTS`.
+    pub fn switch_ports(&self) -> anyhow::Result<Vec<u32>> {
+        let map: DevMapHash<_> = DevMapHash::try_from(self.map("TX_PORTS")?)?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
+    pub fn remove_switch_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        for name in ["TX_PORTS", "FLOOD"] {
+            let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(name)?)?;
+            match map.remove(ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     // --- counters ----------------------------------------------------------------------------
 
     /// Zeroes a port slot's counters, so a reused slot starts from nothing.
@@ -657,6 +787,9 @@ impl Dataplane {
 
 /// The program each CPU-map entry runs on its CPU.
 const CPUMAP_PROGRAM: &str = "xnic_cpumap";
+
+/// The program each team uplink's `FLOOD` entry runs on broadcast copies.
+const FLOOD_PROGRAM: &str = "xnic_flood";
 
 pub fn program_name(role: PortRole) -> &'static str {
     match role {

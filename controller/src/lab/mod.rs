@@ -10,9 +10,10 @@
 //!                                       └──────────────────────┘
 //! ```
 //!
-//! The host bridges its VM ports with the first uplink, so the kernel forwards everything the
-//! dataplane passes; the other uplinks stay out of the bridge (a second bridged path to the
-//! tor's bridge would be a loop) until a capability forwards through them. Neighbour entries
+//! Without a team, the host bridges its VM ports with the first uplink, so the kernel forwards
+//! everything the dataplane passes; the other uplinks stay out of the bridge (a second bridged
+//! path to the tor's bridge would be a loop). With a team, no uplink is bridged: xnic switches
+//! VM traffic onto the team's uplinks itself. Neighbour entries
 //! are static, so no ARP or ND crosses the lab, and with `ipv6 = false` nothing at all crosses it
 //! unless someone sends.
 
@@ -171,7 +172,11 @@ impl Lab {
             let peer = tor_port(&up.name);
             veth(host, &up.name, &tor, &peer)?;
             ip(&["-n", &tor, "link", "set", &peer, "master", TOR_BRIDGE, "up"])?;
-            if i == 0 {
+            // Frames xnic redirects into a veth need its peer to run NAPI.
+            receives_redirects(&tor, &peer)?;
+            // A team's uplinks belong to xnic, which switches VM traffic onto them; bridging
+            // one as well would deliver frames twice.
+            if i == 0 && self.config.teams.is_empty() {
                 ip(&["-n", host, "link", "set", &up.name, "master", HOST_BRIDGE])?;
             }
             ip(&["-n", host, "link", "set", &up.name, "up"])?;
@@ -194,6 +199,7 @@ impl Lab {
             }
             ip(&["-n", &ns, "link", "set", VM_IFNAME, "up"])?;
             full_checksums(&ns, VM_IFNAME)?;
+            receives_redirects(&ns, VM_IFNAME)?;
             for net in vm.ip_nets() {
                 if net.addr.is_ipv6() && !self.lab.ipv6 {
                     continue;
@@ -326,6 +332,15 @@ fn full_checksums(ns: &str, dev: &str) -> anyhow::Result<()> {
         &[
             "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
         ],
+    )
+}
+
+/// Lets a veth receive frames XDP redirects into its peer: the kernel delivers them through
+/// the receiving side's NAPI, which veth runs only with an XDP program or GRO enabled.
+fn receives_redirects(ns: &str, dev: &str) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"],
     )
 }
 

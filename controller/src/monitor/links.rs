@@ -75,6 +75,27 @@ impl Links {
     }
 }
 
+/// Link changes as the kernel announces them (RTNLGRP_LINK): (ifindex, operationally up),
+/// for every RTM_NEWLINK, with no polling delay. The caller filters repeats.
+pub fn watch() -> anyhow::Result<impl futures::Stream<Item = (u32, bool)>> {
+    use futures::StreamExt as _;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let (conn, _handle, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .context("cannot subscribe to netlink link events")?;
+    tokio::spawn(conn);
+    Ok(messages.filter_map(|(msg, _)| async move {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                let state = link_state(&link);
+                Some((state.ifindex, state.up))
+            }
+            _ => None,
+        }
+    }))
+}
+
 fn link_state(msg: &LinkMessage) -> LinkState {
     let mut state = LinkState {
         name: String::new(),
