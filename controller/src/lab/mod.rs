@@ -17,6 +17,7 @@
 //! are static, so no ARP or ND crosses the lab, and with `ipv6 = false` nothing at all crosses it
 //! unless someone sends.
 
+pub mod capture;
 pub mod daemon;
 pub mod traffic;
 

@@ -12,8 +12,9 @@
 //!   to the survivors; nobody else's flows move);
 //! - `load`: the least utilised member when the VM must be placed; afterwards, when one
 //!   member stays busier than another by `rebalance_above` for `sustain_periods`, one VM
-//!   moves per period, only if that narrows the gap, and never before `min_dwell_periods`
-//!   since its last move (no ping-pong).
+//!   moves per period, only if that lowers the busier member's utilisation by at least half
+//!   the threshold (moving a VM that would just make the other member the busy one is
+//!   refused), and never before `min_dwell_periods` since its last move (no ping-pong).
 //!
 //! Allocations are granted per member in priority order (higher first): when the allocations
 //! placed on a member exceed its capacity, the last VMs get what remains, then nothing.
@@ -512,6 +513,9 @@ impl Teaming {
             _ => 1.0,
         };
         let (ph, pl) = (per_unit(hi), per_unit(lo));
+        // A move must lower the busier member's utilisation by a good part of the threshold,
+        // not just shift the imbalance to the other member (that would invite ping-pong).
+        let min_gain = params.rebalance_above / 2.0;
         let mut best: Option<(usize, f64)> = None;
         for (v, vm) in self.vms.iter().enumerate() {
             let movable = vm.spec.team == team
@@ -525,9 +529,10 @@ impl Teaming {
                 continue;
             }
             let w = self.weight(v);
-            let new_gap = ((util[hi] - w * ph) - (util[lo] + w * pl)).abs() / scale;
-            if new_gap < gap && best.is_none_or(|(_, g)| new_gap < g) {
-                best = Some((v, new_gap));
+            let new_max = (util[hi] - w * ph).max(util[lo] + w * pl);
+            let gain = (util[hi] - new_max) / scale;
+            if gain >= min_gain && best.is_none_or(|(_, g)| gain > g) {
+                best = Some((v, gain));
             }
         }
         let Some((v, _)) = best else {
@@ -906,6 +911,20 @@ mod tests {
         // Balanced now (400 + 100 each): nothing more moves, ever.
         for p in 3..100 {
             assert!(t.tick(p * 100 * MS, &load).is_empty());
+        }
+    }
+
+    #[test]
+    fn one_big_vm_is_not_shuffled_between_members() {
+        let mut specs: Vec<VmSpec> = (0..2).map(|i| vm(i, Placement::Load)).collect();
+        specs[0].alloc_bps = Some(500);
+        let mut t = Teaming::new(
+            vec![team(Placement::Load, 2, None)],
+            specs,
+            &[vec![true, true]],
+        );
+        for p in 0..100 {
+            assert!(t.tick(p * 100 * MS, &[2.0, 2.0]).is_empty());
         }
     }
 

@@ -1,0 +1,383 @@
+//! NIC teaming with the real daemon in labs of 2 and 3 uplinks: each placement policy sends
+//! each VM's frames where it should, allocations hold, priorities decide who keeps its rate on
+//! a short uplink, and a lost uplink fails VMs over at once, announces them, and fails back
+//! only after the hold-down.
+
+use std::{
+    net::SocketAddr,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use xnic::{
+    api::types::{TeamEvent, TeamStatusView, TeamVmView},
+    cli::block_on,
+    lab::{
+        capture::Capture,
+        ip, tor_port,
+        traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
+    },
+};
+use xnic_tests::{TestLab, reason_count, unique_name};
+
+const SINK_PORT: u16 = 9000;
+/// Payload of the allocation tests' datagrams; on the wire each is a frame of
+/// payload + 42 bytes (Ethernet 14, IPv4 20, UDP 8), which is what allocations count.
+const PAYLOAD: usize = 958;
+const FRAME: f64 = (PAYLOAD + 42) as f64;
+
+/// A lab configuration: `uplinks` uplinks (with capacity lines), VMs from TOML snippets, and
+/// the team section.
+fn config(uplinks: &[&str], vms: &[&str], team: &str) -> String {
+    let instance = unique_name();
+    let prefix = unique_name();
+    let mut s = format!("instance = \"{instance}\"\nnetns = \"{prefix}-host\"\n");
+    for u in uplinks {
+        s.push_str(&format!("\n[[uplink]]\n{u}\n"));
+    }
+    for (i, extra) in vms.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[vm]]\nname = \"vm{i}\"\nport = \"vm{i}\"\nmacs = [\"02:77:00:00:00:{:02x}\"]\n\
+             ips = [\"10.77.0.{}/24\"]\n{extra}\n",
+            0x10 + i,
+            10 + i
+        ));
+    }
+    s.push_str(&format!("\n[[team]]\n{team}\n"));
+    s.push_str(&format!(
+        "\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"]\nipv6 = false\n"
+    ));
+    s
+}
+
+fn lab(text: &str) -> TestLab {
+    let mut t = TestLab::with_config(text);
+    t.start_daemon();
+    t
+}
+
+fn status(t: &TestLab) -> TeamStatusView {
+    block_on(t.client().get("/v1/team")).expect("GET /v1/team")
+}
+
+fn team_vm(t: &TestLab, vm: &str) -> TeamVmView {
+    t.vm(vm).team.expect("the VM is in a team")
+}
+
+fn events(t: &TestLab) -> Vec<TeamEvent> {
+    block_on(t.client().get("/v1/team/events")).expect("GET /v1/team/events")
+}
+
+fn tor_sink(t: &TestLab, port: u16) -> (Receiver, SocketAddr) {
+    let (ns, addr) = t.lab.endpoint("tor").unwrap();
+    let addr = SocketAddr::new(addr, port);
+    (Receiver::start(Some(&ns), addr).unwrap(), addr)
+}
+
+/// Sends from `vm` to `dst` in the background.
+fn send(
+    t: &TestLab,
+    vm: &str,
+    dst: SocketAddr,
+    flows: u32,
+    pps: u64,
+    secs: f64,
+    payload: usize,
+) -> JoinHandle<SendReport> {
+    let ns = t.vm_ns(vm);
+    std::thread::spawn(move || {
+        send_udp(
+            Some(&ns),
+            UdpStream {
+                dst,
+                flows,
+                pps,
+                duration: Duration::from_secs_f64(secs),
+                payload,
+                zipf: None,
+            },
+        )
+        .unwrap()
+    })
+}
+
+fn link(t: &TestLab, uplink: &str, up: bool) {
+    let tor = t.lab.tor_ns();
+    ip(&[
+        "-n",
+        &tor,
+        "link",
+        "set",
+        &tor_port(uplink),
+        if up { "up" } else { "down" },
+    ])
+    .unwrap();
+}
+
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn each_policy_sends_each_vms_frames_where_it_should() {
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\"", "name = \"up2\""],
+        &[
+            "",                                               // vm0: the team's failover order
+            "uplink = \"up2\"",                               // vm1: pinned
+            "team_policy = \"mac-hash\"",                     // vm2
+            "team_policy = \"flow-hash\"",                    // vm3
+            "team_policy = \"load\"\nbandwidth_mbps = 500.0", // vm4
+        ],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\", \"up2\"]\npolicy = \"failover\"",
+    ));
+    let (rx, dst) = tor_sink(&t, SINK_PORT);
+    let senders: Vec<_> = (0..5)
+        .map(|i| send(&t, &format!("vm{i}"), dst, 32, 2000, 1.0, 64))
+        .collect();
+    let sent: u64 = senders.into_iter().map(|s| s.join().unwrap().sent).sum();
+    let got = rx.stop().unwrap();
+    assert_eq!(
+        got.received, sent,
+        "every datagram reached the tor: {got:?}"
+    );
+
+    let per = |vm: &str| team_vm(&t, vm).per_uplink;
+    let only_on = |vm: &str, uplink: &str| {
+        let p = per(vm);
+        assert_eq!(p.len(), 1, "{vm} used {p:?}; events {:?}", events(&t));
+        assert!(p.contains_key(uplink), "{vm} used {p:?}, expected {uplink}");
+        assert_eq!(team_vm(&t, vm).uplink, uplink);
+    };
+    only_on("vm0", "up0");
+    only_on("vm1", "up2");
+    let vm2 = team_vm(&t, "vm2");
+    only_on("vm2", &vm2.uplink.clone());
+    let vm3 = per("vm3");
+    assert!(vm3.len() >= 2, "32 flows spread over the team: {vm3:?}");
+    assert_eq!(team_vm(&t, "vm3").uplink, "flow-hash");
+    let vm4 = team_vm(&t, "vm4");
+    assert!(vm4.uplink.starts_with("up"), "{vm4:?}");
+    only_on("vm4", &vm4.uplink.clone());
+    // Everything counted as leaving through the team.
+    let stats = t.stats();
+    for i in 0..5 {
+        assert!(reason_count(&stats, &format!("vm{i}"), "to_uplink").packets >= 2000);
+    }
+}
+
+/// Datagrams per second `vm` gets through at `offered_pps` for `secs`, as Mbit/s of frames.
+fn delivered_mbps(t: &TestLab, vm: &str, port: u16, offered_pps: u64, secs: f64) -> f64 {
+    let (rx, dst) = tor_sink(t, port);
+    let started = Instant::now();
+    let s = send(t, vm, dst, 4, offered_pps, secs, PAYLOAD)
+        .join()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64().max(s.elapsed_secs);
+    let got = rx.stop().unwrap();
+    got.received as f64 * FRAME * 8.0 / elapsed / 1e6
+}
+
+#[test]
+fn an_allocation_holds_a_vm_to_its_rate() {
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &["bandwidth_mbps = 20.0"],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]",
+    ));
+    // Offered at twice the allocation: 5000 × 1000-byte frames per second = 40 Mbit/s.
+    let mbps = delivered_mbps(&t, "vm0", SINK_PORT, 5000, 3.0);
+    assert!(
+        (18.0..=22.0).contains(&mbps),
+        "20 Mbit/s allocation delivered {mbps:.2} Mbit/s"
+    );
+    let stats = t.stats();
+    let over = reason_count(&stats, "vm0", "over_allocation");
+    assert!(over.packets > 5000, "drops counted: {over:?}");
+    assert_eq!(t.vm("vm0").counters.dropped.packets, over.packets);
+    let v = team_vm(&t, "vm0");
+    assert_eq!(v.allocation_mbps, Some(20.0));
+    assert!(!v.shed);
+}
+
+#[test]
+fn on_a_short_uplink_the_higher_priority_vm_keeps_its_rate() {
+    let t = lab(&config(
+        &[
+            "name = \"up0\"\ncapacity_mbps = 30.0",
+            "name = \"up1\"\ncapacity_mbps = 30.0",
+        ],
+        &[
+            "bandwidth_mbps = 20.0\npriority = 10\nuplink = \"up0\"",
+            "bandwidth_mbps = 20.0\npriority = 1\nuplink = \"up1\"",
+        ],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]\nfailback_hold_ms = 60000",
+    ));
+    assert!(status(&t).vms.iter().all(|v| !v.shed), "both fit at first");
+    link(&t, "up1", false);
+    assert!(
+        eventually(Duration::from_secs(2), || team_vm(&t, "vm1").uplink
+            == "up0"),
+        "vm1 failed over to up0"
+    );
+    let (v0, v1) = (team_vm(&t, "vm0"), team_vm(&t, "vm1"));
+    assert!(!v0.shed);
+    assert_eq!(v0.granted_mbps.map(f64::round), Some(20.0));
+    assert!(v1.shed, "{v1:?}");
+    assert_eq!(v1.granted_mbps.map(f64::round), Some(10.0));
+    // Both offer twice their allocation at once.
+    let (rx0, dst0) = tor_sink(&t, SINK_PORT);
+    let (rx1, dst1) = tor_sink(&t, SINK_PORT + 1);
+    let started = Instant::now();
+    let s0 = send(&t, "vm0", dst0, 4, 5000, 3.0, PAYLOAD);
+    let s1 = send(&t, "vm1", dst1, 4, 5000, 3.0, PAYLOAD);
+    let (s0, s1) = (s0.join().unwrap(), s1.join().unwrap());
+    let elapsed = started
+        .elapsed()
+        .as_secs_f64()
+        .max(s0.elapsed_secs)
+        .max(s1.elapsed_secs);
+    let rate = |r: RecvReport| r.received as f64 * FRAME * 8.0 / elapsed / 1e6;
+    let (m0, m1) = (rate(rx0.stop().unwrap()), rate(rx1.stop().unwrap()));
+    assert!(
+        (18.0..=22.0).contains(&m0),
+        "priority 10 kept {m0:.2} of 20 Mbit/s"
+    );
+    assert!(
+        (9.0..=11.0).contains(&m1),
+        "priority 1 got {m1:.2} of the 10 left"
+    );
+    let stats = t.stats();
+    assert!(reason_count(&stats, "vm1", "priority_shed").packets > 0);
+    assert_eq!(reason_count(&stats, "vm1", "over_allocation").packets, 0);
+    assert!(reason_count(&stats, "vm0", "over_allocation").packets > 0);
+}
+
+#[test]
+fn a_lost_uplink_fails_over_under_traffic_and_fails_back_after_the_hold_down() {
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &[""],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]\nfailback_hold_ms = 1500",
+    ));
+    let tor = t.lab.tor_ns();
+    let cap0 = Capture::start(&tor, &tor_port("up0")).unwrap();
+    let cap1 = Capture::start(&tor, &tor_port("up1")).unwrap();
+    let (rx, dst) = tor_sink(&t, SINK_PORT);
+    let sender = send(&t, "vm0", dst, 4, 5000, 5.0, 64);
+    std::thread::sleep(Duration::from_millis(1000));
+    link(&t, "up0", false);
+    std::thread::sleep(Duration::from_millis(1000));
+    let on_survivor = team_vm(&t, "vm0").uplink;
+    link(&t, "up0", true);
+    let up_again = Instant::now();
+    // Not back before the hold-down…
+    std::thread::sleep(Duration::from_millis(1000));
+    let during_hold = team_vm(&t, "vm0").uplink;
+    // …and back after it.
+    let back = eventually(Duration::from_secs(3), || {
+        team_vm(&t, "vm0").uplink == "up0"
+    });
+    let back_after = up_again.elapsed();
+    let sent = sender.join().unwrap();
+    let got = rx.stop().unwrap();
+    let (f0, f1) = (cap0.stop().unwrap(), cap1.stop().unwrap());
+
+    assert_eq!(on_survivor, "up1");
+    assert_eq!(during_hold, "up1", "failed back before the hold-down");
+    assert!(back, "failed back to up0 after the hold-down");
+    assert!(back_after >= Duration::from_millis(1500));
+    let lost = sent.sent - got.received;
+    assert!(
+        lost <= 50,
+        "traffic went on over the survivor: {} sent, {} received",
+        sent.sent,
+        got.received
+    );
+    assert_eq!(got.reordered, 0);
+    let vm0_mac = [2, 0x77, 0, 0, 0, 0x10];
+    let from_vm0 = |f: &[xnic::lab::capture::Captured]| {
+        f.iter()
+            .filter(|c| c.src_mac() == vm0_mac && c.ethertype() == 0x0800)
+            .count()
+    };
+    assert!(from_vm0(&f1) > 2000, "the survivor carried the stream");
+    assert!(from_vm0(&f0) > 5000, "up0 carried it before and after");
+    assert!(
+        f1.iter()
+            .any(|c| c.src_mac() == vm0_mac && c.ethertype() == 0x0806),
+        "a gratuitous ARP for vm0 on the new uplink"
+    );
+    // Events: the failover with its measured switch time, then the failback.
+    let ev = events(&t);
+    let down = ev
+        .iter()
+        .find(|e| e.kind == "link_down")
+        .expect("link_down event");
+    assert_eq!(down.uplink.as_deref(), Some("up0"));
+    assert_eq!(down.moves.len(), 1);
+    assert!(down.switch_us.is_some_and(|us| us < 100_000), "{down:?}");
+    assert!(down.announced >= 1);
+    assert!(ev.iter().any(|e| e.kind == "failback"));
+    // Frames lost in the instant between carrier loss and the switch are the kernel's
+    // (the redirect target went down); the per-uplink counters show where the rest went.
+    let per = team_vm(&t, "vm0").per_uplink;
+    assert!(
+        per["up1"].packets > 2000 && per["up0"].packets > 5000,
+        "{per:?}"
+    );
+}
+
+#[test]
+fn teams_that_cannot_work_are_refused_with_the_field_named() {
+    let cases = [
+        (
+            config(
+                &["name = \"up0\""],
+                &[""],
+                "name = \"t\"\nuplinks = [\"up9\"]",
+            ),
+            "team[0].uplinks[0]",
+        ),
+        (
+            config(
+                &["name = \"up0\"", "name = \"up1\""],
+                &["uplink = \"up1\""],
+                "name = \"t\"\nuplinks = [\"up0\"]",
+            ),
+            "vm[0].uplink",
+        ),
+        (
+            config(
+                &["name = \"up0\""],
+                &["bandwidth_mbps = 0.0"],
+                "name = \"t\"\nuplinks = [\"up0\"]",
+            ),
+            "vm[0].bandwidth_mbps",
+        ),
+        (
+            config(
+                &["name = \"up0\""],
+                &["team = \"other\""],
+                "name = \"t\"\nuplinks = [\"up0\"]",
+            ),
+            "vm[0].team",
+        ),
+    ];
+    for (text, field) in cases {
+        let path = std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{}.toml", unique_name()));
+        std::fs::write(&path, &text).unwrap();
+        let out = xnic_tests::xnic(&["check", "--config", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{field}: accepted");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
