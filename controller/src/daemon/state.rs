@@ -184,17 +184,20 @@ pub fn start(
     }
 }
 
+/// What [`apply`] set up: ports, VMs, and the RSS and team runtimes when configured.
+type Applied = (
+    Vec<Port>,
+    Vec<Vm>,
+    Option<super::rss::RssRuntime>,
+    Option<super::team::TeamRuntime>,
+);
+
 fn apply(
     config: &Config,
     dp: &mut Dataplane,
     interfaces: &HashMap<String, LinkState>,
     fresh: &mut Vec<String>,
-) -> anyhow::Result<(
-    Vec<Port>,
-    Vec<Vm>,
-    Option<super::rss::RssRuntime>,
-    Option<super::team::TeamRuntime>,
-)> {
+) -> anyhow::Result<Applied> {
     // Slots: names keep the slots their counters are in.
     let recorded_vms: Vec<(u32, String)> = dp
         .vm_records()?
@@ -280,6 +283,7 @@ fn apply(
     }
 
     // Ports: entries first, so the program counts correctly from the first frame it sees.
+    let previous: HashMap<u32, PortEntry> = dp.ports()?.into_iter().collect();
     let mut ports = Vec::new();
     for (name, role, vm) in &wanted {
         let slot = port_plan.slot_of(name).context("port without a slot")?;
@@ -291,18 +295,22 @@ fn apply(
             .as_ref()
             .and_then(|v| vms.iter().find(|x| &x.name == v))
             .map_or(NO_VM, |v| v.slot);
-        // Steering is enabled per port once its XDP mode is known (below).
-        dp.set_port(
-            ifindex,
-            PortEntry {
-                slot,
-                vm_slot,
-                role: *role as u8,
-                flags: 0,
-                team: 0,
-                member: 0,
-            },
-        )?;
+        // Steering and switching are set per port once its XDP mode is known (below); an
+        // adopted port keeps what it has until then, so its frames never miss a step.
+        let mut entry = PortEntry {
+            slot,
+            vm_slot,
+            role: *role as u8,
+            flags: 0,
+            team: 0,
+            member: 0,
+        };
+        if let Some(prev) = previous.get(&ifindex)
+            && (prev.slot, prev.vm_slot, prev.role) == (entry.slot, entry.vm_slot, entry.role)
+        {
+            entry = *prev;
+        }
+        dp.set_port(ifindex, entry)?;
         dp.set_port_record(
             slot,
             PortRecord {

@@ -178,7 +178,7 @@ fn receive(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+    if from.sll_pkttype == libc::PACKET_OUTGOING {
         return Ok(None);
     }
     Ok(Some(n as usize))

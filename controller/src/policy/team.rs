@@ -800,9 +800,9 @@ mod tests {
         for mv in &moves {
             assert_eq!(mv.from, Where::Member(2));
         }
-        for v in 0..60 {
-            if before[v] != Where::Member(2) {
-                assert_eq!(t.at(v), before[v], "vm{v} moved although its member is up");
+        for (v, was) in before.iter().enumerate() {
+            if *was != Where::Member(2) {
+                assert_eq!(t.at(v), *was, "vm{v} moved although its member is up");
             }
         }
         // And back: exactly those return.
