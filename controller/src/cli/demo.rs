@@ -16,7 +16,7 @@ use crate::{
         client::Client,
         types::{
             RssEngineSetRequest, RssEngineView, RssEvent, RssStatusView, StatsView, StatusView,
-            VmView,
+            TeamEvent, TeamStatusView, VmView,
         },
     },
     lab::{
@@ -117,6 +117,19 @@ fn demo(
     println!("{}", report.summary());
     let stats: StatsView = block_on(client.get("/v1/stats"))?;
     print!("{}", table::stats(&stats));
+
+    if let Some(team) = lab.config().teams.first()
+        && team.uplinks.len() > 1
+        && let Some(vm0) = lab.config().vms.first()
+    {
+        failover_demo(
+            lab,
+            &client,
+            &team.uplinks[0],
+            &vm0.name,
+            team.failback_hold_ms,
+        )?;
+    }
 
     if let (Some(vm0), Some(tor4)) = (
         lab.config().vms.first(),
@@ -293,5 +306,71 @@ fn engine_change_demo(
         sent.sent.saturating_sub(got.received),
         got.reordered
     );
+    Ok(())
+}
+
+/// The team's first uplink loses its carrier while a VM sends: the VM moves to the survivor
+/// at once, is announced there, and comes back only after the hold-down.
+fn failover_demo(
+    lab: &Lab,
+    client: &Client,
+    uplink: &str,
+    vm: &str,
+    hold_ms: u64,
+) -> anyhow::Result<()> {
+    let Some(tor4) = lab.tor_addrs().iter().find(|a| a.addr.is_ipv4()).copied() else {
+        return Ok(());
+    };
+    heading(&format!(
+        "team: {uplink} loses its carrier while {vm} sends 5000 datagrams/s; it fails back {hold_ms} ms after the carrier returns"
+    ));
+    let sink = std::net::SocketAddr::new(tor4.addr, TOR_UDP_PORT);
+    let rx = Receiver::start(Some(&lab.tor_ns()), sink)?;
+    let ns = lab.vm_ns(vm);
+    let secs = 3.0 + hold_ms as f64 / 1000.0;
+    let sender = std::thread::spawn(move || {
+        send_udp(
+            Some(&ns),
+            UdpStream {
+                dst: sink,
+                flows: 8,
+                pps: 5000,
+                duration: Duration::from_secs_f64(secs),
+                payload: 100,
+                zipf: None,
+            },
+        )
+    });
+    let tor_port = crate::lab::tor_port(uplink);
+    let carrier = |state: &str| {
+        println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
+        crate::lab::ip(&["-n", &lab.tor_ns(), "link", "set", &tor_port, state])
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    carrier("down")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let status: TeamStatusView = block_on(client.get("/v1/team"))?;
+    print!("{}", table::team_status(&status));
+    carrier("up")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let status: TeamStatusView = block_on(client.get("/v1/team"))?;
+    print!("{}", table::team_status(&status));
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
+    let got = rx.stop()?;
+    std::thread::sleep(Duration::from_millis(700));
+    println!(
+        "sent {}, received {}, lost {}, reordered {}",
+        sent.sent,
+        got.received,
+        sent.sent.saturating_sub(got.received),
+        got.reordered
+    );
+    let events: Vec<TeamEvent> = block_on(client.get("/v1/team/events"))?;
+    println!(
+        "team events (switch: from the kernel's link event to the dataplane carrying the VMs):"
+    );
+    print!("{}", table::team_events(&events, true));
     Ok(())
 }
