@@ -10,7 +10,10 @@ use std::{
 };
 
 use xnic::{
-    api::types::{TeamEvent, TeamStatusView, TeamVmView},
+    api::{
+        client::Method,
+        types::{TeamEvent, TeamStatusView, TeamVmView},
+    },
     cli::block_on,
     lab::{
         capture::Capture,

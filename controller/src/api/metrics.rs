@@ -8,13 +8,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::types::{Count, Role, RssStatusView, StatsView};
+use super::types::{Count, Role, RssStatusView, StatsView, TeamStatusView};
 
 #[derive(Debug)]
 struct Snapshot {
     instance: String,
     stats: StatsView,
     rss: Option<RssStatusView>,
+    team: Option<TeamStatusView>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -152,6 +153,9 @@ impl Collector for Snapshot {
         if let Some(rss) = &self.rss {
             self.encode_rss(rss, &mut encoder)?;
         }
+        if let Some(team) = &self.team {
+            self.encode_team(team, &mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -252,16 +256,93 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    fn encode_team(
+        &self,
+        team: &TeamStatusView,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let inst = || ("instance", self.instance.clone());
+        let mut state = Vec::new();
+        let mut load = Vec::new();
+        for t in &team.teams {
+            for u in &t.uplinks {
+                let labels = vec![inst(), ("team", t.name.clone()), ("uplink", u.name.clone())];
+                let mut with_state = labels.clone();
+                with_state.push(("state", u.state.clone()));
+                state.push((with_state, 1.0));
+                load.push((labels, u.load_mbps * 1e6));
+            }
+        }
+        gauge_family(
+            encoder,
+            "xnic_team_uplink_state",
+            "A team uplink's state (1 for its current state: up, holding, down)",
+            &state,
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_team_uplink_load_bps",
+            "Bits per second the team's VMs sent through an uplink over the last period",
+            &load,
+        )?;
+        let mut frames = Vec::new();
+        let mut bytes = Vec::new();
+        let mut granted = Vec::new();
+        for v in &team.vms {
+            for (u, c) in &v.per_uplink {
+                let labels = vec![inst(), ("vm", v.name.clone()), ("uplink", u.clone())];
+                frames.push((labels.clone(), c.packets));
+                bytes.push((labels, c.bytes));
+            }
+            if let Some(g) = v.granted_mbps {
+                granted.push((vec![inst(), ("vm", v.name.clone())], g * 1e6));
+            }
+        }
+        counter_family(
+            encoder,
+            "xnic_team_vm_uplink_packets",
+            "Frames a VM sent through each uplink of its team",
+            &frames,
+        )?;
+        counter_family(
+            encoder,
+            "xnic_team_vm_uplink_bytes",
+            "Bytes a VM sent through each uplink of its team",
+            &bytes,
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_team_vm_granted_bps",
+            "The rate a VM may send now: its allocation, or less when its uplink is short",
+            &granted,
+        )?;
+        let events: Vec<(Labels, u64)> = team
+            .event_counts
+            .iter()
+            .map(|(k, v)| (vec![inst(), ("kind", k.clone())], *v))
+            .collect();
+        counter_family(
+            encoder,
+            "xnic_team_events",
+            "Team events (link_down, link_up, failback, rebalance)",
+            &events,
+        )
+    }
+}
+
 pub fn encode(
     instance: &str,
     stats: &StatsView,
     rss: Option<RssStatusView>,
+    team: Option<TeamStatusView>,
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         instance: instance.to_string(),
         stats: stats.clone(),
         rss,
+        team,
     }));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;

@@ -214,7 +214,7 @@ async fn rss_engine_remove(
 
 async fn metrics(State(d): Shared) -> Result<impl IntoResponse, Failure> {
     let stats = d.stats()?;
-    let text = super::metrics::encode(&d.instance(), &stats, d.rss_status())
+    let text = super::metrics::encode(&d.instance(), &stats, d.rss_status(), d.team_status())
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [(

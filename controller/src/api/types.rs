@@ -296,6 +296,8 @@ pub struct RssEngineRemoved {
 pub struct TeamStatusView {
     pub teams: Vec<TeamView>,
     pub vms: Vec<TeamVmView>,
+    /// Events since the daemon started, by kind.
+    pub event_counts: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

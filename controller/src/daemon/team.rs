@@ -67,6 +67,7 @@ pub struct TeamRuntime {
     announcer: Option<Announcer>,
     events: VecDeque<TeamEvent>,
     next_event: u64,
+    event_counts: BTreeMap<String, u64>,
     /// Per policy VM: counters per member at the last period, and when.
     last: Option<(Instant, Vec<Vec<Counter>>)>,
     /// Per policy VM: bits per second sent; per team × member: bits and frames per second.
@@ -186,6 +187,7 @@ impl TeamRuntime {
             announcer,
             events: VecDeque::new(),
             next_event: 1,
+            event_counts: BTreeMap::new(),
             last: None,
             vm_bps: vec![0.0; n],
             member_rate,
@@ -431,6 +433,7 @@ impl TeamRuntime {
                 cause: format!("{:?}", m.cause).to_lowercase(),
             })
             .collect();
+        *self.event_counts.entry(kind.to_string()).or_default() += 1;
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
         }
@@ -570,6 +573,7 @@ impl TeamRuntime {
             vms: (0..self.vms.len())
                 .map(|v| self.vm_view_of(dp, v))
                 .collect(),
+            event_counts: self.event_counts.clone(),
         }
     }
 }
