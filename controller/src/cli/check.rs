@@ -5,7 +5,7 @@ use std::path::Path;
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let c = super::load_config(path)?;
     println!(
-        "{}: valid: instance {:?}, {} uplink(s), {} VM(s){}{}",
+        "{}: valid: instance {:?}, {} uplink(s), {} VM(s){}{}{}",
         path.display(),
         c.instance,
         c.uplinks.len(),
@@ -14,6 +14,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|r| format!(", {} RSS engine(s)", r.engines.len()))
             .unwrap_or_default(),
+        if c.teams.is_empty() {
+            String::new()
+        } else {
+            format!(", {} team(s)", c.teams.len())
+        },
         if c.lab.is_some() { ", lab" } else { "" }
     );
     // The file may be meant for another host: say so, without failing.
