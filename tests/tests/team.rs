@@ -336,6 +336,17 @@ fn a_lost_uplink_fails_over_under_traffic_and_fails_back_after_the_hold_down() {
         per["up1"].packets > 2000 && per["up0"].packets > 5000,
         "{per:?}"
     );
+    // And the metrics say so.
+    let (code, body) = block_on(t.client().request(Method::GET, "/metrics")).unwrap();
+    assert!(code.is_success());
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("xnic_team_events_total{"), "{body}");
+    assert!(body.contains("kind=\"link_down\"} 1"), "{body}");
+    assert!(
+        body.contains("xnic_team_vm_uplink_packets_total{"),
+        "{body}"
+    );
+    assert!(body.contains("xnic_team_uplink_state{"), "{body}");
 }
 
 #[test]

@@ -33,6 +33,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "the kernel path's firewall"),
     ("conntrack", "inspecting connection tracking"),
     ("util-linux", "setpriv, for the non-root CLI test"),
+    (
+        "openvswitch-switch",
+        "the team benchmark's baseline: OVS bonds on the userspace datapath",
+    ),
 ];
 
 /// bpf-linker release that works with the pinned toolchains.
