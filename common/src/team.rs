@@ -121,7 +121,7 @@ pub fn rate_fields(rate_bytes_per_sec: u64, burst_bytes: u64) -> (u64, u64) {
         return (u64::MAX, 0);
     }
     let rate = rate_bytes_per_sec.max(MIN_RATE_BYTES_PER_SEC);
-    let per_byte = ((1_000_000_000u64 << RATE_SHIFT) / rate).max(1);
+    let per_byte = ((1_000_000_000u64 << RATE_SHIFT).div_ceil(rate)).max(1);
     (per_byte, cost_ns(per_byte, burst_bytes))
 }
 
@@ -141,7 +141,8 @@ pub fn cost_ns(ns_per_byte_q16: u64, len: u64) -> u64 {
     } else {
         len
     };
-    ns_per_byte_q16.wrapping_mul(len) >> RATE_SHIFT
+    // Rounded up: a bucket may pass a hair less than its rate, never more.
+    (ns_per_byte_q16.wrapping_mul(len) + (1 << RATE_SHIFT) - 1) >> RATE_SHIFT
 }
 
 /// GCRA: whether a frame costing `cost` may go at `now` given the bucket's time `tat` (it
