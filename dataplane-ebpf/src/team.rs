@@ -63,12 +63,9 @@ pub fn egress(parsed: &Parsed, vm_slot: u32, len: u64, group: bool) -> Option<Ou
     }
     if group {
         count(vm_slot, vm.flood_member, len);
-        let action = FLOOD
-            .redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64)
-            .unwrap_or(xdp_action::XDP_DROP);
         return Some(Outcome {
             reason: Reason::FromVm,
-            action,
+            action: flood(),
         });
     }
     let member = member?;
@@ -138,7 +135,8 @@ pub fn receives_group(team: u32, member: u32) -> bool {
     TEAMS.get(team).is_some_and(|t| t.rx_member == member)
 }
 
-/// Sends a group frame from the network to every VM port.
+/// Sends a group frame to every port but the one it came in on (team uplinks filter their
+/// copies with `xnic_flood`).
 #[inline(always)]
 pub fn flood() -> u32 {
     FLOOD

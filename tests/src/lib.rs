@@ -235,6 +235,18 @@ impl Drop for TestLab {
     }
 }
 
+/// Polls `cond` every 50 ms for up to `limit`; true if it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
 /// Sum of every verdict counter of every port.
 pub fn total_frames(stats: &StatsView) -> u64 {
     stats.ports.iter().map(|p| p.total.packets).sum()

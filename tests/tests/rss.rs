@@ -2,11 +2,7 @@
 //! move between engine states with their load, and moves under traffic lose and reorder
 //! nothing.
 
-use std::{
-    net::SocketAddr,
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, thread::JoinHandle, time::Duration};
 
 use xnic::{
     api::types::{RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView},
@@ -14,7 +10,7 @@ use xnic::{
     config::default_lab_toml,
     lab::traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
 };
-use xnic_tests::{TestLab, unique_name, xnic};
+use xnic_tests::{TestLab, eventually, unique_name, xnic};
 
 const SINK_PORT: u16 = 9000;
 
@@ -96,18 +92,6 @@ fn blast(
 fn finish(rx: Receiver, tx: JoinHandle<SendReport>) -> (SendReport, RecvReport) {
     let sent = tx.join().unwrap();
     (sent, rx.stop().unwrap())
-}
-
-/// Polls `cond` every 100 ms for up to `limit`; true if it held.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
 }
 
 #[test]

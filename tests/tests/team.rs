@@ -21,7 +21,7 @@ use xnic::{
         traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
     },
 };
-use xnic_tests::{TestLab, reason_count, unique_name};
+use xnic_tests::{TestLab, eventually, reason_count, unique_name};
 
 const SINK_PORT: u16 = 9000;
 /// Payload of the allocation tests' datagrams; on the wire each is a frame of
@@ -115,17 +115,6 @@ fn link(t: &TestLab, uplink: &str, up: bool) {
         if up { "up" } else { "down" },
     ])
     .unwrap();
-}
-
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 #[test]

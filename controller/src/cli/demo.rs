@@ -22,12 +22,23 @@ use crate::{
     lab::{
         Lab, TOR_UDP_PORT,
         daemon::DaemonProcess,
-        traffic::{Receiver, UdpStream, send_udp},
+        traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
     },
 };
 
 const DAEMON_PREFIX: &str = "  daemon │ ";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a traffic run delivered, in one line.
+fn delivery(sent: &SendReport, got: &RecvReport) -> String {
+    format!(
+        "sent {}, received {}, lost {}, reordered {}",
+        sent.sent,
+        got.received,
+        sent.sent.saturating_sub(got.received),
+        got.reordered
+    )
+}
 
 fn heading(text: &str) {
     println!("\n━━ {text}");
@@ -231,13 +242,7 @@ fn rss_demo(lab: &Lab, client: &Client, vm: &str) -> anyhow::Result<()> {
             },
         )?;
         let got = rx.stop()?;
-        println!(
-            "sent {}, received {}, lost {}, reordered {}",
-            sent.sent,
-            got.received,
-            sent.sent.saturating_sub(got.received),
-            got.reordered
-        );
+        println!("{}", delivery(&sent, &got));
         let status: RssStatusView = block_on(client.get("/v1/rss"))?;
         print!("{}", table::rss_status(&status));
     }
@@ -299,13 +304,7 @@ fn engine_change_demo(
         .join()
         .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
     let got = rx.stop()?;
-    println!(
-        "sent {}, received {}, lost {}, reordered {}",
-        sent.sent,
-        got.received,
-        sent.sent.saturating_sub(got.received),
-        got.reordered
-    );
+    println!("{}", delivery(&sent, &got));
     Ok(())
 }
 
@@ -360,13 +359,7 @@ fn failover_demo(
         .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
     let got = rx.stop()?;
     std::thread::sleep(Duration::from_millis(700));
-    println!(
-        "sent {}, received {}, lost {}, reordered {}",
-        sent.sent,
-        got.received,
-        sent.sent.saturating_sub(got.received),
-        got.reordered
-    );
+    println!("{}", delivery(&sent, &got));
     let events: Vec<TeamEvent> = block_on(client.get("/v1/team/events"))?;
     println!(
         "team events (switch: from the kernel's link event to the dataplane carrying the VMs):"

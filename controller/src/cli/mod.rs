@@ -128,6 +128,49 @@ pub fn resolve_instance(arg: &InstanceArg) -> anyhow::Result<String> {
     }
 }
 
+/// A client for the instance a read command names (or the only one running).
+fn client(args: &args::ReadArgs) -> anyhow::Result<crate::api::client::Client> {
+    Ok(crate::api::client::Client::new(&resolve_instance(
+        &args.instance,
+    )?))
+}
+
+/// Prints the events at `path` after id `since` (`id` tells an event's id) as JSON or through
+/// `render` (whose flag asks for a header or "none yet" line); with `follow`, keeps polling
+/// for new ones until interrupted.
+fn print_events<E: serde::Serialize + serde::de::DeserializeOwned>(
+    args: &args::ReadArgs,
+    path: &str,
+    mut since: u64,
+    follow: bool,
+    id: fn(&E) -> u64,
+    render: fn(&[E], bool) -> String,
+) -> anyhow::Result<()> {
+    let c = client(args)?;
+    loop {
+        let events: Vec<E> = block_on(c.get(&format!("{path}?since={since}")))?;
+        let first = since == 0;
+        if let Some(last) = events.last() {
+            since = id(last);
+        }
+        if args.json {
+            if follow {
+                for e in &events {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                print_json(&events)?;
+            }
+        } else {
+            print!("{}", render(&events, !follow || first));
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

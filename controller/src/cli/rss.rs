@@ -1,19 +1,10 @@
 //! `xnic rss status|events|buckets|engine|set`.
 
-use std::time::Duration;
-
-use super::{args::ReadArgs, block_on, percent_encode, print_json, resolve_instance, table};
-use crate::api::{
-    client::Client,
-    types::{
-        RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssEngineView,
-        RssEvent, RssSetRequest, RssStatusView, RssVmView,
-    },
+use super::{args::ReadArgs, block_on, client, percent_encode, print_events, print_json, table};
+use crate::api::types::{
+    RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssEngineView,
+    RssEvent, RssSetRequest, RssStatusView, RssVmView,
 };
-
-fn client(args: &ReadArgs) -> anyhow::Result<Client> {
-    Ok(Client::new(&resolve_instance(&args.instance)?))
-}
 
 pub fn status(args: &ReadArgs) -> anyhow::Result<()> {
     let s: RssStatusView = block_on(client(args)?.get("/v1/rss"))?;
@@ -26,29 +17,14 @@ pub fn status(args: &ReadArgs) -> anyhow::Result<()> {
 }
 
 pub fn events(args: &ReadArgs, since: u64, follow: bool) -> anyhow::Result<()> {
-    let c = client(args)?;
-    let mut since = since;
-    loop {
-        let events: Vec<RssEvent> = block_on(c.get(&format!("/v1/rss/events?since={since}")))?;
-        if let Some(last) = events.last() {
-            since = last.id;
-        }
-        if args.json {
-            if follow {
-                for e in &events {
-                    println!("{}", serde_json::to_string(e)?);
-                }
-            } else {
-                print_json(&events)?;
-            }
-        } else {
-            print!("{}", table::rss_events(&events, !follow || since == 0));
-        }
-        if !follow {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    print_events(
+        args,
+        "/v1/rss/events",
+        since,
+        follow,
+        |e: &RssEvent| e.id,
+        table::rss_events,
+    )
 }
 
 pub fn buckets(engine: &str, args: &ReadArgs) -> anyhow::Result<()> {

@@ -297,6 +297,36 @@ impl Daemon {
     }
 }
 
+/// A new hash seed for a dataplane that has none yet (never 0: 0 means "not chosen").
+fn fresh_seed() -> u32 {
+    let mut b = [0u8; 4];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    let seed = if random {
+        u32::from_ne_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
+    };
+    seed | 1
+}
+
+/// Runs `f` on the daemon every `period` until the task is aborted.
+fn every(period: Duration, daemon: &Arc<Daemon>, f: fn(&Daemon)) -> tokio::task::JoinHandle<()> {
+    let daemon = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            f(&daemon);
+        }
+    })
+}
+
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): run it with sudo");
@@ -433,39 +463,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         stop: stop_tx,
     });
 
-    let sampler = {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(stats_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                daemon.sample_tick();
-            }
-        })
-    };
-    let rss_loop = rss_period.map(|period| {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                daemon.rss_tick();
-            }
-        })
-    });
-    let team_loop = team_period.map(|period| {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                daemon.team_tick();
-            }
-        })
-    });
+    let sampler = every(stats_interval, &daemon, Daemon::sample_tick);
+    let rss_loop = rss_period.map(|period| every(period, &daemon, Daemon::rss_tick));
+    let team_loop = team_period.map(|period| every(period, &daemon, Daemon::team_tick));
     let link_watch = link_events.map(|events| {
         let daemon = daemon.clone();
         tokio::spawn(async move {

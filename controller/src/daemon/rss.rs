@@ -222,10 +222,7 @@ impl RssRuntime {
         let seed = if old.seed != 0 {
             old.seed
         } else {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            (t.as_nanos() as u32) ^ std::process::id().rotate_left(16) | 1
+            super::fresh_seed()
         };
         dp.set_rss_config(RssConfig {
             enabled: 1,

@@ -86,7 +86,7 @@ impl TeamRuntime {
     ) -> anyhow::Result<TeamRuntime> {
         // Keep the pinned seed: flows must not move between members when the daemon restarts.
         let seed = match dp.team(0)?.seed {
-            0 => rand_seed().max(1),
+            0 => super::fresh_seed(),
             s => s,
         };
         let mut members = Vec::new();
@@ -201,18 +201,15 @@ impl TeamRuntime {
         for tv in &rt.vms {
             dp.reset_vm_bucket(tv.slot)?;
         }
-        rt.apply(dp, &mut Vec::new(), true)?;
+        // Nothing is announced at start: the VMs' uplinks did not change.
+        rt.apply(dp)?;
         Ok(rt)
     }
 
     /// Writes what changed: tables, the group receivers, every VM whose entry differs.
     /// Returns the policy VMs whose flood uplink changed (to be announced).
-    fn apply(
-        &mut self,
-        dp: &mut Dataplane,
-        flood_moved: &mut Vec<usize>,
-        all: bool,
-    ) -> anyhow::Result<()> {
+    fn apply(&mut self, dp: &mut Dataplane) -> anyhow::Result<Vec<usize>> {
+        let mut flood_moved = Vec::new();
         for t in 0..self.policy.teams() {
             dp.set_team_table(t as u32, self.policy.table(t))?;
             let mut entry = TeamEntry {
@@ -254,7 +251,7 @@ impl TeamRuntime {
                 burst_ns,
                 pause_until_ns: out.pause_until_ns,
             };
-            if all || entry != self.written[v] {
+            if entry != self.written[v] {
                 if entry.flood_member != self.written[v].flood_member && entry.flood_ifindex != 0 {
                     flood_moved.push(v);
                 }
@@ -262,7 +259,7 @@ impl TeamRuntime {
                 self.written[v] = entry;
             }
         }
-        Ok(())
+        Ok(flood_moved)
     }
 
     /// Whether `ifindex` is a team member, and which.
@@ -289,8 +286,7 @@ impl TeamRuntime {
             return Ok(());
         }
         let moves = self.policy.link(t, m, up, monotonic_ns());
-        let mut flood_moved = Vec::new();
-        self.apply(dp, &mut flood_moved, false)?;
+        let flood_moved = self.apply(dp)?;
         let switch_us = seen.elapsed().as_micros() as u64;
         let (announced, announce_us) = self.announce(vms, &flood_moved);
         let kind = if up { "link_up" } else { "link_down" };
@@ -320,8 +316,7 @@ impl TeamRuntime {
         if moves.is_empty() {
             return Ok(());
         }
-        let mut flood_moved = Vec::new();
-        self.apply(dp, &mut flood_moved, false)?;
+        let flood_moved = self.apply(dp)?;
         let switch_us = started.elapsed().as_micros() as u64;
         let (announced, announce_us) = self.announce(vms, &flood_moved);
         // Group by team and cause: a failback of one member is one event.
@@ -576,15 +571,4 @@ impl TeamRuntime {
             event_counts: self.event_counts.clone(),
         }
     }
-}
-
-fn rand_seed() -> u32 {
-    let mut b = [0u8; 4];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        return 0x9E37_79B9;
-    }
-    u32::from_ne_bytes(b)
 }
