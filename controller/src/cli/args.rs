@@ -98,6 +98,19 @@ pub struct ReadArgs {
     pub json: bool,
 }
 
+/// What an `events` command reads.
+#[derive(Debug, Args, Clone)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Only events after this id.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep printing new events until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// List VMs with their ports, addresses and traffic.
@@ -116,16 +129,7 @@ pub enum RssCommand {
     /// Engines with their CPUs, VMs, loads and tables; each VM's state; per-CPU load.
     Status(ReadArgs),
     /// Migrations and bucket moves, with their reasons and figures (oldest first).
-    Events {
-        #[command(flatten)]
-        read: ReadArgs,
-        /// Only events after this id.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
-        /// Keep printing new events until interrupted.
-        #[arg(long, short)]
-        follow: bool,
-    },
+    Events(EventsArgs),
     /// Per bucket of an engine: the CPU its table names and the frames each CPU finished.
     Buckets {
         /// The engine's name.
@@ -161,16 +165,7 @@ pub enum TeamCommand {
     /// Each team's uplinks (state, capacity, load, VMs) and each VM's placement and allocation.
     Status(ReadArgs),
     /// Failovers, failbacks and load moves, with how long each switch took (oldest first).
-    Events {
-        #[command(flatten)]
-        read: ReadArgs,
-        /// Only events after this id.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
-        /// Keep printing new events until interrupted.
-        #[arg(long, short)]
-        follow: bool,
-    },
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Subcommand)]

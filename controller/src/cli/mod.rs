@@ -32,17 +32,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
         Command::Stats(a) => stats::run(&a),
         Command::Team(TeamCommand::Status(a)) => team::status(&a),
-        Command::Team(TeamCommand::Events {
-            read,
-            since,
-            follow,
-        }) => team::events(&read, since, follow),
+        Command::Team(TeamCommand::Events(a)) => team::events(&a),
         Command::Rss(RssCommand::Status(a)) => rss::status(&a),
-        Command::Rss(RssCommand::Events {
-            read,
-            since,
-            follow,
-        }) => rss::events(&read, since, follow),
+        Command::Rss(RssCommand::Events(a)) => rss::events(&a),
         Command::Rss(RssCommand::Buckets { engine, read }) => rss::buckets(&engine, &read),
         Command::Rss(RssCommand::Engine(RssEngineCommand::Add {
             name,
@@ -135,17 +127,21 @@ fn client(args: &args::ReadArgs) -> anyhow::Result<crate::api::client::Client> {
     )?))
 }
 
-/// Prints the events at `path` after id `since` (`id` tells an event's id) as JSON or through
-/// `render` (whose flag asks for a header or "none yet" line); with `follow`, keeps polling
+/// Prints the events at `path` after `--since` (`id` tells an event's id) as JSON or through
+/// `render` (whose flag asks for a header or "none yet" line); with `--follow`, keeps polling
 /// for new ones until interrupted.
 fn print_events<E: serde::Serialize + serde::de::DeserializeOwned>(
-    args: &args::ReadArgs,
+    events_args: &args::EventsArgs,
     path: &str,
-    mut since: u64,
-    follow: bool,
     id: fn(&E) -> u64,
     render: fn(&[E], bool) -> String,
 ) -> anyhow::Result<()> {
+    let args::EventsArgs {
+        read: args,
+        mut since,
+        follow,
+    } = events_args.clone();
+    let args = &args;
     let c = client(args)?;
     loop {
         let events: Vec<E> = block_on(c.get(&format!("{path}?since={since}")))?;

@@ -1,6 +1,9 @@
 //! `xnic rss status|events|buckets|engine|set`.
 
-use super::{args::ReadArgs, block_on, client, percent_encode, print_events, print_json, table};
+use super::{
+    args::{EventsArgs, ReadArgs},
+    block_on, client, percent_encode, print_events, print_json, table,
+};
 use crate::api::types::{
     RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssEngineView,
     RssEvent, RssSetRequest, RssStatusView, RssVmView,
@@ -16,12 +19,10 @@ pub fn status(args: &ReadArgs) -> anyhow::Result<()> {
     }
 }
 
-pub fn events(args: &ReadArgs, since: u64, follow: bool) -> anyhow::Result<()> {
+pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     print_events(
         args,
         "/v1/rss/events",
-        since,
-        follow,
         |e: &RssEvent| e.id,
         table::rss_events,
     )

@@ -1,6 +1,9 @@
 //! `xnic team status|events`.
 
-use super::{args::ReadArgs, block_on, client, print_events, print_json, table};
+use super::{
+    args::{EventsArgs, ReadArgs},
+    block_on, client, print_events, print_json, table,
+};
 use crate::api::types::{TeamEvent, TeamStatusView};
 
 pub fn status(args: &ReadArgs) -> anyhow::Result<()> {
@@ -13,12 +16,10 @@ pub fn status(args: &ReadArgs) -> anyhow::Result<()> {
     }
 }
 
-pub fn events(args: &ReadArgs, since: u64, follow: bool) -> anyhow::Result<()> {
+pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     print_events(
         args,
         "/v1/team/events",
-        since,
-        follow,
         |e: &TeamEvent| e.id,
         table::team_events,
     )
