@@ -441,7 +441,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .map(Duration::from_millis);
     // Subscribed before the state is read, so no link change falls between the two.
     let link_events = if team_period.is_some() {
-        Some(crate::monitor::links::watch()?)
+        Some(crate::monitor::links::LinkWatch::subscribe()?)
     } else {
         None
     };
@@ -466,21 +466,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let sampler = every(stats_interval, &daemon, Daemon::sample_tick);
     let rss_loop = rss_period.map(|period| every(period, &daemon, Daemon::rss_tick));
     let team_loop = team_period.map(|period| every(period, &daemon, Daemon::team_tick));
-    let link_watch = link_events.map(|events| {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt as _;
-            let mut events = std::pin::pin!(events);
-            while let Some((ifindex, up)) = events.next().await {
-                let seen = std::time::Instant::now();
-                // The state lock can wait on a period's map reads: off the async threads.
-                let daemon = daemon.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || daemon.team_link(ifindex, up, seen)).await;
+    // A thread of its own (see `LinkWatch::run`); it holds the daemon weakly, so stopping
+    // does not wait for it.
+    if let Some(watch) = link_events {
+        let daemon = Arc::downgrade(&daemon);
+        watch.run(move |ifindex, up| {
+            let seen = std::time::Instant::now();
+            if let Some(daemon) = daemon.upgrade() {
+                daemon.team_link(ifindex, up, seen);
             }
-            warn!("netlink link events ended: team failover now waits for the next restart");
-        })
-    });
+        })?;
+    }
     let signals = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
@@ -521,7 +517,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     sampler.abort();
     signals.abort();
-    for task in [rss_loop, team_loop, link_watch].into_iter().flatten() {
+    for task in [rss_loop, team_loop].into_iter().flatten() {
         task.abort();
     }
     if let Some(m) = metrics {

@@ -63,6 +63,9 @@ pub struct TeamRuntime {
     vms: Vec<TeamVm>,
     /// What was last written to `VM_TEAM`, per policy VM.
     written: Vec<VmTeam>,
+    /// What was last written to `TEAMS` and `TEAM_TABLES`, per team (`None`: not yet), so a
+    /// failover writes only what changed.
+    written_teams: Vec<Option<(TeamEntry, Vec<u32>)>>,
     announce_count: u32,
     announcer: Option<Announcer>,
     events: VecDeque<TeamEvent>,
@@ -178,6 +181,7 @@ impl TeamRuntime {
             members,
             vms: team_vms,
             written: vec![VmTeam::default(); n],
+            written_teams: vec![None; config.teams.len()],
             announce_count: config
                 .teams
                 .iter()
@@ -210,18 +214,8 @@ impl TeamRuntime {
     /// Returns the policy VMs whose flood uplink changed (to be announced).
     fn apply(&mut self, dp: &mut Dataplane) -> anyhow::Result<Vec<usize>> {
         let mut flood_moved = Vec::new();
-        for t in 0..self.policy.teams() {
-            dp.set_team_table(t as u32, self.policy.table(t))?;
-            let mut entry = TeamEntry {
-                rx_member: self.policy.rx_member(t).map_or(NO_MEMBER, |m| m as u32),
-                ..Default::default()
-            };
-            for (m, member) in self.members[t].iter().enumerate() {
-                entry.ifindex[m] = member.ifindex;
-            }
-            entry.seed = self.seed;
-            dp.set_team(t as u32, entry)?;
-        }
+        // VMs first: on a failover their entries are what moves them; the tables only matter
+        // to flow-hash VMs.
         for (v, out) in self.policy.outcomes().into_iter().enumerate() {
             let spec = self.policy.vm_spec(v);
             let team = spec.team;
@@ -258,6 +252,23 @@ impl TeamRuntime {
                 dp.set_vm_team(self.vms[v].slot, entry)?;
                 self.written[v] = entry;
             }
+        }
+        for t in 0..self.policy.teams() {
+            let mut entry = TeamEntry {
+                rx_member: self.policy.rx_member(t).map_or(NO_MEMBER, |m| m as u32),
+                seed: self.seed,
+                ..Default::default()
+            };
+            for (m, member) in self.members[t].iter().enumerate() {
+                entry.ifindex[m] = member.ifindex;
+            }
+            let table = self.policy.table(t);
+            let before = self.written_teams[t].as_ref();
+            dp.set_team_table(t as u32, table, before.map(|(_, tb)| tb.as_slice()))?;
+            if before.is_none_or(|(e, _)| *e != entry) {
+                dp.set_team(t as u32, entry)?;
+            }
+            self.written_teams[t] = Some((entry, table.to_vec()));
         }
         Ok(flood_moved)
     }

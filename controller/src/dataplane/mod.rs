@@ -632,12 +632,18 @@ impl Dataplane {
     }
 
     /// Writes the entries of team `team`'s flow table that differ from `table`.
-    pub fn set_team_table(&mut self, team: u32, table: &[u32]) -> anyhow::Result<()> {
+    /// Writes team `team`'s flow table: the entries that differ from `before` (what was
+    /// last written), or all of them.
+    pub fn set_team_table(
+        &mut self,
+        team: u32,
+        table: &[u32],
+        before: Option<&[u32]>,
+    ) -> anyhow::Result<()> {
         let mut map: Array<_, u32> = Array::try_from(self.map_mut("TEAM_TABLES")?)?;
         for (b, &member) in table.iter().enumerate() {
-            let index = team * TEAM_TABLE_SIZE + b as u32;
-            if map.get(&index, 0)? != member {
-                map.set(index, member, 0)?;
+            if before.and_then(|old| old.get(b)) != Some(&member) {
+                map.set(team * TEAM_TABLE_SIZE + b as u32, member, 0)?;
             }
         }
         Ok(())
