@@ -16,14 +16,15 @@ use anyhow::{Context as _, bail};
 
 use crate::netns;
 
-/// Bytes kept of each frame: Ethernet, IP and UDP headers plus the traffic generator's
-/// sequence number.
-const HEAD: usize = 64;
+/// Bytes kept of each frame: Ethernet, IPv4 and UDP headers plus the traffic generator's
+/// header (flow, sequence number, send time).
+const HEAD: usize = 66;
 
 /// One frame received on the interface.
 #[derive(Clone, Debug)]
 pub struct Captured {
-    /// CLOCK_MONOTONIC nanoseconds when the socket handed it over.
+    /// CLOCK_MONOTONIC nanoseconds when the kernel received it (its socket timestamp, so a
+    /// busy capture thread does not blur gaps).
     pub at_ns: u64,
     pub head: Vec<u8>,
 }
@@ -37,6 +38,28 @@ impl Captured {
 
     pub fn ethertype(&self) -> u16 {
         u16::from_be_bytes([self.head[12], self.head[13]])
+    }
+
+    /// The traffic generator's header of an untagged IPv4 UDP frame (see
+    /// [`crate::lab::traffic::send_udp`]): flow, sequence number and nanoseconds since its
+    /// stream began.
+    pub fn generator_header(&self) -> Option<(u32, u64, u64)> {
+        const PAYLOAD: usize = 14 + 20 + 8;
+        if self.ethertype() != 0x0800
+            || self.head.get(23) != Some(&17)
+            || self.head.len() < PAYLOAD + 24
+        {
+            return None;
+        }
+        let p = &self.head[PAYLOAD..];
+        if p[..4] != crate::lab::traffic::MAGIC.to_be_bytes() {
+            return None;
+        }
+        Some((
+            u32::from_be_bytes(p[4..8].try_into().ok()?),
+            u64::from_be_bytes(p[8..16].try_into().ok()?),
+            u64::from_be_bytes(p[16..24].try_into().ok()?),
+        ))
     }
 }
 
@@ -67,10 +90,11 @@ impl Capture {
             };
             let mut frames = Vec::new();
             let mut buf = [0u8; 2048];
+            let offset = realtime_to_monotonic();
             while !flag.load(Ordering::Relaxed) {
                 match receive(&sock, &mut buf) {
-                    Ok(Some(n)) => frames.push(Captured {
-                        at_ns: crate::daemon::team::monotonic_ns(),
+                    Ok(Some((n, stamp))) => frames.push(Captured {
+                        at_ns: (stamp + offset).max(0) as u64,
                         head: buf[..n.min(HEAD)].to_vec(),
                     }),
                     Ok(None) => {}
@@ -156,30 +180,48 @@ fn open(ifname: &str) -> anyhow::Result<OwnedFd> {
             size_of::<libc::c_int>() as u32,
         )
     };
+    // Kernel receive timestamps: gaps measured from when frames arrived, not from when this
+    // thread got round to reading them.
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .context("cannot enable receive timestamps")?;
     Ok(sock)
 }
 
-/// One received frame's length; `None` for frames the interface sent.
-fn receive(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: sockaddr_ll is plain data.
-    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_ll>() as u32;
-    // SAFETY: `buf` and `from` are valid for the lengths passed.
-    let n = unsafe {
-        libc::recvfrom(
-            sock.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            0,
-            (&raw mut from).cast(),
-            &mut len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if from.sll_pkttype == libc::PACKET_OUTGOING {
+/// One received frame: its length and the kernel's receive time (CLOCK_REALTIME ns);
+/// `None` for frames the interface sent.
+fn receive(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(usize, i64)>> {
+    use nix::sys::socket::{ControlMessageOwned, LinkAddr, MsgFlags, recvmsg};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<LinkAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )?;
+    if msg
+        .address
+        .is_some_and(|a| a.pkttype() == libc::PACKET_OUTGOING)
+    {
         return Ok(None);
     }
-    Ok(Some(n as usize))
+    let stamp = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => Some(t.tv_sec() * 1_000_000_000 + t.tv_nsec()),
+        _ => None,
+    });
+    let stamp =
+        stamp.ok_or_else(|| io::Error::other("no receive timestamp on a captured frame"))?;
+    Ok(Some((msg.bytes, stamp)))
+}
+
+/// CLOCK_MONOTONIC minus CLOCK_REALTIME, in ns: turns the kernel's receive stamps into the
+/// clock the rest of the lab measures with.
+fn realtime_to_monotonic() -> i64 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| {
+        clock_gettime(c).map_or(0, |t: nix::sys::time::TimeSpec| {
+            t.tv_sec() * 1_000_000_000 + t.tv_nsec()
+        })
+    };
+    ns(ClockId::CLOCK_MONOTONIC) - ns(ClockId::CLOCK_REALTIME)
 }

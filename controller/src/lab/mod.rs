@@ -364,7 +364,7 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
 }
 
-fn bridge(args: &[&str]) -> anyhow::Result<()> {
+pub fn bridge(args: &[&str]) -> anyhow::Result<()> {
     run("bridge", args)
 }
 

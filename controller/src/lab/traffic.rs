@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::netns;
 
 /// Marks our datagrams ("xnic"), so stray traffic on the port is not counted.
-const MAGIC: u32 = 0x786e_6963;
+pub const MAGIC: u32 = 0x786e_6963;
 /// Header of every datagram: magic, flow id, sequence number, send time (ns).
 const HEADER_LEN: usize = 24;
 /// How long a stopped receiver keeps draining its socket.
@@ -130,6 +130,9 @@ pub struct RecvReport {
     pub flows: u64,
 }
 
+/// Shorter waits than this are not worth a sleep: the datagram goes out at once.
+const MIN_SLEEP: Duration = Duration::from_micros(10);
+
 /// Sends `stream` from namespace `ns` (the caller's namespace when `None`); blocks until done.
 pub fn send_udp(ns: Option<&str>, stream: UdpStream) -> anyhow::Result<SendReport> {
     let work = move || send_here(&stream);
@@ -164,17 +167,16 @@ fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
     let interval = Duration::from_secs_f64(1.0 / s.pps as f64);
     let start = Instant::now();
     let mut report = SendReport::default();
+    // Sleep between datagrams rather than spin: several senders on a small machine must
+    // leave CPU time to what they measure. Without timer slack, a sleep ends within a few
+    // microseconds of when it should; a late datagram is sent at once (the schedule is
+    // absolute, so the rate holds).
+    let _ = nix::sys::prctl::set_timerslack(1);
     for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
         let now = Instant::now();
-        if due > now {
-            let wait = due - now;
-            if wait > Duration::from_micros(200) {
-                std::thread::sleep(wait - Duration::from_micros(100));
-            }
-            while Instant::now() < due {
-                std::hint::spin_loop();
-            }
+        if due > now + MIN_SLEEP {
+            std::thread::sleep(due - now);
         }
         let flow = picker.pick();
         buf[4..8].copy_from_slice(&(flow as u32).to_be_bytes());
