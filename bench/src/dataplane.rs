@@ -106,23 +106,9 @@ impl VethPair {
     /// them per queue), frames handed to the stack otherwise.
     fn received(&self, xdp: bool) -> anyhow::Result<u64> {
         if xdp {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.dut_ns, "ethtool", "-S", "dut0"])
-                .output()
-                .context("running ethtool")?;
-            Ok(String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.trim_start().starts_with("rx_queue_") && l.contains("_xdp_packets:"))
-                .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
-                .sum())
+            crate::live::xdp_received(&self.dut_ns, "dut0")
         } else {
-            let out = Command::new("ip")
-                .args(["-n", &self.dut_ns, "-j", "-s", "link", "show", "dut0"])
-                .output()?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            v[0]["stats64"]["rx"]["packets"]
-                .as_u64()
-                .context("no rx counter for dut0")
+            Ok(crate::live::rx_counters(&self.dut_ns, "dut0")?.1)
         }
     }
 

@@ -3,10 +3,13 @@
 //! `cargo xtask bench NAME`, which builds in release mode first.
 
 mod dataplane;
+mod live;
+mod ovs;
 mod report;
 mod rss;
 mod rss_live;
 mod rss_sim;
+mod team;
 
 use anyhow::bail;
 
@@ -15,11 +18,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("dataplane") => dataplane::run(&args[1..]),
         Some("rss") => rss::run(&args[1..]),
+        Some("team") => team::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, rss"
+            "unknown benchmark {other:?}; available: dataplane, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|rss> [OPTIONS]"
+            "usage: xnic-bench <dataplane|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

@@ -21,11 +21,10 @@ use xnic::{
         types::{RssBucketView, RssSetRequest, RssStatusView, RssVmView},
     },
     cli::block_on,
-    config::{Config, default_lab_toml},
-    dataplane::baseline::{Baseline, BaselineProgram},
+    config::default_lab_toml,
+    dataplane::baseline::BaselineProgram,
     lab::{
         Lab, TOR_MAC,
-        daemon::DaemonProcess,
         traffic::{Receiver, UdpStream, send_udp},
     },
     policy::rss::spread,
@@ -33,26 +32,11 @@ use xnic::{
 
 use crate::{
     flag,
+    live::{LiveLab, udp_delivered, with_baseline},
     report::{Better, Report},
 };
 
 const PORT: u16 = 9000;
-
-/// The lab, removed however the run ends.
-struct LiveLab {
-    lab: Lab,
-    config_path: std::path::PathBuf,
-    instance: String,
-}
-
-impl Drop for LiveLab {
-    fn drop(&mut self) {
-        let _ = xnic::dataplane::teardown(&self.instance);
-        let _ = std::fs::remove_file(xnic::config::socket_path(&self.instance));
-        let _ = self.lab.down();
-        let _ = std::fs::remove_file(&self.config_path);
-    }
-}
 
 /// Pins `vm` to `engine` through the API.
 fn place(client: &Client, vm: &str, engine: &str) -> anyhow::Result<()> {
@@ -64,36 +48,6 @@ fn place(client: &Client, vm: &str, engine: &str) -> anyhow::Result<()> {
         },
     ))?;
     Ok(())
-}
-
-fn xnic_bin() -> anyhow::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.with_file_name("xnic"))
-}
-
-/// Datagrams that reached the UDP layer of namespace `ns`: queued to a socket
-/// (`InDatagrams`) or refused by a full one (`RcvbufErrors`).
-fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
-        bail!("no Udp line in /proc/net/snmp of {ns}");
-    };
-    let vals: Vec<&str> = vals.split_whitespace().collect();
-    let column = |name: &str| -> anyhow::Result<u64> {
-        let i = head
-            .split_whitespace()
-            .position(|h| h == name)
-            .with_context(|| format!("no {name} column"))?;
-        vals.get(i)
-            .context("short Udp line")?
-            .parse()
-            .with_context(|| format!("bad {name}"))
-    };
-    Ok(column("InDatagrams")? + column("RcvbufErrors")?)
 }
 
 fn set_rps(ns: &str, dev: &str, mask: &str) -> anyhow::Result<()> {
@@ -163,30 +117,6 @@ fn delivered_pps(lab: &Lab, vm: &str, offered: u64, secs: f64) -> anyhow::Result
     Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
 }
 
-/// Runs `f` while the minimal XDP_PASS program is attached to `dev` in namespace `ns`.
-fn with_xdp_pass<T: Send>(
-    ns: &str,
-    dev: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send,
-) -> anyhow::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // Only this thread enters the namespace.
-                xnic::netns::enter(ns)?;
-                let ifindex = nix::net::if_::if_nametoindex(dev)
-                    .with_context(|| format!("no interface {dev} in {ns}"))?;
-                let mut baseline = Baseline::load()?;
-                let link = baseline.attach(BaselineProgram::Pass, ifindex)?;
-                let result = f();
-                baseline.detach(BaselineProgram::Pass, link)?;
-                result
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the XDP_PASS thread panicked"))?
-    })
-}
-
 /// One rebalancing trial's outcome.
 struct Trial {
     /// Frames per CPU of the engine under the initial and the final table.
@@ -199,42 +129,11 @@ struct Trial {
     reordered: u64,
 }
 
-fn start_daemon(live: &LiveLab, exe: &std::path::Path) -> anyhow::Result<DaemonProcess> {
-    DaemonProcess::start(
-        exe,
-        &live.config_path,
-        &live.instance,
-        None,
-        Duration::from_secs(30),
-    )
-}
-
-/// Removes the dataplane (`xnic down`) and waits for the daemon to exit.
-fn stop_dataplane(
-    live: &LiveLab,
-    exe: &std::path::Path,
-    daemon: DaemonProcess,
-) -> anyhow::Result<()> {
-    let out = Command::new(exe)
-        .args(["down", "--instance", &live.instance])
-        .output()?;
-    if !out.status.success() {
-        bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let _ = daemon.wait(Duration::from_secs(10));
-    Ok(())
-}
-
 /// A fresh dataplane (new hash seed), vm0 placed on the first shared engine, skewed traffic
 /// while the policy rebalances; per-CPU loads of the initial and the final table from the
 /// same measured bucket loads.
-fn rebalance_trial(
-    live: &LiveLab,
-    client: &Client,
-    exe: &std::path::Path,
-    secs: f64,
-) -> anyhow::Result<Trial> {
-    let daemon = start_daemon(live, exe)?;
+fn rebalance_trial(live: &LiveLab, client: &Client, secs: f64) -> anyhow::Result<Trial> {
+    let daemon = live.start_daemon()?;
     let status: RssStatusView = block_on(client.get("/v1/rss"))?;
     let engine = status.engines.first().context("no engines")?.clone();
     place(client, "vm0", &engine.name)?;
@@ -259,7 +158,7 @@ fn rebalance_trial(
     )?;
     let got = rx.stop()?;
     let buckets: Vec<RssBucketView> = block_on(client.get(&buckets_path))?;
-    stop_dataplane(live, exe, daemon)?;
+    live.stop_dataplane(daemon)?;
     let frames: Vec<f64> = buckets
         .iter()
         .map(|b| b.frames_per_cpu.iter().sum::<u64>() as f64)
@@ -309,19 +208,8 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
         &text[..start],
         &text[end..]
     );
-    let config_path =
-        std::path::PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.bench.toml"));
-    std::fs::create_dir_all(xnic::RUN_DIR)?;
-    std::fs::write(&config_path, &text)?;
-    let config = Config::load(&config_path)?;
-    let live = LiveLab {
-        lab: Lab::new(config)?,
-        config_path,
-        instance: instance.clone(),
-    };
-    live.lab.up()?;
+    let live = LiveLab::up(&instance, &text)?;
     let client = Client::new(&instance);
-    let exe = xnic_bin()?;
 
     // 1. Rebalancing under skewed traffic. Which buckets the elephants land in depends on the
     // hash seed a fresh dataplane draws, so each trial starts from scratch and medians are
@@ -330,7 +218,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for trial in 0..trials {
         eprintln!("live: rebalancing under skew, trial {}/{trials}", trial + 1);
-        let r = rebalance_trial(&live, &client, &exe, secs)?;
+        let r = rebalance_trial(&live, &client, secs)?;
         eprintln!(
             "  per-CPU frames: initial table {:?}, rebalanced {:?} ({} buckets moved); {} sent, {} received, {} reordered",
             r.before, r.after, r.moved, r.sent, r.received, r.reordered
@@ -390,7 +278,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     // is the dedicated one on the last CPU), and RPS gets the same CPUs.
     eprintln!("live: delivered datagrams per second");
     let (target, cpus) = {
-        let daemon = start_daemon(&live, &exe)?;
+        let daemon = live.start_daemon()?;
         let status: RssStatusView = block_on(client.get("/v1/rss"))?;
         let all: Vec<u32> = status.engines.iter().flat_map(|e| e.cpus.clone()).collect();
         drop(daemon);
@@ -426,7 +314,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
     for round in 0..rounds {
         // xnic: steering on (a daemon adopting the pinned dataplane after the first round).
         if xnic_daemon.is_none() {
-            xnic_daemon = Some(start_daemon(&live, &exe)?);
+            xnic_daemon = Some(live.start_daemon()?);
             place(&client, "vm0", &target.name)?;
         }
         set_rps(&host, &uplink, "0")?;
@@ -441,14 +329,14 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
         xnic_runs.push(pps);
         // The kernel alone: remove the dataplane.
         if let Some(d) = xnic_daemon.take() {
-            stop_dataplane(&live, &exe, d)?;
+            live.stop_dataplane(d)?;
         }
         for (i, (label, set, xdp_pass)) in kernel.iter().enumerate() {
             set_rps(&host, &uplink, &mask(set))?;
             set_rps(&ns, xnic::lab::VM_IFNAME, &mask(set))?;
             let measure = || delivered_pps(&live.lab, "vm0", offered, secs);
             let pps = if *xdp_pass {
-                with_xdp_pass(&host, &uplink, measure)?
+                with_baseline(&host, &[uplink.as_str()], BaselineProgram::Pass, measure)?
             } else {
                 measure()?
             };

@@ -1,0 +1,167 @@
+//! What the live benchmarks share: a lab removed however the run ends, the xnic daemon
+//! started and stopped around baselines, the minimal XDP programs attached for a while, and
+//! counters read from the lab's namespaces.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+use xnic::{
+    config::Config,
+    dataplane::baseline::{Baseline, BaselineProgram},
+    lab::{Lab, daemon::DaemonProcess},
+};
+
+/// A lab and the configuration file it came from, removed (with any dataplane left pinned)
+/// however the run ends.
+pub struct LiveLab {
+    pub lab: Lab,
+    pub config_path: PathBuf,
+    pub instance: String,
+}
+
+impl LiveLab {
+    /// Writes `text` as instance `instance`'s benchmark configuration and builds its lab.
+    pub fn up(instance: &str, text: &str) -> anyhow::Result<LiveLab> {
+        let config_path = config_file(instance, "bench");
+        std::fs::create_dir_all(xnic::RUN_DIR)?;
+        std::fs::write(&config_path, text)?;
+        let config = Config::load(&config_path)?;
+        let live = LiveLab {
+            lab: Lab::new(config)?,
+            config_path,
+            instance: instance.to_string(),
+        };
+        live.lab.up()?;
+        Ok(live)
+    }
+
+    /// Starts the daemon on the lab's configuration and waits until it answers.
+    pub fn start_daemon(&self) -> anyhow::Result<DaemonProcess> {
+        start_daemon(&self.instance, &self.config_path)
+    }
+
+    /// Removes the dataplane (`xnic down`) and waits for `daemon` to exit.
+    pub fn stop_dataplane(&self, daemon: DaemonProcess) -> anyhow::Result<()> {
+        let out = Command::new(xnic_bin()?)
+            .args(["down", "--instance", &self.instance])
+            .output()?;
+        if !out.status.success() {
+            bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = daemon.wait(Duration::from_secs(10));
+        Ok(())
+    }
+}
+
+impl Drop for LiveLab {
+    fn drop(&mut self) {
+        let _ = xnic::dataplane::teardown(&self.instance);
+        let _ = std::fs::remove_file(xnic::config::socket_path(&self.instance));
+        let _ = self.lab.down();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Where a benchmark keeps configuration `name` of `instance`.
+pub fn config_file(instance: &str, name: &str) -> PathBuf {
+    PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.{name}.toml"))
+}
+
+/// Starts the daemon for `instance` on configuration file `config`.
+pub fn start_daemon(instance: &str, config: &std::path::Path) -> anyhow::Result<DaemonProcess> {
+    DaemonProcess::start(
+        &xnic_bin()?,
+        config,
+        instance,
+        None,
+        Duration::from_secs(30),
+    )
+}
+
+/// The `xnic` binary built beside this one.
+pub fn xnic_bin() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("xnic"))
+}
+
+/// Runs `f` while the minimal program `program` is attached to each of `devs` in namespace
+/// `ns`.
+pub fn with_baseline<T: Send>(
+    ns: &str,
+    devs: &[&str],
+    program: BaselineProgram,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // Only this thread enters the namespace.
+                xnic::netns::enter(ns)?;
+                let mut baseline = Baseline::load()?;
+                let mut links = Vec::new();
+                for dev in devs {
+                    let ifindex = nix::net::if_::if_nametoindex(*dev)
+                        .with_context(|| format!("no interface {dev} in {ns}"))?;
+                    links.push(baseline.attach(program, ifindex)?);
+                }
+                let result = f();
+                for link in links {
+                    baseline.detach(program, link)?;
+                }
+                result
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the baseline program's thread panicked"))?
+    })
+}
+
+/// Datagrams that reached the UDP layer of namespace `ns`: queued to a socket
+/// (`InDatagrams`) or refused by a full one (`RcvbufErrors`).
+pub fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+        bail!("no Udp line in /proc/net/snmp of {ns}");
+    };
+    let vals: Vec<&str> = vals.split_whitespace().collect();
+    let column = |name: &str| -> anyhow::Result<u64> {
+        let i = head
+            .split_whitespace()
+            .position(|h| h == name)
+            .with_context(|| format!("no {name} column"))?;
+        vals.get(i)
+            .context("short Udp line")?
+            .parse()
+            .with_context(|| format!("bad {name}"))
+    };
+    Ok(column("InDatagrams")? + column("RcvbufErrors")?)
+}
+
+/// Frames an XDP program on `dev` in `ns` has seen (veth counts them per receive queue).
+pub fn xdp_received(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-S", dev])
+        .output()
+        .context("running ethtool")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("rx_queue_") && l.contains("_xdp_packets:"))
+        .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
+        .sum())
+}
+
+/// An interface's received bytes and frames (`ip -s link`).
+pub fn rx_counters(ns: &str, dev: &str) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "-s", "link", "show", dev])
+        .output()?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("no link {dev} in {ns}"))?;
+    let rx = &v[0]["stats64"]["rx"];
+    Ok((
+        rx["bytes"].as_u64().context("no rx bytes")?,
+        rx["packets"].as_u64().context("no rx packets")?,
+    ))
+}

@@ -1,0 +1,771 @@
+//! `team`: NIC teaming against Open vSwitch's bonds on its userspace datapath, in one lab
+//! and one run. Four VMs send through a host with two uplinks to a tor; who switches their
+//! frames onto the uplinks changes between xnic, OVS and the kernel's bridge.
+//!
+//! 1. Failover: each VM sends a 10 kpps stream; the uplink carrying most of them loses its
+//!    carrier (the tor's end is set down). Per VM that was on it: the gap from its last frame
+//!    on the lost uplink to its first on the survivor (kernel receive timestamps at the tor),
+//!    and the datagrams it lost. xnic's failover policy against an OVS active-backup bond,
+//!    xnic's MAC-hash placement against an OVS balance-slb bond.
+//! 2. Allocation accuracy: a VM offers twice its allocation; the rate that reaches the tor,
+//!    in steady state, against an OVS OpenFlow meter of the same rate and burst.
+//! 3. Egress frames per second: trafgen in a VM sends 64-byte UDP; frames per second that
+//!    reach the tor through xnic's team path, through the kernel's bridge without xnic, and
+//!    through OVS. A minimal XDP_DROP program counts them at the tor, so the tor's own stack
+//!    does not limit the figure.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xnic::{
+    announce::{Announcer, arp},
+    api::{
+        client::Client,
+        types::{TeamEvent, TeamStatusView},
+    },
+    cli::block_on,
+    daemon::team::monotonic_ns,
+    dataplane::baseline::BaselineProgram,
+    lab::{
+        HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC, bridge,
+        capture::Capture,
+        ip, tor_port,
+        traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
+    },
+    net::MacAddr,
+};
+
+use crate::{
+    flag,
+    live::{self, LiveLab, rx_counters, with_baseline, xdp_received},
+    ovs::{BRIDGE as OVS_BRIDGE, Ovs},
+    report::{Better, Report, median},
+};
+
+/// VMs in the lab: enough that a MAC hash puts some on each uplink.
+const VMS: usize = 4;
+const UPLINKS: [&str; 2] = ["up0", "up1"];
+/// The issue's failover stream, per VM.
+const STREAM_PPS: u64 = 10_000;
+/// Receivers at the tor listen on BASE_PORT + VM index.
+const BASE_PORT: u16 = 9000;
+/// xnic's failback hold-down in the benchmark: short, so trials follow each other quickly.
+const HOLD_MS: u64 = 1000;
+/// Allocation test: datagram payload, so frames are 1000 bytes on the wire (what allocations
+/// and meters count: Ethernet 14 + IPv4 20 + UDP 8 + payload).
+const PAYLOAD: usize = 958;
+const FRAME_BYTES: f64 = (PAYLOAD + 42) as f64;
+/// Allocations measured, Mbit/s, each on its own VM.
+const RATES_MBPS: [f64; 2] = [20.0, 100.0];
+/// The burst both xnic and the OVS meter allow.
+const BURST_KIB: u32 = 64;
+/// What trafgen offers by default in the egress test, frames per second.
+const OFFERED_PPS: u64 = 1_000_000;
+
+/// The lab configuration with the team placing VMs by `policy`; `vm_extra[i]` is added to VM
+/// i's section.
+fn config(instance: &str, prefix: &str, policy: &str, vm_extra: &[String]) -> String {
+    let mut s = format!("instance = \"{instance}\"\nnetns = \"{prefix}-host\"\n");
+    for u in UPLINKS {
+        s.push_str(&format!("\n[[uplink]]\nname = \"{u}\"\n"));
+    }
+    for i in 0..VMS {
+        s.push_str(&format!(
+            "\n[[vm]]\nname = \"vm{i}\"\nport = \"vm{i}\"\nmacs = [\"{}\"]\nips = [\"10.77.0.{}/24\"]\n{}\n",
+            vm_mac(i),
+            10 + i,
+            vm_extra.get(i).map_or("", String::as_str)
+        ));
+    }
+    s.push_str(&format!(
+        "\n[[team]]\nname = \"uplinks\"\nuplinks = [\"up0\", \"up1\"]\npolicy = \"{policy}\"\n\
+         failback_hold_ms = {HOLD_MS}\n"
+    ));
+    s.push_str(&format!(
+        "\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"]\nipv6 = false\n"
+    ));
+    s
+}
+
+fn vm_mac(i: usize) -> MacAddr {
+    MacAddr([0x02, 0x77, 0, 0, 0, 0x10 + i as u8])
+}
+
+/// The lab plus the alternative configurations of the same VMs the daemon is started with.
+struct Bench {
+    live: LiveLab,
+    prefix: String,
+    variants: Vec<PathBuf>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        for v in &self.variants {
+            let _ = std::fs::remove_file(v);
+        }
+    }
+}
+
+impl Bench {
+    fn lab(&self) -> &Lab {
+        &self.live.lab
+    }
+
+    fn host(&self) -> &str {
+        self.live.lab.host_ns()
+    }
+
+    /// Writes a configuration variant `name` of the lab and returns its path.
+    fn variant(
+        &mut self,
+        name: &str,
+        policy: &str,
+        vm_extra: &[String],
+    ) -> anyhow::Result<PathBuf> {
+        let path = live::config_file(&self.live.instance, name);
+        std::fs::write(
+            &path,
+            config(&self.live.instance, &self.prefix, policy, vm_extra),
+        )?;
+        self.variants.push(path.clone());
+        Ok(path)
+    }
+
+    /// Starts xnic on configuration `path`.
+    fn xnic(&self, path: &std::path::Path) -> anyhow::Result<xnic::lab::daemon::DaemonProcess> {
+        live::start_daemon(&self.live.instance, path)
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.live.instance)
+    }
+
+    /// Puts the VM ports on the host's bridge, or takes them off it for OVS.
+    fn bridge_vm_ports(&self, on: bool) -> anyhow::Result<()> {
+        for i in 0..VMS {
+            let port = format!("vm{i}");
+            let master: &[&str] = if on {
+                &["master", HOST_BRIDGE]
+            } else {
+                &["nomaster"]
+            };
+            let mut args = vec!["-n", self.host(), "link", "set", &port];
+            args.extend_from_slice(master);
+            ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel path without xnic: up0 on the host's bridge with the VMs, the tor's MAC
+    /// known to be behind it (as a switch would have learned), so nothing floods.
+    fn kernel_bridge(&self, on: bool) -> anyhow::Result<()> {
+        if on {
+            ip(&[
+                "-n",
+                self.host(),
+                "link",
+                "set",
+                "up0",
+                "master",
+                HOST_BRIDGE,
+            ])?;
+            bridge(&[
+                "-n",
+                self.host(),
+                "fdb",
+                "replace",
+                &TOR_MAC.to_string(),
+                "dev",
+                "up0",
+                "master",
+                "static",
+            ])
+        } else {
+            ip(&["-n", self.host(), "link", "set", "up0", "nomaster"])
+        }
+    }
+
+    /// OVS switching the VM ports onto a bond of both uplinks in `mode`, with a meter per
+    /// `(vm, Mbit/s)` in `meters`, once it has learned where the tor is.
+    fn ovs(&self, mode: &str, meters: &[(usize, f64)]) -> anyhow::Result<Ovs> {
+        self.bridge_vm_ports(false)?;
+        let ovs = Ovs::start(self.host())?;
+        for i in 0..VMS {
+            ovs.vsctl(&["add-port", OVS_BRIDGE, &format!("vm{i}")])?;
+        }
+        // No periodic rebalancing: a MAC stays on its member unless that member fails, as
+        // with xnic's MAC hash.
+        ovs.vsctl(&[
+            "add-bond",
+            OVS_BRIDGE,
+            "bond0",
+            "up0",
+            "up1",
+            &format!("bond_mode={mode}"),
+            "other_config:bond-rebalance-interval=0",
+        ])?;
+        for (n, (vm, mbps)) in meters.iter().enumerate() {
+            let id = n + 1;
+            let kbps = (mbps * 1000.0).round() as u64;
+            let burst_kbit = BURST_KIB as u64 * 1024 * 8 / 1000;
+            ovs.ofctl(&[
+                "add-meter",
+                OVS_BRIDGE,
+                &format!(
+                    "meter={id},kbps,burst,band=type=drop,rate={kbps},burst_size={burst_kbit}"
+                ),
+            ])?;
+            ovs.ofctl(&[
+                "add-flow",
+                OVS_BRIDGE,
+                &format!("priority=10,in_port=vm{vm},actions=meter:{id},NORMAL"),
+            ])?;
+        }
+        self.teach_tor_mac(&ovs)?;
+        Ok(ovs)
+    }
+
+    /// Sends gratuitous ARPs from the tor until OVS has learned its MAC on the bond, so VM
+    /// frames for the tor are not flooded to the other VMs.
+    fn teach_tor_mac(&self, ovs: &Ovs) -> anyhow::Result<()> {
+        let tor = self.lab().tor_ns();
+        let IpAddr::V4(tor_ip) = self.lab().endpoint("tor")?.1 else {
+            bail!("the tor has no IPv4 address");
+        };
+        let garp = arp(TOR_MAC.0, tor_ip.octets());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mac = TOR_MAC.to_string();
+        loop {
+            let frame = garp.clone();
+            xnic::netns::run_in(&tor, move || {
+                let ifindex = nix::net::if_::if_nametoindex(TOR_BRIDGE)?;
+                Announcer::open()?.send(ifindex, &frame)?;
+                anyhow::Ok(())
+            })?;
+            std::thread::sleep(Duration::from_millis(100));
+            if ovs.appctl(&["fdb/show", OVS_BRIDGE])?.contains(&mac) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("OVS did not learn the tor's MAC {mac} on its bond");
+            }
+        }
+    }
+
+    /// Stops OVS and gives the VM ports back to the host's bridge.
+    fn stop_ovs(&self, ovs: Ovs) -> anyhow::Result<()> {
+        drop(ovs);
+        self.bridge_vm_ports(true)
+    }
+
+    fn carrier(&self, uplink: &str, up: bool) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            &self.lab().tor_ns(),
+            "link",
+            "set",
+            &tor_port(uplink),
+            if up { "up" } else { "down" },
+        ])
+    }
+}
+
+/// What one VM went through in one failover.
+struct Failover {
+    /// From its last frame on the lost uplink to its first on the survivor; `None` when it
+    /// never reached the survivor.
+    gap_ms: Option<f64>,
+    /// The sender's own time between those two frames (from their send stamps): the gap as
+    /// the sender saw it, without delays on the way to the tor.
+    sent_apart_ms: Option<f64>,
+    lost: u64,
+}
+
+/// One failover under a 10 kpps stream per VM: the uplink carrying most of them loses its
+/// carrier. Returns the VMs that were on it.
+fn failover_trial(b: &Bench, secs: f64) -> anyhow::Result<Vec<Failover>> {
+    let lab = b.lab();
+    let (tor, tor_addr) = lab.endpoint("tor")?;
+    let captures = UPLINKS
+        .iter()
+        .map(|u| Capture::start(&tor, &tor_port(u)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..VMS {
+        let sink = SocketAddr::new(tor_addr, BASE_PORT + i as u16);
+        receivers.push(Receiver::start(Some(&tor), sink)?);
+        let ns = lab.vm_ns(&format!("vm{i}"));
+        senders.push(std::thread::spawn(move || {
+            send_udp(
+                Some(&ns),
+                UdpStream {
+                    dst: sink,
+                    flows: 4,
+                    pps: STREAM_PPS,
+                    duration: Duration::from_secs_f64(secs),
+                    payload: 64,
+                    zipf: None,
+                },
+            )
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    // The uplink carrying most frames right now is the one to lose.
+    let frames = |u: &str| rx_counters(&tor, &tor_port(u)).map(|(_, p)| p);
+    let before = UPLINKS.map(frames);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = UPLINKS.map(frames);
+    let mut busiest = 0;
+    let mut most = 0;
+    for (u, (a, b)) in after.into_iter().zip(before).enumerate() {
+        let n = a? - b?;
+        if n > most {
+            (busiest, most) = (u, n);
+        }
+    }
+    let failed = UPLINKS[busiest];
+    let down_at = monotonic_ns();
+    b.carrier(failed, false)?;
+    let mut sent: Vec<SendReport> = Vec::new();
+    for s in senders {
+        sent.push(
+            s.join()
+                .map_err(|_| anyhow::anyhow!("a sender panicked"))??,
+        );
+    }
+    let got: Vec<RecvReport> = receivers
+        .into_iter()
+        .map(Receiver::stop)
+        .collect::<anyhow::Result<_>>()?;
+    let captured: Vec<_> = captures
+        .into_iter()
+        .map(Capture::stop)
+        .collect::<anyhow::Result<_>>()?;
+    b.carrier(failed, true)?;
+
+    let mut moved = Vec::new();
+    for i in 0..VMS {
+        let from_vm = |c: &&xnic::lab::capture::Captured| {
+            c.src_mac() == vm_mac(i).0 && c.ethertype() == 0x0800
+        };
+        // Nothing arrives on the lost uplink after its carrier went (it comes back only
+        // after the captures stopped).
+        let Some(last_old) = captured[busiest]
+            .iter()
+            .filter(from_vm)
+            .max_by_key(|c| c.at_ns)
+        else {
+            continue;
+        };
+        // Not on the lost uplink when it went: not moved by the failover.
+        if down_at.saturating_sub(last_old.at_ns) > 10_000_000 {
+            continue;
+        }
+        let first_new = captured
+            .iter()
+            .enumerate()
+            .filter(|(u, _)| *u != busiest)
+            .flat_map(|(_, frames)| frames.iter().filter(from_vm))
+            .filter(|c| c.at_ns > last_old.at_ns)
+            .min_by_key(|c| c.at_ns);
+        let sent_at = |c: &xnic::lab::capture::Captured| c.generator_header().map(|h| h.2);
+        moved.push(Failover {
+            gap_ms: first_new.map(|c| (c.at_ns - last_old.at_ns) as f64 / 1e6),
+            sent_apart_ms: first_new
+                .and_then(|c| Some((sent_at(c)? as f64 - sent_at(last_old)? as f64) / 1e6)),
+            lost: sent[i].sent.saturating_sub(got[i].received),
+        });
+    }
+    if moved.is_empty() {
+        bail!("no VM was sending over {failed} when it lost its carrier");
+    }
+    Ok(moved)
+}
+
+/// Failover figures of one switch over `trials` trials.
+struct FailoverRuns {
+    gaps_ms: Vec<f64>,
+    lost: Vec<f64>,
+    /// Moved VMs that never reached the survivor.
+    stranded: usize,
+}
+
+fn failover_runs(
+    b: &Bench,
+    label: &str,
+    trials: usize,
+    secs: f64,
+    settle: Duration,
+) -> anyhow::Result<FailoverRuns> {
+    let mut runs = FailoverRuns {
+        gaps_ms: Vec::new(),
+        lost: Vec::new(),
+        stranded: 0,
+    };
+    for trial in 0..trials {
+        let moved = failover_trial(b, secs)?;
+        eprintln!(
+            "  {label}, trial {}: {}",
+            trial + 1,
+            moved
+                .iter()
+                .map(|m| format!(
+                    "gap {} (sent {} apart) lost {}",
+                    m.gap_ms.map_or("never".into(), |g| format!("{g:.3} ms")),
+                    m.sent_apart_ms.map_or("?".into(), |g| format!("{g:.3} ms")),
+                    m.lost
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        for m in moved {
+            match m.gap_ms {
+                Some(g) => runs.gaps_ms.push(g),
+                None => runs.stranded += 1,
+            }
+            runs.lost.push(m.lost as f64);
+        }
+        // Carrier back; let the switch settle (xnic fails back after its hold-down).
+        std::thread::sleep(settle);
+    }
+    if runs.gaps_ms.is_empty() {
+        bail!("{label}: no VM reached the surviving uplink in any trial");
+    }
+    Ok(runs)
+}
+
+/// The rate that reaches the tor while VM `vm` offers twice `mbps` for `secs` in steady
+/// state (after the burst), Mbit/s of frames.
+fn steady_rate(b: &Bench, vm: usize, mbps: f64, secs: f64) -> anyhow::Result<f64> {
+    let (tor, tor_addr) = b.lab().endpoint("tor")?;
+    let sink = SocketAddr::new(tor_addr, BASE_PORT + vm as u16);
+    let rx = Receiver::start(Some(&tor), sink)?;
+    let ns = b.lab().vm_ns(&format!("vm{vm}"));
+    let warmup = 1.5;
+    let pps = (2.0 * mbps * 1e6 / 8.0 / FRAME_BYTES).round() as u64;
+    let sender = std::thread::spawn(move || {
+        send_udp(
+            Some(&ns),
+            UdpStream {
+                dst: sink,
+                flows: 4,
+                pps,
+                duration: Duration::from_secs_f64(warmup + secs + 0.5),
+                payload: PAYLOAD,
+                zipf: None,
+            },
+        )
+    });
+    let bytes = || -> anyhow::Result<u64> {
+        UPLINKS
+            .iter()
+            .map(|u| rx_counters(&tor, &tor_port(u)).map(|(b, _)| b))
+            .sum()
+    };
+    std::thread::sleep(Duration::from_secs_f64(warmup));
+    let (b0, t0) = (bytes()?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (b1, t1) = (bytes()?, Instant::now());
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+    rx.stop()?;
+    if sent.sent < pps {
+        bail!("the sender offered only {} datagrams", sent.sent);
+    }
+    Ok((b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6)
+}
+
+/// Frames per second reaching the tor while trafgen in vm0 offers `offered` for `secs`.
+fn egress_pps(b: &Bench, offered: u64, secs: f64) -> anyhow::Result<f64> {
+    let lab = b.lab();
+    let (ns, addr) = lab.endpoint("vm0")?;
+    let (tor, tor_addr) = lab.endpoint("tor")?;
+    let cfg = std::env::temp_dir().join(format!("xnic-team-{}.trafgen", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{\n  eth(da={TOR_MAC}, sa={}, type=0x0800),\n  ipv4(saddr={addr}, daddr={tor_addr}, ttl=64),\n  udp(sp=drnd(), dp={BASE_PORT}, csum=0),\n  fill(0x00, 18)\n}}\n",
+            vm_mac(0)
+        ),
+    )?;
+    let ports: Vec<String> = UPLINKS.iter().map(|u| tor_port(u)).collect();
+    let port_refs: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let result = with_baseline(&tor, &port_refs, BaselineProgram::Drop, || {
+        let mut trafgen = Command::new("trafgen");
+        trafgen
+            .args(["--dev", xnic::lab::VM_IFNAME, "--conf"])
+            .arg(&cfg)
+            .args(["--cpus", "1", "-q", "-b", &format!("{offered}pps")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let generator = xnic::netns::spawn_in(&ns, trafgen)
+            .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")?;
+        let count = || -> anyhow::Result<u64> { ports.iter().map(|p| xdp_received(&tor, p)).sum() };
+        std::thread::sleep(Duration::from_millis(500));
+        let (c0, t0) = (count()?, Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (c1, t1) = (count()?, Instant::now());
+        generator.kill();
+        Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
+    });
+    let _ = std::fs::remove_file(&cfg);
+    result
+}
+
+/// Median and worst of xnic's own measured switch times (kernel link event → dataplane
+/// rewritten), microseconds.
+fn switch_times(client: &Client) -> anyhow::Result<Vec<f64>> {
+    let events: Vec<TeamEvent> = block_on(client.get("/v1/team/events"))?;
+    Ok(events
+        .iter()
+        .filter(|e| e.kind == "link_down")
+        .filter_map(|e| e.switch_us.map(|u| u as f64))
+        .collect())
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
+}
+
+/// The knobs every part reads.
+struct Opts {
+    trials: usize,
+    secs: f64,
+    rounds: usize,
+    offered: u64,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let opts = Opts {
+        trials: flag(args, "--trials", 3)?.max(1),
+        secs: flag(args, "--secs", 3.0)?,
+        rounds: flag(args, "--rounds", 3)?.max(1),
+        offered: flag(args, "--offered", OFFERED_PPS)?,
+    };
+    // `--only failover|allocation|egress`: one part of the benchmark.
+    let only: String = flag(args, "--only", String::new())?;
+    if !["", "failover", "allocation", "egress"].contains(&only.as_str()) {
+        bail!("--only takes failover, allocation or egress, not {only:?}");
+    }
+    let part = |name: &str| only.is_empty() || only == name;
+    let mut report = Report::new("team");
+    let id = std::process::id();
+    let instance = format!("xbteam{id}");
+    let prefix = format!("xbt{id}");
+    let live = LiveLab::up(&instance, &config(&instance, &prefix, "failover", &[]))?;
+    let mut b = Bench {
+        live,
+        prefix,
+        variants: Vec::new(),
+    };
+    if part("failover") {
+        failover(&mut b, &opts, &mut report)?;
+    }
+    if part("allocation") {
+        allocation(&mut b, &opts, &mut report)?;
+    }
+    if part("egress") {
+        egress(&b, &opts, &mut report)?;
+    }
+    drop(b);
+    report.write()
+}
+
+/// Part 1: failover gaps and losses, xnic against OVS bonds.
+fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let Opts { trials, secs, .. } = *opts;
+    let failover_cfg = b.live.config_path.clone();
+    let mac_hash_cfg = b.variant("mac-hash", "mac-hash", &[])?;
+    let client = b.client();
+    // xnic fails back after its hold-down; OVS members come back at once.
+    let xnic_settle = Duration::from_millis(HOLD_MS + 1000);
+    let ovs_settle = Duration::from_millis(1000);
+    let mut failover = Vec::new();
+    for (label, xnic_cfg, bond_mode) in [
+        (
+            "failover policy / active-backup",
+            &failover_cfg,
+            "active-backup",
+        ),
+        ("MAC hash / balance-slb", &mac_hash_cfg, "balance-slb"),
+    ] {
+        eprintln!("failover: {label}");
+        let daemon = b.xnic(xnic_cfg)?;
+        let xnic_runs = failover_runs(b, "xnic", trials, secs, xnic_settle)?;
+        let switch_us = switch_times(&client)?;
+        b.live.stop_dataplane(daemon)?;
+        let ovs = b.ovs(bond_mode, &[])?;
+        let ovs_runs = failover_runs(b, &format!("OVS {bond_mode}"), trials, secs, ovs_settle);
+        b.stop_ovs(ovs)?;
+        failover.push((label, bond_mode, xnic_runs, ovs_runs?, switch_us));
+    }
+    for (label, bond_mode, x, o, switch_us) in &failover {
+        let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");
+        let scenario = format!(
+            "{label}: {VMS} VMs × {STREAM_PPS} pps, the busiest uplink loses carrier; VMs moved over {trials} trials"
+        );
+        report.add(
+            "failover gap, median",
+            &scenario,
+            "ms",
+            Better::Lower,
+            median(x.gaps_ms.clone()),
+            &[(&ovs_name, median(o.gaps_ms.clone()))],
+        );
+        report.add(
+            "failover gap, worst",
+            &scenario,
+            "ms",
+            Better::Lower,
+            max(&x.gaps_ms),
+            &[(&ovs_name, max(&o.gaps_ms))],
+        );
+        report.add(
+            "datagrams lost per moved VM, median",
+            &scenario,
+            "datagrams",
+            Better::Lower,
+            median(x.lost.clone()),
+            &[(&ovs_name, median(o.lost.clone()))],
+        );
+        report.add(
+            "datagrams lost per moved VM, worst",
+            &scenario,
+            "datagrams",
+            Better::Lower,
+            max(&x.lost),
+            &[(&ovs_name, max(&o.lost))],
+        );
+        report.notes.push(format!(
+            "Failover, {label}: moved VMs measured {} (xnic) and {} (OVS); stranded on the lost uplink: {} and {}. xnic's own switch time (kernel link event to dataplane rewritten), median {:.0} µs, worst {:.0} µs.",
+            x.gaps_ms.len() + x.stranded,
+            o.gaps_ms.len() + o.stranded,
+            x.stranded,
+            o.stranded,
+            if switch_us.is_empty() { f64::NAN } else { median(switch_us.clone()) },
+            max(switch_us),
+        ));
+    }
+
+    Ok(())
+}
+
+/// Part 2: allocation accuracy, each rate on its own VM, against OVS meters.
+fn allocation(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let secs = opts.secs;
+    let allocated: Vec<String> = RATES_MBPS
+        .iter()
+        .map(|r| format!("bandwidth_mbps = {r}\nburst_kib = {BURST_KIB}"))
+        .collect();
+    let allocation_cfg = b.variant("allocation", "failover", &allocated)?;
+    let client = b.client();
+    eprintln!("allocation accuracy");
+    let daemon = b.xnic(&allocation_cfg)?;
+    let xnic_rates: Vec<f64> = RATES_MBPS
+        .iter()
+        .enumerate()
+        .map(|(vm, r)| steady_rate(b, vm, *r, secs))
+        .collect::<anyhow::Result<_>>()?;
+    let status: TeamStatusView = block_on(client.get("/v1/team"))?;
+    b.live.stop_dataplane(daemon)?;
+    let meters: Vec<(usize, f64)> = RATES_MBPS.iter().copied().enumerate().collect();
+    let ovs = b.ovs("active-backup", &meters)?;
+    let ovs_rates: anyhow::Result<Vec<f64>> = RATES_MBPS
+        .iter()
+        .enumerate()
+        .map(|(vm, r)| steady_rate(b, vm, *r, secs))
+        .collect();
+    b.stop_ovs(ovs)?;
+    let ovs_rates = ovs_rates?;
+    let error = |got: f64, want: f64| (got - want).abs() / want * 100.0;
+    for ((rate, x), o) in RATES_MBPS.iter().zip(&xnic_rates).zip(&ovs_rates) {
+        eprintln!("  {rate} Mbit/s: xnic {x:.2}, OVS meter {o:.2}");
+        let scenario = format!(
+            "{rate} Mbit/s allocation, burst {BURST_KIB} KiB, offered 2×, 1000-byte frames, {secs} s after the burst"
+        );
+        report.add(
+            "allocation error |delivered − allocated| / allocated",
+            &scenario,
+            "%",
+            Better::Lower,
+            error(*x, *rate),
+            &[("OVS OpenFlow meter, same rate and burst", error(*o, *rate))],
+        );
+        report.add(
+            "delivered rate",
+            &scenario,
+            "Mbit/s",
+            Better::Lower,
+            *x,
+            &[("OVS OpenFlow meter, same rate and burst", *o)],
+        );
+    }
+    report.notes.push(format!(
+        "Allocation: rates are frame bytes (what both xnic and OVS meters count) arriving at the tor's uplink ports, in a window that starts 1.5 s after the VM begins offering twice its allocation. xnic's granted rates: {}.",
+        status
+            .vms
+            .iter()
+            .filter_map(|v| v.granted_mbps.map(|g| format!("{} {g:.1} Mbit/s", v.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    Ok(())
+}
+
+/// Part 3: egress frames per second, interleaved rounds of xnic, the kernel bridge and OVS.
+fn egress(b: &Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let Opts {
+        secs,
+        rounds,
+        offered,
+        ..
+    } = *opts;
+    let failover_cfg = b.live.config_path.clone();
+    eprintln!("egress frames per second");
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for round in 1..=rounds {
+        let daemon = b.xnic(&failover_cfg)?;
+        let pps = egress_pps(b, offered, secs)?;
+        b.live.stop_dataplane(daemon)?;
+        eprintln!("  round {round}: xnic team path {pps:.0}/s");
+        samples[0].push(pps);
+
+        b.kernel_bridge(true)?;
+        let pps = egress_pps(b, offered, secs);
+        b.kernel_bridge(false)?;
+        let pps = pps?;
+        eprintln!("  round {round}: kernel bridge {pps:.0}/s");
+        samples[1].push(pps);
+
+        let ovs = b.ovs("active-backup", &[])?;
+        let pps = egress_pps(b, offered, secs);
+        b.stop_ovs(ovs)?;
+        let pps = pps?;
+        eprintln!("  round {round}: OVS {pps:.0}/s");
+        samples[2].push(pps);
+    }
+    let [x, k, o] = samples.map(median);
+    report.add(
+        "egress frames per second, VM to uplink",
+        &format!("trafgen in one VM offers {offered} pps of 64-byte UDP, random source ports; frames counted by XDP_DROP at the tor; median of {rounds} rounds"),
+        "frames/s",
+        Better::Higher,
+        x,
+        &[
+            ("kernel bridge, no xnic", k),
+            ("OVS active-backup bond (userspace datapath)", o),
+        ],
+    );
+    report.notes.push(
+        "Egress: xnic redirects each VM frame from the VM port's XDP program straight into the uplink; the kernel baseline bridges the VM port with the uplink (the tor's MAC statically known, so nothing floods); OVS switches with its NORMAL action over the bond.".into(),
+    );
+    Ok(())
+}
