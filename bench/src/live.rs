@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use xnic::{
     config::Config,
     dataplane::baseline::{Baseline, BaselineProgram},
-    lab::{Lab, daemon::DaemonProcess},
+    lab::{HOST_BRIDGE, Lab, TOR_MAC, bridge, daemon::DaemonProcess, ip},
 };
 
 /// A lab and the configuration file it came from, removed (with any dataplane left pinned)
@@ -50,6 +50,30 @@ impl LiveLab {
         }
         let _ = daemon.wait(Duration::from_secs(10));
         Ok(())
+    }
+}
+
+impl LiveLab {
+    /// The kernel path without xnic: `uplink` on the host's bridge with the VM ports (a
+    /// teamed lab bridges none), and the tor's MAC known to be behind it, as a switch would
+    /// have learned, so VM frames for the tor do not flood. Off again with `on = false`.
+    pub fn bridge_uplink(&self, uplink: &str, on: bool) -> anyhow::Result<()> {
+        let host = self.lab.host_ns();
+        if !on {
+            return ip(&["-n", host, "link", "set", uplink, "nomaster"]);
+        }
+        ip(&["-n", host, "link", "set", uplink, "master", HOST_BRIDGE])?;
+        bridge(&[
+            "-n",
+            host,
+            "fdb",
+            "replace",
+            &TOR_MAC.to_string(),
+            "dev",
+            uplink,
+            "master",
+            "static",
+        ])
     }
 }
 

@@ -331,6 +331,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
         if let Some(d) = xnic_daemon.take() {
             live.stop_dataplane(d)?;
         }
+        live.bridge_uplink(&uplink, true)?;
         for (i, (label, set, xdp_pass)) in kernel.iter().enumerate() {
             set_rps(&host, &uplink, &mask(set))?;
             set_rps(&ns, xnic::lab::VM_IFNAME, &mask(set))?;
@@ -347,6 +348,7 @@ pub fn run(args: &[String], report: &mut Report) -> anyhow::Result<()> {
             );
             kernel_runs[i].push(pps);
         }
+        live.bridge_uplink(&uplink, false)?;
     }
     let xnic_pps = crate::report::median(xnic_runs);
     let rps: Vec<(&str, f64)> = kernel

@@ -32,7 +32,7 @@ use xnic::{
     daemon::team::monotonic_ns,
     dataplane::baseline::BaselineProgram,
     lab::{
-        HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC, bridge,
+        HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC,
         capture::Capture,
         ip, tor_port,
         traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
@@ -159,35 +159,6 @@ impl Bench {
             ip(&args)?;
         }
         Ok(())
-    }
-
-    /// The kernel path without xnic: up0 on the host's bridge with the VMs, the tor's MAC
-    /// known to be behind it (as a switch would have learned), so nothing floods.
-    fn kernel_bridge(&self, on: bool) -> anyhow::Result<()> {
-        if on {
-            ip(&[
-                "-n",
-                self.host(),
-                "link",
-                "set",
-                "up0",
-                "master",
-                HOST_BRIDGE,
-            ])?;
-            bridge(&[
-                "-n",
-                self.host(),
-                "fdb",
-                "replace",
-                &TOR_MAC.to_string(),
-                "dev",
-                "up0",
-                "master",
-                "static",
-            ])
-        } else {
-            ip(&["-n", self.host(), "link", "set", "up0", "nomaster"])
-        }
     }
 
     /// OVS switching the VM ports onto a bond of both uplinks in `mode`, with a meter per
@@ -736,9 +707,9 @@ fn egress(b: &Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("  round {round}: xnic team path {pps:.0}/s");
         samples[0].push(pps);
 
-        b.kernel_bridge(true)?;
+        b.live.bridge_uplink("up0", true)?;
         let pps = egress_pps(b, offered, secs);
-        b.kernel_bridge(false)?;
+        b.live.bridge_uplink("up0", false)?;
         let pps = pps?;
         eprintln!("  round {round}: kernel bridge {pps:.0}/s");
         samples[1].push(pps);
