@@ -577,6 +577,9 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
         b.stop_ovs(ovs)?;
         failover.push((label, bond_mode, xnic_runs, ovs_runs?, switch_us));
     }
+    report.notes.push(
+        "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),
+    );
     for (label, bond_mode, x, o, switch_us) in &failover {
         let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");
         let scenario = format!(
