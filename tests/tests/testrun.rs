@@ -406,3 +406,178 @@ fn frames_on_unknown_or_mismatched_ports_pass_and_are_counted() {
     let m = fx.run_on(PortRole::Vm, &frame, ifindex, 0);
     expect(&m, &frame, Action::Pass, Reason::UnknownPort, &[]);
 }
+
+/// A fixture whose port is in team 0: a VM port xnic switches, or member 1 of the team.
+/// Member 0 is `lo` itself (in `TX_PORTS`, so redirects to it resolve).
+fn teamed(role: PortRole) -> Fixture {
+    use xnic_common::{
+        maps::{PORT_SWITCH, PORT_TEAM},
+        team::TeamEntry,
+    };
+    let mut fx = Fixture::new(role);
+    let flags = if role == PortRole::Vm {
+        PORT_SWITCH
+    } else {
+        PORT_SWITCH | PORT_TEAM
+    };
+    fx.dp
+        .set_port(
+            fx.ifindex,
+            PortEntry {
+                slot: PORT_SLOT,
+                vm_slot: if role == PortRole::Vm { VM_SLOT } else { NO_VM },
+                role: role as u8,
+                flags,
+                team: 0,
+                member: 1,
+            },
+        )
+        .unwrap();
+    fx.dp.set_switch_port(fx.ifindex, false).unwrap();
+    let mut team = TeamEntry {
+        rx_member: 0,
+        seed: 1,
+        ..TeamEntry::default()
+    };
+    team.ifindex[0] = fx.ifindex;
+    team.ifindex[1] = fx.ifindex;
+    fx.dp.set_team(0, team).unwrap();
+    fx
+}
+
+#[test]
+fn a_teamed_vms_frames_are_redirected_paced_held_or_dropped_with_their_reason() {
+    use xnic_common::team::{NO_MEMBER, VM_TEAM_SHED, VmTeam, rate_fields};
+    let mut fx = teamed(PortRole::Vm);
+    let vm = PortRole::Vm;
+    let frame = udp_v4(VM_MAC, PEER_MAC, 100);
+    let placed = VmTeam {
+        team: 0,
+        member: 0,
+        flood_member: NO_MEMBER,
+        ..VmTeam::default()
+    };
+
+    fx.dp.set_vm_team(VM_SLOT, placed).unwrap();
+    let m = fx.run(vm, &frame);
+    expect(&m, &frame, Action::Redirect, Reason::ToUplink, &[]);
+    assert_eq!(m.vm.from_vm, one(frame.len()));
+    assert_eq!(
+        fx.dp.team_vm_counters(VM_SLOT).unwrap()[0],
+        one(frame.len())
+    );
+
+    // No usable uplink.
+    fx.dp
+        .set_vm_team(
+            VM_SLOT,
+            VmTeam {
+                member: NO_MEMBER,
+                ..placed
+            },
+        )
+        .unwrap();
+    let m = fx.run(vm, &frame);
+    expect(&m, &frame, Action::Drop, Reason::NoUplink, &[]);
+    assert_eq!(m.vm.dropped, one(frame.len()));
+
+    // Held during a failover pause.
+    fx.dp
+        .set_vm_team(
+            VM_SLOT,
+            VmTeam {
+                pause_until_ns: u64::MAX,
+                ..placed
+            },
+        )
+        .unwrap();
+    let m = fx.run(vm, &frame);
+    expect(&m, &frame, Action::Drop, Reason::FailoverPause, &[]);
+
+    // An allocation of the smallest rate with a burst of one frame: back to back, the frame
+    // the rate allows and the one the burst allows go, the next is over it; when the VM is
+    // shed for a higher priority, that is the reason.
+    let (ns_per_byte_q16, burst_ns) = rate_fields(125, frame.len() as u64);
+    let allocated = VmTeam {
+        ns_per_byte_q16,
+        burst_ns,
+        ..placed
+    };
+    fx.dp.set_vm_team(VM_SLOT, allocated).unwrap();
+    for _ in 0..2 {
+        expect(
+            &fx.run(vm, &frame),
+            &frame,
+            Action::Redirect,
+            Reason::ToUplink,
+            &[],
+        );
+    }
+    let m = fx.run(vm, &frame);
+    expect(&m, &frame, Action::Drop, Reason::OverAllocation, &[]);
+    assert_eq!(m.vm.dropped, one(frame.len()));
+    fx.dp
+        .set_vm_team(
+            VM_SLOT,
+            VmTeam {
+                flags: VM_TEAM_SHED,
+                ..allocated
+            },
+        )
+        .unwrap();
+    expect(
+        &fx.run(vm, &frame),
+        &frame,
+        Action::Drop,
+        Reason::PriorityShed,
+        &[],
+    );
+}
+
+#[test]
+fn a_team_uplink_drops_its_own_vms_frames_and_group_frames_it_does_not_receive() {
+    use xnic_common::team::TeamEntry;
+    let mut fx = teamed(PortRole::Uplink);
+    let up = PortRole::Uplink;
+
+    // A local VM's frame coming back from the network.
+    let looped = udp_v4(VM_MAC, PEER_MAC, 100);
+    expect(
+        &fx.run(up, &looped),
+        &looped,
+        Action::Drop,
+        Reason::Looped,
+        &[],
+    );
+
+    // Broadcasts: this port is member 1, the team receives on member 0.
+    let bcast = udp_v4(PEER_MAC, [0xff; 6], 100);
+    expect(
+        &fx.run(up, &bcast),
+        &bcast,
+        Action::Drop,
+        Reason::NotReceiver,
+        &[],
+    );
+    // Made the receiver, it floods them to the VMs.
+    let mut team = TeamEntry {
+        rx_member: 1,
+        seed: 1,
+        ..TeamEntry::default()
+    };
+    team.ifindex[0] = fx.ifindex;
+    team.ifindex[1] = fx.ifindex;
+    fx.dp.set_team(0, team).unwrap();
+    expect(
+        &fx.run(up, &bcast),
+        &bcast,
+        Action::Redirect,
+        Reason::Multicast,
+        &[],
+    );
+
+    // Unicast for a VM from elsewhere is unaffected.
+    let to_vm = udp_v4(PEER_MAC, VM_MAC, 100);
+    let m = fx.run(up, &to_vm);
+    assert_eq!(m.reasons, vec![(Reason::ToVm, one(to_vm.len()))]);
+}
