@@ -122,9 +122,14 @@ impl Report {
                     (String::new(), String::new(), String::new())
                 };
                 first = false;
+                // A `|` inside a cell would end it.
+                let cell = |s: &str| s.replace('|', "\\|");
                 let _ = writeln!(
                     md,
-                    "| {metric} | {scenario} | {xnic} | {name} | {} | {ratio:.3} |",
+                    "| {} | {} | {xnic} | {} | {} | {ratio:.3} |",
+                    cell(&metric),
+                    cell(&scenario),
+                    cell(name),
                     fmt_num(*value)
                 );
             }

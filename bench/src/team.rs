@@ -665,7 +665,7 @@ fn allocation(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result
             "{rate} Mbit/s allocation, burst {BURST_KIB} KiB, offered 2×, 1000-byte frames, {secs} s after the burst"
         );
         report.add(
-            "allocation error |delivered − allocated| / allocated",
+            "allocation error: distance of the delivered rate from the allocation",
             &scenario,
             "%",
             Better::Lower,
