@@ -9,7 +9,7 @@
 //!     xnic program against the empty XDP program, in the same run.
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -114,14 +114,7 @@ impl VethPair {
 
     /// Starts trafgen on gen0 with `config`; it runs until killed.
     fn trafgen(&self, config: &std::path::Path) -> anyhow::Result<xnic::netns::Spawned> {
-        let mut cmd = Command::new("trafgen");
-        cmd.args(["--dev", "gen0", "--conf"])
-            .arg(config)
-            .args(["--cpus", "1", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        netns::spawn_in(&self.gen_ns, cmd)
-            .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")
+        crate::live::trafgen(&self.gen_ns, "gen0", config, None)
     }
 }
 

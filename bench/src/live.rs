@@ -2,7 +2,11 @@
 //! started and stopped around baselines, the minimal XDP programs attached for a while, and
 //! counters read from the lab's namespaces.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use xnic::{
@@ -92,7 +96,7 @@ pub fn config_file(instance: &str, name: &str) -> PathBuf {
 }
 
 /// Starts the daemon for `instance` on configuration file `config`.
-pub fn start_daemon(instance: &str, config: &std::path::Path) -> anyhow::Result<DaemonProcess> {
+pub fn start_daemon(instance: &str, config: &Path) -> anyhow::Result<DaemonProcess> {
     DaemonProcess::start(
         &xnic_bin()?,
         config,
@@ -136,6 +140,28 @@ pub fn with_baseline<T: Send>(
             .join()
             .map_err(|_| anyhow::anyhow!("the baseline program's thread panicked"))?
     })
+}
+
+/// Starts trafgen in namespace `ns` sending `config` out of `dev` on one CPU, paced to
+/// `pps` frames per second when given (unpaced, it starves everything else on a small
+/// machine); it runs until killed.
+pub fn trafgen(
+    ns: &str,
+    dev: &str,
+    config: &Path,
+    pps: Option<u64>,
+) -> anyhow::Result<xnic::netns::Spawned> {
+    let mut cmd = Command::new("trafgen");
+    cmd.args(["--dev", dev, "--conf"])
+        .arg(config)
+        .args(["--cpus", "1", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(pps) = pps {
+        cmd.args(["-b", &format!("{pps}pps")]);
+    }
+    xnic::netns::spawn_in(ns, cmd)
+        .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")
 }
 
 /// Datagrams that reached the UDP layer of namespace `ns`: queued to a socket

@@ -10,7 +10,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -98,15 +98,7 @@ fn delivered_pps(lab: &Lab, vm: &str, offered: u64, secs: f64) -> anyhow::Result
     let socket = xnic::netns::run_in(&ns, move || {
         std::net::UdpSocket::bind(sink).with_context(|| format!("cannot bind {sink}"))
     })?;
-    let mut trafgen = Command::new("trafgen");
-    trafgen
-        .args(["--dev", &xnic::lab::tor_port(uplink), "--conf"])
-        .arg(&cfg)
-        .args(["--cpus", "1", "-q", "-b", &format!("{offered}pps")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let generator = xnic::netns::spawn_in(&tor, trafgen)
-        .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")?;
+    let generator = crate::live::trafgen(&tor, &xnic::lab::tor_port(uplink), &cfg, Some(offered))?;
     std::thread::sleep(Duration::from_millis(500));
     let (c0, t0) = (udp_delivered(&ns)?, Instant::now());
     std::thread::sleep(Duration::from_secs_f64(secs));

@@ -17,11 +17,10 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use xnic::{
     announce::{Announcer, arp},
     api::{
@@ -469,15 +468,7 @@ fn egress_pps(b: &Bench, offered: u64, secs: f64) -> anyhow::Result<f64> {
     let ports: Vec<String> = UPLINKS.iter().map(|u| tor_port(u)).collect();
     let port_refs: Vec<&str> = ports.iter().map(String::as_str).collect();
     let result = with_baseline(&tor, &port_refs, BaselineProgram::Drop, || {
-        let mut trafgen = Command::new("trafgen");
-        trafgen
-            .args(["--dev", xnic::lab::VM_IFNAME, "--conf"])
-            .arg(&cfg)
-            .args(["--cpus", "1", "-q", "-b", &format!("{offered}pps")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let generator = xnic::netns::spawn_in(&ns, trafgen)
-            .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")?;
+        let generator = live::trafgen(&ns, xnic::lab::VM_IFNAME, &cfg, Some(offered))?;
         let count = || -> anyhow::Result<u64> { ports.iter().map(|p| xdp_received(&tor, p)).sum() };
         std::thread::sleep(Duration::from_millis(500));
         let (c0, t0) = (count()?, Instant::now());
