@@ -46,6 +46,26 @@ fn gauge_family(
     Ok(())
 }
 
+/// A counter per event kind (`kind` label), from a policy's event counts.
+fn event_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    instance: &str,
+    counts: &std::collections::BTreeMap<String, u64>,
+) -> Result<(), std::fmt::Error> {
+    let series: Vec<(Labels, u64)> = counts
+        .iter()
+        .map(|(k, v)| {
+            (
+                vec![("instance", instance.to_string()), ("kind", k.clone())],
+                *v,
+            )
+        })
+        .collect();
+    counter_family(encoder, name, help, &series)
+}
+
 fn role(r: Role) -> String {
     match r {
         Role::Uplink => "uplink".into(),
@@ -242,16 +262,12 @@ impl Snapshot {
             "Steering events in the dataplane",
             &steering,
         )?;
-        let events: Vec<(Labels, u64)> = rss
-            .event_counts
-            .iter()
-            .map(|(k, v)| (vec![inst(), ("kind", k.clone())], *v))
-            .collect();
-        counter_family(
+        event_family(
             encoder,
             "xnic_rss_events",
             "RSS policy events (migrations, bucket moves, no destination)",
-            &events,
+            &self.instance,
+            &rss.event_counts,
         )
     }
 }
@@ -317,16 +333,12 @@ impl Snapshot {
             "The rate a VM may send now: its allocation, or less when its uplink is short",
             &granted,
         )?;
-        let events: Vec<(Labels, u64)> = team
-            .event_counts
-            .iter()
-            .map(|(k, v)| (vec![inst(), ("kind", k.clone())], *v))
-            .collect();
-        counter_family(
+        event_family(
             encoder,
             "xnic_team_events",
             "Team events (link_down, link_up, failback, rebalance)",
-            &events,
+            &self.instance,
+            &team.event_counts,
         )
     }
 }
