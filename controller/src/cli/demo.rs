@@ -40,6 +40,36 @@ fn delivery(sent: &SendReport, got: &RecvReport) -> String {
     )
 }
 
+/// 5000 datagrams/s over 8 flows from `vm` to the tor at `tor` for `secs`, in the
+/// background, and the tor's receiver counting them.
+fn stream_to_tor(
+    lab: &Lab,
+    vm: &str,
+    tor: std::net::IpAddr,
+    secs: f64,
+) -> anyhow::Result<(
+    Receiver,
+    std::thread::JoinHandle<anyhow::Result<SendReport>>,
+)> {
+    let sink = std::net::SocketAddr::new(tor, TOR_UDP_PORT);
+    let rx = Receiver::start(Some(&lab.tor_ns()), sink)?;
+    let ns = lab.vm_ns(vm);
+    let sender = std::thread::spawn(move || {
+        send_udp(
+            Some(&ns),
+            UdpStream {
+                dst: sink,
+                flows: 8,
+                pps: 5000,
+                duration: Duration::from_secs_f64(secs),
+                payload: 100,
+                zipf: None,
+            },
+        )
+    });
+    Ok((rx, sender))
+}
+
 fn heading(text: &str) {
     println!("\n━━ {text}");
 }
@@ -148,22 +178,7 @@ fn demo(
     ) {
         heading("crash test: SIGKILL the daemon under traffic, start a new one");
         let before: VmView = block_on(client.get(&format!("/v1/vms/{}", vm0.name)))?;
-        let sink = std::net::SocketAddr::new(tor4.addr, TOR_UDP_PORT);
-        let rx = Receiver::start(Some(&lab.tor_ns()), sink)?;
-        let ns = lab.vm_ns(&vm0.name);
-        let sender = std::thread::spawn(move || {
-            send_udp(
-                Some(&ns),
-                UdpStream {
-                    dst: sink,
-                    flows: 8,
-                    pps: 5000,
-                    duration: Duration::from_secs(4),
-                    payload: 100,
-                    zipf: None,
-                },
-            )
-        });
+        let (rx, sender) = stream_to_tor(lab, &vm0.name, tor4.addr, 4.0)?;
         std::thread::sleep(Duration::from_secs(1));
         if let Some(d) = running.take() {
             println!("kill -9 {}", d.pid());
@@ -323,23 +338,7 @@ fn failover_demo(
     heading(&format!(
         "team: {uplink} loses its carrier while {vm} sends 5000 datagrams/s; it fails back {hold_ms} ms after the carrier returns"
     ));
-    let sink = std::net::SocketAddr::new(tor4.addr, TOR_UDP_PORT);
-    let rx = Receiver::start(Some(&lab.tor_ns()), sink)?;
-    let ns = lab.vm_ns(vm);
-    let secs = 3.0 + hold_ms as f64 / 1000.0;
-    let sender = std::thread::spawn(move || {
-        send_udp(
-            Some(&ns),
-            UdpStream {
-                dst: sink,
-                flows: 8,
-                pps: 5000,
-                duration: Duration::from_secs_f64(secs),
-                payload: 100,
-                zipf: None,
-            },
-        )
-    });
+    let (rx, sender) = stream_to_tor(lab, vm, tor4.addr, 3.0 + hold_ms as f64 / 1000.0)?;
     let tor_port = crate::lab::tor_port(uplink);
     let carrier = |state: &str| {
         println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
