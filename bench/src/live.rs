@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use xnic::{
-    config::Config,
     dataplane::baseline::{Baseline, BaselineProgram},
     lab::{HOST_BRIDGE, Lab, TOR_MAC, bridge, daemon::DaemonProcess, ip},
 };
@@ -29,7 +28,7 @@ impl LiveLab {
         let config_path = config_file(instance, "bench");
         std::fs::create_dir_all(xnic::RUN_DIR)?;
         std::fs::write(&config_path, text)?;
-        let config = Config::load(&config_path)?;
+        let config = xnic::config::load(&config_path)?;
         let live = LiveLab {
             lab: Lab::new(config)?,
             config_path,

@@ -28,8 +28,8 @@ use xnic::{
         types::{TeamEvent, TeamStatusView},
     },
     cli::block_on,
-    daemon::team::monotonic_ns,
     dataplane::baseline::BaselineProgram,
+    features::team::monotonic_ns,
     lab::{
         HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC,
         capture::Capture,

@@ -7,12 +7,20 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod events;
+pub mod features;
 pub mod lab;
 pub mod logging;
+pub mod model;
 pub mod monitor;
-pub mod net;
 pub mod netns;
 pub mod policy;
+pub mod reconcile;
 
-/// Runtime directory: control sockets and the lab's generated configuration.
+pub use xnic_proto::net;
+
+/// Runtime directory: control sockets, instance locks and the lab's generated configuration.
 pub const RUN_DIR: &str = "/run/xnic";
+
+/// Where each instance keeps its desired state across restarts (`<instance>/desired.toml`).
+pub const STATE_DIR: &str = "/var/lib/xnic";

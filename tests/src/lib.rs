@@ -24,6 +24,7 @@ use xnic::{
     config::{Config, default_lab_toml},
     dataplane::{self, PIN_ROOT},
     lab::{Lab, daemon::DaemonProcess},
+    model::store::Store,
 };
 
 /// How long a daemon may take to start answering.
@@ -52,7 +53,8 @@ fn is_stale(name: &str) -> bool {
     })
 }
 
-/// Removes what killed test runs left behind: their pins, sockets and namespaces.
+/// Removes what killed test runs left behind: their pins, kept desired states, sockets and
+/// namespaces.
 pub fn sweep() {
     let names = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)
@@ -65,6 +67,11 @@ pub fn sweep() {
     for inst in names(PIN_ROOT) {
         if is_stale(&inst) {
             let _ = dataplane::teardown(&inst);
+        }
+    }
+    for inst in names(xnic::STATE_DIR) {
+        if is_stale(&inst) {
+            let _ = Store::new(&inst).remove();
         }
     }
     for f in names(xnic::RUN_DIR) {
@@ -131,8 +138,8 @@ impl TestLab {
     pub fn with_config(text: &str) -> TestLab {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        let config =
-            Config::parse(text, std::path::Path::new("test.toml")).expect("valid test config");
+        let config = xnic::config::parse(text, std::path::Path::new("test.toml"))
+            .expect("valid test config");
         let instance = config.instance.clone();
         std::fs::create_dir_all(xnic::RUN_DIR).expect("run dir");
         let config_path = PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.test.toml"));
@@ -226,6 +233,7 @@ impl Drop for TestLab {
             let _ = d.kill();
         }
         let _ = dataplane::teardown(&self.instance);
+        let _ = Store::new(&self.instance).remove();
         let _ = std::fs::remove_file(xnic::config::socket_path(&self.instance));
         let _ = std::fs::remove_file(
             PathBuf::from(xnic::RUN_DIR).join(format!("{}.lock", self.instance)),

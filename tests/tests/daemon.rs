@@ -260,16 +260,51 @@ fn bad_config_is_rejected_with_its_location_and_nothing_is_touched() {
 }
 
 #[test]
-fn unknown_interface_is_rejected_and_nothing_is_touched() {
+fn unknown_interfaces_wait_and_check_says_where_they_are_named() {
     let t = TestLab::new(1);
     let good = std::fs::read_to_string(&t.config_path).unwrap();
     let bad = good.replace("[lab]", "[[uplink]]\nname = \"nosuch0\"\n\n[lab]");
-    let (_, out) = xnic_on_config(&t, "run", &bad);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("interface nosuch0 not found"), "{stderr}");
-    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    let line = 1 + bad.lines().position(|l| l.contains("nosuch0")).unwrap();
+    // `check` validates the file, then says what this host lacks, with file:line:field.
+    let (path, out) = xnic_on_config(&t, "check", &bad);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let place = format!(
+        "{}:{line}:8: uplink[2].name: no interface nosuch0",
+        path.display()
+    );
+    assert!(stdout.contains(&place), "{stdout}");
+    assert!(stdout.contains("3 of 4 interfaces exist"), "{stdout}");
+    let path = t.config_path.with_extension("strict.toml");
+    std::fs::write(&path, &bad).unwrap();
+    let out = xnic(&["check", "--strict", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        !out.status.success(),
+        "--strict fails on what the host lacks"
+    );
     assert_untouched(&t);
+    drop(t);
+
+    // The daemon does not wait for it: the missing uplink is shown as waiting.
+    let name = xnic_tests::unique_name();
+    let text = xnic::config::default_lab_toml(&name, &xnic_tests::unique_name(), 1, false)
+        .replace("[lab]", "[[uplink]]\nname = \"nosuch0\"\n\n[lab]");
+    let mut t = TestLab::with_config(&text);
+    // The lab made every uplink it was given: take this one away again.
+    xnic_tests::ip(&["-n", t.lab.host_ns(), "link", "del", "nosuch0"]).unwrap();
+    t.start_daemon();
+    let status = t.status();
+    let state = |n: &str| {
+        status
+            .ports
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| p.state.clone())
+    };
+    assert_eq!(state("nosuch0").as_deref(), Some("waiting"));
+    assert_eq!(state("vm0").as_deref(), Some("attached"));
+    assert_eq!(t.interfaces_with_xdp().len(), 3);
 }
 
 #[test]

@@ -463,7 +463,7 @@ fn a_teamed_vms_frames_are_redirected_paced_held_or_dropped_with_their_reason() 
     expect(&m, &frame, Action::Redirect, Reason::ToUplink, &[]);
     assert_eq!(m.vm.from_vm, one(frame.len()));
     assert_eq!(
-        fx.dp.team_vm_counters(VM_SLOT).unwrap()[0],
+        fx.dp.counters().team_vm(VM_SLOT).unwrap()[0],
         one(frame.len())
     );
 

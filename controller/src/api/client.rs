@@ -123,6 +123,17 @@ impl Client {
             .await
     }
 
+    /// Sends `body` as JSON with `method` (PATCH, PUT, ...).
+    pub async fn send_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(method, path, Some(serde_json::to_vec(body)?))
+            .await
+    }
+
     /// Whether a daemon answers on the socket.
     pub async fn is_running(&self) -> bool {
         UnixStream::connect(&self.socket).await.is_ok()

@@ -1,7 +1,6 @@
 //! The control API: HTTP/JSON on a root-only Unix socket (`curl --unix-socket`), versioned
-//! paths under `/v1`, and `GET /metrics` in Prometheus text format.
+//! paths under `/v1`, and `GET /metrics` in Prometheus text format. The daemon serves it
+//! (`daemon::http`); this is the client's side and the wire types.
 
 pub mod client;
-pub mod metrics;
-pub mod server;
-pub mod types;
+pub use xnic_proto::api as types;

@@ -35,11 +35,29 @@ pub enum Command {
     /// SIGTERM or SIGINT. Stopping the daemon leaves the dataplane forwarding; `xnic down`
     /// removes it.
     Run(RunArgs),
-    /// Validate a configuration file without touching anything.
-    Check(ConfigArg),
+    /// Validate a configuration file, and say what this host has of what it names.
+    ///
+    /// The file is checked whole: errors name file:line:column and the field. Then, without
+    /// touching anything, the CPUs the RSS engines name and the interfaces the uplinks and VMs
+    /// name are looked up on this host (in the configuration's network namespace). A missing
+    /// interface is reported, not refused: VMs wait for their ports, uplinks are down until
+    /// they appear.
+    Check(CheckArgs),
+    /// Replace the daemon's desired state with a configuration file, atomically.
+    ///
+    /// The file is validated whole first; then only what differs is changed, in an order no
+    /// frame can see half-done, and kept across restarts. A file that cannot work changes
+    /// nothing. With --dry-run, only shows what would change. SIGHUP to the daemon applies its
+    /// own configuration file the same way.
+    Apply(ApplyArgs),
+    /// Show the daemon's desired state as a configuration file, with its generation.
+    Config(ReadArgs),
+    /// The event stream of every feature: VMs and ports coming and going, changes of the
+    /// desired state, RSS migrations, team failovers.
+    Events(StreamArgs),
     /// Show the daemon, its dataplane and ports.
     Status(ReadArgs),
-    /// Inspect VMs.
+    /// Inspect, add, change and remove VMs.
     #[command(subcommand)]
     Vm(VmCommand),
     /// Show per-port counters by verdict reason, per-VM counters and per-CPU totals.
@@ -76,10 +94,42 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ConfigArg {
+pub struct CheckArgs {
     /// The configuration file.
     #[arg(short, long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Fail when this host lacks something the file names (an interface, a CPU).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Only show what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// What `xnic events` reads.
+#[derive(Debug, Args, Clone)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Only events after this id.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep printing new events as they happen, until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this feature (`vm`, `port`, `config`, `rss`, `team`) or event kind
+    /// (`vm_added`, `link_down`, ...).
+    #[arg(long, short)]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -122,6 +172,97 @@ pub enum VmCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Add a VM. Its port need not exist yet: the VM waits for it and is attached the moment
+    /// the interface appears.
+    Add {
+        /// The VM's name.
+        name: String,
+        #[command(flatten)]
+        spec: VmSpecArgs,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Change a VM: its port, MACs, addresses, team placement, allocation, priority or RSS
+    /// hints. Only what is given changes; `--unset FIELD` returns a setting to its default.
+    Set {
+        /// The VM's name.
+        name: String,
+        #[command(flatten)]
+        spec: VmSpecArgs,
+        /// Settings to return to their default: bandwidth_mbps, burst_kib, uplink,
+        /// team_policy, team.
+        #[arg(long, value_name = "FIELD")]
+        unset: Vec<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Remove a VM: its port is detached, its MACs unbound, its slot freed.
+    Del {
+        /// The VM's name.
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+/// A VM's settings on the command line (the same as a `[[vm]]` section's).
+#[derive(Debug, Args, Clone, Default)]
+pub struct VmSpecArgs {
+    /// Host-side interface of the VM's virtual NIC (tap or veth).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// A MAC the VM may send from (repeat for several); frames from others are dropped.
+    #[arg(long = "mac", value_name = "MAC")]
+    pub macs: Vec<String>,
+    /// An address of the VM, optionally with a prefix length (repeat for several).
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<String>,
+    /// RSS state: `auto`, `none` or an engine's name.
+    #[arg(long)]
+    pub rss: Option<String>,
+    /// Higher keeps its allocation, and leaves a shared engine, first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Offer this VM a dedicated engine first.
+    #[arg(long)]
+    pub prefer_dedicated: Option<bool>,
+    /// The team carrying its frames (`none`: no team).
+    #[arg(long)]
+    pub team: Option<String>,
+    /// The uplink it is pinned to while that is up.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// Its placement policy, overriding its team's.
+    #[arg(long, value_enum)]
+    pub team_policy: Option<TeamPolicyArg>,
+    /// Bandwidth allocation in Mbit/s.
+    #[arg(long)]
+    pub bandwidth_mbps: Option<f64>,
+    /// Burst above the allocation, KiB.
+    #[arg(long)]
+    pub burst_kib: Option<u32>,
+    /// Drop its frames this long after a failover moves it.
+    #[arg(long)]
+    pub failover_pause_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TeamPolicyArg {
+    Failover,
+    MacHash,
+    FlowHash,
+    Load,
+}
+
+impl From<TeamPolicyArg> for xnic_proto::config::TeamPlacement {
+    fn from(p: TeamPolicyArg) -> Self {
+        match p {
+            TeamPolicyArg::Failover => Self::Failover,
+            TeamPolicyArg::MacHash => Self::MacHash,
+            TeamPolicyArg::FlowHash => Self::FlowHash,
+            TeamPolicyArg::Load => Self::Load,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,8 +278,8 @@ pub enum RssCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// Add, change or remove engines at runtime (until the daemon restarts: put lasting
-    /// changes in the configuration file).
+    /// Add, change or remove engines at run time (kept across restarts, like every change of
+    /// the desired state).
     #[command(subcommand)]
     Engine(RssEngineCommand),
     /// Move a VM by hand, or hand it back to the policy; change its hints.

@@ -286,7 +286,7 @@ fn engine_change_demo(
     else {
         return Ok(());
     };
-    let online = crate::daemon::rss::online_cpus()?;
+    let online = crate::config::host::online_cpus()?;
     let Some(&other) = online.iter().find(|c| !engine.cpus.contains(c)) else {
         return Ok(()); // one CPU: nowhere else to go
     };

@@ -9,6 +9,7 @@ use crate::{
     api::{client::Client, types::DownView},
     daemon::require_root,
     dataplane,
+    model::store::Store,
 };
 
 pub fn run(args: &InstanceArg) -> anyhow::Result<()> {
@@ -32,7 +33,14 @@ pub fn run(args: &InstanceArg) -> anyhow::Result<()> {
             }
         }
     };
+    let kept = Store::new(&instance).desired_file().exists();
     let report = down(&instance)?;
+    if kept {
+        println!(
+            "instance {instance:?}: forgot the desired state kept in {}",
+            Store::new(&instance).dir().display()
+        );
+    }
     if report.links_removed.is_empty() && report.maps_removed == 0 {
         println!("instance {instance:?}: nothing was attached or pinned");
     } else {
@@ -46,10 +54,12 @@ pub fn run(args: &InstanceArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes `instance`'s dataplane; stops its daemon first if it runs.
+/// Removes `instance`'s dataplane and the desired state kept for it; stops its daemon first
+/// if it runs.
 pub fn down(instance: &str) -> anyhow::Result<DownView> {
     require_root("xnic down")?;
     let view = remove_dataplane(instance)?;
+    Store::new(instance).remove()?;
     // The daemon is gone: its lock file goes too.
     let _ =
         std::fs::remove_file(std::path::Path::new(crate::RUN_DIR).join(format!("{instance}.lock")));

@@ -7,7 +7,7 @@ use super::{
     down, running_instances,
 };
 use crate::{
-    config::{Config, default_lab_toml},
+    config::default_lab_toml,
     dataplane,
     lab::{
         Lab,
@@ -28,7 +28,7 @@ pub fn resolve(arg: &LabConfigArg) -> anyhow::Result<(Lab, PathBuf)> {
             path
         }
     };
-    let config = Config::load(&path)?;
+    let config = crate::config::load(&path)?;
     Ok((Lab::new(config)?, path))
 }
 

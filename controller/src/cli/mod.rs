@@ -1,10 +1,12 @@
 //! The `xnic` command line: one file per command, arguments in `args`, table rendering in
 //! `table`.
 
+mod apply;
 pub mod args;
 mod check;
 mod demo;
 mod down;
+mod events;
 mod lab;
 mod rss;
 mod stats;
@@ -13,7 +15,7 @@ pub mod table;
 mod team;
 mod vm;
 
-use std::{future::Future, path::Path};
+use std::future::Future;
 
 use anyhow::{Context as _, bail};
 use clap::CommandFactory as _;
@@ -26,10 +28,21 @@ use self::args::{
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => crate::daemon::run(&a.config),
-        Command::Check(a) => check::run(&a.config),
+        Command::Check(a) => check::run(&a.config, a.strict),
+        Command::Apply(a) => apply::run(&a),
+        Command::Config(a) => apply::show(&a),
+        Command::Events(a) => events::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Vm(VmCommand::List(a)) => vm::list(&a),
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
+        Command::Vm(VmCommand::Add { name, spec, read }) => vm::add(&name, &spec, &read),
+        Command::Vm(VmCommand::Set {
+            name,
+            spec,
+            unset,
+            read,
+        }) => vm::set(&name, &spec, &unset, &read),
+        Command::Vm(VmCommand::Del { name, read }) => vm::del(&name, &read),
         Command::Stats(a) => stats::run(&a),
         Command::Team(TeamCommand::Status(a)) => team::status(&a),
         Command::Team(TeamCommand::Events(a)) => team::events(&a),
@@ -170,11 +183,6 @@ fn print_events<E: serde::Serialize + serde::de::DeserializeOwned>(
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// Loads a configuration for a command that only reads it.
-fn load_config(path: &Path) -> anyhow::Result<crate::config::Config> {
-    Ok(crate::config::Config::load(path)?)
 }
 
 /// Names are restricted to URL-safe characters by the configuration, but a name typed on the

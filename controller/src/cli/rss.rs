@@ -88,10 +88,14 @@ fn print_engine(e: &RssEngineView, args: &ReadArgs) -> anyhow::Result<()> {
         .map(|(cpu, n)| format!("cpu{cpu}:{n}"))
         .collect();
     println!(
-        "engine {} ({:?}): CPUs {:?}, buckets {}; kept until the daemon restarts",
+        "engine {} ({}): CPUs {}, buckets {}",
         e.name,
-        e.kind,
-        e.cpus,
+        e.kind.name(),
+        e.cpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         buckets.join(" ")
     );
     Ok(())

@@ -96,6 +96,11 @@ pub fn status(s: &StatusView) -> String {
     );
     let _ = writeln!(
         out,
+        "desired    generation {}, kept in {}",
+        s.generation, s.state_file
+    );
+    let _ = writeln!(
+        out,
         "dataplane  {} (layout v{}, created {} ago, {} by this daemon)",
         s.pin_dir,
         s.abi,
@@ -113,24 +118,40 @@ pub fn status(s: &StatusView) -> String {
     let _ = writeln!(out);
     let mut t = table(
         &[
-            "PORT", "ROLE", "VM", "LINK", "MTU", "XDP", "IFINDEX", "SLOT",
+            "PORT", "ROLE", "VM", "STATE", "LINK", "MTU", "XDP", "IFINDEX", "SLOT",
         ],
-        6,
+        7,
     );
     for p in &s.ports {
+        let waiting = p.state == "waiting";
         let xdp = match (p.xdp_mode, p.xdp_ours) {
+            (None, _) if waiting => "-".to_string(),
             (None, _) => "NOT ATTACHED".to_string(),
-            (Some(m), true) => format!("{m:?}").to_lowercase(),
+            (Some(m), true) => attach_mode(m).to_string(),
             (Some(_), false) => "FOREIGN PROGRAM".to_string(),
         };
         t.add_row(vec![
             p.name.clone(),
             role(p.role).to_string(),
             p.vm.clone().unwrap_or_else(|| "-".into()),
-            if p.up { "up" } else { "DOWN" }.to_string(),
-            p.mtu.to_string(),
+            p.state.clone(),
+            match (waiting, p.up) {
+                (true, _) => "-",
+                (false, true) => "up",
+                (false, false) => "DOWN",
+            }
+            .to_string(),
+            if waiting {
+                "-".into()
+            } else {
+                p.mtu.to_string()
+            },
             xdp,
-            p.ifindex.to_string(),
+            if waiting {
+                "-".into()
+            } else {
+                p.ifindex.to_string()
+            },
             p.slot.to_string(),
         ]);
     }
@@ -138,11 +159,19 @@ pub fn status(s: &StatusView) -> String {
     out
 }
 
+fn attach_mode(m: xnic_proto::config::AttachMode) -> &'static str {
+    match m {
+        xnic_proto::config::AttachMode::Native => "native",
+        xnic_proto::config::AttachMode::Generic => "generic",
+    }
+}
+
 pub fn vms(vms: &[VmView]) -> String {
     let mut t = table(
         &[
             "VM",
             "PORT",
+            "PORT STATE",
             "MACS",
             "IPS",
             "FROM VM",
@@ -150,12 +179,13 @@ pub fn vms(vms: &[VmView]) -> String {
             "DROPPED",
             "RATE FROM/TO",
         ],
-        4,
+        5,
     );
     for v in vms {
         t.add_row(vec![
             v.name.clone(),
             v.port.clone(),
+            v.port_state.clone(),
             v.macs.join(","),
             v.ips.join(","),
             count(v.counters.from_vm),
@@ -174,7 +204,7 @@ pub fn vms(vms: &[VmView]) -> String {
 pub fn vm(v: &VmView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "vm       {} (slot {})", v.name, v.slot);
-    let _ = writeln!(out, "port     {}", v.port);
+    let _ = writeln!(out, "port     {} ({})", v.port, v.port_state);
     let _ = writeln!(out, "macs     {}", v.macs.join(", "));
     let _ = writeln!(
         out,
@@ -210,6 +240,15 @@ pub fn vm(v: &VmView) -> String {
             t.add_row(vec![reason.clone(), c.packets.to_string(), bytes(c.bytes)]);
         }
         let _ = writeln!(out, "{t}");
+    }
+    if let Some(r) = &v.rss {
+        let _ = writeln!(
+            out,
+            "rss      {}{}, {} pps",
+            r.state,
+            if r.pinned { " (pinned)" } else { "" },
+            si(r.load_pps)
+        );
     }
     if let Some(team) = &v.team {
         let _ = writeln!(out, "\nteam {} ({}):", team.team, team.policy);
@@ -384,6 +423,37 @@ pub fn team_events(events: &[crate::api::types::TeamEvent], header: bool) -> Str
     format!("{t}\n")
 }
 
+/// The event stream: one line per event.
+pub fn events(events: &[xnic_proto::api::Event], header: bool) -> String {
+    if events.is_empty() {
+        return if header {
+            "no events yet\n".into()
+        } else {
+            String::new()
+        };
+    }
+    let mut out = String::new();
+    if header {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<12}  {:<7}  {:<20}  MESSAGE",
+            "#", "TIME", "FEATURE", "KIND"
+        );
+    }
+    for e in events {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<12}  {:<7}  {:<20}  {}",
+            e.id,
+            clock(e.unix_ms),
+            e.feature,
+            e.kind,
+            e.message
+        );
+    }
+    out
+}
+
 /// Wall-clock HH:MM:SS.mmm (UTC) of a Unix time in milliseconds.
 fn clock(unix_ms: u64) -> String {
     let s = unix_ms / 1000;
@@ -489,8 +559,15 @@ pub fn rss_status(s: &crate::api::types::RssStatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "rss        period {} ms (#{}), {:?} hash, {} buckets per table, no-RSS CPU {}",
-        s.period_ms, s.period, s.hash, s.table_size, s.default_cpu
+        "rss        period {} ms (#{}), {} hash, {} buckets per table, no-RSS CPU {}",
+        s.period_ms,
+        s.period,
+        match s.hash {
+            xnic_proto::config::HashKind::Symmetric => "symmetric",
+            xnic_proto::config::HashKind::Asymmetric => "asymmetric",
+        },
+        s.table_size,
+        s.default_cpu
     );
     let _ = writeln!(
         out,
@@ -516,7 +593,7 @@ pub fn rss_status(s: &crate::api::types::RssStatusView) -> String {
     for e in &s.engines {
         t.add_row(vec![
             e.name.clone(),
-            format!("{:?}", e.kind).to_lowercase(),
+            e.kind.name().to_string(),
             e.cpus
                 .iter()
                 .map(u32::to_string)

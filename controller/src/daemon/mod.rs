@@ -1,19 +1,21 @@
-//! `xnic run`: the daemon. Loads or adopts the dataplane, brings it in line with the
-//! configuration, samples counters, and serves the control API until a signal or
-//! `POST /v1/down`.
+//! `xnic run`: the daemon's process. Locks the instance, takes the desired state (kept from
+//! the last run, or the configuration file), adopts or creates the dataplane through the
+//! reconciler, and runs its threads: the reconciler (the one owner of every change), the
+//! sampler (counters and /proc, on handles of its own) and the HTTP API.
 //!
 //! On SIGTERM/SIGINT (or a crash) the dataplane stays attached and pinned: forwarding goes on
-//! and the next daemon adopts it. Only `xnic down` removes it.
+//! and the next daemon adopts it. SIGHUP applies the configuration file again. Only `xnic
+//! down` removes the dataplane.
 
 mod ebpf_log;
-pub mod rss;
-pub mod state;
-pub mod team;
+mod http;
+mod metrics;
+mod sampler;
 mod views;
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -22,34 +24,26 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::{net::UnixListener, sync::watch};
-use tracing::{info, warn};
-
-use self::state::State;
-use crate::{
+use tracing::{error, info, warn};
+use xnic_proto::{
     api::{
-        self,
-        types::{
-            DownView, RssBucketView, RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest,
-            RssEngineView, RssEvent, RssSetRequest, RssStatusView, RssVmView, StatsView,
-            StatusView, TeamEvent, TeamStatusView, VmView,
-        },
+        ChangeView, DesiredView, DownView, Event, EventDetail, RssBucketView, RssEvent,
+        RssStatusView, StatsView, StatusView, TeamEvent, TeamStatusView, VmView,
     },
     config::Config,
-    dataplane::{self, Dataplane},
-    monitor::{
-        links::Links,
-        sample::{Rates, Sample},
-    },
 };
 
-/// Why an API request failed, for the HTTP status.
-#[derive(Debug)]
-pub enum ApiFailure {
-    NotConfigured,
-    NotFound(String),
-    BadRequest(String),
-    Internal(String),
-}
+pub use self::sampler::Sampled;
+use crate::{
+    dataplane::{Counters, Dataplane},
+    events::EventLog,
+    model::{
+        Change, Refusal,
+        store::{self, Store},
+    },
+    monitor::links::{Interfaces, LinkWatch, Links},
+    reconcile::{self, Command, Handle, Published, Snapshot},
+};
 
 /// Why the daemon stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,12 +54,16 @@ pub enum Stop {
     Down,
 }
 
-/// The running daemon, shared by the API handlers and background tasks.
+/// The running daemon, as the API handlers see it. Nothing here waits for the reconciler
+/// except changes, which are the reconciler's to make.
 pub struct Daemon {
-    state: Mutex<State>,
-    /// The latest counter sample and the rates it gave.
-    sampled: Mutex<(Option<Sample>, Rates)>,
+    instance: String,
+    handle: Handle,
+    published: Published,
+    counters: Counters,
+    sampled: Arc<Mutex<Sampled>>,
     links: Links,
+    events: EventLog,
     stop: watch::Sender<Option<Stop>>,
 }
 
@@ -75,13 +73,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    pub fn instance(&self) -> String {
-        lock(&self.state).config.instance.clone()
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
-    fn fresh(&self, state: &State) -> anyhow::Result<(Sample, Rates)> {
-        let sample = Sample::take(state)?;
-        let rates = lock(&self.sampled).1.clone();
+    fn snapshot(&self) -> Arc<Snapshot> {
+        reconcile::current(&self.published)
+    }
+
+    fn fresh(
+        &self,
+        snap: &Snapshot,
+    ) -> anyhow::Result<(
+        crate::monitor::sample::Sample,
+        crate::monitor::sample::Rates,
+    )> {
+        let sample = crate::monitor::sample::Sample::take(&self.counters, snap)?;
+        let rates = lock(&self.sampled).rates.clone();
         Ok((sample, rates))
     }
 
@@ -93,188 +101,186 @@ impl Daemon {
             .into_iter()
             .map(|l| (l.name.clone(), l))
             .collect();
-        let state = lock(&self.state);
-        let (sample, _) = self.fresh(&state)?;
-        Ok(views::status(&state, &sample, &links))
+        let snap = self.snapshot();
+        let (sample, _) = self.fresh(&snap)?;
+        Ok(views::status(&snap, &sample, &links))
     }
 
     pub fn vms(&self) -> anyhow::Result<Vec<VmView>> {
-        let state = lock(&self.state);
-        let (sample, rates) = self.fresh(&state)?;
-        Ok((0..state.vms.len())
-            .map(|i| views::vm(&state, &sample, &rates, i))
-            .collect())
+        let snap = self.snapshot();
+        let (sample, rates) = self.fresh(&snap)?;
+        snap.config
+            .vms
+            .iter()
+            .map(|v| views::vm(&snap, &sample, &rates, &v.name, &self.counters))
+            .collect()
     }
 
-    /// `Err` carries the known VM names when there is no VM `name`.
+    /// `Err` (the outer `Ok`) carries the known VM names when there is no VM `name`.
     pub fn vm(&self, name: &str) -> anyhow::Result<Result<VmView, Vec<String>>> {
-        let state = lock(&self.state);
-        let Some(index) = state.vms.iter().position(|v| v.name == name) else {
-            return Ok(Err(state.vms.iter().map(|v| v.name.clone()).collect()));
-        };
-        let (sample, rates) = self.fresh(&state)?;
-        Ok(Ok(views::vm(&state, &sample, &rates, index)))
+        let snap = self.snapshot();
+        if snap.config.vm(name).is_none() {
+            return Ok(Err(snap
+                .config
+                .vms
+                .iter()
+                .map(|v| v.name.clone())
+                .collect()));
+        }
+        let sample = crate::monitor::sample::Sample::take_vm(&self.counters, &snap, name)?;
+        let rates = lock(&self.sampled).rates.clone();
+        Ok(Ok(views::vm(&snap, &sample, &rates, name, &self.counters)?))
     }
 
     pub fn stats(&self) -> anyhow::Result<StatsView> {
-        let state = lock(&self.state);
-        let (sample, rates) = self.fresh(&state)?;
-        Ok(views::stats(&state, &sample, &rates))
+        let snap = self.snapshot();
+        let (sample, rates) = self.fresh(&snap)?;
+        Ok(views::stats(&snap, &sample, &rates))
     }
 
     pub fn rss_status(&self) -> Option<RssStatusView> {
-        let state = lock(&self.state);
-        let rss = state.rss.as_ref()?;
-        Some(rss.status(&state.vms, &state.dataplane))
+        let snap = self.snapshot();
+        let mut view = snap.rss.status(&snap.slots, self.events.counts("rss"))?;
+        if let Ok(c) = self.counters.steering() {
+            view.steering = xnic_common::rss::SteerCounter::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), c[*k as usize]))
+                .collect();
+        }
+        Some(view)
     }
 
+    /// Events of the `rss` feature after `since`, in their own shape.
     pub fn rss_events(&self, since: u64) -> Option<Vec<RssEvent>> {
-        let state = lock(&self.state);
-        Some(state.rss.as_ref()?.events(since))
+        let snap = self.snapshot();
+        snap.rss.enabled().then(|| {
+            self.events
+                .since(since, |e| e.feature == "rss")
+                .into_iter()
+                .filter_map(|e| match e.detail {
+                    EventDetail::Rss(r) => Some(r),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     /// `Ok(None)`: no engine of that name. `Err`: RSS is not configured.
-    pub fn rss_buckets(&self, engine: &str) -> Result<Option<Vec<RssBucketView>>, ApiFailure> {
-        let state = lock(&self.state);
-        let rss = state.rss.as_ref().ok_or(ApiFailure::NotConfigured)?;
-        rss.buckets(engine, &state.dataplane)
-            .map_err(|e| ApiFailure::Internal(format!("{e:#}")))
-    }
-
-    pub fn rss_set(&self, vm: &str, req: &RssSetRequest) -> Result<RssVmView, ApiFailure> {
-        self.with_rss(|rss, dp, vms| {
-            let Some(index) = vms.iter().position(|v| v.name == vm) else {
-                let known: Vec<_> = vms.iter().map(|v| v.name.clone()).collect();
-                return Err(ApiFailure::NotFound(format!(
-                    "no VM named {vm:?}; known VMs: {}",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            };
-            rss.set(
-                dp,
-                vms,
-                index,
-                req.state.as_deref(),
-                req.priority,
-                req.prefer_dedicated,
-            )
-            .map_err(ApiFailure::BadRequest)?;
-            Ok(rss.status(vms, dp).vms[index].clone())
-        })
-    }
-
-    /// Runs `f` on the RSS runtime with the dataplane and VMs, or says RSS is not configured.
-    fn with_rss<T>(
-        &self,
-        f: impl FnOnce(
-            &mut rss::RssRuntime,
-            &mut crate::dataplane::Dataplane,
-            &[state::Vm],
-        ) -> Result<T, ApiFailure>,
-    ) -> Result<T, ApiFailure> {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        let rss = state.rss.as_mut().ok_or(ApiFailure::NotConfigured)?;
-        f(rss, &mut state.dataplane, &state.vms)
-    }
-
-    pub fn rss_engine_add(&self, req: &RssEngineAddRequest) -> Result<RssEngineView, ApiFailure> {
-        self.with_rss(|rss, dp, vms| {
-            let ec = crate::config::EngineConfig {
-                name: req.name.clone(),
-                kind: req.kind,
-                cpus: req.cpus.clone(),
-            };
-            rss.add_engine(dp, &ec).map_err(ApiFailure::BadRequest)?;
-            rss.engine_view(&req.name, vms, dp)
-                .ok_or_else(|| ApiFailure::Internal("the new engine is missing".into()))
-        })
-    }
-
-    pub fn rss_engine_set(
-        &self,
-        name: &str,
-        req: &RssEngineSetRequest,
-    ) -> Result<RssEngineView, ApiFailure> {
-        self.with_rss(|rss, dp, vms| {
-            if rss.policy.engine_index(name).is_none() {
-                return Err(ApiFailure::NotFound(format!(
-                    "no RSS engine named {name:?}"
-                )));
-            }
-            rss.set_engine_cpus(dp, vms, name, req.cpus.clone())
-                .map_err(ApiFailure::BadRequest)?;
-            rss.engine_view(name, vms, dp)
-                .ok_or_else(|| ApiFailure::Internal("the engine is missing".into()))
-        })
-    }
-
-    pub fn rss_engine_remove(&self, name: &str) -> Result<RssEngineRemoved, ApiFailure> {
-        self.with_rss(|rss, dp, vms| {
-            if rss.policy.engine_index(name).is_none() {
-                return Err(ApiFailure::NotFound(format!(
-                    "no RSS engine named {name:?}"
-                )));
-            }
-            let moved = rss
-                .remove_engine(dp, vms, name)
-                .map_err(ApiFailure::BadRequest)?;
-            Ok(RssEngineRemoved {
-                name: name.to_string(),
-                vms_to_no_rss: moved,
-            })
-        })
+    pub fn rss_buckets(&self, engine: &str) -> Result<Option<Vec<RssBucketView>>, Refusal> {
+        let snap = self.snapshot();
+        if !snap.rss.enabled() {
+            return Err(Refusal::Conflict(NO_RSS.into()));
+        }
+        let Some((index, table, _)) = snap.rss.table(engine) else {
+            return Ok(None);
+        };
+        let counters = self
+            .counters
+            .buckets(index, table.len() as u32)
+            .map_err(|e| Refusal::Failed(format!("{e:#}")))?;
+        Ok(snap.rss.buckets(engine, &counters))
     }
 
     pub fn team_status(&self) -> Option<TeamStatusView> {
-        let state = lock(&self.state);
-        Some(state.team.as_ref()?.status(&state.dataplane))
+        let snap = self.snapshot();
+        let cx = snap.cx();
+        snap.team.status(
+            &cx,
+            &snap.slots,
+            |vm| {
+                snap.slots
+                    .vm(vm)
+                    .and_then(|s| self.counters.team_vm(s).ok())
+                    .unwrap_or_default()
+            },
+            self.events.counts("team"),
+        )
     }
 
     pub fn team_events(&self, since: u64) -> Option<Vec<TeamEvent>> {
-        let state = lock(&self.state);
-        Some(state.team.as_ref()?.events(since))
+        let snap = self.snapshot();
+        snap.team.enabled().then(|| {
+            self.events
+                .since(since, |e| e.feature == "team")
+                .into_iter()
+                .filter_map(|e| match e.detail {
+                    EventDetail::Team(t) => Some(t),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
-    /// The kernel says interface `ifindex` is (not) up; `seen` is when that reached us.
-    fn team_link(&self, ifindex: u32, up: bool, seen: std::time::Instant) {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        if let Some(team) = state.team.as_mut()
-            && let Err(e) = team.link(&mut state.dataplane, &state.vms, ifindex, up, seen)
-        {
-            warn!(error = %e, ifindex, "applying a team link change failed");
-        }
+    /// Events after `since` of feature or kind `kind` (all when `None`); waits up to `wait`
+    /// for the first when there are none yet.
+    pub async fn events(&self, since: u64, kind: Option<String>, wait: Duration) -> Vec<Event> {
+        let keep = move |e: &Event| {
+            kind.as_ref()
+                .is_none_or(|k| &e.feature == k || &e.kind == k)
+        };
+        self.events.wait_since(since, wait, keep).await
     }
 
-    fn team_tick(&self) {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        if let Some(team) = state.team.as_mut()
-            && let Err(e) = team.tick(&mut state.dataplane, &state.vms)
-        {
-            warn!(error = %e, "team period failed");
-        }
+    /// Makes a change of the desired state through the reconciler.
+    pub async fn change(
+        &self,
+        change: Change,
+        expect: Option<u64>,
+        dry_run: bool,
+    ) -> Result<ChangeView, Refusal> {
+        self.handle.change(change, expect, dry_run, None).await
     }
 
-    fn rss_tick(&self) {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        if let Some(rss) = state.rss.as_mut()
-            && let Err(e) = rss.tick(&mut state.dataplane, &state.vms)
-        {
-            warn!(error = %e, "RSS period failed");
-        }
+    /// Replaces the desired state with a configuration file's text (`file` names it in
+    /// errors). When it is the daemon's own file, a restart compares against this text.
+    pub async fn apply(
+        &self,
+        text: &str,
+        file: &str,
+        expect: Option<u64>,
+        dry_run: bool,
+    ) -> Result<ChangeView, Refusal> {
+        let name = if file.is_empty() {
+            "(request body)"
+        } else {
+            file
+        };
+        let config = crate::config::parse(text, Path::new(name))
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let snap = self.snapshot();
+        let own = !file.is_empty()
+            && std::fs::canonicalize(file).ok().as_deref() == Some(snap.config_file.as_path());
+        self.handle
+            .change(
+                Change::Replace(Box::new(config)),
+                expect,
+                dry_run,
+                own.then(|| text.to_string()),
+            )
+            .await
     }
 
-    /// Removes the dataplane and stops the daemon (after the answer is sent).
-    pub fn down(&self) -> anyhow::Result<DownView> {
-        let state = lock(&self.state);
-        let removed = dataplane::teardown(&state.config.instance)?;
+    pub fn desired(&self) -> anyhow::Result<DesiredView> {
+        let snap = self.snapshot();
+        Ok(DesiredView {
+            generation: snap.generation,
+            config: toml::to_string(&*snap.config)
+                .context("cannot write the desired state as TOML")?,
+            state_file: snap.state_file.display().to_string(),
+            config_file: snap.config_file.display().to_string(),
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation
+    }
+
+    /// Removes the dataplane and the kept desired state, and stops the daemon (after the
+    /// answer is sent).
+    pub async fn down(&self) -> anyhow::Result<DownView> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.handle.send(Command::Down(reply));
+        let removed = rx.await.map_err(|_| anyhow!("the daemon is stopping"))??;
         let _ = self.stop.send(Some(Stop::Down));
         Ok(DownView {
             links_removed: removed.links,
@@ -282,50 +288,21 @@ impl Daemon {
         })
     }
 
-    fn sample_tick(&self) {
-        let state = lock(&self.state);
-        match Sample::take(&state) {
-            Ok(now) => {
-                let mut sampled = lock(&self.sampled);
-                if let Some(prev) = &sampled.0 {
-                    sampled.1 = Rates::between(prev, &now);
-                }
-                sampled.0 = Some(now);
-            }
-            Err(e) => warn!(error = %e, "reading counters failed"),
-        }
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let stats = self.stats()?;
+        metrics::encode(
+            &self.instance,
+            &stats,
+            self.rss_status(),
+            self.team_status(),
+            &self.events.all_counts(),
+            self.generation(),
+        )
+        .map_err(|e| anyhow!("cannot encode metrics: {e}"))
     }
 }
 
-/// A new hash seed for a dataplane that has none yet (never 0: 0 means "not chosen").
-fn fresh_seed() -> u32 {
-    let mut b = [0u8; 4];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    let seed = if random {
-        u32::from_ne_bytes(b)
-    } else {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
-    };
-    seed | 1
-}
-
-/// Runs `f` on the daemon every `period` until the task is aborted.
-fn every(period: Duration, daemon: &Arc<Daemon>, f: fn(&Daemon)) -> tokio::task::JoinHandle<()> {
-    let daemon = daemon.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            f(&daemon);
-        }
-    })
-}
+pub(crate) const NO_RSS: &str = "RSS is not configured: add an [rss] section to the configuration";
 
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -336,7 +313,13 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
 
 /// Runs the daemon in the foreground until it is told to stop.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+    let text = std::fs::read_to_string(config_path).with_context(|| {
+        format!(
+            "{}: cannot read the configuration file",
+            config_path.display()
+        )
+    })?;
+    let config = crate::config::parse(&text, config_path)?;
     crate::logging::init(&config.daemon.log_level);
     require_root("xnic run")?;
     if let Some(ns) = &config.netns {
@@ -349,7 +332,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, config_path))
+    runtime.block_on(serve(config, text, config_path))
 }
 
 /// Removes the control socket when the daemon ends, however it ends.
@@ -362,24 +345,50 @@ impl Drop for SocketGuard {
 }
 
 /// Holds `/run/xnic/<instance>.lock` for the daemon's lifetime: one daemon per instance. The
-/// kernel releases it when the process dies, however it dies.
-fn lock_instance(instance: &str) -> anyhow::Result<Flock<std::fs::File>> {
+/// kernel releases it when the process dies, however it dies; a daemon that stops removes
+/// the file while it still holds the lock.
+struct InstanceLock {
+    path: PathBuf,
+    _lock: Flock<std::fs::File>,
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_instance(instance: &str) -> anyhow::Result<InstanceLock> {
     std::fs::create_dir_all(crate::RUN_DIR)
         .with_context(|| format!("cannot create {}", crate::RUN_DIR))?;
     let path = Path::new(crate::RUN_DIR).join(format!("{instance}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow!(
-            "a daemon for instance {instance:?} is already running (it holds {}); \
-             stop it first, or use another instance name",
-            path.display()
-        )
-    })
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            anyhow!(
+                "a daemon for instance {instance:?} is already running (it holds {}); \
+                 stop it first, or use another instance name",
+                path.display()
+            )
+        })?;
+        // A daemon that stopped may have removed the file between our open and our lock:
+        // then the lock is on a file nobody else can find. Try again on the current one.
+        let same = std::fs::metadata(&path)
+            .ok()
+            .zip(locked.metadata().ok())
+            .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+        if same {
+            return Ok(InstanceLock {
+                path,
+                _lock: locked,
+            });
+        }
+    }
 }
 
 /// Listens on the control socket, root-only. Called once the daemon is fully up, so a client
@@ -402,99 +411,118 @@ fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     Ok((listener, guard))
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
-    let socket = config.socket_path();
+async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Result<()> {
+    let socket = crate::config::socket_path(&config.instance);
     let _lock = lock_instance(&config.instance)?;
-    if let Some(rss) = &config.rss {
-        rss::check_cpus(rss).map_err(|e| anyhow!("{e:#}; nothing was changed"))?;
-    }
     // Handlers first: a signal during start-up must not kill the daemon half-way.
-    let (mut sigterm, mut sigint) = {
+    let (mut sigterm, mut sigint, mut sighup) = {
         use tokio::signal::unix::{SignalKind, signal};
         (
             signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         )
     };
 
+    // The desired state: kept from the last run while the file is unchanged.
+    let store = Store::new(&config.instance);
+    let kept = store.load()?;
+    let (stored, note) = store::choose(kept, &config_path, &text, config);
+    if let Some(why) = note {
+        warn!(state = %store.dir().display(), "{why}: the configuration file replaces the desired state kept there");
+    }
+    crate::config::host::check_cpus(&stored.config)
+        .map_err(|(f, m)| anyhow!("{}: {f}: {m}; nothing was changed", config_path.display()))?;
+    let config = stored.config.clone();
+
+    // Subscribed before the interfaces are read, so no change falls between the two.
+    let watch = LinkWatch::subscribe()?;
     let links = Links::connect()?;
-    let interfaces = state::resolve_interfaces(&config, &links).await?;
-    let mut dp = Dataplane::open(&config.instance, ebpf_log::level())?;
+    let host = Interfaces::new(links.all().await?);
+    for port in crate::features::base::wanted_ports(&config) {
+        if host.get(&port.name).is_none() {
+            match &port.vm {
+                Some(vm) => {
+                    info!(vm = %vm, port = %port.name, "port does not exist yet: the VM waits for it")
+                }
+                None => {
+                    warn!(uplink = %port.name, "uplink does not exist yet: it is down until it appears")
+                }
+            }
+        }
+    }
+    let dp = Dataplane::open(&config.instance, ebpf_log::level())?;
     if dp.created() {
         info!(pins = %dp.pins().path().display(), "created a new dataplane");
     } else {
         let created = dp.info().map(|i| i.created_unix).unwrap_or(0);
         info!(pins = %dp.pins().path().display(), created_unix = created, "adopting the pinned dataplane");
     }
-    let ebpf_logs = ebpf_log::start(dp.ebpf_mut());
-    let stats_interval = Duration::from_millis(config.daemon.stats_interval_ms);
-    let rss_period = config
-        .rss
-        .as_ref()
-        .map(|r| Duration::from_millis(r.period_ms));
-    let metrics_listen = config.daemon.metrics_listen.clone();
-    let team_period = config
-        .teams
-        .iter()
-        .map(|t| t.period_ms)
-        .min()
-        .map(Duration::from_millis);
-    // Subscribed before the state is read, so no link change falls between the two.
-    let link_events = if team_period.is_some() {
-        Some(crate::monitor::links::LinkWatch::subscribe()?)
-    } else {
-        None
-    };
-    let state = state::start(config, config_path, dp, &interfaces)?;
-    let (listener, _socket_guard) = bind_socket(&socket)?;
-    info!(
-        instance = %state.config.instance,
-        ports = state.ports.len(),
-        vms = state.vms.len(),
-        socket = %socket.display(),
-        "xnic is running"
-    );
+    let pins = dp.pins().clone();
+    let events = EventLog::default();
+    let (mut reconciler, published) =
+        reconcile::Reconciler::start(dp, stored, config_path.clone(), host, events.clone())?;
+    let ebpf_logs = ebpf_log::start(reconciler.dataplane_mut().ebpf_mut());
+    let (handle, reconciler_thread) = reconcile::spawn(reconciler, watch)?;
+    let counters = Counters::open(&pins)?;
+    let sampled = Arc::new(Mutex::new(Sampled::default()));
+    let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler_thread = sampler::spawn(
+        &pins,
+        published.clone(),
+        handle.clone(),
+        sampled.clone(),
+        Duration::from_millis(config.daemon.stats_interval_ms),
+        stop_sampler.clone(),
+    )?;
 
+    let (listener, _socket_guard) = bind_socket(&socket)?;
+    {
+        let snap = reconcile::current(&published);
+        info!(
+            instance = %config.instance,
+            ports = crate::features::base::wanted_ports(&snap.config).len(),
+            vms = snap.config.vms.len(),
+            generation = snap.generation,
+            socket = %socket.display(),
+            "xnic is running"
+        );
+    }
     let (stop_tx, mut stop_rx) = watch::channel(None);
     let daemon = Arc::new(Daemon {
-        state: Mutex::new(state),
-        sampled: Mutex::new((None, Rates::default())),
+        instance: config.instance.clone(),
+        handle: handle.clone(),
+        published,
+        counters,
+        sampled,
         links,
+        events,
         stop: stop_tx,
     });
 
-    let sampler = every(stats_interval, &daemon, Daemon::sample_tick);
-    let rss_loop = rss_period.map(|period| every(period, &daemon, Daemon::rss_tick));
-    let team_loop = team_period.map(|period| every(period, &daemon, Daemon::team_tick));
-    // A thread of its own (see `LinkWatch::run`); it holds the daemon weakly, so stopping
-    // does not wait for it.
-    if let Some(watch) = link_events {
-        let daemon = Arc::downgrade(&daemon);
-        watch.run(move |ifindex, up| {
-            let seen = std::time::Instant::now();
-            if let Some(daemon) = daemon.upgrade() {
-                daemon.team_link(ifindex, up, seen);
-            }
-        })?;
-    }
     let signals = {
         let daemon = daemon.clone();
+        let config_path = config_path.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = sigint.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
+                    _ = sighup.recv() => reload(&daemon, &config_path).await,
+                }
             }
             info!("signal received: stopping; the dataplane keeps forwarding");
             let _ = daemon.stop.send(Some(Stop::Signal));
         })
     };
+    let metrics_listen = config.daemon.metrics_listen.clone();
     let metrics = match metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
             info!(%addr, "serving /metrics over TCP");
-            let app = api::server::metrics_router(daemon.clone());
+            let app = http::metrics_router(daemon.clone());
             let mut rx = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -507,7 +535,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
 
-    let app = api::server::router(daemon.clone());
+    let app = http::router(daemon.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop_rx.wait_for(Option::is_some).await;
@@ -515,11 +543,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .context("control API server failed")?;
 
-    sampler.abort();
     signals.abort();
-    for task in [rss_loop, team_loop].into_iter().flatten() {
-        task.abort();
-    }
+    stop_sampler.store(true, std::sync::atomic::Ordering::Relaxed);
+    handle.send(Command::Stop);
+    let _ = reconciler_thread.join();
+    let _ = sampler_thread.join();
     if let Some(m) = metrics {
         let _ = m.await;
     }
@@ -530,4 +558,27 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         _ => info!("daemon stopped; run `xnic down` to remove the dataplane"),
     }
     Ok(())
+}
+
+/// SIGHUP: the configuration file again, as `xnic apply` would; a bad file changes nothing.
+async fn reload(daemon: &Daemon, config_path: &Path) {
+    let text = match std::fs::read_to_string(config_path) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(file = %config_path.display(), error = %e, "SIGHUP: cannot read the configuration file; nothing was changed");
+            return;
+        }
+    };
+    match daemon
+        .apply(&text, &config_path.display().to_string(), None, false)
+        .await
+    {
+        Ok(v) if v.changes.is_empty() && v.at_restart.is_empty() => {
+            info!(file = %config_path.display(), "SIGHUP: configuration reloaded; nothing changed")
+        }
+        Ok(v) => {
+            info!(file = %config_path.display(), generation = v.generation, changes = ?v.changes, at_restart = ?v.at_restart, "SIGHUP: configuration applied")
+        }
+        Err(e) => error!(file = %config_path.display(), "SIGHUP: {e}; nothing was changed"),
+    }
 }

@@ -1,4 +1,4 @@
-//! Turns the daemon's state and counters into what the API returns.
+//! Turns a snapshot of the daemon's state and the counters into what the API returns.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,17 +7,19 @@ use xnic_common::{
     parse::Shape,
     verdict::{Action, Reason},
 };
+use xnic_proto::api::{
+    Count, PortStats, PortStatus, Role, StatsView, StatusView, Totals, VmCountersView, VmRates,
+    VmStats, VmView,
+};
 
-use super::state::State;
 use crate::{
-    api::types::{
-        Count, PortStats, PortStatus, Role, StatsView, StatusView, Totals, VmCountersView, VmRates,
-        VmStats, VmView,
-    },
+    dataplane::{Counters, PortCounters},
+    features::base::wanted_ports,
     monitor::{
         links::LinkState,
         sample::{Rates, Sample, total},
     },
+    reconcile::Snapshot,
 };
 
 fn role(r: PortRole) -> Role {
@@ -29,7 +31,7 @@ fn role(r: PortRole) -> Role {
 
 fn totals(sample: &Sample) -> Totals {
     let mut t = Totals::default();
-    for port in sample.ports.iter().chain([&sample.unknown_port]) {
+    for port in sample.ports.values().chain([&sample.unknown_port]) {
         for r in Reason::ALL {
             let c = Count::from(port.reasons[r as usize]);
             match r.action() {
@@ -41,42 +43,57 @@ fn totals(sample: &Sample) -> Totals {
     t
 }
 
-pub fn status(state: &State, sample: &Sample, links: &HashMap<String, LinkState>) -> StatusView {
-    let info = state.dataplane.info().unwrap_or_default();
-    let ports = state
-        .ports
-        .iter()
+/// What a port is doing: `attached`, `waiting` (its interface does not exist), or why it is
+/// not attached.
+pub fn port_state(snap: &Snapshot, name: &str) -> String {
+    if let Some(why) = snap.blocked.get(name) {
+        format!("not attached: {why}")
+    } else if snap.host.get(name).is_none() {
+        "waiting".into()
+    } else if snap.attached.contains_key(name) {
+        "attached".into()
+    } else {
+        "attaching".into()
+    }
+}
+
+pub fn status(snap: &Snapshot, sample: &Sample, links: &HashMap<String, LinkState>) -> StatusView {
+    let ports = wanted_ports(&snap.config)
+        .into_iter()
         .map(|p| {
             let link = links.get(&p.name);
             let xdp = link.and_then(|l| l.xdp);
-            let ours = state.dataplane.program_id(p.role);
+            let ours = Some(snap.programs.for_role(p.role));
             PortStatus {
-                name: p.name.clone(),
+                state: port_state(snap, &p.name),
                 role: role(p.role),
-                ifindex: p.ifindex,
-                slot: p.slot,
+                ifindex: link.map_or(0, |l| l.ifindex),
+                slot: snap.slots.port(&p.name).unwrap_or(0),
                 vm: p.vm.clone(),
                 up: link.is_some_and(|l| l.up),
                 mtu: link.map_or(0, |l| l.mtu),
                 xdp_mode: xdp.map(|x| x.mode),
                 xdp_ours: xdp.is_some() && xdp.map(|x| x.prog_id) == ours,
+                name: p.name,
             }
         })
         .collect();
     StatusView {
-        instance: state.config.instance.clone(),
+        instance: snap.config.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
-        uptime_secs: state.started.elapsed().as_secs(),
-        config: state.config_path.display().to_string(),
-        netns: state.config.netns.clone(),
-        pin_dir: state.dataplane.pins().path().display().to_string(),
-        abi: info.abi,
-        dataplane_created_unix: info.created_unix,
-        adopted: state.adopted,
-        cpus: state.dataplane.nr_cpus(),
+        uptime_secs: snap.started.elapsed().as_secs(),
+        config: snap.config_file.display().to_string(),
+        state_file: snap.state_file.display().to_string(),
+        generation: snap.generation,
+        netns: snap.config.netns.clone(),
+        pin_dir: snap.pin_dir.display().to_string(),
+        abi: snap.info.abi,
+        dataplane_created_unix: snap.info.created_unix,
+        adopted: snap.adopted,
+        cpus: snap.nr_cpus,
         ports,
-        vms: state.vms.len(),
+        vms: snap.config.vms.len(),
         totals: totals(sample),
     }
 }
@@ -89,74 +106,88 @@ fn vm_counters(c: &xnic_common::maps::VmCounters) -> VmCountersView {
     }
 }
 
-pub fn vm(state: &State, sample: &Sample, rates: &Rates, index: usize) -> VmView {
-    let vm = &state.vms[index];
-    let port_index = state.ports.iter().position(|p| p.name == vm.port);
-    let port_reasons = port_index
-        .map(|i| {
+pub fn vm(
+    snap: &Snapshot,
+    sample: &Sample,
+    rates: &Rates,
+    name: &str,
+    counters: &Counters,
+) -> anyhow::Result<VmView> {
+    let vm = snap
+        .config
+        .vm(name)
+        .ok_or_else(|| anyhow::anyhow!("no VM named {name:?}"))?;
+    let slot = snap.slots.vm(name).unwrap_or(0);
+    let port_reasons = sample
+        .ports
+        .get(&vm.port)
+        .map(|c| {
             Reason::ALL
                 .iter()
-                .filter(|r| sample.ports[i].reasons[**r as usize].packets > 0)
-                .map(|r| {
-                    (
-                        r.name().to_string(),
-                        sample.ports[i].reasons[*r as usize].into(),
-                    )
-                })
+                .filter(|r| c.reasons[**r as usize].packets > 0)
+                .map(|r| (r.name().to_string(), c.reasons[*r as usize].into()))
                 .collect()
         })
         .unwrap_or_default();
-    VmView {
+    let team_counters = counters.team_vm(slot).unwrap_or_default();
+    Ok(VmView {
         name: vm.name.clone(),
-        slot: vm.slot,
+        slot,
         port: vm.port.clone(),
-        macs: vm.macs.iter().map(|m| m.to_string()).collect(),
-        ips: vm.ips.iter().map(|n| n.to_string()).collect(),
-        counters: vm_counters(&sample.vms[index]),
-        rates: rates.vms.get(index).copied().unwrap_or(VmRates::default()),
+        port_state: port_state(snap, &vm.port),
+        macs: vm.mac_addrs().iter().map(|m| m.to_string()).collect(),
+        ips: vm.ip_nets().iter().map(|n| n.to_string()).collect(),
+        counters: sample.vms.get(name).map(vm_counters).unwrap_or_default(),
+        rates: rates.vms.get(name).copied().unwrap_or(VmRates::default()),
         port_reasons,
-        team: state
+        rss: snap
+            .rss
+            .status(&snap.slots, BTreeMap::new())
+            .and_then(|s| s.vms.into_iter().find(|v| v.name == name)),
+        team: snap
             .team
-            .as_ref()
-            .and_then(|t| t.vm_view(&state.dataplane, index)),
+            .vm_view(&snap.cx(), &snap.slots, name, &team_counters),
+    })
+}
+
+fn port_stats(name: &str, r: PortRole, slot: u32, c: &PortCounters, rates: &Rates) -> PortStats {
+    let reasons: BTreeMap<String, Count> = Reason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), c.reasons[*r as usize].into()))
+        .collect();
+    let shapes: BTreeMap<String, Count> = Shape::ALL
+        .iter()
+        .filter(|s| c.shapes[**s as usize].packets > 0)
+        .map(|s| (s.name().to_string(), c.shapes[*s as usize].into()))
+        .collect();
+    PortStats {
+        name: name.to_string(),
+        role: role(r),
+        slot,
+        total: total(c).into(),
+        rate: rates.ports.get(name).copied().unwrap_or_default(),
+        reasons,
+        shapes,
     }
 }
 
-pub fn stats(state: &State, sample: &Sample, rates: &Rates) -> StatsView {
-    let ports = state
-        .ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let c = &sample.ports[i];
-            let reasons: BTreeMap<String, Count> = Reason::ALL
-                .iter()
-                .map(|r| (r.name().to_string(), c.reasons[*r as usize].into()))
-                .collect();
-            let shapes: BTreeMap<String, Count> = Shape::ALL
-                .iter()
-                .filter(|s| c.shapes[**s as usize].packets > 0)
-                .map(|s| (s.name().to_string(), c.shapes[*s as usize].into()))
-                .collect();
-            PortStats {
-                name: p.name.clone(),
-                role: role(p.role),
-                slot: p.slot,
-                total: total(c).into(),
-                rate: rates.ports.get(i).copied().unwrap_or_default(),
-                reasons,
-                shapes,
-            }
+pub fn stats(snap: &Snapshot, sample: &Sample, rates: &Rates) -> StatsView {
+    let ports = wanted_ports(&snap.config)
+        .into_iter()
+        .filter_map(|p| {
+            let c = sample.ports.get(&p.name)?;
+            let slot = snap.slots.port(&p.name)?;
+            Some(port_stats(&p.name, p.role, slot, c, rates))
         })
         .collect();
-    let vms = state
+    let vms = snap
+        .config
         .vms
         .iter()
-        .enumerate()
-        .map(|(i, v)| VmStats {
+        .map(|v| VmStats {
             name: v.name.clone(),
-            counters: vm_counters(&sample.vms[i]),
-            rates: rates.vms.get(i).copied().unwrap_or_default(),
+            counters: sample.vms.get(&v.name).map(vm_counters).unwrap_or_default(),
+            rates: rates.vms.get(&v.name).copied().unwrap_or_default(),
         })
         .collect();
     StatsView {

@@ -9,6 +9,8 @@
 
 pub mod baseline;
 mod bpffs;
+pub mod counters;
+mod execute;
 pub mod objects;
 pub mod testrun;
 
@@ -50,8 +52,12 @@ use xnic_common::{
     verdict::Reason,
 };
 
-pub use self::bpffs::ensure_bpffs;
+pub use self::{
+    bpffs::ensure_bpffs,
+    counters::{Counters, PortCounters},
+};
 use crate::config::XdpModePref;
+pub use xnic_proto::config::AttachMode;
 
 /// Root of every instance's pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xnic";
@@ -135,14 +141,6 @@ const MAP_SHAPES: &[(&str, usize, usize, u32)] = &[
     ("FLOOD", 4, 8, MAX_PORTS),
 ];
 
-/// How a program ended up attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    Native,
-    Generic,
-}
-
 /// What [`Dataplane::attach`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
@@ -152,15 +150,10 @@ pub enum Attached {
     Adopted,
 }
 
-/// Counters of one port slot, summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PortCounters {
-    pub reasons: [Counter; Reason::COUNT],
-    pub shapes: [Counter; Shape::COUNT],
-}
-
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Handles of its own on the counter maps (opened from the pins).
+    counters: Counters,
     pins: PinDir,
     /// Whether this daemon created the pin directory (so a failed start can remove it).
     created: bool,
@@ -210,8 +203,10 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel rejected XDP program {name}"))?;
         }
+        let counters = Counters::open(&pins)?;
         let mut dp = Dataplane {
             ebpf,
+            counters,
             pins,
             created,
             nr_cpus,
@@ -372,6 +367,22 @@ impl Dataplane {
         repeat: u32,
     ) -> anyhow::Result<testrun::TestRunOutcome> {
         testrun::run(self.program_mut(role)?, frame, ingress_ifindex, repeat)
+    }
+
+    /// Kernel ids of this daemon's programs.
+    pub fn programs(&self) -> crate::policy::plan::Programs {
+        let id = |name: &str| {
+            self.ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .map_or(0, |i| i.id())
+        };
+        crate::policy::plan::Programs {
+            uplink: id(program_name(PortRole::Uplink)),
+            vm: id(program_name(PortRole::Vm)),
+            flood: id(FLOOD_PROGRAM),
+        }
     }
 
     /// Kernel id of the program for `role`.
@@ -550,14 +561,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Per bucket of `engine` (the first `size`), frames and bytes per CPU that ran them.
-    pub fn bucket_counters(&self, engine: u32, size: u32) -> anyhow::Result<Vec<Vec<Counter>>> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("BUCKET_STATS")?)?;
-        (0..size)
-            .map(|b| Ok(map.get(&bucket_index(engine, b), 0)?.to_vec()))
-            .collect()
-    }
-
     pub fn reset_bucket_counters(&mut self, engine: u32) -> anyhow::Result<()> {
         let n = self.nr_cpus;
         let mut map: PerCpuArray<_, Counter> =
@@ -572,12 +575,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Frames and bytes delivered to VM `slot`, per CPU that ran them.
-    pub fn vm_cpu_counters(&self, slot: u32) -> anyhow::Result<Vec<Counter>> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("VM_CPU_STATS")?)?;
-        Ok(map.get(&slot, 0)?.to_vec())
-    }
-
     pub fn reset_vm_cpu_counters(&mut self, slot: u32) -> anyhow::Result<()> {
         let n = self.nr_cpus;
         let mut map: PerCpuArray<_, Counter> =
@@ -588,16 +585,6 @@ impl Dataplane {
             0,
         )?;
         Ok(())
-    }
-
-    /// Steering counters, summed over CPUs, in `SteerCounter` order.
-    pub fn steer_counters(&self) -> anyhow::Result<[u64; SteerCounter::COUNT]> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("STEER_STATS")?)?;
-        let mut out = [0u64; SteerCounter::COUNT];
-        for c in SteerCounter::ALL {
-            out[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
-        }
-        Ok(out)
     }
 
     // --- teaming ----------------------------------------------------------------------------
@@ -647,17 +634,6 @@ impl Dataplane {
             }
         }
         Ok(())
-    }
-
-    /// Frames and bytes VM `slot` sent through each member of its team, summed over CPUs.
-    pub fn team_vm_counters(&self, vm_slot: u32) -> anyhow::Result<Vec<Counter>> {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("TEAM_VM_STATS")?)?;
-        (0..MAX_TEAM_MEMBERS)
-            .map(|m| {
-                let values = map.get(&vm_member_index(vm_slot, m), 0)?;
-                Ok(values.iter().fold(Counter::default(), |a, v| a.merged(*v)))
-            })
-            .collect()
     }
 
     pub fn reset_team_vm_counters(&mut self, vm_slot: u32) -> anyhow::Result<()> {
@@ -759,35 +735,15 @@ impl Dataplane {
         slot: u32,
         per_cpu: &mut [Counter],
     ) -> anyhow::Result<PortCounters> {
-        let verdicts: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("VERDICTS")?)?;
-        let shapes: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map("SHAPES")?)?;
-        let mut out = PortCounters::default();
-        for r in Reason::ALL {
-            let values = verdicts.get(&xnic_common::maps::verdict_index(slot, r), 0)?;
-            for (cpu, v) in values.iter().enumerate() {
-                out.reasons[r as usize] = out.reasons[r as usize].merged(*v);
-                if let Some(c) = per_cpu.get_mut(cpu) {
-                    *c = c.merged(*v);
-                }
-            }
-        }
-        for s in Shape::ALL {
-            let values = shapes.get(&xnic_common::maps::shape_index(slot, s), 0)?;
-            out.shapes[s as usize] = values.iter().fold(Counter::default(), |a, v| a.merged(*v));
-        }
-        Ok(out)
+        self.counters.port(slot, per_cpu)
     }
 
     pub fn vm_counters(&self, slot: u32) -> anyhow::Result<VmCounters> {
-        let map: PerCpuArray<_, VmCounters> = PerCpuArray::try_from(self.map("VM_STATS")?)?;
-        let values = map.get(&slot, 0)?;
-        Ok(values
-            .iter()
-            .fold(VmCounters::default(), |a, v| VmCounters {
-                from_vm: a.from_vm.merged(v.from_vm),
-                to_vm: a.to_vm.merged(v.to_vm),
-                dropped: a.dropped.merged(v.dropped),
-            }))
+        self.counters.vm(slot)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 }
 

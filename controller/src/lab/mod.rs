@@ -275,7 +275,16 @@ impl Lab {
                 }
             }
         }
-        Ok(())
+        // A veth reports its carrier a moment after both ends are up: wait, so a daemon
+        // started right after this sees the lab as it is meant to be.
+        let ports: Vec<String> = self
+            .config
+            .uplinks
+            .iter()
+            .map(|u| u.name.clone())
+            .chain(self.config.vms.iter().map(|v| v.port.clone()))
+            .collect();
+        wait_until_up(host, &ports, LINK_SETTLE_TIMEOUT)
     }
 
     /// Removes every lab namespace that exists (and with them their interfaces). Returns the
@@ -306,6 +315,48 @@ pub fn tor_port(uplink: &str) -> String {
     let mut s = format!("host-{uplink}");
     s.truncate(15);
     s
+}
+
+/// How long new veths may take to report their carrier.
+const LINK_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until every interface of `names` in namespace `ns` is operationally up.
+pub fn wait_until_up(
+    ns: &str,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show"])
+            .output()
+            .context("cannot run ip")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let down: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                !text.lines().any(|l| {
+                    let name = l.split(':').nth(1).map(str::trim).unwrap_or("");
+                    let name = name.split('@').next().unwrap_or("");
+                    name == n.as_str() && l.contains(" state UP ")
+                })
+            })
+            .collect();
+        if down.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "lab interfaces not up after {timeout:?}: {}",
+                down.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn veth(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> anyhow::Result<()> {

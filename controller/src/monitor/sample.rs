@@ -1,26 +1,26 @@
-//! Counter samples and the rates between two of them.
+//! Counter samples and the rates between two of them, keyed by port and VM name (VMs come
+//! and go between samples).
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use xnic_common::{
     limits::UNKNOWN_PORT_SLOT,
     maps::{Counter, VmCounters},
 };
+use xnic_proto::api::{Rate, VmRates};
 
 use crate::{
-    api::types::{Rate, VmRates},
-    daemon::state::State,
-    dataplane::PortCounters,
+    dataplane::{Counters, PortCounters},
+    features::base::wanted_ports,
+    reconcile::Snapshot,
 };
 
 /// Every counter of the daemon's ports and VMs at one moment.
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at: Instant,
-    /// Same order as `State::ports`.
-    pub ports: Vec<PortCounters>,
-    /// Same order as `State::vms`.
-    pub vms: Vec<VmCounters>,
+    pub ports: BTreeMap<String, PortCounters>,
+    pub vms: BTreeMap<String, VmCounters>,
     /// Frames seen on interfaces with no port entry (stale attachments).
     pub unknown_port: PortCounters,
     /// Frames per CPU over all ports.
@@ -28,25 +28,48 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn take(state: &State) -> anyhow::Result<Sample> {
-        let dp = &state.dataplane;
-        let mut cpus = vec![Counter::default(); dp.nr_cpus()];
-        let ports = state
-            .ports
-            .iter()
-            .map(|p| dp.port_counters(p.slot, &mut cpus))
-            .collect::<anyhow::Result<_>>()?;
-        let unknown_port = dp.port_counters(UNKNOWN_PORT_SLOT, &mut cpus)?;
-        let vms = state
-            .vms
-            .iter()
-            .map(|v| dp.vm_counters(v.slot))
-            .collect::<anyhow::Result<_>>()?;
+    pub fn take(counters: &Counters, snap: &Snapshot) -> anyhow::Result<Sample> {
+        let mut cpus = vec![Counter::default(); snap.nr_cpus];
+        let mut ports = BTreeMap::new();
+        for p in wanted_ports(&snap.config) {
+            if let Some(slot) = snap.slots.port(&p.name) {
+                ports.insert(p.name, counters.port(slot, &mut cpus)?);
+            }
+        }
+        let unknown_port = counters.port(UNKNOWN_PORT_SLOT, &mut cpus)?;
+        let mut vms = BTreeMap::new();
+        for v in &snap.config.vms {
+            if let Some(slot) = snap.slots.vm(&v.name) {
+                vms.insert(v.name.clone(), counters.vm(slot)?);
+            }
+        }
         Ok(Sample {
             at: Instant::now(),
             ports,
             vms,
             unknown_port,
+            cpus,
+        })
+    }
+
+    /// Only what one VM's view needs: its own counters and its port's.
+    pub fn take_vm(counters: &Counters, snap: &Snapshot, name: &str) -> anyhow::Result<Sample> {
+        let mut cpus = vec![Counter::default(); snap.nr_cpus];
+        let mut ports = BTreeMap::new();
+        let mut vms = BTreeMap::new();
+        if let Some(vm) = snap.config.vm(name) {
+            if let Some(slot) = snap.slots.port(&vm.port) {
+                ports.insert(vm.port.clone(), counters.port(slot, &mut cpus)?);
+            }
+            if let Some(slot) = snap.slots.vm(name) {
+                vms.insert(name.to_string(), counters.vm(slot)?);
+            }
+        }
+        Ok(Sample {
+            at: Instant::now(),
+            ports,
+            vms,
+            unknown_port: PortCounters::default(),
             cpus,
         })
     }
@@ -56,27 +79,34 @@ impl Sample {
 #[derive(Clone, Debug, Default)]
 pub struct Rates {
     pub interval_secs: f64,
-    pub ports: Vec<Rate>,
-    pub vms: Vec<VmRates>,
+    pub ports: BTreeMap<String, Rate>,
+    pub vms: BTreeMap<String, VmRates>,
 }
 
 impl Rates {
     pub fn between(prev: &Sample, now: &Sample) -> Rates {
         let secs = now.at.duration_since(prev.at).as_secs_f64();
-        let ports = prev
+        let ports = now
             .ports
             .iter()
-            .zip(&now.ports)
-            .map(|(a, b)| rate(total(a), total(b), secs))
+            .filter_map(|(name, b)| {
+                let a = prev.ports.get(name)?;
+                Some((name.clone(), rate(total(a), total(b), secs)))
+            })
             .collect();
-        let vms = prev
+        let vms = now
             .vms
             .iter()
-            .zip(&now.vms)
-            .map(|(a, b)| VmRates {
-                from_vm: rate(a.from_vm, b.from_vm, secs),
-                to_vm: rate(a.to_vm, b.to_vm, secs),
-                dropped: rate(a.dropped, b.dropped, secs),
+            .filter_map(|(name, b)| {
+                let a = prev.vms.get(name)?;
+                Some((
+                    name.clone(),
+                    VmRates {
+                        from_vm: rate(a.from_vm, b.from_vm, secs),
+                        to_vm: rate(a.to_vm, b.to_vm, secs),
+                        dropped: rate(a.dropped, b.dropped, secs),
+                    },
+                ))
             })
             .collect();
         Rates {

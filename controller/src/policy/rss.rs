@@ -26,12 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Shared,
-    Dedicated,
-}
+pub use xnic_proto::config::{EngineKind, RssParams as Params, Selection};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Engine {
@@ -127,71 +122,6 @@ impl Vm {
             prefer_dedicated: false,
             last_move: None,
             low_periods: 0,
-        }
-    }
-}
-
-/// Which VM leaves an overloaded shared engine first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Selection {
-    /// The busiest VM.
-    #[default]
-    Load,
-    /// VMs that prefer a dedicated engine, then by priority, then by load.
-    Priority,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Params {
-    /// A shared engine above this many packets/s per CPU is overloaded.
-    pub engine_high_pps_per_cpu: f64,
-    /// ...and so is one whose CPUs are, on average, busier than this (0 to 1) in the kernel
-    /// threads that carry its traffic: CPU-map threads (VNIC side) and softirq/NAPI (NIC side).
-    pub engine_high_busy: f64,
-    /// A VM may join an engine only if the engine stays under `fill` × the high threshold.
-    pub fill: f64,
-    /// A no-RSS VM above this many packets/s joins a shared engine.
-    pub no_rss_high_pps: f64,
-    /// A VM under this many packets/s for `low_periods` periods goes back to no-RSS.
-    pub vm_low_pps: f64,
-    pub low_periods: u32,
-    /// Periods a VM stays where it was moved before it may move again.
-    pub min_dwell_periods: u64,
-    pub selection: Selection,
-    /// Rebalance an engine's buckets when (max − min) / min of its CPU loads exceeds this...
-    pub rebalance_above: f64,
-    /// ...and stop once it is under this.
-    pub rebalance_to: f64,
-    /// Ignore imbalance while the busiest CPU of an engine carries less than this (noise).
-    pub rebalance_min_pps: f64,
-    /// Bucket moves per engine per period.
-    pub max_bucket_moves: usize,
-    /// Periods a moved bucket stays put.
-    pub bucket_dwell_periods: u64,
-    /// Weight of the newest period in the smoothed loads the policy decides on (1 = no
-    /// smoothing). Smoothing keeps measurement noise from moving buckets back and forth.
-    pub smoothing: f64,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            engine_high_pps_per_cpu: 200_000.0,
-            engine_high_busy: 0.9,
-            fill: 0.8,
-            no_rss_high_pps: 50_000.0,
-            vm_low_pps: 5_000.0,
-            low_periods: 30,
-            min_dwell_periods: 20,
-            selection: Selection::Load,
-            rebalance_above: 0.10,
-            rebalance_to: 0.05,
-            rebalance_min_pps: 1_000.0,
-            max_bucket_moves: 4,
-            bucket_dwell_periods: 5,
-            smoothing: 0.5,
         }
     }
 }

@@ -22,66 +22,7 @@
 use serde::{Deserialize, Serialize};
 use xnic_common::team::TEAM_TABLE_SIZE;
 
-/// How a VM is placed on its team's members.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Placement {
-    /// Active/standby: the first usable member in the team's order.
-    #[default]
-    Failover,
-    /// By the VM's source MAC.
-    MacHash,
-    /// Per flow.
-    FlowHash,
-    /// By measured load and allocations, recomputed every period.
-    Load,
-}
-
-impl Placement {
-    pub fn name(self) -> &'static str {
-        match self {
-            Placement::Failover => "failover",
-            Placement::MacHash => "mac-hash",
-            Placement::FlowHash => "flow-hash",
-            Placement::Load => "load",
-        }
-    }
-}
-
-/// Tuning of load placement (`[team.load]`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoadParams {
-    /// Rebalance when the busiest member's utilisation exceeds the idlest's by this much
-    /// (a fraction of capacity; of the mean member load when capacities are not set).
-    pub rebalance_above: f64,
-    /// Periods the imbalance must last before a VM moves.
-    pub sustain_periods: u32,
-    /// Periods a moved VM stays where it is.
-    pub min_dwell_periods: u32,
-}
-
-impl Default for LoadParams {
-    fn default() -> Self {
-        LoadParams {
-            rebalance_above: 0.2,
-            sustain_periods: 3,
-            min_dwell_periods: 20,
-        }
-    }
-}
-
-impl LoadParams {
-    pub fn check(&self) -> Result<(), (String, String)> {
-        if !(self.rebalance_above > 0.0 && self.rebalance_above.is_finite()) {
-            return Err(("rebalance_above".into(), "must be positive".into()));
-        }
-        if self.sustain_periods == 0 {
-            return Err(("sustain_periods".into(), "must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
+pub use xnic_proto::config::{LoadParams, TeamPlacement as Placement};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemberSpec {
@@ -139,6 +80,8 @@ pub enum MoveCause {
     Failback,
     /// Load placement rebalanced.
     Load,
+    /// The desired state changed: the VM's team, policy or pinned uplink, or its team.
+    Config,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +193,158 @@ impl Teaming {
         teaming
     }
 
+    /// Takes new specs (a change of the desired state), keeping what still holds: members'
+    /// link state and hold-down by name, each VM's member where its spec still allows it.
+    /// `up(team, member)` says whether a member new to its team is up. Returns the VMs that
+    /// moved.
+    pub fn reconfigure(
+        &mut self,
+        teams: Vec<TeamSpec>,
+        vms: Vec<VmSpec>,
+        up: impl Fn(usize, usize) -> bool,
+    ) -> Vec<Move> {
+        let old_teams = std::mem::take(&mut self.teams);
+        let member_name = |t: &TeamState, m: usize| t.spec.members[m].name.clone();
+        self.teams = teams
+            .into_iter()
+            .enumerate()
+            .map(|(t, spec)| {
+                let old = old_teams.iter().find(|o| o.spec.name == spec.name);
+                let members: Vec<MemberState> = spec
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(m, ms)| {
+                        let kept = old.and_then(|o| {
+                            (0..o.members.len())
+                                .find(|&i| o.spec.members[i].name == ms.name)
+                                .map(|i| o.members[i].clone())
+                        });
+                        kept.unwrap_or_else(|| {
+                            let up = up(t, m);
+                            MemberState {
+                                up,
+                                usable: up,
+                                up_since_ns: 0,
+                            }
+                        })
+                    })
+                    .collect();
+                // The old table, in the new member numbering.
+                let table = match old {
+                    Some(o) => o
+                        .table
+                        .iter()
+                        .map(|&b| {
+                            if (b as usize) < o.members.len() {
+                                let name = member_name(o, b as usize);
+                                spec.members
+                                    .iter()
+                                    .position(|x| x.name == name)
+                                    .map_or(u32::MAX, |i| i as u32)
+                            } else {
+                                u32::MAX
+                            }
+                        })
+                        .collect(),
+                    None => vec![u32::MAX; TEAM_TABLE_SIZE as usize],
+                };
+                let mut team = TeamState {
+                    spec,
+                    members,
+                    table,
+                    imbalanced_periods: old.map_or(0, |o| o.imbalanced_periods),
+                };
+                team.deal_table();
+                team
+            })
+            .collect();
+        let old_vms = std::mem::take(&mut self.vms);
+        let mut moves = Vec::new();
+        let mut fresh = Vec::new();
+        self.vms = vms
+            .into_iter()
+            .enumerate()
+            .map(|(v, spec)| {
+                let old = old_vms.iter().find(|o| o.spec.name == spec.name);
+                let Some(old) = old else {
+                    fresh.push(v);
+                    return VmState {
+                        spec,
+                        at: Where::Nowhere,
+                        moved_period: None,
+                        pause_until_ns: 0,
+                        load_bps: 0.0,
+                    };
+                };
+                let old_team = &old_teams[old.spec.team];
+                // The member it was on, in its (maybe renumbered) team.
+                let at = match old.at {
+                    Where::Member(m) if old_team.spec.name == self.teams[spec.team].spec.name => {
+                        let name = member_name(old_team, m);
+                        self.teams[spec.team]
+                            .spec
+                            .members
+                            .iter()
+                            .position(|x| x.name == name)
+                            .map_or(Where::Nowhere, Where::Member)
+                    }
+                    Where::FlowHash if old_team.spec.name == self.teams[spec.team].spec.name => {
+                        Where::FlowHash
+                    }
+                    _ => Where::Nowhere,
+                };
+                let same_rules = old_team.spec.name == self.teams[spec.team].spec.name
+                    && old.spec.placement == spec.placement
+                    && old.spec.pinned.map(|m| member_name(old_team, m))
+                        == spec
+                            .pinned
+                            .map(|m| self.teams[spec.team].spec.members[m].name.clone())
+                    && old.spec.key == spec.key;
+                if !same_rules {
+                    fresh.push(v);
+                }
+                VmState {
+                    spec,
+                    at,
+                    moved_period: old.moved_period,
+                    pause_until_ns: old.pause_until_ns,
+                    load_bps: old.load_bps,
+                }
+            })
+            .collect();
+        // Re-place what its rules no longer allow where it is.
+        for v in 0..self.vms.len() {
+            let team = &self.teams[self.vms[v].spec.team];
+            let valid = match self.vms[v].at {
+                Where::Member(m) => team.members[m].usable,
+                Where::FlowHash => self.vms[v].spec.placement == Placement::FlowHash,
+                Where::Nowhere => false,
+            };
+            let placed_by_rule =
+                self.vms[v].spec.placement != Placement::Load || self.vms[v].spec.pinned.is_some();
+            if !(fresh.contains(&v) || !valid || placed_by_rule) {
+                continue;
+            }
+            let from = self.vms[v].at;
+            let to = self.choose(v);
+            if to != from {
+                self.vms[v].at = to;
+                self.vms[v].moved_period = Some(self.period);
+                // A VM new to the host has not moved: no event for it.
+                if old_vms.iter().any(|o| o.spec.name == self.vms[v].spec.name) {
+                    moves.push(Move {
+                        vm: v,
+                        from,
+                        to,
+                        cause: MoveCause::Config,
+                    });
+                }
+            }
+        }
+        moves
+    }
+
     pub fn teams(&self) -> usize {
         self.teams.len()
     }
@@ -299,7 +394,10 @@ impl Teaming {
         m.up = up;
         if up {
             m.up_since_ns = now;
-            if self.teams[team].spec.failback_hold_ns == 0 {
+            // The hold-down keeps a flapping member from taking traffic back; when no member
+            // carries anything, waiting protects nothing (bonding does the same).
+            let none_usable = !self.teams[team].members.iter().any(|m| m.usable);
+            if self.teams[team].spec.failback_hold_ns == 0 || none_usable {
                 return self.make_usable(team, member, now);
             }
             return Vec::new();
@@ -764,6 +862,73 @@ mod tests {
         t.tick(2000 * MS, &[]);
         assert!((0..3).all(|v| t.at(v) == Where::Member(1)));
         assert_eq!(t.rx_member(0), Some(1));
+    }
+
+    #[test]
+    fn with_no_member_usable_the_first_back_skips_the_hold_down() {
+        let mut t = Teaming::new(
+            vec![team(Placement::Failover, 2, None)],
+            (0..2).map(|i| vm(i, Placement::Failover)).collect(),
+            &[vec![false, false]],
+        );
+        assert!((0..2).all(|v| t.at(v) == Where::Nowhere));
+        let moves = t.link(0, 1, true, MS);
+        assert_eq!(moves.len(), 2, "placed at once: nothing to fail back from");
+        assert!((0..2).all(|v| t.at(v) == Where::Member(1)));
+        // The second one back waits for its hold-down as usual.
+        assert!(t.link(0, 0, true, 2 * MS).is_empty());
+        assert_eq!(t.failback_at(0, 0), Some(1002 * MS));
+    }
+
+    #[test]
+    fn a_reconfiguration_keeps_link_state_and_placements_by_name() {
+        let mut t = teaming(Placement::Failover, 2, 3);
+        t.link(0, 0, false, 0);
+        assert!((0..3).all(|v| t.at(v) == Where::Member(1)));
+        // A third uplink is added in front, vm1 is removed, vm2 is pinned to up2, vm9 is new.
+        let mut spec = team(Placement::Failover, 3, None);
+        spec.members = ["up2", "up0", "up1"]
+            .iter()
+            .map(|n| MemberSpec {
+                name: n.to_string(),
+                capacity_bps: None,
+            })
+            .collect();
+        let mut vms = vec![
+            vm(0, Placement::Failover),
+            vm(2, Placement::Failover),
+            vm(9, Placement::Failover),
+        ];
+        vms[1].pinned = Some(0);
+        let moves = t.reconfigure(vec![spec], vms, |_, m| m == 0);
+        assert!(
+            t.member_up(0, 0),
+            "the new member's state comes from the host"
+        );
+        assert!(
+            !t.member_up(0, 1),
+            "up0 is still down, under its new number"
+        );
+        assert!(t.member_up(0, 2));
+        // vm0 is placed by failover order: up2 now comes first.
+        assert_eq!(t.at(0), Where::Member(0));
+        assert_eq!(t.at(1), Where::Member(0), "vm2 pinned to up2");
+        assert_eq!(t.at(2), Where::Member(0));
+        assert!(moves.iter().all(|m| m.cause == MoveCause::Config));
+        assert_eq!(moves.len(), 2, "the new VM did not move: {moves:?}");
+    }
+
+    #[test]
+    fn a_reconfiguration_that_changes_nothing_moves_nothing() {
+        let mut t = teaming(Placement::Load, 2, 4);
+        let before: Vec<Where> = (0..4).map(|v| t.at(v)).collect();
+        let moves = t.reconfigure(
+            vec![team(Placement::Load, 2, None)],
+            (0..4).map(|i| vm(i, Placement::Load)).collect(),
+            |_, _| true,
+        );
+        assert!(moves.is_empty());
+        assert_eq!((0..4).map(|v| t.at(v)).collect::<Vec<_>>(), before);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::types::{Count, Role, RssStatusView, StatsView, TeamStatusView};
+use std::collections::BTreeMap;
+
+use xnic_proto::api::{Count, Role, RssStatusView, StatsView, TeamStatusView};
 
 #[derive(Debug)]
 struct Snapshot {
@@ -16,6 +18,8 @@ struct Snapshot {
     stats: StatsView,
     rss: Option<RssStatusView>,
     team: Option<TeamStatusView>,
+    events: BTreeMap<(String, String), u64>,
+    generation: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -169,6 +173,28 @@ impl Collector for Snapshot {
             "xnic_cpu_packets",
             "Frames the XDP programs processed on each CPU",
             &cpus,
+        )?;
+        let events: Vec<(Labels, u64)> = self
+            .events
+            .iter()
+            .map(|((feature, kind), n)| {
+                (
+                    vec![inst(), ("feature", feature.clone()), ("kind", kind.clone())],
+                    *n,
+                )
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "xnic_events",
+            "Events of every feature since the daemon started (see xnic events)",
+            &events,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "xnic_desired_generation",
+            "Changes made to the desired state (it survives restarts)",
+            &[(vec![inst()], self.generation as f64)],
         )?;
         if let Some(rss) = &self.rss {
             self.encode_rss(rss, &mut encoder)?;
@@ -348,6 +374,8 @@ pub fn encode(
     stats: &StatsView,
     rss: Option<RssStatusView>,
     team: Option<TeamStatusView>,
+    events: &BTreeMap<(String, String), u64>,
+    generation: u64,
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
@@ -355,6 +383,8 @@ pub fn encode(
         stats: stats.clone(),
         rss,
         team,
+        events: events.clone(),
+        generation,
     }));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;

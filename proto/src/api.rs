@@ -1,11 +1,12 @@
-//! What the control API returns (`/v1/...`), shared by the daemon and the CLI.
+//! What the control API takes and returns (`/v1/...`), shared by the daemon, the CLI and
+//! anything else that talks to it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use xnic_common::maps::Counter;
 
-use crate::dataplane::AttachMode;
+use crate::config::{AttachMode, EngineKind, HashKind};
 
 /// The API version in every path.
 pub const API_PREFIX: &str = "/v1";
@@ -55,6 +56,12 @@ pub struct StatusView {
     pub pid: u32,
     pub uptime_secs: u64,
     pub config: String,
+    /// Where the desired state is kept across restarts.
+    #[serde(default)]
+    pub state_file: String,
+    /// Changes of the desired state so far.
+    #[serde(default)]
+    pub generation: u64,
     pub netns: Option<String>,
     pub pin_dir: String,
     /// Layout version of the pinned maps.
@@ -72,6 +79,9 @@ pub struct StatusView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PortStatus {
     pub name: String,
+    /// `attached`, `waiting` (the interface does not exist yet), or why it is not attached.
+    #[serde(default)]
+    pub state: String,
     pub role: Role,
     pub ifindex: u32,
     pub slot: u32,
@@ -97,15 +107,28 @@ pub struct VmView {
     pub name: String,
     pub slot: u32,
     pub port: String,
+    /// Its port's state: `attached`, `waiting` for the interface, or why it is not attached.
+    #[serde(default)]
+    pub port_state: String,
     pub macs: Vec<String>,
     pub ips: Vec<String>,
     pub counters: VmCountersView,
     pub rates: VmRates,
     /// Verdicts on the VM's port, by reason (only reasons with traffic).
     pub port_reasons: BTreeMap<String, Count>,
+    /// Its RSS engine state, when RSS is configured.
+    #[serde(default)]
+    pub rss: Option<RssVmView>,
     /// Its team placement and allocation, when it is in a team.
     #[serde(default)]
     pub team: Option<TeamVmView>,
+}
+
+/// Answer to adding or changing a VM: the VM now, and what the change did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmChanged {
+    pub vm: Option<VmView>,
+    pub change: ChangeView,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -178,7 +201,7 @@ pub struct RssStatusView {
     /// Policy periods run so far.
     pub period: u64,
     pub default_cpu: u32,
-    pub hash: crate::config::HashKind,
+    pub hash: HashKind,
     pub table_size: u32,
     pub engines: Vec<RssEngineView>,
     pub vms: Vec<RssVmView>,
@@ -192,7 +215,7 @@ pub struct RssStatusView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RssEngineView {
     pub name: String,
-    pub kind: crate::policy::rss::EngineKind,
+    pub kind: EngineKind,
     pub cpus: Vec<u32>,
     pub vms: Vec<String>,
     /// Frames per second of its VMs over the last period.
@@ -272,7 +295,7 @@ pub struct RssSetRequest {
 #[serde(deny_unknown_fields)]
 pub struct RssEngineAddRequest {
     pub name: String,
-    pub kind: crate::policy::rss::EngineKind,
+    pub kind: EngineKind,
     pub cpus: Vec<u32>,
 }
 
@@ -373,4 +396,183 @@ pub struct TeamMoveView {
     pub from: String,
     pub to: String,
     pub cause: String,
+}
+
+/// One entry of the daemon's event stream (`GET /v1/events`): every feature's events in one
+/// shape, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increases by one per event, across features.
+    pub id: u64,
+    pub unix_ms: u64,
+    /// `vm`, `port`, `config`, `rss` or `team`.
+    pub feature: String,
+    /// What happened, e.g. `vm_added`, `port_attached`, `vm_migration`, `link_down`.
+    pub kind: String,
+    /// What it happened to: a VM, port, engine or team name.
+    pub subject: String,
+    /// One line for people.
+    pub message: String,
+    /// The feature's own record of it, for `xnic rss events` and `xnic team events`.
+    #[serde(default, skip_serializing_if = "EventDetail::is_none")]
+    pub detail: EventDetail,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventDetail {
+    #[default]
+    None,
+    Rss(RssEvent),
+    Team(TeamEvent),
+    /// A change of the desired state: what it changed, one line each.
+    Change {
+        generation: u64,
+        changes: Vec<String>,
+    },
+}
+
+impl EventDetail {
+    pub fn is_none(&self) -> bool {
+        matches!(self, EventDetail::None)
+    }
+}
+
+/// Body of `PATCH /v1/vms/{name}`: the fields to change. For optional settings, `null`
+/// removes the setting (back to its default); an absent field stays as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_dedicated: Option<bool>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub team: Option<Option<String>>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uplink: Option<Option<String>>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub team_policy: Option<Option<crate::config::TeamPlacement>>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bandwidth_mbps: Option<Option<f64>>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub burst_kib: Option<Option<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_pause_ms: Option<u64>,
+}
+
+impl VmPatch {
+    /// Whether the patch changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == VmPatch::default()
+    }
+
+    /// Makes the changes on `vm`.
+    pub fn apply_to(&self, vm: &mut crate::config::VmConfig) {
+        fn set<T: Clone>(to: &mut T, from: &Option<T>) {
+            if let Some(v) = from {
+                *to = v.clone();
+            }
+        }
+        set(&mut vm.port, &self.port);
+        set(&mut vm.macs, &self.macs);
+        set(&mut vm.ips, &self.ips);
+        set(&mut vm.rss, &self.rss);
+        set(&mut vm.priority, &self.priority);
+        set(&mut vm.prefer_dedicated, &self.prefer_dedicated);
+        set(&mut vm.team, &self.team);
+        set(&mut vm.uplink, &self.uplink);
+        set(&mut vm.team_policy, &self.team_policy);
+        set(&mut vm.bandwidth_mbps, &self.bandwidth_mbps);
+        set(&mut vm.burst_kib, &self.burst_kib);
+        set(&mut vm.failover_pause_ms, &self.failover_pause_ms);
+    }
+}
+
+/// `Option<Option<T>>` in JSON: absent is `None`, `null` is `Some(None)`.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// Body of `POST /v1/apply`: a whole configuration, to replace the desired state with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// The configuration file's text (TOML).
+    pub config: String,
+    /// The file's name, for error messages (`FILE:LINE:COLUMN: field: ...`).
+    #[serde(default)]
+    pub file: String,
+    /// Only show what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a change of the desired state did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// The desired state's generation after the change (unchanged by a dry run).
+    pub generation: u64,
+    pub dry_run: bool,
+    /// One line per change, like `vm vm3: added` or `vm vm1: bandwidth_mbps: 20 → 50`.
+    pub changes: Vec<String>,
+    /// Changes that take effect only when the daemon restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at_restart: Vec<String>,
+}
+
+/// `GET /v1/config`: the desired state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredView {
+    pub generation: u64,
+    /// As a configuration file (TOML).
+    pub config: String,
+    /// Where it is kept across restarts.
+    pub state_file: String,
+    /// The configuration file the daemon started from.
+    pub config_file: String,
 }

@@ -1,0 +1,173 @@
+//! Reading back what the configuration maps hold ([`Dataplane::read_image`]) and carrying out
+//! the reconciler's writes ([`Dataplane::execute`]), one [`Op`] at a time.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use aya::maps::{Array, DevMapHash};
+use xnic_common::{
+    limits::{MAX_PORTS, MAX_VMS},
+    maps::{PortRecord, VmRecord},
+    rss::{EngineEntry, MAX_ENGINES, MAX_TABLE_SIZE, VmRss, bucket_index},
+    team::{MAX_TEAMS, TEAM_TABLE_SIZE, TeamEntry, VmTeam},
+};
+
+use super::{AttachMode, Attached, Dataplane};
+use crate::{
+    config::XdpModePref,
+    policy::plan::{Image, Op, TxPort, put},
+};
+
+/// What an [`Op::Attach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachOutcome {
+    pub mode: Option<AttachMode>,
+    /// The link was new (not an adopted pin).
+    pub fresh: bool,
+}
+
+impl Dataplane {
+    /// Everything the configuration maps hold now, except attachments (the caller knows the
+    /// interfaces: see [`Dataplane::pinned_link_program`]). Per-VM arrays are read for slots
+    /// in use only: the rest hold nothing a frame can reach.
+    pub fn read_image(&self) -> anyhow::Result<Image> {
+        let mut img = Image::default();
+        for (cpu, prog) in self.cpu_queues()? {
+            if prog.is_some() {
+                img.cpu_queues.insert(cpu);
+            }
+        }
+        {
+            let flood: DevMapHash<_> = DevMapHash::try_from(self.map("FLOOD")?)?;
+            for ifindex in self.switch_ports()? {
+                let filter = flood
+                    .get(ifindex, 0)
+                    .ok()
+                    .and_then(|v| v.prog_id)
+                    .map(|id| id.get());
+                img.tx_ports.insert(
+                    ifindex,
+                    TxPort {
+                        flood_filter: filter,
+                    },
+                );
+            }
+        }
+        let engines: Array<_, EngineEntry> = Array::try_from(self.map("ENGINES")?)?;
+        for e in 0..MAX_ENGINES {
+            put(&mut img.engines, e, engines.get(&e, 0)?);
+        }
+        let tables: Array<_, u32> = Array::try_from(self.map("RSS_TABLES")?)?;
+        for i in 0..MAX_ENGINES * MAX_TABLE_SIZE {
+            put(&mut img.rss_tables, i, tables.get(&i, 0)?);
+        }
+        let teams: Array<_, TeamEntry> = Array::try_from(self.map("TEAMS")?)?;
+        for t in 0..MAX_TEAMS {
+            put(&mut img.teams, t, teams.get(&t, 0)?);
+        }
+        let team_tables: Array<_, u32> = Array::try_from(self.map("TEAM_TABLES")?)?;
+        for i in 0..MAX_TEAMS * TEAM_TABLE_SIZE {
+            put(&mut img.team_tables, i, team_tables.get(&i, 0)?);
+        }
+        let records: Array<_, VmRecord> = Array::try_from(self.map("VM_TABLE")?)?;
+        let mut in_use = BTreeSet::new();
+        for slot in 0..MAX_VMS {
+            let r = records.get(&slot, 0)?;
+            if r.in_use != 0 {
+                in_use.insert(slot);
+            }
+            put(&mut img.vm_records, slot, r);
+        }
+        let vm_team: Array<_, VmTeam> = Array::try_from(self.map("VM_TEAM")?)?;
+        let vm_rss: Array<_, VmRss> = Array::try_from(self.map("VM_RSS")?)?;
+        for &slot in &in_use {
+            put(&mut img.vm_team, slot, vm_team.get(&slot, 0)?);
+            put(&mut img.vm_rss, slot, vm_rss.get(&slot, 0)?);
+        }
+        let ports: Array<_, PortRecord> = Array::try_from(self.map("PORT_TABLE")?)?;
+        for slot in 0..MAX_PORTS {
+            put(&mut img.port_records, slot, ports.get(&slot, 0)?);
+        }
+        img.rss_config = self.rss_config()?;
+        img.macs = self.macs()?.into_iter().collect();
+        img.ports = self.ports()?.into_iter().collect();
+        Ok(img)
+    }
+
+    /// Carries out one write. `mode` and `attached_prog` (the XDP program the interface runs
+    /// now, from netlink) are for [`Op::Attach`].
+    pub fn execute(
+        &mut self,
+        op: &Op,
+        mode: XdpModePref,
+        attached_prog: Option<u32>,
+        attached_mode: Option<AttachMode>,
+    ) -> anyhow::Result<Option<AttachOutcome>> {
+        match op {
+            Op::ResetVmCounters(slot) => {
+                self.reset_vm_counters(*slot)?;
+                self.reset_vm_cpu_counters(*slot)?;
+                self.reset_team_vm_counters(*slot)?;
+                self.reset_vm_bucket(*slot)?;
+                // A slot's never-written entries read as zeros, which mean engine 0 and team
+                // 0: a new VM starts from the real defaults.
+                self.set_vm_rss(*slot, VmRss::default())?;
+                self.set_vm_team(*slot, VmTeam::default())?;
+            }
+            Op::ResetPortCounters(slot) => self.reset_port_counters(*slot)?,
+            Op::ResetBucketCounters(engine) => {
+                self.reset_bucket_counters(*engine)?;
+                for b in 0..MAX_TABLE_SIZE {
+                    self.set_rss_bucket(bucket_index(*engine, b), 0)?;
+                }
+            }
+            Op::SetCpuQueue(cpu) => self.set_cpu_queue(*cpu)?,
+            Op::RemoveCpuQueue(cpu) => self.remove_cpu_queue(*cpu)?,
+            Op::SetTxPort(ifindex, t) => {
+                self.set_switch_port(*ifindex, t.flood_filter.is_some())?
+            }
+            Op::RemoveTxPort(ifindex) => self.remove_switch_port(*ifindex)?,
+            Op::SetEngine(e, entry) => self.set_engine(*e, *entry)?,
+            Op::SetRssBucket(i, cpu) => self.set_rss_bucket(*i, *cpu)?,
+            Op::SetTeam(t, entry) => self.set_team(*t, *entry)?,
+            Op::SetTeamBucket(i, member) => {
+                let mut map: Array<_, u32> = Array::try_from(self.map_mut("TEAM_TABLES")?)?;
+                map.set(*i, *member, 0)
+                    .with_context(|| format!("cannot write TEAM_TABLES[{i}]"))?;
+            }
+            Op::SetVmTeam(slot, entry) => self.set_vm_team(*slot, *entry)?,
+            Op::SetVmRss(slot, entry) => self.set_vm_rss(*slot, *entry)?,
+            Op::SetVmRecord(slot, r) => self.set_vm_record(*slot, *r)?,
+            Op::SetPortRecord(slot, r) => self.set_port_record(*slot, *r)?,
+            Op::SetRssConfig(c) => self.set_rss_config(*c)?,
+            Op::SetMac(mac, owner) => self.set_mac(*mac, *owner)?,
+            Op::RemoveMac(mac) => self.remove_mac(*mac)?,
+            Op::SetPort(ifindex, entry) => self.set_port(*ifindex, *entry)?,
+            Op::RemovePort(ifindex) => self.remove_port(*ifindex)?,
+            Op::Attach(name, a) => {
+                let attached = self
+                    .attach(name, a.ifindex, a.role, mode, attached_prog)
+                    .with_context(|| format!("attaching to {name}"))?;
+                return Ok(Some(match attached {
+                    Attached::Fresh(m) => AttachOutcome {
+                        mode: Some(m),
+                        fresh: true,
+                    },
+                    Attached::Adopted => AttachOutcome {
+                        mode: attached_mode,
+                        fresh: false,
+                    },
+                }));
+            }
+            Op::Detach(name) => self.detach(name)?,
+        }
+        Ok(None)
+    }
+
+    fn set_rss_bucket(&mut self, index: u32, cpu: u32) -> anyhow::Result<()> {
+        let mut map: Array<_, u32> = Array::try_from(self.map_mut("RSS_TABLES")?)?;
+        map.set(index, cpu, 0)
+            .with_context(|| format!("cannot write RSS_TABLES[{index}]"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! How two desired states differ, in lines people read: `vm vm3: added`,
+//! `vm vm1: bandwidth_mbps: 20 → 50`, `rss.engine shared-c: removed`. Lists of named things
+//! (VMs, uplinks, teams, engines) are compared by name, so reordering them is no change.
+
+use serde_json::Value;
+use xnic_proto::config::Config;
+
+/// The differences from `from` to `to`: what the daemon applies now, and what waits for a
+/// restart (daemon settings and the lab's).
+pub fn diff(from: &Config, to: &Config) -> (Vec<String>, Vec<String>) {
+    let a = serde_json::to_value(from).unwrap_or(Value::Null);
+    let b = serde_json::to_value(to).unwrap_or(Value::Null);
+    let mut lines = Vec::new();
+    walk("", &a, &b, &mut lines);
+    lines
+        .into_iter()
+        .partition(|l| !(l.starts_with("daemon") || l.starts_with("lab")))
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "(unset)".into(),
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// The key of a list whose items are tables with a `name`, or `None` for other lists.
+fn named(items: &[Value]) -> Option<Vec<String>> {
+    items
+        .iter()
+        .map(|i| i.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    if a == b {
+        return;
+    }
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let null = Value::Null;
+                walk(
+                    &join(k),
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => match (named(x), named(y)) {
+            (Some(nx), Some(ny)) if !(x.is_empty() && y.is_empty()) => {
+                let kind = path.rsplit('.').next().unwrap_or(path);
+                let prefix = path.strip_suffix(kind).unwrap_or("");
+                for (i, name) in nx.iter().enumerate() {
+                    match ny.iter().position(|n| n == name) {
+                        None => out.push(format!("{prefix}{kind} {name}: removed")),
+                        Some(j) => {
+                            let mut inner = Vec::new();
+                            walk("", &x[i], &y[j], &mut inner);
+                            out.extend(
+                                inner
+                                    .into_iter()
+                                    .map(|l| format!("{prefix}{kind} {name}: {l}")),
+                            );
+                        }
+                    }
+                }
+                for name in &ny {
+                    if !nx.contains(name) {
+                        out.push(format!("{prefix}{kind} {name}: added"));
+                    }
+                }
+            }
+            _ => out.push(format!("{path}: {} → {}", show(a), show(b))),
+        },
+        (Value::Null, Value::Object(_)) => out.push(format!("{path}: added")),
+        (Value::Object(_), Value::Null) => out.push(format!("{path}: removed")),
+        _ => out.push(format!("{path}: {} → {}", show(a), show(b))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        crate::config::parse(text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    const BASE: &str = r#"
+instance = "t"
+[[uplink]]
+name = "eth0"
+[[vm]]
+name = "vm0"
+port = "tap0"
+macs = ["02:00:00:00:00:01"]
+[[vm]]
+name = "vm1"
+port = "tap1"
+macs = ["02:00:00:00:00:02"]
+"#;
+
+    #[test]
+    fn named_lists_compare_by_name_and_fields_show_before_and_after() {
+        let a = parse(BASE);
+        let b = parse(
+            &BASE
+                .replace("name = \"vm1\"", "name = \"vm2\"")
+                .replace("port = \"tap0\"", "port = \"tap0\"\npriority = 3")
+                .replace("[[uplink]]", "[daemon]\nlog_level = \"debug\"\n[[uplink]]"),
+        );
+        let (now, later) = diff(&a, &b);
+        assert_eq!(
+            now,
+            vec![
+                "vm vm0: priority: 0 → 3".to_string(),
+                "vm vm1: removed".into(),
+                "vm vm2: added".into(),
+            ]
+        );
+        assert_eq!(
+            later,
+            vec!["daemon.log_level: \"info\" → \"debug\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn reordering_is_no_change() {
+        let a = parse(BASE);
+        let mut b = a.clone();
+        b.vms.reverse();
+        assert_eq!(diff(&a, &b), (vec![], vec![]));
+    }
+}

@@ -1,0 +1,414 @@
+//! The configuration schema: what one TOML file (and the daemon's persisted desired state)
+//! says a host should look like. Only the shapes live here; parsing with positions and
+//! validation are the controller's (`xnic::config`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::{IpNet, MacAddr};
+
+/// Longest instance name: it becomes part of the socket path and the pin directory.
+pub const MAX_INSTANCE_LEN: usize = 32;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this xnic instance: its pins live under `/sys/fs/bpf/xnic/<instance>/` and its
+    /// control socket is `/run/xnic/<instance>.sock`.
+    pub instance: String,
+    /// Network namespace (as in `ip netns`) that holds the interfaces; the daemon enters it.
+    /// Omit to use the daemon's own namespace.
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<UplinkConfig>,
+    #[serde(default, rename = "vm")]
+    pub vms: Vec<VmConfig>,
+    #[serde(default)]
+    pub rss: Option<RssSection>,
+    #[serde(default, rename = "team")]
+    pub teams: Vec<TeamConfig>,
+    #[serde(default)]
+    pub lab: Option<LabConfig>,
+}
+
+/// A NIC team (`[[team]]`): uplinks that carry its VMs' frames, and how VMs are placed on
+/// them. With a team configured, xnic switches VM traffic itself (see `docs/ARCHITECTURE.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    /// Member uplinks, in failover order (the first one up carries failover-placed VMs).
+    pub uplinks: Vec<String>,
+    /// How VMs without their own `team_policy` are placed.
+    #[serde(default)]
+    pub policy: TeamPlacement,
+    /// A member that comes back up carries traffic again only after staying up this long.
+    #[serde(default = "default_failback_hold_ms")]
+    pub failback_hold_ms: u64,
+    /// Gratuitous ARPs / unsolicited neighbour advertisements sent per moved address.
+    #[serde(default = "default_announce_count")]
+    pub announce_count: u32,
+    /// How often loads are measured and load placement runs, in milliseconds.
+    #[serde(default = "default_team_period_ms")]
+    pub period_ms: u64,
+    #[serde(default)]
+    pub load: LoadParams,
+}
+
+fn default_failback_hold_ms() -> u64 {
+    3000
+}
+
+fn default_announce_count() -> u32 {
+    1
+}
+
+fn default_team_period_ms() -> u64 {
+    500
+}
+
+/// Software RSS (`[rss]`): steer each VM's frames to CPUs through engines.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RssSection {
+    /// How often loads are measured and the policy runs, in milliseconds.
+    #[serde(default = "default_rss_period_ms")]
+    pub period_ms: u64,
+    /// The CPU that finishes frames of VMs in the no-RSS state.
+    #[serde(default)]
+    pub default_cpu: u32,
+    #[serde(default)]
+    pub hash: HashKind,
+    /// Buckets per engine table: a power of two up to 256.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    #[serde(default)]
+    pub policy: RssParams,
+    #[serde(default, rename = "engine")]
+    pub engines: Vec<EngineConfig>,
+}
+
+fn default_rss_period_ms() -> u64 {
+    100
+}
+
+fn default_table_size() -> u32 {
+    xnic_common::rss::DEFAULT_TABLE_SIZE
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HashKind {
+    /// Both directions of a connection hash alike.
+    #[default]
+    Symmetric,
+    Asymmetric,
+}
+
+/// One RSS engine (`[[rss.engine]]`): a CPU set and a table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub name: String,
+    pub kind: EngineKind,
+    pub cpus: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModePref {
+    /// Native (driver) mode, falling back to generic with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub xdp_mode: XdpModePref,
+    /// Default log filter (tracing syntax: a level or directives like `xnic=debug`);
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// How often counters are sampled for rates, in milliseconds.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// Also serve `GET /metrics` on this TCP address (in the daemon's network namespace).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_stats_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            xdp_mode: XdpModePref::Auto,
+            log_level: default_log_level(),
+            stats_interval_ms: default_stats_interval_ms(),
+            metrics_listen: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Interface name.
+    pub name: String,
+    /// What the uplink can carry, in Mbit/s: VMs' allocations beyond it are cut, lowest
+    /// priority first. Omit for no limit.
+    #[serde(default)]
+    pub capacity_mbps: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: String,
+    /// Host-side interface of the VM's virtual NIC (tap or veth).
+    pub port: String,
+    /// MACs the VM may send from; frames from other MACs are dropped.
+    pub macs: Vec<String>,
+    /// The VM's addresses, optionally with a prefix length (`10.0.0.5/24`).
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// RSS engine state: `auto` (the policy decides), `none` (no-RSS, pinned), or an engine's
+    /// name (pinned there).
+    #[serde(default = "default_rss_state")]
+    pub rss: String,
+    /// Higher first when a shared engine must shed a VM (with `[rss.policy] selection =
+    /// "priority"`).
+    #[serde(default)]
+    pub priority: i32,
+    /// Offered a dedicated engine first.
+    #[serde(default)]
+    pub prefer_dedicated: bool,
+    /// The team carrying the VM's frames: a team's name, or `none`. Default: the first team.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// The uplink the VM is pinned to while it is up (then placed by its policy).
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// Overrides the team's placement policy for this VM.
+    #[serde(default)]
+    pub team_policy: Option<TeamPlacement>,
+    /// Bandwidth allocation, Mbit/s: frames beyond it are dropped. Omit for no limit.
+    #[serde(default)]
+    pub bandwidth_mbps: Option<f64>,
+    /// Burst allowed above the allocation, KiB. Default: 5 ms at the allocated rate, at
+    /// least 16 KiB.
+    #[serde(default)]
+    pub burst_kib: Option<u32>,
+    /// Drop the VM's frames for this long after a failover moves it (lets a guest's
+    /// stateful peers settle before traffic resumes on the new path). 0: no pause.
+    #[serde(default)]
+    pub failover_pause_ms: u64,
+}
+
+fn default_rss_state() -> String {
+    "auto".into()
+}
+
+impl VmConfig {
+    /// The MACs, parsed (validation has checked them).
+    pub fn mac_addrs(&self) -> Vec<MacAddr> {
+        self.macs.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+
+    pub fn ip_nets(&self) -> Vec<IpNet> {
+        self.ips.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+/// How `xnic lab up` builds the demo topology around this configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// Prefix of the lab's other namespaces: `<prefix>-tor` and `<prefix>-<vm>`.
+    pub prefix: String,
+    /// Addresses of the traffic endpoint in the tor namespace.
+    pub tor_ips: Vec<String>,
+    /// Give lab interfaces IPv6 (link-local and the configured addresses). Off makes the lab
+    /// silent: no frame crosses it unless a test sends one.
+    #[serde(default = "default_true")]
+    pub ipv6: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// The team VM `vm` belongs to, by index into `teams`: its own, none, or the first.
+    pub fn team_of(&self, vm: &VmConfig) -> Option<usize> {
+        match vm.team.as_deref() {
+            Some("none") => None,
+            Some(name) => self.teams.iter().position(|t| t.name == name),
+            None => (!self.teams.is_empty()).then_some(0),
+        }
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+}
+
+impl LabConfig {
+    pub fn tor_nets(&self) -> Vec<IpNet> {
+        self.tor_ips.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+/// An RSS engine's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// A CPU set and table several VMs share.
+    Shared,
+    /// A CPU set and table of one VM.
+    Dedicated,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Shared => "shared",
+            EngineKind::Dedicated => "dedicated",
+        }
+    }
+}
+
+/// Which VM leaves an overloaded shared engine first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The busiest VM.
+    #[default]
+    Load,
+    /// VMs that prefer a dedicated engine, then by priority, then by load.
+    Priority,
+}
+
+/// Tuning of the RSS policy (`[rss.policy]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RssParams {
+    /// A shared engine above this many packets/s per CPU is overloaded.
+    pub engine_high_pps_per_cpu: f64,
+    /// ...and so is one whose CPUs are, on average, busier than this (0 to 1) in the kernel
+    /// threads that carry its traffic: CPU-map threads (VNIC side) and softirq/NAPI (NIC side).
+    pub engine_high_busy: f64,
+    /// A VM may join an engine only if the engine stays under `fill` × the high threshold.
+    pub fill: f64,
+    /// A no-RSS VM above this many packets/s joins a shared engine.
+    pub no_rss_high_pps: f64,
+    /// A VM under this many packets/s for `low_periods` periods goes back to no-RSS.
+    pub vm_low_pps: f64,
+    pub low_periods: u32,
+    /// Periods a VM stays where it was moved before it may move again.
+    pub min_dwell_periods: u64,
+    pub selection: Selection,
+    /// Rebalance an engine's buckets when (max − min) / min of its CPU loads exceeds this...
+    pub rebalance_above: f64,
+    /// ...and stop once it is under this.
+    pub rebalance_to: f64,
+    /// Ignore imbalance while the busiest CPU of an engine carries less than this (noise).
+    pub rebalance_min_pps: f64,
+    /// Bucket moves per engine per period.
+    pub max_bucket_moves: usize,
+    /// Periods a moved bucket stays put.
+    pub bucket_dwell_periods: u64,
+    /// Weight of the newest period in the smoothed loads the policy decides on (1 = no
+    /// smoothing). Smoothing keeps measurement noise from moving buckets back and forth.
+    pub smoothing: f64,
+}
+
+impl Default for RssParams {
+    fn default() -> Self {
+        RssParams {
+            engine_high_pps_per_cpu: 200_000.0,
+            engine_high_busy: 0.9,
+            fill: 0.8,
+            no_rss_high_pps: 50_000.0,
+            vm_low_pps: 5_000.0,
+            low_periods: 30,
+            min_dwell_periods: 20,
+            selection: Selection::Load,
+            rebalance_above: 0.10,
+            rebalance_to: 0.05,
+            rebalance_min_pps: 1_000.0,
+            max_bucket_moves: 4,
+            bucket_dwell_periods: 5,
+            smoothing: 0.5,
+        }
+    }
+}
+
+/// How a VM is placed on its team's members.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeamPlacement {
+    /// Active/standby: the first usable member in the team's order.
+    #[default]
+    Failover,
+    /// By the VM's source MAC.
+    MacHash,
+    /// Per flow.
+    FlowHash,
+    /// By measured load and allocations, recomputed every period.
+    Load,
+}
+
+impl TeamPlacement {
+    pub fn name(self) -> &'static str {
+        match self {
+            TeamPlacement::Failover => "failover",
+            TeamPlacement::MacHash => "mac-hash",
+            TeamPlacement::FlowHash => "flow-hash",
+            TeamPlacement::Load => "load",
+        }
+    }
+}
+
+/// Tuning of load placement (`[team.load]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadParams {
+    /// Rebalance when the busiest member's utilisation exceeds the idlest's by this much
+    /// (a fraction of capacity; of the mean member load when capacities are not set).
+    pub rebalance_above: f64,
+    /// Periods the imbalance must last before a VM moves.
+    pub sustain_periods: u32,
+    /// Periods a moved VM stays where it is.
+    pub min_dwell_periods: u32,
+}
+
+impl Default for LoadParams {
+    fn default() -> Self {
+        LoadParams {
+            rebalance_above: 0.2,
+            sustain_periods: 3,
+            min_dwell_periods: 20,
+        }
+    }
+}
+
+/// How a program is attached to an interface, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
