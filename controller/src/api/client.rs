@@ -60,15 +60,40 @@ impl Client {
         path: &str,
         json: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.send(method, path, json, None).await
+    }
+
+    /// Like [`Self::request_with`], for a change based on the desired state's `generation`
+    /// (refused with 412 when it changed meanwhile).
+    pub async fn request_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        generation: u64,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.send(method, path, json, Some(generation)).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        generation: Option<u64>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake with the daemon failed")?;
         tokio::spawn(conn);
-        let builder = Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "xnic");
+        if let Some(g) = generation {
+            builder = builder.header("if-match", format!("\"{g}\""));
+        }
         let req = match json {
             Some(body) => builder
                 .header("content-type", "application/json")

@@ -185,76 +185,13 @@ impl Lab {
 
         // VMs: a namespace each, its port on the host bridge.
         for vm in &self.config.vms {
-            let ns = self.vm_ns(&vm.name);
-            veth(host, &vm.port, &ns, VM_IFNAME)?;
-            if let Some(mac) = vm.mac_addrs().first() {
-                ip(&[
-                    "-n",
-                    &ns,
-                    "link",
-                    "set",
-                    VM_IFNAME,
-                    "address",
-                    &mac.to_string(),
-                ])?;
-            }
-            ip(&["-n", &ns, "link", "set", VM_IFNAME, "up"])?;
-            full_checksums(&ns, VM_IFNAME)?;
-            receives_redirects(&ns, VM_IFNAME)?;
-            for net in vm.ip_nets() {
-                if net.addr.is_ipv6() && !self.lab.ipv6 {
-                    continue;
-                }
-                add_addr(&ns, VM_IFNAME, &net)?;
-            }
-            ip(&[
-                "-n",
-                host,
-                "link",
-                "set",
-                &vm.port,
-                "master",
-                HOST_BRIDGE,
-                "up",
-            ])?;
+            self.plug_vm(vm)?;
         }
-
         // Static neighbours everywhere: no ARP/ND on the wire, and AF_XDP-style tests that
         // steal frames cannot break address resolution.
-        let mut everyone: Vec<(String, &str, IpAddr, MacAddr)> = Vec::new();
-        for net in self.lab.tor_nets() {
-            everyone.push((tor.clone(), TOR_BRIDGE, net.addr, TOR_MAC));
-        }
-        for vm in &self.config.vms {
-            let Some(mac) = vm.mac_addrs().first().copied() else {
-                continue;
-            };
-            for net in vm.ip_nets() {
-                everyone.push((self.vm_ns(&vm.name), VM_IFNAME, net.addr, mac));
-            }
-        }
+        let everyone = self.endpoints();
         for (ns, dev, own, _) in &everyone {
-            for (other_ns, _, addr, mac) in &everyone {
-                if other_ns == ns || addr.is_ipv4() != own.is_ipv4() {
-                    continue;
-                }
-                if addr.is_ipv6() && !self.lab.ipv6 {
-                    continue;
-                }
-                ip(&[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    &addr.to_string(),
-                    "lladdr",
-                    &mac.to_string(),
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])?;
-            }
+            self.neighbours(&everyone, ns, dev, *own)?;
         }
         // Where each VM is, so the tor does not flood frames for VMs over every uplink
         // before it has heard from them (dynamic: a VM's frames may move them).
@@ -285,6 +222,125 @@ impl Lab {
             .chain(self.config.vms.iter().map(|v| v.port.clone()))
             .collect();
         wait_until_up(host, &ports, LINK_SETTLE_TIMEOUT)
+    }
+
+    /// Creates VM `vm`'s port: a veth from the host namespace to the VM's, with its MAC,
+    /// addresses and checksum settings, on the host bridge.
+    fn plug_vm(&self, vm: &crate::config::VmConfig) -> anyhow::Result<()> {
+        let host = self.host_ns();
+        let ns = self.vm_ns(&vm.name);
+        veth(host, &vm.port, &ns, VM_IFNAME)?;
+        if let Some(mac) = vm.mac_addrs().first() {
+            ip(&[
+                "-n",
+                &ns,
+                "link",
+                "set",
+                VM_IFNAME,
+                "address",
+                &mac.to_string(),
+            ])?;
+        }
+        ip(&["-n", &ns, "link", "set", VM_IFNAME, "up"])?;
+        full_checksums(&ns, VM_IFNAME)?;
+        receives_redirects(&ns, VM_IFNAME)?;
+        for net in vm.ip_nets() {
+            if net.addr.is_ipv6() && !self.lab.ipv6 {
+                continue;
+            }
+            add_addr(&ns, VM_IFNAME, &net)?;
+        }
+        ip(&[
+            "-n",
+            host,
+            "link",
+            "set",
+            &vm.port,
+            "master",
+            HOST_BRIDGE,
+            "up",
+        ])
+    }
+
+    /// Every lab endpoint: (namespace, device, address, MAC).
+    fn endpoints(&self) -> Vec<(String, &'static str, IpAddr, MacAddr)> {
+        let mut everyone = Vec::new();
+        for net in self.lab.tor_nets() {
+            everyone.push((self.tor_ns(), TOR_BRIDGE, net.addr, TOR_MAC));
+        }
+        for vm in &self.config.vms {
+            let Some(mac) = vm.mac_addrs().first().copied() else {
+                continue;
+            };
+            for net in vm.ip_nets() {
+                everyone.push((self.vm_ns(&vm.name), VM_IFNAME, net.addr, mac));
+            }
+        }
+        everyone
+    }
+
+    /// Static neighbour entries on `dev` in `ns` (whose own address is `own`) for everyone
+    /// else of the same family.
+    fn neighbours(
+        &self,
+        everyone: &[(String, &'static str, IpAddr, MacAddr)],
+        ns: &str,
+        dev: &str,
+        own: IpAddr,
+    ) -> anyhow::Result<()> {
+        for (other_ns, _, addr, mac) in everyone {
+            if other_ns == ns || addr.is_ipv4() != own.is_ipv4() {
+                continue;
+            }
+            if addr.is_ipv6() && !self.lab.ipv6 {
+                continue;
+            }
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac.to_string(),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn lab_vm(&self, name: &str) -> anyhow::Result<&crate::config::VmConfig> {
+        self.config
+            .vm(name)
+            .ok_or_else(|| anyhow::anyhow!("the lab has no VM {name:?}"))
+    }
+
+    /// Deletes VM `name`'s port, as a VM that stops (or migrates away) does.
+    pub fn unplug(&self, name: &str) -> anyhow::Result<()> {
+        let vm = self.lab_vm(name)?;
+        ip(&["-n", self.host_ns(), "link", "del", &vm.port])
+    }
+
+    /// Creates VM `name`'s port again, as a VM that starts (or migrates in) does: a new
+    /// interface with the same name and a new ifindex.
+    pub fn plug(&self, name: &str) -> anyhow::Result<()> {
+        let vm = self.lab_vm(name)?;
+        self.plug_vm(vm)?;
+        let everyone = self.endpoints();
+        let ns = self.vm_ns(name);
+        for (e_ns, dev, own, _) in &everyone {
+            if *e_ns == ns {
+                self.neighbours(&everyone, e_ns, dev, *own)?;
+            }
+        }
+        wait_until_up(
+            self.host_ns(),
+            std::slice::from_ref(&vm.port),
+            LINK_SETTLE_TIMEOUT,
+        )
     }
 
     /// Removes every lab namespace that exists (and with them their interfaces). Returns the
