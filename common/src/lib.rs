@@ -4,10 +4,15 @@
 //! code runs in ordinary unit and property tests on the host.
 #![no_std]
 
+#[macro_use]
+mod counters;
+pub mod ctx;
 pub mod frame;
 pub mod hash;
 pub mod headers;
 pub mod limits;
+#[macro_use]
+pub mod mapdefs;
 pub mod maps;
 pub mod parse;
 pub mod rss;

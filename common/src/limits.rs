@@ -2,9 +2,25 @@
 //! created and pinned maps outlive the daemon, so changing one is an ABI change
 //! ([`DATAPLANE_ABI`]).
 
-/// Version of the pinned dataplane layout (map set, key and value layouts, sizes, meanings).
-/// A daemon refuses to adopt pinned maps of another version instead of misreading them.
-pub const DATAPLANE_ABI: u32 = 4;
+/// Version of the pinned dataplane layout as a whole (the map set, key and value layouts,
+/// sizes, meanings). A daemon adopts a dataplane of this version as it is, upgrades one of an
+/// older version it knows (`dataplane::upgrade`), and refuses a newer one rather than misread
+/// it. Layout 5 brought the map registry, counter headroom and the staged pipeline.
+pub const DATAPLANE_ABI: u32 = 5;
+
+/// The oldest pinned layout this xnic upgrades in place, without detaching anything.
+pub const OLDEST_UPGRADABLE_ABI: u32 = 4;
+
+/// Verdict counter slots per port (reasons there are: `Reason::COUNT`). Headroom for reasons
+/// later versions add without a new layout; costs `MAX_PORTS × 32 × 16` bytes per CPU
+/// (≈2.1 MiB, ≈136 MiB on 64 CPUs).
+pub const REASON_SLOTS: usize = 32;
+
+/// Shape counter slots per port: a frame's shapes are a 16-bit set.
+pub const SHAPE_SLOTS: usize = 16;
+
+/// Steering counter slots.
+pub const STEER_SLOTS: usize = 16;
 
 /// VMs one host can carry. Thousands of small VMs or containers per host is the design point;
 /// per-CPU VM counters cost `MAX_VMS × 48` bytes per CPU (≈200 KiB).

@@ -50,7 +50,7 @@ impl PortRole {
     }
 }
 
-/// Value of `PORTS`, keyed by ingress ifindex.
+/// Value of `PORTS_V2`, keyed by ingress ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortEntry {
@@ -66,6 +66,10 @@ pub struct PortEntry {
     pub team: u8,
     /// Uplinks in a team: the member index in it.
     pub member: u8,
+    /// VM ports: the VM's first MAC, so the common frame (from that MAC) needs no `MACS`
+    /// lookup to prove it is not spoofed. Zero: look every source up.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `PortEntry::flags`: frames arriving here may be steered to other CPUs. Set only for ports
@@ -80,6 +84,20 @@ pub const PORT_SWITCH: u8 = 2;
 pub const PORT_TEAM: u8 = 4;
 
 impl PortEntry {
+    /// A port entry with no flags and no fast-path MAC.
+    pub const fn new(slot: u32, vm_slot: u32, role: PortRole) -> PortEntry {
+        PortEntry {
+            slot,
+            vm_slot,
+            role: role as u8,
+            flags: 0,
+            team: 0,
+            member: 0,
+            mac: [0; 6],
+            _pad: [0; 2],
+        }
+    }
+
     #[inline(always)]
     pub fn steers(&self) -> bool {
         self.flags & PORT_STEER != 0
@@ -139,16 +157,16 @@ pub struct VmCounters {
     pub dropped: Counter,
 }
 
-/// Index into `VERDICTS` (per CPU): one counter per port slot per [`Reason`].
+/// Index into `VERDICTS_V2` (per CPU): [`Reason::SLOTS`] counters per port slot.
 #[inline(always)]
 pub fn verdict_index(port_slot: u32, reason: Reason) -> u32 {
-    port_slot * Reason::COUNT as u32 + reason as u32
+    port_slot * Reason::SLOTS as u32 + reason as u32
 }
 
-/// Index into `SHAPES` (per CPU): one counter per port slot per [`Shape`].
+/// Index into `SHAPES_V2` (per CPU): [`Shape::SLOTS`] counters per port slot.
 #[inline(always)]
 pub fn shape_index(port_slot: u32, shape: Shape) -> u32 {
-    port_slot * Shape::COUNT as u32 + shape as u32
+    port_slot * Shape::SLOTS as u32 + shape as u32
 }
 
 /// A NUL-padded name in a fixed-size record.
@@ -208,4 +226,12 @@ pub struct DataplaneInfo {
     pub _pad: u32,
     /// Wall-clock seconds when the maps were created.
     pub created_unix: u64,
+}
+
+/// Value of `LAYOUT[0]`: the version of each map family ([`crate::mapdefs::Family`]) the
+/// pinned maps have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayoutInfo {
+    pub versions: [u16; crate::mapdefs::FAMILY_SLOTS],
 }

@@ -44,66 +44,35 @@ pub enum Fragment {
     Later = 2,
 }
 
-/// Things worth counting about a frame that do not change its verdict by themselves.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// One 802.1Q or 802.1ad tag.
-    Vlan = 0,
-    /// Two tags (QinQ).
-    QinQ = 1,
-    /// More than [`MAX_VLAN_TAGS`] tags: the inner headers were not parsed.
-    VlanOverflow = 2,
-    /// ARP or another non-IP ethertype.
-    NonIp = 3,
-    /// IPv4 header longer than 20 bytes.
-    Ipv4Options = 4,
-    /// IPv6 extension headers before the transport header.
-    Ipv6ExtHeaders = 5,
-    /// A chain longer than [`MAX_IPV6_EXT_HEADERS`]: the transport header was not parsed.
-    Ipv6ExtOverflow = 6,
-    /// An IPv4 or IPv6 fragment.
-    Fragment = 7,
-    /// IP-in-IP, GRE, or UDP to the VXLAN or Geneve port.
-    Tunnel = 8,
-    /// Longer than a standard Ethernet frame.
-    Jumbo = 9,
-    /// Headers reach past the linear part of a multi-buffer frame: parsing stopped there.
-    NonLinear = 10,
+crate::counters! {
+    /// Things worth counting about a frame that do not change its verdict by themselves.
+    pub enum Shape: u8, slots = crate::limits::SHAPE_SLOTS, {
+        /// One 802.1Q or 802.1ad tag.
+        Vlan = 0 => "vlan",
+        /// Two tags (QinQ).
+        QinQ = 1 => "qinq",
+        /// More than [`MAX_VLAN_TAGS`] tags: the inner headers were not parsed.
+        VlanOverflow = 2 => "vlan_overflow",
+        /// ARP or another non-IP ethertype.
+        NonIp = 3 => "non_ip",
+        /// IPv4 header longer than 20 bytes.
+        Ipv4Options = 4 => "ipv4_options",
+        /// IPv6 extension headers before the transport header.
+        Ipv6ExtHeaders = 5 => "ipv6_ext_headers",
+        /// A chain longer than [`MAX_IPV6_EXT_HEADERS`]: the transport header was not parsed.
+        Ipv6ExtOverflow = 6 => "ipv6_ext_overflow",
+        /// An IPv4 or IPv6 fragment.
+        Fragment = 7 => "fragment",
+        /// IP-in-IP, GRE, or UDP to the VXLAN or Geneve port.
+        Tunnel = 8 => "tunnel",
+        /// Longer than a standard Ethernet frame.
+        Jumbo = 9 => "jumbo",
+        /// Headers reach past the linear part of a multi-buffer frame: parsing stopped there.
+        NonLinear = 10 => "nonlinear",
+    }
 }
 
 impl Shape {
-    pub const COUNT: usize = 11;
-    pub const ALL: [Shape; Self::COUNT] = [
-        Shape::Vlan,
-        Shape::QinQ,
-        Shape::VlanOverflow,
-        Shape::NonIp,
-        Shape::Ipv4Options,
-        Shape::Ipv6ExtHeaders,
-        Shape::Ipv6ExtOverflow,
-        Shape::Fragment,
-        Shape::Tunnel,
-        Shape::Jumbo,
-        Shape::NonLinear,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Shape::Vlan => "vlan",
-            Shape::QinQ => "qinq",
-            Shape::VlanOverflow => "vlan_overflow",
-            Shape::NonIp => "non_ip",
-            Shape::Ipv4Options => "ipv4_options",
-            Shape::Ipv6ExtHeaders => "ipv6_ext_headers",
-            Shape::Ipv6ExtOverflow => "ipv6_ext_overflow",
-            Shape::Fragment => "fragment",
-            Shape::Tunnel => "tunnel",
-            Shape::Jumbo => "jumbo",
-            Shape::NonLinear => "nonlinear",
-        }
-    }
-
     #[inline(always)]
     pub const fn bit(self) -> u16 {
         1 << self as u16

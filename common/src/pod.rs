@@ -24,6 +24,8 @@ unsafe impl aya::Pod for VmRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for DataplaneInfo {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::maps::LayoutInfo {}
+// SAFETY: as above.
 unsafe impl aya::Pod for RssConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for VmRss {}

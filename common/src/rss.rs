@@ -125,48 +125,23 @@ pub struct SteerMeta {
     pub deliver_ifindex: u32,
 }
 
-/// Per-CPU steering counters (`STEER_STATS[counter]`).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SteerCounter {
-    /// Frames redirected to a CPU.
-    Steered = 0,
-    /// Frames the CPU-map program handed to the kernel (counted on the CPU that ran it).
-    Delivered = 1,
-    /// Flows moved to a new CPU after their queued frames drained.
-    SwitchDrained = 2,
-    /// Flows moved before draining (queue overloaded for longer than `MAX_DRAIN_NS`).
-    SwitchForced = 3,
-    /// Frames kept on a flow's old CPU while it waits to move.
-    HeldForOrder = 4,
-    /// Frames that could not be redirected (no CPU-map entry): passed where they arrived.
-    NoCpu = 5,
-    /// Steered frames without valid metadata at the CPU-map program: passed, not counted.
-    NoMeta = 6,
-}
-
-impl SteerCounter {
-    pub const COUNT: usize = 7;
-    pub const ALL: [SteerCounter; Self::COUNT] = [
-        SteerCounter::Steered,
-        SteerCounter::Delivered,
-        SteerCounter::SwitchDrained,
-        SteerCounter::SwitchForced,
-        SteerCounter::HeldForOrder,
-        SteerCounter::NoCpu,
-        SteerCounter::NoMeta,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            SteerCounter::Steered => "steered",
-            SteerCounter::Delivered => "delivered",
-            SteerCounter::SwitchDrained => "switch_drained",
-            SteerCounter::SwitchForced => "switch_forced",
-            SteerCounter::HeldForOrder => "held_for_order",
-            SteerCounter::NoCpu => "no_cpu",
-            SteerCounter::NoMeta => "no_meta",
-        }
+crate::counters! {
+    /// Per-CPU steering counters (`STEER_STATS[counter]`).
+    pub enum SteerCounter: u32, slots = crate::limits::STEER_SLOTS, {
+        /// Frames redirected to a CPU.
+        Steered = 0 => "steered",
+        /// Frames the CPU-map program handed to the kernel (counted on the CPU that ran it).
+        Delivered = 1 => "delivered",
+        /// Flows moved to a new CPU after their queued frames drained.
+        SwitchDrained = 2 => "switch_drained",
+        /// Flows moved before draining (queue overloaded for longer than `MAX_DRAIN_NS`).
+        SwitchForced = 3 => "switch_forced",
+        /// Frames kept on a flow's old CPU while it waits to move.
+        HeldForOrder = 4 => "held_for_order",
+        /// Frames that could not be redirected (no CPU-map entry): passed where they arrived.
+        NoCpu = 5 => "no_cpu",
+        /// Steered frames without valid metadata at the CPU-map program: passed, not counted.
+        NoMeta = 6 => "no_meta",
     }
 }
 

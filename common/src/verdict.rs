@@ -17,85 +17,49 @@ pub enum Action {
     Redirect = 4,
 }
 
-/// Why a frame got its action. Every frame is counted under exactly one reason.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// Sent by a VM from the port its MAC is bound to: passed to the kernel.
-    FromVm = 0,
-    /// Arrived on an uplink for a VM's MAC: passed to the kernel.
-    ToVm = 1,
-    /// Arrived on an uplink for a unicast MAC no VM owns (the host's own traffic): passed.
-    NotForVm = 2,
-    /// Arrived on an uplink for a broadcast or multicast MAC: passed.
-    Multicast = 3,
-    /// Sent on a VM port with a source MAC not bound to that port: dropped.
-    SpoofedMac = 4,
-    /// Ends inside a header or before the length a header announces: dropped.
-    Truncated = 5,
-    /// Header fields contradict each other: dropped.
-    Malformed = 6,
-    /// Seen on an interface with no port entry (a stale attachment): passed untouched.
-    UnknownPort = 7,
-    /// Sent by a teamed VM to the network: redirected to the uplink its placement names.
-    ToUplink = 8,
-    /// Over the VM's bandwidth allocation: dropped.
-    OverAllocation = 9,
-    /// Over the reduced rate a VM gets when the uplinks cannot carry every allocation and
-    /// higher-priority VMs come first: dropped.
-    PriorityShed = 10,
-    /// No uplink of the VM's team is up: dropped.
-    NoUplink = 11,
-    /// Inside the VM's configured pause after a failover: dropped.
-    FailoverPause = 12,
-    /// A broadcast or multicast arriving on a team member that does not accept them (another
-    /// member delivers the same frame): dropped.
-    NotReceiver = 13,
-    /// Arrived on a team member with a local VM's source MAC: one of our own frames coming
-    /// back (a loop in the network): dropped.
-    Looped = 14,
+crate::counters! {
+    /// Why a frame got its action. Every frame is counted under exactly one reason.
+    pub enum Reason: u32, slots = crate::limits::REASON_SLOTS, {
+        /// Sent by a VM from the port its MAC is bound to: passed to the kernel.
+        FromVm = 0 => "from_vm",
+        /// Arrived on an uplink for a VM's MAC: passed to the kernel.
+        ToVm = 1 => "to_vm",
+        /// Arrived on an uplink for a unicast MAC no VM owns (the host's own traffic): passed.
+        NotForVm = 2 => "not_for_vm",
+        /// Arrived on an uplink for a broadcast or multicast MAC: passed.
+        Multicast = 3 => "multicast",
+        /// Sent on a VM port with a source MAC not bound to that port: dropped.
+        SpoofedMac = 4 => "spoofed_mac",
+        /// Ends inside a header or before the length a header announces: dropped.
+        Truncated = 5 => "truncated",
+        /// Header fields contradict each other: dropped.
+        Malformed = 6 => "malformed",
+        /// Seen on an interface with no port entry (a stale attachment): passed untouched.
+        UnknownPort = 7 => "unknown_port",
+        /// Sent by a teamed VM to the network: redirected to the uplink its placement names.
+        ToUplink = 8 => "to_uplink",
+        /// Over the VM's bandwidth allocation: dropped.
+        OverAllocation = 9 => "over_allocation",
+        /// Over the reduced rate a VM gets when the uplinks cannot carry every allocation and
+        /// higher-priority VMs come first: dropped.
+        PriorityShed = 10 => "priority_shed",
+        /// No uplink of the VM's team is up: dropped.
+        NoUplink = 11 => "no_uplink",
+        /// Inside the VM's configured pause after a failover: dropped.
+        FailoverPause = 12 => "failover_pause",
+        /// A broadcast or multicast arriving on a team member that does not accept them (another
+        /// member delivers the same frame): dropped.
+        NotReceiver = 13 => "not_receiver",
+        /// Arrived on a team member with a local VM's source MAC: one of our own frames coming
+        /// back (a loop in the network): dropped.
+        Looped = 14 => "looped",
+        /// A pipeline stage the frame needed was not there (a tail call found no program,
+        /// say while a newer daemon replaces the programs): passed to the kernel untouched.
+        StageMissing = 15 => "stage_missing",
+    }
 }
 
 impl Reason {
-    pub const COUNT: usize = 15;
-    pub const ALL: [Reason; Self::COUNT] = [
-        Reason::FromVm,
-        Reason::ToVm,
-        Reason::NotForVm,
-        Reason::Multicast,
-        Reason::SpoofedMac,
-        Reason::Truncated,
-        Reason::Malformed,
-        Reason::UnknownPort,
-        Reason::ToUplink,
-        Reason::OverAllocation,
-        Reason::PriorityShed,
-        Reason::NoUplink,
-        Reason::FailoverPause,
-        Reason::NotReceiver,
-        Reason::Looped,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::FromVm => "from_vm",
-            Reason::ToVm => "to_vm",
-            Reason::NotForVm => "not_for_vm",
-            Reason::Multicast => "multicast",
-            Reason::SpoofedMac => "spoofed_mac",
-            Reason::Truncated => "truncated",
-            Reason::Malformed => "malformed",
-            Reason::UnknownPort => "unknown_port",
-            Reason::ToUplink => "to_uplink",
-            Reason::OverAllocation => "over_allocation",
-            Reason::PriorityShed => "priority_shed",
-            Reason::NoUplink => "no_uplink",
-            Reason::FailoverPause => "failover_pause",
-            Reason::NotReceiver => "not_receiver",
-            Reason::Looped => "looped",
-        }
-    }
-
     /// The action every frame with this reason gets.
     pub const fn action(self) -> Action {
         match self {
@@ -113,7 +77,8 @@ impl Reason {
             | Reason::ToVm
             | Reason::NotForVm
             | Reason::Multicast
-            | Reason::UnknownPort => Action::Pass,
+            | Reason::UnknownPort
+            | Reason::StageMissing => Action::Pass,
         }
     }
 }
@@ -235,6 +200,17 @@ pub fn decide(
         direction: Direction::ToVm,
         deliver_to: vm_slot,
     }
+}
+
+/// The owner of a VM port's frame's source MAC without a `MACS` lookup, when it is the
+/// port's VM's first MAC (which the port entry carries): the common frame on a VM port.
+#[inline(always)]
+pub fn known_source(port: &PortEntry, parsed: &Parsed, ingress_ifindex: u32) -> Option<MacOwner> {
+    let known = port.role == PortRole::Vm as u8 && port.mac != [0; 6] && port.mac == parsed.src_mac;
+    known.then_some(MacOwner {
+        vm_slot: port.vm_slot,
+        port_ifindex: ingress_ifindex,
+    })
 }
 
 /// Broadcast and multicast MACs have the group bit (lowest bit of the first octet) set.

@@ -10,25 +10,11 @@ const VM_PORT_IFINDEX: u32 = 7;
 const VM_SLOT: u32 = 3;
 
 fn vm_port() -> PortEntry {
-    PortEntry {
-        slot: 5,
-        vm_slot: VM_SLOT,
-        role: PortRole::Vm as u8,
-        flags: 0,
-        team: 0,
-        member: 0,
-    }
+    PortEntry::new(5, VM_SLOT, PortRole::Vm)
 }
 
 fn uplink() -> PortEntry {
-    PortEntry {
-        slot: 1,
-        vm_slot: NO_VM,
-        role: PortRole::Uplink as u8,
-        flags: 0,
-        team: 0,
-        member: 0,
-    }
+    PortEntry::new(1, NO_VM, PortRole::Uplink)
 }
 
 fn frame(src: [u8; 6], dst: [u8; 6]) -> Parsed {
@@ -258,4 +244,35 @@ fn frames_are_delivered_to_the_destination_vm() {
         VM_PORT_IFINDEX,
     );
     assert_eq!((v.reason, v.deliver_to), (Reason::SpoofedMac, NO_VM));
+}
+
+#[test]
+fn a_vm_ports_first_mac_is_known_without_a_lookup_and_nothing_else_is() {
+    use xnic_common::verdict::known_source;
+    let mac = [2, 0, 0, 0, 0, 9];
+    let mut port = vm_port();
+    let p = frame(mac, [2, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        known_source(&port, &p, VM_PORT_IFINDEX),
+        None,
+        "no MAC in the entry"
+    );
+    port.mac = mac;
+    let owner = known_source(&port, &p, VM_PORT_IFINDEX).expect("known");
+    assert_eq!(
+        (owner.vm_slot, owner.port_ifindex),
+        (VM_SLOT, VM_PORT_IFINDEX)
+    );
+    // The fast path gives the verdict a MACS lookup would.
+    let v = decide(Some(&port), Ok(()), &p, Some(&owner), None, VM_PORT_IFINDEX);
+    assert_eq!(v.reason, Reason::FromVm);
+    let other = frame([2, 0, 0, 0, 0, 8], [2, 0, 0, 0, 0, 1]);
+    assert_eq!(known_source(&port, &other, VM_PORT_IFINDEX), None);
+    let mut up = uplink();
+    up.mac = mac;
+    assert_eq!(
+        known_source(&up, &p, VM_PORT_IFINDEX),
+        None,
+        "uplinks look up"
+    );
 }

@@ -1,14 +1,24 @@
-//! The XDP programs the xnic daemon attaches: one for uplinks, one for VM ports. Each is the
-//! same short pipeline (see `pipeline.rs`) with the logic in `xnic_common`.
+//! The XDP programs the xnic daemon attaches, each a short pipeline over `xnic_common`:
+//!
+//! - `xnic_uplink`, `xnic_vm`: the entry programs on host NICs and VM ports: parse →
+//!   classify → guard, then either deliver or tail-call the stage the frame needs;
+//! - `xnic_team`, `xnic_steer`: stages reached by tail calls (`CALLS`): a teamed VM's frame
+//!   for the network, and software RSS for a frame for a VM;
+//! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
+//! - `xnic_flood`: filters broadcast copies bound for a team uplink.
+//!
+//! Every frame ends in `deliver`, the one place that counts a frame and redirects it.
 #![no_std]
 #![no_main]
-// Atomic add on map values (see steer.rs).
+// Atomic add on map values (see steer.rs, team.rs).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod calls;
+mod classify;
+mod deliver;
 mod maps;
 mod pipeline;
-mod stats;
 mod steer;
 mod team;
 
@@ -18,13 +28,25 @@ use xnic_common::maps::PortRole;
 /// Frames arriving from the network on a host uplink.
 #[xdp(frags)]
 pub fn xnic_uplink(ctx: XdpContext) -> u32 {
-    pipeline::run(&ctx, PortRole::Uplink)
+    pipeline::entry(&ctx, PortRole::Uplink)
 }
 
 /// Frames a VM sends, arriving on the host side of its virtual NIC.
 #[xdp(frags)]
 pub fn xnic_vm(ctx: XdpContext) -> u32 {
-    pipeline::run(&ctx, PortRole::Vm)
+    pipeline::entry(&ctx, PortRole::Vm)
+}
+
+/// Stage `Call::TeamEgress`: a teamed VM's frame for the network.
+#[xdp(frags)]
+pub fn xnic_team(ctx: XdpContext) -> u32 {
+    pipeline::team_egress(&ctx)
+}
+
+/// Stage `Call::Steer`: a frame for a VM, to the CPU its RSS state names.
+#[xdp(frags)]
+pub fn xnic_steer(ctx: XdpContext) -> u32 {
+    pipeline::steer(&ctx)
 }
 
 /// Runs on the CPU a frame was steered to (a CPU-map entry's program): accounts it there and

@@ -1,127 +1,66 @@
-//! One frame through the dataplane: parse → classify → policy → team → count → act.
+//! One frame through the dataplane. The entry programs parse, classify and guard it, then
+//! either deliver it or tail-call the stage it needs; every stage ends in `deliver`.
+//!
+//! ```text
+//! xnic_uplink / xnic_vm:  parse → classify → guard ─┬─ deliver
+//!                                                   ├─ CALLS[TeamEgress] → xnic_team  → deliver
+//!                                                   └─ CALLS[Steer]      → xnic_steer → deliver
+//! ```
 
-use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
-use aya_log_ebpf::debug;
-use xnic_common::{
-    frame::Frame,
-    limits::UNKNOWN_PORT_SLOT,
-    maps::{MacKey, PortRole},
-    parse::parse,
-    verdict::{Action, Reason, decide, is_group, unicast_dst},
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
+use xnic_common::{ctx::FrameCtx, frame::Frame, maps::PortRole, parse::parse};
 
 use crate::{
-    maps::{MACS, PORTS, SCRATCH},
-    stats, steer, team,
+    calls,
+    classify::{self, Route},
+    deliver::deliver,
+    maps::SCRATCH,
+    steer, team,
 };
 
+/// This CPU's frame context.
 #[inline(always)]
-pub fn run(ctx: &XdpContext, role: PortRole) -> u32 {
-    // SAFETY: `ctx.ctx` is the live xdp_md of this invocation.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+fn scratch() -> Option<&'static mut FrameCtx> {
+    let ptr = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry of a per-CPU map; programs on one CPU handle one frame at a
+    // time (XDP runs with bottom halves off, the CPU-map program does not use it), and a tail
+    // call stays on the CPU.
+    Some(unsafe { &mut *ptr })
+}
+
+#[inline(always)]
+pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: `xdp.ctx` is the live xdp_md of this invocation.
+    let len = unsafe { bpf_xdp_get_buff_len(xdp.ctx) } as u64;
+    cx.begin(len, xdp.ingress_ifindex() as u32);
     // SAFETY: the kernel guarantees [data, data_end) is readable for this invocation, and the
     // buffer length covers at least the linear part.
-    let frame = unsafe { Frame::from_raw(ctx.data(), ctx.data_end(), len) };
-    let ifindex = ctx.ingress_ifindex() as u32;
-
-    // parse
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return Action::Pass as u32;
-    };
-    // SAFETY: this CPU's scratch entry, used by one program invocation at a time.
-    let parsed = unsafe { &mut *scratch };
-    parsed.clear();
-    let outcome = parse(&frame, parsed);
-
-    // classify: which port, which VM
-    // SAFETY: entries are plain data; the daemon replaces them whole, never in place.
-    let port = unsafe { PORTS.get(ifindex) }
-        // A port entry for the other role means a stale attachment: count it as unknown.
-        .filter(|p| p.role == role as u8);
-    let parsed_ok = port.is_some() && outcome.is_ok();
-    // Who sent it (VM ports only: the anti-spoofing check) and who it is for.
-    let src_owner = if parsed_ok && role == PortRole::Vm {
-        // SAFETY: as above.
-        unsafe { MACS.get(MacKey::new(parsed.src_mac)) }
-    } else {
-        None
-    };
-    let dst_owner = match unicast_dst(parsed) {
-        // SAFETY: as above.
-        Some(mac) if parsed_ok => unsafe { MACS.get(MacKey::new(mac)) },
-        _ => None,
-    };
-
-    // policy
-    let mut verdict = decide(port, outcome, parsed, src_owner, dst_owner, ifindex);
-
-    // team: a teamed VM's frames for the network, and group frames on team uplinks
-    let mut action = verdict.action() as u32;
-    if let Some(p) = port
-        && p.switches()
-    {
-        let group = is_group(&parsed.dst_mac);
-        match role {
-            PortRole::Vm if verdict.reason == Reason::FromVm && verdict.deliver_to().is_none() => {
-                if let Some(out) = team::egress(parsed, p.vm_slot, len as u64, group) {
-                    verdict.reason = out.reason;
-                    action = out.action;
-                }
-            }
-            PortRole::Uplink => {
-                if let Some((team_index, member)) = p.team_member()
-                    && outcome.is_ok()
-                {
-                    if team::looped(parsed) {
-                        verdict.reason = Reason::Looped;
-                        action = Action::Drop as u32;
-                    } else if group {
-                        if team::receives_group(team_index, member) {
-                            action = team::flood();
-                        } else {
-                            verdict.reason = Reason::NotReceiver;
-                            action = Action::Drop as u32;
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
+    let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
+    let outcome = parse(&frame, &mut cx.parsed);
+    classify::classify(cx, role, outcome);
+    match classify::route(cx, role) {
+        Route::Deliver => deliver(xdp, cx),
+        Route::Call(call) => calls::jump(xdp, cx, call),
     }
+}
 
-    // count
-    let slot = port.map_or(UNKNOWN_PORT_SLOT, |p| p.slot);
-    stats::count(slot, &verdict, parsed, len as u64);
+#[inline(always)]
+pub fn team_egress(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    team::egress(cx);
+    deliver(xdp, cx)
+}
 
-    // act
-    if action == Action::Pass as u32
-        && let Some(p) = port
-        && let Some(vm) = verdict.deliver_to()
-    {
-        // When xnic switches, the frame goes to the VM's port rather than the kernel.
-        let deliver_ifindex = match dst_owner {
-            Some(o) if p.switches() => o.port_ifindex,
-            _ => 0,
-        };
-        if p.steers()
-            && let Some(redirect) = steer::steer(ctx, parsed, vm, deliver_ifindex)
-        {
-            return redirect;
-        }
-        if deliver_ifindex != 0
-            && let Some(redirect) = team::to_port(deliver_ifindex)
-        {
-            return redirect;
-        }
-    }
-    if action == Action::Drop as u32 {
-        debug!(
-            ctx,
-            "drop: {} on ifindex {} ({} bytes)",
-            verdict.reason.name(),
-            ifindex,
-            len
-        );
-    }
-    action
+#[inline(always)]
+pub fn steer(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    steer::steer(xdp, cx);
+    deliver(xdp, cx)
 }

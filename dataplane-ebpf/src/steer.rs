@@ -9,9 +9,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xnic_common::{
+    ctx::{FrameCtx, Next},
     hash::flow_hash,
     maps::Counter,
-    parse::Parsed,
     rss::{
         FLOW_SLOTS as FLOW_SLOTS_LEN, FlowSlot, Handover, NO_BUCKET, NO_ENGINE, SteerCounter,
         SteerMeta, bucket_index, handover,
@@ -19,15 +19,14 @@ use xnic_common::{
 };
 
 use crate::maps::{
-    BUCKET_STATS, CPUMAP, ENGINES, FLOW_SLOTS, RSS_CONFIG, RSS_TABLES, STEER_STATS, VM_CPU_STATS,
-    VM_RSS,
+    BUCKET_STATS, ENGINES, FLOW_SLOTS, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2, VM_CPU_STATS, VM_RSS,
 };
 
 const META_LEN: usize = size_of::<SteerMeta>();
 
 #[inline(always)]
-fn count(c: SteerCounter) {
-    if let Some(v) = STEER_STATS.get_ptr_mut(c as u32) {
+pub fn count(c: SteerCounter) {
+    if let Some(v) = STEER_STATS_V2.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
     }
@@ -57,11 +56,26 @@ fn sub(field: *mut u64) {
     unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
 }
 
-/// Redirects the frame to the CPU that finishes frames for VM `vm` (there it goes to port
-/// `deliver_ifindex`, or to the kernel when 0). `None` when steering is off or impossible; the
-/// frame then goes on where it arrived.
+/// The steer stage: a frame for a VM goes to the CPU that finishes that VM's frames (there
+/// it goes to its port, or to the kernel), unless steering is off or impossible; then it is
+/// delivered where it is.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32, deliver_ifindex: u32) -> Option<u32> {
+pub fn steer(ctx: &XdpContext, cx: &mut FrameCtx) {
+    let deliver_port = cx.deliver_port;
+    cx.next = Next::deliver(deliver_port);
+    if let Some(vm) = cx.verdict.deliver_to()
+        && let Some((cpu, flow_slot)) = prepare(ctx, cx, vm, deliver_port)
+    {
+        cx.flow_slot = flow_slot;
+        cx.next = Next::cpu(cpu, deliver_port);
+    }
+}
+
+/// Picks the CPU for the frame's flow, hands the flow over when it may move, and puts the
+/// metadata the CPU-map program needs in front of the frame. `None`: not steered.
+#[inline(always)]
+fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Option<(u32, u32)> {
+    let parsed = &cx.parsed;
     let cfg = RSS_CONFIG.get(0)?;
     if cfg.enabled == 0 {
         return None;
@@ -144,19 +158,17 @@ pub fn steer(ctx: &XdpContext, parsed: &Parsed, vm: u32, deliver_ifindex: u32) -
             deliver_ifindex,
         })
     };
-    // SAFETY: as above.
+    // SAFETY: as above. Undone by `undo_enqueue` when the redirect fails.
     add(unsafe { &raw mut (*slot).enqueued });
-    match CPUMAP.redirect(cpu, 0) {
-        Ok(action) => {
-            count(SteerCounter::Steered);
-            Some(action)
-        }
-        Err(_) => {
-            // SAFETY: as above.
-            sub(unsafe { &raw mut (*slot).enqueued });
-            count(SteerCounter::NoCpu);
-            None
-        }
+    Some((cpu, flow_slot))
+}
+
+/// Takes back the enqueue of a frame whose redirect to its CPU failed.
+#[inline(always)]
+pub fn undo_enqueue(flow_slot: u32) {
+    if let Some(slot) = FLOW_SLOTS.get_ptr_mut(flow_slot) {
+        // SAFETY: `slot` points into the FLOW_SLOTS array value.
+        sub(unsafe { &raw mut (*slot).enqueued });
     }
 }
 
@@ -191,7 +203,7 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     bump(VM_CPU_STATS.get_ptr_mut(m.vm_slot));
     count(SteerCounter::Delivered);
     if m.deliver_ifindex != 0
-        && let Some(redirect) = crate::team::to_port(m.deliver_ifindex)
+        && let Some(redirect) = crate::deliver::to_port(m.deliver_ifindex)
     {
         return redirect;
     }

@@ -1,14 +1,13 @@
-//! The team step: a teamed VM's frame for the network is paced against its allocation and
-//! redirected to its uplink; see `xnic_common::team` for the design.
+//! The team stage: a teamed VM's frame for the network is paced against its allocation and
+//! sent to its uplink; see `xnic_common::team` for the design. Also the checks on team
+//! uplinks (our own frames coming back, which member takes group frames) and the flood
+//! filter on broadcast copies.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{
-    bindings::{BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS, xdp_action},
-    helpers::bpf_ktime_get_ns,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use xnic_common::{
+    ctx::{CTX_GROUP, FrameCtx, Next},
     hash::flow_hash,
     maps::MacKey,
     parse::Parsed,
@@ -19,34 +18,27 @@ use xnic_common::{
     verdict::Reason,
 };
 
-use crate::maps::{FLOOD, MACS, TEAM_TABLES, TEAM_VM_STATS, TEAMS, TX_PORTS, VM_BUCKETS, VM_TEAM};
+use crate::maps::{MACS, TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM};
 
-/// What the team step did with a frame: the reason it is counted under and the XDP action.
-pub struct Outcome {
-    pub reason: Reason,
-    pub action: u32,
-}
-
-const fn drop(reason: Reason) -> Outcome {
-    Outcome {
-        reason,
-        action: xdp_action::XDP_DROP,
-    }
-}
-
-/// A teamed VM's frame for the network (`group`: a broadcast or multicast). `None` when the
-/// VM is in no team: the frame goes on as without teaming.
+/// A teamed VM's frame for the network: sets its reason and next hop. A VM in no team keeps
+/// going to the kernel, as without teaming.
 #[inline(always)]
-pub fn egress(parsed: &Parsed, vm_slot: u32, len: u64, group: bool) -> Option<Outcome> {
-    let vm = VM_TEAM.get(vm_slot)?;
+pub fn egress(cx: &mut FrameCtx) {
+    let vm_slot = cx.port.vm_slot;
+    let group = cx.has(CTX_GROUP);
+    let Some(vm) = VM_TEAM.get(vm_slot) else {
+        return;
+    };
     if vm.team == NO_TEAM {
-        return None;
+        return;
     }
-    let team = TEAMS.get(vm.team)?;
+    let Some(team) = TEAMS.get(vm.team) else {
+        return;
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let table_member = if vm.member == FLOW_HASH_MEMBER && !group {
-        let hash = flow_hash(parsed, team.seed, true);
+        let hash = flow_hash(&cx.parsed, team.seed, true);
         TEAM_TABLES.get(table_index(vm.team, hash)).copied()
     } else {
         None
@@ -55,39 +47,34 @@ pub fn egress(parsed: &Parsed, vm_slot: u32, len: u64, group: bool) -> Option<Ou
         Egress::Member(m) => Some(m),
         // A VM's broadcasts still reach the other VMs when no uplink is up.
         Egress::Drop(Reason::NoUplink) if group => None,
-        Egress::Drop(reason) => return Some(drop(reason)),
+        Egress::Drop(reason) => {
+            cx.verdict.reason = reason;
+            return;
+        }
     };
-    if vm.ns_per_byte_q16 != 0 && !take(vm_slot, cost_ns(vm.ns_per_byte_q16, len), vm.burst_ns, now)
+    if vm.ns_per_byte_q16 != 0
+        && !take(
+            vm_slot,
+            cost_ns(vm.ns_per_byte_q16, cx.len),
+            vm.burst_ns,
+            now,
+        )
     {
-        return Some(drop(over_rate_reason(vm)));
+        cx.verdict.reason = over_rate_reason(vm);
+        return;
     }
     if group {
-        count(vm_slot, vm.flood_member, len);
-        return Some(Outcome {
-            reason: Reason::FromVm,
-            action: flood(),
-        });
+        cx.member_counter = vm_member_index(vm_slot, vm.flood_member);
+        cx.next = Next::FLOOD;
+        return;
     }
-    let member = member?;
-    let ifindex = *team.ifindex.get(member as usize)?;
-    match TX_PORTS.redirect(ifindex, 0) {
-        Ok(action) => {
-            count(vm_slot, member, len);
-            Some(Outcome {
-                reason: Reason::ToUplink,
-                action,
-            })
-        }
-        Err(_) => Some(drop(Reason::NoUplink)),
-    }
-}
-
-#[inline(always)]
-fn count(vm_slot: u32, member: u32, len: u64) {
-    if let Some(c) = TEAM_VM_STATS.get_ptr_mut(vm_member_index(vm_slot, member)) {
-        // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
-        unsafe { (*c).add(len) };
-    }
+    let Some(member) = member else { return };
+    let Some(&ifindex) = team.ifindex.get(member as usize) else {
+        return;
+    };
+    cx.verdict.reason = Reason::ToUplink;
+    cx.member_counter = vm_member_index(vm_slot, member);
+    cx.next = Next::port_or_drop(ifindex, Reason::NoUplink);
 }
 
 /// GCRA on the VM's shared bucket (`xnic_common::team::admit`) without a lock: a frame that
@@ -133,21 +120,6 @@ pub fn looped(parsed: &Parsed) -> bool {
 #[inline(always)]
 pub fn receives_group(team: u32, member: u32) -> bool {
     TEAMS.get(team).is_some_and(|t| t.rx_member == member)
-}
-
-/// Sends a group frame to every port but the one it came in on (team uplinks filter their
-/// copies with `xnic_flood`).
-#[inline(always)]
-pub fn flood() -> u32 {
-    FLOOD
-        .redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64)
-        .unwrap_or(xdp_action::XDP_DROP)
-}
-
-/// Redirects a frame to a VM's port (or anything in `TX_PORTS`).
-#[inline(always)]
-pub fn to_port(ifindex: u32) -> Option<u32> {
-    TX_PORTS.redirect(ifindex, 0).ok()
 }
 
 /// The devmap program on each uplink's `FLOOD` entry: a broadcast copy goes out of an uplink

@@ -51,19 +51,12 @@ impl Fixture {
             ifindex,
         };
         let vm_slot = if role == PortRole::Vm { VM_SLOT } else { NO_VM };
-        fx.dp
-            .set_port(
-                ifindex,
-                PortEntry {
-                    slot: PORT_SLOT,
-                    vm_slot,
-                    role: role as u8,
-                    flags: 0,
-                    team: 0,
-                    member: 0,
-                },
-            )
-            .unwrap();
+        let mut entry = PortEntry::new(PORT_SLOT, vm_slot, role);
+        if role == PortRole::Vm {
+            // As the daemon writes it: the VM's first MAC in its port's entry.
+            entry.mac = VM_MAC;
+        }
+        fx.dp.set_port(ifindex, entry).unwrap();
         // On a VM port the VM's MAC is bound to this port; on an uplink, to a VM port
         // elsewhere.
         let port_ifindex = if role == PortRole::Vm { ifindex } else { 9999 };
@@ -420,19 +413,17 @@ fn teamed(role: PortRole) -> Fixture {
     } else {
         PORT_SWITCH | PORT_TEAM
     };
-    fx.dp
-        .set_port(
-            fx.ifindex,
-            PortEntry {
-                slot: PORT_SLOT,
-                vm_slot: if role == PortRole::Vm { VM_SLOT } else { NO_VM },
-                role: role as u8,
-                flags,
-                team: 0,
-                member: 1,
-            },
-        )
-        .unwrap();
+    let mut entry = PortEntry::new(
+        PORT_SLOT,
+        if role == PortRole::Vm { VM_SLOT } else { NO_VM },
+        role,
+    );
+    entry.flags = flags;
+    entry.member = 1;
+    if role == PortRole::Vm {
+        entry.mac = VM_MAC;
+    }
+    fx.dp.set_port(fx.ifindex, entry).unwrap();
     fx.dp.set_switch_port(fx.ifindex, false).unwrap();
     let mut team = TeamEntry {
         rx_member: 0,

@@ -12,7 +12,10 @@ use xnic_common::{
     verdict::Reason,
 };
 
-use super::PinDir;
+use super::{
+    PinDir,
+    registry::{self, Registered},
+};
 
 /// Counters of one port slot, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -32,8 +35,11 @@ pub struct Counters {
     team_vm: PerCpuArray<MapData, Counter>,
 }
 
-fn open<V: aya::Pod>(pins: &PinDir, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
-    let path = pins.maps().join(name);
+fn open<M: Registered>(pins: &PinDir) -> anyhow::Result<PerCpuArray<MapData, M::Value>>
+where
+    M::Value: aya::Pod,
+{
+    let path = pins.maps().join(M::NAME);
     let data =
         MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     PerCpuArray::try_from(Map::PerCpuArray(data)).with_context(|| {
@@ -56,13 +62,13 @@ fn sum<V: aya::Pod + Copy>(
 impl Counters {
     pub fn open(pins: &PinDir) -> anyhow::Result<Counters> {
         Ok(Counters {
-            verdicts: open(pins, "VERDICTS")?,
-            shapes: open(pins, "SHAPES")?,
-            vm_stats: open(pins, "VM_STATS")?,
-            vm_cpu: open(pins, "VM_CPU_STATS")?,
-            buckets: open(pins, "BUCKET_STATS")?,
-            steer: open(pins, "STEER_STATS")?,
-            team_vm: open(pins, "TEAM_VM_STATS")?,
+            verdicts: open::<registry::VERDICTS_V2>(pins)?,
+            shapes: open::<registry::SHAPES_V2>(pins)?,
+            vm_stats: open::<registry::VM_STATS>(pins)?,
+            vm_cpu: open::<registry::VM_CPU_STATS>(pins)?,
+            buckets: open::<registry::BUCKET_STATS>(pins)?,
+            steer: open::<registry::STEER_STATS_V2>(pins)?,
+            team_vm: open::<registry::TEAM_VM_STATS>(pins)?,
         })
     }
 

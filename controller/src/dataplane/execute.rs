@@ -4,15 +4,17 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use aya::maps::{Array, DevMapHash};
+use aya::maps::DevMapHash;
 use xnic_common::{
     limits::{MAX_PORTS, MAX_VMS},
-    maps::{PortRecord, VmRecord},
-    rss::{EngineEntry, MAX_ENGINES, MAX_TABLE_SIZE, VmRss, bucket_index},
-    team::{MAX_TEAMS, TEAM_TABLE_SIZE, TeamEntry, VmTeam},
+    rss::{MAX_ENGINES, MAX_TABLE_SIZE, VmRss, bucket_index},
+    team::{MAX_TEAMS, TEAM_TABLE_SIZE, VmTeam},
 };
 
-use super::{AttachMode, Attached, Dataplane};
+use super::{
+    AttachMode, Attached, Dataplane,
+    registry::{self, Registered},
+};
 use crate::{
     config::XdpModePref,
     policy::plan::{Image, Op, TxPort, put},
@@ -38,7 +40,7 @@ impl Dataplane {
             }
         }
         {
-            let flood: DevMapHash<_> = DevMapHash::try_from(self.map("FLOOD")?)?;
+            let flood: DevMapHash<_> = DevMapHash::try_from(self.map(registry::FLOOD::NAME)?)?;
             for ifindex in self.switch_ports()? {
                 let filter = flood
                     .get(ifindex, 0)
@@ -53,23 +55,23 @@ impl Dataplane {
                 );
             }
         }
-        let engines: Array<_, EngineEntry> = Array::try_from(self.map("ENGINES")?)?;
+        let engines = self.array::<registry::ENGINES>()?;
         for e in 0..MAX_ENGINES {
             put(&mut img.engines, e, engines.get(&e, 0)?);
         }
-        let tables: Array<_, u32> = Array::try_from(self.map("RSS_TABLES")?)?;
+        let tables = self.array::<registry::RSS_TABLES>()?;
         for i in 0..MAX_ENGINES * MAX_TABLE_SIZE {
             put(&mut img.rss_tables, i, tables.get(&i, 0)?);
         }
-        let teams: Array<_, TeamEntry> = Array::try_from(self.map("TEAMS")?)?;
+        let teams = self.array::<registry::TEAMS>()?;
         for t in 0..MAX_TEAMS {
             put(&mut img.teams, t, teams.get(&t, 0)?);
         }
-        let team_tables: Array<_, u32> = Array::try_from(self.map("TEAM_TABLES")?)?;
+        let team_tables = self.array::<registry::TEAM_TABLES>()?;
         for i in 0..MAX_TEAMS * TEAM_TABLE_SIZE {
             put(&mut img.team_tables, i, team_tables.get(&i, 0)?);
         }
-        let records: Array<_, VmRecord> = Array::try_from(self.map("VM_TABLE")?)?;
+        let records = self.array::<registry::VM_TABLE>()?;
         let mut in_use = BTreeSet::new();
         for slot in 0..MAX_VMS {
             let r = records.get(&slot, 0)?;
@@ -78,13 +80,13 @@ impl Dataplane {
             }
             put(&mut img.vm_records, slot, r);
         }
-        let vm_team: Array<_, VmTeam> = Array::try_from(self.map("VM_TEAM")?)?;
-        let vm_rss: Array<_, VmRss> = Array::try_from(self.map("VM_RSS")?)?;
+        let vm_team = self.array::<registry::VM_TEAM>()?;
+        let vm_rss = self.array::<registry::VM_RSS>()?;
         for &slot in &in_use {
             put(&mut img.vm_team, slot, vm_team.get(&slot, 0)?);
             put(&mut img.vm_rss, slot, vm_rss.get(&slot, 0)?);
         }
-        let ports: Array<_, PortRecord> = Array::try_from(self.map("PORT_TABLE")?)?;
+        let ports = self.array::<registry::PORT_TABLE>()?;
         for slot in 0..MAX_PORTS {
             put(&mut img.port_records, slot, ports.get(&slot, 0)?);
         }
@@ -131,8 +133,8 @@ impl Dataplane {
             Op::SetRssBucket(i, cpu) => self.set_rss_bucket(*i, *cpu)?,
             Op::SetTeam(t, entry) => self.set_team(*t, *entry)?,
             Op::SetTeamBucket(i, member) => {
-                let mut map: Array<_, u32> = Array::try_from(self.map_mut("TEAM_TABLES")?)?;
-                map.set(*i, *member, 0)
+                self.array_mut::<registry::TEAM_TABLES>()?
+                    .set(*i, *member, 0)
                     .with_context(|| format!("cannot write TEAM_TABLES[{i}]"))?;
             }
             Op::SetVmTeam(slot, entry) => self.set_vm_team(*slot, *entry)?,
@@ -165,8 +167,8 @@ impl Dataplane {
     }
 
     fn set_rss_bucket(&mut self, index: u32, cpu: u32) -> anyhow::Result<()> {
-        let mut map: Array<_, u32> = Array::try_from(self.map_mut("RSS_TABLES")?)?;
-        map.set(index, cpu, 0)
+        self.array_mut::<registry::RSS_TABLES>()?
+            .set(index, cpu, 0)
             .with_context(|| format!("cannot write RSS_TABLES[{index}]"))?;
         Ok(())
     }

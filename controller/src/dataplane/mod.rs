@@ -12,7 +12,9 @@ mod bpffs;
 pub mod counters;
 mod execute;
 pub mod objects;
+pub mod registry;
 pub mod testrun;
+pub mod upgrade;
 
 use std::{
     fs,
@@ -21,12 +23,12 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, CpuMap, DevMapHash, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray,
-        PerCpuValues,
+        Array, CpuMap, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues,
+        ProgramArray,
     },
     programs::{
         Xdp, XdpMode,
@@ -36,22 +38,19 @@ use aya::{
 };
 use tracing::{info, warn};
 use xnic_common::{
-    limits::{DATAPLANE_ABI, MAX_MACS, MAX_PORTS, MAX_VMS},
+    ctx::Call,
+    limits::{DATAPLANE_ABI, MAX_PORTS, MAX_VMS},
     maps::{
-        Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, PortRole, VmCounters,
-        VmRecord,
+        Counter, DataplaneInfo, LayoutInfo, MacKey, MacOwner, PortEntry, PortRecord, PortRole,
+        VmCounters, VmRecord,
     },
     parse::Shape,
-    rss::{
-        CPUMAP_QUEUE_SIZE, EngineEntry, FLOW_SLOTS, FlowSlot, MAX_ENGINES, MAX_TABLE_SIZE,
-        RssConfig, SteerCounter, VmRss, bucket_index,
-    },
-    team::{
-        MAX_TEAM_MEMBERS, MAX_TEAMS, TEAM_TABLE_SIZE, TeamEntry, VmBucket, VmTeam, vm_member_index,
-    },
+    rss::{CPUMAP_QUEUE_SIZE, EngineEntry, MAX_TABLE_SIZE, RssConfig, VmRss, bucket_index},
+    team::{MAX_TEAM_MEMBERS, TEAM_TABLE_SIZE, TeamEntry, VmBucket, VmTeam, vm_member_index},
     verdict::Reason,
 };
 
+use self::registry::Registered;
 pub use self::{
     bpffs::ensure_bpffs,
     counters::{Counters, PortCounters},
@@ -87,59 +86,15 @@ impl PinDir {
         self.links().join(ifname)
     }
 
+    /// Where each daemon pins its table of tail-called stages (`calls/<program id>`).
+    pub fn calls(&self) -> PathBuf {
+        self.0.join("calls")
+    }
+
     pub fn exists(&self) -> bool {
         self.0.exists()
     }
 }
-
-/// The maps of the dataplane object, with the layout each must have. Pinned maps are checked
-/// against this before a daemon adopts them.
-const MAP_SHAPES: &[(&str, usize, usize, u32)] = &[
-    ("PORTS", 4, size_of::<PortEntry>(), MAX_PORTS),
-    ("MACS", size_of::<MacKey>(), size_of::<MacOwner>(), MAX_MACS),
-    (
-        "VERDICTS",
-        4,
-        size_of::<Counter>(),
-        MAX_PORTS * Reason::COUNT as u32,
-    ),
-    (
-        "SHAPES",
-        4,
-        size_of::<Counter>(),
-        MAX_PORTS * Shape::COUNT as u32,
-    ),
-    ("VM_STATS", 4, size_of::<VmCounters>(), MAX_VMS),
-    ("PORT_TABLE", 4, size_of::<PortRecord>(), MAX_PORTS),
-    ("VM_TABLE", 4, size_of::<VmRecord>(), MAX_VMS),
-    ("INFO", 4, size_of::<DataplaneInfo>(), 1),
-    ("RSS_CONFIG", 4, size_of::<RssConfig>(), 1),
-    ("VM_RSS", 4, size_of::<VmRss>(), MAX_VMS),
-    ("ENGINES", 4, size_of::<EngineEntry>(), MAX_ENGINES),
-    ("RSS_TABLES", 4, 4, MAX_ENGINES * MAX_TABLE_SIZE),
-    ("FLOW_SLOTS", 4, size_of::<FlowSlot>(), FLOW_SLOTS),
-    (
-        "BUCKET_STATS",
-        4,
-        size_of::<Counter>(),
-        MAX_ENGINES * MAX_TABLE_SIZE,
-    ),
-    ("VM_CPU_STATS", 4, size_of::<Counter>(), MAX_VMS),
-    ("STEER_STATS", 4, 8, SteerCounter::COUNT as u32),
-    ("VM_TEAM", 4, size_of::<VmTeam>(), MAX_VMS),
-    ("VM_BUCKETS", 4, size_of::<VmBucket>(), MAX_VMS),
-    ("TEAMS", 4, size_of::<TeamEntry>(), MAX_TEAMS),
-    ("TEAM_TABLES", 4, 4, MAX_TEAMS * TEAM_TABLE_SIZE),
-    (
-        "TEAM_VM_STATS",
-        4,
-        size_of::<Counter>(),
-        MAX_VMS * MAX_TEAM_MEMBERS,
-    ),
-    // bpf_devmap_val: ifindex and program fd/id.
-    ("TX_PORTS", 4, 8, MAX_PORTS),
-    ("FLOOD", 4, 8, MAX_PORTS),
-];
 
 /// What [`Dataplane::attach`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,44 +113,60 @@ pub struct Dataplane {
     /// Whether this daemon created the pin directory (so a failed start can remove it).
     created: bool,
     nr_cpus: usize,
+    /// The family versions of an older pinned dataplane this daemon is upgrading, until
+    /// [`Dataplane::finish_start`].
+    upgrading: Option<[u16; xnic_common::mapdefs::FAMILY_SLOTS]>,
 }
+
+/// Every program of the dataplane object, loaded in this order.
+const PROGRAMS: &[&str] = &[
+    "xnic_uplink",
+    "xnic_vm",
+    "xnic_team",
+    "xnic_steer",
+    CPUMAP_PROGRAM,
+    FLOOD_PROGRAM,
+];
 
 impl Dataplane {
     /// Loads the programs against the instance's pinned maps, creating and pinning them when
-    /// this is the instance's first start.
+    /// this is the instance's first start, and upgrading them when an older xnic pinned
+    /// them (see [`upgrade`]).
     pub fn open(instance: &str, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
         ensure_bpffs()?;
         let pins = PinDir::new(instance);
         let created = !pins.exists();
-        if !created {
-            check_pinned_maps(&pins)?;
-        }
-        for dir in [pins.maps(), pins.links()] {
+        let found = if created {
+            upgrade::Found::Nothing
+        } else {
+            upgrade::inspect(&pins)?
+        };
+        for dir in [pins.maps(), pins.links(), pins.calls()] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
         }
-        let result = Self::load(pins.clone(), created, ebpf_log_level);
+        let result = Self::load(pins.clone(), created, &found, ebpf_log_level);
         if result.is_err() && created {
             let _ = fs::remove_dir_all(pins.path());
         }
         result
     }
 
-    fn load(pins: PinDir, created: bool, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
+    fn load(
+        pins: PinDir,
+        created: bool,
+        found: &upgrade::Found,
+        ebpf_log_level: u8,
+    ) -> anyhow::Result<Dataplane> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
             // The kernel sizes a CPU map to the CPUs that can exist, no more.
-            .map_max_entries("CPUMAP", nr_cpus as u32)
+            .map_max_entries(registry::CPUMAP::NAME, nr_cpus as u32)
             .load(objects::DATAPLANE)
             .context("loading the XDP object failed")?;
-        for name in [
-            program_name(PortRole::Uplink),
-            program_name(PortRole::Vm),
-            CPUMAP_PROGRAM,
-            FLOOD_PROGRAM,
-        ] {
+        for name in PROGRAMS {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
@@ -210,24 +181,116 @@ impl Dataplane {
             pins,
             created,
             nr_cpus,
+            upgrading: None,
         };
-        let info = dp.info()?;
-        if info.abi == 0 {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let mut map: Array<_, DataplaneInfo> = Array::try_from(dp.map_mut("INFO")?)?;
-            map.set(
-                0,
-                DataplaneInfo {
-                    abi: DATAPLANE_ABI,
-                    _pad: 0,
-                    created_unix: now,
-                },
-                0,
-            )?;
+        dp.fill_calls()?;
+        match found {
+            upgrade::Found::Nothing => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                dp.write_layout(now)?;
+            }
+            upgrade::Found::Current => {
+                if dp.info()?.abi == 0 {
+                    dp.write_layout(0)?;
+                }
+            }
+            upgrade::Found::Older { abi, versions } => {
+                info!(
+                    from = abi,
+                    to = DATAPLANE_ABI,
+                    "upgrading the pinned dataplane in place"
+                );
+                upgrade::migrate_entries(&dp.pins, versions)?;
+                dp.upgrading = Some(*versions);
+            }
         }
         Ok(dp)
+    }
+
+    /// Records this daemon's layout: `INFO` (with the creation time, or the one it had) and
+    /// every family's version in `LAYOUT`.
+    fn write_layout(&mut self, created_unix: u64) -> anyhow::Result<()> {
+        let created_unix = match self.info()?.created_unix {
+            0 => created_unix,
+            t => t,
+        };
+        self.array_mut::<registry::INFO>()?.set(
+            0,
+            DataplaneInfo {
+                abi: DATAPLANE_ABI,
+                _pad: 0,
+                created_unix,
+            },
+            0,
+        )?;
+        self.array_mut::<registry::LAYOUT>()?.set(
+            0,
+            LayoutInfo {
+                versions: upgrade::current_versions(),
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Fills this daemon's table of tail-called stages and pins it under its own name, so an
+    /// older daemon's programs keep theirs until their links move to this daemon's.
+    fn fill_calls(&mut self) -> anyhow::Result<()> {
+        let mut fds = Vec::new();
+        for call in Call::ALL {
+            let prog: &Xdp = self
+                .ebpf
+                .program(call.program())
+                .ok_or_else(|| anyhow!("the XDP object has no program {}", call.program()))?
+                .try_into()?;
+            fds.push((call, prog.fd()?.try_clone()?));
+        }
+        let id = self.program_id(PortRole::Uplink).unwrap_or(0);
+        let map = self
+            .ebpf
+            .map_mut(registry::CALLS::NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no map {}", registry::CALLS::NAME))?;
+        let path = self.pins.calls().join(id.to_string());
+        map.pin(&path)
+            .with_context(|| format!("cannot pin the stage table at {}", path.display()))?;
+        let mut calls: ProgramArray<_> = ProgramArray::try_from(map)?;
+        for (call, fd) in &fds {
+            calls
+                .set(*call as u32, fd, 0)
+                .with_context(|| format!("cannot put stage {} in CALLS", call.program()))?;
+        }
+        Ok(())
+    }
+
+    /// Once every link runs this daemon's programs: removes the stage tables of earlier
+    /// daemons and, when upgrading, adds the old layout's counters into the new ones and
+    /// removes the maps it replaced.
+    pub fn finish_start(&mut self) -> anyhow::Result<()> {
+        let own = self.program_id(PortRole::Uplink).unwrap_or(0).to_string();
+        for name in list_dir(&self.pins.calls())? {
+            if name != own {
+                let path = self.pins.calls().join(&name);
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        if let Some(versions) = self.upgrading.take() {
+            // CPU-map queues run their programs until replaced; the older ones count into
+            // the maps being retired. Replacing a queue lets a frame queued on the old one
+            // pass one queued later on the new one, once, at this upgrade only.
+            for (cpu, prog) in self.cpu_queues()? {
+                if prog.is_some() {
+                    self.set_cpu_queue(cpu)?;
+                }
+            }
+            upgrade::merge_counters(&self.pins, &versions)?;
+            self.write_layout(0)?;
+            let gone = upgrade::remove_replaced(&self.pins, &versions)?;
+            info!(replaced = ?gone, layout = DATAPLANE_ABI, "dataplane upgraded in place");
+        }
+        Ok(())
     }
 
     /// Whether this daemon created the pinned maps (a first start) rather than adopting them.
@@ -249,8 +312,12 @@ impl Dataplane {
     }
 
     pub fn info(&self) -> anyhow::Result<DataplaneInfo> {
-        let map: Array<_, DataplaneInfo> = Array::try_from(self.map("INFO")?)?;
-        Ok(map.get(&0, 0)?)
+        Ok(self.array::<registry::INFO>()?.get(&0, 0)?)
+    }
+
+    /// The family versions the pinned maps have.
+    pub fn layout(&self) -> anyhow::Result<LayoutInfo> {
+        Ok(self.array::<registry::LAYOUT>()?.get(&0, 0)?)
     }
 
     /// Attaches the program for `role` to `ifname`, or adopts the pinned attachment an
@@ -403,30 +470,82 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
     }
 
+    // Typed handles on the registry's maps.
+
+    fn hash<M: Registered>(&self) -> anyhow::Result<BpfHashMap<&MapData, M::Key, M::Value>>
+    where
+        M::Key: aya::Pod,
+        M::Value: aya::Pod,
+    {
+        Ok(BpfHashMap::try_from(self.map(M::NAME)?)?)
+    }
+
+    fn hash_mut<M: Registered>(
+        &mut self,
+    ) -> anyhow::Result<BpfHashMap<&mut MapData, M::Key, M::Value>>
+    where
+        M::Key: aya::Pod,
+        M::Value: aya::Pod,
+    {
+        Ok(BpfHashMap::try_from(self.map_mut(M::NAME)?)?)
+    }
+
+    fn array<M: Registered>(&self) -> anyhow::Result<Array<&MapData, M::Value>>
+    where
+        M::Value: aya::Pod,
+    {
+        Ok(Array::try_from(self.map(M::NAME)?)?)
+    }
+
+    fn array_mut<M: Registered>(&mut self) -> anyhow::Result<Array<&mut MapData, M::Value>>
+    where
+        M::Value: aya::Pod,
+    {
+        Ok(Array::try_from(self.map_mut(M::NAME)?)?)
+    }
+
+    /// Zeroes entry `index` of per-CPU array `M` on every CPU.
+    fn zero_per_cpu<M: Registered>(&mut self, index: u32) -> anyhow::Result<()>
+    where
+        M::Value: aya::Pod + Default + Clone,
+    {
+        let n = self.nr_cpus;
+        let mut map: PerCpuArray<_, M::Value> = PerCpuArray::try_from(self.map_mut(M::NAME)?)?;
+        map.set(
+            index,
+            PerCpuValues::try_from(vec![M::Value::default(); n])?,
+            0,
+        )
+        .with_context(|| format!("cannot zero {}[{index}]", M::NAME))?;
+        Ok(())
+    }
+
     // --- ports -------------------------------------------------------------------------------
 
     pub fn set_port(&mut self, ifindex: u32, entry: PortEntry) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map_mut("PORTS")?)?;
-        map.insert(ifindex, entry, 0)
-            .with_context(|| format!("cannot write PORTS[{ifindex}]"))?;
+        self.hash_mut::<registry::PORTS_V2>()?
+            .insert(ifindex, entry, 0)
+            .with_context(|| format!("cannot write PORTS_V2[{ifindex}]"))?;
         Ok(())
     }
 
     pub fn remove_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map_mut("PORTS")?)?;
-        match map.remove(&ifindex) {
+        match self.hash_mut::<registry::PORTS_V2>()?.remove(&ifindex) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete PORTS[{ifindex}]")),
+            Err(e) => Err(e).with_context(|| format!("cannot delete PORTS_V2[{ifindex}]")),
         }
     }
 
     pub fn ports(&self) -> anyhow::Result<Vec<(u32, PortEntry)>> {
-        let map: BpfHashMap<_, u32, PortEntry> = BpfHashMap::try_from(self.map("PORTS")?)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        Ok(self
+            .hash::<registry::PORTS_V2>()?
+            .iter()
+            .filter_map(Result::ok)
+            .collect())
     }
 
     pub fn port_records(&self) -> anyhow::Result<Vec<(u32, PortRecord)>> {
-        let map: Array<_, PortRecord> = Array::try_from(self.map("PORT_TABLE")?)?;
+        let map = self.array::<registry::PORT_TABLE>()?;
         Ok((0..MAX_PORTS)
             .filter_map(|slot| map.get(&slot, 0).ok().map(|r| (slot, r)))
             .filter(|(_, r)| r.role != 0)
@@ -434,31 +553,30 @@ impl Dataplane {
     }
 
     pub fn set_port_record(&mut self, slot: u32, record: PortRecord) -> anyhow::Result<()> {
-        let mut map: Array<_, PortRecord> = Array::try_from(self.map_mut("PORT_TABLE")?)?;
-        map.set(slot, record, 0)?;
+        self.array_mut::<registry::PORT_TABLE>()?
+            .set(slot, record, 0)?;
         Ok(())
     }
 
     // --- VMs ---------------------------------------------------------------------------------
 
     pub fn set_mac(&mut self, mac: [u8; 6], owner: MacOwner) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map_mut("MACS")?)?;
-        map.insert(MacKey::new(mac), owner, 0)
+        self.hash_mut::<registry::MACS>()?
+            .insert(MacKey::new(mac), owner, 0)
             .context("cannot write MACS (is the MAC table full?)")?;
         Ok(())
     }
 
     pub fn remove_mac(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
-        let mut map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map_mut("MACS")?)?;
-        match map.remove(&MacKey::new(mac)) {
+        match self.hash_mut::<registry::MACS>()?.remove(&MacKey::new(mac)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).context("cannot delete from MACS"),
         }
     }
 
     pub fn macs(&self) -> anyhow::Result<Vec<([u8; 6], MacOwner)>> {
-        let map: BpfHashMap<_, MacKey, MacOwner> = BpfHashMap::try_from(self.map("MACS")?)?;
-        Ok(map
+        Ok(self
+            .hash::<registry::MACS>()?
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| (k.mac, v))
@@ -466,7 +584,7 @@ impl Dataplane {
     }
 
     pub fn vm_records(&self) -> anyhow::Result<Vec<(u32, VmRecord)>> {
-        let map: Array<_, VmRecord> = Array::try_from(self.map("VM_TABLE")?)?;
+        let map = self.array::<registry::VM_TABLE>()?;
         Ok((0..MAX_VMS)
             .filter_map(|slot| map.get(&slot, 0).ok().map(|r| (slot, r)))
             .filter(|(_, r)| r.in_use != 0)
@@ -474,27 +592,26 @@ impl Dataplane {
     }
 
     pub fn set_vm_record(&mut self, slot: u32, record: VmRecord) -> anyhow::Result<()> {
-        let mut map: Array<_, VmRecord> = Array::try_from(self.map_mut("VM_TABLE")?)?;
-        map.set(slot, record, 0)?;
+        self.array_mut::<registry::VM_TABLE>()?
+            .set(slot, record, 0)?;
         Ok(())
     }
 
     // --- RSS steering ------------------------------------------------------------------------
 
     pub fn rss_config(&self) -> anyhow::Result<RssConfig> {
-        let map: Array<_, RssConfig> = Array::try_from(self.map("RSS_CONFIG")?)?;
-        Ok(map.get(&0, 0)?)
+        Ok(self.array::<registry::RSS_CONFIG>()?.get(&0, 0)?)
     }
 
     pub fn set_rss_config(&mut self, config: RssConfig) -> anyhow::Result<()> {
-        let mut map: Array<_, RssConfig> = Array::try_from(self.map_mut("RSS_CONFIG")?)?;
-        map.set(0, config, 0)?;
+        self.array_mut::<registry::RSS_CONFIG>()?
+            .set(0, config, 0)?;
         Ok(())
     }
 
     /// CPUs with a CPU-map queue, and the program id each runs.
     pub fn cpu_queues(&self) -> anyhow::Result<Vec<(u32, Option<u32>)>> {
-        let map: CpuMap<_> = CpuMap::try_from(self.map("CPUMAP")?)?;
+        let map: CpuMap<_> = CpuMap::try_from(self.map(registry::CPUMAP::NAME)?)?;
         Ok((0..map.len())
             .filter_map(|cpu| {
                 let v = map.get(cpu, 0).ok()?;
@@ -511,7 +628,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no program {CPUMAP_PROGRAM}"))?
             .try_into()?;
         let fd = prog.fd()?.try_clone()?;
-        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut("CPUMAP")?)?;
+        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut(registry::CPUMAP::NAME)?)?;
         map.set(cpu, CPUMAP_QUEUE_SIZE, Some(&fd), 0)
             .with_context(|| format!("cannot create the CPU-map queue for CPU {cpu}"))?;
         Ok(())
@@ -519,106 +636,84 @@ impl Dataplane {
 
     /// Removes `cpu`'s CPU-map queue (a zero-size entry is a deletion).
     pub fn remove_cpu_queue(&mut self, cpu: u32) -> anyhow::Result<()> {
-        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut("CPUMAP")?)?;
+        let mut map: CpuMap<_> = CpuMap::try_from(self.map_mut(registry::CPUMAP::NAME)?)?;
         map.set(cpu, 0, None, 0)
             .with_context(|| format!("cannot remove the CPU-map queue of CPU {cpu}"))?;
         Ok(())
     }
 
     pub fn vm_rss(&self, vm_slot: u32) -> anyhow::Result<VmRss> {
-        let map: Array<_, VmRss> = Array::try_from(self.map("VM_RSS")?)?;
-        Ok(map.get(&vm_slot, 0)?)
+        Ok(self.array::<registry::VM_RSS>()?.get(&vm_slot, 0)?)
     }
 
     pub fn set_vm_rss(&mut self, vm_slot: u32, rss: VmRss) -> anyhow::Result<()> {
-        let mut map: Array<_, VmRss> = Array::try_from(self.map_mut("VM_RSS")?)?;
-        map.set(vm_slot, rss, 0)?;
+        self.array_mut::<registry::VM_RSS>()?.set(vm_slot, rss, 0)?;
         Ok(())
     }
 
     pub fn engine(&self, engine: u32) -> anyhow::Result<EngineEntry> {
-        let map: Array<_, EngineEntry> = Array::try_from(self.map("ENGINES")?)?;
-        Ok(map.get(&engine, 0)?)
+        Ok(self.array::<registry::ENGINES>()?.get(&engine, 0)?)
     }
 
     pub fn set_engine(&mut self, engine: u32, entry: EngineEntry) -> anyhow::Result<()> {
-        let mut map: Array<_, EngineEntry> = Array::try_from(self.map_mut("ENGINES")?)?;
-        map.set(engine, entry, 0)?;
+        self.array_mut::<registry::ENGINES>()?
+            .set(engine, entry, 0)?;
         Ok(())
     }
 
     /// The first `size` buckets of `engine`'s table.
     pub fn table(&self, engine: u32, size: u32) -> anyhow::Result<Vec<u32>> {
-        let map: Array<_, u32> = Array::try_from(self.map("RSS_TABLES")?)?;
+        let map = self.array::<registry::RSS_TABLES>()?;
         (0..size)
             .map(|b| Ok(map.get(&bucket_index(engine, b), 0)?))
             .collect()
     }
 
     pub fn set_bucket(&mut self, engine: u32, bucket: u32, cpu: u32) -> anyhow::Result<()> {
-        let mut map: Array<_, u32> = Array::try_from(self.map_mut("RSS_TABLES")?)?;
-        map.set(bucket_index(engine, bucket), cpu, 0)?;
+        self.array_mut::<registry::RSS_TABLES>()?
+            .set(bucket_index(engine, bucket), cpu, 0)?;
         Ok(())
     }
 
     pub fn reset_bucket_counters(&mut self, engine: u32) -> anyhow::Result<()> {
-        let n = self.nr_cpus;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut("BUCKET_STATS")?)?;
         for b in 0..MAX_TABLE_SIZE {
-            map.set(
-                bucket_index(engine, b),
-                PerCpuValues::try_from(vec![Counter::default(); n])?,
-                0,
-            )?;
+            self.zero_per_cpu::<registry::BUCKET_STATS>(bucket_index(engine, b))?;
         }
         Ok(())
     }
 
     pub fn reset_vm_cpu_counters(&mut self, slot: u32) -> anyhow::Result<()> {
-        let n = self.nr_cpus;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut("VM_CPU_STATS")?)?;
-        map.set(
-            slot,
-            PerCpuValues::try_from(vec![Counter::default(); n])?,
-            0,
-        )?;
-        Ok(())
+        self.zero_per_cpu::<registry::VM_CPU_STATS>(slot)
     }
 
     // --- teaming ----------------------------------------------------------------------------
 
     pub fn vm_team(&self, vm_slot: u32) -> anyhow::Result<VmTeam> {
-        let map: Array<_, VmTeam> = Array::try_from(self.map("VM_TEAM")?)?;
-        Ok(map.get(&vm_slot, 0)?)
+        Ok(self.array::<registry::VM_TEAM>()?.get(&vm_slot, 0)?)
     }
 
     pub fn set_vm_team(&mut self, vm_slot: u32, entry: VmTeam) -> anyhow::Result<()> {
-        let mut map: Array<_, VmTeam> = Array::try_from(self.map_mut("VM_TEAM")?)?;
-        map.set(vm_slot, entry, 0)?;
+        self.array_mut::<registry::VM_TEAM>()?
+            .set(vm_slot, entry, 0)?;
         Ok(())
     }
 
     /// Empties VM `slot`'s token bucket (a new allocation starts with a full burst).
     pub fn reset_vm_bucket(&mut self, vm_slot: u32) -> anyhow::Result<()> {
-        let mut map: Array<_, VmBucket> = Array::try_from(self.map_mut("VM_BUCKETS")?)?;
-        map.set(vm_slot, VmBucket::default(), 0)?;
+        self.array_mut::<registry::VM_BUCKETS>()?
+            .set(vm_slot, VmBucket::default(), 0)?;
         Ok(())
     }
 
     pub fn team(&self, team: u32) -> anyhow::Result<TeamEntry> {
-        let map: Array<_, TeamEntry> = Array::try_from(self.map("TEAMS")?)?;
-        Ok(map.get(&team, 0)?)
+        Ok(self.array::<registry::TEAMS>()?.get(&team, 0)?)
     }
 
     pub fn set_team(&mut self, team: u32, entry: TeamEntry) -> anyhow::Result<()> {
-        let mut map: Array<_, TeamEntry> = Array::try_from(self.map_mut("TEAMS")?)?;
-        map.set(team, entry, 0)?;
+        self.array_mut::<registry::TEAMS>()?.set(team, entry, 0)?;
         Ok(())
     }
 
-    /// Writes the entries of team `team`'s flow table that differ from `table`.
     /// Writes team `team`'s flow table: the entries that differ from `before` (what was
     /// last written), or all of them.
     pub fn set_team_table(
@@ -627,7 +722,7 @@ impl Dataplane {
         table: &[u32],
         before: Option<&[u32]>,
     ) -> anyhow::Result<()> {
-        let mut map: Array<_, u32> = Array::try_from(self.map_mut("TEAM_TABLES")?)?;
+        let mut map = self.array_mut::<registry::TEAM_TABLES>()?;
         for (b, &member) in table.iter().enumerate() {
             if before.and_then(|old| old.get(b)) != Some(&member) {
                 map.set(team * TEAM_TABLE_SIZE + b as u32, member, 0)?;
@@ -637,15 +732,8 @@ impl Dataplane {
     }
 
     pub fn reset_team_vm_counters(&mut self, vm_slot: u32) -> anyhow::Result<()> {
-        let n = self.nr_cpus;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut("TEAM_VM_STATS")?)?;
         for m in 0..MAX_TEAM_MEMBERS {
-            map.set(
-                vm_member_index(vm_slot, m),
-                PerCpuValues::try_from(vec![Counter::default(); n])?,
-                0,
-            )?;
+            self.zero_per_cpu::<registry::TEAM_VM_STATS>(vm_member_index(vm_slot, m))?;
         }
         Ok(())
     }
@@ -654,7 +742,8 @@ impl Dataplane {
     /// team uplinks there run the flood filter).
     pub fn set_switch_port(&mut self, ifindex: u32, team_uplink: bool) -> anyhow::Result<()> {
         {
-            let mut tx: DevMapHash<_> = DevMapHash::try_from(self.map_mut("TX_PORTS")?)?;
+            let mut tx: DevMapHash<_> =
+                DevMapHash::try_from(self.map_mut(registry::TX_PORTS::NAME)?)?;
             tx.insert(ifindex, ifindex, None, 0)
                 .with_context(|| format!("cannot add ifindex {ifindex} to TX_PORTS"))?;
         }
@@ -668,7 +757,7 @@ impl Dataplane {
         } else {
             None
         };
-        let mut flood: DevMapHash<_> = DevMapHash::try_from(self.map_mut("FLOOD")?)?;
+        let mut flood: DevMapHash<_> = DevMapHash::try_from(self.map_mut(registry::FLOOD::NAME)?)?;
         flood
             .insert(ifindex, ifindex, filter.as_ref(), 0)
             .with_context(|| format!("cannot add ifindex {ifindex} to FLOOD"))?;
@@ -677,12 +766,12 @@ impl Dataplane {
 
     /// ifindexes in `TX_PORTS`.
     pub fn switch_ports(&self) -> anyhow::Result<Vec<u32>> {
-        let map: DevMapHash<_> = DevMapHash::try_from(self.map("TX_PORTS")?)?;
+        let map: DevMapHash<_> = DevMapHash::try_from(self.map(registry::TX_PORTS::NAME)?)?;
         Ok(map.keys().filter_map(Result::ok).collect())
     }
 
     pub fn remove_switch_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        for name in ["TX_PORTS", "FLOOD"] {
+        for name in [registry::TX_PORTS::NAME, registry::FLOOD::NAME] {
             let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(name)?)?;
             match map.remove(ifindex) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -696,36 +785,17 @@ impl Dataplane {
 
     /// Zeroes a port slot's counters, so a reused slot starts from nothing.
     pub fn reset_port_counters(&mut self, slot: u32) -> anyhow::Result<()> {
-        let n = self.nr_cpus;
-        let mut verdicts: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut("VERDICTS")?)?;
-        for r in Reason::ALL {
-            verdicts.set(
-                xnic_common::maps::verdict_index(slot, r),
-                PerCpuValues::try_from(vec![Counter::default(); n])?,
-                0,
-            )?;
+        for r in 0..Reason::SLOTS as u32 {
+            self.zero_per_cpu::<registry::VERDICTS_V2>(slot * Reason::SLOTS as u32 + r)?;
         }
-        let mut shapes: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map_mut("SHAPES")?)?;
-        for s in Shape::ALL {
-            shapes.set(
-                xnic_common::maps::shape_index(slot, s),
-                PerCpuValues::try_from(vec![Counter::default(); n])?,
-                0,
-            )?;
+        for sh in 0..Shape::SLOTS as u32 {
+            self.zero_per_cpu::<registry::SHAPES_V2>(slot * Shape::SLOTS as u32 + sh)?;
         }
         Ok(())
     }
 
     pub fn reset_vm_counters(&mut self, slot: u32) -> anyhow::Result<()> {
-        let n = self.nr_cpus;
-        let mut map: PerCpuArray<_, VmCounters> = PerCpuArray::try_from(self.map_mut("VM_STATS")?)?;
-        map.set(
-            slot,
-            PerCpuValues::try_from(vec![VmCounters::default(); n])?,
-            0,
-        )?;
-        Ok(())
+        self.zero_per_cpu::<registry::VM_STATS>(slot)
     }
 
     /// Counters of `slot`, summed over CPUs, plus each CPU's share of the slot's frames
@@ -758,51 +828,6 @@ pub fn program_name(role: PortRole) -> &'static str {
         PortRole::Uplink => "xnic_uplink",
         PortRole::Vm => "xnic_vm",
     }
-}
-
-/// Refuses pinned maps this daemon would misread: another ABI version, or another layout.
-fn check_pinned_maps(pins: &PinDir) -> anyhow::Result<()> {
-    let info_pin = pins.maps().join("INFO");
-    if info_pin.exists() {
-        let data = MapData::from_pin(&info_pin)
-            .with_context(|| format!("cannot open {}", info_pin.display()))?;
-        let map: Array<_, DataplaneInfo> = Array::try_from(aya::maps::Map::Array(data))?;
-        let info = map.get(&0, 0)?;
-        if info.abi != 0 && info.abi != DATAPLANE_ABI {
-            bail!(
-                "the pinned dataplane in {} has layout version {}, this xnic uses version {}; \
-                 remove it with `xnic down` (this interrupts forwarding) and start again",
-                pins.path().display(),
-                info.abi,
-                DATAPLANE_ABI
-            );
-        }
-    }
-    for (name, key, value, max) in MAP_SHAPES {
-        let pin = pins.maps().join(name);
-        if !pin.exists() {
-            continue;
-        }
-        let info =
-            MapInfo::from_pin(&pin).with_context(|| format!("cannot open {}", pin.display()))?;
-        if (
-            info.key_size() as usize,
-            info.value_size() as usize,
-            info.max_entries(),
-        ) != (*key, *value, *max)
-        {
-            bail!(
-                "pinned map {} has key/value size {}/{} and {} entries, this xnic expects \
-                 {key}/{value} and {max}; remove it with `xnic down` (this interrupts \
-                 forwarding) and start again",
-                pin.display(),
-                info.key_size(),
-                info.value_size(),
-                info.max_entries()
-            );
-        }
-    }
-    Ok(())
 }
 
 fn list_dir(dir: &Path) -> anyhow::Result<Vec<String>> {
@@ -841,12 +866,23 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
         info!(interface = %link, "detached");
         done.links.push(link);
     }
+    // The stage tables hold the stages; the programs hold the tables: links first, so no
+    // program is left calling into an emptied table.
+    for table in list_dir(&pins.calls())? {
+        let path = pins.calls().join(&table);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
     for map in list_dir(&pins.maps())? {
         let path = pins.maps().join(&map);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         done.maps.push(map);
     }
-    for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {
+    for dir in [
+        pins.links(),
+        pins.calls(),
+        pins.maps(),
+        pins.path().to_owned(),
+    ] {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}

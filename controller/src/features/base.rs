@@ -256,17 +256,17 @@ impl Feature for Base {
                 .as_deref()
                 .and_then(|v| slots.vm(v))
                 .unwrap_or(NO_VM);
-            image.ports.insert(
-                ifindex,
-                PortEntry {
-                    slot,
-                    vm_slot,
-                    role: port.role as u8,
-                    flags: 0,
-                    team: 0,
-                    member: 0,
-                },
-            );
+            let mut entry = PortEntry::new(slot, vm_slot, port.role);
+            // The VM's first MAC spares the usual frame a lookup.
+            if let Some(mac) = port
+                .vm
+                .as_deref()
+                .and_then(|v| cx.desired.vm(v))
+                .and_then(|v| v.mac_addrs().first().copied())
+            {
+                entry.mac = mac.0;
+            }
+            image.ports.insert(ifindex, entry);
             image.attach.insert(
                 port.name.clone(),
                 Attachment {

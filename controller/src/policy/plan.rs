@@ -394,14 +394,7 @@ mod tests {
     use super::*;
 
     fn port(slot: u32) -> PortEntry {
-        PortEntry {
-            slot,
-            vm_slot: 0,
-            role: PortRole::Vm as u8,
-            flags: 0,
-            team: 0,
-            member: 0,
-        }
+        PortEntry::new(slot, 0, PortRole::Vm)
     }
 
     fn vm_image(ifindex: u32) -> Image {

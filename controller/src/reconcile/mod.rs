@@ -298,6 +298,10 @@ impl Reconciler {
             r.undo_start(&found);
             bail!("{e}; nothing was changed");
         }
+        // Every link runs this daemon's programs now: what older programs needed can go.
+        if let Err(e) = r.dp.finish_start() {
+            warn!(error = %format!("{e:#}"), "cannot finish taking over the pinned dataplane; the next start tries again");
+        }
         if let Err(e) = r.store.save(&Stored {
             config: r.config.clone(),
             generation: r.generation,
@@ -765,6 +769,8 @@ impl Reconciler {
                 reply,
             } => {
                 let out = self.change(change, expect, dry_run, source);
+                // Published before the answer: a client that reads after it sees the change.
+                self.publish();
                 let _ = reply.send(out);
             }
             Command::RssTick(sample) => {

@@ -1,0 +1,191 @@
+//! What the dataplane knows about the frame in flight, shared by every program the frame
+//! passes through (the entry program and the stages it tail-calls): the parsed headers, the
+//! port and VM, the verdict and where the frame goes next. It lives in a per-CPU scratch map
+//! (`SCRATCH`): programs on one CPU run one frame at a time, and a tail call stays on the CPU.
+
+use crate::{
+    maps::{NO_VM, PortEntry},
+    parse::Parsed,
+    verdict::{Direction, Reason, Verdict},
+};
+
+/// Where a frame goes once its stages are done. The verdict's reason fixes whether it goes at
+/// all ([`Reason::action`]); this says where a frame that goes is delivered.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextKind {
+    /// Up the kernel's stack on this interface (`XDP_PASS`).
+    Kernel = 0,
+    /// Out of a port (`TX_PORTS`, by ifindex).
+    Port = 1,
+    /// To every port but the one it came in on (`FLOOD`).
+    Flood = 2,
+    /// To a CPU, through `CPUMAP`; the CPU-map program finishes it there.
+    Cpu = 3,
+}
+
+/// [`Next::fail_reason`] when a failed redirect leaves the frame to the kernel, under the
+/// reason it had.
+pub const FAIL_TO_KERNEL: u32 = u32::MAX;
+
+/// The next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Next {
+    /// A [`NextKind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// The ifindex for [`NextKind::Port`], the CPU for [`NextKind::Cpu`].
+    pub target: u32,
+    /// When the redirect fails (its target is gone): the [`Reason`] the frame is dropped
+    /// with, or [`FAIL_TO_KERNEL`].
+    pub fail_reason: u32,
+    /// For [`NextKind::Cpu`]: the port to deliver to when the CPU has no queue (0: the
+    /// kernel).
+    pub fallback_port: u32,
+}
+
+impl Next {
+    pub const KERNEL: Next = Next {
+        kind: NextKind::Kernel as u8,
+        _pad: [0; 3],
+        target: 0,
+        fail_reason: FAIL_TO_KERNEL,
+        fallback_port: 0,
+    };
+
+    /// Out of port `ifindex`; if that fails, to the kernel.
+    pub const fn port(ifindex: u32) -> Next {
+        Next {
+            kind: NextKind::Port as u8,
+            target: ifindex,
+            ..Next::KERNEL
+        }
+    }
+
+    /// Out of port `ifindex`; if that fails, dropped with `reason`.
+    pub const fn port_or_drop(ifindex: u32, reason: Reason) -> Next {
+        Next {
+            kind: NextKind::Port as u8,
+            target: ifindex,
+            fail_reason: reason as u32,
+            ..Next::KERNEL
+        }
+    }
+
+    pub const FLOOD: Next = Next {
+        kind: NextKind::Flood as u8,
+        ..Next::KERNEL
+    };
+
+    /// To CPU `cpu`; if it has no queue, out of `fallback_port` (0: the kernel).
+    pub const fn cpu(cpu: u32, fallback_port: u32) -> Next {
+        Next {
+            kind: NextKind::Cpu as u8,
+            target: cpu,
+            fallback_port,
+            ..Next::KERNEL
+        }
+    }
+
+    /// Where a frame goes when it is not steered: `port` when xnic switches it there, else
+    /// the kernel.
+    pub const fn deliver(port: u32) -> Next {
+        if port == 0 {
+            Next::KERNEL
+        } else {
+            Next::port(port)
+        }
+    }
+}
+
+/// A stage that runs as a program of its own, reached by a tail call through `CALLS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A teamed VM's frame for the network: allocation, pause, uplink.
+    TeamEgress = 0,
+    /// A frame for a VM: software RSS to the CPU its engine names.
+    Steer = 1,
+}
+
+impl Call {
+    pub const ALL: [Call; 2] = [Call::TeamEgress, Call::Steer];
+
+    /// The program that implements the stage.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Call::TeamEgress => "xnic_team",
+            Call::Steer => "xnic_steer",
+        }
+    }
+}
+
+/// Entries of `CALLS`: room for the stages later versions add (conntrack, NAT, routing...).
+pub const CALL_SLOTS: u32 = 16;
+
+/// `FrameCtx::flags`: a port entry was found for the ingress interface (of this role).
+pub const CTX_PORT: u8 = 1;
+/// `FrameCtx::flags`: the frame parsed without error.
+pub const CTX_PARSED: u8 = 2;
+/// `FrameCtx::flags`: the destination is a broadcast or multicast address.
+pub const CTX_GROUP: u8 = 4;
+
+/// The frame in flight.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCtx {
+    pub parsed: Parsed,
+    /// The whole frame's length, fragments included.
+    pub len: u64,
+    pub ifindex: u32,
+    /// The port entry of the ingress interface (valid with [`CTX_PORT`]).
+    pub port: PortEntry,
+    /// [`CTX_PORT`] and friends.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// The port of the VM a frame for a local VM goes to when xnic switches it (0: none).
+    pub deliver_port: u32,
+    /// The frame's `FLOW_SLOTS` index when it is steered (to undo its enqueue when the CPU
+    /// has no queue).
+    pub flow_slot: u32,
+    /// The `TEAM_VM_STATS` counter the frame is counted in once delivered, or [`NO_COUNTER`].
+    pub member_counter: u32,
+    pub verdict: Verdict,
+    pub next: Next,
+}
+
+/// `FrameCtx::member_counter` of a frame no team counter follows.
+pub const NO_COUNTER: u32 = u32::MAX;
+
+impl FrameCtx {
+    /// Starts a frame: everything a stage might read is set before any stage runs.
+    #[inline(always)]
+    pub fn begin(&mut self, len: u64, ifindex: u32) {
+        self.parsed.clear();
+        self.len = len;
+        self.ifindex = ifindex;
+        self.flags = 0;
+        self.deliver_port = 0;
+        self.flow_slot = 0;
+        self.member_counter = NO_COUNTER;
+        self.verdict = Verdict {
+            reason: Reason::UnknownPort,
+            vm_slot: NO_VM,
+            direction: Direction::ToVm,
+            deliver_to: NO_VM,
+        };
+        self.next = Next::KERNEL;
+    }
+
+    #[inline(always)]
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The port entry, when there is one.
+    #[inline(always)]
+    pub fn port(&self) -> Option<&PortEntry> {
+        self.has(CTX_PORT).then_some(&self.port)
+    }
+}

@@ -1,0 +1,291 @@
+//! Every map of the dataplane, defined once: name, kind, key and value types, size, whether
+//! it is pinned, the family it belongs to and its version, and what it is for. The eBPF
+//! statics (`dataplane-ebpf/src/maps.rs`) and the userspace handles and layout checks
+//! (`xnic::dataplane`) are both made from this list by [`for_each_map!`].
+//!
+//! Pinned maps outlive the daemon, so their layout is an ABI. The rules for changing it:
+//! - a new variant of a counter enumeration fits in its reserved slots (`limits::*_SLOTS`);
+//! - a new map is added here; a newer daemon creates it beside the old ones;
+//! - an incompatible change of a map's key, value or size is a new map named `<NAME>_V<n>`
+//!   with its family's version raised; the daemon migrates the old map's entries (see
+//!   `xnic::dataplane::upgrade`) and removes its pin once no program uses it.
+//!
+//! Sizes come from `limits` and the feature modules, where each has its reason.
+
+/// A map's kind (`enum bpf_map_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    ProgArray = 3,
+    PerCpuArray = 6,
+    DevMapHash = 25,
+    CpuMap = 16,
+}
+
+/// The families maps are versioned by (an index into `LAYOUT`'s versions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// What created the dataplane: `INFO`, `LAYOUT`.
+    Info = 0,
+    /// Ports, MACs and the slot records.
+    Ports = 1,
+    /// Per-port, per-VM and steering counters.
+    Counters = 2,
+    /// RSS steering.
+    Rss = 3,
+    /// NIC teaming and switching.
+    Team = 4,
+    /// The pipeline's own machinery: the per-frame scratch and the tail-call table.
+    Pipeline = 5,
+}
+
+/// How many families `LAYOUT` has room for.
+pub const FAMILY_SLOTS: usize = 16;
+
+impl Family {
+    pub const ALL: [Family; 6] = [
+        Family::Info,
+        Family::Ports,
+        Family::Counters,
+        Family::Rss,
+        Family::Team,
+        Family::Pipeline,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Info => "info",
+            Family::Ports => "ports",
+            Family::Counters => "counters",
+            Family::Rss => "rss",
+            Family::Team => "team",
+            Family::Pipeline => "pipeline",
+        }
+    }
+
+    /// This xnic's version of the family: the highest version of its maps.
+    pub const fn version(self) -> u16 {
+        let mut v = 0;
+        let mut i = 0;
+        while i < MAPS.len() {
+            if MAPS[i].family as u8 == self as u8 && MAPS[i].version > v {
+                v = MAPS[i].version;
+            }
+            i += 1;
+        }
+        v
+    }
+}
+
+/// One map as the registry defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Entries (for `CPUMAP`: the most; the daemon sizes it to the host's CPUs).
+    pub max_entries: u32,
+    /// Pinned by name under `maps/`, so it outlives the daemon.
+    pub pinned: bool,
+    pub family: Family,
+    pub version: u16,
+    pub doc: &'static str,
+}
+
+impl MapSpec {
+    /// The spec of map `name`, if the registry has it.
+    pub fn find(name: &str) -> Option<&'static MapSpec> {
+        MAPS.iter().find(|m| m.name == name)
+    }
+}
+
+/// Calls `$callback!` with every map: `NAME: kind(Key => Value; entries), pinned|unpinned,
+/// Family version;` with its doc comment.
+#[macro_export]
+macro_rules! for_each_map {
+    ($callback:ident) => {
+        $callback! {
+            /// Layout version of the pinned maps (a whole-layout number, kept for daemons of
+            /// layout 4 and older, which know nothing else). For the daemon only.
+            INFO: array(u32 => $crate::maps::DataplaneInfo; 1), pinned, Info 1;
+            /// Version of each map family of the pinned maps. For the daemon only.
+            LAYOUT: array(u32 => $crate::maps::LayoutInfo; 1), pinned, Info 1;
+
+            /// ifindex → port slot, role, VM and the VM's first MAC. Written by the daemon,
+            /// read per frame.
+            PORTS_V2: hash(u32 => $crate::maps::PortEntry; $crate::limits::MAX_PORTS), pinned, Ports 2;
+            /// MAC → owning VM and the port it may send from. Written by the daemon, read
+            /// per frame.
+            MACS: hash($crate::maps::MacKey => $crate::maps::MacOwner; $crate::limits::MAX_MACS), pinned, Ports 1;
+            /// Port slot → interface, for the daemon only (survives restarts with the
+            /// counters).
+            PORT_TABLE: array(u32 => $crate::maps::PortRecord; $crate::limits::MAX_PORTS), pinned, Ports 1;
+            /// VM slot → VM name, for the daemon only.
+            VM_TABLE: array(u32 => $crate::maps::VmRecord; $crate::limits::MAX_VMS), pinned, Ports 1;
+
+            /// Per CPU: frames and bytes per port slot per verdict reason.
+            VERDICTS_V2: percpu_array(u32 => $crate::maps::Counter; $crate::limits::MAX_PORTS * $crate::limits::REASON_SLOTS as u32), pinned, Counters 2;
+            /// Per CPU: frames and bytes per port slot per notable shape (VLAN, fragment...).
+            SHAPES_V2: percpu_array(u32 => $crate::maps::Counter; $crate::limits::MAX_PORTS * $crate::limits::SHAPE_SLOTS as u32), pinned, Counters 2;
+            /// Per CPU: frames and bytes per VM slot, by direction.
+            VM_STATS: percpu_array(u32 => $crate::maps::VmCounters; $crate::limits::MAX_VMS), pinned, Counters 1;
+            /// Per CPU: frames and bytes per engine bucket, counted on the CPU that finished
+            /// them.
+            BUCKET_STATS: percpu_array(u32 => $crate::maps::Counter; $crate::rss::MAX_ENGINES * $crate::rss::MAX_TABLE_SIZE), pinned, Counters 1;
+            /// Per CPU: frames and bytes delivered per VM, counted on the CPU that finished
+            /// them.
+            VM_CPU_STATS: percpu_array(u32 => $crate::maps::Counter; $crate::limits::MAX_VMS), pinned, Counters 1;
+            /// Per CPU: steering events (`SteerCounter`).
+            STEER_STATS_V2: percpu_array(u32 => u64; $crate::limits::STEER_SLOTS as u32), pinned, Counters 2;
+            /// Per CPU: frames and bytes each VM sent through each member of its team.
+            TEAM_VM_STATS: percpu_array(u32 => $crate::maps::Counter; $crate::limits::MAX_VMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Counters 1;
+
+            /// CPU → queue and CPU-map program. Written by the daemon, used by the redirect.
+            CPUMAP: cpumap(u32 => u64; $crate::rss::MAX_CPUS), pinned, Rss 1;
+            /// Global steering settings (one entry). Written by the daemon.
+            RSS_CONFIG: array(u32 => $crate::rss::RssConfig; 1), pinned, Rss 1;
+            /// VM slot → engine. Written by the daemon (policy decisions), read per frame.
+            VM_RSS: array(u32 => $crate::rss::VmRss; $crate::limits::MAX_VMS), pinned, Rss 1;
+            /// Engine → table size. Written by the daemon.
+            ENGINES: array(u32 => $crate::rss::EngineEntry; $crate::rss::MAX_ENGINES), pinned, Rss 1;
+            /// Engine × bucket → CPU. Written by the daemon (rebalancing), read per frame.
+            RSS_TABLES: array(u32 => u32; $crate::rss::MAX_ENGINES * $crate::rss::MAX_TABLE_SIZE), pinned, Rss 1;
+            /// Flow hash → the flow's CPU and queued-frame counts. Written by both steering
+            /// programs.
+            FLOW_SLOTS: array(u32 => $crate::rss::FlowSlot; $crate::rss::FLOW_SLOTS), pinned, Rss 1;
+
+            /// VM slot → team, placement and allocation. Written by the daemon, read per
+            /// frame.
+            VM_TEAM: array(u32 => $crate::team::VmTeam; $crate::limits::MAX_VMS), pinned, Team 1;
+            /// VM slot → token bucket time. Written by the programs only.
+            VM_BUCKETS: array(u32 => $crate::team::VmBucket; $crate::limits::MAX_VMS), pinned, Team 1;
+            /// Team → members' ifindexes, the member that accepts group frames, the hash
+            /// seed.
+            TEAMS: array(u32 => $crate::team::TeamEntry; $crate::team::MAX_TEAMS), pinned, Team 1;
+            /// Team × flow-hash bucket → member (flow-hash placement). Written by the
+            /// daemon.
+            TEAM_TABLES: array(u32 => u32; $crate::team::MAX_TEAMS * $crate::team::TEAM_TABLE_SIZE), pinned, Team 1;
+            /// ifindex → itself, for every VM port and team uplink: where switched frames
+            /// are redirected.
+            TX_PORTS: devmap_hash(u32 => u64; $crate::limits::MAX_PORTS), pinned, Team 1;
+            /// Every VM port, and every team uplink with `xnic_flood` as its program:
+            /// broadcast targets.
+            FLOOD: devmap_hash(u32 => u64; $crate::limits::MAX_PORTS), pinned, Team 1;
+
+            /// Per CPU: the frame in flight, shared by the programs it passes through
+            /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
+            /// between frames.
+            SCRATCH: percpu_array(u32 => $crate::ctx::FrameCtx; 1), unpinned, Pipeline 1;
+            /// The pipeline's tail-called stages, by `ctx::Call`. Each daemon fills one of its
+            /// own and pins it under a name of its own (`calls/`), so programs of an older
+            /// daemon keep calling the stages they were built with until their links move to
+            /// the newer ones.
+            CALLS: prog_array(u32 => u32; $crate::ctx::CALL_SLOTS), unpinned, Pipeline 1;
+        }
+    };
+}
+
+/// Sizes of a map's key and value as the kernel sees them.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! map_sizes {
+    (cpumap, $k:ty, $v:ty) => {
+        // struct bpf_cpumap_val: queue size and program fd/id.
+        (4u32, 8u32)
+    };
+    (devmap_hash, $k:ty, $v:ty) => {
+        // struct bpf_devmap_val: ifindex and program fd/id.
+        (4u32, 8u32)
+    };
+    (prog_array, $k:ty, $v:ty) => {
+        (4u32, 4u32)
+    };
+    ($kind:ident, $k:ty, $v:ty) => {
+        (
+            ::core::mem::size_of::<$k>() as u32,
+            ::core::mem::size_of::<$v>() as u32,
+        )
+    };
+}
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! map_kind {
+    (hash) => {
+        $crate::mapdefs::MapKind::Hash
+    };
+    (array) => {
+        $crate::mapdefs::MapKind::Array
+    };
+    (percpu_array) => {
+        $crate::mapdefs::MapKind::PerCpuArray
+    };
+    (cpumap) => {
+        $crate::mapdefs::MapKind::CpuMap
+    };
+    (devmap_hash) => {
+        $crate::mapdefs::MapKind::DevMapHash
+    };
+    (prog_array) => {
+        $crate::mapdefs::MapKind::ProgArray
+    };
+}
+
+macro_rules! specs {
+    ($( $(#[doc = $doc:literal])* $name:ident: $kind:ident($k:ty => $v:ty; $len:expr), $pin:ident, $family:ident $version:literal; )*) => {
+        /// Every map, in the registry's order.
+        pub const MAPS: &[MapSpec] = &[
+            $(
+                MapSpec {
+                    name: stringify!($name),
+                    kind: map_kind!($kind),
+                    key_size: map_sizes!($kind, $k, $v).0,
+                    value_size: map_sizes!($kind, $k, $v).1,
+                    max_entries: $len,
+                    pinned: pinned!($pin),
+                    family: Family::$family,
+                    version: $version,
+                    doc: concat!($($doc, "\n"),*),
+                },
+            )*
+        ];
+    };
+}
+
+macro_rules! pinned {
+    (pinned) => {
+        true
+    };
+    (unpinned) => {
+        false
+    };
+}
+
+for_each_map!(specs);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_fit_the_kernel() {
+        for (i, m) in MAPS.iter().enumerate() {
+            // BPF_OBJ_NAME_LEN is 16 with the NUL: longer names are cut in the kernel.
+            assert!(m.name.len() <= 15, "{} is too long", m.name);
+            assert!(
+                MAPS[..i].iter().all(|o| o.name != m.name),
+                "{} twice",
+                m.name
+            );
+            assert!(!m.doc.is_empty(), "{} says what it is for", m.name);
+        }
+    }
+
+    #[test]
+    fn families_take_their_maps_highest_version() {
+        assert_eq!(Family::Ports.version(), 2);
+        assert_eq!(Family::Rss.version(), 1);
+    }
+}
