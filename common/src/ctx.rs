@@ -5,7 +5,7 @@
 
 use crate::{
     maps::{NO_VM, PortEntry},
-    parse::Parsed,
+    parse::{Layer, ParseError, Parsed},
     verdict::{Direction, Reason, Verdict},
 };
 
@@ -124,6 +124,10 @@ impl Call {
 /// Entries of `CALLS`: room for the stages later versions add (conntrack, NAT, routing...).
 pub const CALL_SLOTS: u32 = 16;
 
+const PARSE_OK: u8 = 0;
+const PARSE_TRUNCATED: u8 = 1;
+const PARSE_MALFORMED: u8 = 2;
+
 /// `FrameCtx::flags`: a port entry was found for the ingress interface (of this role).
 pub const CTX_PORT: u8 = 1;
 /// `FrameCtx::flags`: the frame parsed without error.
@@ -143,7 +147,9 @@ pub struct FrameCtx {
     pub port: PortEntry,
     /// [`CTX_PORT`] and friends.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// How parsing ended ([`FrameCtx::outcome`]).
+    pub parse: u8,
+    pub _pad: [u8; 2],
     /// The port of the VM a frame for a local VM goes to when xnic switches it (0: none).
     pub deliver_port: u32,
     /// The frame's `FLOW_SLOTS` index when it is steered (to undo its enqueue when the CPU
@@ -166,6 +172,7 @@ impl FrameCtx {
         self.len = len;
         self.ifindex = ifindex;
         self.flags = 0;
+        self.parse = PARSE_OK;
         self.deliver_port = 0;
         self.flow_slot = 0;
         self.member_counter = NO_COUNTER;
@@ -176,6 +183,32 @@ impl FrameCtx {
             deliver_to: NO_VM,
         };
         self.next = Next::KERNEL;
+    }
+
+    /// Records how parsing ended. Later steps read it back from the context rather than
+    /// carry the parser's result in a register: the verifier then sees one state after the
+    /// parser instead of one per place it can stop, which keeps the program far from its
+    /// limits.
+    #[inline(always)]
+    pub fn set_outcome(&mut self, outcome: Result<(), ParseError>) {
+        let code = match outcome {
+            Ok(()) => PARSE_OK,
+            Err(ParseError::Truncated(_)) => PARSE_TRUNCATED,
+            Err(ParseError::Malformed(_)) => PARSE_MALFORMED,
+        };
+        // SAFETY: a field of `self`; volatile so the value is not carried along in a register.
+        unsafe { core::ptr::write_volatile(&raw mut self.parse, code) };
+    }
+
+    /// How parsing ended (the layer an error was found in is not kept: no verdict needs it).
+    #[inline(always)]
+    pub fn outcome(&self) -> Result<(), ParseError> {
+        // SAFETY: a field of `self`; see `set_outcome`.
+        match unsafe { core::ptr::read_volatile(&raw const self.parse) } {
+            PARSE_OK => Ok(()),
+            PARSE_TRUNCATED => Err(ParseError::Truncated(Layer::Ethernet)),
+            _ => Err(ParseError::Malformed(Layer::Ethernet)),
+        }
     }
 
     #[inline(always)]

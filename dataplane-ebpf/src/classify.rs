@@ -4,7 +4,6 @@
 use xnic_common::{
     ctx::{CTX_GROUP, CTX_PARSED, CTX_PORT, Call, FrameCtx, Next},
     maps::{MacKey, MacOwner, PortRole},
-    parse::ParseError,
     verdict::{Action, Reason, decide, is_group, known_source, unicast_dst},
 };
 
@@ -18,7 +17,8 @@ pub enum Route {
 
 /// Looks up the port and the MACs that matter, and decides the verdict.
 #[inline(always)]
-pub fn classify(cx: &mut FrameCtx, role: PortRole, outcome: Result<(), ParseError>) {
+pub fn classify(cx: &mut FrameCtx, role: PortRole) {
+    let outcome = cx.outcome();
     // SAFETY: entries are plain data; the daemon replaces them whole, never in place.
     // A port entry for the other role means a stale attachment: counted as unknown.
     if let Some(p) = unsafe { PORTS_V2.get(cx.ifindex) }.filter(|p| p.role == role as u8) {

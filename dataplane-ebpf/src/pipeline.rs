@@ -40,7 +40,8 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     // buffer length covers at least the linear part.
     let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
     let outcome = parse(&frame, &mut cx.parsed);
-    classify::classify(cx, role, outcome);
+    cx.set_outcome(outcome);
+    classify::classify(cx, role);
     match classify::route(cx, role) {
         Route::Deliver => deliver(xdp, cx),
         Route::Call(call) => calls::jump(xdp, cx, call),

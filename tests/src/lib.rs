@@ -5,6 +5,8 @@
 //! starts with `xt<pid>x`, so leftovers of a killed test run are recognisable; [`sweep`]
 //! removes those whose process is gone.
 
+pub mod layout4;
+
 use std::{
     path::PathBuf,
     process::{Command, Output},

@@ -452,6 +452,26 @@ impl Dataplane {
         }
     }
 
+    /// Each program's verified instruction count (what the verifier processed), in load
+    /// order.
+    pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
+        PROGRAMS
+            .iter()
+            .map(|name| {
+                let prog: &Xdp = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?
+                    .try_into()?;
+                let n = prog
+                    .info()?
+                    .verified_instruction_count()
+                    .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))?;
+                Ok((*name, n))
+            })
+            .collect()
+    }
+
     /// Kernel id of the program for `role`.
     pub fn program_id(&self, role: PortRole) -> Option<u32> {
         let prog: &Xdp = self.ebpf.program(program_name(role))?.try_into().ok()?;
