@@ -28,8 +28,8 @@ pub enum NextKind {
 /// reason it had.
 pub const FAIL_TO_KERNEL: u32 = u32::MAX;
 
-/// The next hop.
-#[repr(C)]
+/// The next hop (8-byte aligned, for 8-byte copies).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Next {
     /// A [`NextKind`].

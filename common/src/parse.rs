@@ -104,61 +104,65 @@ pub enum ParseError {
 
 /// What the parser learned about a frame. Addresses are in network order; IPv4 addresses are
 /// stored IPv4-mapped (`::ffff:a.b.c.d`) so one layout serves both families.
+///
+/// The scalars every frame sets come first, in [`CLEARED_WORDS`] 8-byte words that
+/// [`Parsed::clear`] zeroes with as many stores; addresses and VLAN IDs follow, read only
+/// when those scalars say this frame set them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 // 8-byte alignment lets the BPF backend clear and copy it with 8-byte stores instead of a
 // byte-by-byte loop.
 #[repr(C, align(8))]
 pub struct Parsed {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
     pub vlan_count: u8,
-    /// VLAN IDs, outermost first.
-    pub vlan_ids: [u16; MAX_VLAN_TAGS],
-    /// The innermost ethertype reached.
-    pub ethertype: u16,
     pub l3: L3,
-    pub l3_offset: u16,
     /// Transport protocol (after IPv6 extension headers); meaningless when `l3` is `None`.
     pub ip_proto: u8,
-    pub src_ip: [u8; 16],
-    pub dst_ip: [u8; 16],
     pub fragment: Fragment,
-    /// Offset of the transport header, 0 when none was parsed.
-    pub l4_offset: u16,
-    /// TCP/UDP ports; 0 for other protocols and for fragments.
-    pub src_port: u16,
-    pub dst_port: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    pub _pad: u8,
+    /// The innermost ethertype reached.
+    pub ethertype: u16,
+    pub l3_offset: u16,
+    /// Offset of the transport header, 0 when none was parsed.
+    pub l4_offset: u16,
     /// Bit set of [`Shape`]s.
     pub shapes: u16,
+    /// TCP/UDP ports; 0 for other protocols and for fragments.
+    pub src_port: u16,
+    pub dst_port: u16,
     /// Where the parser is (an offset), and where the IP packet ends: scratch the parser
     /// passes its position through (see [`forget`]).
     pub cursor: u32,
     pub ip_end: u32,
+    /// VLAN IDs, outermost first.
+    pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
 }
+
+/// 8-byte words at the start of [`Parsed`] that [`Parsed::clear`] zeroes: every scalar up to
+/// and including `cursor`.
+pub const CLEARED_WORDS: usize = 3;
+
+const _: () = assert!(core::mem::offset_of!(Parsed, ip_end) == CLEARED_WORDS * 8);
 
 impl Parsed {
     /// Readies a reused `Parsed` for [`parse`] by clearing every field whose stale value a
-    /// consumer could read. Addresses and VLAN IDs are left as they are: they are only read
-    /// when `l3` and `vlan_count` say this frame set them. (Cheaper than writing the whole
-    /// struct, which the BPF backend turns into a byte-by-byte loop.)
+    /// consumer could read: three 8-byte stores. Addresses and VLAN IDs are left as they
+    /// are: they are only read when `l3` and `vlan_count` say this frame set them.
     #[inline(always)]
     pub fn clear(&mut self) {
-        self.vlan_count = 0;
-        self.ethertype = 0;
-        self.l3 = L3::None;
-        self.l3_offset = 0;
-        self.ip_proto = 0;
-        self.fragment = Fragment::None;
-        self.l4_offset = 0;
-        self.src_port = 0;
-        self.dst_port = 0;
-        self.tcp_flags = 0;
-        self.icmp_type = 0;
-        self.icmp_code = 0;
-        self.shapes = 0;
+        let words = (self as *mut Parsed).cast::<u64>();
+        for i in 0..CLEARED_WORDS {
+            // SAFETY: `Parsed` is `repr(C, align(8))` and its first `CLEARED_WORDS` words hold
+            // only integers and the fieldless enums `L3` and `Fragment`, for which all-zero is
+            // a valid value (`None`); the writes stay inside `self`.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
     }
 
     #[inline(always)]

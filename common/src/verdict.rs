@@ -85,11 +85,14 @@ impl Reason {
 
 /// Which way a frame goes relative to the VM it is attributed to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Direction {
     FromVm,
     ToVm,
 }
 
+/// 8-byte aligned: the programs keep it in the frame context and copy it with 8-byte moves.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub reason: Reason,
