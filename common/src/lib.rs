@@ -18,6 +18,7 @@ pub mod parse;
 pub mod rss;
 pub mod team;
 pub mod verdict;
+pub mod xmit;
 
 #[cfg(feature = "user")]
 mod pod;

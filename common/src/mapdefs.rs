@@ -141,6 +141,12 @@ macro_rules! for_each_map {
             STEER_STATS_V2: percpu_array(u32 => u64; $crate::limits::STEER_SLOTS as u32), pinned, Counters 2;
             /// Per CPU: frames and bytes each VM sent through each member of its team.
             TEAM_VM_STATS: percpu_array(u32 => $crate::maps::Counter; $crate::limits::MAX_VMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Counters 1;
+            /// Per CPU: frames redirected to a port (by its slot) that the kernel dropped on
+            /// the way out (`xdp:xdp_devmap_xmit`).
+            XMIT_DROPS: percpu_array(u32 => u64; $crate::limits::MAX_PORTS), pinned, Counters 2;
+            /// Per CPU: frames steered to a CPU (by its number) whose CPU-map queue was full
+            /// (`xdp:xdp_cpumap_enqueue`).
+            QUEUE_DROPS: percpu_array(u32 => u64; $crate::rss::MAX_CPUS), pinned, Counters 2;
 
             /// CPU → queue and CPU-map program. Written by the daemon, used by the redirect.
             CPUMAP: cpumap(u32 => u64; $crate::rss::MAX_CPUS), pinned, Rss 1;
@@ -178,6 +184,13 @@ macro_rules! for_each_map {
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
             /// between frames.
             SCRATCH: percpu_array(u32 => $crate::ctx::FrameCtx; 1), unpinned, Pipeline 1;
+            /// Per CPU: this instance's redirects, so the devmap tracepoint tells its flushes
+            /// from another namespace's (`xmit::RedirectMark`). Not pinned: each daemon's
+            /// programs keep their own.
+            REDIRECT_MARK: percpu_array(u32 => $crate::xmit::RedirectMark; 1), unpinned, Pipeline 1;
+            /// What the tracepoint programs need to know about this instance (its CPU map's
+            /// id). Written at load.
+            TRACE_CONFIG: array(u32 => $crate::xmit::TraceConfig; 1), unpinned, Pipeline 1;
             /// The pipeline's tail-called stages, by `ctx::Call`. Each daemon fills one of its
             /// own and pins it under a name of its own (`calls/`), so programs of an older
             /// daemon keep calling the stages they were built with until their links move to

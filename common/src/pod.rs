@@ -39,3 +39,7 @@ unsafe impl aya::Pod for VmTeam {}
 unsafe impl aya::Pod for TeamEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for VmBucket {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::xmit::TraceConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::xmit::RedirectMark {}

@@ -21,7 +21,7 @@ use xnic_common::{
 
 use crate::{
     maps::{CPUMAP, FLOOD, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS},
-    steer,
+    steer, xmit,
 };
 
 /// Redirects to a port in `TX_PORTS` (a VM port or a team uplink).
@@ -47,10 +47,17 @@ fn failed(cx: &mut FrameCtx) -> u32 {
 fn redirect(cx: &mut FrameCtx) -> u32 {
     let next = cx.next;
     if next.kind == NextKind::Port as u8 {
-        return to_port(next.target).unwrap_or_else(|| failed(cx));
+        return match to_port(next.target) {
+            Some(action) => {
+                xmit::mark_redirect();
+                action
+            }
+            None => failed(cx),
+        };
     }
     if next.kind == NextKind::Flood as u8 {
         // Every port but the one it came in on; team uplinks filter their copies.
+        xmit::mark_redirect();
         return FLOOD
             .redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64)
             .unwrap_or(xdp_action::XDP_PASS);

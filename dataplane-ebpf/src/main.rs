@@ -5,7 +5,10 @@
 //! - `xnic_team`, `xnic_steer`: stages reached by tail calls (`CALLS`): a teamed VM's frame
 //!   for the network, and software RSS for a frame for a VM;
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
-//! - `xnic_flood`: filters broadcast copies bound for a team uplink.
+//! - `xnic_flood`: filters broadcast copies bound for a team uplink;
+//! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints that count
+//!   frames the kernel drops after a redirect (a target that cannot take them, a full port
+//!   or CPU queue).
 //!
 //! Every frame ends in `deliver`, the one place that counts a frame and redirects it.
 #![no_std]
@@ -21,8 +24,12 @@ mod maps;
 mod pipeline;
 mod steer;
 mod team;
+mod xmit;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
+};
 use xnic_common::maps::PortRole;
 
 /// Frames arriving from the network on a host uplink.
@@ -61,6 +68,27 @@ pub fn xnic_cpumap(ctx: XdpContext) -> u32 {
 #[xdp(frags, map = "devmap")]
 pub fn xnic_flood(ctx: XdpContext) -> u32 {
     team::flood_filter(&ctx)
+}
+
+/// `xdp:xdp_devmap_xmit`: counts frames the kernel dropped at a port after a redirect.
+#[tracepoint]
+pub fn xnic_xmit_drops(ctx: TracePointContext) -> u32 {
+    xmit::devmap_xmit(&ctx);
+    0
+}
+
+/// `xdp:xdp_redirect_err`: counts frames whose redirect failed in the kernel.
+#[tracepoint]
+pub fn xnic_redirect_err(ctx: TracePointContext) -> u32 {
+    xmit::redirect_err(&ctx);
+    0
+}
+
+/// `xdp:xdp_cpumap_enqueue`: counts frames dropped at a full CPU-map queue.
+#[tracepoint]
+pub fn xnic_queue_drops(ctx: TracePointContext) -> u32 {
+    xmit::cpumap_enqueue(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -205,6 +205,7 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     if m.deliver_ifindex != 0
         && let Some(redirect) = crate::deliver::to_port(m.deliver_ifindex)
     {
+        crate::xmit::mark_redirect();
         return redirect;
     }
     xdp_action::XDP_PASS

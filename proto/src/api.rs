@@ -158,6 +158,9 @@ pub struct StatsView {
     pub unknown_port: Count,
     /// Frames each CPU processed (all ports), index = CPU number.
     pub cpus: Vec<Count>,
+    /// Frames steered to each CPU that its full CPU-map queue dropped, index = CPU number.
+    #[serde(default)]
+    pub cpu_queue_dropped: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +174,11 @@ pub struct PortStats {
     pub reasons: BTreeMap<String, Count>,
     /// Frames and bytes by notable shape (only shapes seen).
     pub shapes: BTreeMap<String, Count>,
+    /// Frames xnic redirected to this port (counted where they arrived, as `to_uplink`,
+    /// `to_vm`, ...) that the kernel dropped on the way out: a full queue, a port that cannot
+    /// take redirected frames, a link that is down.
+    #[serde(default)]
+    pub redirect_dropped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

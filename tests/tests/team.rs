@@ -384,3 +384,62 @@ fn teams_that_cannot_work_are_refused_with_the_field_named() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+/// Received frames of an interface in namespace `ns`, as the kernel counts them.
+fn rx_packets(ns: &str, dev: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
+
+#[test]
+fn frames_the_kernel_drops_after_a_redirect_are_counted_on_the_port() {
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &[""],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]\npolicy = \"failover\"",
+    ));
+    // The tor side of up0 stops taking redirected frames (a veth needs NAPI on the peer for
+    // them): the kernel drops every frame xnic sends out of up0.
+    let tor = t.lab.tor_ns();
+    let peer = tor_port("up0");
+    let ethtool = |gro: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &tor, "ethtool", "-K", &peer, "gro", gro])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    ethtool("off");
+    let tor_before = rx_packets(&tor, &peer);
+    let (rx, dst) = tor_sink(&t, SINK_PORT);
+    let sent = send(&t, "vm0", dst, 4, 2000, 0.5, 64).join().unwrap();
+    let got = rx.stop().unwrap();
+    ethtool("on");
+    assert_eq!(got.received, 0, "nothing got through up0");
+    let tor_got = rx_packets(&tor, &peer) - tor_before;
+    let stats = t.stats();
+    let redirected = reason_count(&stats, "vm0", "to_uplink").packets;
+    let up0 = stats.ports.iter().find(|p| p.name == "up0").unwrap();
+    assert_eq!(redirected, sent.sent, "counted where they arrived");
+    assert_eq!(
+        up0.redirect_dropped + tor_got,
+        redirected,
+        "every redirected frame either arrived or is counted as dropped at up0"
+    );
+    assert_eq!(up0.redirect_dropped, sent.sent);
+    let (status, body) = block_on(t.client().request(Method::GET, "/metrics")).unwrap();
+    assert!(status.is_success());
+    let m = String::from_utf8_lossy(&body);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("xnic_port_redirect_dropped_packets")
+                && l.contains("port=\"up0\"")
+                && l.ends_with(&format!(" {}", sent.sent))),
+        "{m}"
+    );
+}

@@ -468,7 +468,10 @@ fn clock(unix_ms: u64) -> String {
 
 pub fn stats(s: &StatsView) -> String {
     let mut out = String::new();
-    let mut t = table(&["PORT", "ROLE", "FRAMES", "BYTES", "RATE"], 2);
+    let mut t = table(
+        &["PORT", "ROLE", "FRAMES", "BYTES", "RATE", "REDIRECT DROPS"],
+        2,
+    );
     for p in &s.ports {
         t.add_row(vec![
             p.name.clone(),
@@ -476,6 +479,7 @@ pub fn stats(s: &StatsView) -> String {
             p.total.packets.to_string(),
             bytes(p.total.bytes),
             rate(p.rate),
+            p.redirect_dropped.to_string(),
         ]);
     }
     let _ = writeln!(out, "{t}\n");
@@ -540,9 +544,14 @@ pub fn stats(s: &StatsView) -> String {
             bytes(s.unknown_port.bytes)
         );
     }
-    let mut t = table(&["CPU", "FRAMES", "BYTES"], 1);
+    let mut t = table(&["CPU", "FRAMES", "BYTES", "QUEUE DROPS"], 1);
     for (i, c) in s.cpus.iter().enumerate() {
-        t.add_row(vec![i.to_string(), c.packets.to_string(), bytes(c.bytes)]);
+        t.add_row(vec![
+            i.to_string(),
+            c.packets.to_string(),
+            bytes(c.bytes),
+            s.cpu_queue_dropped.get(i).copied().unwrap_or(0).to_string(),
+        ]);
     }
     let _ = writeln!(out, "{t}");
     if s.interval_secs > 0.0 {

@@ -119,6 +119,23 @@ impl Collector for Snapshot {
             "Frames with a notable shape (VLAN, fragment, ...) seen on a port",
             &shapes,
         )?;
+        let redirect_dropped: Vec<(Labels, u64)> = self
+            .stats
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    vec![inst(), ("port", p.name.clone()), ("role", role(p.role))],
+                    p.redirect_dropped,
+                )
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "xnic_port_redirect_dropped_packets",
+            "Frames redirected to a port that the kernel dropped on the way out (full queue, port that cannot take them, link down)",
+            &redirect_dropped,
+        )?;
 
         let mut vm_packets = Vec::new();
         let mut vm_bytes = Vec::new();
@@ -173,6 +190,19 @@ impl Collector for Snapshot {
             "xnic_cpu_packets",
             "Frames the XDP programs processed on each CPU",
             &cpus,
+        )?;
+        let queue: Vec<(Labels, u64)> = self
+            .stats
+            .cpu_queue_dropped
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (vec![inst(), ("cpu", i.to_string())], *n))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "xnic_cpu_queue_dropped_packets",
+            "Frames steered to a CPU that its full CPU-map queue dropped",
+            &queue,
         )?;
         let events: Vec<(Labels, u64)> = self
             .events

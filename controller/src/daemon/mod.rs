@@ -10,6 +10,7 @@
 mod ebpf_log;
 mod http;
 mod metrics;
+mod sample;
 mod sampler;
 mod views;
 
@@ -84,11 +85,8 @@ impl Daemon {
     fn fresh(
         &self,
         snap: &Snapshot,
-    ) -> anyhow::Result<(
-        crate::monitor::sample::Sample,
-        crate::monitor::sample::Rates,
-    )> {
-        let sample = crate::monitor::sample::Sample::take(&self.counters, snap)?;
+    ) -> anyhow::Result<(crate::daemon::sample::Sample, crate::daemon::sample::Rates)> {
+        let sample = crate::daemon::sample::Sample::take(&self.counters, snap)?;
         let rates = lock(&self.sampled).rates.clone();
         Ok((sample, rates))
     }
@@ -127,7 +125,7 @@ impl Daemon {
                 .map(|v| v.name.clone())
                 .collect()));
         }
-        let sample = crate::monitor::sample::Sample::take_vm(&self.counters, &snap, name)?;
+        let sample = crate::daemon::sample::Sample::take_vm(&self.counters, &snap, name)?;
         let rates = lock(&self.sampled).rates.clone();
         Ok(Ok(views::vm(&snap, &sample, &rates, name, &self.counters)?))
     }

@@ -13,13 +13,11 @@ use std::{
 
 use tracing::warn;
 
+use super::sample::{Rates, Sample};
 use crate::{
     dataplane::{Counters, PinDir},
     features::{rss::RssSample, team::TeamSample},
-    monitor::{
-        cpu::CpuMonitor,
-        sample::{Rates, Sample},
-    },
+    monitor::cpu::CpuMonitor,
     reconcile::{self, Command, Handle, Published, Snapshot},
 };
 

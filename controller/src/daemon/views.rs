@@ -12,13 +12,11 @@ use xnic_proto::api::{
     VmStats, VmView,
 };
 
+use super::sample::{Rates, Sample, total};
 use crate::{
     dataplane::{Counters, PortCounters},
     features::base::wanted_ports,
-    monitor::{
-        links::LinkState,
-        sample::{Rates, Sample, total},
-    },
+    monitor::links::LinkState,
     reconcile::Snapshot,
 };
 
@@ -168,6 +166,7 @@ fn port_stats(name: &str, r: PortRole, slot: u32, c: &PortCounters, rates: &Rate
         rate: rates.ports.get(name).copied().unwrap_or_default(),
         reasons,
         shapes,
+        redirect_dropped: c.redirect_dropped,
     }
 }
 
@@ -196,5 +195,6 @@ pub fn stats(snap: &Snapshot, sample: &Sample, rates: &Rates) -> StatsView {
         vms,
         unknown_port: total(&sample.unknown_port).into(),
         cpus: sample.cpus.iter().map(|c: &Counter| (*c).into()).collect(),
+        cpu_queue_dropped: sample.queue_drops.clone(),
     }
 }

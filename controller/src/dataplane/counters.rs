@@ -22,6 +22,8 @@ use super::{
 pub struct PortCounters {
     pub reasons: [Counter; Reason::COUNT],
     pub shapes: [Counter; Shape::COUNT],
+    /// Frames redirected to this port that the kernel dropped on the way out.
+    pub redirect_dropped: u64,
 }
 
 /// Read-only handles on every counter map.
@@ -33,6 +35,8 @@ pub struct Counters {
     buckets: PerCpuArray<MapData, Counter>,
     steer: PerCpuArray<MapData, u64>,
     team_vm: PerCpuArray<MapData, Counter>,
+    xmit_drops: PerCpuArray<MapData, u64>,
+    queue_drops: PerCpuArray<MapData, u64>,
 }
 
 fn open<M: Registered>(pins: &PinDir) -> anyhow::Result<PerCpuArray<MapData, M::Value>>
@@ -69,6 +73,8 @@ impl Counters {
             buckets: open::<registry::BUCKET_STATS>(pins)?,
             steer: open::<registry::STEER_STATS_V2>(pins)?,
             team_vm: open::<registry::TEAM_VM_STATS>(pins)?,
+            xmit_drops: open::<registry::XMIT_DROPS>(pins)?,
+            queue_drops: open::<registry::QUEUE_DROPS>(pins)?,
         })
     }
 
@@ -93,7 +99,15 @@ impl Counters {
                 Counter::merged,
             )?;
         }
+        out.redirect_dropped = sum(&self.xmit_drops, slot, 0, u64::wrapping_add)?;
         Ok(out)
+    }
+
+    /// Per CPU (by number): frames steered there that its full CPU-map queue dropped.
+    pub fn queue_drops(&self, cpus: usize) -> anyhow::Result<Vec<u64>> {
+        (0..cpus as u32)
+            .map(|cpu| sum(&self.queue_drops, cpu, 0, u64::wrapping_add))
+            .collect()
     }
 
     pub fn vm(&self, slot: u32) -> anyhow::Result<VmCounters> {

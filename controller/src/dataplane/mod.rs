@@ -52,7 +52,7 @@ use xnic_common::{
 
 use self::registry::Registered;
 pub use self::{
-    bpffs::ensure_bpffs,
+    bpffs::{ensure_bpffs, ensure_tracefs},
     counters::{Counters, PortCounters},
 };
 use crate::config::XdpModePref;
@@ -89,6 +89,11 @@ impl PinDir {
     /// Where each daemon pins its table of tail-called stages (`calls/<program id>`).
     pub fn calls(&self) -> PathBuf {
         self.0.join("calls")
+    }
+
+    /// Where the tracepoint links are pinned (`trace/<program>`).
+    pub fn trace(&self) -> PathBuf {
+        self.0.join("trace")
     }
 
     pub fn exists(&self) -> bool {
@@ -141,7 +146,7 @@ impl Dataplane {
         } else {
             upgrade::inspect(&pins)?
         };
-        for dir in [pins.maps(), pins.links(), pins.calls()] {
+        for dir in [pins.maps(), pins.links(), pins.calls(), pins.trace()] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
         }
@@ -184,6 +189,9 @@ impl Dataplane {
             upgrading: None,
         };
         dp.fill_calls()?;
+        if let Err(e) = dp.attach_tracepoints() {
+            warn!(error = %format!("{e:#}"), "frames the kernel drops after a redirect will not be counted");
+        }
         match found {
             upgrade::Found::Nothing => {
                 let now = SystemTime::now()
@@ -260,6 +268,89 @@ impl Dataplane {
             calls
                 .set(*call as u32, fd, 0)
                 .with_context(|| format!("cannot put stage {} in CALLS", call.program()))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the tracepoints that count frames the kernel drops after a redirect (a
+    /// target port that cannot take them, a full CPU queue), replacing an earlier daemon's.
+    fn attach_tracepoints(&mut self) -> anyhow::Result<()> {
+        use aya::programs::{TracePoint, trace_point::TracePointLink};
+        use xnic_common::xmit::*;
+        let tracefs = ensure_tracefs()?;
+        let expect = [
+            (
+                "xdp_redirect_err",
+                REDIRECT_ERR_PROGRAM,
+                &[
+                    ("map_id", REDIRECT_ERR_MAP_ID),
+                    ("map_index", REDIRECT_ERR_MAP_INDEX),
+                ][..],
+            ),
+            (
+                "xdp_devmap_xmit",
+                XMIT_PROGRAM,
+                &[
+                    ("from_ifindex", DEVMAP_XMIT_FROM_IFINDEX),
+                    ("to_ifindex", DEVMAP_XMIT_TO_IFINDEX),
+                    ("drops", DEVMAP_XMIT_DROPS),
+                ][..],
+            ),
+            (
+                "xdp_cpumap_enqueue",
+                QUEUE_PROGRAM,
+                &[
+                    ("map_id", CPUMAP_ENQUEUE_MAP_ID),
+                    ("drops", CPUMAP_ENQUEUE_DROPS),
+                    ("to_cpu", CPUMAP_ENQUEUE_TO_CPU),
+                ][..],
+            ),
+        ];
+        let id = |map: &aya::maps::Map| match map {
+            aya::maps::Map::CpuMap(d) | aya::maps::Map::DevMapHash(d) => {
+                d.info().map(|i| i.id()).map_err(anyhow::Error::from)
+            }
+            _ => Err(anyhow!("not a redirect map")),
+        };
+        let config = TraceConfig {
+            cpumap_id: id(self.map(registry::CPUMAP::NAME)?)?,
+            tx_ports_id: id(self.map(registry::TX_PORTS::NAME)?)?,
+            flood_id: id(self.map(registry::FLOOD::NAME)?)?,
+            _pad: 0,
+        };
+        self.array_mut::<registry::TRACE_CONFIG>()?
+            .set(0, config, 0)?;
+        for (event, program, fields) in expect {
+            let path = tracefs.join("events/xdp").join(event).join("format");
+            let format = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            for (field, offset) in fields {
+                if bpffs::field_offset(&format, field) != Some(*offset) {
+                    anyhow::bail!(
+                        "xdp:{event} has field {field} at {:?}, not at {offset} as xnic expects",
+                        bpffs::field_offset(&format, field)
+                    );
+                }
+            }
+            let pin = self.pins.trace().join(program);
+            // The earlier daemon's link goes first: two would count every drop twice.
+            let _ = fs::remove_file(&pin);
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("the XDP object has no program {program}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected tracepoint program {program}"))?;
+            let id = prog
+                .attach("xdp", event)
+                .with_context(|| format!("cannot attach to xdp:{event}"))?;
+            let link: TracePointLink = prog.take_link(id)?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|_| anyhow!("xdp:{event} was attached without a bpf_link"))?;
+            link.pin(&pin)
+                .with_context(|| format!("cannot pin {}", pin.display()))?;
         }
         Ok(())
     }
@@ -457,12 +548,12 @@ impl Dataplane {
     pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
         PROGRAMS
             .iter()
+            .chain(&[REDIRECT_ERR_PROGRAM, XMIT_PROGRAM, QUEUE_PROGRAM])
             .map(|name| {
-                let prog: &Xdp = self
+                let prog = self
                     .ebpf
                     .program(name)
-                    .ok_or_else(|| anyhow!("no program {name}"))?
-                    .try_into()?;
+                    .ok_or_else(|| anyhow!("no program {name}"))?;
                 let n = prog
                     .info()?
                     .verified_instruction_count()
@@ -840,6 +931,11 @@ impl Dataplane {
 /// The program each CPU-map entry runs on its CPU.
 const CPUMAP_PROGRAM: &str = "xnic_cpumap";
 
+/// The tracepoint programs.
+const REDIRECT_ERR_PROGRAM: &str = "xnic_redirect_err";
+const XMIT_PROGRAM: &str = "xnic_xmit_drops";
+const QUEUE_PROGRAM: &str = "xnic_queue_drops";
+
 /// The program each team uplink's `FLOOD` entry runs on broadcast copies.
 const FLOOD_PROGRAM: &str = "xnic_flood";
 
@@ -885,6 +981,10 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         info!(interface = %link, "detached");
         done.links.push(link);
+    }
+    for trace in list_dir(&pins.trace())? {
+        let path = pins.trace().join(&trace);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
     // The stage tables hold the stages; the programs hold the tables: links first, so no
     // program is left calling into an emptied table.

@@ -1,5 +1,5 @@
-//! What the daemon observes: dataplane counters (sampled into rates) and kernel state.
+//! What the daemon observes of the kernel: interfaces (rtnetlink) and where CPU time goes
+//! (/proc).
 
 pub mod cpu;
 pub mod links;
-pub mod sample;

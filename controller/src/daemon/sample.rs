@@ -25,6 +25,8 @@ pub struct Sample {
     pub unknown_port: PortCounters,
     /// Frames per CPU over all ports.
     pub cpus: Vec<Counter>,
+    /// Per CPU: frames its full CPU-map queue dropped.
+    pub queue_drops: Vec<u64>,
 }
 
 impl Sample {
@@ -43,12 +45,14 @@ impl Sample {
                 vms.insert(v.name.clone(), counters.vm(slot)?);
             }
         }
+        let queue_drops = counters.queue_drops(snap.nr_cpus)?;
         Ok(Sample {
             at: Instant::now(),
             ports,
             vms,
             unknown_port,
             cpus,
+            queue_drops,
         })
     }
 
@@ -71,6 +75,7 @@ impl Sample {
             vms,
             unknown_port: PortCounters::default(),
             cpus,
+            queue_drops: Vec::new(),
         })
     }
 }

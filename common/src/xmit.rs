@@ -1,0 +1,48 @@
+//! Frames the kernel drops after the dataplane redirected them: a target port that cannot
+//! take redirected frames (`xdp:xdp_redirect_err`, at the redirect) or whose queue is full
+//! (`xdp:xdp_devmap_xmit`, at the flush), a CPU whose CPU-map queue is full
+//! (`xdp:xdp_cpumap_enqueue`). The programs count a frame where they
+//! redirect it; these tracepoints count it again where the kernel gives up on it, so every
+//! frame is accounted for.
+
+/// Field offsets in the `xdp:xdp_devmap_xmit` record (its `format` file in tracefs; the
+/// daemon checks them before attaching).
+pub const DEVMAP_XMIT_FROM_IFINDEX: usize = 8;
+pub const DEVMAP_XMIT_TO_IFINDEX: usize = 16;
+pub const DEVMAP_XMIT_DROPS: usize = 20;
+
+/// Field offsets in the `xdp:xdp_redirect_err` record.
+pub const REDIRECT_ERR_MAP_ID: usize = 28;
+pub const REDIRECT_ERR_MAP_INDEX: usize = 32;
+
+/// Field offsets in the `xdp:xdp_cpumap_enqueue` record.
+pub const CPUMAP_ENQUEUE_MAP_ID: usize = 8;
+pub const CPUMAP_ENQUEUE_DROPS: usize = 20;
+pub const CPUMAP_ENQUEUE_TO_CPU: usize = 28;
+
+/// A flush on a CPU within this long of one of this instance's redirects there is taken as
+/// this instance's. (The devmap record names interfaces by index only, and another network
+/// namespace can have the same indexes; a flush follows its redirects within microseconds.)
+pub const FLUSH_WINDOW_NS: u64 = 1_000_000;
+
+/// `TRACE_CONFIG[0]`: what the tracepoint programs need to tell this instance's events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Kernel ids of this instance's redirect maps (the records of failed redirects and CPU
+    /// queues name their map).
+    pub cpumap_id: u32,
+    pub tx_ports_id: u32,
+    pub flood_id: u32,
+    pub _pad: u32,
+}
+
+/// `REDIRECT_MARK[0]`, per CPU: redirects made here, and when the devmap tracepoint last
+/// saw the count move.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectMark {
+    pub redirects: u64,
+    pub seen: u64,
+    pub seen_at_ns: u64,
+}
