@@ -166,6 +166,13 @@ pub fn trafgen(
 /// Datagrams that reached the UDP layer of namespace `ns`: queued to a socket
 /// (`InDatagrams`) or refused by a full one (`RcvbufErrors`).
 pub fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
+    let (datagrams, rcvbuf) = udp_counters(ns)?;
+    Ok(datagrams + rcvbuf)
+}
+
+/// The UDP layer of namespace `ns`: datagrams it took, and those it refused because a
+/// socket's receive buffer was full (`InDatagrams`, `RcvbufErrors` of /proc/net/snmp).
+pub fn udp_counters(ns: &str) -> anyhow::Result<(u64, u64)> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
         .output()?;
@@ -185,7 +192,7 @@ pub fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
             .parse()
             .with_context(|| format!("bad {name}"))
     };
-    Ok(column("InDatagrams")? + column("RcvbufErrors")?)
+    Ok((column("InDatagrams")?, column("RcvbufErrors")?))
 }
 
 /// Frames an XDP program on `dev` in `ns` has seen (veth counts them per receive queue).

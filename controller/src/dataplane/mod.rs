@@ -999,6 +999,7 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
     }
     for dir in [
         pins.links(),
+        pins.trace(),
         pins.calls(),
         pins.maps(),
         pins.path().to_owned(),

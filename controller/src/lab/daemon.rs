@@ -82,7 +82,7 @@ impl DaemonProcess {
                     log.join("\n")
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
