@@ -158,9 +158,13 @@ macro_rules! for_each_map {
             ENGINES: array(u32 => $crate::rss::EngineEntry; $crate::rss::MAX_ENGINES), pinned, Rss 1;
             /// Engine × bucket → CPU. Written by the daemon (rebalancing), read per frame.
             RSS_TABLES: array(u32 => u32; $crate::rss::MAX_ENGINES * $crate::rss::MAX_TABLE_SIZE), pinned, Rss 1;
-            /// Flow hash → the flow's CPU and queued-frame counts. Written by both steering
-            /// programs.
-            FLOW_SLOTS: array(u32 => $crate::rss::FlowSlot; $crate::rss::FLOW_SLOTS), pinned, Rss 1;
+            /// Flow slot → the CPU its frames go to and how many were sent there. Written per
+            /// frame by the steer stage only.
+            FLOW_SLOTS_V2: array(u32 => $crate::rss::FlowSlot; $crate::rss::FLOW_SLOTS), pinned, Rss 2;
+            /// Flow slot → frames the CPU-map program took off a queue, and when. Written per
+            /// frame by the CPU-map program only (apart from `FLOW_SLOTS_V2`, so neither side
+            /// writes the other's cache lines).
+            FLOW_DONE: array(u32 => $crate::rss::FlowDone; $crate::rss::FLOW_SLOTS), pinned, Rss 2;
 
             /// VM slot → team, placement and allocation. Written by the daemon, read per
             /// frame.
@@ -299,6 +303,6 @@ mod tests {
     #[test]
     fn families_take_their_maps_highest_version() {
         assert_eq!(Family::Ports.version(), 2);
-        assert_eq!(Family::Rss.version(), 1);
+        assert_eq!(Family::Rss.version(), 2);
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::{
     maps::{Counter, DataplaneInfo, MacKey, MacOwner, PortEntry, PortRecord, VmCounters, VmRecord},
-    rss::{EngineEntry, FlowSlot, RssConfig, VmRss},
+    rss::{EngineEntry, FlowDone, FlowSlot, RssConfig, VmRss},
     team::{TeamEntry, VmBucket, VmTeam},
 };
 
@@ -33,6 +33,8 @@ unsafe impl aya::Pod for VmRss {}
 unsafe impl aya::Pod for EngineEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowDone {}
 // SAFETY: as above.
 unsafe impl aya::Pod for VmTeam {}
 // SAFETY: as above.

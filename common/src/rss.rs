@@ -8,7 +8,8 @@
 //!
 //! Ordering: every flow (by hash) owns a *flow slot* remembering the CPU its frames went to
 //! and how many are still queued there (enqueued on the receiving CPU, dequeued by the
-//! CPU-map program). When the table names another CPU, the flow moves only once nothing of it
+//! CPU-map program; each side writes an array of its own, so a frame never pulls a cache line
+//! from the other CPU). When the table names another CPU, the flow moves only once nothing of it
 //! is queued on the old CPU and the old CPU has had [`DRAIN_GRACE_NS`] to push the last frame
 //! through the stack behind it. A queue that has not drained after [`MAX_DRAIN_NS`] is
 //! overloaded and dropping; the flow then moves anyway, and the switch is counted as forced.
@@ -27,10 +28,12 @@ pub const MAX_ENGINES: u32 = 64;
 /// CPUs the CPU map covers (its key is the CPU number).
 pub const MAX_CPUS: u32 = 512;
 
-/// Flow slots, indexed by flow hash. Flows that share a slot only wait for each other's
-/// queued frames when their CPU changes; 65536 makes that rare at tens of thousands of
-/// concurrent flows per host (≈2.6 MiB).
-pub const FLOW_SLOTS: u32 = 65536;
+/// Flow slots, indexed by the low bits of the flow hash. 16384 keeps each side's array
+/// (256 KiB) in a core's L2 cache however many flows there are: with 65536 slots, a host with
+/// tens of thousands of flows took a cache miss on every frame's slot, a fifth of the steering
+/// stage's cost. Flows that share a slot share a bucket, and wait for each other's queued
+/// frames only while that bucket changes CPU.
+pub const FLOW_SLOTS: u32 = 16384;
 
 /// Frames each CPU's CPU-map queue holds: ~2 ms of work at 1 Mpps, enough to absorb bursts
 /// without hiding overload.
@@ -98,19 +101,35 @@ pub fn bucket_index(engine: u32, bucket: u32) -> u32 {
     engine * MAX_TABLE_SIZE + bucket
 }
 
-/// `FLOW_SLOTS[hash % FLOW_SLOTS]`: where a flow's frames go now, and how many are queued.
-/// `cpu` and `waiting_since_ns` are written by the receiving side, `dequeued` and
-/// `last_dequeue_ns` by the CPU-map program; the counters are updated atomically.
+/// `FLOW_SLOTS_V2[hash % FLOW_SLOTS]`, written by the receiving side only: where the flow's
+/// frames go now and how many were sent there. The count is updated atomically (flows of
+/// two receiving CPUs can share a slot) and wraps; only its distance from
+/// [`FlowDone::dequeued`] means anything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     pub cpu: u32,
-    pub _pad: u32,
-    pub enqueued: u64,
-    pub dequeued: u64,
-    pub last_dequeue_ns: u64,
+    pub enqueued: u32,
     /// When the flow started waiting to move (0: not waiting).
     pub waiting_since_ns: u64,
+}
+
+/// `FLOW_DONE[slot]`, written by the CPU-map program only: frames of the slot it took off a
+/// queue, and when it last did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowDone {
+    pub dequeued: u32,
+    pub _pad: u32,
+    pub last_dequeue_ns: u64,
+}
+
+/// Frames of a slot still queued, from its two counts. A count that runs ahead of the other
+/// (frames queued by an older dataplane's programs when this one took over) reads as none.
+#[inline(always)]
+pub fn queued(enqueued: u32, dequeued: u32) -> u32 {
+    let d = enqueued.wrapping_sub(dequeued) as i32;
+    if d > 0 { d as u32 } else { 0 }
 }
 
 /// XDP metadata the receiving side puts in front of a steered frame for the CPU-map program.
@@ -165,7 +184,7 @@ pub enum Handover {
 pub fn handover(
     current: u32,
     want: u32,
-    in_flight: u64,
+    in_flight: u32,
     last_dequeue_ns: u64,
     waiting_since_ns: u64,
     now_ns: u64,

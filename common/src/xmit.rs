@@ -5,20 +5,23 @@
 //! redirect it; these tracepoints count it again where the kernel gives up on it, so every
 //! frame is accounted for.
 
-/// Field offsets in the `xdp:xdp_devmap_xmit` record (its `format` file in tracefs; the
-/// daemon checks them before attaching).
-pub const DEVMAP_XMIT_FROM_IFINDEX: usize = 8;
-pub const DEVMAP_XMIT_TO_IFINDEX: usize = 16;
-pub const DEVMAP_XMIT_DROPS: usize = 20;
+/// The `xdp_devmap_xmit` raw tracepoint's arguments (its `TP_PROTO`, in order; the daemon
+/// checks them against the kernel's BTF before attaching), and the ones read.
+pub const DEVMAP_XMIT_ARGS: [&str; 5] = ["from_dev", "to_dev", "sent", "drops", "err"];
+pub const DEVMAP_XMIT_FROM_DEV: usize = 0;
+pub const DEVMAP_XMIT_TO_DEV: usize = 1;
+pub const DEVMAP_XMIT_DROPS: usize = 3;
 
-/// Field offsets in the `xdp:xdp_redirect_err` record.
+/// The `xdp_cpumap_enqueue` raw tracepoint's arguments, and the ones read.
+pub const CPUMAP_ENQUEUE_ARGS: [&str; 4] = ["map_id", "processed", "drops", "to_cpu"];
+pub const CPUMAP_ENQUEUE_MAP_ID: usize = 0;
+pub const CPUMAP_ENQUEUE_DROPS: usize = 2;
+pub const CPUMAP_ENQUEUE_TO_CPU: usize = 3;
+
+/// Field offsets in the `xdp:xdp_redirect_err` record (its `format` file in tracefs; the
+/// daemon checks them before attaching).
 pub const REDIRECT_ERR_MAP_ID: usize = 28;
 pub const REDIRECT_ERR_MAP_INDEX: usize = 32;
-
-/// Field offsets in the `xdp:xdp_cpumap_enqueue` record.
-pub const CPUMAP_ENQUEUE_MAP_ID: usize = 8;
-pub const CPUMAP_ENQUEUE_DROPS: usize = 20;
-pub const CPUMAP_ENQUEUE_TO_CPU: usize = 28;
 
 /// A flush on a CPU within this long of one of this instance's redirects there is taken as
 /// this instance's. (The devmap record names interfaces by index only, and another network
@@ -34,7 +37,9 @@ pub struct TraceConfig {
     pub cpumap_id: u32,
     pub tx_ports_id: u32,
     pub flood_id: u32,
-    pub _pad: u32,
+    /// Where the running kernel's `struct net_device` keeps `ifindex` (from its BTF): the
+    /// devmap tracepoint is handed devices, not indexes.
+    pub netdev_ifindex: u32,
 }
 
 /// `REDIRECT_MARK[0]`, per CPU: redirects made here, and when the devmap tracepoint last

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use xnic_common::{
     hash::flow_hash,
     parse::{Fragment, L3, Parsed},
-    rss::{DRAIN_GRACE_NS, Handover, MAX_DRAIN_NS, handover},
+    rss::{DRAIN_GRACE_NS, Handover, MAX_DRAIN_NS, handover, queued},
 };
 
 fn flow(src: [u8; 16], dst: [u8; 16], sp: u16, dp: u16, proto: u8) -> Parsed {
@@ -119,4 +119,14 @@ fn handover_waits_for_queued_frames_and_the_grace_period() {
     );
     // A fresh slot (never used) moves at once.
     assert_eq!(handover(0, 4, 0, 0, 0, now), Handover::Switch);
+}
+
+#[test]
+fn queued_frames_survive_the_counts_wrapping_and_never_go_negative() {
+    assert_eq!(queued(5, 5), 0);
+    assert_eq!(queued(7, 5), 2);
+    // Both counts wrap at 2^32; only their distance matters.
+    assert_eq!(queued(3, u32::MAX - 1), 5);
+    // Dequeues of frames an older dataplane's programs queued: nothing of this slot waits.
+    assert_eq!(queued(5, 9), 0);
 }

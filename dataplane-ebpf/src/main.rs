@@ -6,9 +6,9 @@
 //!   for the network, and software RSS for a frame for a VM;
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
 //! - `xnic_flood`: filters broadcast copies bound for a team uplink;
-//! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints that count
-//!   frames the kernel drops after a redirect (a target that cannot take them, a full port
-//!   or CPU queue).
+//! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints (the last two
+//!   raw, as they run on every flush) that count frames the kernel drops after a redirect (a
+//!   target that cannot take them, a full port or CPU queue).
 //!
 //! Every frame ends in `deliver`, the one place that counts a frame and redirects it.
 #![no_std]
@@ -27,8 +27,8 @@ mod team;
 mod xmit;
 
 use aya_ebpf::{
-    macros::{tracepoint, xdp},
-    programs::{TracePointContext, XdpContext},
+    macros::{raw_tracepoint, tracepoint, xdp},
+    programs::{RawTracePointContext, TracePointContext, XdpContext},
 };
 use xnic_common::maps::PortRole;
 
@@ -70,9 +70,9 @@ pub fn xnic_flood(ctx: XdpContext) -> u32 {
     team::flood_filter(&ctx)
 }
 
-/// `xdp:xdp_devmap_xmit`: counts frames the kernel dropped at a port after a redirect.
-#[tracepoint]
-pub fn xnic_xmit_drops(ctx: TracePointContext) -> u32 {
+/// Raw `xdp_devmap_xmit`: counts frames the kernel dropped at a port after a redirect.
+#[raw_tracepoint(tracepoint = "xdp_devmap_xmit")]
+pub fn xnic_xmit_drops(ctx: RawTracePointContext) -> i32 {
     xmit::devmap_xmit(&ctx);
     0
 }
@@ -84,9 +84,9 @@ pub fn xnic_redirect_err(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `xdp:xdp_cpumap_enqueue`: counts frames dropped at a full CPU-map queue.
-#[tracepoint]
-pub fn xnic_queue_drops(ctx: TracePointContext) -> u32 {
+/// Raw `xdp_cpumap_enqueue`: counts frames dropped at a full CPU-map queue.
+#[raw_tracepoint(tracepoint = "xdp_cpumap_enqueue")]
+pub fn xnic_queue_drops(ctx: RawTracePointContext) -> i32 {
     xmit::cpumap_enqueue(&ctx);
     0
 }

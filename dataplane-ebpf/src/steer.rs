@@ -1,7 +1,7 @@
 //! The steer step: a frame for a VM goes to the CPU its RSS state picks, through the CPU map;
 //! the CPU-map program on that CPU finishes it. See `xnic_common::rss` for the design.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xsub};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -13,13 +13,14 @@ use xnic_common::{
     hash::flow_hash,
     maps::Counter,
     rss::{
-        FLOW_SLOTS as FLOW_SLOTS_LEN, FlowSlot, Handover, NO_BUCKET, NO_ENGINE, SteerCounter,
-        SteerMeta, bucket_index, handover,
+        FLOW_SLOTS as FLOW_SLOTS_LEN, FlowDone, FlowSlot, Handover, NO_BUCKET, NO_ENGINE,
+        SteerCounter, SteerMeta, bucket_index, handover, queued,
     },
 };
 
 use crate::maps::{
-    BUCKET_STATS, ENGINES, FLOW_SLOTS, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2, VM_CPU_STATS, VM_RSS,
+    BUCKET_STATS, ENGINES, FLOW_DONE, FLOW_SLOTS_V2, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2,
+    VM_CPU_STATS, VM_RSS,
 };
 
 const META_LEN: usize = size_of::<SteerMeta>();
@@ -32,28 +33,29 @@ pub fn count(c: SteerCounter) {
     }
 }
 
-// The BPF target has atomic add but not the compare-and-swap `AtomicU64` is built on, so the
-// counters use the intrinsics directly. Each takes a pointer into a map value, which lives as
-// long as the map and is 8-byte aligned (FlowSlot is repr(C) with u64 fields).
+// The BPF target has atomic add but not the compare-and-swap `AtomicU32` is built on, so the
+// counts use the intrinsics directly. Each takes a pointer into a map value, which lives as
+// long as the map and is aligned for its type.
 
-/// A single aligned 64-bit load (the BPF backend cannot select an atomic load for the
+/// A single aligned 32-bit load (the BPF backend cannot select an atomic load for the
 /// generic CPU, and an aligned load is not torn).
 #[inline(always)]
-fn load(field: *mut u64) -> u64 {
+fn load(field: *mut u32) -> u32 {
     // SAFETY: see above.
     unsafe { core::ptr::read_volatile(field) }
 }
 
 #[inline(always)]
-fn add(field: *mut u64) {
+fn add(field: *mut u32) {
     // SAFETY: see above.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, 1) };
 }
 
+/// Subtracts one as a wrapping add (the backend has no 32-bit atomic subtract).
 #[inline(always)]
-fn sub(field: *mut u64) {
+fn sub(field: *mut u32) {
     // SAFETY: see above.
-    unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, u32::MAX) };
 }
 
 /// The steer stage: a frame for a VM goes to the CPU that finishes that VM's frames (there
@@ -92,26 +94,22 @@ fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Op
 
     // Hand the flow over to `want` only once nothing of it is queued on its current CPU.
     let flow_slot = hash & (FLOW_SLOTS_LEN - 1);
-    let slot: *mut FlowSlot = FLOW_SLOTS.get_ptr_mut(flow_slot)?;
-    // SAFETY: `slot` points into the FLOW_SLOTS array value for this index.
+    let slot: *mut FlowSlot = FLOW_SLOTS_V2.get_ptr_mut(flow_slot)?;
+    // SAFETY: `slot` points into the FLOW_SLOTS_V2 array value for this index.
     let current = unsafe { (*slot).cpu };
     if current != want {
+        // The other side's counts, read only while the flow waits to move.
+        let done: *mut FlowDone = FLOW_DONE.get_ptr_mut(flow_slot)?;
         // Dequeued first: every dequeued frame was enqueued before, so in-flight ≥ 0.
-        // SAFETY: as above; the counters are read through atomics.
-        let dequeued = load(unsafe { &raw mut (*slot).dequeued });
+        // SAFETY: `done` points into the FLOW_DONE array value; counts are read whole.
+        let dequeued = load(unsafe { &raw mut (*done).dequeued });
+        // SAFETY: as above, for `slot`.
         let enqueued = load(unsafe { &raw mut (*slot).enqueued });
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: as above.
-        let (last, since) = unsafe { ((*slot).last_dequeue_ns, (*slot).waiting_since_ns) };
-        match handover(
-            current,
-            want,
-            enqueued.wrapping_sub(dequeued),
-            last,
-            since,
-            now,
-        ) {
+        let (last, since) = unsafe { ((*done).last_dequeue_ns, (*slot).waiting_since_ns) };
+        match handover(current, want, queued(enqueued, dequeued), last, since, now) {
             Handover::Stay => {}
             Handover::Switch | Handover::ForceSwitch => {
                 // SAFETY: as above; a racing writer writes the same values.
@@ -166,8 +164,8 @@ fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Op
 /// Takes back the enqueue of a frame whose redirect to its CPU failed.
 #[inline(always)]
 pub fn undo_enqueue(flow_slot: u32) {
-    if let Some(slot) = FLOW_SLOTS.get_ptr_mut(flow_slot) {
-        // SAFETY: `slot` points into the FLOW_SLOTS array value.
+    if let Some(slot) = FLOW_SLOTS_V2.get_ptr_mut(flow_slot) {
+        // SAFETY: `slot` points into the FLOW_SLOTS_V2 array value.
         sub(unsafe { &raw mut (*slot).enqueued });
     }
 }
@@ -183,11 +181,12 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: [meta, meta + META_LEN) lies before `data`, inside the metadata area.
     let m = unsafe { (meta as *const SteerMeta).read_unaligned() };
-    if let Some(slot) = FLOW_SLOTS.get_ptr_mut(m.flow_slot) {
-        // SAFETY: `slot` points into the FLOW_SLOTS array value.
-        add(unsafe { &raw mut (*slot).dequeued });
+    // An index past the array (a frame an older dataplane's program steered) counts nowhere.
+    if let Some(done) = FLOW_DONE.get_ptr_mut(m.flow_slot) {
+        // SAFETY: `done` points into the FLOW_DONE array value.
+        add(unsafe { &raw mut (*done).dequeued });
         // SAFETY: as above; helper without arguments.
-        unsafe { (*slot).last_dequeue_ns = bpf_ktime_get_ns() };
+        unsafe { (*done).last_dequeue_ns = bpf_ktime_get_ns() };
     }
     // SAFETY: `ctx.ctx` is this invocation's xdp_md.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };

@@ -1,10 +1,13 @@
 //! The tracepoints that count frames the kernel dropped after a redirect (see
 //! `xnic_common::xmit`).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use xnic_common::xmit::{
     CPUMAP_ENQUEUE_DROPS, CPUMAP_ENQUEUE_MAP_ID, CPUMAP_ENQUEUE_TO_CPU, DEVMAP_XMIT_DROPS,
-    DEVMAP_XMIT_FROM_IFINDEX, DEVMAP_XMIT_TO_IFINDEX, FLUSH_WINDOW_NS, REDIRECT_ERR_MAP_ID,
+    DEVMAP_XMIT_FROM_DEV, DEVMAP_XMIT_TO_DEV, FLUSH_WINDOW_NS, REDIRECT_ERR_MAP_ID,
     REDIRECT_ERR_MAP_INDEX,
 };
 
@@ -33,12 +36,23 @@ fn add(map: &aya_ebpf::maps::PerCpuArray<u64>, index: u32, n: u64) {
     }
 }
 
-/// `xdp:xdp_devmap_xmit`: a bulk of redirected frames went out of (or was dropped at) a port.
+/// The `ifindex` of the `struct net_device` at `dev`, at the offset the daemon read from the
+/// kernel's BTF.
 #[inline(always)]
-pub fn devmap_xmit(ctx: &TracePointContext) {
-    let Some(drops) = field::<i32>(ctx, DEVMAP_XMIT_DROPS) else {
-        return;
-    };
+fn ifindex(dev: u64, offset: u32) -> Option<u32> {
+    let field = dev.checked_add(u64::from(offset))? as *const i32;
+    // SAFETY: a checked kernel read of a tracepoint argument (a valid `net_device`) at the
+    // offset the kernel's BTF gives.
+    unsafe { bpf_probe_read_kernel(field) }
+        .ok()
+        .map(|i| i as u32)
+}
+
+/// Raw `xdp_devmap_xmit`: a bulk of redirected frames went out of (or was dropped at) a
+/// port.
+#[inline(always)]
+pub fn devmap_xmit(ctx: &RawTracePointContext) {
+    let drops = ctx.arg::<u64>(DEVMAP_XMIT_DROPS) as i32;
     if drops <= 0 {
         return;
     }
@@ -56,42 +70,36 @@ pub fn devmap_xmit(ctx: &TracePointContext) {
     if m.seen_at_ns == 0 || now.saturating_sub(m.seen_at_ns) > FLUSH_WINDOW_NS {
         return;
     }
+    let Some(cfg) = TRACE_CONFIG.get(0) else {
+        return;
+    };
     let (Some(from), Some(to)) = (
-        field::<i32>(ctx, DEVMAP_XMIT_FROM_IFINDEX),
-        field::<i32>(ctx, DEVMAP_XMIT_TO_IFINDEX),
+        ifindex(ctx.arg(DEVMAP_XMIT_FROM_DEV), cfg.netdev_ifindex),
+        ifindex(ctx.arg(DEVMAP_XMIT_TO_DEV), cfg.netdev_ifindex),
     ) else {
         return;
     };
     // SAFETY: entries are plain data; the daemon replaces them whole.
-    let ours = unsafe { PORTS_V2.get(from as u32) }.is_some();
+    let ours = unsafe { PORTS_V2.get(from) }.is_some();
     // SAFETY: as above.
-    if let Some(port) = unsafe { PORTS_V2.get(to as u32) }
+    if let Some(port) = unsafe { PORTS_V2.get(to) }
         && ours
     {
         add(&XMIT_DROPS, port.slot, drops as u64);
     }
 }
 
-/// `xdp:xdp_cpumap_enqueue`: a bulk of steered frames was queued to (or dropped at) a CPU.
+/// Raw `xdp_cpumap_enqueue`: a bulk of steered frames was queued to (or dropped at) a CPU.
 #[inline(always)]
-pub fn cpumap_enqueue(ctx: &TracePointContext) {
-    let Some(drops) = field::<u32>(ctx, CPUMAP_ENQUEUE_DROPS) else {
-        return;
-    };
+pub fn cpumap_enqueue(ctx: &RawTracePointContext) {
+    let drops = ctx.arg::<u64>(CPUMAP_ENQUEUE_DROPS) as u32;
     if drops == 0 {
         return;
     }
-    let (Some(map_id), Some(cpu)) = (
-        field::<i32>(ctx, CPUMAP_ENQUEUE_MAP_ID),
-        field::<i32>(ctx, CPUMAP_ENQUEUE_TO_CPU),
-    ) else {
-        return;
-    };
-    if TRACE_CONFIG
-        .get(0)
-        .is_some_and(|c| c.cpumap_id == map_id as u32)
-    {
-        add(&QUEUE_DROPS, cpu as u32, drops as u64);
+    let map_id = ctx.arg::<u64>(CPUMAP_ENQUEUE_MAP_ID) as u32;
+    let cpu = ctx.arg::<u64>(CPUMAP_ENQUEUE_TO_CPU) as u32;
+    if TRACE_CONFIG.get(0).is_some_and(|c| c.cpumap_id == map_id) {
+        add(&QUEUE_DROPS, cpu, u64::from(drops));
     }
 }
 

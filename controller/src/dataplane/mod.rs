@@ -14,6 +14,7 @@ mod execute;
 pub mod objects;
 pub mod registry;
 pub mod testrun;
+mod trace;
 pub mod upgrade;
 
 use std::{
@@ -272,89 +273,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the tracepoints that count frames the kernel drops after a redirect (a
-    /// target port that cannot take them, a full CPU queue), replacing an earlier daemon's.
-    fn attach_tracepoints(&mut self) -> anyhow::Result<()> {
-        use aya::programs::{TracePoint, trace_point::TracePointLink};
-        use xnic_common::xmit::*;
-        let tracefs = ensure_tracefs()?;
-        let expect = [
-            (
-                "xdp_redirect_err",
-                REDIRECT_ERR_PROGRAM,
-                &[
-                    ("map_id", REDIRECT_ERR_MAP_ID),
-                    ("map_index", REDIRECT_ERR_MAP_INDEX),
-                ][..],
-            ),
-            (
-                "xdp_devmap_xmit",
-                XMIT_PROGRAM,
-                &[
-                    ("from_ifindex", DEVMAP_XMIT_FROM_IFINDEX),
-                    ("to_ifindex", DEVMAP_XMIT_TO_IFINDEX),
-                    ("drops", DEVMAP_XMIT_DROPS),
-                ][..],
-            ),
-            (
-                "xdp_cpumap_enqueue",
-                QUEUE_PROGRAM,
-                &[
-                    ("map_id", CPUMAP_ENQUEUE_MAP_ID),
-                    ("drops", CPUMAP_ENQUEUE_DROPS),
-                    ("to_cpu", CPUMAP_ENQUEUE_TO_CPU),
-                ][..],
-            ),
-        ];
-        let id = |map: &aya::maps::Map| match map {
-            aya::maps::Map::CpuMap(d) | aya::maps::Map::DevMapHash(d) => {
-                d.info().map(|i| i.id()).map_err(anyhow::Error::from)
-            }
-            _ => Err(anyhow!("not a redirect map")),
-        };
-        let config = TraceConfig {
-            cpumap_id: id(self.map(registry::CPUMAP::NAME)?)?,
-            tx_ports_id: id(self.map(registry::TX_PORTS::NAME)?)?,
-            flood_id: id(self.map(registry::FLOOD::NAME)?)?,
-            _pad: 0,
-        };
-        self.array_mut::<registry::TRACE_CONFIG>()?
-            .set(0, config, 0)?;
-        for (event, program, fields) in expect {
-            let path = tracefs.join("events/xdp").join(event).join("format");
-            let format = fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            for (field, offset) in fields {
-                if bpffs::field_offset(&format, field) != Some(*offset) {
-                    anyhow::bail!(
-                        "xdp:{event} has field {field} at {:?}, not at {offset} as xnic expects",
-                        bpffs::field_offset(&format, field)
-                    );
-                }
-            }
-            let pin = self.pins.trace().join(program);
-            // The earlier daemon's link goes first: two would count every drop twice.
-            let _ = fs::remove_file(&pin);
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("the XDP object has no program {program}"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected tracepoint program {program}"))?;
-            let id = prog
-                .attach("xdp", event)
-                .with_context(|| format!("cannot attach to xdp:{event}"))?;
-            let link: TracePointLink = prog.take_link(id)?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|_| anyhow!("xdp:{event} was attached without a bpf_link"))?;
-            link.pin(&pin)
-                .with_context(|| format!("cannot pin {}", pin.display()))?;
-        }
-        Ok(())
-    }
-
     /// Once every link runs this daemon's programs: removes the stage tables of earlier
     /// daemons and, when upgrading, adds the old layout's counters into the new ones and
     /// removes the maps it replaced.
@@ -548,7 +466,7 @@ impl Dataplane {
     pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
         PROGRAMS
             .iter()
-            .chain(&[REDIRECT_ERR_PROGRAM, XMIT_PROGRAM, QUEUE_PROGRAM])
+            .chain(&trace::PROGRAMS)
             .map(|name| {
                 let prog = self
                     .ebpf
@@ -930,11 +848,6 @@ impl Dataplane {
 
 /// The program each CPU-map entry runs on its CPU.
 const CPUMAP_PROGRAM: &str = "xnic_cpumap";
-
-/// The tracepoint programs.
-const REDIRECT_ERR_PROGRAM: &str = "xnic_redirect_err";
-const XMIT_PROGRAM: &str = "xnic_xmit_drops";
-const QUEUE_PROGRAM: &str = "xnic_queue_drops";
 
 /// The program each team uplink's `FLOOD` entry runs on broadcast copies.
 const FLOOD_PROGRAM: &str = "xnic_flood";

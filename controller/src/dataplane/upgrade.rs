@@ -94,6 +94,13 @@ pub const MIGRATIONS: &[Migration] = &[
             ("STEER_STATS", 4, 8, LAYOUT_4_STEER),
         ],
     },
+    Migration {
+        family: Family::Rss,
+        from: 1,
+        // The flow slots split in two (one array per writing side) and shrink to fit a
+        // core's cache; each flow's CPU is carried over.
+        replaced: &[("FLOW_SLOTS", 4, 40, RSS_1_FLOW_SLOTS)],
+    },
     // The pipeline family (the tail-call table, the frame scratch) is new in layout 5 and
     // holds nothing pinned: nothing to migrate.
     Migration {
@@ -102,6 +109,9 @@ pub const MIGRATIONS: &[Migration] = &[
         replaced: &[],
     },
 ];
+
+/// Flow slots of version 1 of the RSS family.
+const RSS_1_FLOW_SLOTS: u32 = 65536;
 
 /// Counter enumerations' sizes in layout 4 (arrays were sized by them, with no headroom).
 const LAYOUT_4_REASONS: u32 = 15;
@@ -270,12 +280,70 @@ fn open(pins: &PinDir, name: &str) -> anyhow::Result<Option<MapData>> {
     })?))
 }
 
-/// Copies configuration entries the new programs need before they run: `PORTS` into
-/// `PORTS_V2`. Returns how many.
+/// Version 1 of the RSS family's flow slot (one array written by both sides).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FlowSlotV1 {
+    cpu: u32,
+    _pad: u32,
+    enqueued: u64,
+    dequeued: u64,
+    last_dequeue_ns: u64,
+    waiting_since_ns: u64,
+}
+
+// SAFETY: `repr(C)`, `Copy`, integers only, explicit padding (40 bytes, 8-byte aligned).
+unsafe impl aya::Pod for FlowSlotV1 {}
+
+/// Copies state the new programs need before they run: `PORTS` into `PORTS_V2`, each flow
+/// slot's CPU into `FLOW_SLOTS_V2`. Returns how many entries.
 pub fn migrate_entries(pins: &PinDir, versions: &[u16; FAMILY_SLOTS]) -> anyhow::Result<usize> {
-    if versions[Family::Ports as usize] >= 2 {
-        return Ok(0);
+    let mut n = 0;
+    if versions[Family::Ports as usize] < 2 {
+        n += migrate_ports(pins)?;
     }
+    if versions[Family::Rss as usize] < 2 {
+        n += migrate_flow_slots(pins)?;
+    }
+    Ok(n)
+}
+
+/// A flow keeps the CPU its frames went to (its new slot's counts start at zero: frames the
+/// old programs queued are dequeued into counts they were never added to, which reads as
+/// nothing queued).
+fn migrate_flow_slots(pins: &PinDir) -> anyhow::Result<usize> {
+    use xnic_common::rss::{FLOW_SLOTS, FlowSlot};
+    let Some(old) = open(pins, "FLOW_SLOTS")? else {
+        return Ok(0);
+    };
+    let old: aya::maps::Array<_, FlowSlotV1> = aya::maps::Array::try_from(Map::Array(old))?;
+    let new = open(pins, registry::FLOW_SLOTS_V2::NAME)?
+        .context("FLOW_SLOTS_V2 was not created at load")?;
+    let mut new: aya::maps::Array<_, FlowSlot> = aya::maps::Array::try_from(Map::Array(new))?;
+    let mut n = 0;
+    // A flow's new slot is its old one's low bits: of the old slots that share it, the first
+    // gives its CPU (they share a bucket, so their tables name the same CPU).
+    for i in 0..FLOW_SLOTS.min(old.len()) {
+        let v1 = old.get(&i, 0)?;
+        if v1.cpu == 0 {
+            continue;
+        }
+        let slot = FlowSlot {
+            cpu: v1.cpu,
+            ..FlowSlot::default()
+        };
+        new.set(i, slot, 0)
+            .with_context(|| format!("cannot copy FLOW_SLOTS[{i}] into FLOW_SLOTS_V2"))?;
+        n += 1;
+    }
+    info!(
+        slots = n,
+        "carried every flow's CPU into the new flow slots"
+    );
+    Ok(n)
+}
+
+fn migrate_ports(pins: &PinDir) -> anyhow::Result<usize> {
     let Some(old) = open(pins, "PORTS")? else {
         return Ok(0);
     };
