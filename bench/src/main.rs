@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod live;
+mod ops;
 mod ovs;
 mod report;
 mod rss;
@@ -19,11 +20,12 @@ fn main() {
         Some("dataplane") => dataplane::run(&args[1..]),
         Some("rss") => rss::run(&args[1..]),
         Some("team") => team::run(&args[1..]),
+        Some("ops") => ops::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, ops, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|ops|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

@@ -435,7 +435,7 @@ fn delivery(
         .map(|((l, _, _), runs)| (*l, crate::report::median(runs)))
         .collect();
     report.notes.push(format!(
-        "Live delivery: trafgen offers {offered} frames/s on one CPU; a datagram counts when the VM's UDP layer takes it (queued or refused by a full socket buffer). Any XDP program on a veth makes the receiving CPU copy each frame into an XDP buffer, so the row with a minimal XDP_PASS program plus RPS is the limit of the XDP path here; plain RPS avoids that copy."
+        "Live delivery: trafgen offers {offered} frames/s on one CPU; a datagram counts when the VM's UDP layer takes it (queued or refused by a full socket buffer). Any XDP program on a veth makes the receiving CPU copy each frame into an XDP buffer, so the row with a minimal XDP_PASS program plus RPS is the limit of the XDP path here; plain RPS avoids that copy. The receiving CPU is the bottleneck of every row. The lab's veth hands it one frame per NAPI poll, so every steered frame ends a poll with a CPU-map flush that wakes the target CPU's CPU-map thread (`try_to_wake_up`): on a VM whose idle CPUs halt without polling, that wake-up is an IPI costing the receiving CPU ~600 ns per frame (a sixth of its time, by `perf`), while RPS's backlog is usually still running when the next frame arrives. A NIC that delivers frames in batches pays it once per batch."
     ));
     report.add(
         "datagrams reaching the VM's UDP layer per second",

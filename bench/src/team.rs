@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// VMs in the lab: enough that a MAC hash puts some on each uplink.
-const VMS: usize = 4;
+pub(crate) const VMS: usize = 4;
 const UPLINKS: [&str; 2] = ["up0", "up1"];
 /// The failover stream, per VM.
 const STREAM_PPS: u64 = 10_000;
@@ -91,7 +91,7 @@ fn config(instance: &str, prefix: &str, policy: &str, vm_extra: &[String]) -> St
     s
 }
 
-fn vm_mac(i: usize) -> MacAddr {
+pub(crate) fn vm_mac(i: usize) -> MacAddr {
     MacAddr([0x02, 0x77, 0, 0, 0, 0x10 + i as u8])
 }
 
@@ -232,34 +232,35 @@ impl Bench {
         drop(ovs);
         self.bridge_vm_ports(true)
     }
+}
 
-    fn carrier(&self, uplink: &str, up: bool) -> anyhow::Result<()> {
-        ip(&[
-            "-n",
-            &self.lab().tor_ns(),
-            "link",
-            "set",
-            &tor_port(uplink),
-            if up { "up" } else { "down" },
-        ])
-    }
+/// Gives `uplink` its carrier back, or takes it away (the tor's end of it goes up or down).
+fn carrier(lab: &Lab, uplink: &str, up: bool) -> anyhow::Result<()> {
+    ip(&[
+        "-n",
+        &lab.tor_ns(),
+        "link",
+        "set",
+        &tor_port(uplink),
+        if up { "up" } else { "down" },
+    ])
 }
 
 /// What one VM went through in one failover.
-struct Failover {
+pub(crate) struct Failover {
     /// From its last frame on the lost uplink to its first on the survivor; `None` when it
     /// never reached the survivor.
-    gap_ms: Option<f64>,
+    pub gap_ms: Option<f64>,
     /// The sender's own time between those two frames (from their send stamps): the gap as
     /// the sender saw it, without delays on the way to the tor.
-    sent_apart_ms: Option<f64>,
-    lost: u64,
+    pub sent_apart_ms: Option<f64>,
+    pub lost: u64,
 }
 
-/// One failover under a 10 kpps stream per VM: the uplink carrying most of them loses its
-/// carrier. Returns the VMs that were on it.
-fn failover_trial(b: &Bench, secs: f64) -> anyhow::Result<Vec<Failover>> {
-    let lab = b.lab();
+/// One failover under a 10 kpps stream per VM of a lab with [`VMS`] VMs named `vmI` with
+/// the MACs of [`vm_mac`] and both [`UPLINKS`] in one team: the uplink carrying most of them
+/// loses its carrier. Returns the VMs that were on it.
+pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<Vec<Failover>> {
     let (tor, tor_addr) = lab.endpoint("tor")?;
     let captures = UPLINKS
         .iter()
@@ -301,7 +302,7 @@ fn failover_trial(b: &Bench, secs: f64) -> anyhow::Result<Vec<Failover>> {
     }
     let failed = UPLINKS[busiest];
     let down_at = monotonic_ns();
-    b.carrier(failed, false)?;
+    carrier(lab, failed, false)?;
     let mut sent: Vec<SendReport> = Vec::new();
     for s in senders {
         sent.push(
@@ -317,7 +318,7 @@ fn failover_trial(b: &Bench, secs: f64) -> anyhow::Result<Vec<Failover>> {
         .into_iter()
         .map(Capture::stop)
         .collect::<anyhow::Result<_>>()?;
-    b.carrier(failed, true)?;
+    carrier(lab, failed, true)?;
 
     let mut moved = Vec::new();
     for i in 0..VMS {
@@ -367,7 +368,7 @@ struct FailoverRuns {
 }
 
 fn failover_runs(
-    b: &Bench,
+    lab: &Lab,
     label: &str,
     trials: usize,
     secs: f64,
@@ -379,7 +380,7 @@ fn failover_runs(
         stranded: 0,
     };
     for trial in 0..trials {
-        let moved = failover_trial(b, secs)?;
+        let moved = failover_trial(lab, secs)?;
         eprintln!(
             "  {label}, trial {}: {}",
             trial + 1,
@@ -560,11 +561,17 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
     ] {
         eprintln!("failover: {label}");
         let daemon = b.xnic(xnic_cfg)?;
-        let xnic_runs = failover_runs(b, "xnic", trials, secs, xnic_settle)?;
+        let xnic_runs = failover_runs(b.lab(), "xnic", trials, secs, xnic_settle)?;
         let switch_us = switch_times(&client)?;
         b.live.stop_dataplane(daemon)?;
         let ovs = b.ovs(bond_mode, &[])?;
-        let ovs_runs = failover_runs(b, &format!("OVS {bond_mode}"), trials, secs, ovs_settle);
+        let ovs_runs = failover_runs(
+            b.lab(),
+            &format!("OVS {bond_mode}"),
+            trials,
+            secs,
+            ovs_settle,
+        );
         b.stop_ovs(ovs)?;
         failover.push((label, bond_mode, xnic_runs, ovs_runs?, switch_us));
     }

@@ -37,7 +37,7 @@ use xnic_proto::{
 pub use self::sampler::Sampled;
 use crate::{
     dataplane::{Counters, Dataplane},
-    events::EventLog,
+    events::{EventLog, NewEvent},
     model::{
         Change, Refusal,
         store::{self, Store},
@@ -226,7 +226,30 @@ impl Daemon {
         expect: Option<u64>,
         dry_run: bool,
     ) -> Result<ChangeView, Refusal> {
-        self.handle.change(change, expect, dry_run, None).await
+        let what = change.describe();
+        let out = self.handle.change(change, expect, dry_run, None).await;
+        self.note_refusal(&what, dry_run, out)
+    }
+
+    /// Puts a refused change in the event stream (a SIGHUP has no one to answer), and passes
+    /// the outcome on.
+    fn note_refusal(
+        &self,
+        what: &str,
+        dry_run: bool,
+        out: Result<ChangeView, Refusal>,
+    ) -> Result<ChangeView, Refusal> {
+        if let Err(refusal) = &out
+            && !dry_run
+        {
+            self.events.push([NewEvent::new(
+                "config",
+                "refused",
+                self.snapshot().config.instance.clone(),
+                format!("{what}: refused: {}", refusal.message()),
+            )]);
+        }
+        out
     }
 
     /// Replaces the desired state with a configuration file's text (`file` names it in
@@ -243,19 +266,27 @@ impl Daemon {
         } else {
             file
         };
-        let config = crate::config::parse(text, Path::new(name))
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let what = format!("apply {name}");
+        let config = match crate::config::parse(text, Path::new(name)) {
+            Ok(c) => c,
+            Err(e) => {
+                let refused = Err(Refusal::Invalid(e.to_string()));
+                return self.note_refusal(&what, dry_run, refused);
+            }
+        };
         let snap = self.snapshot();
         let own = !file.is_empty()
             && std::fs::canonicalize(file).ok().as_deref() == Some(snap.config_file.as_path());
-        self.handle
+        let out = self
+            .handle
             .change(
                 Change::Replace(Box::new(config)),
                 expect,
                 dry_run,
                 own.then(|| text.to_string()),
             )
-            .await
+            .await;
+        self.note_refusal(&what, dry_run, out)
     }
 
     pub fn desired(&self) -> anyhow::Result<DesiredView> {

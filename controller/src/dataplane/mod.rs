@@ -799,12 +799,18 @@ impl Dataplane {
         Ok(map.keys().filter_map(Result::ok).collect())
     }
 
+    /// Removes `ifindex` from the redirect maps. Already gone is fine: the kernel removes a
+    /// device's entries itself when the device goes away (a VM port deleted with its VM).
     pub fn remove_switch_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
         for name in [registry::TX_PORTS::NAME, registry::FLOOD::NAME] {
             let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(name)?)?;
             match map.remove(ifindex) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot delete {name}[{ifindex}]"));
+                }
             }
         }
         Ok(())

@@ -194,6 +194,9 @@ mod tests {
             return;
         }
         let offset = check_kernel().unwrap();
-        assert!(offset > 0 && offset.is_multiple_of(4), "ifindex at {offset}");
+        assert!(
+            offset > 0 && offset.is_multiple_of(4),
+            "ifindex at {offset}"
+        );
     }
 }

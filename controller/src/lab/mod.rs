@@ -170,17 +170,7 @@ impl Lab {
         ip(&["-n", host, "link", "add", HOST_BRIDGE, "type", "bridge"])?;
         ip(&["-n", host, "link", "set", HOST_BRIDGE, "up"])?;
         for (i, up) in self.config.uplinks.iter().enumerate() {
-            let peer = tor_port(&up.name);
-            veth(host, &up.name, &tor, &peer)?;
-            ip(&["-n", &tor, "link", "set", &peer, "master", TOR_BRIDGE, "up"])?;
-            // Frames xnic redirects into a veth need its peer to run NAPI.
-            receives_redirects(&tor, &peer)?;
-            // A team's uplinks belong to xnic, which switches VM traffic onto them; bridging
-            // one as well would deliver frames twice.
-            if i == 0 && self.config.teams.is_empty() {
-                ip(&["-n", host, "link", "set", &up.name, "master", HOST_BRIDGE])?;
-            }
-            ip(&["-n", host, "link", "set", &up.name, "up"])?;
+            self.plug_uplink_link(&up.name, i == 0)?;
         }
 
         // VMs: a namespace each, its port on the host bridge.
@@ -222,6 +212,46 @@ impl Lab {
             .chain(self.config.vms.iter().map(|v| v.port.clone()))
             .collect();
         wait_until_up(host, &ports, LINK_SETTLE_TIMEOUT)
+    }
+
+    /// Creates uplink `name`: a veth from the host namespace to a port of the tor's bridge.
+    /// The first uplink is also on the host's bridge when no team owns the uplinks.
+    fn plug_uplink_link(&self, name: &str, first: bool) -> anyhow::Result<()> {
+        let (host, tor) = (self.host_ns(), self.tor_ns());
+        let peer = tor_port(name);
+        veth(host, name, &tor, &peer)?;
+        ip(&["-n", &tor, "link", "set", &peer, "master", TOR_BRIDGE, "up"])?;
+        // Frames xnic redirects into a veth need its peer to run NAPI.
+        receives_redirects(&tor, &peer)?;
+        // A team's uplinks belong to xnic, which switches VM traffic onto them; bridging
+        // one as well would deliver frames twice.
+        if first && self.config.teams.is_empty() {
+            ip(&["-n", host, "link", "set", name, "master", HOST_BRIDGE])?;
+        }
+        ip(&["-n", host, "link", "set", name, "up"])
+    }
+
+    /// Deletes uplink `name` (both ends), as a NIC that is unplugged or whose driver goes
+    /// away.
+    pub fn unplug_uplink(&self, name: &str) -> anyhow::Result<()> {
+        self.lab_uplink(name)?;
+        ip(&["-n", self.host_ns(), "link", "del", name])
+    }
+
+    /// Creates uplink `name` again: a new interface with the same name.
+    pub fn plug_uplink(&self, name: &str) -> anyhow::Result<()> {
+        let first = self.lab_uplink(name)? == 0;
+        self.plug_uplink_link(name, first)?;
+        wait_until_up(self.host_ns(), &[name.to_string()], LINK_SETTLE_TIMEOUT)
+    }
+
+    /// The position of uplink `name` in the lab's configuration.
+    fn lab_uplink(&self, name: &str) -> anyhow::Result<usize> {
+        self.config
+            .uplinks
+            .iter()
+            .position(|u| u.name == name)
+            .ok_or_else(|| anyhow::anyhow!("the lab has no uplink {name:?}"))
     }
 
     /// Creates VM `vm`'s port: a veth from the host namespace to the VM's, with its MAC,
