@@ -7,13 +7,16 @@
 //! VM reboot, a live migration in) keeps its slot while the VM stays configured. A port that
 //! does not exist yet is *waiting*: nothing of it is written until the interface appears.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use xnic_common::{
     limits::{MAX_PORTS, MAX_VMS},
     maps::{MacOwner, NO_VM, Name, PortEntry, PortRecord, PortRole, VmRecord},
 };
-use xnic_proto::config::Config;
+use xnic_proto::{
+    config::{Config, VmConfig},
+    net::MacAddr,
+};
 
 use super::{Context, Feature};
 use crate::{
@@ -235,6 +238,12 @@ impl Feature for Base {
                 },
             );
         }
+        let by_name: HashMap<&str, &VmConfig> = cx
+            .desired
+            .vms
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
         for port in wanted_ports(cx.desired) {
             let Some(slot) = slots.port(&port.name) else {
                 continue;
@@ -261,8 +270,9 @@ impl Feature for Base {
             if let Some(mac) = port
                 .vm
                 .as_deref()
-                .and_then(|v| cx.desired.vm(v))
-                .and_then(|v| v.mac_addrs().first().copied())
+                .and_then(|v| by_name.get(v))
+                .and_then(|v| v.macs.first())
+                .and_then(|m| m.parse::<MacAddr>().ok())
             {
                 entry.mac = mac.0;
             }

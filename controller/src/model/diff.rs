@@ -2,19 +2,74 @@
 //! `vm vm1: bandwidth_mbps: 20 → 50`, `rss.engine shared-c: removed`. Lists of named things
 //! (VMs, uplinks, teams, engines) are compared by name, so reordering them is no change.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::Value;
-use xnic_proto::config::Config;
+use xnic_proto::config::{Config, VmConfig};
 
 /// The differences from `from` to `to`: what the daemon applies now, and what waits for a
 /// restart (daemon settings and the lab's).
 pub fn diff(from: &Config, to: &Config) -> (Vec<String>, Vec<String>) {
-    let a = serde_json::to_value(from).unwrap_or(Value::Null);
-    let b = serde_json::to_value(to).unwrap_or(Value::Null);
     let mut lines = Vec::new();
-    walk("", &a, &b, &mut lines);
+    walk(
+        "",
+        &serde_json::to_value(without_vms(from)).unwrap_or(Value::Null),
+        &serde_json::to_value(without_vms(to)).unwrap_or(Value::Null),
+        &mut lines,
+    );
+    // VMs are compared as they are, and only those that differ are turned into values: a
+    // host has thousands, and one change touches one. `vm` sorts last, as in `walk`.
+    let before: HashMap<&str, &VmConfig> = from.vms.iter().map(|v| (v.name.as_str(), v)).collect();
+    let by_name: HashMap<&str, &VmConfig> = to.vms.iter().map(|v| (v.name.as_str(), v)).collect();
+    for a in &from.vms {
+        match by_name.get(a.name.as_str()) {
+            None => lines.push(format!("vm {}: removed", a.name)),
+            Some(b) if *b == a => {}
+            Some(b) => {
+                let mut inner = Vec::new();
+                walk(
+                    "",
+                    &serde_json::to_value(a).unwrap_or(Value::Null),
+                    &serde_json::to_value(b).unwrap_or(Value::Null),
+                    &mut inner,
+                );
+                lines.extend(inner.into_iter().map(|l| format!("vm {}: {l}", a.name)));
+            }
+        }
+    }
+    for b in &to.vms {
+        if !before.contains_key(b.name.as_str()) {
+            lines.push(format!("vm {}: added", b.name));
+        }
+    }
     lines
         .into_iter()
         .partition(|l| !(l.starts_with("daemon") || l.starts_with("lab")))
+}
+
+/// `config` without its VMs (which [`diff`] compares apart). Destructured whole, so a field
+/// added to `Config` cannot be left out of the comparison.
+fn without_vms(config: &Config) -> Config {
+    let Config {
+        instance,
+        netns,
+        daemon,
+        uplinks,
+        vms: _,
+        rss,
+        teams,
+        lab,
+    } = config;
+    Config {
+        instance: instance.clone(),
+        netns: netns.clone(),
+        daemon: daemon.clone(),
+        uplinks: uplinks.clone(),
+        vms: Vec::new(),
+        rss: rss.clone(),
+        teams: teams.clone(),
+        lab: lab.clone(),
+    }
 }
 
 fn show(v: &Value) -> String {
@@ -63,8 +118,16 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
             (Some(nx), Some(ny)) if !(x.is_empty() && y.is_empty()) => {
                 let kind = path.rsplit('.').next().unwrap_or(path);
                 let prefix = path.strip_suffix(kind).unwrap_or("");
+                // Indexed by name: a host has thousands of VMs, and one change should not
+                // compare every name with every other.
+                let at_y: HashMap<&str, usize> = ny
+                    .iter()
+                    .enumerate()
+                    .map(|(j, n)| (n.as_str(), j))
+                    .collect();
+                let in_x: HashSet<&str> = nx.iter().map(String::as_str).collect();
                 for (i, name) in nx.iter().enumerate() {
-                    match ny.iter().position(|n| n == name) {
+                    match at_y.get(name.as_str()).copied() {
                         None => out.push(format!("{prefix}{kind} {name}: removed")),
                         Some(j) => {
                             let mut inner = Vec::new();
@@ -78,7 +141,7 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                     }
                 }
                 for name in &ny {
-                    if !nx.contains(name) {
+                    if !in_x.contains(name.as_str()) {
                         out.push(format!("{prefix}{kind} {name}: added"));
                     }
                 }

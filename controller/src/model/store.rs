@@ -105,34 +105,32 @@ impl Store {
     }
 
     /// Keeps `stored`; `desired.toml` is written last, so a crash half-way leaves the earlier
-    /// state whole or the new one whole.
-    pub fn save(&self, stored: &Stored) -> anyhow::Result<()> {
+    /// state whole or the new one whole. `source.toml` is rewritten only when
+    /// `source_changed` (a first start, `apply` of the file, SIGHUP): a runtime change leaves
+    /// it as it was.
+    pub fn save(
+        &self,
+        config: &Config,
+        generation: u64,
+        source: Option<&(PathBuf, String)>,
+        source_changed: bool,
+    ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let text =
-            toml::to_string(&stored.config).context("cannot write the desired state as TOML")?;
+        let text = toml::to_string(config).context("cannot write the desired state as TOML")?;
         let header = "# The desired state of this xnic instance, kept by the daemon across restarts.\n\
                       # Change it with `xnic vm ...`, `xnic rss ...` or `xnic apply --config FILE`.\n\n";
-        if let Some((file, source)) = &stored.source {
-            write_atomically(&self.dir.join("source.toml"), source)?;
-            let meta = Meta {
-                generation: stored.generation,
-                source_file: Some(file.clone()),
-            };
-            write_atomically(
-                &self.dir.join("state.json"),
-                &serde_json::to_string_pretty(&meta)?,
-            )?;
-        } else {
-            let meta = Meta {
-                generation: stored.generation,
-                source_file: None,
-            };
-            write_atomically(
-                &self.dir.join("state.json"),
-                &serde_json::to_string_pretty(&meta)?,
-            )?;
+        if source_changed && let Some((_, text)) = source {
+            write_atomically(&self.dir.join("source.toml"), text)?;
         }
+        let meta = Meta {
+            generation,
+            source_file: source.map(|(file, _)| file.clone()),
+        };
+        write_atomically(
+            &self.dir.join("state.json"),
+            &serde_json::to_string_pretty(&meta)?,
+        )?;
         write_atomically(&self.desired_file(), &format!("{header}{text}"))
     }
 
@@ -233,7 +231,14 @@ mod tests {
             generation: 9,
             source: Some((PathBuf::from("/etc/xnic/t.toml"), "text".into())),
         };
-        store.save(&stored).unwrap();
+        store
+            .save(
+                &stored.config,
+                stored.generation,
+                stored.source.as_ref(),
+                true,
+            )
+            .unwrap();
         assert_eq!(store.load().unwrap(), Some(stored));
         store.remove().unwrap();
         assert_eq!(store.load().unwrap(), None);

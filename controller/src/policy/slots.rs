@@ -5,6 +5,8 @@
 //! another name. The daemon records slot → name in pinned tables; on start it plans from that
 //! record and the configuration.
 
+use std::collections::BTreeSet;
+
 /// The outcome of [`plan`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotPlan {
@@ -47,14 +49,18 @@ pub fn plan(
     let mut out = SlotPlan::default();
     let mut recorded: Vec<(u32, String)> = recorded.to_vec();
     recorded.sort();
-    let mut used = std::collections::BTreeSet::new();
+    // Sets, not scans: a host has thousands of names and this runs on every change.
+    let wanted: BTreeSet<&str> = desired.iter().map(String::as_str).collect();
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut used = BTreeSet::new();
     for (slot, name) in &recorded {
-        let wanted = desired.contains(name);
-        let duplicate = out.keep.iter().any(|(n, _)| n == name);
-        let in_range = (first..capacity).contains(slot);
-        let taken = used.contains(slot);
-        if wanted && !duplicate && in_range && !taken {
+        let keep = wanted.contains(name.as_str())
+            && !placed.contains(name)
+            && (first..capacity).contains(slot)
+            && !used.contains(slot);
+        if keep {
             out.keep.push((name.clone(), *slot));
+            placed.insert(name.clone());
             used.insert(*slot);
         } else {
             out.release.push((name.clone(), *slot));
@@ -62,7 +68,7 @@ pub fn plan(
     }
     let mut next = first;
     for name in desired {
-        if out.keep.iter().any(|(n, _)| n == name) || out.assign.iter().any(|(n, _)| n == name) {
+        if placed.contains(name) {
             continue;
         }
         while used.contains(&next) {
@@ -75,6 +81,7 @@ pub fn plan(
             });
         }
         used.insert(next);
+        placed.insert(name.clone());
         out.assign.push((name.clone(), next));
     }
     Ok(out)

@@ -153,7 +153,7 @@ impl Handle {
 
 /// Everything a failed change must put back.
 struct Saved {
-    config: Config,
+    config: Arc<Config>,
     base: Base,
     rss: Rss,
     team: Team,
@@ -161,10 +161,13 @@ struct Saved {
 
 pub struct Reconciler {
     dp: Dataplane,
-    config: Config,
+    /// Shared with the published snapshots, so publishing does not copy thousands of VMs.
+    config: Arc<Config>,
     generation: u64,
     config_file: PathBuf,
     store: Store,
+    /// The configuration file and its text when it last replaced the desired state.
+    source: Option<(PathBuf, String)>,
     host: Interfaces,
     /// This instance's program mode on each interface it runs on.
     attached: BTreeMap<String, AttachMode>,
@@ -262,8 +265,9 @@ impl Reconciler {
             let team = Team::adopt(&cx, &pinned);
             Reconciler {
                 dp,
-                config: config.clone(),
+                config: Arc::new(config.clone()),
                 generation: stored.generation,
+                source: stored.source,
                 config_file,
                 store,
                 host: host.clone(),
@@ -302,11 +306,10 @@ impl Reconciler {
         if let Err(e) = r.dp.finish_start() {
             warn!(error = %format!("{e:#}"), "cannot finish taking over the pinned dataplane; the next start tries again");
         }
-        if let Err(e) = r.store.save(&Stored {
-            config: r.config.clone(),
-            generation: r.generation,
-            source: stored.source,
-        }) {
+        if let Err(e) = r
+            .store
+            .save(&r.config, r.generation, r.source.as_ref(), true)
+        {
             warn!(error = %format!("{e:#}"), "cannot keep the desired state: runtime changes will not survive a restart");
         }
         out.push(NewEvent::new(
@@ -534,7 +537,7 @@ impl Reconciler {
             });
         }
         let saved = self.save_state();
-        self.config = new;
+        self.config = Arc::new(new);
         let mut events = Vec::new();
         if let Err(e) = self.reconcile_features(&mut events) {
             self.restore(saved);
@@ -553,16 +556,16 @@ impl Reconciler {
         if !nothing {
             self.generation += 1;
         }
-        let kept = self.store.load().ok().flatten().and_then(|s| s.source);
-        let stored = Stored {
-            config: self.config.clone(),
-            generation: self.generation,
-            source: match source {
-                Some(text) => Some((self.config_file.clone(), text)),
-                None => kept,
-            },
-        };
-        if let Err(e) = self.store.save(&stored) {
+        let source_changed = source.is_some();
+        if let Some(text) = source {
+            self.source = Some((self.config_file.clone(), text));
+        }
+        if let Err(e) = self.store.save(
+            &self.config,
+            self.generation,
+            self.source.as_ref(),
+            source_changed,
+        ) {
             warn!(error = %format!("{e:#}"), "cannot keep the desired state: this change will not survive a restart");
         }
         if !nothing {
@@ -671,7 +674,7 @@ impl Reconciler {
     fn publish(&self) {
         let snapshot = Snapshot {
             generation: self.generation,
-            config: Arc::new(self.config.clone()),
+            config: self.config.clone(),
             config_file: self.config_file.clone(),
             state_file: self.store.desired_file(),
             slots: self.base.slots().clone(),
@@ -741,7 +744,6 @@ impl Reconciler {
                     if !self.command(cmd) {
                         return;
                     }
-                    self.publish();
                     continue;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => return,
@@ -758,7 +760,7 @@ impl Reconciler {
         }
     }
 
-    /// Handles one command; `false` when the thread should end.
+    /// Handles one command and publishes what it changed; `false` when the thread should end.
     fn command(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Change {
@@ -783,6 +785,7 @@ impl Reconciler {
                     warn!(error = %e, "RSS period failed");
                 }
                 self.events.push(events);
+                self.publish();
             }
             Command::TeamTick(sample) => {
                 let mut events = Vec::new();
@@ -794,6 +797,7 @@ impl Reconciler {
                     warn!(error = %e, "team period failed");
                 }
                 self.events.push(events);
+                self.publish();
             }
             Command::Down(reply) => {
                 let out = dataplane::teardown(&self.config.instance);
