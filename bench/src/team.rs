@@ -30,6 +30,7 @@ use xnic::{
     cli::block_on,
     dataplane::baseline::BaselineProgram,
     features::team::monotonic_ns,
+    monitor::links::{EVENT_THREAD_PRIORITY, set_realtime},
     lab::{
         HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC,
         capture::Capture,
@@ -260,6 +261,9 @@ pub(crate) struct Failover {
 /// One failover under a 10 kpps stream per VM of a lab with [`VMS`] VMs named `vmI` with
 /// the MACs of [`vm_mac`] and both [`UPLINKS`] in one team: the uplink carrying most of them
 /// loses its carrier. Returns the VMs that were on it.
+/// Real-time priority of the failover trial's senders: under the daemon's link thread.
+const SENDER_PRIORITY: i32 = EVENT_THREAD_PRIORITY - 5;
+
 pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<Vec<Failover>> {
     let (tor, tor_addr) = lab.endpoint("tor")?;
     let captures = UPLINKS
@@ -273,6 +277,9 @@ pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<Vec<Failove
         receivers.push(Receiver::start(Some(&tor), sink)?);
         let ns = lab.vm_ns(&format!("vm{i}"));
         senders.push(std::thread::spawn(move || {
+            // The gap is the dataplane's and the daemon's: a sender the load delays would
+            // add its own silence to it. Below the daemon's link thread, so never ahead of it.
+            let _ = set_realtime(SENDER_PRIORITY);
             send_udp(
                 Some(&ns),
                 UdpStream {
@@ -576,7 +583,7 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
         failover.push((label, bond_mode, xnic_runs, ovs_runs?, switch_us));
     }
     report.notes.push(
-        "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),
+        "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor; the senders run at real-time priority, so their own scheduling does not widen it); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),
     );
     for (label, bond_mode, x, o, switch_us) in &failover {
         let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");

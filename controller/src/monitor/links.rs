@@ -201,13 +201,22 @@ impl LinkWatch {
 /// Moves the calling thread to SCHED_FIFO at [`EVENT_THREAD_PRIORITY`] (so a busy host does
 /// not delay a failover behind ordinary work); without the privilege it stays where it is.
 pub fn raise_priority() {
+    if let Err(e) = set_realtime(EVENT_THREAD_PRIORITY) {
+        tracing::debug!(error = %e, "the reconciler stays at normal priority");
+    }
+}
+
+/// Moves the calling thread (and the threads it starts later) to SCHED_FIFO at `priority`.
+pub fn set_realtime(priority: i32) -> std::io::Result<()> {
     let param = libc::sched_param {
-        sched_priority: EVENT_THREAD_PRIORITY,
+        sched_priority: priority,
     };
     // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with a valid parameter.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "the reconciler stays at normal priority");
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -218,7 +227,7 @@ const RTNLGRP_LINK: u32 = 1;
 const LINK_EVENT_BUFFER: usize = 64 * 1024;
 /// Real-time priority of the thread that handles link events: above every ordinary thread,
 /// well below the kernel's own real-time threads (which default to 50).
-const EVENT_THREAD_PRIORITY: i32 = 10;
+pub const EVENT_THREAD_PRIORITY: i32 = 10;
 
 /// Every RTM_NEWLINK and RTM_DELLINK in one netlink datagram.
 pub fn link_changes(mut buf: &[u8]) -> Vec<LinkEvent> {
