@@ -30,13 +30,13 @@ use xnic::{
     cli::block_on,
     dataplane::baseline::BaselineProgram,
     features::team::monotonic_ns,
-    monitor::links::{EVENT_THREAD_PRIORITY, set_realtime},
     lab::{
         HOST_BRIDGE, Lab, TOR_BRIDGE, TOR_MAC,
         capture::Capture,
         ip, tor_port,
         traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
     },
+    monitor::links::{EVENT_THREAD_PRIORITY, set_realtime},
     net::MacAddr,
 };
 

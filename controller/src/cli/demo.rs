@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use super::{args::DemoArgs, block_on, down, lab::resolve, table};
 use crate::{
     api::{
-        client::Client,
+        client::{Client, Method},
         types::{
-            RssEngineSetRequest, RssEngineView, RssEvent, RssStatusView, StatsView, StatusView,
-            TeamEvent, TeamStatusView, VmView,
+            ChangeView, Event, RssEngineSetRequest, RssEngineView, RssEvent, RssStatusView,
+            StatsView, StatusView, TeamEvent, TeamStatusView, VmChanged, VmPatch, VmView,
         },
     },
     lab::{
@@ -170,6 +170,10 @@ fn demo(
             &vm0.name,
             team.failback_hold_ms,
         )?;
+    }
+
+    if lab.config().vms.len() > 1 {
+        lifecycle_demo(lab, &client)?;
     }
 
     if let (Some(vm0), Some(tor4)) = (
@@ -364,5 +368,92 @@ fn failover_demo(
         "team events (switch: from the kernel's link event to the dataplane carrying the VMs):"
     );
     print!("{}", table::team_events(&events, true));
+    Ok(())
+}
+
+/// Day-2 operations while the first VM sends: the last VM is removed, added back, changed,
+/// and its port deleted and recreated (a VM reboot); the first VM's stream never notices.
+fn lifecycle_demo(lab: &Lab, client: &Client) -> anyhow::Result<()> {
+    let (Some(first), Some(last), Some(tor4)) = (
+        lab.config().vms.first(),
+        lab.config().vms.last(),
+        lab.tor_addrs().iter().find(|a| a.addr.is_ipv4()).copied(),
+    ) else {
+        return Ok(());
+    };
+    let (name, path) = (&last.name, format!("/v1/vms/{}", last.name));
+    heading(&format!(
+        "runtime changes while {} sends 5000 datagrams/s: {name} removed, added back, changed, its port recreated",
+        first.name
+    ));
+    let seen: Vec<Event> = block_on(client.get("/v1/events"))?;
+    let since = seen.last().map_or(0, |e| e.id);
+    let (rx, sender) = stream_to_tor(lab, &first.name, tor4.addr, 5.0)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    println!("xnic vm del {name}");
+    let out: ChangeView = block_on(client.delete(&path))?;
+    super::vm::print_change(&out);
+    std::thread::sleep(Duration::from_millis(300));
+
+    println!(
+        "xnic vm add {name} --port {} --mac {} ...",
+        last.port,
+        last.macs.join(" --mac ")
+    );
+    let out: VmChanged = block_on(client.post_json("/v1/vms", last))?;
+    super::vm::print_change(&out.change);
+    std::thread::sleep(Duration::from_millis(300));
+
+    println!("xnic vm set {name} --bandwidth-mbps 50 --priority 3");
+    let change = VmPatch {
+        bandwidth_mbps: Some(Some(50.0)),
+        priority: Some(3),
+        ..VmPatch::default()
+    };
+    let out: VmChanged = block_on(client.send_json(Method::PATCH, &path, &change))?;
+    super::vm::print_change(&out.change);
+
+    // A VM reboot: the hypervisor deletes its tap and creates a new one with the same name.
+    let before: VmView = block_on(client.get(&path))?;
+    println!(
+        "ip -n {} link del {}   (the VM reboots)",
+        lab.host_ns(),
+        last.port
+    );
+    lab.unplug(name)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let gone: VmView = block_on(client.get(&path))?;
+    println!("{name}: port {} is {}", gone.port, gone.port_state);
+    println!("... and its port is created again (a new ifindex)");
+    lab.plug(name)?;
+    let plugged = Instant::now();
+    let mut back: VmView = block_on(client.get(&path))?;
+    while back.port_state != "attached" && plugged.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        back = block_on(client.get(&path))?;
+    }
+    println!(
+        "{name}: port {} is {} again after {:.0} ms, in slot {} (slot {} before: same counters, MACs, team and RSS state)",
+        back.port,
+        back.port_state,
+        plugged.elapsed().as_secs_f64() * 1e3,
+        back.slot,
+        before.slot
+    );
+    print!("{}", table::vm(&back));
+
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
+    let got = rx.stop()?;
+    println!("{} meanwhile: {}", first.name, delivery(&sent, &got));
+    let events: Vec<Event> = block_on(client.get(&format!("/v1/events?since={since}")))?;
+    let events: Vec<Event> = events
+        .into_iter()
+        .filter(|e| ["vm", "port", "config"].contains(&e.feature.as_str()))
+        .collect();
+    println!("events (`xnic events`):");
+    print!("{}", table::events(&events, true));
     Ok(())
 }

@@ -68,7 +68,7 @@ fn patch(spec: &VmSpecArgs, unset: &[String]) -> anyhow::Result<VmPatch> {
     Ok(p)
 }
 
-fn print_change(change: &ChangeView) {
+pub(super) fn print_change(change: &ChangeView) {
     for line in &change.changes {
         println!("  {line}");
     }
