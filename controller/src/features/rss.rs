@@ -7,7 +7,7 @@
 //! measurements feed the policy. Decisions become image entries and events.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::Instant,
 };
 
@@ -301,16 +301,23 @@ impl On {
         wanted
     }
 
-    fn vm_index(&self, name: &str) -> Option<usize> {
-        self.policy.vms.iter().position(|v| v.name == name)
+    /// Each policy VM's index, by name (built once per pass: a host has thousands).
+    fn vm_indexes(&self) -> HashMap<String, usize> {
+        self.policy
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.clone(), i))
+            .collect()
     }
 
     /// Places every VM as its `rss` hint says: `auto` hands it to the policy, `none` and an
     /// engine's name pin it. A VM the policy put on a dedicated engine gives it up to a VM
     /// pinned there.
     fn apply_hints(&mut self, cx: &Context, out: &mut Vec<Decision>) -> Result<(), String> {
+        let index = self.vm_indexes();
         for vm in &cx.desired.vms {
-            let Some(i) = self.vm_index(&vm.name) else {
+            let Some(&i) = index.get(&vm.name) else {
                 continue;
             };
             let to = match vm.rss.as_str() {
@@ -353,9 +360,10 @@ impl On {
     ) -> Result<(), String> {
         // VMs: in the desired order, each keeping its state.
         let mut vms = Vec::new();
+        let index = self.vm_indexes();
         for vm in &cx.desired.vms {
-            let mut v = match self.vm_index(&vm.name) {
-                Some(i) => self.policy.vms[i].clone(),
+            let mut v = match index.get(&vm.name) {
+                Some(&i) => self.policy.vms[i].clone(),
                 None => crate::policy::rss::Vm::new(&vm.name),
             };
             v.priority = vm.priority;

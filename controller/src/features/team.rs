@@ -340,7 +340,7 @@ impl Team {
     pub fn written(
         &mut self,
         slots: &Slots,
-        before: &Image,
+        before: &BTreeMap<u32, VmTeam>,
         after: &Image,
         events: &mut Vec<NewEvent>,
     ) {
@@ -354,7 +354,7 @@ impl Team {
                     return false;
                 };
                 let new = after.vm_team.get(&slot).copied().unwrap_or_default();
-                let old = before.vm_team.get(&slot).copied().unwrap_or_default();
+                let old = before.get(&slot).copied().unwrap_or_default();
                 // A VM new to its team has no old place for the network to forget.
                 old.flood_ifindex != 0
                     && new.flood_ifindex != 0

@@ -260,13 +260,16 @@ impl Teaming {
             })
             .collect();
         let old_vms = std::mem::take(&mut self.vms);
+        // By name: thousands of VMs, and this runs on every change.
+        let old_by_name: std::collections::HashMap<&str, &VmState> =
+            old_vms.iter().map(|o| (o.spec.name.as_str(), o)).collect();
         let mut moves = Vec::new();
         let mut fresh = Vec::new();
         self.vms = vms
             .into_iter()
             .enumerate()
             .map(|(v, spec)| {
-                let old = old_vms.iter().find(|o| o.spec.name == spec.name);
+                let old = old_by_name.get(spec.name.as_str()).copied();
                 let Some(old) = old else {
                     fresh.push(v);
                     return VmState {

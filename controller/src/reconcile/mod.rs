@@ -440,10 +440,11 @@ impl Reconciler {
             if ops.is_empty() {
                 return Ok(());
             }
-            let before = self.written.clone();
+            // What the team needs to see what moved (the rest of the image is large).
+            let before = self.written.vm_team.clone();
             let result = self.execute(&ops);
-            let slots = self.base.slots().clone();
-            self.team.written(&slots, &before, &self.written, events);
+            self.team
+                .written(self.base.slots(), &before, &self.written, events);
             match result {
                 Ok(()) => {}
                 Err((Op::Attach(name, a), e)) if !strict => {
@@ -481,9 +482,8 @@ impl Reconciler {
     fn reconcile_features(&mut self, events: &mut Vec<NewEvent>) -> Result<(), String> {
         let cx = cx!(self);
         self.base.reconcile(&cx, &Slots::default(), events)?;
-        let slots = self.base.slots().clone();
-        self.rss.reconcile(&cx, &slots, events)?;
-        self.team.reconcile(&cx, &slots, events)?;
+        self.rss.reconcile(&cx, self.base.slots(), events)?;
+        self.team.reconcile(&cx, self.base.slots(), events)?;
         self.refresh_blocks();
         Ok(())
     }
@@ -777,9 +777,8 @@ impl Reconciler {
             }
             Command::RssTick(sample) => {
                 let mut events = Vec::new();
-                let slots = self.base.slots().clone();
                 let cx = cx!(self);
-                if self.rss.tick(&cx, &slots, sample, &mut events)
+                if self.rss.tick(&cx, self.base.slots(), sample, &mut events)
                     && let Err(e) = self.converge(false, &mut events)
                 {
                     warn!(error = %e, "RSS period failed");
@@ -789,9 +788,8 @@ impl Reconciler {
             }
             Command::TeamTick(sample) => {
                 let mut events = Vec::new();
-                let slots = self.base.slots().clone();
                 let cx = cx!(self);
-                if self.team.tick(&cx, &slots, sample, &mut events)
+                if self.team.tick(&cx, self.base.slots(), sample, &mut events)
                     && let Err(e) = self.converge(false, &mut events)
                 {
                     warn!(error = %e, "team period failed");
