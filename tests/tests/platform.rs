@@ -56,6 +56,15 @@ fn send(t: &TestLab, vm: &str, dst: SocketAddr, pps: u64, secs: f64) -> JoinHand
     })
 }
 
+/// `vm` sends 2000 datagrams/s to the tor for `secs`: every one arrives, and its VM's
+/// counter (counting from zero) says exactly as many.
+fn assert_exact_delivery(t: &TestLab, vm: &str, port: u16, secs: f64) {
+    let (rx, dst) = tor_sink(t, port);
+    let sent = send(t, vm, dst, 2000, secs).join().unwrap();
+    assert_eq!(rx.stop().unwrap().received, sent.sent);
+    assert_eq!(t.vm(vm).counters.from_vm.packets, sent.sent);
+}
+
 /// Runs `xnic ARGS --instance I`: stdout on success, stderr on failure.
 fn cli(t: &TestLab, args: &[&str]) -> Result<String, String> {
     let mut all = args.to_vec();
@@ -261,10 +270,7 @@ fn runtime_changes_leave_other_vms_alone_and_survive_a_restart() {
     t.start_daemon();
     assert_changes_hold(&t, generation);
     // vm4's frames are forwarded after the restart too (exact counts, both ways).
-    let (rx, dst) = tor_sink(&t, 9104);
-    let sent = send(&t, "vm4", dst, 2000, 0.25).join().unwrap();
-    assert_eq!(rx.stop().unwrap().received, sent.sent);
-    assert_eq!(t.vm("vm4").counters.from_vm.packets, sent.sent);
+    assert_exact_delivery(&t, "vm4", 9104, 0.25);
 }
 
 #[test]
@@ -374,10 +380,7 @@ fn a_vm_configured_before_its_port_exists_is_attached_when_it_appears() {
         .vm("vm1")
         .port_state
         == "attached"));
-    let (rx, dst) = tor_sink(&t, 9300);
-    let sent = send(&t, "vm1", dst, 2000, 0.5).join().unwrap();
-    assert_eq!(rx.stop().unwrap().received, sent.sent);
-    assert_eq!(t.vm("vm1").counters.from_vm.packets, sent.sent);
+    assert_exact_delivery(&t, "vm1", 9300, 0.5);
 }
 
 #[test]
