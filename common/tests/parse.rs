@@ -284,6 +284,13 @@ proptest! {
         let mut b = parse_guarded(&padded).unwrap();
         a.shapes &= !Shape::Jumbo.bit();
         b.shapes &= !Shape::Jumbo.bit();
+        // An IPv6 payload length of zero (a jumbogram or a GSO super-packet) leaves the frame
+        // to bound the packet, so there the padding is payload: only the end moves, by `pad`.
+        let l3 = a.l3_offset as usize;
+        if a.l3 == L3::Ipv6 && bytes[l3 + 4..l3 + 6] == [0, 0] {
+            prop_assert_eq!(b.ip_end as usize, a.ip_end as usize + pad);
+            b.ip_end = a.ip_end;
+        }
         prop_assert_eq!(a, b);
     }
 
@@ -338,6 +345,31 @@ fn minimum_size_frame_with_padding_parses() {
     bytes.resize(60, 0);
     let p = parse_guarded(&bytes).unwrap();
     assert_eq!((p.src_port, p.dst_port), (1000, 2000));
+}
+
+#[test]
+fn zero_ipv6_payload_length_lets_the_frame_bound_the_packet() {
+    // Found by `ethernet_padding_changes_nothing`: an IPv6 header with no payload says payload
+    // length 0, which also announces a jumbogram or GSO super-packet, so trailing padding is
+    // taken as payload. Nothing past the IPv6 header may be parsed out of it as a transport.
+    let spec = Spec {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        vlans: vec![],
+        net: Net::Ipv6 {
+            src: [0; 16],
+            dst: [0; 16],
+            exts: vec![],
+            transport: Transport::Other(132),
+        },
+        payload: 0,
+    };
+    let mut bytes = spec.build();
+    assert_eq!(bytes.len(), 54);
+    bytes.push(0);
+    let p = parse_guarded(&bytes).unwrap();
+    assert_eq!((p.l3, p.ip_proto, p.ip_end), (L3::Ipv6, 132, 55));
+    assert_eq!((p.src_port, p.dst_port), (0, 0));
 }
 
 #[test]
