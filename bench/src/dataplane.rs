@@ -22,6 +22,7 @@ use xnic::{
     },
     lab::ip,
     netns,
+    policy::plan::Image,
 };
 use xnic_common::maps::{MacOwner, NO_VM, PortEntry, PortRole};
 
@@ -169,6 +170,8 @@ struct Bench {
     dp: Dataplane,
     baseline: Baseline,
     ifindex: u32,
+    /// What the port and MAC maps hold.
+    image: Image,
 }
 
 impl Bench {
@@ -180,7 +183,10 @@ impl Bench {
             // As the daemon writes it: the VM's first MAC, the lookup-free common case.
             entry.mac = VM_MAC;
         }
-        self.dp.set_port(self.ifindex, entry)
+        let mut to = self.image.clone();
+        to.ports.insert(self.ifindex, entry);
+        self.image = self.dp.write_image(&self.image, to)?;
+        Ok(())
     }
 
     /// Frames per second dut0 handles in `scenario`, in steady state over `secs`.
@@ -312,17 +318,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         dp,
         baseline,
         ifindex,
+        image: Image::default(),
     };
     // The generator's frames come from the "VM" MAC, bound to dut0 (so the VM program
     // passes them), and go to dut0's own MAC (so the uplink program passes them to the host,
     // and the kernel takes them up its stack in every scenario alike).
-    b.dp.set_mac(
+    let mut to = b.image.clone();
+    to.macs.insert(
         VM_MAC,
         MacOwner {
             vm_slot: 0,
             port_ifindex: ifindex,
         },
-    )?;
+    );
+    b.image = b.dp.write_image(&b.image, to)?;
     let config = std::env::temp_dir().join(format!("xnic-bench-{}.trafgen", std::process::id()));
     std::fs::write(
         &config,

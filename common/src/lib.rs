@@ -10,6 +10,7 @@ pub mod ctx;
 pub mod frame;
 pub mod hash;
 pub mod headers;
+pub mod index;
 pub mod limits;
 #[macro_use]
 pub mod mapdefs;

@@ -119,6 +119,13 @@ macro_rules! for_each_map {
             /// MAC → owning VM and the port it may send from. Written by the daemon, read
             /// per frame.
             MACS: hash($crate::maps::MacKey => $crate::maps::MacOwner; $crate::limits::MAX_MACS), pinned, Ports 1;
+            /// An ifindex's slot → its port entry when the slot is that port's alone, else
+            /// "look in PORTS_V2" (`index`): a frame's port in one array read. Written by the
+            /// daemon from PORTS_V2, read per frame.
+            PORT_INDEX: array(u32 => $crate::index::PortSlot; $crate::index::PORT_INDEX_SIZE), pinned, Ports 3;
+            /// A MAC's slot → its owner when the slot is that MAC's alone, else "look in
+            /// MACS" (`index`). Written by the daemon from MACS, read per frame.
+            MAC_INDEX: array(u32 => $crate::index::MacSlot; $crate::index::MAC_INDEX_SIZE), pinned, Ports 3;
             /// Port slot → interface, for the daemon only (survives restarts with the
             /// counters).
             PORT_TABLE: array(u32 => $crate::maps::PortRecord; $crate::limits::MAX_PORTS), pinned, Ports 1;
@@ -302,7 +309,7 @@ mod tests {
 
     #[test]
     fn families_take_their_maps_highest_version() {
-        assert_eq!(Family::Ports.version(), 2);
+        assert_eq!(Family::Ports.version(), 3);
         assert_eq!(Family::Rss.version(), 2);
     }
 }

@@ -53,7 +53,7 @@ impl PortRole {
 /// Value of `PORTS_V2`, keyed by ingress ifindex. 8-byte aligned (like every type the
 /// programs copy): the BPF backend copies it with three 8-byte moves instead of byte by byte.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortEntry {
     /// Index into the per-port counter arrays.
     pub slot: u32,
@@ -140,7 +140,7 @@ impl MacKey {
 
 /// Value of `MACS`: which VM owns a MAC and on which port it may send.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MacOwner {
     pub vm_slot: u32,
     pub port_ifindex: u32,

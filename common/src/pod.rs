@@ -45,3 +45,7 @@ unsafe impl aya::Pod for VmBucket {}
 unsafe impl aya::Pod for crate::xmit::TraceConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::RedirectMark {}
+// SAFETY: as above (the slot types assert their sizes: no padding).
+unsafe impl aya::Pod for crate::index::PortSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::index::MacSlot {}

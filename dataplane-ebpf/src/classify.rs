@@ -3,11 +3,14 @@
 
 use xnic_common::{
     ctx::{CTX_GROUP, CTX_PARSED, CTX_PORT, Call, FrameCtx, Next},
-    maps::{MacKey, MacOwner, PortRole},
+    maps::{MacOwner, PortRole},
     verdict::{Action, Reason, decide, is_group, known_source, unicast_dst},
 };
 
-use crate::{maps::MACS, maps::PORTS_V2, team};
+use crate::{
+    lookup::{mac_owner, port_entry},
+    team,
+};
 
 /// What the entry program does with a classified frame.
 pub enum Route {
@@ -19,10 +22,9 @@ pub enum Route {
 #[inline(always)]
 pub fn classify(cx: &mut FrameCtx, role: PortRole) {
     let outcome = cx.outcome();
-    // SAFETY: entries are plain data; the daemon replaces them whole, never in place.
     // A port entry for the other role means a stale attachment: counted as unknown.
-    if let Some(p) = unsafe { PORTS_V2.get(cx.ifindex) }.filter(|p| p.role == role as u8) {
-        cx.port = *p;
+    if let Some(p) = port_entry(cx.ifindex).filter(|p| p.role == role as u8) {
+        cx.port = p;
         cx.flags |= CTX_PORT;
     }
     if outcome.is_ok() {
@@ -36,9 +38,9 @@ pub fn classify(cx: &mut FrameCtx, role: PortRole) {
     // Who sent it (VM ports: the anti-spoofing check). The VM's first MAC is in its port
     // entry, so the usual frame needs no lookup.
     let src_owner: Option<MacOwner> = match port {
-        Some(p) if parsed_ok && role == PortRole::Vm => known_source(&p, &cx.parsed, cx.ifindex)
-            // SAFETY: as above.
-            .or_else(|| unsafe { MACS.get(MacKey::new(cx.parsed.src_mac)) }.copied()),
+        Some(p) if parsed_ok && role == PortRole::Vm => {
+            known_source(&p, &cx.parsed, cx.ifindex).or_else(|| mac_owner(cx.parsed.src_mac))
+        }
         _ => None,
     };
     // Who it is for: on uplinks always (it decides the verdict), on VM ports only when xnic
@@ -48,8 +50,7 @@ pub fn classify(cx: &mut FrameCtx, role: PortRole) {
         None => false,
     };
     let dst_owner: Option<MacOwner> = match unicast_dst(&cx.parsed) {
-        // SAFETY: as above.
-        Some(mac) if parsed_ok && wants_dst => unsafe { MACS.get(MacKey::new(mac)) }.copied(),
+        Some(mac) if parsed_ok && wants_dst => mac_owner(mac),
         _ => None,
     };
     cx.verdict = decide(

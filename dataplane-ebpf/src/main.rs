@@ -20,6 +20,7 @@
 mod calls;
 mod classify;
 mod deliver;
+mod lookup;
 mod maps;
 mod pipeline;
 mod steer;

@@ -9,7 +9,6 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpCon
 use xnic_common::{
     ctx::{CTX_GROUP, FrameCtx, Next},
     hash::flow_hash,
-    maps::MacKey,
     parse::Parsed,
     team::{
         Egress, FLOW_HASH_MEMBER, NO_TEAM, admit, cost_ns, over_rate_reason, pick, table_index,
@@ -18,7 +17,10 @@ use xnic_common::{
     verdict::Reason,
 };
 
-use crate::maps::{MACS, TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM};
+use crate::{
+    lookup::mac_owner,
+    maps::{TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM},
+};
 
 /// A teamed VM's frame for the network: sets its reason and next hop. A VM in no team keeps
 /// going to the kernel, as without teaming.
@@ -112,8 +114,7 @@ fn take(vm_slot: u32, cost: u64, burst_ns: u64, now: u64) -> bool {
 /// frames coming back.
 #[inline(always)]
 pub fn looped(parsed: &Parsed) -> bool {
-    // SAFETY: entries are plain data; the daemon replaces them whole.
-    unsafe { MACS.get(MacKey::new(parsed.src_mac)) }.is_some()
+    mac_owner(parsed.src_mac).is_some()
 }
 
 /// Whether `member` accepts group frames for team `team`.
@@ -135,8 +136,7 @@ pub fn flood_filter(ctx: &XdpContext) -> u32 {
     // SAFETY: [data, data + 12) is inside the frame (checked above); bytes 6..12 are the
     // source MAC.
     unsafe { core::ptr::copy_nonoverlapping((data + 6) as *const u8, src.as_mut_ptr(), 6) };
-    // SAFETY: as in `looped`.
-    let Some(owner) = (unsafe { MACS.get(MacKey::new(src)) }) else {
+    let Some(owner) = mac_owner(src) else {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: `ctx.ctx` is this invocation's xdp_md.

@@ -11,7 +11,10 @@ use xnic_common::xmit::{
     REDIRECT_ERR_MAP_INDEX,
 };
 
-use crate::maps::{PORTS_V2, QUEUE_DROPS, REDIRECT_MARK, TRACE_CONFIG, XMIT_DROPS};
+use crate::{
+    lookup::port_entry,
+    maps::{QUEUE_DROPS, REDIRECT_MARK, TRACE_CONFIG, XMIT_DROPS},
+};
 
 /// Counts one of this instance's redirects on this CPU (called by the delivery step).
 #[inline(always)]
@@ -79,10 +82,8 @@ pub fn devmap_xmit(ctx: &RawTracePointContext) {
     ) else {
         return;
     };
-    // SAFETY: entries are plain data; the daemon replaces them whole.
-    let ours = unsafe { PORTS_V2.get(from) }.is_some();
-    // SAFETY: as above.
-    if let Some(port) = unsafe { PORTS_V2.get(to) }
+    let ours = port_entry(from).is_some();
+    if let Some(port) = port_entry(to)
         && ours
     {
         add(&XMIT_DROPS, port.slot, drops as u64);
@@ -118,8 +119,7 @@ pub fn redirect_err(ctx: &TracePointContext) {
     };
     if map_id == cfg.tx_ports_id {
         // `TX_PORTS` is keyed by the target's ifindex.
-        // SAFETY: entries are plain data; the daemon replaces them whole.
-        if let Some(port) = unsafe { PORTS_V2.get(index as u32) } {
+        if let Some(port) = port_entry(index as u32) {
             add(&XMIT_DROPS, port.slot, 1);
         }
     } else if map_id == cfg.cpumap_id {

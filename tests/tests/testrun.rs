@@ -3,7 +3,7 @@
 //! and shape counters, with exact byte counts.
 
 use etherparse::PacketBuilder;
-use xnic::dataplane::Dataplane;
+use xnic::{dataplane::Dataplane, policy::plan::Image};
 use xnic_common::{
     maps::{Counter, MacOwner, NO_VM, PortEntry, PortRole, VmCounters},
     parse::Shape,
@@ -21,6 +21,8 @@ struct Fixture {
     dp: Dataplane,
     instance: String,
     ifindex: u32,
+    /// What the port and MAC maps hold (written as the daemon writes them).
+    image: Image,
 }
 
 impl Drop for Fixture {
@@ -49,6 +51,7 @@ impl Fixture {
             dp,
             instance,
             ifindex,
+            image: Image::default(),
         };
         let vm_slot = if role == PortRole::Vm { VM_SLOT } else { NO_VM };
         let mut entry = PortEntry::new(PORT_SLOT, vm_slot, role);
@@ -56,20 +59,27 @@ impl Fixture {
             // As the daemon writes it: the VM's first MAC in its port's entry.
             entry.mac = VM_MAC;
         }
-        fx.dp.set_port(ifindex, entry).unwrap();
         // On a VM port the VM's MAC is bound to this port; on an uplink, to a VM port
         // elsewhere.
         let port_ifindex = if role == PortRole::Vm { ifindex } else { 9999 };
-        fx.dp
-            .set_mac(
+        fx.write(|i| {
+            i.ports.insert(ifindex, entry);
+            i.macs.insert(
                 VM_MAC,
                 MacOwner {
                     vm_slot: VM_SLOT,
                     port_ifindex,
                 },
-            )
-            .unwrap();
+            );
+        });
         fx
+    }
+
+    /// Changes the port and MAC maps as `change` says.
+    fn write(&mut self, change: impl FnOnce(&mut Image)) {
+        let mut to = self.image.clone();
+        change(&mut to);
+        self.image = self.dp.write_image(&self.image, to).unwrap();
     }
 
     fn snapshot(&self, slot: u32) -> (xnic::dataplane::PortCounters, VmCounters) {
@@ -395,7 +405,9 @@ fn frames_on_unknown_or_mismatched_ports_pass_and_are_counted() {
     let m = fx.run_on(PortRole::Uplink, &frame, ifindex, 0);
     expect(&m, &frame, Action::Pass, Reason::UnknownPort, &[]);
     // An interface with no port entry at all.
-    fx.dp.remove_port(ifindex).unwrap();
+    fx.write(|i| {
+        i.ports.remove(&ifindex);
+    });
     let m = fx.run_on(PortRole::Vm, &frame, ifindex, 0);
     expect(&m, &frame, Action::Pass, Reason::UnknownPort, &[]);
 }
@@ -423,7 +435,10 @@ fn teamed(role: PortRole) -> Fixture {
     if role == PortRole::Vm {
         entry.mac = VM_MAC;
     }
-    fx.dp.set_port(fx.ifindex, entry).unwrap();
+    let ifindex = fx.ifindex;
+    fx.write(|i| {
+        i.ports.insert(ifindex, entry);
+    });
     fx.dp.set_switch_port(fx.ifindex, false).unwrap();
     let mut team = TeamEntry {
         rx_member: 0,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::Context as _;
 use aya::maps::DevMapHash;
 use xnic_common::{
+    index::{mac_slot, port_slot},
     limits::{MAX_PORTS, MAX_VMS},
     rss::{MAX_ENGINES, MAX_TABLE_SIZE, VmRss, bucket_index},
     team::{MAX_TEAMS, TEAM_TABLE_SIZE, VmTeam},
@@ -93,7 +94,34 @@ impl Dataplane {
         img.rss_config = self.rss_config()?;
         img.macs = self.macs()?.into_iter().collect();
         img.ports = self.ports()?.into_iter().collect();
+        // Only the slots of keys the hash maps hold: the reconciler writes a slot after its
+        // key goes in and clears it before its key goes out, so no other slot holds anything.
+        let mac_index = self.array::<registry::MAC_INDEX>()?;
+        let mac_slots: BTreeSet<u32> = img.macs.keys().map(|m| mac_slot(*m)).collect();
+        for slot in mac_slots {
+            put(&mut img.mac_index, slot, mac_index.get(&slot, 0)?);
+        }
+        let port_index = self.array::<registry::PORT_INDEX>()?;
+        let port_slots: BTreeSet<u32> = img.ports.keys().map(|i| port_slot(*i)).collect();
+        for slot in port_slots {
+            put(&mut img.port_index, slot, port_index.get(&slot, 0)?);
+        }
         Ok(img)
+    }
+
+    /// Takes the configuration maps from `from` (what they hold) to `to`, with the
+    /// reconciler's ordered writes, and returns what they hold now (`to` with its index
+    /// slots). For tools and tests that write entries without a daemon; attachments are the
+    /// caller's.
+    pub fn write_image(&mut self, from: &Image, mut to: Image) -> anyhow::Result<Image> {
+        to.index();
+        for op in crate::policy::plan::diff(from, &to, &Default::default()) {
+            if matches!(op, Op::Attach(..) | Op::Detach(..)) {
+                continue;
+            }
+            self.execute(&op, XdpModePref::Native, None, None)?;
+        }
+        Ok(to)
     }
 
     /// Carries out one write. `mode` and `attached_prog` (the XDP program the interface runs
@@ -145,6 +173,16 @@ impl Dataplane {
             Op::SetMac(mac, owner) => self.set_mac(*mac, *owner)?,
             Op::RemoveMac(mac) => self.remove_mac(*mac)?,
             Op::SetPort(ifindex, entry) => self.set_port(*ifindex, *entry)?,
+            Op::SetMacIndex(slot, v) => {
+                self.array_mut::<registry::MAC_INDEX>()?
+                    .set(*slot, *v, 0)
+                    .with_context(|| format!("cannot write MAC_INDEX[{slot}]"))?;
+            }
+            Op::SetPortIndex(slot, v) => {
+                self.array_mut::<registry::PORT_INDEX>()?
+                    .set(*slot, *v, 0)
+                    .with_context(|| format!("cannot write PORT_INDEX[{slot}]"))?;
+            }
             Op::RemovePort(ifindex) => self.remove_port(*ifindex)?,
             Op::Attach(name, a) => {
                 let attached = self

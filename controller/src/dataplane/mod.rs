@@ -551,14 +551,16 @@ impl Dataplane {
 
     // --- ports -------------------------------------------------------------------------------
 
-    pub fn set_port(&mut self, ifindex: u32, entry: PortEntry) -> anyhow::Result<()> {
+    /// `PORTS_V2` alone: frames find ports through `PORT_INDEX` first, so everything else
+    /// writes ports through an [`Image`](crate::policy::plan::Image).
+    fn set_port(&mut self, ifindex: u32, entry: PortEntry) -> anyhow::Result<()> {
         self.hash_mut::<registry::PORTS_V2>()?
             .insert(ifindex, entry, 0)
             .with_context(|| format!("cannot write PORTS_V2[{ifindex}]"))?;
         Ok(())
     }
 
-    pub fn remove_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+    fn remove_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
         match self.hash_mut::<registry::PORTS_V2>()?.remove(&ifindex) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot delete PORTS_V2[{ifindex}]")),
@@ -589,14 +591,15 @@ impl Dataplane {
 
     // --- VMs ---------------------------------------------------------------------------------
 
-    pub fn set_mac(&mut self, mac: [u8; 6], owner: MacOwner) -> anyhow::Result<()> {
+    /// `MACS` alone (see [`Dataplane::set_port`]).
+    fn set_mac(&mut self, mac: [u8; 6], owner: MacOwner) -> anyhow::Result<()> {
         self.hash_mut::<registry::MACS>()?
             .insert(MacKey::new(mac), owner, 0)
             .context("cannot write MACS (is the MAC table full?)")?;
         Ok(())
     }
 
-    pub fn remove_mac(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
+    fn remove_mac(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
         match self.hash_mut::<registry::MACS>()?.remove(&MacKey::new(mac)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).context("cannot delete from MACS"),

@@ -85,6 +85,13 @@ pub const MIGRATIONS: &[Migration] = &[
         replaced: &[("PORTS", 4, 12, MAX_PORTS)],
     },
     Migration {
+        family: Family::Ports,
+        from: 2,
+        // PORT_INDEX and MAC_INDEX are new and derived: the reconciler fills them from
+        // PORTS_V2 and MACS before it swaps the new programs in.
+        replaced: &[],
+    },
+    Migration {
         family: Family::Counters,
         from: 1,
         // The _V2 counters leave headroom for reasons, shapes and steering counters to come.

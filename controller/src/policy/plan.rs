@@ -6,16 +6,19 @@
 //! differ, in an order no frame can see half-done: *make before break*. Entries are written
 //! before anything that refers to them (a CPU-map queue before a table names its CPU, an
 //! engine's table before a VM points at the engine, a VM's records before its MACs, MACs
-//! before the port entry that makes frames look them up, the port entry before the program
-//! is attached); references are removed before what they refer to (detach, then the port
-//! entry, then MACs, ...). Every single write replaces a whole map entry, which the kernel
-//! does atomically, so a frame sees an entry either before or after a write.
+//! before the port entry that makes frames look them up, a hash map's entry before the index
+//! slot that names it, the port entry before the program is attached); references are removed
+//! before what they refer to (detach, then the index slots, then the port entry, then MACs,
+//! ...). Every single write replaces a whole map entry, so a frame sees an entry either before
+//! or after a write (index slots, which the kernel copies in place, are sealed against torn
+//! reads: `xnic_common::index`).
 //!
 //! Pure: no I/O. The dataplane executes the [`Op`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use xnic_common::{
+    index::{IndexSlot, MacSlot, PortSlot, Sealable, mac_key, mac_slot, port_slot},
     maps::{MacOwner, PortEntry, PortRecord, PortRole, VmRecord},
     rss::{EngineEntry, RssConfig, VmRss},
     team::{TeamEntry, VmTeam},
@@ -82,8 +85,12 @@ pub struct Image {
     pub rss_config: RssConfig,
     /// `MACS`.
     pub macs: BTreeMap<[u8; 6], MacOwner>,
-    /// `PORTS`, by ifindex.
+    /// `PORTS_V2`, by ifindex.
     pub ports: BTreeMap<u32, PortEntry>,
+    /// `MAC_INDEX`, by slot: derived from `macs` ([`Image::index`]).
+    pub mac_index: BTreeMap<u32, MacSlot>,
+    /// `PORT_INDEX`, by slot: derived from `ports` ([`Image::index`]).
+    pub port_index: BTreeMap<u32, PortSlot>,
     /// Pinned XDP links, by interface name.
     pub attach: BTreeMap<String, Attachment>,
 }
@@ -109,7 +116,9 @@ pub enum Op {
     SetPortRecord(u32, PortRecord),
     SetRssConfig(RssConfig),
     SetMac([u8; 6], MacOwner),
+    SetMacIndex(u32, MacSlot),
     SetPort(u32, PortEntry),
+    SetPortIndex(u32, PortSlot),
     Attach(String, Attachment),
     Detach(String),
     RemovePort(u32),
@@ -247,6 +256,14 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
     }
     let mut gone_macs = Vec::new();
     section(&from.macs, &to.macs, &mut ops, Op::SetMac, &mut gone_macs);
+    let mut gone_mac_slots = Vec::new();
+    section(
+        &from.mac_index,
+        &to.mac_index,
+        &mut ops,
+        Op::SetMacIndex,
+        &mut gone_mac_slots,
+    );
     let mut gone_ports = Vec::new();
     section(
         &from.ports,
@@ -254,6 +271,14 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
         &mut ops,
         Op::SetPort,
         &mut gone_ports,
+    );
+    let mut gone_port_slots = Vec::new();
+    section(
+        &from.port_index,
+        &to.port_index,
+        &mut ops,
+        Op::SetPortIndex,
+        &mut gone_port_slots,
     );
     let mut gone_links = Vec::new();
     for (name, a) in &to.attach {
@@ -279,7 +304,17 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
 
     // Break: references before what they refer to.
     ops.extend(gone_links.into_iter().map(Op::Detach));
+    ops.extend(
+        gone_port_slots
+            .into_iter()
+            .map(|s| Op::SetPortIndex(s, PortSlot::default())),
+    );
     ops.extend(gone_ports.into_iter().map(Op::RemovePort));
+    ops.extend(
+        gone_mac_slots
+            .into_iter()
+            .map(|s| Op::SetMacIndex(s, MacSlot::default())),
+    );
     ops.extend(gone_macs.into_iter().map(Op::RemoveMac));
     ops.extend(
         gone_port_records
@@ -359,6 +394,8 @@ pub fn record(image: &mut Image, op: &Op) {
         Op::SetPort(i, p) => {
             image.ports.insert(*i, *p);
         }
+        Op::SetMacIndex(s, v) => set_or_clear(&mut image.mac_index, *s, *v),
+        Op::SetPortIndex(s, v) => set_or_clear(&mut image.port_index, *s, *v),
         Op::RemovePort(i) => {
             image.ports.remove(i);
         }
@@ -369,6 +406,37 @@ pub fn record(image: &mut Image, op: &Op) {
             image.attach.remove(n);
         }
     }
+}
+
+impl Image {
+    /// Derives the index slots from the hash maps they stand in front of: the last step of
+    /// rendering an image.
+    pub fn index(&mut self) {
+        self.mac_index = index_of(
+            self.macs
+                .iter()
+                .map(|(m, o)| (mac_slot(*m), mac_key(*m), *o)),
+        );
+        self.port_index = index_of(
+            self.ports
+                .iter()
+                .map(|(i, p)| (port_slot(*i), u64::from(*i), *p)),
+        );
+    }
+}
+
+/// The non-empty slots of an index over `entries` (slot, key, value).
+fn index_of<V: Sealable + Default>(
+    entries: impl Iterator<Item = (u32, u64, V)>,
+) -> BTreeMap<u32, IndexSlot<V>> {
+    let mut slots = BTreeMap::new();
+    for (slot, key, value) in entries {
+        slots
+            .entry(slot)
+            .and_modify(|s| *s = IndexSlot::many())
+            .or_insert_with(|| IndexSlot::one(key, value));
+    }
+    slots
 }
 
 /// Array sections hold only non-default entries, so a read-back image compares equal to a
@@ -389,7 +457,10 @@ pub fn put<V: Default + PartialEq>(map: &mut BTreeMap<u32, V>, k: u32, v: V) {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use xnic_common::maps::Name;
+    use xnic_common::{
+        index::{PORT_INDEX_SIZE, Probe, SLOT_MANY},
+        maps::Name,
+    };
 
     use super::*;
 
@@ -423,6 +494,7 @@ mod tests {
                 program: 40,
             },
         );
+        i.index();
         i
     }
 
@@ -438,6 +510,9 @@ mod tests {
         let port = position(&ops, |o| matches!(o, Op::SetPort(..)));
         let attach = position(&ops, |o| matches!(o, Op::Attach(..)));
         assert!(rec < mac && mac < port && port < attach, "{ops:?}");
+        let mac_slot = position(&ops, |o| matches!(o, Op::SetMacIndex(..)));
+        let port_slot = position(&ops, |o| matches!(o, Op::SetPortIndex(..)));
+        assert!(mac < mac_slot && mac_slot < port && port < port_slot && port_slot < attach);
     }
 
     #[test]
@@ -451,6 +526,14 @@ mod tests {
             |o| matches!(o, Op::SetVmRecord(_, r) if r.in_use == 0),
         );
         assert!(detach < port && port < mac && mac < rec, "{ops:?}");
+        let cleared = |o: &Op| match o {
+            Op::SetPortIndex(_, s) => *s == PortSlot::default(),
+            Op::SetMacIndex(_, s) => *s == MacSlot::default(),
+            _ => false,
+        };
+        let port_slot = position(&ops, |o| matches!(o, Op::SetPortIndex(..)) && cleared(o));
+        let mac_slot = position(&ops, |o| matches!(o, Op::SetMacIndex(..)) && cleared(o));
+        assert!(detach < port_slot && port_slot < port && port < mac_slot && mac_slot < mac);
     }
 
     #[test]
@@ -518,8 +601,12 @@ mod tests {
             proptest::collection::btree_set(0u32..8, 0..4),
             proptest::collection::btree_map(0u32..16, 1u32..4, 0..8),
             proptest::collection::btree_map(0u32..8, 1u32..4, 0..4),
-            proptest::collection::btree_map(0u8..4, (0u32..4, 1u32..20), 0..4),
-            proptest::collection::btree_map(1u32..12, 0u32..4, 0..6),
+            proptest::collection::btree_map(0usize..8, (0u32..4, 1u32..20), 0..6),
+            proptest::collection::btree_map(
+                prop_oneof![1u32..12, (1u32..4).prop_map(|i| i + PORT_INDEX_SIZE)],
+                0u32..4,
+                0..6,
+            ),
         )
             .prop_map(|(queues, rss, vm_rss, macs, ports)| {
                 let mut i = Image {
@@ -530,9 +617,10 @@ mod tests {
                 for (s, e) in vm_rss {
                     i.vm_rss.insert(s, VmRss { engine: e, _pad: 0 });
                 }
+                let pool = mac_pool();
                 for (m, (vm_slot, port_ifindex)) in macs {
                     i.macs.insert(
-                        [2, 0, 0, 0, 0, m],
+                        pool[m],
                         MacOwner {
                             vm_slot,
                             port_ifindex,
@@ -550,8 +638,76 @@ mod tests {
                         },
                     );
                 }
+                i.index();
                 i
             })
+    }
+
+    /// Eight MACs: four alone in their index slots, four sharing one.
+    fn mac_pool() -> &'static [[u8; 6]] {
+        static POOL: std::sync::OnceLock<Vec<[u8; 6]>> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let mut pool: Vec<[u8; 6]> = (1..=4).map(|m| [2, 0, 0, 0, 0, m]).collect();
+            let shared = mac_slot([2, 0, 0, 0, 1, 0]);
+            pool.extend(
+                (0..=u32::MAX)
+                    .map(|i| {
+                        let b = i.to_be_bytes();
+                        [2, 1, b[0], b[1], b[2], b[3]]
+                    })
+                    .filter(|m| mac_slot(*m) == shared)
+                    .take(4),
+            );
+            pool
+        })
+    }
+
+    /// What a frame finds for `mac`: the index slot, then `MACS` if the slot cannot tell.
+    fn frame_finds_mac(image: &Image, mac: [u8; 6]) -> Option<MacOwner> {
+        let slot = image
+            .mac_index
+            .get(&mac_slot(mac))
+            .copied()
+            .unwrap_or_default();
+        match slot.probe(mac_key(mac)) {
+            Probe::Found(o) => Some(o),
+            Probe::Absent => None,
+            Probe::Ask => image.macs.get(&mac).copied(),
+        }
+    }
+
+    /// Like [`frame_finds_mac`], for a port.
+    fn frame_finds_port(image: &Image, ifindex: u32) -> Option<PortEntry> {
+        let slot = image
+            .port_index
+            .get(&port_slot(ifindex))
+            .copied()
+            .unwrap_or_default();
+        match slot.probe(u64::from(ifindex)) {
+            Probe::Found(p) => Some(p),
+            Probe::Absent => None,
+            Probe::Ask => image.ports.get(&ifindex).copied(),
+        }
+    }
+
+    #[test]
+    fn colliding_macs_share_a_slot_that_sends_frames_to_the_hash_map() {
+        let pool = mac_pool();
+        let mut i = Image::default();
+        for (n, m) in pool[4..6].iter().enumerate() {
+            i.macs.insert(
+                *m,
+                MacOwner {
+                    vm_slot: n as u32,
+                    port_ifindex: 3,
+                },
+            );
+        }
+        i.index();
+        assert_eq!(i.mac_index.len(), 1);
+        assert_eq!(i.mac_index.values().next().unwrap().state, SLOT_MANY);
+        assert_eq!(frame_finds_mac(&i, pool[5]).unwrap().vm_slot, 1);
+        assert_eq!(frame_finds_mac(&i, pool[6]), None);
     }
 
     proptest! {
@@ -563,6 +719,46 @@ mod tests {
                 record(&mut written, &op);
             }
             prop_assert_eq!(written, b);
+        }
+
+        /// Between any two writes of a diff, every frame finds each port and MAC as it was
+        /// before the change or as it is after it, never anything else; and every slot that
+        /// holds something has a key in its hash map, so a daemon that stops there (a crash)
+        /// reads every such slot back (`Dataplane::read_image` reads the slots of keys).
+        #[test]
+        fn frames_see_each_entry_before_or_after_never_between(a in arb_image(), b in arb_image()) {
+            let macs: BTreeSet<[u8; 6]> = a.macs.keys().chain(b.macs.keys()).copied().collect();
+            let ports: BTreeSet<u32> = a.ports.keys().chain(b.ports.keys()).copied().collect();
+            let mut written = a.clone();
+            for op in diff(&a, &b, &Resets::default()) {
+                record(&mut written, &op);
+                for slot in written.mac_index.keys() {
+                    prop_assert!(
+                        written.macs.keys().any(|m| mac_slot(*m) == *slot),
+                        "MAC slot {slot} holds no key after {op:?}"
+                    );
+                }
+                for slot in written.port_index.keys() {
+                    prop_assert!(
+                        written.ports.keys().any(|i| port_slot(*i) == *slot),
+                        "port slot {slot} holds no key after {op:?}"
+                    );
+                }
+                for m in &macs {
+                    let seen = frame_finds_mac(&written, *m);
+                    prop_assert!(
+                        seen == a.macs.get(m).copied() || seen == b.macs.get(m).copied(),
+                        "MAC {m:?} after {op:?}: {seen:?}"
+                    );
+                }
+                for i in &ports {
+                    let seen = frame_finds_port(&written, *i);
+                    prop_assert!(
+                        seen == a.ports.get(i).copied() || seen == b.ports.get(i).copied(),
+                        "port {i} after {op:?}: {seen:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -383,6 +383,7 @@ impl Reconciler {
         self.base.render(&cx, slots, &mut image);
         self.rss.render(&cx, slots, &mut image);
         self.team.render(&cx, slots, &mut image);
+        image.index();
         image
     }
 
