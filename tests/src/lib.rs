@@ -273,3 +273,51 @@ pub fn reason_count(stats: &StatsView, port: &str, reason: &str) -> xnic::api::t
 }
 
 pub use xnic::lab::ip;
+
+/// Where the pinned port and MAC indexes of `instance` disagree with what their hash maps
+/// say they should hold (`Image::index`), slot by slot over the whole arrays; empty when
+/// they agree.
+pub fn index_faults(instance: &str) -> anyhow::Result<Vec<String>> {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use xnic::policy::plan::Image;
+    use xnic_common::{
+        index::{MAC_INDEX_SIZE, MacSlot, PORT_INDEX_SIZE, PortSlot},
+        maps::{MacKey, MacOwner, PortEntry},
+    };
+    let maps = dataplane::PinDir::new(instance).maps();
+    let open = |name: &str| MapData::from_pin(maps.join(name));
+    let mut derived = Image::default();
+    let macs: HashMap<_, MacKey, MacOwner> = HashMap::try_from(Map::HashMap(open("MACS")?))?;
+    for entry in macs.iter() {
+        let (k, v) = entry?;
+        derived.macs.insert(k.mac, v);
+    }
+    let ports: HashMap<_, u32, PortEntry> = HashMap::try_from(Map::HashMap(open("PORTS_V2")?))?;
+    for entry in ports.iter() {
+        let (k, v) = entry?;
+        derived.ports.insert(k, v);
+    }
+    derived.index();
+    let mut faults = Vec::new();
+    let mac_index: Array<_, MacSlot> = Array::try_from(Map::Array(open("MAC_INDEX")?))?;
+    for slot in 0..MAC_INDEX_SIZE {
+        let have = mac_index.get(&slot, 0)?;
+        let want = derived.mac_index.get(&slot).copied().unwrap_or_default();
+        if have != want {
+            faults.push(format!(
+                "MAC_INDEX[{slot}] holds {have:?}, MACS says {want:?}"
+            ));
+        }
+    }
+    let port_index: Array<_, PortSlot> = Array::try_from(Map::Array(open("PORT_INDEX")?))?;
+    for slot in 0..PORT_INDEX_SIZE {
+        let have = port_index.get(&slot, 0)?;
+        let want = derived.port_index.get(&slot).copied().unwrap_or_default();
+        if have != want {
+            faults.push(format!(
+                "PORT_INDEX[{slot}] holds {have:?}, PORTS_V2 says {want:?}"
+            ));
+        }
+    }
+    Ok(faults)
+}

@@ -14,7 +14,7 @@ use xnic::{
     config::default_lab_toml,
     lab::traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
 };
-use xnic_tests::{TestLab, eventually, unique_name, xnic};
+use xnic_tests::{TestLab, eventually, index_faults, unique_name, xnic};
 
 /// A lab of `vms` VMs (IPv6 off: the lab is silent unless a test sends).
 fn lab_text(vms: usize) -> String {
@@ -271,6 +271,9 @@ fn runtime_changes_leave_other_vms_alone_and_survive_a_restart() {
     assert_changes_hold(&t, generation);
     // vm4's frames are forwarded after the restart too (exact counts, both ways).
     assert_exact_delivery(&t, "vm4", 9104, 0.25);
+    // After all of that, the frames' indexes say exactly what their hash maps hold.
+    let faults = index_faults(&t.instance).unwrap();
+    assert!(faults.is_empty(), "{faults:#?}");
 }
 
 #[test]
@@ -361,6 +364,9 @@ fn a_vm_port_recreated_under_traffic_comes_back_with_its_slot_counters_and_place
     // The kernel dropped the old port's redirect entries with it; later changes still apply.
     let out = cli(&t, &["vm", "set", "vm0", "--priority", "1"]).unwrap();
     assert!(out.contains("vm vm0: priority: 0 → 1"), "{out}");
+    // The old ifindex left the port index with the port, the new one is in it.
+    let faults = index_faults(&t.instance).unwrap();
+    assert!(faults.is_empty(), "{faults:#?}");
     eprintln!("vm1's port was attached {took:?} after it appeared (as polled through the API)");
 }
 
