@@ -178,6 +178,16 @@ macro_rules! for_each_map {
             VM_TEAM: array(u32 => $crate::team::VmTeam; $crate::limits::MAX_VMS), pinned, Team 1;
             /// VM slot → token bucket time. Written by the programs only.
             VM_BUCKETS: array(u32 => $crate::team::VmBucket; $crate::limits::MAX_VMS), pinned, Team 1;
+            /// An uplink (namespace, ifindex) → its team member's index (`member_index`), for
+            /// the kernel's carrier hook. Written by the daemon.
+            CARRIER_WATCH: hash($crate::team::CarrierKey => u32; $crate::team::MAX_TEAMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Team 2;
+            /// Team member → when the kernel last took its carrier (0: never). Written by the
+            /// carrier hook only; read per frame by the team stage.
+            MEMBER_DOWN: array(u32 => u64; $crate::team::MAX_TEAMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Team 2;
+            /// Team member → since when the daemon uses it (0: not in use). A member whose
+            /// carrier the kernel took later than that is down for the team stage. Written by
+            /// the daemon.
+            MEMBER_UP: array(u32 => u64; $crate::team::MAX_TEAMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Team 2;
             /// Team → members' ifindexes, the member that accepts group frames, the hash
             /// seed.
             TEAMS: array(u32 => $crate::team::TeamEntry; $crate::team::MAX_TEAMS), pinned, Team 1;

@@ -49,3 +49,5 @@ unsafe impl aya::Pod for crate::xmit::RedirectMark {}
 unsafe impl aya::Pod for crate::index::PortSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::index::MacSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::team::CarrierKey {}

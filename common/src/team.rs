@@ -40,6 +40,59 @@ pub const NO_MEMBER: u32 = u32::MAX;
 /// every allocation; drops over it are counted as [`Reason::PriorityShed`].
 pub const VM_TEAM_SHED: u32 = 1;
 
+/// Fallback members a VM's placement carries: 4 fit the placement's old padding word, and a
+/// team rarely has more than 4 members.
+pub const MAX_FALLBACKS: usize = 4;
+
+/// `VmTeam::fallback` entries past the end of the list.
+pub const NO_FALLBACK: u8 = u8::MAX;
+
+/// Key of `CARRIER_WATCH`: an uplink as the kernel's carrier hook sees it (interface indexes
+/// are per network namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CarrierKey {
+    /// The namespace's inode number (`/proc/self/ns/net`).
+    pub netns: u32,
+    pub ifindex: u32,
+}
+
+/// Index into `MEMBER_DOWN` (and the value of `CARRIER_WATCH`).
+#[inline(always)]
+pub fn member_index(team: u32, member: u32) -> u32 {
+    team * MAX_TEAM_MEMBERS + member
+}
+
+/// Whether a member is down for the team stage: the kernel took its carrier (`down_ns`,
+/// `MEMBER_DOWN`) after the daemon started using it (`up_ns`, `MEMBER_UP`). A member the
+/// daemon does not use (`up_ns` 0) is never placed, so it is not asked about.
+#[inline(always)]
+pub fn member_down(down_ns: u64, up_ns: u64) -> bool {
+    up_ns != 0 && down_ns > up_ns
+}
+
+/// The member a frame of a VM placed on `member` leaves through, given which members' carrier
+/// the kernel marked off (`down(m)`): the placement's member, else its first fallback that is
+/// not marked, else none.
+#[inline(always)]
+pub fn usable_member(vm: &VmTeam, member: u32, down: impl Fn(u32) -> bool) -> Option<u32> {
+    if !down(member) {
+        return Some(member);
+    }
+    let mut i = 0;
+    while i < MAX_FALLBACKS {
+        let f = vm.fallback[i];
+        if f == NO_FALLBACK {
+            return None;
+        }
+        if !down(u32::from(f)) {
+            return Some(u32::from(f));
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Fixed-point shift of `VmTeam::ns_per_byte_q16`.
 pub const RATE_SHIFT: u32 = 16;
 
@@ -58,7 +111,9 @@ pub struct VmTeam {
     pub flood_member: u32,
     /// [`VM_TEAM_SHED`].
     pub flags: u32,
-    pub _pad: u32,
+    /// Members to use, in turn, while `member`'s carrier is marked off in `MEMBER_DOWN`
+    /// (before the daemon moves the VM); [`NO_FALLBACK`] ends the list.
+    pub fallback: [u8; MAX_FALLBACKS],
     /// Nanoseconds each byte costs at the VM's rate, × 2^16. 0: no limit; `u64::MAX`: rate 0.
     pub ns_per_byte_q16: u64,
     /// How far ahead of now the bucket's time may run: the burst, as time at the rate.
@@ -75,7 +130,7 @@ impl Default for VmTeam {
             flood_ifindex: 0,
             flood_member: NO_MEMBER,
             flags: 0,
-            _pad: 0,
+            fallback: [NO_FALLBACK; MAX_FALLBACKS],
             ns_per_byte_q16: 0,
             burst_ns: 0,
             pause_until_ns: 0,

@@ -10,7 +10,20 @@
 pub const DEVMAP_XMIT_ARGS: [&str; 5] = ["from_dev", "to_dev", "sent", "drops", "err"];
 pub const DEVMAP_XMIT_FROM_DEV: usize = 0;
 pub const DEVMAP_XMIT_TO_DEV: usize = 1;
+pub const DEVMAP_XMIT_SENT: usize = 2;
 pub const DEVMAP_XMIT_DROPS: usize = 3;
+pub const DEVMAP_XMIT_ERR: usize = 4;
+
+/// Whether a flush that sent nothing failed because the target cannot transmit at all:
+/// `-ENXIO` (a veth whose peer is down), `-ENETDOWN` (a NIC driver whose link or queues are
+/// down). The team stage then stops using that member at once (`MEMBER_DOWN`); other
+/// failures (a full ring) are congestion, not a dead link.
+#[inline(always)]
+pub fn target_dead(sent: i32, err: i32) -> bool {
+    const ENXIO: i32 = 6;
+    const ENETDOWN: i32 = 100;
+    sent == 0 && (err == -ENXIO || err == -ENETDOWN)
+}
 
 /// The `xdp_cpumap_enqueue` raw tracepoint's arguments, and the ones read.
 pub const CPUMAP_ENQUEUE_ARGS: [&str; 4] = ["map_id", "processed", "drops", "to_cpu"];
@@ -40,6 +53,11 @@ pub struct TraceConfig {
     /// Where the running kernel's `struct net_device` keeps `ifindex` (from its BTF): the
     /// devmap tracepoint is handed devices, not indexes.
     pub netdev_ifindex: u32,
+    /// Where `struct net_device` keeps its namespace (`nd_net`, a `struct net *`), and where
+    /// `struct net` keeps its inode number (`ns.inum`): the carrier hook tells uplinks of
+    /// different namespaces apart by them.
+    pub netdev_net: u32,
+    pub net_inum: u32,
 }
 
 /// `REDIRECT_MARK[0]`, per CPU: redirects made here, and when the devmap tracepoint last

@@ -1,13 +1,15 @@
-//! The team step's pure parts: the GCRA bucket admits the allocated rate and no more, and the
-//! member pick follows the VM's placement.
+//! The team step's pure parts: the GCRA bucket admits the allocated rate and no more, the
+//! member pick follows the VM's placement, and a member the kernel found dead is passed over
+//! for the placement's fallbacks.
 
 use proptest::prelude::*;
 use xnic_common::{
     team::{
-        Egress, FLOW_HASH_MEMBER, NO_MEMBER, VM_TEAM_SHED, VmTeam, admit, cost_ns,
-        over_rate_reason, pick, rate_fields,
+        Egress, FLOW_HASH_MEMBER, NO_FALLBACK, NO_MEMBER, VM_TEAM_SHED, VmTeam, admit, cost_ns,
+        member_down, over_rate_reason, pick, rate_fields, usable_member,
     },
     verdict::Reason,
+    xmit::target_dead,
 };
 
 /// Runs the bucket over frames of `len` bytes offered every `gap_ns` for `total_ns`;
@@ -96,4 +98,40 @@ proptest! {
         let (per_byte, _) = rate_fields(rate, 1);
         let _ = cost_ns(per_byte, len);
     }
+}
+
+#[test]
+fn a_member_marked_dead_after_it_was_put_in_use_is_down() {
+    // Marked before the daemon (re)started using it: old news.
+    assert!(!member_down(100, 200));
+    assert!(member_down(300, 200));
+    assert!(!member_down(0, 200));
+    // Not in use: never asked, never down.
+    assert!(!member_down(300, 0));
+}
+
+#[test]
+fn a_dead_member_gives_way_to_the_first_fallback_that_is_not() {
+    let vm = VmTeam {
+        team: 0,
+        member: 0,
+        fallback: [2, 1, NO_FALLBACK, NO_FALLBACK],
+        ..VmTeam::default()
+    };
+    let dead = |set: &'static [u32]| move |m: u32| set.contains(&m);
+    assert_eq!(usable_member(&vm, 0, dead(&[])), Some(0));
+    assert_eq!(usable_member(&vm, 0, dead(&[0])), Some(2));
+    assert_eq!(usable_member(&vm, 0, dead(&[0, 2])), Some(1));
+    assert_eq!(usable_member(&vm, 0, dead(&[0, 1, 2])), None);
+    // No fallbacks: nothing to go to.
+    assert_eq!(usable_member(&VmTeam::default(), 3, dead(&[3])), None);
+}
+
+#[test]
+fn only_a_flush_that_could_send_nothing_marks_its_target_dead() {
+    assert!(target_dead(0, -6)); // ENXIO: a veth whose peer is down
+    assert!(target_dead(0, -100)); // ENETDOWN
+    assert!(!target_dead(3, -6)); // some frames went: not dead
+    assert!(!target_dead(0, 0)); // a full ring: congestion
+    assert!(!target_dead(0, -28)); // ENOSPC
 }

@@ -27,6 +27,15 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inode number of the calling thread's network namespace (what the kernel's
+/// `net->ns.inum` holds).
+pub fn current_inum() -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = "/proc/thread-self/ns/net";
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {path}"))?;
+    u32::try_from(meta.ino()).with_context(|| format!("{path} has inode {}", meta.ino()))
+}
+
 /// Runs `f` on a new thread inside network namespace `name` and returns its result.
 pub fn run_in<T: Send + 'static>(
     name: &str,

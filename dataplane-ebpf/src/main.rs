@@ -8,7 +8,9 @@
 //! - `xnic_flood`: filters broadcast copies bound for a team uplink;
 //! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints (the last two
 //!   raw, as they run on every flush) that count frames the kernel drops after a redirect (a
-//!   target that cannot take them, a full port or CPU queue).
+//!   target that cannot take them, a full port or CPU queue);
+//! - `xnic_carrier_off`: fentry on `netif_carrier_off`, which marks a team member down for
+//!   the team stage before the daemon hears of it.
 //!
 //! Every frame ends in `deliver`, the one place that counts a frame and redirects it.
 #![no_std]
@@ -18,6 +20,7 @@
 #![allow(internal_features)]
 
 mod calls;
+mod carrier;
 mod classify;
 mod deliver;
 mod lookup;
@@ -28,8 +31,8 @@ mod team;
 mod xmit;
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint, xdp},
-    programs::{RawTracePointContext, TracePointContext, XdpContext},
+    macros::{fentry, raw_tracepoint, tracepoint, xdp},
+    programs::{FEntryContext, RawTracePointContext, TracePointContext, XdpContext},
 };
 use xnic_common::maps::PortRole;
 
@@ -89,6 +92,13 @@ pub fn xnic_redirect_err(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "xdp_cpumap_enqueue")]
 pub fn xnic_queue_drops(ctx: RawTracePointContext) -> i32 {
     xmit::cpumap_enqueue(&ctx);
+    0
+}
+
+/// fentry on `netif_carrier_off`: marks a team member down the moment its carrier goes.
+#[fentry(function = "netif_carrier_off")]
+pub fn xnic_carrier_off(ctx: FEntryContext) -> u32 {
+    carrier::off(&ctx);
     0
 }
 

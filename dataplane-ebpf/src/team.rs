@@ -11,15 +11,15 @@ use xnic_common::{
     hash::flow_hash,
     parse::Parsed,
     team::{
-        Egress, FLOW_HASH_MEMBER, NO_TEAM, admit, cost_ns, over_rate_reason, pick, table_index,
-        vm_member_index,
+        Egress, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_TEAM, admit, cost_ns, member_down,
+        member_index, over_rate_reason, pick, table_index, usable_member, vm_member_index,
     },
     verdict::Reason,
 };
 
 use crate::{
     lookup::mac_owner,
-    maps::{TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM},
+    maps::{MEMBER_DOWN, MEMBER_UP, TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM},
 };
 
 /// A teamed VM's frame for the network: sets its reason and next hop. A VM in no team keeps
@@ -71,9 +71,24 @@ pub fn egress(cx: &mut FrameCtx) {
         return;
     }
     let Some(member) = member else { return };
-    let Some(&ifindex) = team.ifindex.get(member as usize) else {
-        return;
+    // The kernel may have taken the member's carrier before the daemon moved the VM.
+    let down = |m: u32| {
+        let i = member_index(vm.team, m);
+        match (MEMBER_DOWN.get(i), MEMBER_UP.get(i)) {
+            (Some(down), Some(up)) => member_down(*down, *up),
+            _ => false,
+        }
     };
+    let member = match usable_member(vm, member, down) {
+        Some(m) if m < MAX_TEAM_MEMBERS => m,
+        _ => {
+            cx.verdict.reason = Reason::NoUplink;
+            return;
+        }
+    };
+    // The mask changes nothing (checked above) but shows the verifier the bound, which the
+    // compiler would otherwise fold into the check and drop.
+    let ifindex = team.ifindex[(core::hint::black_box(member) & (MAX_TEAM_MEMBERS - 1)) as usize];
     cx.verdict.reason = Reason::ToUplink;
     cx.member_counter = vm_member_index(vm_slot, member);
     cx.next = Next::port_or_drop(ifindex, Reason::NoUplink);

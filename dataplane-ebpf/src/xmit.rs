@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use xnic_common::xmit::{
     CPUMAP_ENQUEUE_DROPS, CPUMAP_ENQUEUE_MAP_ID, CPUMAP_ENQUEUE_TO_CPU, DEVMAP_XMIT_DROPS,
-    DEVMAP_XMIT_FROM_DEV, DEVMAP_XMIT_TO_DEV, FLUSH_WINDOW_NS, REDIRECT_ERR_MAP_ID,
-    REDIRECT_ERR_MAP_INDEX,
+    DEVMAP_XMIT_ERR, DEVMAP_XMIT_FROM_DEV, DEVMAP_XMIT_SENT, DEVMAP_XMIT_TO_DEV, FLUSH_WINDOW_NS,
+    REDIRECT_ERR_MAP_ID, REDIRECT_ERR_MAP_INDEX, target_dead,
 };
 
 use crate::{
@@ -58,6 +58,12 @@ pub fn devmap_xmit(ctx: &RawTracePointContext) {
     let drops = ctx.arg::<u64>(DEVMAP_XMIT_DROPS) as i32;
     if drops <= 0 {
         return;
+    }
+    if target_dead(
+        ctx.arg::<u64>(DEVMAP_XMIT_SENT) as i32,
+        ctx.arg::<u64>(DEVMAP_XMIT_ERR) as i32,
+    ) {
+        crate::carrier::mark_down(ctx.arg(DEVMAP_XMIT_TO_DEV));
     }
     let Some(mark) = REDIRECT_MARK.get_ptr_mut(0) else {
         return;

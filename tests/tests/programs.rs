@@ -28,6 +28,9 @@ fn kernel() -> String {
 fn verified_instruction_counts_match_the_record() {
     let instance = unique_name();
     let dp = Dataplane::open(&instance, 3).expect("loading the dataplane");
+    if let Err(e) = dp.carrier_hook() {
+        eprintln!("carrier hook: {e}");
+    }
     let counts = dp.verified_instructions().expect("program info");
     let _ = xnic::dataplane::teardown(&instance);
     let kernel = kernel();

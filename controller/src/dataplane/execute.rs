@@ -9,7 +9,7 @@ use xnic_common::{
     index::{mac_slot, port_slot},
     limits::{MAX_PORTS, MAX_VMS},
     rss::{MAX_ENGINES, MAX_TABLE_SIZE, VmRss, bucket_index},
-    team::{MAX_TEAMS, TEAM_TABLE_SIZE, VmTeam},
+    team::{MAX_TEAM_MEMBERS, MAX_TEAMS, TEAM_TABLE_SIZE, VmTeam},
 };
 
 use super::{
@@ -71,6 +71,15 @@ impl Dataplane {
         let team_tables = self.array::<registry::TEAM_TABLES>()?;
         for i in 0..MAX_TEAMS * TEAM_TABLE_SIZE {
             put(&mut img.team_tables, i, team_tables.get(&i, 0)?);
+        }
+        img.carrier_watch = self
+            .hash::<registry::CARRIER_WATCH>()?
+            .iter()
+            .filter_map(Result::ok)
+            .collect();
+        let member_up = self.array::<registry::MEMBER_UP>()?;
+        for i in 0..MAX_TEAMS * MAX_TEAM_MEMBERS {
+            put(&mut img.member_up, i, member_up.get(&i, 0)?);
         }
         let records = self.array::<registry::VM_TABLE>()?;
         let mut in_use = BTreeSet::new();
@@ -164,6 +173,22 @@ impl Dataplane {
                 self.array_mut::<registry::TEAM_TABLES>()?
                     .set(*i, *member, 0)
                     .with_context(|| format!("cannot write TEAM_TABLES[{i}]"))?;
+            }
+            Op::SetCarrierWatch(key, index) => {
+                self.hash_mut::<registry::CARRIER_WATCH>()?
+                    .insert(key, index, 0)
+                    .context("cannot write CARRIER_WATCH")?;
+            }
+            Op::RemoveCarrierWatch(key) => {
+                match self.hash_mut::<registry::CARRIER_WATCH>()?.remove(key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("cannot delete from CARRIER_WATCH"),
+                }
+            }
+            Op::SetMemberUp(index, since) => {
+                self.array_mut::<registry::MEMBER_UP>()?
+                    .set(*index, *since, 0)
+                    .with_context(|| format!("cannot write MEMBER_UP[{index}]"))?;
             }
             Op::SetVmTeam(slot, entry) => self.set_vm_team(*slot, *entry)?,
             Op::SetVmRss(slot, entry) => self.set_vm_rss(*slot, *entry)?,

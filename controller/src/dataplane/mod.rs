@@ -122,6 +122,8 @@ pub struct Dataplane {
     /// The family versions of an older pinned dataplane this daemon is upgrading, until
     /// [`Dataplane::finish_start`].
     upgrading: Option<[u16; xnic_common::mapdefs::FAMILY_SLOTS]>,
+    /// Whether the kernel's carrier hook is attached, or why not.
+    carrier_hook: Result<(), String>,
 }
 
 /// Every program of the dataplane object, loaded in this order.
@@ -188,11 +190,20 @@ impl Dataplane {
             created,
             nr_cpus,
             upgrading: None,
+            carrier_hook: Err("not attached yet".into()),
         };
         dp.fill_calls()?;
         if let Err(e) = dp.attach_tracepoints() {
             warn!(error = %format!("{e:#}"), "frames the kernel drops after a redirect will not be counted");
         }
+        dp.carrier_hook = match dp.attach_carrier_hook() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = format!("{e:#}");
+                warn!(error = %e, "the kernel's carrier hook is off: team failover waits for the daemon");
+                Err(e)
+            }
+        };
         match found {
             upgrade::Found::Nothing => {
                 let now = SystemTime::now()
@@ -216,6 +227,15 @@ impl Dataplane {
             }
         }
         Ok(dp)
+    }
+
+    /// Whether the kernel's carrier hook marks team members down (else failover waits for
+    /// the daemon's netlink events), and why not.
+    pub fn carrier_hook(&self) -> Result<(), &str> {
+        self.carrier_hook
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
     }
 
     /// Records this daemon's layout: `INFO` (with the creation time, or the one it had) and
@@ -464,21 +484,24 @@ impl Dataplane {
     /// Each program's verified instruction count (what the verifier processed), in load
     /// order.
     pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
-        PROGRAMS
-            .iter()
-            .chain(&trace::PROGRAMS)
-            .map(|name| {
-                let prog = self
-                    .ebpf
-                    .program(name)
-                    .ok_or_else(|| anyhow!("no program {name}"))?;
-                let n = prog
-                    .info()?
-                    .verified_instruction_count()
-                    .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))?;
-                Ok((*name, n))
-            })
-            .collect()
+        let mut counts = Vec::new();
+        for name in PROGRAMS.iter().chain(&trace::PROGRAMS) {
+            let prog = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?;
+            let info = match prog.info() {
+                Ok(i) => i,
+                // A tracing program this kernel would not take (its feature is off).
+                Err(aya::programs::ProgramError::NotLoaded) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let n = info
+                .verified_instruction_count()
+                .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))?;
+            counts.push((*name, n));
+        }
+        Ok(counts)
     }
 
     /// Kernel id of the program for `role`.

@@ -13,12 +13,12 @@ use std::fs;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{
-    RawTracePoint, TracePoint, links::FdLink, raw_trace_point::RawTracePointLink,
-    trace_point::TracePointLink,
+    FEntry, RawTracePoint, TracePoint, fentry::FEntryLink, links::FdLink,
+    raw_trace_point::RawTracePointLink, trace_point::TracePointLink,
 };
 use btf_rs::{Btf, Type};
 use xnic_common::xmit::{
-    CPUMAP_ENQUEUE_ARGS, DEVMAP_XMIT_ARGS, REDIRECT_ERR_MAP_ID, REDIRECT_ERR_MAP_INDEX, TraceConfig,
+    CPUMAP_ENQUEUE_ARGS, DEVMAP_XMIT_ARGS, REDIRECT_ERR_MAP_ID, REDIRECT_ERR_MAP_INDEX,
 };
 
 use super::{
@@ -30,8 +30,17 @@ const REDIRECT_ERR_PROGRAM: &str = "xnic_redirect_err";
 const XMIT_PROGRAM: &str = "xnic_xmit_drops";
 const QUEUE_PROGRAM: &str = "xnic_queue_drops";
 
-/// The tracepoint programs, in load order.
-pub const PROGRAMS: [&str; 3] = [REDIRECT_ERR_PROGRAM, XMIT_PROGRAM, QUEUE_PROGRAM];
+const CARRIER_PROGRAM: &str = "xnic_carrier_off";
+/// The kernel function the carrier hook runs on.
+const CARRIER_FUNCTION: &str = "netif_carrier_off";
+
+/// The tracing programs, in load order.
+pub const PROGRAMS: [&str; 4] = [
+    REDIRECT_ERR_PROGRAM,
+    XMIT_PROGRAM,
+    QUEUE_PROGRAM,
+    CARRIER_PROGRAM,
+];
 
 /// Where the running kernel describes its types.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -83,11 +92,33 @@ fn member_offset(btf: &Btf, name: &str, member: &str) -> anyhow::Result<u32> {
     bail!("the kernel's struct {name} has no member {member}")
 }
 
+/// Where the running kernel keeps the fields the hooks read.
+#[derive(Clone, Copy, Debug)]
+struct KernelOffsets {
+    netdev_ifindex: u32,
+    netdev_net: u32,
+    net_inum: u32,
+}
+
+fn kernel_btf() -> anyhow::Result<Btf> {
+    Btf::from_file(KERNEL_BTF)
+        .with_context(|| format!("cannot read the kernel's BTF from {KERNEL_BTF}"))
+}
+
+/// `net_device`'s `ifindex`, its namespace pointer, and the namespace's inode number.
+fn kernel_offsets(btf: &Btf) -> anyhow::Result<KernelOffsets> {
+    Ok(KernelOffsets {
+        netdev_ifindex: member_offset(btf, "net_device", "ifindex")?,
+        // `possible_net_t` is a struct of one pointer, `net`.
+        netdev_net: member_offset(btf, "net_device", "nd_net")?,
+        net_inum: member_offset(btf, "net", "ns")? + member_offset(btf, "ns_common", "inum")?,
+    })
+}
+
 /// Checks the raw tracepoints' arguments against the kernel and returns where `net_device`
 /// keeps its `ifindex`.
 fn check_kernel() -> anyhow::Result<u32> {
-    let btf = Btf::from_file(KERNEL_BTF)
-        .with_context(|| format!("cannot read the kernel's BTF from {KERNEL_BTF}"))?;
+    let btf = kernel_btf()?;
     for (event, _, expected) in RAW {
         let args = raw_arguments(&btf, event)?;
         if args != expected {
@@ -98,7 +129,7 @@ fn check_kernel() -> anyhow::Result<u32> {
             );
         }
     }
-    member_offset(&btf, "net_device", "ifindex")
+    Ok(kernel_offsets(&btf)?.netdev_ifindex)
 }
 
 impl Dataplane {
@@ -128,12 +159,11 @@ impl Dataplane {
             }
             _ => Err(anyhow!("not a redirect map")),
         };
-        let config = TraceConfig {
-            cpumap_id: id(self.map(registry::CPUMAP::NAME)?)?,
-            tx_ports_id: id(self.map(registry::TX_PORTS::NAME)?)?,
-            flood_id: id(self.map(registry::FLOOD::NAME)?)?,
-            netdev_ifindex,
-        };
+        let mut config = self.array::<registry::TRACE_CONFIG>()?.get(&0, 0)?;
+        config.cpumap_id = id(self.map(registry::CPUMAP::NAME)?)?;
+        config.tx_ports_id = id(self.map(registry::TX_PORTS::NAME)?)?;
+        config.flood_id = id(self.map(registry::FLOOD::NAME)?)?;
+        config.netdev_ifindex = netdev_ifindex;
         self.array_mut::<registry::TRACE_CONFIG>()?
             .set(0, config, 0)?;
 
@@ -169,6 +199,32 @@ impl Dataplane {
             self.pin_trace_link(program, FdLink::from(link))?;
         }
         Ok(())
+    }
+
+    /// Attaches the carrier hook (fentry on `netif_carrier_off`), replacing an earlier
+    /// daemon's: from then on a team member whose carrier the kernel takes is marked down in
+    /// `MEMBER_DOWN` at once, and the team stage uses the VMs' fallbacks.
+    pub(super) fn attach_carrier_hook(&mut self) -> anyhow::Result<()> {
+        let offsets = kernel_offsets(&kernel_btf()?)?;
+        let mut config = self.array::<registry::TRACE_CONFIG>()?.get(&0, 0)?;
+        config.netdev_ifindex = offsets.netdev_ifindex;
+        config.netdev_net = offsets.netdev_net;
+        config.net_inum = offsets.net_inum;
+        self.array_mut::<registry::TRACE_CONFIG>()?
+            .set(0, config, 0)?;
+        let btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let prog: &mut FEntry = self
+            .ebpf
+            .program_mut(CARRIER_PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program {CARRIER_PROGRAM}"))?
+            .try_into()?;
+        prog.load(CARRIER_FUNCTION, &btf)
+            .with_context(|| format!("the kernel rejected fentry program {CARRIER_PROGRAM}"))?;
+        let id = prog
+            .attach()
+            .with_context(|| format!("cannot attach to {CARRIER_FUNCTION}"))?;
+        let link: FEntryLink = prog.take_link(id)?;
+        self.pin_trace_link(CARRIER_PROGRAM, FdLink::from(link))
     }
 
     /// Pins `link` as `trace/<program>`; the earlier daemon's link there goes first (two

@@ -108,6 +108,13 @@ pub const MIGRATIONS: &[Migration] = &[
         // core's cache; each flow's CPU is carried over.
         replaced: &[("FLOW_SLOTS", 4, 40, RSS_1_FLOW_SLOTS)],
     },
+    Migration {
+        family: Family::Team,
+        from: 1,
+        // CARRIER_WATCH and MEMBER_DOWN are new; the reconciler fills the watch list before
+        // it swaps the new programs in, and nothing is marked down yet.
+        replaced: &[],
+    },
     // The pipeline family (the tail-call table, the frame scratch) is new in layout 5 and
     // holds nothing pinned: nothing to migrate.
     Migration {

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 use xnic_common::{
     maps::{Counter, PORT_SWITCH, PORT_TEAM},
     team::{
-        FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_MEMBER, RATE_SHIFT, TEAM_TABLE_SIZE, TeamEntry,
-        VM_TEAM_SHED, VmTeam, rate_fields, table_index,
+        CarrierKey, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_MEMBER, RATE_SHIFT, TEAM_TABLE_SIZE,
+        TeamEntry, VM_TEAM_SHED, VmTeam, member_index, rate_fields, table_index,
     },
 };
 use xnic_proto::{
@@ -103,6 +103,12 @@ pub struct Team {
     /// between members when the daemon restarts.
     seed: u32,
     pending: Vec<Pending>,
+    /// The inode number of the network namespace the uplinks live in (the daemon's), which
+    /// the kernel's carrier hook matches devices by; 0 if unknown (then nothing is watched).
+    netns: u32,
+    /// When this daemon took over: a member in use since before counts as in use since then,
+    /// so a carrier loss the kernel noted before (and that came back) is not taken as news.
+    started_ns: u64,
 }
 
 /// The teams, members and teamed VMs `config` describes, in policy terms.
@@ -248,7 +254,7 @@ impl Teams {
             flood_ifindex,
             flood_member: out.flood.map_or(NO_MEMBER, |m| m as u32),
             flags: if out.shed { VM_TEAM_SHED } else { 0 },
-            _pad: 0,
+            fallback: out.fallbacks,
             ns_per_byte_q16,
             burst_ns,
             pause_until_ns: out.pause_until_ns,
@@ -275,6 +281,14 @@ impl Team {
             announcer,
             seed,
             pending: Vec::new(),
+            netns: match crate::netns::current_inum() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the kernel's carrier hook cannot watch the uplinks");
+                    0
+                }
+            },
+            started_ns: cx.now_ns,
         }
     }
 
@@ -713,6 +727,25 @@ impl Feature for Team {
                 entry.ifindex[m] = cx.host.get(member).map_or(0, |l| l.ifindex);
             }
             put(&mut image.teams, ti as u32, entry);
+            for (m, member) in t.members[ti].iter().enumerate() {
+                let index = member_index(ti as u32, m as u32);
+                if let Some(since) = t.policy.member_usable_since(ti, m) {
+                    put(
+                        &mut image.member_up,
+                        index,
+                        since.max(self.started_ns).max(1),
+                    );
+                }
+                if let Some(l) = cx.host.get(member)
+                    && self.netns != 0
+                {
+                    let key = CarrierKey {
+                        netns: self.netns,
+                        ifindex: l.ifindex,
+                    };
+                    image.carrier_watch.insert(key, index);
+                }
+            }
             // Only teams with flow-hash VMs use a table: the others' failovers need not
             // rewrite one.
             if flow_hash_teams.contains(&ti) {

@@ -21,7 +21,7 @@ use xnic_common::{
     index::{IndexSlot, MacSlot, PortSlot, Sealable, mac_key, mac_slot, port_slot},
     maps::{MacOwner, PortEntry, PortRecord, PortRole, VmRecord},
     rss::{EngineEntry, RssConfig, VmRss},
-    team::{TeamEntry, VmTeam},
+    team::{CarrierKey, TeamEntry, VmTeam},
 };
 
 /// A program attachment: the interface's index now, which program runs there, and its
@@ -73,6 +73,11 @@ pub struct Image {
     pub teams: BTreeMap<u32, TeamEntry>,
     /// `TEAM_TABLES`, by `table_index`.
     pub team_tables: BTreeMap<u32, u32>,
+    /// `CARRIER_WATCH`: the uplinks the kernel's carrier hook marks down, with their
+    /// `member_index`.
+    pub carrier_watch: BTreeMap<CarrierKey, u32>,
+    /// `MEMBER_UP`, by `member_index`: since when each member is in use.
+    pub member_up: BTreeMap<u32, u64>,
     /// `VM_TEAM`, by VM slot.
     pub vm_team: BTreeMap<u32, VmTeam>,
     /// `VM_RSS`, by VM slot.
@@ -110,6 +115,8 @@ pub enum Op {
     SetRssBucket(u32, u32),
     SetTeam(u32, TeamEntry),
     SetTeamBucket(u32, u32),
+    SetCarrierWatch(CarrierKey, u32),
+    SetMemberUp(u32, u64),
     SetVmTeam(u32, VmTeam),
     SetVmRss(u32, VmRss),
     SetVmRecord(u32, VmRecord),
@@ -124,6 +131,7 @@ pub enum Op {
     RemovePort(u32),
     RemoveMac([u8; 6]),
     RemoveTxPort(u32),
+    RemoveCarrierWatch(CarrierKey),
     RemoveCpuQueue(u32),
 }
 
@@ -218,6 +226,24 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
         &mut ops,
         Op::SetTeamBucket,
         &mut gone_team_buckets,
+    );
+    // The carrier hook's watch list and the members' in-use times: before the placements
+    // whose fallbacks name them.
+    let mut gone_watch = Vec::new();
+    section(
+        &from.carrier_watch,
+        &to.carrier_watch,
+        &mut ops,
+        Op::SetCarrierWatch,
+        &mut gone_watch,
+    );
+    let mut gone_member_up = Vec::new();
+    section(
+        &from.member_up,
+        &to.member_up,
+        &mut ops,
+        Op::SetMemberUp,
+        &mut gone_member_up,
     );
     let mut gone_vm_team = Vec::new();
     section(
@@ -341,6 +367,8 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
             .into_iter()
             .map(|b| Op::SetTeamBucket(b, 0)),
     );
+    ops.extend(gone_member_up.into_iter().map(|m| Op::SetMemberUp(m, 0)));
+    ops.extend(gone_watch.into_iter().map(Op::RemoveCarrierWatch));
     ops.extend(
         gone_teams
             .into_iter()
@@ -380,6 +408,13 @@ pub fn record(image: &mut Image, op: &Op) {
         Op::SetRssBucket(b, v) => set_or_clear(&mut image.rss_tables, *b, *v),
         Op::SetTeam(t, v) => set_or_clear(&mut image.teams, *t, *v),
         Op::SetTeamBucket(b, v) => set_or_clear(&mut image.team_tables, *b, *v),
+        Op::SetCarrierWatch(k, v) => {
+            image.carrier_watch.insert(*k, *v);
+        }
+        Op::RemoveCarrierWatch(k) => {
+            image.carrier_watch.remove(k);
+        }
+        Op::SetMemberUp(m, v) => set_or_clear(&mut image.member_up, *m, *v),
         Op::SetVmTeam(s, v) => set_or_clear(&mut image.vm_team, *s, *v),
         Op::SetVmRss(s, v) => set_or_clear(&mut image.vm_rss, *s, *v),
         Op::SetVmRecord(s, v) => set_or_clear(&mut image.vm_records, *s, *v),

@@ -20,7 +20,7 @@
 //! placed on a member exceed its capacity, the last VMs get what remains, then nothing.
 
 use serde::{Deserialize, Serialize};
-use xnic_common::team::TEAM_TABLE_SIZE;
+use xnic_common::team::{MAX_FALLBACKS, NO_FALLBACK, TEAM_TABLE_SIZE};
 
 pub use xnic_proto::config::{LoadParams, TeamPlacement as Placement};
 
@@ -96,6 +96,10 @@ pub struct Move {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmOutcome {
     pub at: Where,
+    /// Where the dataplane sends the VM's frames, in turn, while `at`'s carrier is off and
+    /// this policy has not moved the VM yet (see `Teaming::fallbacks`).
+    /// Member indexes, [`NO_FALLBACK`] past the end.
+    pub fallbacks: [u8; MAX_FALLBACKS],
     /// The member that carries the VM's broadcasts.
     pub flood: Option<usize>,
     /// Granted bits per second; `None`: unlimited.
@@ -368,6 +372,13 @@ impl Teaming {
         self.teams[team].members[member].usable
     }
 
+    /// When a usable member last came up (0 if it has been up all along); `None` when it is
+    /// not usable.
+    pub fn member_usable_since(&self, team: usize, member: usize) -> Option<u64> {
+        let m = &self.teams[team].members[member];
+        m.usable.then_some(m.up_since_ns)
+    }
+
     /// The team's flow table (bucket → member, `u32::MAX` where no member is usable).
     pub fn table(&self, team: usize) -> &[u32] {
         &self.teams[team].table
@@ -497,22 +508,27 @@ impl Teaming {
 
     /// Where VM `v` should go now.
     fn choose(&self, v: usize) -> Where {
-        let vm = &self.vms[v].spec;
-        let team = &self.teams[vm.team];
+        let team = &self.teams[self.vms[v].spec.team];
         let usable: Vec<usize> = (0..team.members.len())
             .filter(|&m| team.members[m].usable)
             .collect();
+        self.choose_among(v, &usable)
+    }
+
+    /// Where VM `v` would go if only the members in `usable` (in team order) could be used.
+    fn choose_among(&self, v: usize, usable: &[usize]) -> Where {
+        let vm = &self.vms[v].spec;
         if usable.is_empty() {
             return Where::Nowhere;
         }
         if let Some(p) = vm.pinned
-            && team.members.get(p).is_some_and(|m| m.usable)
+            && usable.contains(&p)
         {
             return Where::Member(p);
         }
         match vm.placement {
             Placement::Failover => Where::Member(usable[0]),
-            Placement::MacHash => Where::Member(rendezvous(vm.key, &usable)),
+            Placement::MacHash => Where::Member(rendezvous(vm.key, usable)),
             Placement::FlowHash => Where::FlowHash,
             Placement::Load => {
                 let util = self.utilisation(vm.team);
@@ -536,6 +552,39 @@ impl Teaming {
                 Where::Member(best)
             }
         }
+    }
+
+    /// Where VM `v`'s frames go when the kernel marks its member's carrier off before this
+    /// policy hears of it: the members it would be moved to, in turn, if each one before were
+    /// lost too (for flow-hash placement, every usable member in team order). At most
+    /// [`MAX_FALLBACKS`].
+    fn fallbacks(&self, v: usize) -> [u8; MAX_FALLBACKS] {
+        let team = &self.teams[self.vms[v].spec.team];
+        let mut left: Vec<usize> = (0..team.members.len())
+            .filter(|&m| team.members[m].usable)
+            .collect();
+        let mut out = Vec::new();
+        match self.vms[v].at {
+            Where::Member(mut current) => {
+                while out.len() < MAX_FALLBACKS {
+                    left.retain(|&m| m != current);
+                    match self.choose_among(v, &left) {
+                        Where::Member(m) => {
+                            out.push(m);
+                            current = m;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            Where::FlowHash => out = left,
+            Where::Nowhere => {}
+        }
+        let mut list = [NO_FALLBACK; MAX_FALLBACKS];
+        for (slot, m) in list.iter_mut().zip(out) {
+            *slot = m as u8;
+        }
+        list
     }
 
     /// A VM's weight for load placement: what it sends, or its allocation if that is more.
@@ -713,6 +762,7 @@ impl Teaming {
                 };
                 VmOutcome {
                     at: v.at,
+                    fallbacks: self.fallbacks(i),
                     flood,
                     rate_bps: if shed { granted } else { v.spec.alloc_bps },
                     shed,
@@ -819,6 +869,51 @@ mod tests {
             (0..vms).map(|i| vm(i, placement)).collect(),
             &[vec![true; members]],
         )
+    }
+
+    const NF: u8 = NO_FALLBACK;
+
+    #[test]
+    fn fallbacks_are_where_the_policy_would_move_the_vm_next() {
+        // Failover: the rest of the team's order.
+        let mut t = teaming(Placement::Failover, 3, 1);
+        assert_eq!(t.outcomes()[0].fallbacks, [1, 2, NF, NF]);
+        t.link(0, 1, false, 10 * MS);
+        assert_eq!(t.outcomes()[0].fallbacks, [2, NF, NF, NF]);
+        // Lost its last alternative: nothing to fall back to.
+        t.link(0, 2, false, 20 * MS);
+        assert_eq!(t.outcomes()[0].fallbacks, [NF; 4]);
+
+        // Pinned to its member: the team's order after it.
+        let mut spec = vm(0, Placement::Failover);
+        spec.pinned = Some(2);
+        let t = Teaming::new(
+            vec![team(Placement::Failover, 3, None)],
+            vec![spec],
+            &[vec![true; 3]],
+        );
+        assert_eq!(t.at(0), Where::Member(2));
+        assert_eq!(t.outcomes()[0].fallbacks, [0, 1, NF, NF]);
+
+        // MAC hash: each fallback is what the hash picks among the members left.
+        let t = teaming(Placement::MacHash, 4, 8);
+        for (v, out) in t.outcomes().iter().enumerate() {
+            let Where::Member(at) = t.at(v) else {
+                panic!("vm{v} placed nowhere")
+            };
+            let list: Vec<u8> = out.fallbacks.iter().copied().filter(|f| *f != NF).collect();
+            assert_eq!(list.len(), 3, "vm{v}: {list:?}");
+            assert!(!list.contains(&(at as u8)), "vm{v}: {list:?}");
+            let first = rendezvous(
+                t.vm_spec(v).key,
+                &(0..4).filter(|m| *m != at).collect::<Vec<_>>(),
+            );
+            assert_eq!(list[0] as usize, first);
+        }
+
+        // Flow hash: every usable member, in order.
+        let t = teaming(Placement::FlowHash, 2, 1);
+        assert_eq!(t.outcomes()[0].fallbacks, [0, 1, NF, NF]);
     }
 
     #[test]
