@@ -12,6 +12,17 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("controller crate has no parent directory"))?
         .join("dataplane-ebpf");
+    // The programs are built from xnic-common too: a change there must rebuild them
+    // (aya-build watches only the eBPF crate's own directory).
+    let common_dir = manifest_dir
+        .parent()
+        .ok_or_else(|| anyhow!("controller crate has no parent directory"))?
+        .join("common");
+    println!("cargo:rerun-if-changed={}", common_dir.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        common_dir.join("Cargo.toml").display()
+    );
     let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", toolchain_file.display());
     let toolchain = pinned_channel(&toolchain_file)?;
