@@ -18,7 +18,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("controller crate has no parent directory"))?
         .join("common");
-    println!("cargo:rerun-if-changed={}", common_dir.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        common_dir.join("src").display()
+    );
     println!(
         "cargo:rerun-if-changed={}",
         common_dir.join("Cargo.toml").display()

@@ -70,6 +70,11 @@ pub struct StatusView {
     pub dataplane_created_unix: u64,
     /// Whether this daemon adopted a running dataplane rather than creating it.
     pub adopted: bool,
+    /// Where the dataplane learns that a team uplink died without the daemon: always from
+    /// redirects to it that the kernel could not send; from `netif_carrier_off` too where the
+    /// kernel lets it trace that (else why not).
+    #[serde(default)]
+    pub carrier_hook: String,
     pub cpus: usize,
     pub ports: Vec<PortStatus>,
     pub vms: usize,

@@ -55,6 +55,15 @@ pub struct TeamConfig {
     pub period_ms: u64,
     #[serde(default)]
     pub load: LoadParams,
+    /// The dataplane passes over a member the kernel cannot transmit on at once, to each
+    /// VM's next member, without waiting for the daemon to hear of the link loss. Off: only
+    /// the daemon moves VMs.
+    #[serde(default = "default_kernel_failover")]
+    pub kernel_failover: bool,
+}
+
+fn default_kernel_failover() -> bool {
+    true
 }
 
 fn default_failback_hold_ms() -> u64 {

@@ -175,6 +175,11 @@ impl TestLab {
         self.daemon.insert(d)
     }
 
+    /// The running daemon's process id (to signal it).
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("a running daemon").pid()
+    }
+
     /// The running daemon, taken out (to kill or stop it).
     pub fn take_daemon(&mut self) -> DaemonProcess {
         self.daemon.take().expect("a running daemon")

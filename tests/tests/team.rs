@@ -338,6 +338,72 @@ fn a_lost_uplink_fails_over_under_traffic_and_fails_back_after_the_hold_down() {
     assert!(body.contains("xnic_team_uplink_state{"), "{body}");
 }
 
+/// vm0 sends 10,000 datagrams a second for 3 s; 0.8 s in, the daemon is stopped (SIGSTOP) and
+/// up0 loses carrier; a second later the daemon continues. Returns (sent, received,
+/// reordered, frames from vm0 on up1, whether up1 carried a gratuitous ARP for vm0).
+fn lose_up0_with_the_daemon_stopped(team_extra: &str) -> (TestLab, u64, u64, u64, usize, bool) {
+    use nix::{sys::signal::Signal, unistd::Pid};
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &[""],
+        &format!(
+            "name = \"t\"\nuplinks = [\"up0\", \"up1\"]\nfailback_hold_ms = 1500\n{team_extra}"
+        ),
+    ));
+    let tor = t.lab.tor_ns();
+    let cap1 = Capture::start(&tor, &tor_port("up1")).unwrap();
+    let (rx, dst) = tor_sink(&t, SINK_PORT);
+    let sender = send(&t, "vm0", dst, 4, 10_000, 3.0, 64);
+    std::thread::sleep(Duration::from_millis(800));
+    let daemon = Pid::from_raw(t.daemon_pid() as i32);
+    nix::sys::signal::kill(daemon, Signal::SIGSTOP).unwrap();
+    link(&t, "up0", false);
+    // A second with nobody in userspace to move vm0.
+    std::thread::sleep(Duration::from_millis(1000));
+    nix::sys::signal::kill(daemon, Signal::SIGCONT).unwrap();
+    let sent = sender.join().unwrap();
+    let got = rx.stop().unwrap();
+    let f1 = cap1.stop().unwrap();
+    let vm0_mac = [2, 0x77, 0, 0, 0, 0x10];
+    let on_up1 = f1
+        .iter()
+        .filter(|c| c.src_mac() == vm0_mac && c.ethertype() == 0x0800)
+        .count();
+    let announced = f1
+        .iter()
+        .any(|c| c.src_mac() == vm0_mac && c.ethertype() == 0x0806);
+    (t, sent.sent, got.received, got.reordered, on_up1, announced)
+}
+
+#[test]
+fn with_the_daemon_stopped_a_lost_uplinks_traffic_goes_on_over_the_survivor() {
+    let (t, sent, received, reordered, on_up1, announced) = lose_up0_with_the_daemon_stopped("");
+    // The dataplane moved the stream itself: of 30,000 datagrams, at most a flush's worth
+    // lost.
+    assert!(
+        sent - received <= 20,
+        "{sent} sent, {received} received: the dataplane did not move vm0"
+    );
+    assert_eq!(reordered, 0);
+    assert!(on_up1 > 15_000, "the survivor carried the stream: {on_up1}");
+    // The daemon, continued, makes it official: the event, the placement, the announcement.
+    assert!(eventually(Duration::from_secs(3), || {
+        events(&t).iter().any(|e| e.kind == "link_down")
+    }));
+    assert_eq!(team_vm(&t, "vm0").uplink, "up1");
+    assert!(announced, "a gratuitous ARP for vm0 on the survivor");
+    let s = t.status();
+    assert!(!s.carrier_hook.is_empty(), "{s:?}");
+
+    // Without the dataplane's own failover, the stopped daemon's second is lost.
+    drop(t);
+    let (_t, sent, received, _, _, _) = lose_up0_with_the_daemon_stopped("kernel_failover = false");
+    assert!(
+        sent - received >= 5_000,
+        "{sent} sent, {received} received with kernel_failover = false"
+    );
+}
+
 #[test]
 fn teams_that_cannot_work_are_refused_with_the_field_named() {
     let cases = [

@@ -452,6 +452,64 @@ fn teamed(role: PortRole) -> Fixture {
 }
 
 #[test]
+fn a_member_the_kernel_found_dead_is_passed_over_for_the_vms_fallback() {
+    use xnic_common::team::{NO_FALLBACK, NO_MEMBER, VmTeam};
+    let mut fx = teamed(PortRole::Vm);
+    let vm = PortRole::Vm;
+    let frame = udp_v4(VM_MAC, PEER_MAC, 100);
+    fx.dp
+        .set_vm_team(
+            VM_SLOT,
+            VmTeam {
+                team: 0,
+                member: 0,
+                flood_member: NO_MEMBER,
+                fallback: [1, NO_FALLBACK, NO_FALLBACK, NO_FALLBACK],
+                ..VmTeam::default()
+            },
+        )
+        .unwrap();
+    // Both members in use since t=100.
+    fx.write(|i| {
+        i.member_up.insert(0, 100);
+        i.member_up.insert(1, 100);
+    });
+    let per_member = |fx: &Fixture| fx.dp.counters().team_vm(VM_SLOT).unwrap();
+    let sent_on = |fx: &mut Fixture| {
+        let before = per_member(fx);
+        let m = fx.run(vm, &frame);
+        let after = per_member(fx);
+        let member = (0..2).find(|&i| after[i].packets > before[i].packets);
+        (m, member)
+    };
+
+    // A mark from before the member was put in use changes nothing.
+    fx.dp.mark_member_down(0, 50).unwrap();
+    let (m, member) = sent_on(&mut fx);
+    expect(&m, &frame, Action::Redirect, Reason::ToUplink, &[]);
+    assert_eq!(member, Some(0));
+
+    // Marked after: the fallback carries it.
+    fx.dp.mark_member_down(0, 200).unwrap();
+    let (m, member) = sent_on(&mut fx);
+    expect(&m, &frame, Action::Redirect, Reason::ToUplink, &[]);
+    assert_eq!(member, Some(1));
+
+    // The fallback dead too: no uplink.
+    fx.dp.mark_member_down(1, 300).unwrap();
+    let (m, member) = sent_on(&mut fx);
+    expect(&m, &frame, Action::Drop, Reason::NoUplink, &[]);
+    assert_eq!(member, None);
+
+    // The daemon puts member 0 in use again: back on it.
+    fx.write(|i| {
+        i.member_up.insert(0, 400);
+    });
+    let (_, member) = sent_on(&mut fx);
+    assert_eq!(member, Some(0));
+}
+
+#[test]
 fn a_teamed_vms_frames_are_redirected_paced_held_or_dropped_with_their_reason() {
     use xnic_common::team::{NO_MEMBER, VM_TEAM_SHED, VmTeam, rate_fields};
     let mut fx = teamed(PortRole::Vm);

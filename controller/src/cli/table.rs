@@ -107,6 +107,13 @@ pub fn status(s: &StatusView) -> String {
         duration(age),
         if s.adopted { "adopted" } else { "created" }
     );
+    if !s.carrier_hook.is_empty() {
+        let _ = writeln!(
+            out,
+            "failover   in the dataplane on a failed redirect to a team uplink; carrier hook {}",
+            s.carrier_hook
+        );
+    }
     let _ = writeln!(
         out,
         "traffic    {} passed, {} dropped, {} CPUs, {} VMs",

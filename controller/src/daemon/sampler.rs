@@ -73,6 +73,7 @@ fn team_sample(counters: &Counters, snap: &Snapshot) -> anyhow::Result<Option<Te
     Ok(Some(TeamSample {
         at: Instant::now(),
         vms,
+        member_down: counters.member_down()?,
     }))
 }
 

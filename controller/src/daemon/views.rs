@@ -89,6 +89,10 @@ pub fn status(snap: &Snapshot, sample: &Sample, links: &HashMap<String, LinkStat
         abi: snap.info.abi,
         dataplane_created_unix: snap.info.created_unix,
         adopted: snap.adopted,
+        carrier_hook: match &snap.kernel_failover_off {
+            None => "on".into(),
+            Some(why) => format!("off ({why})"),
+        },
         cpus: snap.nr_cpus,
         ports,
         vms: snap.config.vms.len(),

@@ -37,6 +37,9 @@ pub struct Counters {
     team_vm: PerCpuArray<MapData, Counter>,
     xmit_drops: PerCpuArray<MapData, u64>,
     queue_drops: PerCpuArray<MapData, u64>,
+    /// When the kernel's hooks last found each team member dead (not a counter, but read
+    /// with them, by the sampler).
+    member_down: aya::maps::Array<MapData, u64>,
 }
 
 fn open<M: Registered>(pins: &PinDir) -> anyhow::Result<PerCpuArray<MapData, M::Value>>
@@ -75,7 +78,21 @@ impl Counters {
             team_vm: open::<registry::TEAM_VM_STATS>(pins)?,
             xmit_drops: open::<registry::XMIT_DROPS>(pins)?,
             queue_drops: open::<registry::QUEUE_DROPS>(pins)?,
+            member_down: {
+                let path = pins.maps().join(registry::MEMBER_DOWN::NAME);
+                let data = MapData::from_pin(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                aya::maps::Array::try_from(Map::Array(data))?
+            },
         })
+    }
+
+    /// `MEMBER_DOWN`, by `member_index`: when the kernel last found each member dead (0:
+    /// never).
+    pub fn member_down(&self) -> anyhow::Result<Vec<u64>> {
+        (0..xnic_common::team::MAX_TEAMS * xnic_common::team::MAX_TEAM_MEMBERS)
+            .map(|i| Ok(self.member_down.get(&i, 0)?))
+            .collect()
     }
 
     /// Counters of `slot`, summed over CPUs, plus each CPU's share of the slot's frames

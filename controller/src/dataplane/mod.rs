@@ -229,6 +229,30 @@ impl Dataplane {
         Ok(dp)
     }
 
+    /// When the kernel's hooks last marked each team member down (`MEMBER_DOWN`, by
+    /// `member_index`; members never marked are left out).
+    pub fn member_down_marks(&self) -> anyhow::Result<Vec<(u32, u64)>> {
+        let map = self.array::<registry::MEMBER_DOWN>()?;
+        let n = xnic_common::team::MAX_TEAMS * xnic_common::team::MAX_TEAM_MEMBERS;
+        let mut marks = Vec::new();
+        for i in 0..n {
+            let at = map.get(&i, 0)?;
+            if at != 0 {
+                marks.push((i, at));
+            }
+        }
+        Ok(marks)
+    }
+
+    /// Marks a team member down at `at_ns`, as the kernel's hooks do when it cannot transmit
+    /// (for tests and tools; the daemon never writes this map).
+    pub fn mark_member_down(&mut self, index: u32, at_ns: u64) -> anyhow::Result<()> {
+        self.array_mut::<registry::MEMBER_DOWN>()?
+            .set(index, at_ns, 0)
+            .with_context(|| format!("cannot write MEMBER_DOWN[{index}]"))?;
+        Ok(())
+    }
+
     /// Whether the kernel's carrier hook marks team members down (else failover waits for
     /// the daemon's netlink events), and why not.
     pub fn carrier_hook(&self) -> Result<(), &str> {

@@ -17,7 +17,7 @@ use xnic_common::{
     maps::{Counter, PORT_SWITCH, PORT_TEAM},
     team::{
         CarrierKey, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_MEMBER, RATE_SHIFT, TEAM_TABLE_SIZE,
-        TeamEntry, VM_TEAM_SHED, VmTeam, member_index, rate_fields, table_index,
+        TeamEntry, VM_TEAM_SHED, VmTeam, member_down, member_index, rate_fields, table_index,
     },
 };
 use xnic_proto::{
@@ -58,7 +58,14 @@ pub fn monotonic_ns() -> u64 {
 pub struct TeamSample {
     pub at: Instant,
     pub vms: BTreeMap<String, Vec<Counter>>,
+    /// `MEMBER_DOWN`, by `member_index`.
+    pub member_down: Vec<u64>,
 }
+
+/// A member the kernel found dead while the daemon has it up and usable is reported once its
+/// mark is this old: long enough for the link-down the kernel noticed first to have reached
+/// the daemon (then the member is no longer usable and nothing is reported).
+const KERNEL_MARK_SETTLE_NS: u64 = 100_000_000;
 
 /// A teamed VM as the feature knows it, in policy order.
 #[derive(Clone, Debug)]
@@ -92,6 +99,10 @@ struct Teams {
     vm_bps: Vec<f64>,
     member_rate: Vec<Vec<(f64, f64)>>,
     last: Option<TeamSample>,
+    /// By `member_index`: when the daemon put a member the kernel had found dead back in use
+    /// (after the hold-down), and the kernel's mark it last reported.
+    rearmed_ns: BTreeMap<u32, u64>,
+    reported_mark: BTreeMap<u32, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -211,6 +222,8 @@ impl Teams {
                 .unwrap_or(500),
             vm_bps: vec![0.0; n],
             last: None,
+            rearmed_ns: BTreeMap::new(),
+            reported_mark: BTreeMap::new(),
         }
     }
 
@@ -263,6 +276,72 @@ impl Teams {
 }
 
 impl Team {
+    /// Since when member `m` of team `ti` is in use, as `MEMBER_UP` says (`None`: not usable).
+    fn in_use_since(&self, t: &Teams, ti: usize, m: usize) -> Option<u64> {
+        let since = t.policy.member_usable_since(ti, m)?;
+        let rearmed = t
+            .rearmed_ns
+            .get(&member_index(ti as u32, m as u32))
+            .copied()
+            .unwrap_or(0);
+        Some(since.max(self.started_ns).max(rearmed).max(1))
+    }
+
+    /// Members the kernel found dead (`MEMBER_DOWN`) that the daemon still has up: reported
+    /// once, and put back in use after the team's hold-down, so a transient failure does not
+    /// leave a member unused for good (if it is still dead, the kernel marks it again).
+    /// Returns whether the image changed.
+    fn review_kernel_marks(
+        &mut self,
+        now_ns: u64,
+        marks: &[u64],
+        events: &mut Vec<NewEvent>,
+    ) -> bool {
+        let Some(t) = &self.teams else {
+            return false;
+        };
+        let mut report = Vec::new();
+        let mut rearm = Vec::new();
+        for ti in 0..t.policy.teams() {
+            for m in 0..t.members[ti].len() {
+                let index = member_index(ti as u32, m as u32);
+                let (Some(in_use), Some(&mark)) =
+                    (self.in_use_since(t, ti, m), marks.get(index as usize))
+                else {
+                    continue;
+                };
+                let age = now_ns.saturating_sub(mark);
+                if !member_down(mark, in_use) || age < KERNEL_MARK_SETTLE_NS {
+                    continue;
+                }
+                if t.reported_mark.get(&index) != Some(&mark) {
+                    report.push((ti, m, index, mark));
+                }
+                if age >= t.policy.team_spec(ti).failback_hold_ns {
+                    rearm.push(index);
+                }
+            }
+        }
+        let Some(t) = &mut self.teams else {
+            return false;
+        };
+        for (ti, m, index, mark) in report {
+            t.reported_mark.insert(index, mark);
+            let team = t.policy.team_spec(ti).name.clone();
+            let uplink = &t.members[ti][m];
+            let message = format!(
+                "team {team}: the kernel could not transmit on uplink {uplink} while its link \
+                 is up; its VMs went to their fallbacks, and it is tried again after the \
+                 hold-down"
+            );
+            events.push(NewEvent::new("team", "kernel_down", team, message));
+        }
+        for index in &rearm {
+            t.rearmed_ns.insert(*index, now_ns);
+        }
+        !rearm.is_empty()
+    }
+
     /// Takes over the hash seed the pinned maps hold.
     pub fn adopt(cx: &Context, pinned: &Image) -> Team {
         let seed = match pinned.teams.values().next().map(|t| t.seed) {
@@ -729,15 +808,13 @@ impl Feature for Team {
             put(&mut image.teams, ti as u32, entry);
             for (m, member) in t.members[ti].iter().enumerate() {
                 let index = member_index(ti as u32, m as u32);
-                if let Some(since) = t.policy.member_usable_since(ti, m) {
-                    put(
-                        &mut image.member_up,
-                        index,
-                        since.max(self.started_ns).max(1),
-                    );
+                if let Some(since) = self.in_use_since(t, ti, m) {
+                    put(&mut image.member_up, index, since);
                 }
+                let kernel_failover = cx.desired.teams.get(ti).is_none_or(|c| c.kernel_failover);
                 if let Some(l) = cx.host.get(member)
                     && self.netns != 0
+                    && kernel_failover
                 {
                     let key = CarrierKey {
                         netns: self.netns,
@@ -766,8 +843,9 @@ impl Feature for Team {
         cx: &Context,
         _slots: &Slots,
         sample: TeamSample,
-        _events: &mut Vec<NewEvent>,
+        events: &mut Vec<NewEvent>,
     ) -> bool {
+        let rearmed = self.review_kernel_marks(cx.now_ns, &sample.member_down, events);
         let Some(t) = &mut self.teams else {
             return false;
         };
@@ -799,7 +877,7 @@ impl Feature for Team {
         t.last = Some(sample);
         let moves = t.policy.tick(cx.now_ns, &t.vm_bps);
         if moves.is_empty() {
-            return false;
+            return rearmed;
         }
         // Group by team and cause: a failback of one member is one event.
         let mut groups: BTreeMap<(usize, &'static str), Vec<Move>> = BTreeMap::new();
