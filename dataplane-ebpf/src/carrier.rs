@@ -49,7 +49,7 @@ pub fn mark_down(dev: u64) {
         ifindex: ifindex as u32,
     };
     // SAFETY: entries are plain data, written whole by the daemon.
-    let Some(&index) = (unsafe { CARRIER_WATCH.get(&key) }) else {
+    let Some(&index) = (unsafe { CARRIER_WATCH.get(key) }) else {
         return;
     };
     if let Some(down) = MEMBER_DOWN.get_ptr_mut(index) {
