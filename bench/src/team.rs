@@ -69,7 +69,13 @@ const OFFERED_PPS: u64 = 1_000_000;
 
 /// The lab configuration with the team placing VMs by `policy`; `vm_extra[i]` is added to VM
 /// i's section.
-fn config(instance: &str, prefix: &str, policy: &str, vm_extra: &[String]) -> String {
+fn config(
+    instance: &str,
+    prefix: &str,
+    policy: &str,
+    vm_extra: &[String],
+    team_extra: &str,
+) -> String {
     let mut s = format!("instance = \"{instance}\"\nnetns = \"{prefix}-host\"\n");
     for u in UPLINKS {
         s.push_str(&format!("\n[[uplink]]\nname = \"{u}\"\n"));
@@ -84,7 +90,7 @@ fn config(instance: &str, prefix: &str, policy: &str, vm_extra: &[String]) -> St
     }
     s.push_str(&format!(
         "\n[[team]]\nname = \"uplinks\"\nuplinks = [\"up0\", \"up1\"]\npolicy = \"{policy}\"\n\
-         failback_hold_ms = {HOLD_MS}\n"
+         failback_hold_ms = {HOLD_MS}\n{team_extra}\n"
     ));
     s.push_str(&format!(
         "\n[lab]\nprefix = \"{prefix}\"\ntor_ips = [\"10.77.0.1/24\"]\nipv6 = false\n"
@@ -126,11 +132,12 @@ impl Bench {
         name: &str,
         policy: &str,
         vm_extra: &[String],
+        team_extra: &str,
     ) -> anyhow::Result<PathBuf> {
         let path = live::config_file(&self.live.instance, name);
         std::fs::write(
             &path,
-            config(&self.live.instance, &self.prefix, policy, vm_extra),
+            config(&self.live.instance, &self.prefix, policy, vm_extra, team_extra),
         )?;
         self.variants.push(path.clone());
         Ok(path)
@@ -529,7 +536,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let id = std::process::id();
     let instance = format!("xbteam{id}");
     let prefix = format!("xbt{id}");
-    let live = LiveLab::up(&instance, &config(&instance, &prefix, "failover", &[]))?;
+    let live = LiveLab::up(&instance, &config(&instance, &prefix, "failover", &[], ""))?;
     let mut b = Bench {
         live,
         prefix,
@@ -552,21 +559,34 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let Opts { trials, secs, .. } = *opts;
     let failover_cfg = b.live.config_path.clone();
-    let mac_hash_cfg = b.variant("mac-hash", "mac-hash", &[])?;
+    let mac_hash_cfg = b.variant("mac-hash", "mac-hash", &[], "")?;
+    // The same teams with the dataplane's own failover off: the daemon alone moves VMs.
+    const DAEMON_ONLY: &str = "kernel_failover = false";
+    let failover_daemon_cfg = b.variant("failover-daemon", "failover", &[], DAEMON_ONLY)?;
+    let mac_hash_daemon_cfg = b.variant("mac-hash-daemon", "mac-hash", &[], DAEMON_ONLY)?;
     let client = b.client();
     // xnic fails back after its hold-down; OVS members come back at once.
     let xnic_settle = Duration::from_millis(HOLD_MS + 1000);
     let ovs_settle = Duration::from_millis(1000);
     let mut failover = Vec::new();
-    for (label, xnic_cfg, bond_mode) in [
+    for (label, xnic_cfg, daemon_cfg, bond_mode) in [
         (
             "failover policy / active-backup",
             &failover_cfg,
+            &failover_daemon_cfg,
             "active-backup",
         ),
-        ("MAC hash / balance-slb", &mac_hash_cfg, "balance-slb"),
+        (
+            "MAC hash / balance-slb",
+            &mac_hash_cfg,
+            &mac_hash_daemon_cfg,
+            "balance-slb",
+        ),
     ] {
         eprintln!("failover: {label}");
+        let daemon = b.xnic(daemon_cfg)?;
+        let daemon_runs = failover_runs(b.lab(), "xnic, daemon only", trials, secs, xnic_settle)?;
+        b.live.stop_dataplane(daemon)?;
         let daemon = b.xnic(xnic_cfg)?;
         let xnic_runs = failover_runs(b.lab(), "xnic", trials, secs, xnic_settle)?;
         let switch_us = switch_times(&client)?;
@@ -580,13 +600,14 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             ovs_settle,
         );
         b.stop_ovs(ovs)?;
-        failover.push((label, bond_mode, xnic_runs, ovs_runs?, switch_us));
+        failover.push((label, bond_mode, xnic_runs, daemon_runs, ovs_runs?, switch_us));
     }
     report.notes.push(
         "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor; the senders run at real-time priority, so their own scheduling does not widen it); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),
     );
-    for (label, bond_mode, x, o, switch_us) in &failover {
+    for (label, bond_mode, x, d, o, switch_us) in &failover {
         let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");
+        let daemon_name = "xnic, failover by the daemon only (kernel_failover = false)";
         let scenario = format!(
             "{label}: {VMS} VMs × {STREAM_PPS} pps, the busiest uplink loses carrier; VMs moved over {trials} trials"
         );
@@ -596,7 +617,10 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             "ms",
             Better::Lower,
             median(x.gaps_ms.clone()),
-            &[(&ovs_name, median(o.gaps_ms.clone()))],
+            &[
+                (daemon_name, median(d.gaps_ms.clone())),
+                (&ovs_name, median(o.gaps_ms.clone())),
+            ],
         );
         report.add(
             "failover gap, worst",
@@ -604,7 +628,7 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             "ms",
             Better::Lower,
             max(&x.gaps_ms),
-            &[(&ovs_name, max(&o.gaps_ms))],
+            &[(daemon_name, max(&d.gaps_ms)), (&ovs_name, max(&o.gaps_ms))],
         );
         report.add(
             "datagrams lost per moved VM, median",
@@ -612,7 +636,10 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             "datagrams",
             Better::Lower,
             median(x.lost.clone()),
-            &[(&ovs_name, median(o.lost.clone()))],
+            &[
+                (daemon_name, median(d.lost.clone())),
+                (&ovs_name, median(o.lost.clone())),
+            ],
         );
         report.add(
             "datagrams lost per moved VM, worst",
@@ -620,7 +647,7 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             "datagrams",
             Better::Lower,
             max(&x.lost),
-            &[(&ovs_name, max(&o.lost))],
+            &[(daemon_name, max(&d.lost)), (&ovs_name, max(&o.lost))],
         );
         report.notes.push(format!(
             "Failover, {label}: moved VMs measured {} (xnic) and {} (OVS); stranded on the lost uplink: {} and {}. xnic's own switch time (kernel link event to dataplane rewritten), median {:.0} µs, worst {:.0} µs.",
@@ -643,7 +670,7 @@ fn allocation(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result
         .iter()
         .map(|r| format!("bandwidth_mbps = {r}\nburst_kib = {BURST_KIB}"))
         .collect();
-    let allocation_cfg = b.variant("allocation", "failover", &allocated)?;
+    let allocation_cfg = b.variant("allocation", "failover", &allocated, "")?;
     let client = b.client();
     eprintln!("allocation accuracy");
     let daemon = b.xnic(&allocation_cfg)?;
