@@ -137,7 +137,13 @@ impl Bench {
         let path = live::config_file(&self.live.instance, name);
         std::fs::write(
             &path,
-            config(&self.live.instance, &self.prefix, policy, vm_extra, team_extra),
+            config(
+                &self.live.instance,
+                &self.prefix,
+                policy,
+                vm_extra,
+                team_extra,
+            ),
         )?;
         self.variants.push(path.clone());
         Ok(path)
@@ -600,7 +606,14 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             ovs_settle,
         );
         b.stop_ovs(ovs)?;
-        failover.push((label, bond_mode, xnic_runs, daemon_runs, ovs_runs?, switch_us));
+        failover.push((
+            label,
+            bond_mode,
+            xnic_runs,
+            daemon_runs,
+            ovs_runs?,
+            switch_us,
+        ));
     }
     report.notes.push(
         "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor; the senders run at real-time priority, so their own scheduling does not widen it); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),

@@ -170,6 +170,16 @@ fn demo(
             &vm0.name,
             team.failback_hold_ms,
         )?;
+        if let Some(d) = running.as_ref() {
+            paused_failover_demo(
+                lab,
+                &client,
+                &team.uplinks[0],
+                &vm0.name,
+                d.pid(),
+                team.failback_hold_ms,
+            )?;
+        }
     }
 
     if lab.config().vms.len() > 1 {
@@ -368,6 +378,65 @@ fn failover_demo(
         "team events (switch: from the kernel's link event to the dataplane carrying the VMs):"
     );
     print!("{}", table::team_events(&events, true));
+    Ok(())
+}
+
+/// The same carrier loss with the daemon stopped (SIGSTOP): the dataplane moves the VM by
+/// itself, at the first redirect the kernel cannot send; the daemon, continued, makes the
+/// move official (event, placement, announcement).
+fn paused_failover_demo(
+    lab: &Lab,
+    client: &Client,
+    uplink: &str,
+    vm: &str,
+    daemon_pid: u32,
+    hold_ms: u64,
+) -> anyhow::Result<()> {
+    use nix::{sys::signal::Signal, unistd::Pid};
+    let Some(tor4) = lab.tor_addrs().iter().find(|a| a.addr.is_ipv4()).copied() else {
+        return Ok(());
+    };
+    heading(&format!(
+        "team, daemon paused: {uplink} loses its carrier while {vm} sends 5000 datagrams/s and nothing in userspace can move it"
+    ));
+    let status: StatusView = block_on(client.get("/v1/status"))?;
+    println!(
+        "dataplane failover: on; carrier hook {}",
+        status.carrier_hook
+    );
+    let daemon = Pid::from_raw(daemon_pid as i32);
+    let signal = |sig: Signal| {
+        println!(
+            "kill -{} {daemon_pid}",
+            sig.as_str().trim_start_matches("SIG")
+        );
+        nix::sys::signal::kill(daemon, sig).context("cannot signal the daemon")
+    };
+    let tor_port = crate::lab::tor_port(uplink);
+    let carrier = |state: &str| {
+        println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
+        crate::lab::ip(&["-n", &lab.tor_ns(), "link", "set", &tor_port, state])
+    };
+    let (rx, sender) = stream_to_tor(lab, vm, tor4.addr, 3.0)?;
+    std::thread::sleep(Duration::from_millis(800));
+    signal(Signal::SIGSTOP)?;
+    carrier("down")?;
+    std::thread::sleep(Duration::from_secs(1));
+    signal(Signal::SIGCONT)?;
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))??;
+    let got = rx.stop()?;
+    println!("{}", delivery(&sent, &got));
+    let status: TeamStatusView = block_on(client.get("/v1/team"))?;
+    print!("{}", table::team_status(&status));
+    let events: Vec<TeamEvent> = block_on(client.get("/v1/team/events"))?;
+    if let Some(last) = events.last() {
+        print!("{}", table::team_events(std::slice::from_ref(last), true));
+    }
+    carrier("up")?;
+    println!("{uplink} carries its VMs again after the {hold_ms} ms hold-down");
+    std::thread::sleep(Duration::from_millis(hold_ms + 500));
     Ok(())
 }
 
