@@ -199,9 +199,15 @@ impl Dataplane {
         dp.carrier_hook = match dp.attach_carrier_hook() {
             Ok(()) => Ok(()),
             Err(e) => {
-                let e = format!("{e:#}");
-                warn!(error = %e, "the kernel's carrier hook is off: team failover waits for the daemon");
-                Err(e)
+                let detail = format!("{e:#}");
+                warn!(error = %detail, "the carrier hook is off: dead team uplinks are found at the first redirect the kernel cannot send");
+                // EPERM on a tracing program: the kernel (or its lockdown) refuses them all.
+                let why = if detail.contains("Operation not permitted") {
+                    "this kernel refuses tracing programs (EPERM)".to_string()
+                } else {
+                    detail
+                };
+                Err(why)
             }
         };
         match found {
