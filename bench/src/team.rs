@@ -9,7 +9,11 @@
 //!    xnic's MAC-hash placement against an OVS balance-slb bond.
 //! 2. Allocation accuracy: a VM offers twice its allocation; the rate that reaches the tor,
 //!    in steady state, against an OVS OpenFlow meter of the same rate and burst.
-//! 3. Egress frames per second: trafgen in a VM sends 64-byte UDP; frames per second that
+//! 3. TCP through an allocation (20 and 100 Mbit/s, the default burst, 1 and 4 streams of
+//!    iperf3 from a guest with default TCP settings): goodput as a fraction of the
+//!    allocation, retransmits, and 100 ms intervals the receiver got almost nothing in,
+//!    against Linux's tbf as a shaper and as a near-policer, and an OVS meter.
+//! 4. Egress frames per second: trafgen in a VM sends 64-byte UDP; frames per second that
 //!    reach the tor through xnic's team path, through the kernel's bridge without xnic, and
 //!    through OVS. A minimal XDP_DROP program counts them at the tor, so the tor's own stack
 //!    does not limit the figure.
@@ -177,6 +181,16 @@ impl Bench {
     /// OVS switching the VM ports onto a bond of both uplinks in `mode`, with a meter per
     /// `(vm, Mbit/s)` in `meters`, once it has learned where the tor is.
     fn ovs(&self, mode: &str, meters: &[(usize, f64)]) -> anyhow::Result<Ovs> {
+        self.ovs_with_burst(mode, meters, BURST_KIB as u64 * 1024)
+    }
+
+    /// [`Bench::ovs`] with meters of `burst_bytes`.
+    fn ovs_with_burst(
+        &self,
+        mode: &str,
+        meters: &[(usize, f64)],
+        burst_bytes: u64,
+    ) -> anyhow::Result<Ovs> {
         self.bridge_vm_ports(false)?;
         let ovs = Ovs::start(self.host())?;
         for i in 0..VMS {
@@ -196,7 +210,7 @@ impl Bench {
         for (n, (vm, mbps)) in meters.iter().enumerate() {
             let id = n + 1;
             let kbps = (mbps * 1000.0).round() as u64;
-            let burst_kbit = BURST_KIB as u64 * 1024 * 8 / 1000;
+            let burst_kbit = burst_bytes * 8 / 1000;
             ovs.ofctl(&[
                 "add-meter",
                 OVS_BRIDGE,
@@ -532,10 +546,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         rounds: flag(args, "--rounds", 3)?.max(1),
         offered: flag(args, "--offered", OFFERED_PPS)?,
     };
-    // `--only failover|allocation|egress`: one part of the benchmark.
+    // `--only failover|allocation|tcp|egress`: one part of the benchmark.
     let only: String = flag(args, "--only", String::new())?;
-    if !["", "failover", "allocation", "egress"].contains(&only.as_str()) {
-        bail!("--only takes failover, allocation or egress, not {only:?}");
+    if !["", "failover", "allocation", "tcp", "egress"].contains(&only.as_str()) {
+        bail!("--only takes failover, allocation, tcp or egress, not {only:?}");
     }
     let part = |name: &str| only.is_empty() || only == name;
     let mut report = Report::new("team");
@@ -553,6 +567,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if part("allocation") {
         allocation(&mut b, &opts, &mut report)?;
+    }
+    if part("tcp") {
+        tcp(&mut b, &opts, &mut report)?;
     }
     if part("egress") {
         egress(&b, &opts, &mut report)?;
@@ -737,7 +754,136 @@ fn allocation(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result
     Ok(())
 }
 
-/// Part 3: egress frames per second, interleaved rounds of xnic, the kernel bridge and OVS.
+/// How long each TCP transfer runs, seconds.
+const TCP_SECS: u32 = 5;
+
+/// Part 3: TCP through an allocation with the default burst, 1 and 4 streams, against Linux's
+/// tbf (as a shaper and as a near-policer) and an OVS meter of the same rate and burst.
+fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    use xnic::{features::team::default_burst_bytes, lab::traffic::iperf3_streams};
+    eprintln!("TCP through an allocation");
+    let (tor_ns, tor_addr) = b.lab().endpoint("tor")?;
+    let (vm_ns, _) = b.lab().endpoint("vm0")?;
+    let tor_addr = tor_addr.to_string();
+    let host = b.host().to_string();
+    let measure = || -> anyhow::Result<Vec<(u32, xnic::lab::traffic::IperfDetail)>> {
+        [1u32, 4]
+            .iter()
+            .map(|&n| Ok((n, iperf3_streams(&tor_ns, &tor_addr, &vm_ns, TCP_SECS, n)?)))
+            .collect()
+    };
+    let tbf = |rate: f64, burst: u64, shaper: bool| {
+        let rate = format!("{}kbit", (rate * 1000.0) as u64);
+        let burst = burst.to_string();
+        let mut args = vec![
+            "-n", &host, "qdisc", "replace", "dev", "up0", "root", "tbf", "rate", &rate, "burst",
+            &burst,
+        ];
+        // A shaper queues 50 ms of frames; a near-policer holds one frame.
+        if shaper {
+            args.extend(["latency", "50ms"]);
+        } else {
+            args.extend(["limit", "1514"]);
+        }
+        run_tc(&args)
+    };
+    for rate in RATES_MBPS {
+        let burst = default_burst_bytes((rate * 1e6 / 8.0) as u64);
+        let cfg = b.variant(
+            &format!("tcp-{rate}"),
+            "failover",
+            &[format!("bandwidth_mbps = {rate}")],
+            "",
+        )?;
+        let daemon = b.xnic(&cfg)?;
+        let xnic_runs = measure();
+        b.live.stop_dataplane(daemon)?;
+        let xnic_runs = xnic_runs?;
+        let mut baselines: Vec<(&str, Vec<(u32, xnic::lab::traffic::IperfDetail)>)> = Vec::new();
+        b.live.bridge_uplink("up0", true)?;
+        for (label, shaper) in [
+            ("Linux tbf on the uplink as a shaper (50 ms queue)", true),
+            ("Linux tbf on the uplink as a near-policer (one-frame queue)", false),
+        ] {
+            tbf(rate, burst, shaper)?;
+            let runs = measure();
+            run_tc(&["-n", &host, "qdisc", "del", "dev", "up0", "root"])?;
+            baselines.push((label, runs?));
+        }
+        b.live.bridge_uplink("up0", false)?;
+        let ovs = b.ovs_with_burst("active-backup", &[(0, rate)], burst)?;
+        let runs = measure();
+        b.stop_ovs(ovs)?;
+        baselines.push(("OVS OpenFlow meter, same rate and burst", runs?));
+
+        for (i, (streams, x)) in xnic_runs.iter().enumerate() {
+            let scenario = format!(
+                "{rate} Mbit/s allocation, default burst ({} KiB), {streams} TCP stream(s), iperf3 {TCP_SECS} s, guests with default TCP settings",
+                burst / 1024
+            );
+            let fraction = |d: &xnic::lab::traffic::IperfDetail| {
+                d.report.bits_per_second / (rate * 1e6)
+            };
+            let stalls = |d: &xnic::lab::traffic::IperfDetail| {
+                d.intervals_bps.iter().filter(|b| **b < rate * 1e4).count() as f64
+            };
+            let of = |f: &dyn Fn(&xnic::lab::traffic::IperfDetail) -> f64| {
+                baselines
+                    .iter()
+                    .map(|(label, runs)| (*label, f(&runs[i].1)))
+                    .collect::<Vec<_>>()
+            };
+            eprintln!(
+                "  {rate} Mbit/s, {streams} stream(s): xnic {:.3} of the allocation, {} retransmits, {} empty intervals",
+                fraction(x),
+                x.report.retransmits,
+                stalls(x)
+            );
+            report.add(
+                "TCP goodput as a fraction of the allocation",
+                &scenario,
+                "fraction",
+                Better::Higher,
+                fraction(x),
+                &of(&fraction),
+            );
+            report.add(
+                "TCP retransmits",
+                &scenario,
+                "segments",
+                Better::Lower,
+                x.report.retransmits as f64,
+                &of(&|d| d.report.retransmits as f64),
+            );
+            report.add(
+                "100 ms intervals in which the receiver got under 1 % of the allocation",
+                &scenario,
+                "intervals",
+                Better::Lower,
+                stalls(x),
+                &of(&stalls),
+            );
+        }
+    }
+    report.notes.push(format!(
+        "TCP: iperf3 from vm0 to the tor for {TCP_SECS} s per case; goodput is what the receiver got; intervals are the receiver's own 100 ms reports. The baselines bridge vm0's port with the uplink and put tbf on it, or switch with OVS and meter vm0's port, with the burst xnic gives the allocation by default."
+    ));
+    Ok(())
+}
+
+fn run_tc(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("tc").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "tc {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Part 4: egress frames per second, interleaved rounds of xnic, the kernel bridge and OVS.
 fn egress(b: &Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let Opts {
         secs,

@@ -45,6 +45,11 @@ use crate::{
 const DEFAULT_BURST_MS: f64 = 5.0;
 const MIN_DEFAULT_BURST: u64 = 16 * 1024;
 
+/// The burst a VM's allocation gets when its configuration names none.
+pub fn default_burst_bytes(rate_bytes_per_sec: u64) -> u64 {
+    ((rate_bytes_per_sec as f64 * DEFAULT_BURST_MS / 1000.0) as u64).max(MIN_DEFAULT_BURST)
+}
+
 /// The monotonic clock the dataplane uses (`bpf_ktime_get_ns`), in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -251,9 +256,9 @@ impl Teams {
             None => (0, 0),
             Some(bps) => {
                 let bytes = bps / 8;
-                let burst = self.vms[v].burst_bytes.unwrap_or_else(|| {
-                    ((bytes as f64 * DEFAULT_BURST_MS / 1000.0) as u64).max(MIN_DEFAULT_BURST)
-                });
+                let burst = self.vms[v]
+                    .burst_bytes
+                    .unwrap_or_else(|| default_burst_bytes(bytes));
                 rate_fields(bytes, burst)
             }
         };

@@ -383,8 +383,26 @@ pub fn iperf3(
     client_ns: &str,
     secs: u32,
 ) -> anyhow::Result<IperfReport> {
+    iperf3_streams(server_ns, server_addr, client_ns, secs, 1).map(|d| d.report)
+}
+
+/// [`iperf3`] with `streams` parallel connections, and what the receiver got in each 100 ms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IperfDetail {
+    pub report: IperfReport,
+    /// Bits per second the server received, per 100 ms interval.
+    pub intervals_bps: Vec<f64>,
+}
+
+pub fn iperf3_streams(
+    server_ns: &str,
+    server_addr: &str,
+    client_ns: &str,
+    secs: u32,
+    streams: u32,
+) -> anyhow::Result<IperfDetail> {
     let port = "5201";
-    let mut server = Command::new("ip")
+    let server = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -392,12 +410,15 @@ pub fn iperf3(
             "iperf3",
             "-s",
             "-1",
+            "-J",
+            "-i",
+            "0.1",
             "-B",
             server_addr,
             "-p",
             port,
         ])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("cannot run iperf3 (`cargo xtask setup` installs it)")?;
@@ -417,8 +438,10 @@ pub fn iperf3(
                 server_addr,
                 "-p",
                 port,
-                "-t",
+                "-P",
             ])
+            .arg(streams.to_string())
+            .arg("-t")
             .arg(secs.to_string())
             .output()?;
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -431,9 +454,30 @@ pub fn iperf3(
         }
         last_err = json["error"].as_str().unwrap_or("no result").to_string();
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    result.with_context(|| format!("iperf3 from {client_ns} to {server_addr} failed: {last_err}"))
+    let report = match result {
+        Some(r) => r,
+        None => {
+            let mut server = server;
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("iperf3 from {client_ns} to {server_addr} failed: {last_err}");
+        }
+    };
+    // The one-shot server exits after the test and prints its own JSON.
+    let out = server.wait_with_output()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let intervals_bps = json["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(IperfDetail {
+        report,
+        intervals_bps,
+    })
 }
 
 #[cfg(test)]
