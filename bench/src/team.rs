@@ -803,7 +803,10 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         b.live.bridge_uplink("up0", true)?;
         for (label, shaper) in [
             ("Linux tbf on the uplink as a shaper (50 ms queue)", true),
-            ("Linux tbf on the uplink as a near-policer (one-frame queue)", false),
+            (
+                "Linux tbf on the uplink as a near-policer (one-frame queue)",
+                false,
+            ),
         ] {
             tbf(rate, burst, shaper)?;
             let runs = measure();
@@ -821,9 +824,8 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                 "{rate} Mbit/s allocation, default burst ({} KiB), {streams} TCP stream(s), iperf3 {TCP_SECS} s, guests with default TCP settings",
                 burst / 1024
             );
-            let fraction = |d: &xnic::lab::traffic::IperfDetail| {
-                d.report.bits_per_second / (rate * 1e6)
-            };
+            let fraction =
+                |d: &xnic::lab::traffic::IperfDetail| d.report.bits_per_second / (rate * 1e6);
             let stalls = |d: &xnic::lab::traffic::IperfDetail| {
                 d.intervals_bps.iter().filter(|b| **b < rate * 1e4).count() as f64
             };
