@@ -785,7 +785,7 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         } else {
             args.extend(["limit", "1514"]);
         }
-        run_tc(&args)
+        xnic::lab::tc(&args)
     };
     for rate in RATES_MBPS {
         let burst = default_burst_bytes((rate * 1e6 / 8.0) as u64);
@@ -810,7 +810,7 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         ] {
             tbf(rate, burst, shaper)?;
             let runs = measure();
-            run_tc(&["-n", &host, "qdisc", "del", "dev", "up0", "root"])?;
+            xnic::lab::tc(&["-n", &host, "qdisc", "del", "dev", "up0", "root"])?;
             baselines.push((label, runs?));
         }
         b.live.bridge_uplink("up0", false)?;
@@ -870,18 +870,6 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     report.notes.push(format!(
         "TCP: iperf3 from vm0 to the tor for {TCP_SECS} s per case; goodput is what the receiver got; intervals are the receiver's own 100 ms reports. The baselines bridge vm0's port with the uplink and put tbf on it, or switch with OVS and meter vm0's port, with the burst xnic gives the allocation by default."
     ));
-    Ok(())
-}
-
-fn run_tc(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("tc").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "tc {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
     Ok(())
 }
 

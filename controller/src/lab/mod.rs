@@ -505,6 +505,11 @@ pub fn bridge(args: &[&str]) -> anyhow::Result<()> {
     run("bridge", args)
 }
 
+/// Runs `tc` with `args` (iproute2's traffic control), like [`ip`].
+pub fn tc(args: &[&str]) -> anyhow::Result<()> {
+    run("tc", args)
+}
+
 fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     debug!("{cmd} {}", args.join(" "));
     let out = Command::new(cmd).args(args).output().with_context(|| {
