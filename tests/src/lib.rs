@@ -283,7 +283,7 @@ pub use xnic::lab::ip;
 /// say they should hold (`Image::index`), slot by slot over the whole arrays; empty when
 /// they agree.
 pub fn index_faults(instance: &str) -> anyhow::Result<Vec<String>> {
-    use aya::maps::{Array, HashMap, Map, MapData};
+    use aya::maps::{HashMap, Map, MapData};
     use xnic::policy::plan::Image;
     use xnic_common::{
         index::{MAC_INDEX_SIZE, MacSlot, PORT_INDEX_SIZE, PortSlot},
@@ -304,25 +304,42 @@ pub fn index_faults(instance: &str) -> anyhow::Result<Vec<String>> {
     }
     derived.index();
     let mut faults = Vec::new();
-    let mac_index: Array<_, MacSlot> = Array::try_from(Map::Array(open("MAC_INDEX")?))?;
-    for slot in 0..MAC_INDEX_SIZE {
-        let have = mac_index.get(&slot, 0)?;
-        let want = derived.mac_index.get(&slot).copied().unwrap_or_default();
-        if have != want {
-            faults.push(format!(
-                "MAC_INDEX[{slot}] holds {have:?}, MACS says {want:?}"
-            ));
-        }
-    }
-    let port_index: Array<_, PortSlot> = Array::try_from(Map::Array(open("PORT_INDEX")?))?;
-    for slot in 0..PORT_INDEX_SIZE {
-        let have = port_index.get(&slot, 0)?;
-        let want = derived.port_index.get(&slot).copied().unwrap_or_default();
-        if have != want {
-            faults.push(format!(
-                "PORT_INDEX[{slot}] holds {have:?}, PORTS_V2 says {want:?}"
-            ));
-        }
-    }
+    compare_index::<MacSlot>(
+        open("MAC_INDEX")?,
+        MAC_INDEX_SIZE,
+        &derived.mac_index,
+        "MAC_INDEX",
+        "MACS",
+        &mut faults,
+    )?;
+    compare_index::<PortSlot>(
+        open("PORT_INDEX")?,
+        PORT_INDEX_SIZE,
+        &derived.port_index,
+        "PORT_INDEX",
+        "PORTS_V2",
+        &mut faults,
+    )?;
     Ok(faults)
+}
+
+/// Slot by slot, where the pinned index array `map` differs from `want` (what its hash map
+/// `of` says it should hold).
+fn compare_index<V: aya::Pod + Default + PartialEq + std::fmt::Debug>(
+    map: aya::maps::MapData,
+    size: u32,
+    want: &std::collections::BTreeMap<u32, V>,
+    name: &str,
+    of: &str,
+    faults: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let index: aya::maps::Array<_, V> = aya::maps::Array::try_from(aya::maps::Map::Array(map))?;
+    for slot in 0..size {
+        let have = index.get(&slot, 0)?;
+        let want = want.get(&slot).copied().unwrap_or_default();
+        if have != want {
+            faults.push(format!("{name}[{slot}] holds {have:?}, {of} says {want:?}"));
+        }
+    }
+    Ok(())
 }

@@ -337,6 +337,14 @@ fn engine_change_demo(
     Ok(())
 }
 
+/// Gives `uplink` its carrier back or takes it away (`state`: up or down) at the tor's end,
+/// showing the command.
+fn set_carrier(lab: &Lab, uplink: &str, state: &str) -> anyhow::Result<()> {
+    let tor_port = crate::lab::tor_port(uplink);
+    println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
+    crate::lab::ip(&["-n", &lab.tor_ns(), "link", "set", &tor_port, state])
+}
+
 /// The team's first uplink loses its carrier while a VM sends: the VM moves to the survivor
 /// at once, is announced there, and comes back only after the hold-down.
 fn failover_demo(
@@ -353,11 +361,7 @@ fn failover_demo(
         "team: {uplink} loses its carrier while {vm} sends 5000 datagrams/s; it fails back {hold_ms} ms after the carrier returns"
     ));
     let (rx, sender) = stream_to_tor(lab, vm, tor4.addr, 3.0 + hold_ms as f64 / 1000.0)?;
-    let tor_port = crate::lab::tor_port(uplink);
-    let carrier = |state: &str| {
-        println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
-        crate::lab::ip(&["-n", &lab.tor_ns(), "link", "set", &tor_port, state])
-    };
+    let carrier = |state: &str| set_carrier(lab, uplink, state);
     std::thread::sleep(Duration::from_secs(1));
     carrier("down")?;
     std::thread::sleep(Duration::from_secs(1));
@@ -412,11 +416,7 @@ fn paused_failover_demo(
         );
         nix::sys::signal::kill(daemon, sig).context("cannot signal the daemon")
     };
-    let tor_port = crate::lab::tor_port(uplink);
-    let carrier = |state: &str| {
-        println!("ip -n {} link set {tor_port} {state}", lab.tor_ns());
-        crate::lab::ip(&["-n", &lab.tor_ns(), "link", "set", &tor_port, state])
-    };
+    let carrier = |state: &str| set_carrier(lab, uplink, state);
     let (rx, sender) = stream_to_tor(lab, vm, tor4.addr, 3.0)?;
     std::thread::sleep(Duration::from_millis(800));
     signal(Signal::SIGSTOP)?;
