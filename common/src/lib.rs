@@ -17,6 +17,7 @@ pub mod mapdefs;
 pub mod maps;
 pub mod parse;
 pub mod rss;
+pub mod shaper;
 pub mod team;
 pub mod verdict;
 pub mod xmit;

@@ -188,6 +188,9 @@ macro_rules! for_each_map {
             /// carrier the kernel took later than that is down for the team stage. Written by
             /// the daemon.
             MEMBER_UP: array(u32 => u64; $crate::team::MAX_TEAMS * $crate::team::MAX_TEAM_MEMBERS), pinned, Team 2;
+            /// `ShapeCounter` → frames the VM ports' tc program queued in a shaped VM's class,
+            /// left to the kernel or dropped. Written by that program only.
+            SHAPER_STATS: percpu_array(u32 => u64; $crate::shaper::ShapeCounter::SLOTS as u32), pinned, Team 3;
             /// Team → members' ifindexes, the member that accepts group frames, the hash
             /// seed.
             TEAMS: array(u32 => $crate::team::TeamEntry; $crate::team::MAX_TEAMS), pinned, Team 1;

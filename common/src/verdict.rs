@@ -56,6 +56,9 @@ crate::counters! {
         /// A pipeline stage the frame needed was not there (a tail call found no program,
         /// say while a newer daemon replaces the programs): passed to the kernel untouched.
         StageMissing = 15 => "stage_missing",
+        /// A shaped VM's TCP frame for the network: passed to the kernel, where the VM port's
+        /// tc program queues it in the VM's class on its uplink (`xnic_common::shaper`).
+        ToShaper = 16 => "to_shaper",
     }
 }
 
@@ -78,7 +81,8 @@ impl Reason {
             | Reason::NotForVm
             | Reason::Multicast
             | Reason::UnknownPort
-            | Reason::StageMissing => Action::Pass,
+            | Reason::StageMissing
+            | Reason::ToShaper => Action::Pass,
         }
     }
 }

@@ -4,6 +4,8 @@
 //!   classify → guard, then either deliver or tail-call the stage the frame needs;
 //! - `xnic_team`, `xnic_steer`: stages reached by tail calls (`CALLS`): a teamed VM's frame
 //!   for the network, and software RSS for a frame for a VM;
+//! - `xnic_shape`: tc ingress on VM ports: a shaped VM's TCP frame, passed up by the team
+//!   stage, to its class on its uplink's queue (`xnic_common::shaper`);
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
 //! - `xnic_flood`: filters broadcast copies bound for a team uplink;
 //! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints (the last two
@@ -26,13 +28,14 @@ mod deliver;
 mod lookup;
 mod maps;
 mod pipeline;
+mod shape;
 mod steer;
 mod team;
 mod xmit;
 
 use aya_ebpf::{
-    macros::{fentry, raw_tracepoint, tracepoint, xdp},
-    programs::{FEntryContext, RawTracePointContext, TracePointContext, XdpContext},
+    macros::{classifier, fentry, raw_tracepoint, tracepoint, xdp},
+    programs::{FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use xnic_common::maps::PortRole;
 
@@ -58,6 +61,13 @@ pub fn xnic_team(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xnic_steer(ctx: XdpContext) -> u32 {
     pipeline::steer(&ctx)
+}
+
+/// tc ingress on VM ports: a shaped VM's TCP frame, which the team stage passed up, to its
+/// class on its uplink's queue.
+#[classifier]
+pub fn xnic_shape(ctx: TcContext) -> i32 {
+    pipeline::shape(&ctx)
 }
 
 /// Runs on the CPU a frame was steered to (a CPU-map entry's program): accounts it there and

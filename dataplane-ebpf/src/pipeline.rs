@@ -7,7 +7,11 @@
 //!                                                   └─ CALLS[Steer]      → xnic_steer → deliver
 //! ```
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    helpers::bpf_xdp_get_buff_len,
+    programs::{TcContext, XdpContext},
+};
 use xnic_common::{ctx::FrameCtx, frame::Frame, maps::PortRole, parse::parse};
 
 use crate::{
@@ -15,7 +19,7 @@ use crate::{
     classify::{self, Route},
     deliver::deliver,
     maps::SCRATCH,
-    steer, team,
+    shape, steer, team,
 };
 
 /// This CPU's frame context.
@@ -23,8 +27,8 @@ use crate::{
 fn scratch() -> Option<&'static mut FrameCtx> {
     let ptr = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry of a per-CPU map; programs on one CPU handle one frame at a
-    // time (XDP runs with bottom halves off, the CPU-map program does not use it), and a tail
-    // call stays on the CPU.
+    // time (XDP and tc ingress run with bottom halves off and never nest, the CPU-map program
+    // does not use it), and a tail call stays on the CPU.
     Some(unsafe { &mut *ptr })
 }
 
@@ -64,4 +68,13 @@ pub fn steer(xdp: &XdpContext) -> u32 {
     };
     steer::steer(xdp, cx);
     deliver(xdp, cx)
+}
+
+/// A frame the team stage passed up on a VM port, at tc ingress (see `shape`).
+#[inline(always)]
+pub fn shape(tc: &TcContext) -> i32 {
+    let Some(cx) = scratch() else {
+        return TC_ACT_OK;
+    };
+    shape::shape(tc, cx)
 }

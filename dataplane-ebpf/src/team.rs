@@ -10,8 +10,9 @@ use xnic_common::{
     ctx::{CTX_GROUP, FrameCtx, Next},
     hash::flow_hash,
     parse::Parsed,
+    shaper::wants_shaper,
     team::{
-        Egress, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_TEAM, admit, cost_ns, member_down,
+        Egress, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_TEAM, VmTeam, admit, cost_ns, member_down,
         member_index, over_rate_reason, pick, table_index, usable_member, vm_member_index,
     },
     verdict::Reason,
@@ -34,34 +35,30 @@ pub fn egress(cx: &mut FrameCtx) {
     if vm.team == NO_TEAM {
         return;
     }
-    let Some(team) = TEAMS.get(vm.team) else {
-        return;
-    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let table_member = if vm.member == FLOW_HASH_MEMBER && !group {
-        let hash = flow_hash(&cx.parsed, team.seed, true);
-        TEAM_TABLES.get(table_index(vm.team, hash)).copied()
-    } else {
-        None
-    };
-    let member = match pick(vm, now, table_member) {
-        Egress::Member(m) => Some(m),
+    let member = match uplink(cx, vm, now) {
+        Ok(m) => Some(m),
         // A VM's broadcasts still reach the other VMs when no uplink is up.
-        Egress::Drop(Reason::NoUplink) if group => None,
-        Egress::Drop(reason) => {
+        Err(Reason::NoUplink) if group => None,
+        Err(reason) => {
             cx.verdict.reason = reason;
             return;
         }
     };
-    if vm.ns_per_byte_q16 != 0
-        && !take(
-            vm_slot,
-            cost_ns(vm.ns_per_byte_q16, cx.len),
-            vm.burst_ns,
-            now,
-        )
+    let cost = cost_ns(vm.ns_per_byte_q16, cx.len);
+    if let Some((member, _)) = member
+        && !group
+        && wants_shaper(vm, &cx.parsed)
     {
+        // Its class on the uplink holds it to the rate; what fits in the bucket is charged
+        // so the VM's other traffic shares one allocation with it.
+        take(vm_slot, cost, vm.burst_ns, now);
+        cx.verdict.reason = Reason::ToShaper;
+        cx.member_counter = vm_member_index(vm_slot, member);
+        return;
+    }
+    if vm.ns_per_byte_q16 != 0 && !take(vm_slot, cost, vm.burst_ns, now) {
         cx.verdict.reason = over_rate_reason(vm);
         return;
     }
@@ -70,7 +67,32 @@ pub fn egress(cx: &mut FrameCtx) {
         cx.next = Next::FLOOD;
         return;
     }
-    let Some(member) = member else { return };
+    let Some((member, ifindex)) = member else {
+        return;
+    };
+    cx.verdict.reason = Reason::ToUplink;
+    cx.member_counter = vm_member_index(vm_slot, member);
+    cx.next = Next::port_or_drop(ifindex, Reason::NoUplink);
+}
+
+/// The member (and its ifindex) a frame of the teamed VM `vm` leaves through now: its
+/// placement's member, or the next one the kernel has not marked down; or why it may not go
+/// (paused, shed to rate 0, no usable uplink).
+#[inline(always)]
+pub fn uplink(cx: &FrameCtx, vm: &VmTeam, now: u64) -> Result<(u32, u32), Reason> {
+    let Some(team) = TEAMS.get(vm.team) else {
+        return Err(Reason::NoUplink);
+    };
+    let table_member = if vm.member == FLOW_HASH_MEMBER && !cx.has(CTX_GROUP) {
+        let hash = flow_hash(&cx.parsed, team.seed, true);
+        TEAM_TABLES.get(table_index(vm.team, hash)).copied()
+    } else {
+        None
+    };
+    let member = match pick(vm, now, table_member) {
+        Egress::Member(m) => m,
+        Egress::Drop(reason) => return Err(reason),
+    };
     // The kernel may have taken the member's carrier before the daemon moved the VM.
     let down = |m: u32| {
         let i = member_index(vm.team, m);
@@ -81,17 +103,15 @@ pub fn egress(cx: &mut FrameCtx) {
     };
     let member = match usable_member(vm, member, down) {
         Some(m) if m < MAX_TEAM_MEMBERS => m,
-        _ => {
-            cx.verdict.reason = Reason::NoUplink;
-            return;
-        }
+        _ => return Err(Reason::NoUplink),
     };
     // The mask changes nothing (checked above) but shows the verifier the bound, which the
     // compiler would otherwise fold into the check and drop.
     let ifindex = team.ifindex[(core::hint::black_box(member) & (MAX_TEAM_MEMBERS - 1)) as usize];
-    cx.verdict.reason = Reason::ToUplink;
-    cx.member_counter = vm_member_index(vm_slot, member);
-    cx.next = Next::port_or_drop(ifindex, Reason::NoUplink);
+    if ifindex == 0 {
+        return Err(Reason::NoUplink);
+    }
+    Ok((member, ifindex))
 }
 
 /// GCRA on the VM's shared bucket (`xnic_common::team::admit`) without a lock: a frame that

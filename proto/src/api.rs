@@ -362,6 +362,18 @@ pub struct TeamUplinkView {
     pub vms: Vec<String>,
 }
 
+/// What a shaped VM's classes (one per uplink of its team) have done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShaperView {
+    /// Sent out of the queues.
+    pub bytes: u64,
+    pub packets: u64,
+    /// Dropped at a full queue.
+    pub drops: u64,
+    /// Bytes waiting now.
+    pub backlog_bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TeamVmView {
     pub name: String,
@@ -375,6 +387,12 @@ pub struct TeamVmView {
     pub priority: i32,
     pub allocation_mbps: Option<f64>,
     pub burst_kib: Option<u32>,
+    /// `shaped` or `strict` (see `AllocationMode`).
+    #[serde(default)]
+    pub allocation_mode: String,
+    /// The shaper's queue for its TCP, summed over its uplinks (shaped allocations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaper: Option<ShaperView>,
     /// What it gets now: below the allocation when its uplink is short.
     pub granted_mbps: Option<f64>,
     pub shed: bool,
@@ -499,6 +517,8 @@ pub struct VmPatch {
     )]
     pub burst_kib: Option<Option<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_mode: Option<crate::config::AllocationMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_pause_ms: Option<u64>,
 }
 
@@ -526,6 +546,7 @@ impl VmPatch {
         set(&mut vm.team_policy, &self.team_policy);
         set(&mut vm.bandwidth_mbps, &self.bandwidth_mbps);
         set(&mut vm.burst_kib, &self.burst_kib);
+        set(&mut vm.allocation_mode, &self.allocation_mode);
         set(&mut vm.failover_pause_ms, &self.failover_pause_ms);
     }
 }

@@ -220,6 +220,10 @@ pub struct VmConfig {
     /// least 16 KiB.
     #[serde(default)]
     pub burst_kib: Option<u32>,
+    /// How the allocation is enforced: `shaped` (TCP queued at the rate, the rest policed)
+    /// or `strict` (everything policed: frames over the rate are dropped at once).
+    #[serde(default)]
+    pub allocation_mode: AllocationMode,
     /// Drop the VM's frames for this long after a failover moves it (lets a guest's
     /// stateful peers settle before traffic resumes on the new path). 0: no pause.
     #[serde(default)]
@@ -361,6 +365,29 @@ impl Default for RssParams {
             max_bucket_moves: 4,
             bucket_dwell_periods: 5,
             smoothing: 0.5,
+        }
+    }
+}
+
+/// How a VM's bandwidth allocation is enforced.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocationMode {
+    /// TCP goes through a queue at the allocated rate (an HTB class on its uplink), which
+    /// TCP's congestion control can use; other traffic is policed by the token bucket. TCP
+    /// and the rest share one allocation.
+    #[default]
+    Shaped,
+    /// Everything is policed by the token bucket: frames over the allocation are dropped in
+    /// XDP, nothing is queued (exact, but TCP gets a fraction of the rate).
+    Strict,
+}
+
+impl AllocationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AllocationMode::Shaped => "shaped",
+            AllocationMode::Strict => "strict",
         }
     }
 }

@@ -241,9 +241,28 @@ pub struct VmSpecArgs {
     /// Burst above the allocation, KiB.
     #[arg(long)]
     pub burst_kib: Option<u32>,
+    /// How the allocation is enforced: `shaped` (TCP queued at the rate) or `strict`
+    /// (everything policed).
+    #[arg(long, value_enum)]
+    pub allocation_mode: Option<AllocationModeArg>,
     /// Drop its frames this long after a failover moves it.
     #[arg(long)]
     pub failover_pause_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AllocationModeArg {
+    Shaped,
+    Strict,
+}
+
+impl From<AllocationModeArg> for xnic_proto::config::AllocationMode {
+    fn from(m: AllocationModeArg) -> Self {
+        match m {
+            AllocationModeArg::Shaped => Self::Shaped,
+            AllocationModeArg::Strict => Self::Strict,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -51,6 +51,7 @@ fn patch(spec: &VmSpecArgs, unset: &[String]) -> anyhow::Result<VmPatch> {
         team_policy: spec.team_policy.map(|t| Some(t.into())),
         bandwidth_mbps: spec.bandwidth_mbps.map(Some),
         burst_kib: spec.burst_kib.map(Some),
+        allocation_mode: spec.allocation_mode.map(Into::into),
         failover_pause_ms: spec.failover_pause_ms,
     };
     for field in unset {

@@ -297,7 +297,7 @@ async fn vm_set(
             StatusCode::BAD_REQUEST,
             "nothing to change: give at least one of port, macs, ips, rss, priority, \
              prefer_dedicated, team, uplink, team_policy, bandwidth_mbps, burst_kib, \
-             failover_pause_ms"
+             allocation_mode, failover_pause_ms"
                 .into(),
         ));
     }

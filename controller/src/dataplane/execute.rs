@@ -118,6 +118,26 @@ impl Dataplane {
         Ok(img)
     }
 
+    /// Adds to `img` the shaper's roots and classes on the interfaces `ours` names (ifindex →
+    /// name): the uplinks this instance's pinned records know.
+    pub fn read_shaper(
+        &mut self,
+        img: &mut Image,
+        ours: &std::collections::BTreeMap<u32, String>,
+    ) -> anyhow::Result<()> {
+        let tc = self.tc()?;
+        for ifindex in tc.roots()? {
+            let Some(name) = ours.get(&ifindex) else {
+                continue;
+            };
+            img.shaper_roots.insert(ifindex, name.clone());
+            for (slot, (class, _)) in tc.classes(ifindex)? {
+                img.shaper_classes.insert((ifindex, slot), class);
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the configuration maps from `from` (what they hold) to `to`, with the
     /// reconciler's ordered writes, and returns what they hold now (`to` with its index
     /// slots). For tools and tests that write entries without a daemon; attachments are the
@@ -225,6 +245,12 @@ impl Dataplane {
                 }));
             }
             Op::Detach(name) => self.detach(name)?,
+            Op::SetShaperRoot(ifindex, name) => self.tc()?.ensure_root(*ifindex, name)?,
+            Op::RemoveShaperRoot(ifindex) => self.tc()?.remove_root(*ifindex)?,
+            Op::SetShaperClass((ifindex, slot), class) => {
+                self.tc()?.set_class(*ifindex, *slot, class)?
+            }
+            Op::RemoveShaperClass((ifindex, slot)) => self.tc()?.remove_class(*ifindex, *slot)?,
         }
         Ok(None)
     }

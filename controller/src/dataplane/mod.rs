@@ -12,6 +12,7 @@ mod bpffs;
 pub mod counters;
 mod execute;
 pub mod objects;
+pub mod qdisc;
 pub mod registry;
 pub mod testrun;
 mod trace;
@@ -32,8 +33,9 @@ use aya::{
         ProgramArray,
     },
     programs::{
-        Xdp, XdpMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
@@ -92,6 +94,15 @@ impl PinDir {
         self.0.join("calls")
     }
 
+    /// Where the shaper's tc links on VM ports are pinned (`shaper/<ifname>`).
+    pub fn shaper(&self) -> PathBuf {
+        self.0.join("shaper")
+    }
+
+    pub fn shaper_link(&self, ifname: &str) -> PathBuf {
+        self.shaper().join(ifname)
+    }
+
     /// Where the tracepoint links are pinned (`trace/<program>`).
     pub fn trace(&self) -> PathBuf {
         self.0.join("trace")
@@ -124,6 +135,21 @@ pub struct Dataplane {
     upgrading: Option<[u16; xnic_common::mapdefs::FAMILY_SLOTS]>,
     /// Whether the kernel's carrier hook is attached, or why not.
     carrier_hook: Result<(), String>,
+    /// The shaper's netlink socket, opened at first use (by the thread that writes, in the
+    /// uplinks' namespace).
+    tc: Option<qdisc::Tc>,
+}
+
+/// The shaper's tc program on VM ports' ingress.
+pub const SHAPE_PROGRAM: &str = "xnic_shape";
+
+/// Removes a pin; one that is not there is fine.
+fn remove_pin(pin: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", pin.display())),
+    }
 }
 
 /// Every program of the dataplane object, loaded in this order.
@@ -149,7 +175,13 @@ impl Dataplane {
         } else {
             upgrade::inspect(&pins)?
         };
-        for dir in [pins.maps(), pins.links(), pins.calls(), pins.trace()] {
+        for dir in [
+            pins.maps(),
+            pins.links(),
+            pins.calls(),
+            pins.trace(),
+            pins.shaper(),
+        ] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
         }
@@ -182,6 +214,13 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel rejected XDP program {name}"))?;
         }
+        let shaper: &mut SchedClassifier = ebpf
+            .program_mut(SHAPE_PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program {SHAPE_PROGRAM}"))?
+            .try_into()?;
+        shaper
+            .load()
+            .with_context(|| format!("the kernel rejected tc program {SHAPE_PROGRAM}"))?;
         let counters = Counters::open(&pins)?;
         let mut dp = Dataplane {
             ebpf,
@@ -191,6 +230,7 @@ impl Dataplane {
             nr_cpus,
             upgrading: None,
             carrier_hook: Err("not attached yet".into()),
+            tc: None,
         };
         dp.fill_calls()?;
         if let Err(e) = dp.attach_tracepoints() {
@@ -352,6 +392,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The shaper's netlink socket.
+    pub fn tc(&mut self) -> anyhow::Result<&mut qdisc::Tc> {
+        if self.tc.is_none() {
+            self.tc = Some(qdisc::Tc::open()?);
+        }
+        Ok(self.tc.as_mut().expect("opened above"))
+    }
+
     /// Whether this daemon created the pinned maps (a first start) rather than adopting them.
     pub fn created(&self) -> bool {
         self.created
@@ -392,6 +440,10 @@ impl Dataplane {
         mode: XdpModePref,
         attached_prog_id: Option<u32>,
     ) -> anyhow::Result<Attached> {
+        // Before XDP, which passes shaped TCP up to it.
+        if role == PortRole::Vm {
+            self.attach_shaper(ifname)?;
+        }
         let pin = self.pins.link(ifname);
         let program = self.program_mut(role)?;
         if pin.exists() {
@@ -453,15 +505,52 @@ impl Dataplane {
         Ok(Attached::Fresh(mode))
     }
 
-    /// Detaches from `ifname` by removing its pinned link (the kernel drops the attachment
-    /// with the last reference).
-    pub fn detach(&mut self, ifname: &str) -> anyhow::Result<()> {
-        let pin = self.pins.link(ifname);
-        match fs::remove_file(&pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", pin.display())),
+    /// Attaches the shaper's tc program at `ifname`'s ingress (TCX), or swaps this daemon's
+    /// program into the link an earlier daemon pinned there.
+    fn attach_shaper(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let pin = self.pins.shaper_link(ifname);
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(SHAPE_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {SHAPE_PROGRAM}"))?
+            .try_into()?;
+        if pin.exists() {
+            let swapped = PinnedLink::from_pin(&pin)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| Ok(SchedClassifierLink::try_from(FdLink::from(l))?))
+                .and_then(|l| Ok(program.attach_to_link(l)?));
+            match swapped {
+                Ok(id) => {
+                    // As for XDP links: the pin keeps it.
+                    drop(program.take_link(id)?);
+                    return Ok(());
+                }
+                // The interface was recreated: its old link went with it.
+                Err(e) => {
+                    warn!(interface = ifname, error = %format!("{e:#}"), "removing stale tc link pin");
+                    remove_pin(&pin)?;
+                }
+            }
         }
+        let id = program
+            .attach(ifname, TcAttachType::Ingress)
+            .with_context(|| {
+                format!("cannot attach the shaper's tc program to {ifname}'s ingress")
+            })?;
+        let link: FdLink = program
+            .take_link(id)?
+            .try_into()
+            .map_err(|_| anyhow!("the kernel attached tc to {ifname} without a bpf_link (kernel older than 6.6?); xnic needs TCX links to pin attachments"))?;
+        link.pin(&pin)
+            .with_context(|| format!("cannot pin the tc link at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Detaches from `ifname` by removing its pinned links (the kernel drops an attachment
+    /// with the last reference): XDP first, which passes shaped TCP up to the tc program.
+    pub fn detach(&mut self, ifname: &str) -> anyhow::Result<()> {
+        remove_pin(&self.pins.link(ifname))?;
+        remove_pin(&self.pins.shaper_link(ifname))
     }
 
     /// The program id behind the pinned link of `ifname`, if there is one.
@@ -515,7 +604,11 @@ impl Dataplane {
     /// order.
     pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
         let mut counts = Vec::new();
-        for name in PROGRAMS.iter().chain(&trace::PROGRAMS) {
+        for name in PROGRAMS
+            .iter()
+            .chain(&[SHAPE_PROGRAM])
+            .chain(&trace::PROGRAMS)
+        {
             let prog = self
                 .ebpf
                 .program(name)
@@ -957,6 +1050,11 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
         info!(interface = %link, "detached");
         done.links.push(link);
     }
+    // After XDP, which passes shaped TCP up to them.
+    for link in list_dir(&pins.shaper())? {
+        let path = pins.shaper_link(&link);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
     for trace in list_dir(&pins.trace())? {
         let path = pins.trace().join(&trace);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
@@ -974,6 +1072,7 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
     }
     for dir in [
         pins.links(),
+        pins.shaper(),
         pins.trace(),
         pins.calls(),
         pins.maps(),

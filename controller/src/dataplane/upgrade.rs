@@ -115,6 +115,13 @@ pub const MIGRATIONS: &[Migration] = &[
         // it swaps the new programs in, and nothing is marked down yet.
         replaced: &[],
     },
+    Migration {
+        family: Family::Team,
+        from: 2,
+        // SHAPER_STATS is new (counters of the shaped allocations' tc program); placements
+        // carry a new flag older programs never see set.
+        replaced: &[],
+    },
     // The pipeline family (the tail-call table, the frame scratch) is new in layout 5 and
     // holds nothing pinned: nothing to migrate.
     Migration {

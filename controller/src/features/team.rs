@@ -15,9 +15,11 @@ use std::{
 use tracing::{info, warn};
 use xnic_common::{
     maps::{Counter, PORT_SWITCH, PORT_TEAM},
+    shaper::VM_TEAM_SHAPED,
     team::{
-        CarrierKey, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, NO_MEMBER, RATE_SHIFT, TEAM_TABLE_SIZE,
-        TeamEntry, VM_TEAM_SHED, VmTeam, member_down, member_index, rate_fields, table_index,
+        CarrierKey, FLOW_HASH_MEMBER, MAX_TEAM_MEMBERS, MIN_RATE_BYTES_PER_SEC, NO_MEMBER,
+        RATE_SHIFT, TEAM_TABLE_SIZE, TeamEntry, VM_TEAM_SHED, VmTeam, member_down, member_index,
+        rate_fields, table_index,
     },
 };
 use xnic_proto::{
@@ -25,7 +27,7 @@ use xnic_proto::{
         Count, EventDetail, TeamEvent, TeamMoveView, TeamStatusView, TeamUplinkView, TeamView,
         TeamVmView,
     },
-    config::Config,
+    config::{AllocationMode, Config},
     net::{IpNet, MacAddr},
 };
 
@@ -35,7 +37,7 @@ use crate::{
     events::NewEvent,
     monitor::links::{Interfaces, LinkEvent},
     policy::{
-        plan::{Image, TxPort, put},
+        plan::{Image, ShapeClass, TxPort, put},
         team::{MemberSpec, Move, MoveCause, Placement, TeamSpec, Teaming, VmSpec, Where},
     },
 };
@@ -77,6 +79,7 @@ const KERNEL_MARK_SETTLE_NS: u64 = 100_000_000;
 struct TeamVm {
     name: String,
     burst_bytes: Option<u64>,
+    mode: AllocationMode,
     macs: Vec<MacAddr>,
     ips: Vec<IpNet>,
 }
@@ -180,6 +183,7 @@ fn specs(config: &Config) -> (Vec<TeamSpec>, Vec<Vec<String>>, Vec<VmSpec>, Vec<
         vms.push(TeamVm {
             name: vc.name.clone(),
             burst_bytes: vc.burst_kib.map(|k| k as u64 * 1024),
+            mode: vc.allocation_mode,
             macs,
             ips: vc.ip_nets(),
         });
@@ -252,6 +256,8 @@ impl Teams {
             Where::FlowHash => FLOW_HASH_MEMBER,
             Where::Nowhere => NO_MEMBER,
         };
+        let shaped = self.vms[v].mode == AllocationMode::Shaped
+            && out.rate_bps.is_some_and(|bps| bps / 8 != 0);
         let (ns_per_byte_q16, burst_ns) = match out.rate_bps {
             None => (0, 0),
             Some(bps) => {
@@ -271,7 +277,8 @@ impl Teams {
             member,
             flood_ifindex,
             flood_member: out.flood.map_or(NO_MEMBER, |m| m as u32),
-            flags: if out.shed { VM_TEAM_SHED } else { 0 },
+            flags: if out.shed { VM_TEAM_SHED } else { 0 }
+                | if shaped { VM_TEAM_SHAPED } else { 0 },
             fallback: out.fallbacks,
             ns_per_byte_q16,
             burst_ns,
@@ -599,6 +606,8 @@ impl Team {
             priority: spec.priority,
             allocation_mbps: spec.alloc_bps.map(|b| b as f64 / 1e6),
             burst_kib: teams.vms[v].burst_bytes.map(|b| (b / 1024) as u32),
+            allocation_mode: teams.vms[v].mode.name().to_string(),
+            shaper: None,
             granted_mbps: granted,
             shed: out.flags & VM_TEAM_SHED != 0,
             paused_ms: out.pause_until_ns.saturating_sub(cx.now_ns) / 1_000_000,
@@ -792,8 +801,25 @@ impl Feature for Team {
         }
         let outcomes = t.policy.outcomes();
         for (v, out) in outcomes.iter().enumerate() {
-            if let Some(slot) = slots.vm(&t.vms[v].name) {
-                put(&mut image.vm_team, slot, t.entry(v, out, cx.host));
+            let Some(slot) = slots.vm(&t.vms[v].name) else {
+                continue;
+            };
+            let entry = t.entry(v, out, cx.host);
+            put(&mut image.vm_team, slot, entry);
+            // A shaped VM's class on every member of its team, so the kernel path's
+            // fallbacks find one too.
+            if entry.flags & VM_TEAM_SHAPED != 0 {
+                let rate = out
+                    .rate_bps
+                    .map_or(0, |b| (b / 8).max(MIN_RATE_BYTES_PER_SEC));
+                for member in &t.members[entry.team as usize] {
+                    if let Some(l) = cx.host.get(member) {
+                        image.shaper_roots.insert(l.ifindex, l.name.clone());
+                        image
+                            .shaper_classes
+                            .insert((l.ifindex, slot), ShapeClass::new(rate, entry.burst_ns));
+                    }
+                }
             }
         }
         // VMs in no team: the dataplane leaves their frames to the kernel (the default).

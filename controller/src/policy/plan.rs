@@ -24,6 +24,32 @@ use xnic_common::{
     team::{CarrierKey, TeamEntry, VmTeam},
 };
 
+/// `PSCHED_SHIFT`: the kernel's packet scheduler counts time in ticks of 2^6 ns.
+const PSCHED_SHIFT: u32 = 6;
+
+/// One shaped VM's class on one uplink, as the kernel holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeClass {
+    pub rate_bytes_per_sec: u64,
+    /// The burst, in the kernel's scheduler ticks (64 ns) at the rate.
+    pub buffer_ticks: u32,
+}
+
+impl ShapeClass {
+    /// The class for a rate and a burst given as time at that rate.
+    pub fn new(rate_bytes_per_sec: u64, burst_ns: u64) -> ShapeClass {
+        ShapeClass {
+            rate_bytes_per_sec,
+            buffer_ticks: (burst_ns >> PSCHED_SHIFT).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    pub fn burst_bytes(&self) -> u64 {
+        let ns = u128::from(self.buffer_ticks) << PSCHED_SHIFT;
+        (ns * u128::from(self.rate_bytes_per_sec) / 1_000_000_000) as u64
+    }
+}
+
 /// A program attachment: the interface's index now, which program runs there, and its
 /// kernel id (a newer daemon swaps its own program into the same link).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +124,10 @@ pub struct Image {
     pub port_index: BTreeMap<u32, PortSlot>,
     /// Pinned XDP links, by interface name.
     pub attach: BTreeMap<String, Attachment>,
+    /// The shaper's HTB roots: uplink ifindex → its name.
+    pub shaper_roots: BTreeMap<u32, String>,
+    /// The shaper's classes, by (uplink ifindex, VM slot).
+    pub shaper_classes: BTreeMap<(u32, u32), ShapeClass>,
 }
 
 /// One write. Writing an array entry's default is how an array entry is removed.
@@ -128,6 +158,12 @@ pub enum Op {
     SetPortIndex(u32, PortSlot),
     Attach(String, Attachment),
     Detach(String),
+    /// Put the shaper's HTB root on an uplink (ifindex, name).
+    SetShaperRoot(u32, String),
+    RemoveShaperRoot(u32),
+    /// A VM's class on an uplink: (uplink ifindex, VM slot).
+    SetShaperClass((u32, u32), ShapeClass),
+    RemoveShaperClass((u32, u32)),
     RemovePort(u32),
     RemoveMac([u8; 6]),
     RemoveTxPort(u32),
@@ -187,6 +223,20 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
     for cpu in to.cpu_queues.difference(&from.cpu_queues) {
         ops.push(Op::SetCpuQueue(*cpu));
     }
+    // The shaper's queues, before a placement flags its VM as shaped.
+    for (ifindex, name) in &to.shaper_roots {
+        if from.shaper_roots.get(ifindex) != Some(name) {
+            ops.push(Op::SetShaperRoot(*ifindex, name.clone()));
+        }
+    }
+    let mut gone_classes = Vec::new();
+    section(
+        &from.shaper_classes,
+        &to.shaper_classes,
+        &mut ops,
+        Op::SetShaperClass,
+        &mut gone_classes,
+    );
     let mut gone_tx = Vec::new();
     section(
         &from.tx_ports,
@@ -381,6 +431,13 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
             .map(|e| Op::SetEngine(e, EngineEntry::default())),
     );
     ops.extend(gone_tx.into_iter().map(Op::RemoveTxPort));
+    // After the placements that stopped naming them.
+    ops.extend(gone_classes.into_iter().map(Op::RemoveShaperClass));
+    for ifindex in from.shaper_roots.keys() {
+        if !to.shaper_roots.contains_key(ifindex) {
+            ops.push(Op::RemoveShaperRoot(*ifindex));
+        }
+    }
     for cpu in from.cpu_queues.difference(&to.cpu_queues) {
         ops.push(Op::RemoveCpuQueue(*cpu));
     }
@@ -439,6 +496,18 @@ pub fn record(image: &mut Image, op: &Op) {
         }
         Op::Detach(n) => {
             image.attach.remove(n);
+        }
+        Op::SetShaperRoot(i, n) => {
+            image.shaper_roots.insert(*i, n.clone());
+        }
+        Op::RemoveShaperRoot(i) => {
+            image.shaper_roots.remove(i);
+        }
+        Op::SetShaperClass(k, c) => {
+            image.shaper_classes.insert(*k, *c);
+        }
+        Op::RemoveShaperClass(k) => {
+            image.shaper_classes.remove(k);
         }
     }
 }

@@ -211,7 +211,19 @@ impl Reconciler {
     ) -> anyhow::Result<(Reconciler, Published)> {
         let config = stored.config;
         let store = Store::new(&config.instance);
-        let pinned = dp.read_image()?;
+        let mut dp = dp;
+        let mut pinned = dp.read_image()?;
+        // The shaper's queues on this instance's uplinks, as the kernel holds them.
+        let uplinks: BTreeMap<u32, String> = pinned
+            .port_records
+            .values()
+            .filter(|r| PortRole::from_u8(r.role) == Some(PortRole::Uplink))
+            .filter_map(|r| {
+                host.get(r.name.as_str())
+                    .map(|l| (l.ifindex, l.name.clone()))
+            })
+            .collect();
+        dp.read_shaper(&mut pinned, &uplinks)?;
         // Attachments an earlier daemon pinned that still run on their interface.
         let mut attached = BTreeMap::new();
         let mut written = pinned.clone();
@@ -802,6 +814,13 @@ impl Reconciler {
                 self.publish();
             }
             Command::Down(reply) => {
+                // The shaper's queues first: without their tc programs, nothing feeds them.
+                let roots: Vec<u32> = self.written.shaper_roots.keys().copied().collect();
+                for ifindex in roots {
+                    if let Err(e) = self.dp.tc().and_then(|tc| tc.remove_root(ifindex)) {
+                        warn!(ifindex, error = %format!("{e:#}"), "cannot remove the shaper's qdisc");
+                    }
+                }
                 let out = dataplane::teardown(&self.config.instance);
                 if out.is_ok()
                     && let Err(e) = self.store.remove()
