@@ -509,3 +509,84 @@ fn frames_the_kernel_drops_after_a_redirect_are_counted_on_the_port() {
         "{m}"
     );
 }
+
+/// `tc -s class show dev DEV` in the host namespace: the kernel's own view of the shaper.
+fn tc_classes(t: &TestLab, dev: &str) -> String {
+    let out = std::process::Command::new("tc")
+        .args(["-n", t.lab.host_ns(), "-s", "class", "show", "dev", dev])
+        .output()
+        .expect("tc class show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tcp_through_a_shaped_allocation_keeps_most_of_it_and_a_strict_one_polices_it() {
+    use xnic::lab::traffic::iperf3_streams;
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &["bandwidth_mbps = 20.0"],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]",
+    ));
+    assert_eq!(team_vm(&t, "vm0").allocation_mode, "shaped");
+    // The VM's class, at its rate, on both members (the kernel path's fallback has one too).
+    for dev in ["up0", "up1"] {
+        let classes = tc_classes(&t, dev);
+        assert!(
+            classes.contains("class htb 786e:1 root") && classes.contains("rate 20Mbit"),
+            "{dev}: {classes}"
+        );
+    }
+    let (tor_ns, tor_addr) = t.lab.endpoint("tor").unwrap();
+    let run = || iperf3_streams(&tor_ns, &tor_addr.to_string(), &t.vm_ns("vm0"), 4, 1).unwrap();
+    let shaped = run();
+    let fraction = shaped.report.bits_per_second / 20e6;
+    assert!(
+        fraction >= 0.80,
+        "TCP got {:.2} Mbit/s of 20 ({} retransmits)",
+        shaped.report.bits_per_second / 1e6,
+        shaped.report.retransmits
+    );
+    assert!(fraction <= 1.05, "TCP beat its allocation: {fraction:.3}");
+    // No timeout stall: after the first, every 100 ms interval carried data.
+    let empty = shaped.intervals_bps[1..]
+        .iter()
+        .filter(|b| **b < 1000.0)
+        .count();
+    assert_eq!(empty, 0, "empty intervals: {:?}", shaped.intervals_bps);
+    // The bytes went through the class on the VM's uplink, as the kernel counts them.
+    let up0 = tc_classes(&t, "up0");
+    let sent: u64 = up0
+        .lines()
+        .skip_while(|l| !l.contains("786e:1"))
+        .find_map(|l| l.trim().strip_prefix("Sent "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        sent > 4_000_000,
+        "class 786e:1 on up0 sent {sent} bytes: {up0}"
+    );
+    let stats = t.stats();
+    assert!(reason_count(&stats, "vm0", "to_shaper").packets > 1000);
+    let shaper = team_vm(&t, "vm0").shaper.expect("the VM's view shows its shaper");
+    assert!(shaper.bytes >= sent, "{shaper:?} against {sent} bytes on up0");
+
+    // Strict: the class goes, and TCP meets the policer.
+    let _: serde_json::Value = block_on(t.client().send_json(
+        Method::PATCH,
+        "/v1/vms/vm0",
+        &serde_json::json!({"allocation_mode": "strict"}),
+    ))
+    .expect("PATCH allocation_mode");
+    assert_eq!(team_vm(&t, "vm0").allocation_mode, "strict");
+    for dev in ["up0", "up1"] {
+        assert!(
+            !tc_classes(&t, dev).contains("786e:"),
+            "{dev} keeps a class"
+        );
+    }
+    let before = reason_count(&t.stats(), "vm0", "over_allocation").packets;
+    run();
+    let after = reason_count(&t.stats(), "vm0", "over_allocation").packets;
+    assert!(after > before, "a strict allocation dropped no TCP frame");
+}

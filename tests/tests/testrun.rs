@@ -645,3 +645,93 @@ fn a_team_uplink_drops_its_own_vms_frames_and_group_frames_it_does_not_receive()
     let m = fx.run(up, &to_vm);
     assert_eq!(m.reasons, vec![(Reason::ToVm, one(to_vm.len()))]);
 }
+
+fn tcp_v4(payload: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(VM_MAC, PEER_MAC)
+        .ipv4([10, 77, 0, 10], [10, 77, 0, 1], 64)
+        .tcp(40000, 5201, 1000, 64240)
+        .ack(1);
+    let mut out = Vec::new();
+    b.write(&mut out, &vec![7u8; payload]).unwrap();
+    out
+}
+
+#[test]
+fn a_shaped_vms_tcp_goes_up_to_its_class_and_shares_the_bucket_with_the_policed_rest() {
+    use xnic_common::{
+        shaper::{ShapeCounter, VM_TEAM_SHAPED, class_id},
+        team::{NO_MEMBER, VmTeam, rate_fields},
+    };
+    const TC_ACT_OK: i32 = 0;
+    const TC_ACT_SHOT: i32 = 2;
+    const TC_ACT_REDIRECT: i32 = 7;
+    let mut fx = teamed(PortRole::Vm);
+    let vm = PortRole::Vm;
+    let tcp = tcp_v4(100);
+    let udp = udp_v4(VM_MAC, PEER_MAC, 100 + 12);
+    assert_eq!(tcp.len(), udp.len());
+    // The smallest rate with a burst of one frame: the bucket holds two frames back to back.
+    let (ns_per_byte_q16, burst_ns) = rate_fields(125, tcp.len() as u64);
+    let shaped = VmTeam {
+        team: 0,
+        member: 0,
+        flood_member: NO_MEMBER,
+        flags: VM_TEAM_SHAPED,
+        ns_per_byte_q16,
+        burst_ns,
+        ..VmTeam::default()
+    };
+    fx.dp.set_vm_team(VM_SLOT, shaped).unwrap();
+
+    // TCP is never dropped by the bucket: it goes up, counted as the VM's and its member's,
+    // and fills the bucket on the way.
+    for _ in 0..3 {
+        let m = fx.run(vm, &tcp);
+        expect(&m, &tcp, Action::Pass, Reason::ToShaper, &[]);
+        assert_eq!(m.vm.from_vm, one(tcp.len()));
+    }
+    assert_eq!(
+        fx.dp.counters().team_vm(VM_SLOT).unwrap()[0].packets,
+        3,
+        "counted on member 0"
+    );
+    // The rest of the VM's traffic gets what TCP left: nothing.
+    let m = fx.run(vm, &udp);
+    expect(&m, &udp, Action::Drop, Reason::OverAllocation, &[]);
+
+    // At tc ingress, the TCP frame gets the VM's class and goes to member 0's egress; UDP is
+    // left to the kernel.
+    let before = fx.dp.counters().shaper().unwrap();
+    let out = fx.dp.test_run_shaper(&tcp).unwrap();
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(out.priority, class_id(VM_SLOT));
+    assert_eq!(fx.dp.test_run_shaper(&udp).unwrap().action, TC_ACT_OK);
+    // No usable uplink by the time it gets there: dropped, and counted.
+    fx.dp
+        .set_vm_team(
+            VM_SLOT,
+            VmTeam {
+                member: NO_MEMBER,
+                ..shaped
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.dp.test_run_shaper(&tcp).unwrap().action, TC_ACT_SHOT);
+    let after = fx.dp.counters().shaper().unwrap();
+    let moved = |c: ShapeCounter| after[c as usize] - before[c as usize];
+    assert_eq!(moved(ShapeCounter::Queued), 1);
+    assert_eq!(moved(ShapeCounter::Passed), 1);
+    assert_eq!(moved(ShapeCounter::NoUplink), 1);
+
+    // Strict: TCP is policed like everything else.
+    fx.dp
+        .set_vm_team(VM_SLOT, VmTeam { flags: 0, ..shaped })
+        .unwrap();
+    let m = fx.run(vm, &tcp);
+    expect(&m, &tcp, Action::Drop, Reason::OverAllocation, &[]);
+    assert_eq!(
+        fx.dp.test_run_shaper(&tcp).unwrap().action,
+        TC_ACT_OK,
+        "a strict VM's frame is not the shaper's"
+    );
+}

@@ -285,10 +285,15 @@ fn team_vm(t: &crate::api::types::TeamVmView) -> String {
     );
     let _ = writeln!(
         out,
-        "allocation  {}{}  granted {}{}",
+        "allocation  {}{}{}  granted {}{}",
         mbps(t.allocation_mbps),
         t.burst_kib
             .map_or(String::new(), |b| format!(" (burst {b} KiB)")),
+        if t.allocation_mbps.is_some() {
+            format!(", {}", t.allocation_mode)
+        } else {
+            String::new()
+        },
         mbps(t.granted_mbps),
         if t.shed {
             "  (uplink short: lower priority)"
@@ -296,6 +301,13 @@ fn team_vm(t: &crate::api::types::TeamVmView) -> String {
             ""
         }
     );
+    if let Some(s) = &t.shaper {
+        let _ = writeln!(
+            out,
+            "shaper      TCP queued at the rate: {} packets, {} bytes sent, {} dropped at a full queue, {} bytes waiting",
+            s.packets, s.bytes, s.drops, s.backlog_bytes
+        );
+    }
     let _ = writeln!(
         out,
         "priority    {}   sent now {:.1} Mbit/s{}",

@@ -8,13 +8,14 @@ use xnic_common::{
     verdict::{Action, Reason},
 };
 use xnic_proto::api::{
-    Count, PortStats, PortStatus, Role, StatsView, StatusView, Totals, VmCountersView, VmRates,
-    VmStats, VmView,
+    Count, PortStats, PortStatus, Role, ShaperView, StatsView, StatusView, Totals, VmCountersView,
+    VmRates, VmStats, VmView,
 };
+use xnic_proto::config::AllocationMode;
 
 use super::sample::{Rates, Sample, total};
 use crate::{
-    dataplane::{Counters, PortCounters},
+    dataplane::{Counters, PortCounters, qdisc::Tc},
     features::base::wanted_ports,
     monitor::links::LinkState,
     reconcile::Snapshot,
@@ -132,6 +133,15 @@ pub fn vm(
         })
         .unwrap_or_default();
     let team_counters = counters.team_vm(slot).unwrap_or_default();
+    let mut team = snap
+        .team
+        .vm_view(&snap.cx(), &snap.slots, name, &team_counters);
+    if let Some(t) = team.as_mut()
+        && t.allocation_mode == AllocationMode::Shaped.name()
+        && t.allocation_mbps.is_some()
+    {
+        t.shaper = shaper_view(slot);
+    }
     Ok(VmView {
         name: vm.name.clone(),
         slot,
@@ -146,10 +156,26 @@ pub fn vm(
             .rss
             .status(&snap.slots, BTreeMap::new())
             .and_then(|s| s.vms.into_iter().find(|v| v.name == name)),
-        team: snap
-            .team
-            .vm_view(&snap.cx(), &snap.slots, name, &team_counters),
+        team,
     })
+}
+
+/// What the shaper's classes of the VM in `slot` have done, summed over the uplinks that
+/// have one (as the kernel counts them), if any has.
+fn shaper_view(slot: u32) -> Option<ShaperView> {
+    let mut tc = Tc::open().ok()?;
+    let mut view: Option<ShaperView> = None;
+    for ifindex in tc.roots().ok()? {
+        let Some((_, s)) = tc.classes(ifindex).ok()?.remove(&slot) else {
+            continue;
+        };
+        let v = view.get_or_insert_default();
+        v.bytes += s.bytes;
+        v.packets += u64::from(s.packets);
+        v.drops += u64::from(s.drops);
+        v.backlog_bytes += u64::from(s.backlog_bytes);
+    }
+    view
 }
 
 fn port_stats(name: &str, r: PortRole, slot: u32, c: &PortCounters, rates: &Rates) -> PortStats {

@@ -8,6 +8,7 @@ use xnic_common::{
     maps::{Counter, VmCounters, shape_index, verdict_index},
     parse::Shape,
     rss::{SteerCounter, bucket_index},
+    shaper::ShapeCounter,
     team::{MAX_TEAM_MEMBERS, vm_member_index},
     verdict::Reason,
 };
@@ -34,6 +35,7 @@ pub struct Counters {
     vm_cpu: PerCpuArray<MapData, Counter>,
     buckets: PerCpuArray<MapData, Counter>,
     steer: PerCpuArray<MapData, u64>,
+    shaper: PerCpuArray<MapData, u64>,
     team_vm: PerCpuArray<MapData, Counter>,
     xmit_drops: PerCpuArray<MapData, u64>,
     queue_drops: PerCpuArray<MapData, u64>,
@@ -75,6 +77,7 @@ impl Counters {
             vm_cpu: open::<registry::VM_CPU_STATS>(pins)?,
             buckets: open::<registry::BUCKET_STATS>(pins)?,
             steer: open::<registry::STEER_STATS_V2>(pins)?,
+            shaper: open::<registry::SHAPER_STATS>(pins)?,
             team_vm: open::<registry::TEAM_VM_STATS>(pins)?,
             xmit_drops: open::<registry::XMIT_DROPS>(pins)?,
             queue_drops: open::<registry::QUEUE_DROPS>(pins)?,
@@ -166,6 +169,15 @@ impl Counters {
         let mut out = [0u64; SteerCounter::COUNT];
         for c in SteerCounter::ALL {
             out[c as usize] = self.steer.get(&(c as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The shaper's tc program's counters, summed over CPUs, in `ShapeCounter` order.
+    pub fn shaper(&self) -> anyhow::Result<[u64; ShapeCounter::COUNT]> {
+        let mut out = [0u64; ShapeCounter::COUNT];
+        for c in ShapeCounter::ALL {
+            out[c as usize] = self.shaper.get(&(c as u32), 0)?.iter().sum();
         }
         Ok(out)
     }

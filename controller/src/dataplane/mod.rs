@@ -584,6 +584,16 @@ impl Dataplane {
         testrun::run(self.program_mut(role)?, frame, ingress_ifindex, repeat)
     }
 
+    /// Runs the shaper's tc program on `frame` with `BPF_PROG_TEST_RUN`.
+    pub fn test_run_shaper(&mut self, frame: &[u8]) -> anyhow::Result<testrun::ShaperOutcome> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(SHAPE_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {SHAPE_PROGRAM}"))?
+            .try_into()?;
+        testrun::run_shaper(prog, frame)
+    }
+
     /// Kernel ids of this daemon's programs.
     pub fn programs(&self) -> crate::policy::plan::Programs {
         let id = |name: &str| {

@@ -1,8 +1,8 @@
-//! `BPF_PROG_TEST_RUN` for XDP programs: run a program on a frame without a network, for
-//! tests and per-packet cost benchmarks.
+//! `BPF_PROG_TEST_RUN` for the XDP programs and the shaper's tc program: run a program on a
+//! frame without a network, for tests and per-packet cost benchmarks.
 
 use anyhow::Context as _;
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 
 /// Linear data an XDP test run gets before the rest goes to fragments: one page minus the
 /// XDP headroom (256) and the aligned `skb_shared_info` (320) on x86-64.
@@ -42,5 +42,48 @@ pub fn run(
     Ok(TestRunOutcome {
         action: result.return_value,
         ns_per_run: result.duration.as_nanos() as u64,
+    })
+}
+
+/// What the shaper's tc program did with a frame in a test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShaperOutcome {
+    /// The tc action (`TC_ACT_*`).
+    pub action: i32,
+    /// `skb->priority` after the run: the HTB class it chose.
+    pub priority: u32,
+}
+
+/// `struct __sk_buff`: its size, and the offsets of the fields read or set.
+const SKB_CTX_LEN: usize = 192;
+const SKB_PRIORITY: usize = 32;
+
+/// Runs the shaper's tc program on `frame` (it arrives on `lo`, the test run's device).
+pub fn run_shaper(prog: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<ShaperOutcome> {
+    let ctx_in = [0u8; SKB_CTX_LEN];
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::new()
+        })
+        .with_context(|| {
+            format!(
+                "BPF_PROG_TEST_RUN of the shaper on a {}-byte frame failed",
+                frame.len()
+            )
+        })?;
+    let priority = u32::from_ne_bytes(
+        ctx_out[SKB_PRIORITY..SKB_PRIORITY + 4]
+            .try_into()
+            .expect("four bytes"),
+    );
+    Ok(ShaperOutcome {
+        action: result.return_value as i32,
+        priority,
     })
 }
