@@ -800,6 +800,22 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         b.live.stop_dataplane(daemon)?;
         let xnic_runs = xnic_runs?;
         let mut baselines: Vec<(&str, Vec<(u32, xnic::lab::traffic::IperfDetail)>)> = Vec::new();
+        // xnic's own policer alone, what every allocation was before shaping.
+        let strict_cfg = b.variant(
+            &format!("tcp-{rate}-strict"),
+            "failover",
+            &[format!(
+                "bandwidth_mbps = {rate}\nallocation_mode = \"strict\""
+            )],
+            "",
+        )?;
+        let daemon = b.xnic(&strict_cfg)?;
+        let runs = measure();
+        b.live.stop_dataplane(daemon)?;
+        baselines.push((
+            "xnic, allocation_mode = \"strict\" (the XDP policer alone)",
+            runs?,
+        ));
         b.live.bridge_uplink("up0", true)?;
         for (label, shaper) in [
             ("Linux tbf on the uplink as a shaper (50 ms queue)", true),
@@ -868,7 +884,7 @@ fn tcp(b: &mut Bench, _opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     report.notes.push(format!(
-        "TCP: iperf3 from vm0 to the tor for {TCP_SECS} s per case; goodput is what the receiver got; intervals are the receiver's own 100 ms reports. The baselines bridge vm0's port with the uplink and put tbf on it, or switch with OVS and meter vm0's port, with the burst xnic gives the allocation by default."
+        "TCP: iperf3 from vm0 to the tor for {TCP_SECS} s per case; goodput is what the receiver got; intervals are the receiver's own 100 ms reports. xnic runs with the default allocation_mode (shaped: TCP through an HTB class at the rate on the uplink); the strict row is the XDP policer alone. The other baselines bridge vm0's port with the uplink and put tbf on it, or switch with OVS and meter vm0's port, with the burst xnic gives the allocation by default."
     ));
     Ok(())
 }

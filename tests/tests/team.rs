@@ -568,8 +568,13 @@ fn tcp_through_a_shaped_allocation_keeps_most_of_it_and_a_strict_one_polices_it(
     );
     let stats = t.stats();
     assert!(reason_count(&stats, "vm0", "to_shaper").packets > 1000);
-    let shaper = team_vm(&t, "vm0").shaper.expect("the VM's view shows its shaper");
-    assert!(shaper.bytes >= sent, "{shaper:?} against {sent} bytes on up0");
+    let shaper = team_vm(&t, "vm0")
+        .shaper
+        .expect("the VM's view shows its shaper");
+    assert!(
+        shaper.bytes >= sent,
+        "{shaper:?} against {sent} bytes on up0"
+    );
 
     // Strict: the class goes, and TCP meets the policer.
     let _: serde_json::Value = block_on(t.client().send_json(

@@ -22,9 +22,10 @@ use crate::{
     lab::{
         Lab, TOR_UDP_PORT,
         daemon::DaemonProcess,
-        traffic::{Receiver, RecvReport, SendReport, UdpStream, send_udp},
+        traffic::{Receiver, RecvReport, SendReport, UdpStream, iperf3_streams, send_udp},
     },
 };
+use xnic_proto::config::AllocationMode;
 
 const DAEMON_PREFIX: &str = "  daemon │ ";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -180,6 +181,12 @@ fn demo(
                 team.failback_hold_ms,
             )?;
         }
+    }
+
+    if !lab.config().teams.is_empty()
+        && let Some(vm0) = lab.config().vms.first()
+    {
+        allocation_demo(lab, &client, &vm0.name)?;
     }
 
     if lab.config().vms.len() > 1 {
@@ -442,6 +449,61 @@ fn paused_failover_demo(
 
 /// Day-2 operations while the first VM sends: the last VM is removed, added back, changed,
 /// and its port deleted and recreated (a VM reboot); the first VM's stream never notices.
+/// TCP through a 20 Mbit/s allocation: shaped (the default), then strict, then none again.
+fn allocation_demo(lab: &Lab, client: &Client, vm: &str) -> anyhow::Result<()> {
+    const RATE_MBPS: f64 = 20.0;
+    const SECS: u32 = 3;
+    let path = format!("/v1/vms/{vm}");
+    let (tor_ns, tor_addr) = lab.endpoint("tor")?;
+    let (vm_ns, _) = lab.endpoint(vm)?;
+    heading(&format!(
+        "TCP through a {RATE_MBPS} Mbit/s allocation on {vm}: shaped (the default), then strict"
+    ));
+    let set = |patch: VmPatch| -> anyhow::Result<()> {
+        let out: VmChanged = block_on(client.send_json(Method::PATCH, &path, &patch))?;
+        super::vm::print_change(&out.change);
+        Ok(())
+    };
+    let transfer = |label: &str| -> anyhow::Result<()> {
+        let d = iperf3_streams(&tor_ns, &tor_addr.to_string(), &vm_ns, SECS, 1)?;
+        let got = d.report.bits_per_second / 1e6;
+        let empty = d.intervals_bps.iter().filter(|b| **b < 1000.0).count();
+        println!(
+            "iperf3 {vm} → tor, {SECS} s, {label}: {got:.1} Mbit/s = {:.0} % of the allocation, {} retransmits, {empty} of {} 100 ms intervals empty",
+            got / RATE_MBPS * 100.0,
+            d.report.retransmits,
+            d.intervals_bps.len()
+        );
+        Ok(())
+    };
+    println!("xnic vm set {vm} --bandwidth-mbps {RATE_MBPS}");
+    set(VmPatch {
+        bandwidth_mbps: Some(Some(RATE_MBPS)),
+        ..VmPatch::default()
+    })?;
+    transfer("shaped")?;
+    let shown: VmView = block_on(client.get(&path))?;
+    if let Some(s) = shown.team.as_ref().and_then(|t| t.shaper) {
+        println!(
+            "its class on the uplink (also in `tc -s class show`): {} packets sent, {} dropped at a full queue",
+            s.packets, s.drops
+        );
+    }
+    println!("xnic vm set {vm} --allocation-mode strict   (the XDP policer alone)");
+    set(VmPatch {
+        allocation_mode: Some(AllocationMode::Strict),
+        ..VmPatch::default()
+    })?;
+    transfer("strict")?;
+    println!("xnic vm set {vm} --allocation-mode shaped --unset bandwidth_mbps");
+    set(VmPatch {
+        allocation_mode: Some(AllocationMode::Shaped),
+        bandwidth_mbps: Some(None),
+        ..VmPatch::default()
+    })?;
+    Ok(())
+}
+
 fn lifecycle_demo(lab: &Lab, client: &Client) -> anyhow::Result<()> {
     let (Some(first), Some(last), Some(tor4)) = (
         lab.config().vms.first(),
