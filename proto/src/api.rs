@@ -332,6 +332,10 @@ pub struct RssEngineRemoved {
 pub struct TeamStatusView {
     pub teams: Vec<TeamView>,
     pub vms: Vec<TeamVmView>,
+    /// What the shaper's tc program did with shaped VMs' TCP since the dataplane was made
+    /// (`queued`, `passed`, `no_uplink`, `redirect_failed`).
+    #[serde(default)]
+    pub shaper: BTreeMap<String, u64>,
     /// Events since the daemon started, by kind.
     pub event_counts: BTreeMap<String, u64>,
 }

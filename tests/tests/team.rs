@@ -576,6 +576,22 @@ fn tcp_through_a_shaped_allocation_keeps_most_of_it_and_a_strict_one_polices_it(
         "{shaper:?} against {sent} bytes on up0"
     );
 
+    // The VM reboots (its port is deleted and made again): the new port gets the shaper's
+    // tc program before its XDP program, and TCP holds its allocation again.
+    t.lab.unplug("vm0").unwrap();
+    t.lab.plug("vm0").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || t.vm("vm0").port_state
+            == "attached"),
+        "vm0's new port was not attached"
+    );
+    let again = run();
+    assert!(
+        again.report.bits_per_second / 20e6 >= 0.80,
+        "after the port came back TCP got {:.2} Mbit/s of 20",
+        again.report.bits_per_second / 1e6
+    );
+
     // Strict: the class goes, and TCP meets the policer.
     let _: serde_json::Value = block_on(t.client().send_json(
         Method::PATCH,
@@ -594,4 +610,62 @@ fn tcp_through_a_shaped_allocation_keeps_most_of_it_and_a_strict_one_polices_it(
     run();
     let after = reason_count(&t.stats(), "vm0", "over_allocation").packets;
     assert!(after > before, "a strict allocation dropped no TCP frame");
+}
+
+#[test]
+fn an_uplink_with_an_operators_own_qdisc_refuses_a_shaped_allocation_and_changes_nothing() {
+    let t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &[""],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]",
+    ));
+    xnic::lab::tc(&[
+        "-n",
+        t.lab.host_ns(),
+        "qdisc",
+        "add",
+        "dev",
+        "up1",
+        "root",
+        "handle",
+        "9:",
+        "tbf",
+        "rate",
+        "50mbit",
+        "burst",
+        "32k",
+        "latency",
+        "20ms",
+    ])
+    .unwrap();
+    let (status, body) = block_on(t.client().request_with(
+        Method::PATCH,
+        "/v1/vms/vm0",
+        Some(br#"{"bandwidth_mbps": 20}"#.to_vec()),
+    ))
+    .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(status.as_u16() >= 400, "accepted: {status} {body}");
+    assert!(
+        body.contains("up1")
+            && body.contains("tc qdisc del dev up1 root")
+            && body.contains("strict"),
+        "{body}"
+    );
+    // Nothing half-done: no class anywhere, the operator's qdisc untouched, no allocation.
+    assert!(!tc_classes(&t, "up0").contains("786e:"), "up0 kept a class");
+    let qdiscs = std::process::Command::new("tc")
+        .args(["-n", t.lab.host_ns(), "qdisc", "show", "dev", "up1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&qdiscs.stdout).contains("tbf 9:"));
+    assert_eq!(team_vm(&t, "vm0").allocation_mbps, None);
+    // A strict allocation needs no queue, so it goes in.
+    let _: serde_json::Value = block_on(t.client().send_json(
+        Method::PATCH,
+        "/v1/vms/vm0",
+        &serde_json::json!({"bandwidth_mbps": 20, "allocation_mode": "strict"}),
+    ))
+    .expect("a strict allocation");
+    assert_eq!(team_vm(&t, "vm0").allocation_mbps, Some(20.0));
 }

@@ -394,6 +394,17 @@ pub fn team_status(s: &crate::api::types::TeamStatusView) -> String {
         ]);
     }
     let _ = writeln!(out, "{t}");
+    if s.shaper.values().any(|n| *n > 0) {
+        let _ = writeln!(
+            out,
+            "shaper (shaped VMs' TCP at their ports): {}",
+            s.shaper
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     out
 }
 

@@ -389,6 +389,17 @@ impl Snapshot {
             "The rate a VM may send now: its allocation, or less when its uplink is short",
             &granted,
         )?;
+        let shaper: Vec<(Labels, u64)> = team
+            .shaper
+            .iter()
+            .map(|(k, v)| (vec![inst(), ("outcome", k.clone())], *v))
+            .collect();
+        counter_family(
+            encoder,
+            "xnic_team_shaper_frames",
+            "Shaped VMs' TCP frames at the VM ports' tc program, by what became of them",
+            &shaper,
+        )?;
         event_family(
             encoder,
             "xnic_team_events",

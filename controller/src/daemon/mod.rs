@@ -182,7 +182,7 @@ impl Daemon {
     pub fn team_status(&self) -> Option<TeamStatusView> {
         let snap = self.snapshot();
         let cx = snap.cx();
-        snap.team.status(
+        let mut view = snap.team.status(
             &cx,
             &snap.slots,
             |vm| {
@@ -192,7 +192,14 @@ impl Daemon {
                     .unwrap_or_default()
             },
             self.events.counts("team"),
-        )
+        )?;
+        if let Ok(c) = self.counters.shaper() {
+            view.shaper = xnic_common::shaper::ShapeCounter::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), c[*k as usize]))
+                .collect();
+        }
+        Some(view)
     }
 
     pub fn team_events(&self, since: u64) -> Option<Vec<TeamEvent>> {

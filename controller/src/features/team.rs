@@ -677,6 +677,7 @@ impl Team {
             vms: (0..t.vms.len())
                 .map(|v| self.vm_view_of(t, cx, slots, v, &counters(&t.vms[v].name)))
                 .collect(),
+            shaper: BTreeMap::new(),
             event_counts,
         })
     }
