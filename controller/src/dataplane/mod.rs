@@ -509,11 +509,7 @@ impl Dataplane {
     /// program into the link an earlier daemon pinned there.
     fn attach_shaper(&mut self, ifname: &str) -> anyhow::Result<()> {
         let pin = self.pins.shaper_link(ifname);
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(SHAPE_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {SHAPE_PROGRAM}"))?
-            .try_into()?;
+        let program = self.shaper_program()?;
         if pin.exists() {
             let swapped = PinnedLink::from_pin(&pin)
                 .map_err(anyhow::Error::from)
@@ -586,12 +582,15 @@ impl Dataplane {
 
     /// Runs the shaper's tc program on `frame` with `BPF_PROG_TEST_RUN`.
     pub fn test_run_shaper(&mut self, frame: &[u8]) -> anyhow::Result<testrun::ShaperOutcome> {
-        let prog: &mut SchedClassifier = self
+        testrun::run_shaper(self.shaper_program()?, frame)
+    }
+
+    fn shaper_program(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        Ok(self
             .ebpf
             .program_mut(SHAPE_PROGRAM)
             .ok_or_else(|| anyhow!("no program {SHAPE_PROGRAM}"))?
-            .try_into()?;
-        testrun::run_shaper(prog, frame)
+            .try_into()?)
     }
 
     /// Kernel ids of this daemon's programs.
