@@ -94,14 +94,7 @@ pub fn uplink(cx: &FrameCtx, vm: &VmTeam, now: u64) -> Result<(u32, u32), Reason
         Egress::Drop(reason) => return Err(reason),
     };
     // The kernel may have taken the member's carrier before the daemon moved the VM.
-    let down = |m: u32| {
-        let i = member_index(vm.team, m);
-        match (MEMBER_DOWN.get(i), MEMBER_UP.get(i)) {
-            (Some(down), Some(up)) => member_down(*down, *up),
-            _ => false,
-        }
-    };
-    let member = match usable_member(vm, member, down) {
+    let member = match usable_member(vm, member, |m| marked_down(vm.team, m)) {
         Some(m) if m < MAX_TEAM_MEMBERS => m,
         _ => return Err(Reason::NoUplink),
     };
@@ -112,6 +105,36 @@ pub fn uplink(cx: &FrameCtx, vm: &VmTeam, now: u64) -> Result<(u32, u32), Reason
         return Err(Reason::NoUplink);
     }
     Ok((member, ifindex))
+}
+
+/// Whether the kernel marked member `m` of `team` down since the daemon put it in use.
+#[inline(always)]
+fn marked_down(team: u32, m: u32) -> bool {
+    let i = member_index(team, m);
+    match (MEMBER_DOWN.get(i), MEMBER_UP.get(i)) {
+        (Some(down), Some(up)) => member_down(*down, *up),
+        _ => false,
+    }
+}
+
+/// The uplink (ifindex) that carries a VM's broadcasts now: its flood uplink, or, when the
+/// kernel marked that one down before the daemon moved the VM, the first of its fallbacks
+/// that is not marked (0: none).
+#[inline(always)]
+fn flood_uplink(vm: &VmTeam) -> u32 {
+    if vm.flood_member >= MAX_TEAM_MEMBERS || !marked_down(vm.team, vm.flood_member) {
+        return vm.flood_ifindex;
+    }
+    let Some(team) = TEAMS.get(vm.team) else {
+        return 0;
+    };
+    match usable_member(vm, vm.flood_member, |m| marked_down(vm.team, m)) {
+        // The mask: as in `uplink`.
+        Some(m) if m < MAX_TEAM_MEMBERS => {
+            team.ifindex[(core::hint::black_box(m) & (MAX_TEAM_MEMBERS - 1)) as usize]
+        }
+        _ => 0,
+    }
 }
 
 /// GCRA on the VM's shared bucket (`xnic_common::team::admit`) without a lock: a frame that
@@ -160,7 +183,8 @@ pub fn receives_group(team: u32, member: u32) -> bool {
 
 /// The devmap program on each uplink's `FLOOD` entry: a broadcast copy goes out of an uplink
 /// only when it is the flood uplink of the VM that sent it (so the network sees each VM's
-/// MACs on one port, and never our copy of a frame that came from the network).
+/// MACs on one port, and never our copy of a frame that came from the network), or that
+/// uplink's fallback while the kernel has it marked down.
 #[inline(always)]
 pub fn flood_filter(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -177,7 +201,7 @@ pub fn flood_filter(ctx: &XdpContext) -> u32 {
     // SAFETY: `ctx.ctx` is this invocation's xdp_md.
     let egress = unsafe { (*ctx.ctx).egress_ifindex };
     match VM_TEAM.get(owner.vm_slot) {
-        Some(vm) if vm.flood_ifindex != 0 && vm.flood_ifindex == egress => xdp_action::XDP_PASS,
+        Some(vm) if vm.flood_ifindex != 0 && flood_uplink(vm) == egress => xdp_action::XDP_PASS,
         _ => xdp_action::XDP_DROP,
     }
 }

@@ -338,10 +338,23 @@ fn a_lost_uplink_fails_over_under_traffic_and_fails_back_after_the_hold_down() {
     assert!(body.contains("xnic_team_uplink_state{"), "{body}");
 }
 
+/// What [`lose_up0_with_the_daemon_stopped`] saw.
+struct StoppedLoss {
+    sent: u64,
+    received: u64,
+    reordered: u64,
+    /// Frames from vm0 on up1.
+    on_up1: usize,
+    /// Broadcasts vm0 sent while the daemon was stopped that came out of up1.
+    broadcasts_on_up1: usize,
+    /// Whether up1 carried a gratuitous ARP for vm0.
+    announced: bool,
+}
+
 /// vm0 sends 10,000 datagrams a second for 3 s; 0.8 s in, the daemon is stopped (SIGSTOP) and
-/// up0 loses carrier; a second later the daemon continues. Returns (sent, received,
-/// reordered, frames from vm0 on up1, whether up1 carried a gratuitous ARP for vm0).
-fn lose_up0_with_the_daemon_stopped(team_extra: &str) -> (TestLab, u64, u64, u64, usize, bool) {
+/// up0 loses carrier; vm0 pings the subnet's broadcast address 3 times; a second later the
+/// daemon continues.
+fn lose_up0_with_the_daemon_stopped(team_extra: &str) -> (TestLab, StoppedLoss) {
     use nix::{sys::signal::Signal, unistd::Pid};
     let t = lab(&config(
         &["name = \"up0\"", "name = \"up1\""],
@@ -358,8 +371,25 @@ fn lose_up0_with_the_daemon_stopped(team_extra: &str) -> (TestLab, u64, u64, u64
     let daemon = Pid::from_raw(t.daemon_pid() as i32);
     nix::sys::signal::kill(daemon, Signal::SIGSTOP).unwrap();
     link(&t, "up0", false);
-    // A second with nobody in userspace to move vm0.
-    std::thread::sleep(Duration::from_millis(1000));
+    // A second with nobody in userspace to move vm0; its broadcasts (ARP, DHCP in real
+    // life) need an uplink too.
+    let stopped = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.vm_ns("vm0")])
+        .args([
+            "ping",
+            "-b",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "0.2",
+            "10.77.0.255",
+        ])
+        .output();
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(stopped.elapsed()));
     nix::sys::signal::kill(daemon, Signal::SIGCONT).unwrap();
     let sent = sender.join().unwrap();
     let got = rx.stop().unwrap();
@@ -372,35 +402,61 @@ fn lose_up0_with_the_daemon_stopped(team_extra: &str) -> (TestLab, u64, u64, u64
     let announced = f1
         .iter()
         .any(|c| c.src_mac() == vm0_mac && c.ethertype() == 0x0806);
-    (t, sent.sent, got.received, got.reordered, on_up1, announced)
+    let broadcasts_on_up1 = f1
+        .iter()
+        .filter(|c| c.src_mac() == vm0_mac && c.head[..6] == [0xff; 6] && c.ethertype() == 0x0800)
+        .count();
+    let loss = StoppedLoss {
+        sent: sent.sent,
+        received: got.received,
+        reordered: got.reordered,
+        on_up1,
+        broadcasts_on_up1,
+        announced,
+    };
+    (t, loss)
 }
 
 #[test]
 fn with_the_daemon_stopped_a_lost_uplinks_traffic_goes_on_over_the_survivor() {
-    let (t, sent, received, reordered, on_up1, announced) = lose_up0_with_the_daemon_stopped("");
+    let (t, l) = lose_up0_with_the_daemon_stopped("");
     // The dataplane moved the stream itself: of 30,000 datagrams, at most a flush's worth
     // lost.
     assert!(
-        sent - received <= 20,
-        "{sent} sent, {received} received: the dataplane did not move vm0"
+        l.sent - l.received <= 20,
+        "{} sent, {} received: the dataplane did not move vm0",
+        l.sent,
+        l.received
     );
-    assert_eq!(reordered, 0);
-    assert!(on_up1 > 15_000, "the survivor carried the stream: {on_up1}");
+    assert_eq!(l.reordered, 0);
+    assert!(
+        l.on_up1 > 15_000,
+        "the survivor carried the stream: {}",
+        l.on_up1
+    );
+    // And its broadcasts, which the daemon would have sent to dead up0.
+    assert_eq!(l.broadcasts_on_up1, 3, "vm0's broadcasts on up1");
     // The daemon, continued, makes it official: the event, the placement, the announcement.
     assert!(eventually(Duration::from_secs(3), || {
         events(&t).iter().any(|e| e.kind == "link_down")
     }));
     assert_eq!(team_vm(&t, "vm0").uplink, "up1");
-    assert!(announced, "a gratuitous ARP for vm0 on the survivor");
+    assert!(l.announced, "a gratuitous ARP for vm0 on the survivor");
     let s = t.status();
     assert!(!s.carrier_hook.is_empty(), "{s:?}");
 
     // Without the dataplane's own failover, the stopped daemon's second is lost.
     drop(t);
-    let (_t, sent, received, _, _, _) = lose_up0_with_the_daemon_stopped("kernel_failover = false");
+    let (_t, l) = lose_up0_with_the_daemon_stopped("kernel_failover = false");
     assert!(
-        sent - received >= 5_000,
-        "{sent} sent, {received} received with kernel_failover = false"
+        l.sent - l.received >= 5_000,
+        "{} sent, {} received with kernel_failover = false",
+        l.sent,
+        l.received
+    );
+    assert_eq!(
+        l.broadcasts_on_up1, 0,
+        "broadcasts moved without the kernel path"
     );
 }
 
