@@ -81,6 +81,16 @@ pub fn sweep() {
             let _ = std::fs::remove_file(PathBuf::from(xnic::RUN_DIR).join(f));
         }
     }
+    // Guests of killed runs: their QEMU processes, then their run directories.
+    for prefix in names(xnic::lab::GUEST_RUN_DIR) {
+        if is_stale(&prefix) {
+            let dir = PathBuf::from(xnic::lab::GUEST_RUN_DIR).join(&prefix);
+            for g in xnic::lab::qemu::guests_in(&dir) {
+                let _ = g.stop();
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     for ns in names("/run/netns") {
         if is_stale(&ns) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
@@ -138,6 +148,16 @@ impl TestLab {
 
     /// A lab from configuration text (which must have a [lab] section and unique names).
     pub fn with_config(text: &str) -> TestLab {
+        Self::build(text, false)
+    }
+
+    /// The same with a QEMU guest per VM on a tap (the guest image must be built: `cargo
+    /// xtask test` does it first).
+    pub fn with_guests(text: &str) -> TestLab {
+        Self::build(text, true)
+    }
+
+    fn build(text: &str, guests: bool) -> TestLab {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let config = xnic::config::parse(text, std::path::Path::new("test.toml"))
@@ -146,7 +166,19 @@ impl TestLab {
         std::fs::create_dir_all(xnic::RUN_DIR).expect("run dir");
         let config_path = PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.test.toml"));
         std::fs::write(&config_path, text).expect("writing test config");
-        let lab = Lab::new(config).expect("lab config");
+        let lab = if guests {
+            let image = xnic::lab::guest::GuestImage {
+                dir: xnic::lab::guest::DEFAULT_DIR.into(),
+            };
+            assert!(
+                image.is_current(),
+                "no guest image in {}: run `cargo xtask guest-image`",
+                image.dir.display()
+            );
+            Lab::with_guests(config, image).expect("lab config")
+        } else {
+            Lab::new(config).expect("lab config")
+        };
         let t = TestLab {
             lab,
             config_path,

@@ -5,6 +5,7 @@
 //! cargo xtask build                 build everything (debug)
 //! cargo xtask test [-- ARGS]        formatting, lints, then every test (needs root)
 //! cargo xtask lab [ARGS]            the lab demo (`xnic lab demo ARGS`, e.g. --duration 60)
+//! cargo xtask guest-image           build (or find cached) the lab's QEMU guest image
 //! cargo xtask bench NAME [ARGS]     a benchmark (release build); results in bench/results/
 //! cargo xtask fmt [--check]         format userspace and eBPF code
 //! cargo xtask lint                  clippy -D warnings on userspace and eBPF code
@@ -20,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|fmt|lint> [ARGS]
+const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|guest-image|fmt|lint> [ARGS]
 
   setup               install what this machine lacks (toolchains, bpf-linker, packages)
   build               build everything (debug)
@@ -29,6 +30,7 @@ const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|fmt|lint> [A
                       --duration SECS to stop by itself)
   bench NAME [ARGS]   run a benchmark (`cargo xtask bench dataplane`); results go to
                       bench/results/NAME.json and .md
+  guest-image         build the lab's QEMU guest image (cached in /var/cache/xnic/guest)
   fmt [--check]       format (or check) all code
   lint                clippy with warnings as errors, userspace and eBPF";
 
@@ -67,6 +69,11 @@ fn run() -> anyhow::Result<()> {
         "bench" => {
             setup::run()?;
             bench(&rest)
+        }
+        "guest-image" => {
+            setup::run()?;
+            cargo(&["build", "--package", "xnic"])?;
+            guest_image()
         }
         "fmt" => {
             setup::run()?;
@@ -173,6 +180,13 @@ fn build() -> anyhow::Result<()> {
     cargo(&args)
 }
 
+/// The lab's guest image, built by xnic itself (`xnic lab image`: cached, rebuilt only when
+/// its recipe changes), for the tests and demos on real guests.
+fn guest_image() -> anyhow::Result<()> {
+    let xnic = root().join("target/debug/xnic");
+    cmd(xnic.to_str().context("non-UTF-8 path")?, &["lab", "image"])
+}
+
 fn fmt(check: bool) -> anyhow::Result<()> {
     if check {
         cargo(&["fmt", "--all", "--", "--check"])
@@ -204,6 +218,7 @@ fn test(rest: &[&str]) -> anyhow::Result<()> {
     stage("format", &|| fmt(true))?;
     stage("lint", &lint)?;
     stage("build", &build)?;
+    stage("guest image", &guest_image)?;
     let extra: Vec<&str> = match rest.iter().position(|a| *a == "--") {
         Some(i) => rest[i + 1..].to_vec(),
         None => Vec::new(),

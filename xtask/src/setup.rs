@@ -34,6 +34,18 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "inspecting connection tracking"),
     ("util-linux", "setpriv, for the non-root CLI test"),
     (
+        "qemu-system-x86",
+        "real guests: QEMU (TCG) VMs on tap devices in the lab and its tests",
+    ),
+    (
+        "mmdebstrap",
+        "real guests: builds their Debian root file system",
+    ),
+    (
+        "e2fsprogs",
+        "real guests: mke2fs writes their root file system image",
+    ),
+    (
         "openvswitch-switch",
         "the team benchmark's baseline: OVS bonds on the userspace datapath",
     ),

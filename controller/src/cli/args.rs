@@ -386,16 +386,49 @@ fn cpu_list(text: &str) -> Result<CpuList, String> {
     crate::config::parse_cpu_list(text).map(CpuList)
 }
 
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct LabConfigArg {
     /// Lab configuration (a configuration with a `[lab]` section). Default: the built-in lab,
     /// instance "lab", four VMs.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// What the VMs are: network namespaces on veth pairs, or QEMU guests on tap devices
+    /// (booted from the guest image, built first if missing).
+    #[arg(long, value_enum, default_value = "netns")]
+    pub vms: LabVms,
+    /// The guest image's directory (see `xnic lab image`).
+    #[arg(long, value_name = "DIR", default_value = crate::lab::guest::DEFAULT_DIR)]
+    pub guest_image: PathBuf,
+}
+
+impl Default for LabConfigArg {
+    fn default() -> Self {
+        LabConfigArg {
+            config: None,
+            vms: LabVms::Netns,
+            guest_image: crate::lab::guest::DEFAULT_DIR.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabVms {
+    Netns,
+    Qemu,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// Where to keep the image.
+    #[arg(long, value_name = "DIR", default_value = crate::lab::guest::DEFAULT_DIR)]
+    pub guest_image: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
+    /// Build the guest image the lab's QEMU guests boot (Debian packages only; kept, and
+    /// built again only when xnic's recipe for it changes).
+    Image(ImageArgs),
     /// Create the lab's namespaces, links and addresses.
     Up(LabConfigArg),
     /// Remove the lab: stop its daemon, remove its dataplane, delete its namespaces.
@@ -405,10 +438,27 @@ pub enum LabCommand {
     /// Without --from/--to: a round of pings, UDP from every VM and an iperf3 run. With them:
     /// one stream of sequence-numbered UDP flows, reporting loss and reordering.
     Traffic(TrafficArgs),
+    /// Run a command in a VM: in its namespace, or in its guest's shell (over its control
+    /// port), and exit with its status.
+    Exec(ExecArgs),
     /// The whole demo: lab up, daemon, traffic, what xnic sees; then everything removed.
     Demo(DemoArgs),
     /// Print the built-in lab configuration (a starting point for your own).
     Config,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub config: LabConfigArg,
+    /// The VM.
+    pub vm: String,
+    /// The command and its arguments (a guest runs them with its shell).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    /// Give up after this many seconds (guests only).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args, Clone, Default)]

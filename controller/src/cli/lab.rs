@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{
-    args::{LabConfigArg, TrafficArgs},
+    args::{ExecArgs, ImageArgs, LabConfigArg, LabVms, TrafficArgs},
     down, running_instances,
 };
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     lab::{
         Lab,
         daemon::default_config_path,
+        guest,
         traffic::{Receiver, UdpStream, send_udp},
     },
 };
@@ -29,7 +30,66 @@ pub fn resolve(arg: &LabConfigArg) -> anyhow::Result<(Lab, PathBuf)> {
         }
     };
     let config = crate::config::load(&path)?;
-    Ok((Lab::new(config)?, path))
+    let lab = match arg.vms {
+        LabVms::Netns => Lab::new(config)?,
+        LabVms::Qemu => Lab::with_guests(config, guest::ensure(&arg.guest_image)?)?,
+    };
+    Ok((lab, path))
+}
+
+pub fn exec(args: &ExecArgs) -> anyhow::Result<()> {
+    crate::daemon::require_root("xnic lab exec")?;
+    // A running guest answers whichever way the lab was named on this command line.
+    let (lab, _) = resolve(&LabConfigArg {
+        vms: LabVms::Netns,
+        ..args.config.clone()
+    })?;
+    let guest = lab.guest(&args.vm)?;
+    let status = if guest.running() {
+        let script = args
+            .command
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (status, out) = guest.exec(&script, std::time::Duration::from_secs(args.timeout))?;
+        print!("{out}");
+        status
+    } else {
+        let ns = lab.vm_ns(&args.vm);
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(&args.command)
+            .status()?
+            .code()
+            .unwrap_or(1)
+    };
+    std::process::exit(status);
+}
+
+/// `arg` as one word for a POSIX shell.
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+pub fn image(args: &ImageArgs) -> anyhow::Result<()> {
+    crate::daemon::require_root("xnic lab image")?;
+    let started = std::time::Instant::now();
+    let image = guest::ensure(&args.guest_image)?;
+    println!(
+        "guest image: {} ({:.1} s)",
+        image.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 pub fn up(arg: &LabConfigArg) -> anyhow::Result<()> {
@@ -37,6 +97,18 @@ pub fn up(arg: &LabConfigArg) -> anyhow::Result<()> {
     let (lab, path) = resolve(arg)?;
     lab.up()?;
     println!("lab up: namespaces {}", lab.namespaces().join(", "));
+    if lab.has_guests() {
+        println!(
+            "guests: {} (consoles and control ports in {})",
+            lab.config()
+                .vms
+                .iter()
+                .map(|v| format!("{} on tap {}", v.name, v.port))
+                .collect::<Vec<_>>()
+                .join(", "),
+            lab.guest_dir().display()
+        );
+    }
     println!(
         "start the daemon with: xnic run --config {}",
         path.display()

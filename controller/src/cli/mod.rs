@@ -69,6 +69,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             read,
         }) => rss::set(&vm, state, priority, prefer_dedicated, &read),
         Command::Down(a) => down::run(&a),
+        Command::Lab(LabCommand::Image(a)) => lab::image(&a),
+        Command::Lab(LabCommand::Exec(a)) => lab::exec(&a),
         Command::Lab(LabCommand::Up(a)) => lab::up(&a),
         Command::Lab(LabCommand::Down(a)) => lab::down(&a),
         Command::Lab(LabCommand::Traffic(a)) => lab::traffic(&a),

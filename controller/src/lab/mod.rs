@@ -19,6 +19,8 @@
 
 pub mod capture;
 pub mod daemon;
+pub mod guest;
+pub mod qemu;
 pub mod traffic;
 
 use std::{net::IpAddr, process::Command};
@@ -44,14 +46,47 @@ pub const VM_IFNAME: &str = "eth0";
 pub struct Lab {
     config: Config,
     lab: LabConfig,
+    /// With real guests: the image they boot (else every VM is a namespace).
+    guests: Option<guest::GuestImage>,
 }
+
+/// Where a lab's guests keep their pid files, consoles and control ports.
+pub const GUEST_RUN_DIR: &str = "/run/xnic/lab";
 
 impl Lab {
     pub fn new(config: Config) -> anyhow::Result<Lab> {
         let Some(lab) = config.lab.clone() else {
             bail!("the configuration has no [lab] section, so it does not describe a lab");
         };
-        Ok(Lab { config, lab })
+        Ok(Lab {
+            config,
+            lab,
+            guests: None,
+        })
+    }
+
+    /// The same lab with a QEMU guest per VM, booted from `image`, on a tap device as its
+    /// port instead of a namespace on a veth.
+    pub fn with_guests(config: Config, image: guest::GuestImage) -> anyhow::Result<Lab> {
+        let mut lab = Lab::new(config)?;
+        lab.guests = Some(image);
+        Ok(lab)
+    }
+
+    /// Whether the VMs are real guests.
+    pub fn has_guests(&self) -> bool {
+        self.guests.is_some()
+    }
+
+    /// The run directory of this lab's guests.
+    pub fn guest_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(GUEST_RUN_DIR).join(&self.lab.prefix)
+    }
+
+    /// VM `name`'s guest.
+    pub fn guest(&self, name: &str) -> anyhow::Result<qemu::Guest> {
+        self.lab_vm(name)?;
+        Ok(qemu::Guest::new(&self.guest_dir(), name))
     }
 
     pub fn config(&self) -> &Config {
@@ -70,10 +105,12 @@ impl Lab {
         format!("{}-{vm}", self.lab.prefix)
     }
 
-    /// Every namespace the lab owns.
+    /// Every namespace the lab owns (with real guests, VMs have none).
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.host_ns().to_string(), self.tor_ns()];
-        v.extend(self.config.vms.iter().map(|vm| self.vm_ns(&vm.name)));
+        if !self.has_guests() {
+            v.extend(self.config.vms.iter().map(|vm| self.vm_ns(&vm.name)));
+        }
         v
     }
 
@@ -173,15 +210,24 @@ impl Lab {
             self.plug_uplink_link(&up.name, i == 0)?;
         }
 
-        // VMs: a namespace each, its port on the host bridge.
+        // VMs: a namespace each (or a guest), its port on the host bridge.
         for vm in &self.config.vms {
             self.plug_vm(vm)?;
         }
         // Static neighbours everywhere: no ARP/ND on the wire, and AF_XDP-style tests that
-        // steal frames cannot break address resolution.
+        // steal frames cannot break address resolution. Guests get theirs at boot.
         let everyone = self.endpoints();
         for (ns, dev, own, _) in &everyone {
+            if self.has_guests() && *ns != self.tor_ns() {
+                continue;
+            }
             self.neighbours(&everyone, ns, dev, *own)?;
+        }
+        if self.has_guests() {
+            for vm in &self.config.vms {
+                let took = self.guest(&vm.name)?.wait_ready(qemu::BOOT_TIMEOUT)?;
+                debug!(vm = %vm.name, secs = took.as_secs_f64(), "guest ready");
+            }
         }
         // Where each VM is, so the tor does not flood frames for VMs over every uplink
         // before it has heard from them (dynamic: a VM's frames may move them).
@@ -257,6 +303,9 @@ impl Lab {
     /// Creates VM `vm`'s port: a veth from the host namespace to the VM's, with its MAC,
     /// addresses and checksum settings, on the host bridge.
     fn plug_vm(&self, vm: &crate::config::VmConfig) -> anyhow::Result<()> {
+        if let Some(image) = &self.guests {
+            return self.plug_guest(vm, image);
+        }
         let host = self.host_ns();
         let ns = self.vm_ns(&vm.name);
         veth(host, &vm.port, &ns, VM_IFNAME)?;
@@ -290,6 +339,61 @@ impl Lab {
             HOST_BRIDGE,
             "up",
         ])
+    }
+
+    /// Creates VM `vm`'s tap in the host namespace, on the host bridge, and starts its guest
+    /// on it (without waiting for it to boot).
+    fn plug_guest(
+        &self,
+        vm: &crate::config::VmConfig,
+        image: &guest::GuestImage,
+    ) -> anyhow::Result<()> {
+        let host = self.host_ns();
+        let queues = guest_queues(&self.config, vm);
+        let mut add = vec!["-n", host, "tuntap", "add", "dev", &vm.port, "mode", "tap"];
+        if queues > 1 {
+            add.push("multi_queue");
+        }
+        ip(&add)?;
+        ip(&[
+            "-n",
+            host,
+            "link",
+            "set",
+            &vm.port,
+            "master",
+            HOST_BRIDGE,
+            "up",
+        ])?;
+        let mac = vm
+            .mac_addrs()
+            .first()
+            .copied()
+            .with_context(|| format!("VM {} has no MAC for its guest's NIC", vm.name))?;
+        let own: Vec<IpAddr> = vm.ip_nets().iter().map(|n| n.addr).collect();
+        let neighbours = self
+            .endpoints()
+            .into_iter()
+            .filter(|(_, _, addr, m)| *m != mac && !own.contains(addr))
+            .filter(|(_, _, addr, _)| addr.is_ipv4() || self.lab.ipv6)
+            .map(|(_, _, addr, m)| (addr, m))
+            .collect();
+        let spec = qemu::GuestSpec {
+            name: vm.name.clone(),
+            tap: vm.port.clone(),
+            mac,
+            ips: vm
+                .ip_nets()
+                .into_iter()
+                .filter(|n| n.addr.is_ipv4() || self.lab.ipv6)
+                .collect(),
+            neighbours,
+            queues,
+            cpus: queues,
+            ipv6: self.lab.ipv6,
+        };
+        qemu::Guest::start(&self.guest_dir(), host, image, &spec)?;
+        Ok(())
     }
 
     /// Every lab endpoint: (namespace, device, address, MAC).
@@ -348,9 +452,13 @@ impl Lab {
             .ok_or_else(|| anyhow::anyhow!("the lab has no VM {name:?}"))
     }
 
-    /// Deletes VM `name`'s port, as a VM that stops (or migrates away) does.
+    /// Deletes VM `name`'s port, as a VM that stops (or migrates away) does. A guest's QEMU
+    /// stops with it (as when QEMU exits, its tap goes).
     pub fn unplug(&self, name: &str) -> anyhow::Result<()> {
         let vm = self.lab_vm(name)?;
+        if self.has_guests() {
+            self.guest(name)?.stop()?;
+        }
         ip(&["-n", self.host_ns(), "link", "del", &vm.port])
     }
 
@@ -359,6 +467,14 @@ impl Lab {
     pub fn plug(&self, name: &str) -> anyhow::Result<()> {
         let vm = self.lab_vm(name)?;
         self.plug_vm(vm)?;
+        if self.has_guests() {
+            self.guest(name)?.wait_ready(qemu::BOOT_TIMEOUT)?;
+            return wait_until_up(
+                self.host_ns(),
+                std::slice::from_ref(&vm.port),
+                LINK_SETTLE_TIMEOUT,
+            );
+        }
         let everyone = self.endpoints();
         let ns = self.vm_ns(name);
         for (e_ns, dev, own, _) in &everyone {
@@ -378,7 +494,21 @@ impl Lab {
     pub fn down(&self) -> anyhow::Result<Vec<String>> {
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for ns in self.namespaces() {
+        // Guests first (their taps go with the host namespace), whichever way the lab was
+        // brought up.
+        let dir = self.guest_dir();
+        for g in qemu::guests_in(&dir) {
+            if let Err(e) = g.stop() {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let namespaces = {
+            let mut v = vec![self.host_ns().to_string(), self.tor_ns()];
+            v.extend(self.config.vms.iter().map(|vm| self.vm_ns(&vm.name)));
+            v
+        };
+        for ns in namespaces {
             if netns::path(&ns).exists() {
                 match ip(&["netns", "del", &ns]) {
                     Ok(()) => removed.push(ns),
@@ -394,6 +524,16 @@ impl Lab {
         }
         Ok(removed)
     }
+}
+
+/// NIC queues (and vCPUs) of VM `vm`'s guest: one per CPU of its RSS engine when it is
+/// pinned to one, else one.
+fn guest_queues(config: &Config, vm: &crate::config::VmConfig) -> u32 {
+    config
+        .rss
+        .as_ref()
+        .and_then(|r| r.engines.iter().find(|e| e.name == vm.rss))
+        .map_or(1, |e| e.cpus.len().clamp(1, 4) as u32)
 }
 
 /// The tor-side name of an uplink's veth (interface names are at most 15 bytes).
