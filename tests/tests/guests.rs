@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use xnic::config::default_lab_toml;
+use xnic::{api::types::TeamStatusView, cli::block_on, config::default_lab_toml, lab::tor_port};
 use xnic_tests::{TestLab, eventually, reason_count, unique_name};
 
 const TOR: &str = "10.77.0.1";
@@ -92,6 +92,87 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
     let (status, out) = pinger.join().unwrap();
     assert_eq!(status, 0, "{out}");
     assert_eq!(ping_summary(&out), (150, 150), "{out}");
+
+    // The active uplink loses its carrier under a guest's stream: the stream moves to the
+    // other uplink (a frame or two may go to the dead one first).
+    let lab_guest = t.lab.guest("vm0").unwrap();
+    let pinger = std::thread::spawn(move || {
+        lab_guest
+            .exec(&format!("ping -q -c 150 -i 0.02 -W 2 {TOR}"), EXEC_TIMEOUT)
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let tor = t.lab.tor_ns();
+    let carrier =
+        |state: &str| xnic::lab::ip(&["-n", &tor, "link", "set", &tor_port("up0"), state]).unwrap();
+    carrier("down");
+    let (status, out) = pinger.join().unwrap();
+    assert_eq!(status, 0, "{out}");
+    let (sent, received) = ping_summary(&out);
+    assert!(sent == 150 && received >= 148, "{out}");
+    let team: TeamStatusView = block_on(t.client().get("/v1/team")).unwrap();
+    let vm0 = team.vms.iter().find(|v| v.name == "vm0").unwrap();
+    assert_eq!(vm0.uplink, "up1");
+    carrier("up");
+
+    // SIGKILL and restart of the daemon under a guest's iperf3: the receiver's own
+    // intervals show no stall.
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &tor, "iperf3", "-s", "-1", "-J", "-i", "0.25",
+        ])
+        .args(["-B", TOR])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let lab_guest = t.lab.guest("vm0").unwrap();
+    let client = std::thread::spawn(move || {
+        lab_guest
+            .exec(&format!("iperf3 -c {TOR} -t 4 -i 0"), EXEC_TIMEOUT)
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    t.take_daemon().kill().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    t.start_daemon();
+    let (status, out) = client.join().unwrap();
+    assert_eq!(status, 0, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&server.wait_with_output().unwrap().stdout).unwrap();
+    let intervals: Vec<f64> = report["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+        .collect();
+    let stalled = intervals[..intervals.len().saturating_sub(1)]
+        .iter()
+        .filter(|b| **b < 1e6)
+        .count();
+    assert_eq!(stalled, 0, "250 ms intervals under 1 Mbit/s: {intervals:?}");
+
+    // A guest that reboots keeps its tap (same QEMU): its traffic resumes on the same port.
+    let g = t.lab.guest("vm0").unwrap();
+    let port_ifindex = |t: &TestLab| {
+        t.status()
+            .ports
+            .iter()
+            .find(|p| p.name == "vm0")
+            .map(|p| p.ifindex)
+    };
+    let ifindex = port_ifindex(&t);
+    guest(
+        &t,
+        "vm0",
+        "(sleep 0.3; echo b > /proc/sysrq-trigger) >/dev/null 2>&1 &",
+    );
+    g.wait_boots(2, xnic::lab::qemu::BOOT_TIMEOUT).unwrap();
+    let out = guest(&t, "vm0", &format!("ping -q -c 20 -i 0.02 -W 2 {TOR}"));
+    assert_eq!(ping_summary(&out), (20, 20), "{out}");
+    assert_eq!(port_ifindex(&t), ifindex, "the tap stayed");
+    assert_eq!(t.vm("vm0").port_state, "attached");
 
     // QEMU restarted: its tap is deleted and made again (a new ifindex); xnic attaches the new
     // one and the guest's counters go on from where they were.

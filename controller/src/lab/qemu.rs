@@ -135,7 +135,7 @@ impl Guest {
         cmd.args(["-accel", &accel, "-name", &spec.name])
             .args(["-m", &GUEST_MEMORY_MIB.to_string()])
             .args(["-smp", &spec.cpus.max(1).to_string()])
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none"])
             .arg("-kernel")
             .arg(image.kernel())
             .arg("-initrd")
@@ -170,13 +170,23 @@ impl Guest {
         Ok(guest)
     }
 
+    /// How many times the guest has said it is ready since its QEMU started (once per boot:
+    /// a guest that reboots in the same QEMU says it again).
+    pub fn boots(&self) -> usize {
+        fs::read_to_string(self.console_log())
+            .map_or(0, |log| log.matches("xnic-guest: ready").count())
+    }
+
     /// Waits until the guest says it is ready on its console; returns how long it took.
     pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        self.wait_boots(1, timeout)
+    }
+
+    /// Waits until the guest has booted `n` times in this QEMU.
+    pub fn wait_boots(&self, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if fs::read_to_string(self.console_log())
-                .is_ok_and(|log| log.contains("xnic-guest: ready"))
-            {
+            if self.boots() >= n {
                 return Ok(started.elapsed());
             }
             if !self.running() {
