@@ -91,7 +91,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("namespaces: {}", lab.namespaces().join(", "));
 
     let mut daemon = None;
-    let result = demo(&lab, &config_path, &stop, deadline, &mut daemon);
+    let result = if lab.has_guests() {
+        guest_demo(&lab, &config_path, &stop, deadline, &mut daemon)
+    } else {
+        demo(&lab, &config_path, &stop, deadline, &mut daemon)
+    };
     // Ctrl-C reaches ping, iperf3 and trafgen too: whatever it cut short is not a failure.
     let result = if stop.load(Ordering::Relaxed) {
         Ok(())
@@ -242,6 +246,173 @@ fn demo(
             }
         }
         for _ in 0..20 {
+            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// The demo with real guests: traffic from inside them (ping, iperf3) through xnic on their
+/// taps, a failover and a daemon crash under a guest's stream, a QEMU restart.
+fn guest_demo(
+    lab: &Lab,
+    config_path: &std::path::Path,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+    running: &mut Option<DaemonProcess>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the xnic executable")?;
+    let instance = lab.config().instance.clone();
+    let client = Client::new(&instance);
+    let start = || {
+        DaemonProcess::start(
+            &exe,
+            config_path,
+            &instance,
+            Some(DAEMON_PREFIX),
+            READY_TIMEOUT,
+        )
+    };
+    let vms: Vec<String> = lab.config().vms.iter().map(|v| v.name.clone()).collect();
+    let (tor_ns, tor) = lab.endpoint("tor")?;
+    let exec = |vm: &str, script: &str| -> anyhow::Result<String> {
+        println!("{vm}$ {script}");
+        let (status, out) = lab.guest(vm)?.exec(script, Duration::from_secs(120))?;
+        let summary: Vec<&str> = out
+            .lines()
+            .filter(|l| {
+                l.contains("packets transmitted") || l.contains("sender") || l.contains("receiver")
+            })
+            .collect();
+        for l in &summary {
+            println!("  {}", l.trim());
+        }
+        if status != 0 && summary.is_empty() {
+            print!("{out}");
+        }
+        Ok(out)
+    };
+
+    heading("starting the daemon (the VMs are QEMU guests on tap devices)");
+    *running = Some(start()?);
+    let status: StatusView = block_on(client.get("/v1/status"))?;
+    print!("{}", table::status(&status));
+
+    heading("traffic from inside the guests: ping to the tor and to each other, iperf3 vm0 → tor");
+    for (i, vm) in vms.iter().enumerate() {
+        exec(vm, &format!("ping -q -c 20 -i 0.02 -W 2 {tor}"))?;
+        if let Some(next) = vms.get((i + 1) % vms.len()).filter(|n| *n != vm) {
+            let (_, addr) = lab.endpoint(next)?;
+            exec(vm, &format!("ping -q -c 10 -i 0.02 -W 2 {addr}"))?;
+        }
+    }
+    if let Some(vm0) = vms.first() {
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &tor_ns, "iperf3", "-s", "-1", "-B"])
+            .arg(tor.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        exec(vm0, &format!("iperf3 -c {tor} -t 3"))?;
+        let mut server = server;
+        let _ = server.wait();
+        println!("(the guests run under TCG emulation: their throughput is the emulator's)");
+    }
+    let stats: StatsView = block_on(client.get("/v1/stats"))?;
+    print!("{}", table::stats(&stats));
+
+    let background =
+        |vm: &str| -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<(i32, String)>>> {
+            let g = lab.guest(vm)?;
+            let script = format!("ping -q -c 200 -i 0.02 -W 2 {tor}");
+            println!("{vm}$ {script}   (in the background)");
+            Ok(std::thread::spawn(move || {
+                g.exec(&script, Duration::from_secs(120))
+            }))
+        };
+    let report = |h: std::thread::JoinHandle<anyhow::Result<(i32, String)>>| -> anyhow::Result<()> {
+        let (_, out) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("the guest's command panicked"))??;
+        for l in out.lines().filter(|l| l.contains("packets transmitted")) {
+            println!("  {}", l.trim());
+        }
+        Ok(())
+    };
+
+    if let (Some(team), Some(vm0)) = (lab.config().teams.first(), vms.first())
+        && team.uplinks.len() > 1
+    {
+        let uplink = &team.uplinks[0];
+        heading(&format!(
+            "team: {uplink} loses its carrier while {vm0} pings the tor 50 times a second"
+        ));
+        let h = background(vm0)?;
+        std::thread::sleep(Duration::from_secs(1));
+        set_carrier(lab, uplink, "down")?;
+        std::thread::sleep(Duration::from_secs(1));
+        let status: TeamStatusView = block_on(client.get("/v1/team"))?;
+        print!("{}", table::team_status(&status));
+        set_carrier(lab, uplink, "up")?;
+        report(h)?;
+        let events: Vec<TeamEvent> = block_on(client.get("/v1/team/events"))?;
+        print!("{}", table::team_events(&events, true));
+    }
+
+    if let Some(vm0) = vms.first() {
+        heading(&format!(
+            "crash test: SIGKILL the daemon while {vm0} pings, start a new one"
+        ));
+        let h = background(vm0)?;
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(d) = running.take() {
+            println!("kill -9 {}", d.pid());
+            d.kill()?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        *running = Some(start()?);
+        report(h)?;
+    }
+
+    if let Some(last) = vms.last() {
+        heading(&format!(
+            "{last}'s QEMU restarts: its tap is deleted and made again (a new ifindex)"
+        ));
+        let before: VmView = block_on(client.get(&format!("/v1/vms/{last}")))?;
+        let started = Instant::now();
+        lab.unplug(last)?;
+        lab.plug(last)?;
+        println!(
+            "{last} booted again in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let mut back: VmView = block_on(client.get(&format!("/v1/vms/{last}")))?;
+        while back.port_state != "attached" && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+            back = block_on(client.get(&format!("/v1/vms/{last}")))?;
+        }
+        println!(
+            "its port is {} in slot {} (slot {} before), counters from {} frames on",
+            back.port_state, back.slot, before.slot, before.counters.from_vm.packets
+        );
+        exec(last, &format!("ping -q -c 20 -i 0.02 -W 2 {tor}"))?;
+    }
+
+    heading("steady traffic from the guests (Ctrl-C to stop)");
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        for vm in &vms {
+            let _ = lab.guest(vm)?.exec(
+                &format!("ping -q -c 10 -i 0.05 -W 1 {tor}"),
+                Duration::from_secs(30),
+            );
+        }
+        let vms: Vec<VmView> = block_on(client.get("/v1/vms"))?;
+        print!("{}", table::vms(&vms));
+        for _ in 0..10 {
             if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }

@@ -229,8 +229,9 @@ impl Guest {
             writeln!(writer, "echo {sync}")?;
             loop {
                 match self.read_line(&mut reader, &mut pending, deadline, script)? {
-                    // (An image whose shell prompts puts its prompt in front.)
-                    Some(line) if line.ends_with(&sync) => break 'synced,
+                    // Exactly the marker: a terminal that still echoes (the guest had not
+                    // set its port up yet) shows the command `echo ...` instead.
+                    Some(line) if line == sync => break 'synced,
                     Some(_) => {}
                     None => break,
                 }
@@ -244,13 +245,15 @@ impl Guest {
             let Some(line) = self.read_line(&mut reader, &mut pending, deadline, script)? else {
                 continue;
             };
-            if let Some(at) = line.find(&done) {
+            // The marker and a status; output without a final newline comes before it.
+            if let Some(at) = line.find(&done)
+                && let Ok(status) = line[at + done.len()..].trim().parse::<i32>()
+            {
                 output.push_str(&line[..at]);
-                let status = line[at + done.len()..].trim();
-                return Ok((status.parse().unwrap_or(-1), output));
+                return Ok((status, output));
             }
             // Answers to repeated sync requests.
-            if line.ends_with(&sync) {
+            if line == sync {
                 continue;
             }
             output.push_str(&line);
