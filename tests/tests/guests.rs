@@ -4,7 +4,15 @@
 
 use std::time::Duration;
 
-use xnic::{api::types::TeamStatusView, cli::block_on, config::default_lab_toml, lab::tor_port};
+use xnic::{
+    api::types::{RssBucketView, RssStatusView, TeamStatusView},
+    cli::block_on,
+    config::default_lab_toml,
+    lab::{
+        tor_port,
+        traffic::{UdpStream, send_udp},
+    },
+};
 use xnic_tests::{TestLab, eventually, reason_count, unique_name};
 
 const TOR: &str = "10.77.0.1";
@@ -22,6 +30,10 @@ fn guest(t: &TestLab, vm: &str, script: &str) -> String {
     out
 }
 
+fn buckets(t: &TestLab) -> Vec<RssBucketView> {
+    block_on(t.client().get("/v1/rss/engines/shared-a/buckets")).unwrap()
+}
+
 /// What ping's summary says: (transmitted, received).
 fn ping_summary(out: &str) -> (u64, u64) {
     let line = out
@@ -37,7 +49,21 @@ fn ping_summary(out: &str) -> (u64, u64) {
 
 #[test]
 fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
-    let mut t = TestLab::with_guests(&default_lab_toml(&unique_name(), &unique_name(), 2, false));
+    // vm0 in the shared engine over both CPUs: its guest gets two vCPUs and a two-queue
+    // NIC on a multiqueue tap.
+    // No bucket rebalancing, so each bucket stays on the CPU its table names.
+    let text = default_lab_toml(&unique_name(), &unique_name(), 2, false)
+        .replacen(
+            "name = \"vm0\"\n",
+            "name = \"vm0\"\nrss = \"shared-a\"\n",
+            1,
+        )
+        .replacen(
+            "[rss.policy]\n",
+            "[rss.policy]\nrebalance_above = 1e9\nrebalance_to = 1e8\n",
+            1,
+        );
+    let mut t = TestLab::with_guests(&text);
     t.start_daemon();
     let status = t.status();
     assert!(
@@ -57,6 +83,51 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
     // Guest to guest, switched by xnic between their taps.
     let out = guest(&t, "vm1", "ping -q -c 20 -i 0.02 -W 2 10.77.0.10");
     assert_eq!(ping_summary(&out), (20, 20), "{out}");
+
+    // RSS: frames for vm0 from many flows are steered to the CPUs its engine's table names,
+    // each counted in exactly one bucket; its NIC has the engine's two queues.
+    let out = guest(&t, "vm0", "ls /sys/class/net/*/queues/");
+    assert!(out.contains("rx-1") && out.contains("tx-1"), "{out}");
+    let rss: RssStatusView = block_on(t.client().get("/v1/rss")).unwrap();
+    let engine = rss.engines.iter().find(|e| e.name == "shared-a").unwrap();
+    let before: u64 = buckets(&t)
+        .iter()
+        .flat_map(|b| b.frames_per_cpu.clone())
+        .sum();
+    let sent = send_udp(
+        Some(&t.lab.tor_ns()),
+        UdpStream {
+            dst: "10.77.0.10:9000".parse().unwrap(),
+            flows: 32,
+            pps: 2000,
+            duration: Duration::from_millis(1500),
+            payload: 64,
+            zipf: None,
+        },
+    )
+    .unwrap();
+    let after = buckets(&t);
+    let total: u64 = after.iter().flat_map(|b| b.frames_per_cpu.clone()).sum();
+    assert_eq!(
+        total - before,
+        sent.sent,
+        "every frame in exactly one bucket"
+    );
+    let mut cpus_used = std::collections::BTreeSet::new();
+    for b in &after {
+        for (cpu, frames) in b.frames_per_cpu.iter().enumerate() {
+            if *frames > 0 {
+                assert_eq!(cpu as u32, b.cpu, "bucket {} ran on CPU {cpu}", b.bucket);
+                assert!(engine.cpus.contains(&(cpu as u32)));
+                cpus_used.insert(cpu);
+            }
+        }
+    }
+    assert_eq!(
+        cpus_used.len(),
+        engine.cpus.len(),
+        "32 flows on every CPU of the engine"
+    );
 
     // A spoofed source MAC from inside a guest: every frame dropped and counted.
     let spoofed_before = reason_count(&t.stats(), "vm1", "spoofed_mac").packets;
