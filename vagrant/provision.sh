@@ -17,6 +17,13 @@ cd /xnic
 cargo xtask setup
 cargo build --release --package xnic
 install -m 0755 target/release/xnic /usr/local/bin/xnic
+# The lab's guest image, the same step `cargo xtask test` runs (cached in /var/cache/xnic).
+xnic lab image
+# Guests in this VM are guests in a guest: KVM when the host offers nested virtualization
+# (and it works: guests that hang after the BIOS mean it does not), TCG otherwise.
+if [ -c /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then
+    echo "nested KVM found: try \`XNIC_GUEST_ACCEL=kvm xnic lab up --vms qemu\`; TCG is the default"
+fi
 
 # The lab, described by the built-in configuration.
 mkdir -p /etc/xnic
@@ -59,3 +66,5 @@ sleep 2
 xnic status
 xnic lab traffic --config /etc/xnic/lab.toml
 xnic stats
+echo "real guests: sudo xnic lab demo --vms qemu --duration 60 (after stopping xnic-lab.service)"
+
