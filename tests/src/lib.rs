@@ -175,7 +175,9 @@ impl TestLab {
                 "no guest image in {}: run `cargo xtask guest-image`",
                 image.dir.display()
             );
-            Lab::with_guests(config, image).expect("lab config")
+            let mut lab = Lab::with_guests(config, image).expect("lab config");
+            lab.set_tools_binary(xnic_bin());
+            lab
         } else {
             Lab::new(config).expect("lab config")
         };

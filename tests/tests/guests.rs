@@ -10,7 +10,7 @@ use xnic::{
     config::default_lab_toml,
     lab::{
         tor_port,
-        traffic::{UdpStream, send_udp},
+        traffic::{Receiver, SendReport, UdpStream, send_udp},
     },
 };
 use xnic_tests::{TestLab, eventually, reason_count, unique_name};
@@ -80,6 +80,24 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
     assert_eq!(after.from_vm.packets - before.from_vm.packets, 50);
     assert_eq!(after.to_vm.packets - before.to_vm.packets, 50);
     assert_eq!(after.from_vm.bytes - before.from_vm.bytes, 50 * 98);
+    // The lab's own sequence-numbered UDP, sent from inside the guest (its tools disk) to
+    // the tor's receiver: every datagram arrives, in order.
+    let rx = Receiver::start(Some(&t.lab.tor_ns()), "10.77.0.1:9000".parse().unwrap()).unwrap();
+    let out = guest(
+        &t,
+        "vm0",
+        "/opt/xnic/xnic lab send-udp --dst 10.77.0.1:9000 --pps 2000 --secs 2 --flows 4",
+    );
+    let sent: SendReport = serde_json::from_str(out.trim()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let got = rx.stop().unwrap();
+    assert_eq!(sent.sent, 4000, "{sent:?}");
+    assert_eq!(
+        (got.received, got.reordered, got.gaps),
+        (4000, 0, 0),
+        "{got:?}"
+    );
+
     // Guest to guest, switched by xnic between their taps.
     let out = guest(&t, "vm1", "ping -q -c 20 -i 0.02 -W 2 10.77.0.10");
     assert_eq!(ping_summary(&out), (20, 20), "{out}");

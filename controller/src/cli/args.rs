@@ -441,10 +441,39 @@ pub enum LabCommand {
     /// Run a command in a VM: in its namespace, or in its guest's shell (over its control
     /// port), and exit with its status.
     Exec(ExecArgs),
+    /// Send sequence-numbered UDP flows from here (what the lab's VMs send; guests run it
+    /// from their tools disk) and print the sender's report as JSON.
+    #[command(hide = true)]
+    SendUdp(SendUdpArgs),
+    /// Receive the lab's UDP flows here for a while and print the receiver's report as JSON.
+    #[command(hide = true)]
+    RecvUdp(RecvUdpArgs),
     /// The whole demo: lab up, daemon, traffic, what xnic sees; then everything removed.
     Demo(DemoArgs),
     /// Print the built-in lab configuration (a starting point for your own).
     Config,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SendUdpArgs {
+    #[arg(long)]
+    pub dst: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    pub pps: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub secs: f64,
+    #[arg(long, default_value_t = 1)]
+    pub flows: u32,
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RecvUdpArgs {
+    #[arg(long)]
+    pub bind: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1.0)]
+    pub secs: f64,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{
-    args::{ExecArgs, ImageArgs, LabConfigArg, LabVms, TrafficArgs},
+    args::{ExecArgs, ImageArgs, LabConfigArg, LabVms, RecvUdpArgs, SendUdpArgs, TrafficArgs},
     down, running_instances,
 };
 use crate::{
@@ -78,6 +78,29 @@ fn shell_quote(arg: &str) -> String {
     } else {
         format!("'{}'", arg.replace('\'', "'\\''"))
     }
+}
+
+pub fn send_udp_here(args: &SendUdpArgs) -> anyhow::Result<()> {
+    let report = send_udp(
+        None,
+        UdpStream {
+            dst: args.dst,
+            flows: args.flows,
+            pps: args.pps,
+            duration: std::time::Duration::from_secs_f64(args.secs),
+            payload: args.payload,
+            zipf: None,
+        },
+    )?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+pub fn recv_udp_here(args: &RecvUdpArgs) -> anyhow::Result<()> {
+    let rx = Receiver::start(None, args.bind)?;
+    std::thread::sleep(std::time::Duration::from_secs_f64(args.secs));
+    println!("{}", serde_json::to_string(&rx.stop()?)?);
+    Ok(())
 }
 
 pub fn image(args: &ImageArgs) -> anyhow::Result<()> {

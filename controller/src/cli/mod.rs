@@ -71,6 +71,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Down(a) => down::run(&a),
         Command::Lab(LabCommand::Image(a)) => lab::image(&a),
         Command::Lab(LabCommand::Exec(a)) => lab::exec(&a),
+        Command::Lab(LabCommand::SendUdp(a)) => lab::send_udp_here(&a),
+        Command::Lab(LabCommand::RecvUdp(a)) => lab::recv_udp_here(&a),
         Command::Lab(LabCommand::Up(a)) => lab::up(&a),
         Command::Lab(LabCommand::Down(a)) => lab::down(&a),
         Command::Lab(LabCommand::Traffic(a)) => lab::traffic(&a),

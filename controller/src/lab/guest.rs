@@ -28,6 +28,10 @@ pub const DEFAULT_DIR: &str = "/var/cache/xnic/guest";
 /// The Debian release of the guests (the host's, so binaries built here run there).
 const SUITE: &str = "bookworm";
 
+/// Directories the image has beyond what its packages make: the root is mounted read-only,
+/// so mount points must exist in it.
+const DIRS: &[&str] = &["opt/xnic"];
+
 /// What the guests carry: the kernel, the tools the lab's traffic needs, nothing else.
 const PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
@@ -65,6 +69,8 @@ for ip in $(echo "$IPS" | tr ',' ' '); do ip addr add "$ip" dev "$DEV" nodad 2>/
 for n in $(echo "$NEIGH" | tr ',' ' '); do ip neigh replace "${n%%=*}" lladdr "${n#*=}" dev "$DEV" nud permanent; done
 # Full checksums on what the guest sends, as the lab's namespaces do.
 ethtool -K "$DEV" tx off tso off gso off >/dev/null 2>&1
+# The lab's tools (the xnic binary for its traffic), when the host attached them.
+if [ -b /dev/vdb ]; then mount -o ro /dev/vdb /opt/xnic; fi
 echo "xnic-guest: ready $NAME $DEV $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 # The control port is a line to a program, not a terminal: no echo, no line editing.
 stty -F /dev/ttyS1 raw -echo
@@ -107,8 +113,9 @@ impl GuestImage {
 /// The recipe: everything the image is made from, so a change of any of it rebuilds it.
 fn recipe() -> String {
     format!(
-        "suite {SUITE}\nvariant apt\npackages {}\ninit:\n{INIT}",
-        PACKAGES.join(",")
+        "suite {SUITE}\nvariant apt\npackages {}\ndirs {}\ninit:\n{INIT}",
+        PACKAGES.join(","),
+        DIRS.join(",")
     )
 }
 
@@ -211,6 +218,9 @@ fn build_in(work: &Path) -> anyhow::Result<()> {
     };
     fs::copy(find("vmlinuz-")?, out.join("vmlinuz"))?;
     fs::copy(find("initrd.img-")?, out.join("initrd.img"))?;
+    for dir in DIRS {
+        fs::create_dir_all(root.join(dir))?;
+    }
     let init = root.join("sbin/xnic-guest-init");
     fs::write(&init, INIT)?;
     {
@@ -230,6 +240,39 @@ fn build_in(work: &Path) -> anyhow::Result<()> {
     )?;
     fs::write(out.join("recipe.txt"), recipe())?;
     Ok(())
+}
+
+/// A small read-only disk with the running xnic binary, for guests to run the lab's traffic
+/// tools from (`/opt/xnic/xnic` inside; the guests run the host's Debian release, so its
+/// libraries are there). `exe` is that binary; written to `path`.
+pub fn tools_disk(path: &Path, exe: &Path) -> anyhow::Result<()> {
+    let staging = path.with_extension("d");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+    // Without its debug information a debug build is a tenth of its size.
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(staging.join("xnic"))
+        .arg(exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(exe, staging.join("xnic"))
+            .with_context(|| format!("cannot copy {}", exe.display()))?;
+    }
+    let size_mib = dir_size(&staging)? / (1 << 20) + 16;
+    let _ = fs::remove_file(path);
+    let result = run(
+        Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-L", "xnic-tools", "-d"])
+            .arg(&staging)
+            .arg(path)
+            .arg(format!("{size_mib}M")),
+        "mke2fs",
+    );
+    let _ = fs::remove_dir_all(&staging);
+    result
 }
 
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {

@@ -48,6 +48,8 @@ pub struct Lab {
     lab: LabConfig,
     /// With real guests: the image they boot (else every VM is a namespace).
     guests: Option<guest::GuestImage>,
+    /// The xnic binary the guests get on their tools disk (default: this one).
+    tools_exe: Option<std::path::PathBuf>,
 }
 
 /// Where a lab's guests keep their pid files, consoles and control ports.
@@ -62,6 +64,7 @@ impl Lab {
             config,
             lab,
             guests: None,
+            tools_exe: None,
         })
     }
 
@@ -73,6 +76,12 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The xnic binary guests run the lab's traffic tools from (when this process is not
+    /// xnic itself, say a test).
+    pub fn set_tools_binary(&mut self, exe: std::path::PathBuf) {
+        self.tools_exe = Some(exe);
+    }
+
     /// Whether the VMs are real guests.
     pub fn has_guests(&self) -> bool {
         self.guests.is_some()
@@ -81,6 +90,20 @@ impl Lab {
     /// The run directory of this lab's guests.
     pub fn guest_dir(&self) -> std::path::PathBuf {
         std::path::Path::new(GUEST_RUN_DIR).join(&self.lab.prefix)
+    }
+
+    /// The guests' tools disk, written once per lab.
+    fn tools_disk(&self) -> anyhow::Result<std::path::PathBuf> {
+        let path = self.guest_dir().join("tools.ext4");
+        if !path.exists() {
+            std::fs::create_dir_all(self.guest_dir())?;
+            let exe = match &self.tools_exe {
+                Some(e) => e.clone(),
+                None => std::env::current_exe().context("cannot find the xnic executable")?,
+            };
+            guest::tools_disk(&path, &exe)?;
+        }
+        Ok(path)
     }
 
     /// VM `name`'s guest.
@@ -391,6 +414,7 @@ impl Lab {
             queues,
             cpus: queues,
             ipv6: self.lab.ipv6,
+            tools: Some(self.tools_disk()?),
         };
         qemu::Guest::start(&self.guest_dir(), host, image, &spec)?;
         Ok(())

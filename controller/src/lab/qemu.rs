@@ -47,6 +47,8 @@ pub struct GuestSpec {
     /// NIC queue pairs (a multiqueue tap when more than one).
     pub queues: u32,
     pub cpus: u32,
+    /// A read-only disk for the guest's `/opt/xnic` ([`super::guest::tools_disk`]).
+    pub tools: Option<PathBuf>,
     /// Without IPv6 the guest's kernel has none at all, so it sends nothing unasked (no
     /// router solicitations or MLD reports), as the lab's namespaces with `ipv6 = false`.
     pub ipv6: bool,
@@ -146,8 +148,14 @@ impl Guest {
                 "file={},if=virtio,format=raw,snapshot=on",
                 image.root().display()
             ))
-            .args(["-netdev", &netdev, "-device", &nic])
-            .arg("-serial")
+            .args(["-netdev", &netdev, "-device", &nic]);
+        if let Some(tools) = &spec.tools {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                tools.display()
+            ));
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", guest.console_log().display()))
             .arg("-chardev")
             .arg(format!(
