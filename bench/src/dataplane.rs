@@ -362,6 +362,96 @@ impl Bench {
 
 const TAP_NAME: &str = "xtap0";
 
+/// How long the guest's iperf3 runs, seconds.
+const GUEST_IPERF_SECS: u32 = 3;
+
+/// From a real guest (QEMU, TCG here): exact counts through xnic, and the guest's own iperf3
+/// figure through xnic against the kernel's bridge without xnic. Informative only: under TCG
+/// the emulator, not the path, limits the guest.
+fn guest_rows(report: &mut Report) -> anyhow::Result<()> {
+    use xnic::{api::client::Client, api::types::VmView, cli::block_on};
+    let id = std::process::id();
+    let instance = format!("xbenchg{id}");
+    let text = xnic::config::default_lab_toml(&instance, &format!("xbg{id}"), 1, false);
+    eprintln!("guest: booting one QEMU guest");
+    // Built in another thread: the lab enters namespaces, and this one lives in the veth
+    // pair's.
+    let live = std::thread::spawn(move || crate::live::LiveLab::up_with_guests(&instance, &text))
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the guest lab panicked"))??;
+    let g = live.lab.guest("vm0")?;
+    let (tor_ns, tor) = live.lab.endpoint("tor")?;
+    let iperf = |label: &str| -> anyhow::Result<f64> {
+        let (status, out) = g.exec(
+            &format!("iperf3 -c {tor} -t {GUEST_IPERF_SECS} -J"),
+            Duration::from_secs(60),
+        )?;
+        if status != 0 {
+            bail!("the guest's iperf3 failed ({label}): {out}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("no receiver figure in iperf3's report")?;
+        eprintln!("  guest iperf3, {label}: {:.0} Mbit/s", bps / 1e6);
+        Ok(bps / 1e6)
+    };
+    let server = || {
+        Command::new("ip")
+            .args(["netns", "exec", &tor_ns, "iperf3", "-s", "-1", "-B"])
+            .arg(tor.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+
+    let daemon = live.start_daemon()?;
+    let client = Client::new(&live.instance);
+    let before: VmView = block_on(client.get("/v1/vms/vm0"))?;
+    let (_, out) = g.exec(
+        &format!("ping -q -c 100 -i 0.01 -W 2 {tor}"),
+        Duration::from_secs(60),
+    )?;
+    let after: VmView = block_on(client.get("/v1/vms/vm0"))?;
+    let summary = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("no summary")
+        .trim()
+        .to_string();
+    let (from, to) = (
+        after.counters.from_vm.packets - before.counters.from_vm.packets,
+        after.counters.to_vm.packets - before.counters.to_vm.packets,
+    );
+    eprintln!("  guest ping: {summary}; xnic counted {from} from the VM, {to} to it");
+    let mut srv = server()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let with_xnic = iperf("through xnic");
+    let _ = srv.wait();
+    live.stop_dataplane(daemon)?;
+    let with_xnic = with_xnic?;
+
+    live.bridge_uplink("up0", true)?;
+    let mut srv = server()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel = iperf("kernel bridge, no xnic");
+    let _ = srv.wait();
+    live.bridge_uplink("up0", false)?;
+    let kernel = kernel?;
+    report.add(
+        "guest TCP goodput (informative: TCG emulation limits the guest)",
+        &format!("one QEMU guest on a tap, virtio-net without vhost, iperf3 {GUEST_IPERF_SECS} s to the tor"),
+        "Mbit/s",
+        Better::Higher,
+        with_xnic,
+        &[("kernel bridge, no xnic", kernel)],
+    );
+    report.notes.push(format!(
+        "Guest: exact counts through xnic: ping in the guest says \"{summary}\"; xnic counted {from} frames from the VM and {to} to it."
+    ));
+    Ok(())
+}
+
 fn frames(dut_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     // (shape, frame the uplink program sees (to the VM), frame the VM-port program sees (from
     // the VM)); both are looked up, counted and passed.
@@ -548,6 +638,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     report.notes.push(format!(
         "Tap: one writer opens a tap as QEMU does (non-blocking, virtio-net header, no vhost) and writes 64-byte frames for {secs} s per scenario, {rounds} interleaved rounds, median reported; native XDP on a tap runs inside the write, so the writer's rate is what the program sustains. Without XDP the writer only queues frames for the stack."
     ));
+
+    guest_rows(&mut report)?;
 
     eprintln!("per packet: BPF_PROG_TEST_RUN × {TEST_RUN_REPEAT}");
     for (shape, to_vm, from_vm) in frames(parse_mac(&dut_mac)?) {

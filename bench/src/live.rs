@@ -38,6 +38,24 @@ impl LiveLab {
         Ok(live)
     }
 
+    /// The same lab with a QEMU guest per VM (the guest image is built first if missing).
+    pub fn up_with_guests(instance: &str, text: &str) -> anyhow::Result<LiveLab> {
+        let config_path = config_file(instance, "bench");
+        std::fs::create_dir_all(xnic::RUN_DIR)?;
+        std::fs::write(&config_path, text)?;
+        let config = xnic::config::load(&config_path)?;
+        let image = xnic::lab::guest::ensure(std::path::Path::new(xnic::lab::guest::DEFAULT_DIR))?;
+        let mut lab = Lab::with_guests(config, image)?;
+        lab.set_tools_binary(xnic_bin()?);
+        let live = LiveLab {
+            lab,
+            config_path,
+            instance: instance.to_string(),
+        };
+        live.lab.up()?;
+        Ok(live)
+    }
+
     /// Starts the daemon on the lab's configuration and waits until it answers.
     pub fn start_daemon(&self) -> anyhow::Result<DaemonProcess> {
         start_daemon(&self.instance, &self.config_path)
