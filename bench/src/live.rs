@@ -25,28 +25,27 @@ pub struct LiveLab {
 impl LiveLab {
     /// Writes `text` as instance `instance`'s benchmark configuration and builds its lab.
     pub fn up(instance: &str, text: &str) -> anyhow::Result<LiveLab> {
-        let config_path = config_file(instance, "bench");
-        std::fs::create_dir_all(xnic::RUN_DIR)?;
-        std::fs::write(&config_path, text)?;
-        let config = xnic::config::load(&config_path)?;
-        let live = LiveLab {
-            lab: Lab::new(config)?,
-            config_path,
-            instance: instance.to_string(),
-        };
-        live.lab.up()?;
-        Ok(live)
+        Self::build(instance, text, false)
     }
 
     /// The same lab with a QEMU guest per VM (the guest image is built first if missing).
     pub fn up_with_guests(instance: &str, text: &str) -> anyhow::Result<LiveLab> {
+        Self::build(instance, text, true)
+    }
+
+    fn build(instance: &str, text: &str, guests: bool) -> anyhow::Result<LiveLab> {
         let config_path = config_file(instance, "bench");
         std::fs::create_dir_all(xnic::RUN_DIR)?;
         std::fs::write(&config_path, text)?;
         let config = xnic::config::load(&config_path)?;
-        let image = xnic::lab::guest::ensure(std::path::Path::new(xnic::lab::guest::DEFAULT_DIR))?;
-        let mut lab = Lab::with_guests(config, image)?;
-        lab.set_tools_binary(xnic_bin()?);
+        let lab = if guests {
+            let image = xnic::lab::guest::ensure(Path::new(xnic::lab::guest::DEFAULT_DIR))?;
+            let mut lab = Lab::with_guests(config, image)?;
+            lab.set_tools_binary(xnic_bin()?);
+            lab
+        } else {
+            Lab::new(config)?
+        };
         let live = LiveLab {
             lab,
             config_path,

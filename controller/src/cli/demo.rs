@@ -127,6 +127,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     result.and(cleanup)
 }
 
+/// Starts this xnic's daemon on the lab's configuration, its log lines prefixed.
+fn start_daemon(lab: &Lab, config_path: &std::path::Path) -> anyhow::Result<DaemonProcess> {
+    let exe = std::env::current_exe().context("cannot find the xnic executable")?;
+    DaemonProcess::start(
+        &exe,
+        config_path,
+        &lab.config().instance,
+        Some(DAEMON_PREFIX),
+        READY_TIMEOUT,
+    )
+}
+
 fn demo(
     lab: &Lab,
     config_path: &std::path::Path,
@@ -134,18 +146,9 @@ fn demo(
     deadline: Option<Instant>,
     running: &mut Option<DaemonProcess>,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the xnic executable")?;
     let instance = lab.config().instance.clone();
     let client = Client::new(&instance);
-    let start = || {
-        DaemonProcess::start(
-            &exe,
-            config_path,
-            &instance,
-            Some(DAEMON_PREFIX),
-            READY_TIMEOUT,
-        )
-    };
+    let start = || start_daemon(lab, config_path);
 
     heading("starting the daemon");
     *running = Some(start()?);
@@ -264,18 +267,9 @@ fn guest_demo(
     deadline: Option<Instant>,
     running: &mut Option<DaemonProcess>,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the xnic executable")?;
     let instance = lab.config().instance.clone();
     let client = Client::new(&instance);
-    let start = || {
-        DaemonProcess::start(
-            &exe,
-            config_path,
-            &instance,
-            Some(DAEMON_PREFIX),
-            READY_TIMEOUT,
-        )
-    };
+    let start = || start_daemon(lab, config_path);
     let vms: Vec<String> = lab.config().vms.iter().map(|v| v.name.clone()).collect();
     let (tor_ns, tor) = lab.endpoint("tor")?;
     let exec = |vm: &str, script: &str| -> anyhow::Result<String> {

@@ -352,12 +352,17 @@ impl Lab {
             }
             add_addr(&ns, VM_IFNAME, &net)?;
         }
+        self.on_host_bridge(&vm.port)
+    }
+
+    /// Puts VM port `port` on the host's bridge and brings it up.
+    fn on_host_bridge(&self, port: &str) -> anyhow::Result<()> {
         ip(&[
             "-n",
-            host,
+            self.host_ns(),
             "link",
             "set",
-            &vm.port,
+            port,
             "master",
             HOST_BRIDGE,
             "up",
@@ -378,16 +383,7 @@ impl Lab {
             add.push("multi_queue");
         }
         ip(&add)?;
-        ip(&[
-            "-n",
-            host,
-            "link",
-            "set",
-            &vm.port,
-            "master",
-            HOST_BRIDGE,
-            "up",
-        ])?;
+        self.on_host_bridge(&vm.port)?;
         let mac = vm
             .mac_addrs()
             .first()
