@@ -6,6 +6,7 @@
 
 #[macro_use]
 mod counters;
+pub mod csum;
 pub mod ctx;
 pub mod frame;
 pub mod hash;
