@@ -30,6 +30,13 @@ fn guest(t: &TestLab, vm: &str, script: &str) -> String {
     out
 }
 
+/// Runs `script` in `vm`'s guest from another thread; join for its status and output.
+fn in_background(t: &TestLab, vm: &str, script: &str) -> std::thread::JoinHandle<(i32, String)> {
+    let g = t.lab.guest(vm).unwrap();
+    let script = script.to_string();
+    std::thread::spawn(move || g.exec(&script, EXEC_TIMEOUT).unwrap())
+}
+
 fn buckets(t: &TestLab) -> Vec<RssBucketView> {
     block_on(t.client().get("/v1/rss/engines/shared-a/buckets")).unwrap()
 }
@@ -168,12 +175,7 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
 
     // SIGKILL the daemon while a guest pings, start a new one: nothing lost (the pinned
     // dataplane forwards on its own).
-    let lab_guest = t.lab.guest("vm0").unwrap();
-    let pinger = std::thread::spawn(move || {
-        lab_guest
-            .exec(&format!("ping -q -c 150 -i 0.02 -W 2 {TOR}"), EXEC_TIMEOUT)
-            .unwrap()
-    });
+    let pinger = in_background(&t, "vm0", &format!("ping -q -c 150 -i 0.02 -W 2 {TOR}"));
     std::thread::sleep(Duration::from_millis(800));
     t.take_daemon().kill().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -184,12 +186,7 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
 
     // The active uplink loses its carrier under a guest's stream: the stream moves to the
     // other uplink (a frame or two may go to the dead one first).
-    let lab_guest = t.lab.guest("vm0").unwrap();
-    let pinger = std::thread::spawn(move || {
-        lab_guest
-            .exec(&format!("ping -q -c 150 -i 0.02 -W 2 {TOR}"), EXEC_TIMEOUT)
-            .unwrap()
-    });
+    let pinger = in_background(&t, "vm0", &format!("ping -q -c 150 -i 0.02 -W 2 {TOR}"));
     std::thread::sleep(Duration::from_millis(1000));
     let tor = t.lab.tor_ns();
     let carrier =
@@ -216,12 +213,7 @@ fn real_guests_forward_exactly_and_survive_daemon_and_qemu_restarts() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let lab_guest = t.lab.guest("vm0").unwrap();
-    let client = std::thread::spawn(move || {
-        lab_guest
-            .exec(&format!("iperf3 -c {TOR} -t 4 -i 0"), EXEC_TIMEOUT)
-            .unwrap()
-    });
+    let client = in_background(&t, "vm0", &format!("iperf3 -c {TOR} -t 4 -i 0"));
     std::thread::sleep(Duration::from_millis(1500));
     t.take_daemon().kill().unwrap();
     std::thread::sleep(Duration::from_millis(300));
