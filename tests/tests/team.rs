@@ -728,3 +728,38 @@ fn an_uplink_with_an_operators_own_qdisc_refuses_a_shaped_allocation_and_changes
     .expect("a strict allocation");
     assert_eq!(team_vm(&t, "vm0").allocation_mbps, Some(20.0));
 }
+
+#[test]
+fn xnic_down_after_the_daemon_died_removes_the_shapers_qdiscs() {
+    let mut t = lab(&config(
+        &["name = \"up0\"", "name = \"up1\""],
+        &["bandwidth_mbps = 20.0"],
+        "name = \"t\"\nuplinks = [\"up0\", \"up1\"]",
+    ));
+    let qdiscs = |t: &TestLab, dev: &str| {
+        let out = std::process::Command::new("tc")
+            .args(["-n", t.lab.host_ns(), "qdisc", "show", "dev", dev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        qdiscs(&t, "up0").contains("htb 786e:"),
+        "{}",
+        qdiscs(&t, "up0")
+    );
+    t.take_daemon().kill().unwrap();
+    let out = xnic_tests::xnic(&["down", "--instance", &t.instance]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dev in ["up0", "up1"] {
+        assert!(
+            !qdiscs(&t, dev).contains("786e:"),
+            "{dev}: {}",
+            qdiscs(&t, dev)
+        );
+    }
+}

@@ -66,6 +66,37 @@ pub fn down(instance: &str) -> anyhow::Result<DownView> {
     Ok(view)
 }
 
+/// Removes xnic's HTB roots from the uplinks of `instance`'s kept desired state, in its
+/// network namespace (for an instance whose daemon is gone; a running daemon removes its own).
+fn remove_shaper_roots(instance: &str) -> anyhow::Result<()> {
+    let Some(stored) = Store::new(instance).load()? else {
+        return Ok(());
+    };
+    let uplinks: Vec<String> = stored
+        .config
+        .uplinks
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    let work = move || -> anyhow::Result<()> {
+        let mut tc = dataplane::qdisc::Tc::open()?;
+        let ours = tc.roots()?;
+        for name in &uplinks {
+            if let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str())
+                && ours.contains(&ifindex)
+            {
+                tc.remove_root(ifindex)?;
+            }
+        }
+        Ok(())
+    };
+    match &stored.config.netns {
+        Some(ns) if crate::netns::path(ns).exists() => crate::netns::run_in(ns, work),
+        Some(_) => Ok(()),
+        None => work(),
+    }
+}
+
 fn remove_dataplane(instance: &str) -> anyhow::Result<DownView> {
     let client = Client::new(instance);
     if block_on(client.is_running()) {
@@ -86,6 +117,10 @@ fn remove_dataplane(instance: &str) -> anyhow::Result<DownView> {
     }
     // A daemon that was killed leaves its socket behind.
     let _ = std::fs::remove_file(client.socket());
+    // Its shaper's queues stay on its uplinks too.
+    if let Err(e) = remove_shaper_roots(instance) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot remove the shaper's qdiscs; remove them with `tc qdisc del dev UPLINK root`");
+    }
     let removed = dataplane::teardown(instance)?;
     Ok(DownView {
         links_removed: removed.links,
