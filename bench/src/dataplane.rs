@@ -158,6 +158,15 @@ impl Scenario {
         Scenario::XnicVm,
     ];
 
+    /// The minimal program a baseline scenario runs.
+    fn baseline(self) -> Option<BaselineProgram> {
+        match self {
+            Scenario::XdpPass => Some(BaselineProgram::Pass),
+            Scenario::XdpDrop => Some(BaselineProgram::Drop),
+            _ => None,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Scenario::Kernel => "kernel path (no XDP)",
@@ -204,11 +213,7 @@ impl Bench {
         match scenario {
             Scenario::Kernel => {}
             Scenario::XdpPass | Scenario::XdpDrop => {
-                let p = if scenario == Scenario::XdpPass {
-                    BaselineProgram::Pass
-                } else {
-                    BaselineProgram::Drop
-                };
+                let p = scenario.baseline().expect("a baseline scenario");
                 baseline_link = Some((p, self.baseline.attach(p, self.ifindex)?));
             }
             Scenario::XnicUplink | Scenario::XnicVm => {
@@ -318,11 +323,7 @@ impl Bench {
         let mut baseline_link = None;
         match scenario {
             Scenario::XdpPass | Scenario::XdpDrop => {
-                let p = if scenario == Scenario::XdpPass {
-                    BaselineProgram::Pass
-                } else {
-                    BaselineProgram::Drop
-                };
+                let p = scenario.baseline().expect("a baseline scenario");
                 baseline_link = Some((p, self.baseline.attach(p, tap.ifindex)?));
             }
             Scenario::XnicVm => {

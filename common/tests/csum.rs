@@ -25,17 +25,14 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-#[allow(clippy::too_many_arguments)]
-fn v4(
+/// The transport header and payload on an IP step of the builder.
+fn transport(
+    b: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
     l4: L4,
-    src: [u8; 4],
-    dst: [u8; 4],
     sport: u16,
     dport: u16,
-    ttl: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, ttl);
     let mut out = Vec::new();
     match l4 {
         L4::Tcp => b
@@ -48,18 +45,22 @@ fn v4(
     out
 }
 
+fn v4(
+    l4: L4,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, ttl);
+    transport(b, l4, sport, dport, payload)
+}
+
 fn v6(l4: L4, src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src, dst, 64);
-    let mut out = Vec::new();
-    match l4 {
-        L4::Tcp => b
-            .tcp(sport, dport, 1000, 512)
-            .ack(7)
-            .write(&mut out, payload),
-        L4::Udp => b.udp(sport, dport).write(&mut out, payload),
-    }
-    .unwrap();
-    out
+    transport(b, l4, sport, dport, payload)
 }
 
 fn l4_check_at(l4: L4, l4_off: usize) -> usize {

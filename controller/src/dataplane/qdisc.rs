@@ -31,7 +31,6 @@ pub struct ClassStats {
     pub bytes: u64,
     pub packets: u32,
     pub drops: u32,
-    pub overlimits: u32,
     pub backlog_bytes: u32,
 }
 
@@ -301,15 +300,19 @@ impl Tc {
             Some((kind, handle)) if kind == "htb" && handle == root_handle() => {}
             _ => return Ok(()),
         }
-        match self.request(
+        self.delete(
             RTM_DELQDISC,
-            0,
             Self::header(ifindex, root_handle(), TC_H_ROOT),
-            vec![],
-        ) {
+            "the shaper's HTB qdisc",
+        )
+    }
+
+    /// Deletes what `header` names; one already gone is fine.
+    fn delete(&mut self, message_type: u16, header: TcHeader, what: &str) -> anyhow::Result<()> {
+        match self.request(message_type, 0, header, vec![]) {
             Ok(_) => Ok(()),
             Err(e) if gone(&e) => Ok(()),
-            Err(e) => Err(e).context("cannot remove the shaper's HTB qdisc"),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {what}")),
         }
     }
 
@@ -368,16 +371,11 @@ impl Tc {
     }
 
     pub fn remove_class(&mut self, ifindex: u32, vm_slot: u32) -> anyhow::Result<()> {
-        match self.request(
+        self.delete(
             RTM_DELTCLASS,
-            0,
             Self::header(ifindex, class_id(vm_slot), root_handle()),
-            vec![],
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if gone(&e) => Ok(()),
-            Err(e) => Err(e).context("cannot remove a class of the shaper"),
-        }
+            "a class of the shaper",
+        )
     }
 
     /// xnic's classes on `ifindex`, by VM slot, with what they have done.
@@ -422,7 +420,6 @@ impl Tc {
                 if let Some(q) = attr(s2, TCA_STATS_QUEUE) {
                     stats.backlog_bytes = ne_u32(q, 4).unwrap_or(0);
                     stats.drops = ne_u32(q, 8).unwrap_or(0);
-                    stats.overlimits = ne_u32(q, 16).unwrap_or(0);
                 }
             }
             out.insert(slot, (class, stats));
