@@ -74,3 +74,48 @@ impl<'a> Frame<'a> {
         Some(unsafe { &*(at as *const T) })
     }
 }
+
+/// A frame the fast path rewrites: like [`Frame`], with one header borrowed mutably at a
+/// time.
+pub struct FrameMut<'a> {
+    start: usize,
+    end: usize,
+    _bytes: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> FrameMut<'a> {
+    pub fn from_slice(bytes: &'a mut [u8]) -> Self {
+        let start = bytes.as_mut_ptr() as usize;
+        Self {
+            start,
+            end: start + bytes.len(),
+            _bytes: PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// `[start, end)` must stay readable and writable for `'a`, and nothing else may access
+    /// it meanwhile.
+    #[inline(always)]
+    pub unsafe fn from_raw(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// The header of type `T` at byte `offset`, or `None` if it does not fit in the linear
+    /// part.
+    #[inline(always)]
+    pub fn header_mut<T: Header>(&mut self, offset: usize) -> Option<&mut T> {
+        let at = self.start + offset;
+        if at + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: `[at, at + size_of::<T>())` lies inside `[start, end)`, writable for `'a`
+        // and borrowed through `&mut self` alone; `Header` types have alignment 1 and accept
+        // every bit pattern.
+        Some(unsafe { &mut *(at as *mut T) })
+    }
+}

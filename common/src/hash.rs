@@ -97,3 +97,13 @@ pub fn flow_hash(p: &Parsed, seed: u32, symmetric: bool) -> u32 {
     acc = round(acc, u32::from(p.ip_proto));
     finish(acc)
 }
+
+/// Four words mixed into one: fingerprints and other small keys.
+#[inline(always)]
+pub fn mix4(words: [u32; 4]) -> u32 {
+    let mut acc = PRIME1;
+    for w in words {
+        acc = round(acc, w);
+    }
+    finish(acc)
+}

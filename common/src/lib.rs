@@ -8,6 +8,7 @@
 mod counters;
 pub mod csum;
 pub mod ctx;
+pub mod flow;
 pub mod frame;
 pub mod hash;
 pub mod headers;
@@ -17,8 +18,10 @@ pub mod limits;
 pub mod mapdefs;
 pub mod maps;
 pub mod parse;
+pub mod rewrite;
 pub mod rss;
 pub mod shaper;
+pub mod tcp;
 pub mod team;
 pub mod verdict;
 pub mod xmit;

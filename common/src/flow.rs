@@ -1,0 +1,824 @@
+//! The flow table of the fast path: connections the daemon learned from conntrack and moved
+//! into XDP, with everything needed to forward them without the kernel.
+//!
+//! Each offloaded connection has one slot, held in two arrays split by writer so neither side
+//! writes the other's cache lines:
+//! - `FLOW_STATE[slot]` ([`FlowState`]), written by the daemon only: for each direction, the
+//!   tuple a packet is rewritten to (NAT), the port it arrives on and leaves by, the next
+//!   hop's MACs, the tunnel it is wrapped in or taken out of;
+//! - `FLOW_LIVE[slot]` ([`FlowLive`]), written by the programs: counters, last seen, TCP
+//!   window tracking, and the bookkeeping of moves between the slow and the fast path.
+//!
+//! `FLOWS` maps each direction's tuple, as the packet arrives ([`FlowKey`]), to the slot and
+//! direction ([`FlowRef`]). With NAT the two tuples are not mirror images of each other, so
+//! both are keys.
+//!
+//! Moves never reorder a flow:
+//! - **promotion**: a direction starts [`Mode::Pending`]; its packets still go to the slow path,
+//!   and the last one's fingerprint is remembered. The tc egress program on the output ports
+//!   records the fingerprint of each pending flow's packet leaving the kernel; when the last
+//!   packet passed has left, no slow-path packet of that direction is in flight and the next
+//!   one takes the fast path. A direction whose last slow packet never leaves (the kernel
+//!   dropped it) switches after [`PROMOTE_WAIT_NS`], counted.
+//! - **demotion**: a leaving flow's packets go to the slow path behind the frames the fast path
+//!   already redirected: while some are in flight (redirected, `fast_sent`, but not yet taken
+//!   by the device map's program, `fast_done`) or some of its packets are queued on a CPU-map
+//!   queue, its packets go to the kernel through this CPU's CPU-map queue, which the kernel
+//!   flushes after the device maps; once nothing is in flight they go straight up. A device
+//!   map frame that never reaches the program (the port vanished) stops counting after
+//!   [`LEAVE_WAIT_NS`].
+
+use crate::{
+    hash,
+    parse::{Fragment, L3, Parsed},
+    tcp::{self, OutOfWindow, Segment, TcpSeen},
+};
+
+/// Flows the table holds unless the configuration says otherwise. Each costs about 560
+/// bytes of kernel memory (two `FLOWS` keys ≈ 2 × 104 bytes with the hash map's own
+/// overhead, [`FlowState`] 144, [`FlowLive`] 208): 256 Ki flows ≈ 140 MiB. A busy host
+/// forwards tens of thousands of long-lived connections; elephants, which the policy
+/// favours, are far fewer.
+pub const DEFAULT_MAX_FLOWS: u32 = 256 * 1024;
+
+/// The most a configuration may ask for: 4 Mi flows ≈ 2.2 GiB, beyond which the host would
+/// rather keep its memory for conntrack itself.
+pub const MAX_FLOWS_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// Tunnels (VXLAN devices with their remote endpoint) flows can be wrapped in: one per
+/// remote network a host reaches; 256 is far beyond what one host configures.
+pub const MAX_TUNNELS: u32 = 256;
+
+/// How long a promoting direction waits for its last slow-path packet to leave the kernel
+/// before it switches anyway: the kernel's forwarding path takes microseconds; a packet that
+/// has not left after 20 ms was dropped there.
+pub const PROMOTE_WAIT_NS: u64 = 20_000_000;
+
+/// How long a leaving flow waits for fast-path frames the device map has not taken: the
+/// device map's queue is flushed at the end of each NAPI poll (microseconds); a frame not
+/// counted after 5 ms was lost with its port.
+pub const LEAVE_WAIT_NS: u64 = 5_000_000;
+
+/// The two directions: as conntrack's original tuple, and its reply.
+pub const ORIGINAL: usize = 0;
+pub const REPLY: usize = 1;
+
+/// A flow's tuple as a packet of one direction arrives. IPv4 addresses are IPv4-mapped, as
+/// the parser stores them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// The VXLAN network a packet arrived in (0: none): the same inner tuple in two networks
+    /// is two flows.
+    pub vni: u32,
+}
+
+impl FlowKey {
+    /// The key of a parsed packet, if it is one the fast path could carry: TCP or UDP over
+    /// IPv4 or IPv6 (no IPv6 extension headers), not a fragment.
+    #[inline(always)]
+    pub fn of(p: &Parsed, vni: u32) -> Option<FlowKey> {
+        let family = match p.l3 {
+            L3::Ipv4 => 4,
+            L3::Ipv6 => 6,
+            L3::None => return None,
+        };
+        if p.fragment != Fragment::None
+            || p.l4_offset == 0
+            || !(p.ip_proto == crate::headers::IPPROTO_TCP
+                || p.ip_proto == crate::headers::IPPROTO_UDP)
+        {
+            return None;
+        }
+        Some(FlowKey {
+            src: p.src_ip,
+            dst: p.dst_ip,
+            src_port: p.src_port,
+            dst_port: p.dst_port,
+            proto: p.ip_proto,
+            family,
+            _pad: [0; 2],
+            vni,
+        })
+    }
+
+    /// The tuple a packet answering this one carries.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..*self
+        }
+    }
+}
+
+/// Where a key points: a slot and a direction, with the slot's generation so a key read just
+/// before its slot was reused is recognised as stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRef {
+    pub slot: u32,
+    /// [`ORIGINAL`] or [`REPLY`].
+    pub dir: u16,
+    pub _pad: u16,
+    pub generation: u32,
+}
+
+/// [`FlowDir::flags`]: the packet is taken out of a VXLAN tunnel first (it arrives wrapped).
+pub const DIR_DECAP: u8 = 1;
+/// [`FlowDir::flags`]: the packet is wrapped in [`FlowDir::tunnel`] before it leaves.
+pub const DIR_ENCAP: u8 = 2;
+/// [`FlowDir::flags`]: the source address or port changes (SNAT).
+pub const DIR_SNAT: u8 = 4;
+/// [`FlowDir::flags`]: the destination address or port changes (DNAT).
+pub const DIR_DNAT: u8 = 8;
+
+/// What becomes of a packet of one direction. Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowDir {
+    /// The tuple the packet leaves with (after NAT).
+    pub new_src: [u8; 16],
+    pub new_dst: [u8; 16],
+    pub new_src_port: u16,
+    pub new_dst_port: u16,
+    /// The port packets of this direction arrive on: anything else is the slow path's.
+    pub in_ifindex: u32,
+    /// The port they leave by.
+    pub out_ifindex: u32,
+    /// The Ethernet header they leave with (of the inner frame, when wrapped).
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The largest IP packet the output takes (the inner packet's, when wrapped): larger
+    /// ones are the kernel's to fragment or refuse.
+    pub mtu: u16,
+    /// `DIR_*`.
+    pub flags: u8,
+    /// The tunnel ([`MAX_TUNNELS`]) for [`DIR_ENCAP`] and [`DIR_DECAP`].
+    pub tunnel: u8,
+    /// The window scale this direction's sender announced (conntrack's wscale).
+    pub tcp_scale: u8,
+    pub _pad: [u8; 3],
+}
+
+crate::counters! {
+    /// Why a flow is in the table (shown to operators).
+    pub enum Why: u8, slots = 16, {
+        /// Every established flow qualifies.
+        All = 0 => "all",
+        /// Moved more bytes than the threshold.
+        Bytes = 1 => "bytes",
+        /// Moved more packets than the threshold.
+        Packets = 2 => "packets",
+        /// Faster than the rate threshold.
+        Rate = 3 => "rate",
+        /// The operator's nftables rule marked it (`ct mark`).
+        Mark = 4 => "mark",
+        /// Its protocol and port are listed for offload.
+        Port = 5 => "port",
+        /// `xnic flows offload`.
+        Manual = 6 => "manual",
+    }
+}
+
+/// One offloaded connection. Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub dirs: [FlowDir; 2],
+    /// Bumped each time the slot is reused ([`FlowRef::generation`]).
+    pub generation: u32,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// A [`Leave`] the daemon asks for (0: none).
+    pub leave: u8,
+    /// A [`Why`].
+    pub why: u8,
+    /// When it was promoted (`CLOCK_MONOTONIC` ns).
+    pub promoted_ns: u64,
+}
+
+crate::counters! {
+    /// Why a flow leaves the fast path. The programs set the first four; the daemon the rest.
+    pub enum Leave: u8, slots = 16, {
+        /// Not leaving (slot 0 of the demotion counters stays unused).
+        Stay = 0 => "stay",
+        /// A FIN: the connection is closing.
+        Fin = 1 => "fin",
+        /// An RST.
+        Rst = 2 => "rst",
+        /// A SYN on an established connection (a reopen).
+        Syn = 3 => "syn",
+        /// A segment outside the tracked window.
+        OutOfWindow = 4 => "out_of_window",
+        /// Idle for longer than the policy's timeout.
+        Idle = 5 => "idle",
+        /// The ruleset changed and no longer lets it through the fast path.
+        RuleChange = 6 => "rule_change",
+        /// The table was full and a more valuable flow took its slot.
+        Pressure = 7 => "pressure",
+        /// `xnic flows demote`.
+        Manual = 8 => "manual",
+        /// conntrack ended the connection (timeout, `conntrack -D`).
+        Conntrack = 9 => "conntrack",
+        /// Its route or next hop changed.
+        Route = 10 => "route",
+        /// Offload was switched off.
+        Disabled = 11 => "disabled",
+    }
+}
+
+/// [`LiveDir::mode`] of a slot nobody set up: the slow path's.
+pub const MODE_UNUSED: u8 = 0;
+
+/// Where a direction's packets go.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Still on the slow path, waiting for its last packet there to leave the kernel.
+    Pending = 1,
+    /// On the fast path.
+    Active = 2,
+}
+
+/// One direction's live state. Written by the programs (the daemon sets it up before the
+/// keys exist).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveDir {
+    /// Packets and bytes the fast path forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// When this direction last had a packet, on either path (`CLOCK_MONOTONIC` ns).
+    pub last_seen_ns: u64,
+    /// When the mode last changed.
+    pub mode_since_ns: u64,
+    /// Frames redirected by the fast path, and those the device map's program took.
+    pub fast_sent: u32,
+    pub fast_done: u32,
+    /// Packets put on a CPU-map queue while leaving, and those the CPU-map program took.
+    pub cpu_sent: u32,
+    pub cpu_done: u32,
+    /// Packets passed to the slow path while pending, and seen leaving it.
+    pub slow_passes: u32,
+    pub slow_exits: u32,
+    /// The fingerprint of the last packet passed while pending, and of the last one seen
+    /// leaving (0: none).
+    pub pass_fp: u32,
+    pub exit_fp: u32,
+    pub tcp: TcpSeen,
+    /// A [`Mode`], or [`MODE_UNUSED`].
+    pub mode: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A slot's live state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLive {
+    pub dirs: [LiveDir; 2],
+    /// The generation this live state belongs to.
+    pub generation: u32,
+    /// A [`Leave`] a program set (0: none).
+    pub leave: u8,
+    pub _pad: [u8; 3],
+    /// When a program first saw the flow leaving.
+    pub leave_since_ns: u64,
+}
+
+impl FlowLive {
+    /// A flow just promoted: both directions pending, windows not seen.
+    pub fn promoted(state: &FlowState, now_ns: u64) -> FlowLive {
+        let dir = |d: usize| LiveDir {
+            mode: Mode::Pending as u8,
+            mode_since_ns: now_ns,
+            last_seen_ns: now_ns,
+            tcp: TcpSeen::unseen(state.dirs[d].tcp_scale),
+            ..LiveDir::default()
+        };
+        FlowLive {
+            dirs: [dir(ORIGINAL), dir(REPLY)],
+            generation: state.generation,
+            ..FlowLive::default()
+        }
+    }
+}
+
+/// What the fast path knows of a packet of a flow it found.
+#[derive(Clone, Copy, Debug)]
+pub struct Packet {
+    /// [`ORIGINAL`] or [`REPLY`].
+    pub dir: usize,
+    pub ingress: u32,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// The IP packet's length (header included).
+    pub ip_len: u32,
+    /// The TCP segment; `None` for UDP.
+    pub tcp: Option<Segment>,
+    /// The TCP options could not be walked.
+    pub tcp_options_unknown: bool,
+    /// [`fingerprint`] of the packet.
+    pub fingerprint: u32,
+    pub now_ns: u64,
+}
+
+/// Why a packet of an offloaded flow goes to the slow path.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slow {
+    /// The direction is still promoting.
+    Pending,
+    /// The flow is leaving the fast path.
+    Leaving,
+    /// It arrived on another port than the flow's (a route change, a spoof).
+    WrongPort,
+    /// Its TTL runs out here: the kernel answers with time exceeded.
+    TtlExpired,
+    /// Larger than the output takes: the kernel fragments or refuses it.
+    TooBig,
+    /// Its TCP options could not be walked.
+    Options,
+    /// The slot is not (or no longer) this flow's.
+    Stale,
+}
+
+/// What the fast path does with a packet of a flow it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Rewrite it and redirect it to the direction's output.
+    Forward,
+    /// Up the kernel's stack here.
+    Slow(Slow),
+    /// Up the kernel's stack, through this CPU's CPU-map queue: behind frames of the flow
+    /// still in flight on the fast path.
+    SlowBehind(Slow),
+}
+
+/// What happened to the flow's bookkeeping, for the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    /// The flow started leaving with this packet, for this reason.
+    pub left: Option<Leave>,
+    /// The direction switched to the fast path: its slow-path packets drained, or the wait
+    /// expired.
+    pub drained: bool,
+    pub expired: bool,
+    /// The segment was outside the window.
+    pub window: Option<OutOfWindow>,
+}
+
+/// The fast path's decision for `pkt`, updating the flow's live state. The caller checked
+/// the generations.
+#[inline(always)]
+pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Events) -> Decision {
+    let d = pkt.dir & 1;
+    let out = &state.dirs[d];
+    if out.in_ifindex != pkt.ingress {
+        return Decision::Slow(Slow::WrongPort);
+    }
+    let (sender, receiver) = if d == ORIGINAL {
+        let [a, b] = &mut live.dirs;
+        (a, b)
+    } else {
+        let [a, b] = &mut live.dirs;
+        (b, a)
+    };
+    if sender.mode == MODE_UNUSED {
+        return Decision::Slow(Slow::Stale);
+    }
+    sender.last_seen_ns = pkt.now_ns;
+
+    let mut leave = if state.leave != 0 {
+        state.leave
+    } else {
+        live.leave
+    };
+    if leave == 0
+        && let Some(seg) = &pkt.tcp
+    {
+        let why = if seg.flags & tcp::TCP_RST != 0 {
+            Some(Leave::Rst)
+        } else if seg.flags & tcp::TCP_FIN != 0 {
+            Some(Leave::Fin)
+        } else if seg.flags & tcp::TCP_SYN != 0 {
+            Some(Leave::Syn)
+        } else if pkt.tcp_options_unknown {
+            None
+        } else {
+            match tcp::track(&mut sender.tcp, &mut receiver.tcp, seg) {
+                Ok(()) => None,
+                Err(e) => {
+                    ev.window = Some(e);
+                    Some(Leave::OutOfWindow)
+                }
+            }
+        };
+        if let Some(why) = why {
+            live.leave = why as u8;
+            leave = why as u8;
+            ev.left = Some(why);
+        }
+    }
+    if leave != 0 {
+        if live.leave_since_ns == 0 {
+            live.leave_since_ns = pkt.now_ns;
+        }
+        let waited = pkt.now_ns.wrapping_sub(live.leave_since_ns);
+        return behind_fast(sender, waited, Slow::Leaving);
+    }
+    if pkt.tcp_options_unknown {
+        return behind_fast(sender, 0, Slow::Options);
+    }
+
+    if sender.mode == Mode::Pending as u8 {
+        let waited = pkt.now_ns.wrapping_sub(sender.mode_since_ns);
+        let drained = sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp;
+        if drained || waited > PROMOTE_WAIT_NS {
+            sender.mode = Mode::Active as u8;
+            sender.mode_since_ns = pkt.now_ns;
+            ev.drained = drained;
+            ev.expired = !drained;
+        } else {
+            sender.pass_fp = pkt.fingerprint;
+            sender.slow_passes = sender.slow_passes.wrapping_add(1);
+            return Decision::Slow(Slow::Pending);
+        }
+    }
+    if pkt.ttl <= 1 {
+        return behind_fast(sender, 0, Slow::TtlExpired);
+    }
+    if pkt.ip_len > u32::from(out.mtu) {
+        return behind_fast(sender, 0, Slow::TooBig);
+    }
+    Decision::Forward
+}
+
+/// The slow path for a packet of a direction that may have frames in flight on the fast
+/// path: behind them when it has, straight up when not. `waited`: how long the flow has been
+/// leaving (fast-path frames not counted after [`LEAVE_WAIT_NS`] are taken as lost).
+#[inline(always)]
+fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow) -> Decision {
+    let queued = dir.cpu_sent != dir.cpu_done;
+    let in_flight = dir.fast_sent != dir.fast_done && waited <= LEAVE_WAIT_NS;
+    if queued || in_flight {
+        dir.cpu_sent = dir.cpu_sent.wrapping_add(1);
+        Decision::SlowBehind(why)
+    } else {
+        Decision::Slow(why)
+    }
+}
+
+/// The fields of a packet that no router or NAT changes, mixed: what the egress program
+/// compares to recognise the last packet a pending direction passed. TCP: sequence and
+/// acknowledgement numbers, window, flags, length; UDP: its length, the IPv4 identification
+/// and the first payload word. Never 0 (0 means "none").
+#[inline(always)]
+pub fn fingerprint(words: [u32; 4]) -> u32 {
+    let h = hash::mix4(words);
+    if h == 0 { 1 } else { h }
+}
+
+/// The packets a slot's counters saw, by direction, for the daemon (idle timeouts, conntrack
+/// timeouts, rates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ns: u64,
+}
+
+impl FlowLive {
+    /// Whether a leaving flow has nothing left in flight on the fast path: the daemon may
+    /// remove it.
+    pub fn drained(&self, now_ns: u64) -> bool {
+        let waited = now_ns.saturating_sub(self.leave_since_ns);
+        self.dirs.iter().all(|d| {
+            d.cpu_sent == d.cpu_done && (d.fast_sent == d.fast_done || waited > LEAVE_WAIT_NS)
+        })
+    }
+
+    /// When either direction last had a packet.
+    pub fn last_seen_ns(&self) -> u64 {
+        self.dirs[0].last_seen_ns.max(self.dirs[1].last_seen_ns)
+    }
+}
+
+crate::counters! {
+    /// Per-CPU fast-path counters (`FLOW_STATS`).
+    pub enum FlowCounter: u32, slots = 32, {
+        /// Packets forwarded by the fast path.
+        Forwarded = 0 => "forwarded",
+        /// Packets of no offloaded flow, left to the slow path untouched (counted only
+        /// while offload is on).
+        Missed = 1 => "missed",
+        /// Packets of a promoting direction, passed to the slow path.
+        SlowPending = 2 => "slow_pending",
+        /// Packets of a leaving flow, passed to the slow path.
+        SlowLeaving = 3 => "slow_leaving",
+        /// Of those passed: through the CPU-map queue, behind fast-path frames in flight.
+        SlowBehind = 4 => "slow_behind",
+        /// Directions that switched to the fast path once their slow-path packets left.
+        PromoteDrained = 5 => "promote_drained",
+        /// Directions that switched after `PROMOTE_WAIT_NS` (their last slow packet never
+        /// left the kernel).
+        PromoteExpired = 6 => "promote_expired",
+        /// Packets of an offloaded flow on another port than the flow's.
+        WrongPort = 7 => "wrong_port",
+        /// Packets whose TTL ran out: the kernel answers them.
+        TtlExpired = 8 => "ttl_expired",
+        /// Packets larger than the output's MTU.
+        TooBig = 9 => "too_big",
+        /// TCP segments whose options could not be walked.
+        Options = 10 => "options",
+        /// Keys pointing at a slot of another generation.
+        Stale = 11 => "stale",
+        /// Flows a FIN, RST or SYN sent leaving.
+        LeaveFlags = 12 => "leave_flags",
+        /// Flows an out-of-window segment sent leaving.
+        LeaveWindow = 13 => "leave_window",
+        /// Fast-path redirects that failed (the output is gone): passed to the slow path.
+        RedirectFailed = 14 => "redirect_failed",
+        /// Packets a leaving flow sent through a CPU-map queue that had none for this CPU.
+        NoCpuQueue = 15 => "no_cpu_queue",
+        /// Packets that could not be wrapped or unwrapped (no room, a tunnel gone).
+        TunnelFailed = 16 => "tunnel_failed",
+        /// Wrapped packets for an offloaded flow whose outer header is not the tunnel's.
+        TunnelMismatch = 17 => "tunnel_mismatch",
+        /// Pending packets the egress program saw leave the kernel.
+        ExitSeen = 18 => "exit_seen",
+    }
+}
+
+/// Global settings (`FLOW_CONFIG`, one entry). Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Offload is on: the entry programs look flows up.
+    pub enabled: u8,
+    /// Some tunnel is configured: wrapped packets on uplinks are looked inside.
+    pub tunnels: u8,
+    pub _pad: [u8; 2],
+    /// Flows with a pending direction: the egress program looks packets up only while
+    /// there are some.
+    pub pending: u32,
+}
+
+/// A VXLAN tunnel flows are wrapped in or taken out of (`FLOW_TUNNELS`). Written by the
+/// daemon from the VXLAN device's settings and the route and neighbour to its remote end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    pub vni: u32,
+    /// The outer IPv4 addresses: ours and the remote end's.
+    pub local: [u8; 4],
+    pub remote: [u8; 4],
+    /// The outer Ethernet header, and the port wrapped packets leave by.
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub out_ifindex: u32,
+    /// The UDP port (4789 unless the device says otherwise), and the source-port range
+    /// flows are hashed over (the device's, like the kernel's own encapsulation).
+    pub dst_port: u16,
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+    /// Outer TTL and TOS.
+    pub ttl: u8,
+    pub tos: u8,
+    /// 1 when set up.
+    pub valid: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The UDP source port a wrapped packet of the flow with hash `h` gets: spread over the
+/// tunnel's range the way the kernel's `udp_flow_src_port` does, so the underlay's ECMP
+/// spreads flows.
+#[inline(always)]
+pub fn tunnel_src_port(t: &Tunnel, h: u32) -> u16 {
+    let min = u32::from(t.src_port_min);
+    let max = u32::from(t.src_port_max);
+    if max <= min {
+        return t.src_port_min;
+    }
+    (((u64::from(h) * u64::from(max - min)) >> 32) as u32 + min) as u16
+}
+
+/// XDP metadata in front of a fast-path frame, for the device map's program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// [`FLOW_META_TAG`].
+    pub tag: u32,
+    /// `slot * 2 + dir`.
+    pub slot_dir: u32,
+}
+
+/// Marks [`FlowMeta`] (and the CPU-map metadata of a leaving flow's packet): no VM slot or
+/// RSS flow slot is this large.
+pub const FLOW_META_TAG: u32 = 0xf10f_0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TCP_ACK;
+
+    fn state() -> FlowState {
+        let mut s = FlowState {
+            generation: 1,
+            proto: 6,
+            family: 4,
+            ..FlowState::default()
+        };
+        s.dirs[ORIGINAL].in_ifindex = 10;
+        s.dirs[ORIGINAL].out_ifindex = 20;
+        s.dirs[REPLY].in_ifindex = 20;
+        s.dirs[REPLY].out_ifindex = 10;
+        s.dirs[ORIGINAL].mtu = 1500;
+        s.dirs[REPLY].mtu = 1500;
+        s
+    }
+
+    fn pkt(dir: usize, seq: u32, ack: u32, flags: u8, fp: u32, now: u64) -> Packet {
+        Packet {
+            dir,
+            ingress: if dir == ORIGINAL { 10 } else { 20 },
+            ttl: 64,
+            ip_len: 1000,
+            tcp: Some(Segment {
+                seq,
+                ack,
+                sack: None,
+                window: 1000,
+                len: 100,
+                flags,
+            }),
+            tcp_options_unknown: false,
+            fingerprint: fp,
+            now_ns: now,
+        }
+    }
+
+    #[test]
+    fn a_direction_switches_once_its_last_slow_packet_left() {
+        let s = state();
+        let mut l = FlowLive::promoted(&s, 0);
+        let mut ev = Events::default();
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 100, 5, TCP_ACK, 7, 10), &mut ev),
+            Decision::Slow(Slow::Pending)
+        );
+        assert_eq!(l.dirs[0].pass_fp, 7);
+        // Not yet out: still slow, and the newer packet is the one to wait for.
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 200, 5, TCP_ACK, 8, 20), &mut ev),
+            Decision::Slow(Slow::Pending)
+        );
+        l.dirs[0].exit_fp = 7;
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 300, 5, TCP_ACK, 9, 30), &mut ev),
+            Decision::Slow(Slow::Pending)
+        );
+        l.dirs[0].exit_fp = 9;
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 400, 5, TCP_ACK, 10, 40), &mut ev),
+            Decision::Forward
+        );
+        assert!(ev.drained);
+        // The other direction is still pending.
+        assert_eq!(l.dirs[1].mode, Mode::Pending as u8);
+    }
+
+    #[test]
+    fn a_lost_slow_packet_ends_the_wait_after_the_bound() {
+        let s = state();
+        let mut l = FlowLive::promoted(&s, 0);
+        let mut ev = Events::default();
+        decide(&s, &mut l, &pkt(ORIGINAL, 100, 5, TCP_ACK, 7, 10), &mut ev);
+        let late = PROMOTE_WAIT_NS + 11;
+        assert_eq!(
+            decide(
+                &s,
+                &mut l,
+                &pkt(ORIGINAL, 200, 5, TCP_ACK, 8, late),
+                &mut ev
+            ),
+            Decision::Forward
+        );
+        assert!(ev.expired && !ev.drained);
+    }
+
+    #[test]
+    fn a_fin_goes_behind_the_frames_in_flight() {
+        let s = state();
+        let mut l = FlowLive::promoted(&s, 0);
+        l.dirs[0].mode = Mode::Active as u8;
+        l.dirs[0].fast_sent = 3;
+        l.dirs[0].fast_done = 1;
+        let mut ev = Events::default();
+        assert_eq!(
+            decide(
+                &s,
+                &mut l,
+                &pkt(ORIGINAL, 100, 5, TCP_ACK | tcp::TCP_FIN, 7, 10),
+                &mut ev
+            ),
+            Decision::SlowBehind(Slow::Leaving)
+        );
+        assert_eq!(ev.left, Some(Leave::Fin));
+        assert_eq!(l.leave, Leave::Fin as u8);
+        // The device map took them, but one packet is still on the CPU-map queue.
+        l.dirs[0].fast_done = 3;
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 101, 5, TCP_ACK, 8, 20), &mut ev),
+            Decision::SlowBehind(Slow::Leaving)
+        );
+        assert!(!l.drained(20));
+        l.dirs[0].cpu_done = 2;
+        assert!(l.drained(20));
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 101, 5, TCP_ACK, 8, 30), &mut ev),
+            Decision::Slow(Slow::Leaving)
+        );
+    }
+
+    #[test]
+    fn packets_on_another_port_are_not_the_fast_paths() {
+        let s = state();
+        let mut l = FlowLive::promoted(&s, 0);
+        let mut p = pkt(ORIGINAL, 100, 5, TCP_ACK, 7, 10);
+        p.ingress = 99;
+        let mut ev = Events::default();
+        assert_eq!(
+            decide(&s, &mut l, &p, &mut ev),
+            Decision::Slow(Slow::WrongPort)
+        );
+        assert_eq!(l.dirs[0].slow_passes, 0);
+    }
+
+    #[test]
+    fn tunnel_source_ports_stay_in_the_range() {
+        let t = Tunnel {
+            src_port_min: 32768,
+            src_port_max: 61000,
+            ..Tunnel::default()
+        };
+        for h in [0, 1, u32::MAX, 0x8000_0000] {
+            let p = tunnel_src_port(&t, h);
+            assert!((32768..61000).contains(&p));
+        }
+    }
+}
+
+/// The tuple a packet of direction `dir` leaves with, given the flow's two keys as conntrack
+/// reports them (original and reply, as packets arrive): whatever answers it must arrive as
+/// the other direction's key, so it is that key reversed. This is all NAT is to the fast path.
+pub const fn leaves_as(keys: &[FlowKey; 2], dir: usize) -> FlowKey {
+    keys[(dir & 1) ^ 1].reversed()
+}
+
+#[cfg(test)]
+mod nat_tests {
+    use super::*;
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
+        let mut k = FlowKey {
+            src_port: sport,
+            dst_port: dport,
+            proto: 17,
+            family: 4,
+            ..FlowKey::default()
+        };
+        k.src[15] = src;
+        k.dst[15] = dst;
+        k
+    }
+
+    #[test]
+    fn nat_is_the_other_directions_key_reversed() {
+        // VM 1:5000 → VIP-less remote 9:53, masqueraded behind 7:40000.
+        let orig = key(1, 5000, 9, 53);
+        let reply = key(9, 53, 7, 40000);
+        let keys = [orig, reply];
+        assert_eq!(leaves_as(&keys, ORIGINAL), key(7, 40000, 9, 53));
+        assert_eq!(leaves_as(&keys, REPLY), key(9, 53, 1, 5000));
+        // A client 3:1234 → VIP 8:80 DNAT'd to VM 2:8080.
+        let keys = [key(3, 1234, 8, 80), key(2, 8080, 3, 1234)];
+        assert_eq!(leaves_as(&keys, ORIGINAL), key(3, 1234, 2, 8080));
+        assert_eq!(leaves_as(&keys, REPLY), key(8, 80, 3, 1234));
+        // Without NAT the rewrite changes nothing.
+        let k = key(1, 1, 2, 2);
+        assert_eq!(leaves_as(&[k, k.reversed()], ORIGINAL), k);
+        assert_eq!(leaves_as(&[k, k.reversed()], REPLY), k.reversed());
+    }
+}
