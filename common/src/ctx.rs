@@ -22,6 +22,12 @@ pub enum NextKind {
     Flood = 2,
     /// To a CPU, through `CPUMAP`; the CPU-map program finishes it there.
     Cpu = 3,
+    /// Out of a port through `FLOW_TX`, whose program counts the offloaded flow's frames
+    /// leaving (`flow::FlowMeta` in front of the frame).
+    FlowOut = 4,
+    /// Up the kernel's stack through this CPU's `CPUMAP` queue: a leaving flow's packet
+    /// behind its frames still in flight on the fast path.
+    FlowCpu = 5,
 }
 
 /// [`Next::fail_reason`] when a failed redirect leaves the frame to the kernel, under the
@@ -107,16 +113,19 @@ pub enum Call {
     TeamEgress = 0,
     /// A frame for a VM: software RSS to the CPU its engine names.
     Steer = 1,
+    /// A VXLAN packet on an uplink: the offloaded flow inside it, if there is one.
+    FlowDecap = 2,
 }
 
 impl Call {
-    pub const ALL: [Call; 2] = [Call::TeamEgress, Call::Steer];
+    pub const ALL: [Call; 3] = [Call::TeamEgress, Call::Steer, Call::FlowDecap];
 
     /// The program that implements the stage.
     pub const fn program(self) -> &'static str {
         match self {
             Call::TeamEgress => "xnic_team",
             Call::Steer => "xnic_steer",
+            Call::FlowDecap => "xnic_decap",
         }
     }
 }
@@ -157,6 +166,9 @@ pub struct FrameCtx {
     pub flow_slot: u32,
     /// The `TEAM_VM_STATS` counter the frame is counted in once delivered, or [`NO_COUNTER`].
     pub member_counter: u32,
+    /// The offloaded flow's `slot * 2 + direction`, for a frame of one.
+    pub offload: u32,
+    pub _pad2: u32,
     pub verdict: Verdict,
     pub next: Next,
 }
@@ -176,6 +188,7 @@ impl FrameCtx {
         self.deliver_port = 0;
         self.flow_slot = 0;
         self.member_counter = NO_COUNTER;
+        self.offload = 0;
         self.verdict = Verdict {
             reason: Reason::UnknownPort,
             vm_slot: NO_VM,

@@ -29,7 +29,9 @@
 //!   [`LEAVE_WAIT_NS`].
 
 use crate::{
+    frame::Frame,
     hash,
+    headers::{IPPROTO_TCP, Ipv4Hdr, TcpHdr, UdpHdr},
     parse::{Fragment, L3, Parsed},
     tcp::{self, OutOfWindow, Segment, TcpSeen},
 };
@@ -93,6 +95,7 @@ impl FlowKey {
         };
         if p.fragment != Fragment::None
             || p.l4_offset == 0
+            || p.has(crate::parse::Shape::Ipv6ExtHeaders)
             || !(p.ip_proto == crate::headers::IPPROTO_TCP
                 || p.ip_proto == crate::headers::IPPROTO_UDP)
         {
@@ -236,6 +239,8 @@ crate::counters! {
         Route = 10 => "route",
         /// Offload was switched off.
         Disabled = 11 => "disabled",
+        /// A segment with TCP options the fast path does not read.
+        TcpOptions = 12 => "tcp_options",
     }
 }
 
@@ -348,8 +353,6 @@ pub enum Slow {
     TtlExpired,
     /// Larger than the output takes: the kernel fragments or refuses it.
     TooBig,
-    /// Its TCP options could not be walked.
-    Options,
     /// The slot is not (or no longer) this flow's.
     Stale,
 }
@@ -415,7 +418,7 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
         } else if seg.flags & tcp::TCP_SYN != 0 {
             Some(Leave::Syn)
         } else if pkt.tcp_options_unknown {
-            None
+            Some(Leave::TcpOptions)
         } else {
             match tcp::track(&mut sender.tcp, &mut receiver.tcp, seg) {
                 Ok(()) => None,
@@ -438,10 +441,6 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
         let waited = pkt.now_ns.wrapping_sub(live.leave_since_ns);
         return behind_fast(sender, waited, Slow::Leaving);
     }
-    if pkt.tcp_options_unknown {
-        return behind_fast(sender, 0, Slow::Options);
-    }
-
     if sender.mode == Mode::Pending as u8 {
         let waited = pkt.now_ns.wrapping_sub(sender.mode_since_ns);
         let drained = sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp;
@@ -480,14 +479,82 @@ fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow) -> Decision {
     }
 }
 
-/// The fields of a packet that no router or NAT changes, mixed: what the egress program
-/// compares to recognise the last packet a pending direction passed. TCP: sequence and
-/// acknowledgement numbers, window, flags, length; UDP: its length, the IPv4 identification
-/// and the first payload word. Never 0 (0 means "none").
+/// Where the fast path reads a parsed packet's IP and transport headers: masked to what the
+/// packets it takes can have (a VLAN tag or two, IPv4 options, no IPv6 extension headers:
+/// under 128 bytes), so the verifier knows the offsets are small.
 #[inline(always)]
-pub fn fingerprint(words: [u32; 4]) -> u32 {
+pub const fn l3_at(p: &Parsed) -> usize {
+    (p.l3_offset & HEADER_OFFSET_MASK) as usize
+}
+
+#[inline(always)]
+pub const fn l4_at(p: &Parsed) -> usize {
+    (p.l4_offset & HEADER_OFFSET_MASK) as usize
+}
+
+/// See [`l3_at`]: Ethernet (14) + two tags (8) + IPv4 with options (60) = 82.
+const HEADER_OFFSET_MASK: u16 = 0x7f;
+
+/// A packet's fingerprint: what the egress program compares to recognise the last packet a
+/// pending direction passed, made of what no router or NAT changes. TCP: where the segment
+/// ends and what it acknowledges (the kernel's GRO may merge consecutive segments into one
+/// larger packet, which then ends where the last of them did, with the same
+/// acknowledgement); UDP: its length, the IPv4 identification and the first payload word.
+/// Never 0 (0 means "none"); `None` when the headers are not readable.
+#[inline(always)]
+pub fn fingerprint(frame: &Frame, p: &Parsed) -> Option<u32> {
+    let l4 = l4_at(p);
+    let words = if p.ip_proto == IPPROTO_TCP {
+        let tcp: &TcpHdr = frame.header(l4)?;
+        let payload = (p.ip_end as usize).checked_sub(l4 + tcp.header_len())?;
+        let end = u32::from_be_bytes(tcp.seq).wrapping_add(payload as u32);
+        [end, u32::from_be_bytes(tcp.ack), 6, 0]
+    } else {
+        let udp: &UdpHdr = frame.header(l4)?;
+        let id = if p.l3 == L3::Ipv4 {
+            let ip: &Ipv4Hdr = frame.header(l3_at(p))?;
+            u32::from(u16::from_be_bytes(ip.id))
+        } else {
+            0
+        };
+        let first = match frame.header::<[u8; 4]>(l4 + UdpHdr::LEN) {
+            Some(w) => u32::from_be_bytes(*w),
+            None => 0,
+        };
+        [udp.length() as u32, id, first, 17]
+    };
     let h = hash::mix4(words);
-    if h == 0 { 1 } else { h }
+    Some(if h == 0 { 1 } else { h })
+}
+
+/// The TCP segment of a parsed packet, for window tracking, and whether its options could
+/// not be walked (such a segment is left to the slow path).
+#[inline(always)]
+pub fn segment(frame: &Frame, p: &Parsed) -> Option<(Segment, bool)> {
+    let l4 = l4_at(p);
+    let tcp: &TcpHdr = frame.header(l4)?;
+    let hl = tcp.header_len();
+    let payload = (p.ip_end as usize).checked_sub(l4 + hl)?;
+    let opts = l4 + TcpHdr::MIN_LEN;
+    let sack = if hl > TcpHdr::MIN_LEN {
+        tcp::sack_edge(hl - TcpHdr::MIN_LEN, |i| {
+            frame.header::<[u8; 4]>(opts + (i & 0x3f)).copied()
+        })
+    } else {
+        tcp::Sack::None
+    };
+    let seg = Segment {
+        seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack),
+        sack: match sack {
+            tcp::Sack::Edge(e) => Some(e),
+            _ => None,
+        },
+        window: u16::from_be_bytes(tcp.window),
+        len: payload as u32,
+        flags: tcp.flags,
+    };
+    Some((seg, sack == tcp::Sack::Unknown))
 }
 
 /// The packets a slot's counters saw, by direction, for the daemon (idle timeouts, conntrack
@@ -540,8 +607,8 @@ crate::counters! {
         TtlExpired = 8 => "ttl_expired",
         /// Packets larger than the output's MTU.
         TooBig = 9 => "too_big",
-        /// TCP segments whose options could not be walked.
-        Options = 10 => "options",
+        /// Flows a segment with TCP options the fast path does not read sent leaving.
+        LeaveOptions = 10 => "leave_options",
         /// Keys pointing at a slot of another generation.
         Stale = 11 => "stale",
         /// Flows a FIN, RST or SYN sent leaving.

@@ -10,6 +10,11 @@
 /// Implementors must be `#[repr(C)]`, have alignment 1 and be valid for every bit pattern.
 pub unsafe trait Header: Sized {}
 
+// SAFETY: one byte, alignment 1, every bit pattern valid.
+unsafe impl Header for u8 {}
+// SAFETY: a byte array: alignment 1, every bit pattern valid.
+unsafe impl<const N: usize> Header for [u8; N] {}
+
 #[inline(always)]
 const fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)

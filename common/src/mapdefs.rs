@@ -38,19 +38,22 @@ pub enum Family {
     Team = 4,
     /// The pipeline's own machinery: the per-frame scratch and the tail-call table.
     Pipeline = 5,
+    /// Flow offload: the flow table, tunnels, the fast path's counters.
+    Flows = 6,
 }
 
 /// How many families `LAYOUT` has room for.
 pub const FAMILY_SLOTS: usize = 16;
 
 impl Family {
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Info,
         Family::Ports,
         Family::Counters,
         Family::Rss,
         Family::Team,
         Family::Pipeline,
+        Family::Flows,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Family {
             Family::Rss => "rss",
             Family::Team => "team",
             Family::Pipeline => "pipeline",
+            Family::Flows => "flows",
         }
     }
 
@@ -203,6 +207,27 @@ macro_rules! for_each_map {
             /// Every VM port, and every team uplink with `xnic_flood` as its program:
             /// broadcast targets.
             FLOOD: devmap_hash(u32 => u64; $crate::limits::MAX_PORTS), pinned, Team 1;
+
+            /// Each direction's tuple as its packets arrive → the offloaded flow's slot and
+            /// direction. Written by the daemon (keys after their slot is set up, removed
+            /// before it is freed), read per frame. Sized by configuration (`flows.max_flows`
+            /// × 2).
+            FLOWS: hash($crate::flow::FlowKey => $crate::flow::FlowRef; 2 * $crate::flow::DEFAULT_MAX_FLOWS), pinned, Flows 1;
+            /// Slot → what each direction becomes (NAT, ports, MACs, tunnel). Written by the
+            /// daemon only. Sized by configuration.
+            FLOW_STATE: array(u32 => $crate::flow::FlowState; $crate::flow::DEFAULT_MAX_FLOWS), pinned, Flows 1;
+            /// Slot → counters, last seen, TCP windows, the bookkeeping of moves. Written by
+            /// the programs (the daemon only sets a slot up). Sized by configuration.
+            FLOW_LIVE: array(u32 => $crate::flow::FlowLive; $crate::flow::DEFAULT_MAX_FLOWS), pinned, Flows 1;
+            /// Offload on or off, tunnels present, flows promoting. Written by the daemon.
+            FLOW_CONFIG: array(u32 => $crate::flow::FlowConfig; 1), pinned, Flows 1;
+            /// Tunnel → VNI, outer addresses and MACs, output port. Written by the daemon.
+            FLOW_TUNNELS: array(u32 => $crate::flow::Tunnel; $crate::flow::MAX_TUNNELS), pinned, Flows 1;
+            /// Per CPU: the fast path's counters (`FlowCounter`).
+            FLOW_STATS: percpu_array(u32 => u64; $crate::flow::FlowCounter::SLOTS as u32), pinned, Flows 1;
+            /// ifindex → itself, for every port, with `xnic_flow_tx` as its program: where the
+            /// fast path redirects, counting each flow's frames as they leave.
+            FLOW_TX: devmap_hash(u32 => u64; $crate::limits::MAX_PORTS), pinned, Flows 1;
 
             /// Per CPU: the frame in flight, shared by the programs it passes through
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing

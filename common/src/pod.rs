@@ -51,3 +51,15 @@ unsafe impl aya::Pod for crate::index::PortSlot {}
 unsafe impl aya::Pod for crate::index::MacSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::team::CarrierKey {}
+// SAFETY: repr(C) plain data, every bit pattern valid, no padding the kernel reads.
+unsafe impl aya::Pod for crate::flow::FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowRef {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowLive {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::Tunnel {}

@@ -47,24 +47,9 @@ pub fn ethernet(eth: &mut EthHdr, d: &FlowDir) {
     eth.dst = d.dst_mac;
 }
 
-/// What an address rewrite does to the transport checksum (its pseudo-header): carried from
-/// the IP header's rewrite to the transport header's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AddrChange {
-    pub old_src: [u8; 16],
-    pub old_dst: [u8; 16],
-    pub v4: bool,
-}
-
 /// Rewrites an IPv4 header: NAT'd addresses, TTL one less, checksum updated.
 #[inline(always)]
-pub fn ipv4(ip: &mut Ipv4Hdr, d: &FlowDir) -> AddrChange {
-    let mut change = AddrChange {
-        v4: true,
-        ..AddrChange::default()
-    };
-    change.old_src[12..].copy_from_slice(&ip.src);
-    change.old_dst[12..].copy_from_slice(&ip.dst);
+pub fn ipv4(ip: &mut Ipv4Hdr, d: &FlowDir) {
     let mut check = u16::from_be_bytes(ip.check);
     let new_src = v4_of(&d.new_src);
     let new_dst = v4_of(&d.new_dst);
@@ -76,42 +61,38 @@ pub fn ipv4(ip: &mut Ipv4Hdr, d: &FlowDir) -> AddrChange {
     ip.dst = new_dst;
     ip.ttl = ttl;
     ip.check = check.to_be_bytes();
-    change
 }
 
 /// Rewrites an IPv6 header: NAT'd addresses, hop limit one less (IPv6 has no header
 /// checksum).
 #[inline(always)]
-pub fn ipv6(ip: &mut Ipv6Hdr, d: &FlowDir) -> AddrChange {
-    let change = AddrChange {
-        old_src: ip.src,
-        old_dst: ip.dst,
-        v4: false,
-    };
+pub fn ipv6(ip: &mut Ipv6Hdr, d: &FlowDir) {
     ip.src = d.new_src;
     ip.dst = d.new_dst;
     ip.hop_limit = ip.hop_limit.wrapping_sub(1);
-    change
+}
+
+/// The packet's addresses before the rewrite (the parser's, IPv4-mapped for IPv4), which
+/// the transport checksum covers through its pseudo-header.
+#[derive(Clone, Copy, Debug)]
+pub struct OldAddrs<'a> {
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub v4: bool,
 }
 
 /// Rewrites the transport ports and updates its checksum for them and for the addresses
-/// `change` rewrote. A UDP checksum of 0 (none, over IPv4) stays 0.
+/// rewritten from `old`. A UDP checksum of 0 (none, over IPv4) stays 0.
 #[inline(always)]
-pub fn transport(
-    ports: &mut L4Ports,
-    check: &mut Check,
-    proto: u8,
-    change: &AddrChange,
-    d: &FlowDir,
-) {
+pub fn transport(ports: &mut L4Ports, check: &mut Check, proto: u8, old: OldAddrs, d: &FlowDir) {
     let original = u16::from_be_bytes(check.0);
     let mut c = original;
-    if change.v4 {
-        c = csum::replace32(c, v4_of(&change.old_src), v4_of(&d.new_src));
-        c = csum::replace32(c, v4_of(&change.old_dst), v4_of(&d.new_dst));
+    if old.v4 {
+        c = csum::replace32(c, v4_of(old.src), v4_of(&d.new_src));
+        c = csum::replace32(c, v4_of(old.dst), v4_of(&d.new_dst));
     } else {
-        c = csum::replace128(c, &change.old_src, &d.new_src);
-        c = csum::replace128(c, &change.old_dst, &d.new_dst);
+        c = csum::replace128(c, old.src, &d.new_src);
+        c = csum::replace128(c, old.dst, &d.new_dst);
     }
     c = csum::replace16(c, u16::from_be_bytes(ports.src), d.new_src_port);
     c = csum::replace16(c, u16::from_be_bytes(ports.dst), d.new_dst_port);
@@ -163,12 +144,13 @@ pub struct OuterV4(pub [u8; VXLAN_V4_OVERHEAD]);
 // SAFETY: repr(C), a byte array.
 unsafe impl Header for OuterV4 {}
 
-/// The outer headers for an inner frame of `inner_len` bytes: what the kernel's own VXLAN
-/// device would put there (no DF, no UDP checksum over IPv4), with `ip_id` as the
+/// Writes the outer headers for an inner frame of `inner_len` bytes: what the kernel's own
+/// VXLAN device would put there (no DF, no UDP checksum over IPv4), with `ip_id` as the
 /// identification and `src_port` as the UDP source port.
 #[inline(always)]
-pub fn vxlan_v4(t: &Tunnel, inner_len: usize, src_port: u16, ip_id: u16) -> OuterV4 {
-    let mut o = [0u8; VXLAN_V4_OVERHEAD];
+pub fn vxlan_v4(outer: &mut OuterV4, t: &Tunnel, inner_len: usize, src_port: u16, ip_id: u16) {
+    let o = &mut outer.0;
+    *o = [0u8; VXLAN_V4_OVERHEAD];
     o[0..6].copy_from_slice(&t.dst_mac);
     o[6..12].copy_from_slice(&t.src_mac);
     o[12..14].copy_from_slice(&crate::headers::ETH_P_IPV4.to_be_bytes());
@@ -194,7 +176,6 @@ pub fn vxlan_v4(t: &Tunnel, inner_len: usize, src_port: u16, ip_id: u16) -> Oute
     o[38..40].copy_from_slice(&udp_len.to_be_bytes());
     o[42] = VXLAN_FLAG_VNI;
     o[46..50].copy_from_slice(&(t.vni << 8).to_be_bytes());
-    OuterV4(o)
 }
 
 /// Whether a wrapped packet's outer IPv4 header and VXLAN header are the tunnel's, coming

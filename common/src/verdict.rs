@@ -59,6 +59,15 @@ crate::counters! {
         /// A shaped VM's TCP frame for the network: passed to the kernel, where the VM port's
         /// tc program queues it in the VM's class on its uplink (`xnic_common::shaper`).
         ToShaper = 16 => "to_shaper",
+        /// A packet of an offloaded flow: rewritten and redirected by the fast path
+        /// (`xnic_common::flow`).
+        FlowForward = 17 => "flow_forward",
+        /// A packet of an offloaded flow the fast path leaves to the kernel (promoting,
+        /// leaving, TTL running out, too large): passed untouched.
+        FlowSlow = 18 => "flow_slow",
+        /// A rewritten packet of an offloaded flow whose redirect failed (its output went
+        /// away in between): dropped, since the kernel would not take it rewritten.
+        FlowRedirectFailed = 19 => "flow_redirect_failed",
     }
 }
 
@@ -74,15 +83,17 @@ impl Reason {
             | Reason::NoUplink
             | Reason::FailoverPause
             | Reason::NotReceiver
-            | Reason::Looped => Action::Drop,
-            Reason::ToUplink => Action::Redirect,
+            | Reason::Looped
+            | Reason::FlowRedirectFailed => Action::Drop,
+            Reason::ToUplink | Reason::FlowForward => Action::Redirect,
             Reason::FromVm
             | Reason::ToVm
             | Reason::NotForVm
             | Reason::Multicast
             | Reason::UnknownPort
             | Reason::StageMissing
-            | Reason::ToShaper => Action::Pass,
+            | Reason::ToShaper
+            | Reason::FlowSlow => Action::Pass,
         }
     }
 }

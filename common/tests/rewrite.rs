@@ -13,7 +13,7 @@ use xnic_common::{
     frame::{Frame, FrameMut},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr},
     parse::parse_frame,
-    rewrite::{self, Check, L4Ports, VXLAN_V4_OVERHEAD, VxlanHdr},
+    rewrite::{self, Check, L4Ports, OldAddrs, OuterV4, VXLAN_V4_OVERHEAD, VxlanHdr},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -75,15 +75,20 @@ fn rewrite_in_place(bytes: &mut [u8], d: &FlowDir) {
     let (l3, l4) = (parsed.l3_offset as usize, parsed.l4_offset as usize);
     let mut f = FrameMut::from_slice(bytes);
     rewrite::ethernet(f.header_mut::<EthHdr>(0).unwrap(), d);
-    let change = if key.family == 4 {
+    if key.family == 4 {
         rewrite::ipv4(f.header_mut::<Ipv4Hdr>(l3).unwrap(), d)
     } else {
         rewrite::ipv6(f.header_mut::<Ipv6Hdr>(l3).unwrap(), d)
     };
+    let old = OldAddrs {
+        src: &parsed.src_ip,
+        dst: &parsed.dst_ip,
+        v4: key.family == 4,
+    };
     let mut ports = *f.header_mut::<L4Ports>(l4).unwrap();
     let check_at = l4 + rewrite::check_offset(key.proto);
     let mut check = *f.header_mut::<Check>(check_at).unwrap();
-    rewrite::transport(&mut ports, &mut check, key.proto, &change, d);
+    rewrite::transport(&mut ports, &mut check, key.proto, old, d);
     *f.header_mut::<L4Ports>(l4).unwrap() = ports;
     *f.header_mut::<Check>(check_at).unwrap() = check;
 }
@@ -188,7 +193,9 @@ proptest! {
             dst_port: 4789, valid: 1,
             ..Tunnel::default()
         };
-        let outer = rewrite::vxlan_v4(&t, inner_len, sport, ip_id).0;
+        let mut outer = OuterV4([0; VXLAN_V4_OVERHEAD]);
+        rewrite::vxlan_v4(&mut outer, &t, inner_len, sport, ip_id);
+        let outer = outer.0;
 
         let payload_len = 8 + VxlanHdr::LEN + inner_len;
         let mut ip = Ipv4Header::new(payload_len as u16, ttl, IpNumber::UDP, local, remote).unwrap();
@@ -240,7 +247,9 @@ fn a_wrapped_packet_reads_back_as_the_inner_one() {
         valid: 1,
         ..Tunnel::default()
     };
-    let mut wrapped = rewrite::vxlan_v4(&t, inner.len(), 50000, 7).0.to_vec();
+    let mut outer = OuterV4([0; VXLAN_V4_OVERHEAD]);
+    rewrite::vxlan_v4(&mut outer, &t, inner.len(), 50000, 7);
+    let mut wrapped = outer.0.to_vec();
     wrapped.extend_from_slice(&inner);
     let h = PacketHeaders::from_ethernet_slice(&wrapped).unwrap();
     let udp = h.transport.unwrap().udp().unwrap();

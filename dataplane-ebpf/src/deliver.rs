@@ -20,7 +20,8 @@ use xnic_common::{
 };
 
 use crate::{
-    maps::{CPUMAP, FLOOD, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS},
+    flow,
+    maps::{CPUMAP, FLOOD, FLOW_TX, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS},
     steer, xmit,
 };
 
@@ -53,6 +54,27 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
                 action
             }
             None => failed(cx),
+        };
+    }
+    if next.kind == NextKind::FlowOut as u8 {
+        return match FLOW_TX.redirect(next.target, 0) {
+            Ok(action) => {
+                xmit::mark_redirect();
+                action
+            }
+            Err(_) => {
+                flow::undo_sent(cx);
+                failed(cx)
+            }
+        };
+    }
+    if next.kind == NextKind::FlowCpu as u8 {
+        return match CPUMAP.redirect(next.target, 0) {
+            Ok(action) => action,
+            Err(_) => {
+                flow::undo_behind(cx);
+                xdp_action::XDP_PASS
+            }
         };
     }
     if next.kind == NextKind::Flood as u8 {

@@ -6,6 +6,9 @@
 //!   for the network, and software RSS for a frame for a VM;
 //! - `xnic_shape`: tc ingress on VM ports: a shaped VM's TCP frame, passed up by the team
 //!   stage, to its class on its uplink's queue (`xnic_common::shaper`);
+//! - `xnic_decap`: the stage that looks inside VXLAN packets for offloaded flows;
+//! - `xnic_flow_tx`, `xnic_flow_exit`: count offloaded flows' frames leaving the fast path
+//!   (a devmap program) and the kernel (tc egress), so moves between them reorder nothing;
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
 //! - `xnic_flood`: filters broadcast copies bound for a team uplink;
 //! - `xnic_redirect_err`, `xnic_xmit_drops`, `xnic_queue_drops`: tracepoints (the last two
@@ -21,10 +24,12 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod atomic;
 mod calls;
 mod carrier;
 mod classify;
 mod deliver;
+mod flow;
 mod lookup;
 mod maps;
 mod pipeline;
@@ -61,6 +66,25 @@ pub fn xnic_team(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xnic_steer(ctx: XdpContext) -> u32 {
     pipeline::steer(&ctx)
+}
+
+/// Stage `Call::FlowDecap`: the offloaded flow inside a VXLAN packet on an uplink.
+#[xdp(frags)]
+pub fn xnic_decap(ctx: XdpContext) -> u32 {
+    pipeline::flow_decap(&ctx)
+}
+
+/// Runs on each fast-path frame leaving through `FLOW_TX` (a devmap entry's program):
+/// counts it out for its flow, so demotion knows when nothing is in flight.
+#[xdp(frags, map = "devmap")]
+pub fn xnic_flow_tx(ctx: XdpContext) -> u32 {
+    flow::transmitted(&ctx)
+}
+
+/// tc egress on every port: notes promoting flows' packets leaving the kernel.
+#[classifier]
+pub fn xnic_flow_exit(ctx: TcContext) -> i32 {
+    pipeline::flow_exit(&ctx)
 }
 
 /// tc ingress on VM ports: a shaped VM's TCP frame, which the team stage passed up, to its

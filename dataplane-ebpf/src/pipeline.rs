@@ -2,7 +2,8 @@
 //! either deliver it or tail-call the stage it needs; every stage ends in `deliver`.
 //!
 //! ```text
-//! xnic_uplink / xnic_vm:  parse → classify → guard ─┬─ deliver
+//! xnic_uplink / xnic_vm:  parse → classify → guard ─┬─ flow hit (rewrite) ─────────────→ deliver
+//!                                                   ├─ CALLS[FlowDecap]  → xnic_decap → deliver
 //!                                                   ├─ CALLS[TeamEgress] → xnic_team  → deliver
 //!                                                   └─ CALLS[Steer]      → xnic_steer → deliver
 //! ```
@@ -12,12 +13,18 @@ use aya_ebpf::{
     helpers::bpf_xdp_get_buff_len,
     programs::{TcContext, XdpContext},
 };
-use xnic_common::{ctx::FrameCtx, frame::Frame, maps::PortRole, parse::parse};
+use xnic_common::{
+    ctx::{Call, FrameCtx},
+    frame::Frame,
+    maps::PortRole,
+    parse::parse,
+};
 
 use crate::{
     calls,
     classify::{self, Route},
     deliver::deliver,
+    flow,
     maps::SCRATCH,
     shape, steer, team,
 };
@@ -46,6 +53,11 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
     classify::classify(cx, role);
+    match flow::offer(xdp, cx, role == PortRole::Uplink) {
+        flow::Offer::Taken => return deliver(xdp, cx),
+        flow::Offer::Decap => return calls::jump(xdp, cx, Call::FlowDecap),
+        flow::Offer::Miss => {}
+    }
     match classify::route(cx, role) {
         Route::Deliver => deliver(xdp, cx),
         Route::Call(call) => calls::jump(xdp, cx, call),
@@ -59,6 +71,22 @@ pub fn team_egress(xdp: &XdpContext) -> u32 {
     };
     team::egress(cx);
     deliver(xdp, cx)
+}
+
+/// Stage `Call::FlowDecap`: a VXLAN packet on an uplink that may carry an offloaded flow.
+#[inline(always)]
+pub fn flow_decap(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    flow::decap(xdp, cx);
+    deliver(xdp, cx)
+}
+
+/// tc egress on every port, while flows are promoting (see `flow::exit`).
+#[inline(always)]
+pub fn flow_exit(tc: &TcContext) -> i32 {
+    flow::exit(tc)
 }
 
 #[inline(always)]

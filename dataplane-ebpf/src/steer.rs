@@ -1,8 +1,6 @@
 //! The steer step: a frame for a VM goes to the CPU its RSS state picks, through the CPU map;
 //! the CPU-map program on that CPU finishes it. See `xnic_common::rss` for the design.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
@@ -10,6 +8,7 @@ use aya_ebpf::{
 };
 use xnic_common::{
     ctx::{FrameCtx, Next},
+    flow::FLOW_META_TAG,
     hash::flow_hash,
     maps::Counter,
     rss::{
@@ -18,6 +17,7 @@ use xnic_common::{
     },
 };
 
+use crate::atomic::{add, load, sub};
 use crate::maps::{
     BUCKET_STATS, ENGINES, FLOW_DONE, FLOW_SLOTS_V2, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2,
     VM_CPU_STATS, VM_RSS,
@@ -31,31 +31,6 @@ pub fn count(c: SteerCounter) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
     }
-}
-
-// The BPF target has atomic add but not the compare-and-swap `AtomicU32` is built on, so the
-// counts use the intrinsics directly. Each takes a pointer into a map value, which lives as
-// long as the map and is aligned for its type.
-
-/// A single aligned 32-bit load (the BPF backend cannot select an atomic load for the
-/// generic CPU, and an aligned load is not torn).
-#[inline(always)]
-fn load(field: *mut u32) -> u32 {
-    // SAFETY: see above.
-    unsafe { core::ptr::read_volatile(field) }
-}
-
-#[inline(always)]
-fn add(field: *mut u32) {
-    // SAFETY: see above.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, 1) };
-}
-
-/// Subtracts one as a wrapping add (the backend has no 32-bit atomic subtract).
-#[inline(always)]
-fn sub(field: *mut u32) {
-    // SAFETY: see above.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, u32::MAX) };
 }
 
 /// The steer stage: a frame for a VM goes to the CPU that finishes that VM's frames (there
@@ -181,6 +156,11 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: [meta, meta + META_LEN) lies before `data`, inside the metadata area.
     let m = unsafe { (meta as *const SteerMeta).read_unaligned() };
+    if m.vm_slot == FLOW_META_TAG {
+        // A leaving offloaded flow's packet, queued behind its fast-path frames.
+        crate::flow::dequeued(m.flow_slot);
+        return xdp_action::XDP_PASS;
+    }
     // An index past the array (a frame an older dataplane's program steered) counts nowhere.
     if let Some(done) = FLOW_DONE.get_ptr_mut(m.flow_slot) {
         // SAFETY: `done` points into the FLOW_DONE array value.

@@ -3,8 +3,6 @@
 //! uplinks (our own frames coming back, which member takes group frames) and the flood
 //! filter on broadcast copies.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use xnic_common::{
     ctx::{CTX_GROUP, FrameCtx, Next},
@@ -161,8 +159,7 @@ fn take(vm_slot: u32, cost: u64, burst_ns: u64, now: u64) -> bool {
             true
         }
         Some(_) => {
-            // SAFETY: as above.
-            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat, cost) };
+            crate::atomic::add64(tat, cost);
             true
         }
     }

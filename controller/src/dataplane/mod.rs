@@ -152,15 +152,27 @@ fn remove_pin(pin: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Every program of the dataplane object, loaded in this order.
+/// The fast path's tc program on every port's egress (promoting flows' packets leaving the
+/// kernel).
+pub const FLOW_EXIT_PROGRAM: &str = "xnic_flow_exit";
+
+/// The fast path's device-map program (its frames leaving).
+pub const FLOW_TX_PROGRAM: &str = "xnic_flow_tx";
+
+/// Every XDP program of the dataplane object, loaded in this order.
 const PROGRAMS: &[&str] = &[
     "xnic_uplink",
     "xnic_vm",
     "xnic_team",
     "xnic_steer",
+    "xnic_decap",
     CPUMAP_PROGRAM,
     FLOOD_PROGRAM,
+    FLOW_TX_PROGRAM,
 ];
+
+/// The tc programs.
+const TC_PROGRAMS: &[&str] = &[SHAPE_PROGRAM, FLOW_EXIT_PROGRAM];
 
 impl Dataplane {
     /// Loads the programs against the instance's pinned maps, creating and pinning them when
@@ -214,13 +226,14 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel rejected XDP program {name}"))?;
         }
-        let shaper: &mut SchedClassifier = ebpf
-            .program_mut(SHAPE_PROGRAM)
-            .ok_or_else(|| anyhow!("the XDP object has no program {SHAPE_PROGRAM}"))?
-            .try_into()?;
-        shaper
-            .load()
-            .with_context(|| format!("the kernel rejected tc program {SHAPE_PROGRAM}"))?;
+        for name in TC_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected tc program {name}"))?;
+        }
         let counters = Counters::open(&pins)?;
         let mut dp = Dataplane {
             ebpf,
@@ -613,11 +626,7 @@ impl Dataplane {
     /// order.
     pub fn verified_instructions(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
         let mut counts = Vec::new();
-        for name in PROGRAMS
-            .iter()
-            .chain(&[SHAPE_PROGRAM])
-            .chain(&trace::PROGRAMS)
-        {
+        for name in PROGRAMS.iter().chain(TC_PROGRAMS).chain(&trace::PROGRAMS) {
             let prog = self
                 .ebpf
                 .program(name)
