@@ -250,7 +250,7 @@ pub fn sack_edge(len: usize, word: impl Fn(usize) -> Option<[u8; 4]>) -> Sack {
     if len == 0 {
         return Sack::None;
     }
-    if len > MAX_OPTIONS_LEN || len % 4 != 0 {
+    if len > MAX_OPTIONS_LEN || !len.is_multiple_of(4) {
         return Sack::Unknown;
     }
     let mut at = 0;
@@ -266,7 +266,7 @@ pub fn sack_edge(len: usize, word: impl Fn(usize) -> Option<[u8; 4]>) -> Sack {
     };
     let sack_len = sack_len as usize;
     let blocks = sack_len.wrapping_sub(2) / 8;
-    if sack_len < 10 || (sack_len - 2) % 8 != 0 || at + 2 + sack_len != len {
+    if sack_len < 10 || !(sack_len - 2).is_multiple_of(8) || at + 2 + sack_len != len {
         return Sack::Unknown;
     }
     let mut edge = 0u32;

@@ -523,7 +523,7 @@ fn seen_leaving(frame: &Frame, p: &Parsed, vni: u32) {
     };
     // Leaving rewritten, it is the other direction's key reversed (`flow::leaves_as`).
     // SAFETY: a value of a hash map the daemon alone writes; copied out at once.
-    let Some(r) = (unsafe { FLOWS.get(&key.reversed()) }).copied() else {
+    let Some(r) = (unsafe { FLOWS.get(key.reversed()) }).copied() else {
         return;
     };
     let Some(live) = FLOW_LIVE.get_ptr_mut(r.slot) else {
