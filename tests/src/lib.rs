@@ -6,6 +6,7 @@
 //! removes those whose process is gone.
 
 pub mod layout4;
+pub mod programs;
 
 use std::{
     path::PathBuf,

@@ -3,33 +3,12 @@
 //! and shape counters, with exact byte counts.
 
 use etherparse::PacketBuilder;
-use xnic::{dataplane::Dataplane, policy::plan::Image};
 use xnic_common::{
-    maps::{Counter, MacOwner, NO_VM, PortEntry, PortRole, VmCounters},
+    maps::{Counter, NO_VM, PortEntry, PortRole, VmCounters},
     parse::Shape,
     verdict::{Action, Reason},
 };
-use xnic_tests::unique_name;
-
-const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
-const PEER_MAC: [u8; 6] = [0x02, 0x78, 0, 0, 0, 0x01];
-const PORT_SLOT: u32 = 1;
-const VM_SLOT: u32 = 0;
-
-/// A dataplane of its own (its own pinned maps), removed when the test ends.
-struct Fixture {
-    dp: Dataplane,
-    instance: String,
-    ifindex: u32,
-    /// What the port and MAC maps hold (written as the daemon writes them).
-    image: Image,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = xnic::dataplane::teardown(&self.instance);
-    }
-}
+use xnic_tests::programs::{Fixture, PEER_MAC, PORT_SLOT, VM_MAC, VM_SLOT};
 
 /// The counters a frame can move.
 #[derive(Debug, PartialEq)]
@@ -40,48 +19,14 @@ struct Moved {
     vm: VmCounters,
 }
 
-impl Fixture {
-    /// Frames "arrive" on `lo`, which exists in every network namespace; `role` says what
-    /// the port entry for it claims it is.
-    fn new(role: PortRole) -> Fixture {
-        let instance = unique_name();
-        let dp = Dataplane::open(&instance, 3).expect("loading the dataplane");
-        let ifindex = nix::net::if_::if_nametoindex("lo").expect("lo");
-        let mut fx = Fixture {
-            dp,
-            instance,
-            ifindex,
-            image: Image::default(),
-        };
-        let vm_slot = if role == PortRole::Vm { VM_SLOT } else { NO_VM };
-        let mut entry = PortEntry::new(PORT_SLOT, vm_slot, role);
-        if role == PortRole::Vm {
-            // As the daemon writes it: the VM's first MAC in its port's entry.
-            entry.mac = VM_MAC;
-        }
-        // On a VM port the VM's MAC is bound to this port; on an uplink, to a VM port
-        // elsewhere.
-        let port_ifindex = if role == PortRole::Vm { ifindex } else { 9999 };
-        fx.write(|i| {
-            i.ports.insert(ifindex, entry);
-            i.macs.insert(
-                VM_MAC,
-                MacOwner {
-                    vm_slot: VM_SLOT,
-                    port_ifindex,
-                },
-            );
-        });
-        fx
-    }
+/// Counting what a frame moved.
+trait Run {
+    fn snapshot(&self, slot: u32) -> (xnic::dataplane::PortCounters, VmCounters);
+    fn run_on(&mut self, role: PortRole, frame: &[u8], ifindex: u32, slot: u32) -> Moved;
+    fn run(&mut self, role: PortRole, frame: &[u8]) -> Moved;
+}
 
-    /// Changes the port and MAC maps as `change` says.
-    fn write(&mut self, change: impl FnOnce(&mut Image)) {
-        let mut to = self.image.clone();
-        change(&mut to);
-        self.image = self.dp.write_image(&self.image, to).unwrap();
-    }
-
+impl Run for Fixture {
     fn snapshot(&self, slot: u32) -> (xnic::dataplane::PortCounters, VmCounters) {
         let mut cpus = vec![Counter::default(); self.dp.nr_cpus()];
         (

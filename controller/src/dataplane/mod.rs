@@ -11,6 +11,7 @@ pub mod baseline;
 mod bpffs;
 pub mod counters;
 mod execute;
+mod flows;
 pub mod objects;
 pub mod qdisc;
 pub mod registry;
@@ -522,7 +523,7 @@ impl Dataplane {
     /// program into the link an earlier daemon pinned there.
     fn attach_shaper(&mut self, ifname: &str) -> anyhow::Result<()> {
         let pin = self.pins.shaper_link(ifname);
-        let program = self.shaper_program()?;
+        let program = self.tc_program(SHAPE_PROGRAM)?;
         if pin.exists() {
             let swapped = PinnedLink::from_pin(&pin)
                 .map_err(anyhow::Error::from)
@@ -594,15 +595,20 @@ impl Dataplane {
     }
 
     /// Runs the shaper's tc program on `frame` with `BPF_PROG_TEST_RUN`.
-    pub fn test_run_shaper(&mut self, frame: &[u8]) -> anyhow::Result<testrun::ShaperOutcome> {
-        testrun::run_shaper(self.shaper_program()?, frame)
+    pub fn test_run_shaper(&mut self, frame: &[u8]) -> anyhow::Result<testrun::TcOutcome> {
+        testrun::run_tc(self.tc_program(SHAPE_PROGRAM)?, frame)
     }
 
-    fn shaper_program(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+    /// Runs the fast path's tc egress program on `frame` (a packet leaving the kernel).
+    pub fn test_run_flow_exit(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
+        Ok(testrun::run_tc(self.tc_program(FLOW_EXIT_PROGRAM)?, frame)?.action)
+    }
+
+    fn tc_program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         Ok(self
             .ebpf
-            .program_mut(SHAPE_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {SHAPE_PROGRAM}"))?
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()?)
     }
 

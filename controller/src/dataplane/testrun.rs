@@ -1,4 +1,4 @@
-//! `BPF_PROG_TEST_RUN` for the XDP programs and the shaper's tc program: run a program on a
+//! `BPF_PROG_TEST_RUN` for the XDP programs and the tc programs: run a program on a
 //! frame without a network, for tests and per-packet cost benchmarks.
 
 use anyhow::Context as _;
@@ -8,12 +8,16 @@ use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 /// XDP headroom (256) and the aligned `skb_shared_info` (320) on x86-64.
 const TEST_RUN_LINEAR_MAX: usize = 4096 - 256 - 320;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestRunOutcome {
     /// The XDP action the program returned.
     pub action: u32,
     /// Average time per run as the kernel measured it, in nanoseconds.
     pub ns_per_run: u64,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// The metadata the program put in front of it.
+    pub meta: Vec<u8>,
 }
 
 /// Runs `prog` `repeat` times on `frame`, as if it arrived on `ingress_ifindex` (0: none;
@@ -29,28 +33,38 @@ pub fn run(
     let linear = frame.len().min(TEST_RUN_LINEAR_MAX) as u32;
     let md: [u32; 6] = [0, linear, 0, ingress_ifindex, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut ctx_out = vec![0u8; ctx.len()];
+    // Room for what a program may add in front (VXLAN's outer headers, metadata).
     let mut out = vec![0u8; frame.len() + 256];
     let result = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
             repeat,
             ..TestRunOptions::new()
         })
         .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame failed", frame.len()))?;
+    // The output starts at the metadata; xdp_md.data is where the frame starts in it.
+    out.truncate(result.data_size_out as usize);
+    let data = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("four bytes")) as usize;
+    let data = data.min(out.len());
+    let frame = out.split_off(data);
     Ok(TestRunOutcome {
         action: result.return_value,
         ns_per_run: result.duration.as_nanos() as u64,
+        frame,
+        meta: out,
     })
 }
 
-/// What the shaper's tc program did with a frame in a test run.
+/// What a tc program did with a frame in a test run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShaperOutcome {
+pub struct TcOutcome {
     /// The tc action (`TC_ACT_*`).
     pub action: i32,
-    /// `skb->priority` after the run: the HTB class it chose.
+    /// `skb->priority` after the run (the shaper's HTB class).
     pub priority: u32,
 }
 
@@ -58,8 +72,8 @@ pub struct ShaperOutcome {
 const SKB_CTX_LEN: usize = 192;
 const SKB_PRIORITY: usize = 32;
 
-/// Runs the shaper's tc program on `frame` (it arrives on `lo`, the test run's device).
-pub fn run_shaper(prog: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<ShaperOutcome> {
+/// Runs a tc program on `frame` (it arrives on `lo`, the test run's device).
+pub fn run_tc(prog: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<TcOutcome> {
     let ctx_in = [0u8; SKB_CTX_LEN];
     let mut ctx_out = [0u8; SKB_CTX_LEN];
     let mut out = vec![0u8; frame.len() + 256];
@@ -73,7 +87,7 @@ pub fn run_shaper(prog: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<Sh
         })
         .with_context(|| {
             format!(
-                "BPF_PROG_TEST_RUN of the shaper on a {}-byte frame failed",
+                "BPF_PROG_TEST_RUN of a tc program on a {}-byte frame failed",
                 frame.len()
             )
         })?;
@@ -82,7 +96,7 @@ pub fn run_shaper(prog: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<Sh
             .try_into()
             .expect("four bytes"),
     );
-    Ok(ShaperOutcome {
+    Ok(TcOutcome {
         action: result.return_value as i32,
         priority,
     })

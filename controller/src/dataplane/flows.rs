@@ -1,0 +1,186 @@
+//! The flow table's maps (`xnic_common::flow`): what the offload feature writes and reads.
+//! A flow goes in slot first, keys last, and comes out keys first, so a frame that finds a
+//! key always finds its slot set up.
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{DevMapHash, MapError, PerCpuArray};
+use aya::programs::Xdp;
+use xnic_common::flow::{
+    FlowConfig, FlowCounter, FlowKey, FlowLive, FlowRef, FlowState, MODE_UNUSED, Tunnel,
+};
+
+use super::{
+    Dataplane, FLOW_TX_PROGRAM,
+    registry::{self, Registered as _},
+};
+
+/// Whether a map error is "no such key" (deleting what is already gone is fine).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+impl Dataplane {
+    pub fn flow_config(&self) -> anyhow::Result<FlowConfig> {
+        Ok(self.array::<registry::FLOW_CONFIG>()?.get(&0, 0)?)
+    }
+
+    pub fn set_flow_config(&mut self, config: FlowConfig) -> anyhow::Result<()> {
+        self.array_mut::<registry::FLOW_CONFIG>()?
+            .set(0, config, 0)
+            .context("cannot write FLOW_CONFIG")
+    }
+
+    /// Slots the flow table has (its configured size).
+    pub fn flow_slots(&self) -> anyhow::Result<u32> {
+        Ok(self.array::<registry::FLOW_STATE>()?.len())
+    }
+
+    /// Sets up `slot` for a flow and then points its two keys at it. The live state starts
+    /// with both directions promoting.
+    pub fn insert_flow(
+        &mut self,
+        slot: u32,
+        keys: &[FlowKey; 2],
+        state: &FlowState,
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
+        self.array_mut::<registry::FLOW_STATE>()?
+            .set(slot, *state, 0)
+            .with_context(|| format!("cannot write FLOW_STATE[{slot}]"))?;
+        self.array_mut::<registry::FLOW_LIVE>()?
+            .set(slot, FlowLive::promoted(state, now_ns), 0)
+            .with_context(|| format!("cannot write FLOW_LIVE[{slot}]"))?;
+        let mut flows = self.hash_mut::<registry::FLOWS>()?;
+        for (dir, key) in keys.iter().enumerate() {
+            let r = FlowRef {
+                slot,
+                dir: dir as u16,
+                _pad: 0,
+                generation: state.generation,
+            };
+            if let Err(e) = flows.insert(key, r, 0) {
+                // Nothing half-done: the first key goes again.
+                if dir == 1 {
+                    let _ = flows.remove(&keys[0]);
+                }
+                return Err(e).with_context(|| format!("cannot add flow slot {slot}'s key"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites what a flow's directions become (a next hop that moved, a leave the daemon
+    /// asks for), keeping its keys and live state.
+    pub fn update_flow_state(&mut self, slot: u32, state: &FlowState) -> anyhow::Result<()> {
+        self.array_mut::<registry::FLOW_STATE>()?
+            .set(slot, *state, 0)
+            .with_context(|| format!("cannot write FLOW_STATE[{slot}]"))
+    }
+
+    /// Takes a flow out: its keys first, so no frame finds the slot; then the slot is
+    /// marked unused.
+    pub fn remove_flow(&mut self, slot: u32, keys: &[FlowKey; 2]) -> anyhow::Result<()> {
+        {
+            let mut flows = self.hash_mut::<registry::FLOWS>()?;
+            for key in keys {
+                match flows.remove(key) {
+                    Ok(()) => {}
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot remove flow slot {slot}'s key"));
+                    }
+                }
+            }
+        }
+        let mut live = self.flow_live(slot)?;
+        for d in &mut live.dirs {
+            d.mode = MODE_UNUSED;
+        }
+        self.array_mut::<registry::FLOW_LIVE>()?
+            .set(slot, live, 0)
+            .with_context(|| format!("cannot write FLOW_LIVE[{slot}]"))
+    }
+
+    pub fn flow_state(&self, slot: u32) -> anyhow::Result<FlowState> {
+        self.array::<registry::FLOW_STATE>()?
+            .get(&slot, 0)
+            .with_context(|| format!("cannot read FLOW_STATE[{slot}]"))
+    }
+
+    pub fn flow_live(&self, slot: u32) -> anyhow::Result<FlowLive> {
+        self.array::<registry::FLOW_LIVE>()?
+            .get(&slot, 0)
+            .with_context(|| format!("cannot read FLOW_LIVE[{slot}]"))
+    }
+
+    /// Every key of the flow table with the slot it points at: what a restarted daemon
+    /// adopts.
+    pub fn flow_keys(&self) -> anyhow::Result<Vec<(FlowKey, FlowRef)>> {
+        let flows = self.hash::<registry::FLOWS>()?;
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            out.push(entry.context("cannot read FLOWS")?);
+        }
+        Ok(out)
+    }
+
+    pub fn set_tunnel(&mut self, index: u32, tunnel: Tunnel) -> anyhow::Result<()> {
+        self.array_mut::<registry::FLOW_TUNNELS>()?
+            .set(index, tunnel, 0)
+            .with_context(|| format!("cannot write FLOW_TUNNELS[{index}]"))
+    }
+
+    pub fn tunnel(&self, index: u32) -> anyhow::Result<Tunnel> {
+        self.array::<registry::FLOW_TUNNELS>()?
+            .get(&index, 0)
+            .with_context(|| format!("cannot read FLOW_TUNNELS[{index}]"))
+    }
+
+    /// Lets the fast path redirect to port `ifindex`, through the program that counts its
+    /// frames out.
+    pub fn add_flow_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(FLOW_TX_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {FLOW_TX_PROGRAM}"))?
+            .try_into()?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(registry::FLOW_TX::NAME)?)?;
+        map.insert(ifindex, ifindex, Some(&fd), 0)
+            .with_context(|| format!("cannot add ifindex {ifindex} to FLOW_TX"))
+    }
+
+    pub fn remove_flow_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(registry::FLOW_TX::NAME)?)?;
+        match map.remove(ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete FLOW_TX[{ifindex}]")),
+        }
+    }
+
+    /// ifindexes in `FLOW_TX`.
+    pub fn flow_ports(&self) -> anyhow::Result<Vec<u32>> {
+        let map: DevMapHash<_> = DevMapHash::try_from(self.map(registry::FLOW_TX::NAME)?)?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
+    /// The fast path's counters, summed over CPUs, by `FlowCounter`.
+    pub fn flow_counters(&self) -> anyhow::Result<[u64; FlowCounter::COUNT]> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(registry::FLOW_STATS::NAME)?)?;
+        let mut out = [0u64; FlowCounter::COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = map
+                .get(&(i as u32), 0)
+                .with_context(|| format!("cannot read FLOW_STATS[{i}]"))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
