@@ -129,6 +129,13 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 0,
         replaced: &[],
     },
+    // Flow offload is new: its maps start empty and offload off, so the new programs find
+    // no flow until the daemon promotes one.
+    Migration {
+        family: Family::Flows,
+        from: 0,
+        replaced: &[],
+    },
 ];
 
 /// Flow slots of version 1 of the RSS family.
