@@ -13,6 +13,7 @@ pub mod lab;
 pub mod logging;
 pub mod model;
 pub mod monitor;
+pub mod netlink;
 pub mod netns;
 pub mod policy;
 pub mod reconcile;

@@ -11,17 +11,16 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, anyhow, bail};
 use rtnetlink::{
-    packet_core::{
-        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
-        NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
-    },
+    packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NlasIterator},
     packet_route::{
         RouteNetlinkMessage,
         tc::{TcAttribute, TcHandle, TcHeader, TcMessage},
     },
-    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    sys::protocols::NETLINK_ROUTE,
 };
 use xnic_common::shaper::{QDISC_MAJOR, class_id, class_slot, queue_limit_bytes};
+
+use crate::netlink::Channel;
 
 pub use crate::policy::plan::ShapeClass;
 
@@ -41,8 +40,6 @@ const RTM_GETQDISC: u16 = 38;
 const RTM_NEWTCLASS: u16 = 40;
 const RTM_DELTCLASS: u16 = 41;
 const RTM_GETTCLASS: u16 = 42;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
 const TCA_STATS2: u16 = 7;
@@ -71,8 +68,7 @@ const fn root_handle() -> u32 {
 
 /// A route netlink socket for tc requests, in the calling thread's network namespace.
 pub struct Tc {
-    socket: Socket,
-    seq: u32,
+    channel: Channel,
 }
 
 /// One message of a reply: its type and its tc header and attributes (raw).
@@ -140,12 +136,9 @@ fn ne_u64(b: &[u8], at: usize) -> Option<u64> {
 
 impl Tc {
     pub fn open() -> anyhow::Result<Tc> {
-        let mut socket = Socket::new(NETLINK_ROUTE).context("cannot open a netlink socket")?;
-        socket.bind_auto().context("cannot bind a netlink socket")?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .context("cannot connect a netlink socket")?;
-        Ok(Tc { socket, seq: 0 })
+        Ok(Tc {
+            channel: Channel::open(NETLINK_ROUTE)?,
+        })
     }
 
     /// Sends one request and reads its replies up to the ack (or the end of a dump).
@@ -156,7 +149,6 @@ impl Tc {
         header: TcHeader,
         attrs: Vec<TcAttribute>,
     ) -> anyhow::Result<Vec<Reply>> {
-        self.seq = self.seq.wrapping_add(1);
         let msg = TcMessage::from_parts(header, attrs);
         let payload = match message_type {
             RTM_NEWQDISC => RouteNetlinkMessage::NewQueueDiscipline(msg),
@@ -166,57 +158,18 @@ impl Tc {
             RTM_DELTCLASS => RouteNetlinkMessage::DelTrafficClass(msg),
             _ => RouteNetlinkMessage::GetTrafficClass(msg),
         };
-        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
-        nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        nl.header.sequence_number = self.seq;
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.socket
-            .send(&buf, 0)
-            .context("cannot send a netlink request")?;
-        let mut replies = Vec::new();
-        loop {
-            let (data, _) = self
-                .socket
-                .recv_from_full()
-                .context("cannot read a netlink reply")?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let msg = NetlinkBuffer::new_checked(&data[offset..])
-                    .map_err(|e| anyhow!("malformed netlink reply: {e}"))?;
-                let len = msg.length() as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len.div_ceil(4) * 4;
-                if msg.sequence_number() != self.seq {
-                    continue;
-                }
-                match msg.message_type() {
-                    NLMSG_DONE => return Ok(replies),
-                    NLMSG_ERROR => {
-                        let code = msg
-                            .payload()
-                            .get(..4)
-                            .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])));
-                        if code == 0 {
-                            return Ok(replies);
-                        }
-                        return Err(std::io::Error::from_raw_os_error(-code).into());
-                    }
-                    _ => {
-                        let payload = msg.payload();
-                        let header = TcHeader::parse(payload)
-                            .map_err(|e| anyhow!("malformed tc message: {e}"))?;
-                        replies.push(Reply {
-                            header,
-                            attrs: payload.get(20..).unwrap_or_default().to_vec(),
-                        });
-                    }
-                }
-            }
-        }
+        self.channel
+            .request(payload, flags)?
+            .into_iter()
+            .map(|r| {
+                let header = TcHeader::parse(&r.payload)
+                    .map_err(|e| anyhow!("malformed tc message: {e}"))?;
+                Ok(Reply {
+                    header,
+                    attrs: r.payload.get(20..).unwrap_or_default().to_vec(),
+                })
+            })
+            .collect()
     }
 
     fn header(ifindex: u32, handle: u32, parent: u32) -> TcHeader {

@@ -1,5 +1,6 @@
-//! What the daemon observes of the kernel: interfaces (rtnetlink) and where CPU time goes
-//! (/proc).
+//! What the daemon observes of the kernel: interfaces (rtnetlink), connections (ctnetlink)
+//! and where CPU time goes (/proc).
 
+pub mod conntrack;
 pub mod cpu;
 pub mod links;
