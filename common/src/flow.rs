@@ -18,8 +18,10 @@
 //!   and the last one's fingerprint is remembered. The tc egress program on the output ports
 //!   records the fingerprint of each pending flow's packet leaving the kernel; when the last
 //!   packet passed has left, no slow-path packet of that direction is in flight and the next
-//!   one takes the fast path. A direction whose last slow packet never leaves (the kernel
-//!   dropped it) switches after [`PROMOTE_WAIT_NS`], counted.
+//!   one takes the fast path. A direction only ever switches on that evidence, which is also
+//!   proof that the slow path (its ruleset) forwards the flow: one whose packets never leave
+//!   the kernel stays on the slow path, and the daemon gives up on it after
+//!   [`PROMOTE_WAIT_NS`], counted.
 //! - **demotion**: a leaving flow's packets go to the slow path behind the frames the fast path
 //!   already redirected: while some are in flight (redirected, `fast_sent`, but not yet taken
 //!   by the device map's program, `fast_done`) or some of its packets are queued on a CPU-map
@@ -51,10 +53,11 @@ pub const MAX_FLOWS_LIMIT: u32 = 4 * 1024 * 1024;
 /// remote network a host reaches; 256 is far beyond what one host configures.
 pub const MAX_TUNNELS: u32 = 256;
 
-/// How long a promoting direction waits for its last slow-path packet to leave the kernel
-/// before it switches anyway: the kernel's forwarding path takes microseconds; a packet that
-/// has not left after 20 ms was dropped there.
-pub const PROMOTE_WAIT_NS: u64 = 20_000_000;
+/// How long the daemon lets a flow promote before it gives up: a direction switches once a
+/// packet it passed has left the kernel, which takes microseconds; a flow with traffic whose
+/// packets have not left after 500 ms is dropped by the slow path (its ruleset), and one
+/// without traffic has nothing to gain from the fast path.
+pub const PROMOTE_WAIT_NS: u64 = 500_000_000;
 
 /// How long a leaving flow waits for fast-path frames the device map has not taken: the
 /// device map's queue is flushed at the end of each NAPI poll (microseconds); a frame not
@@ -374,10 +377,8 @@ pub enum Decision {
 pub struct Events {
     /// The flow started leaving with this packet, for this reason.
     pub left: Option<Leave>,
-    /// The direction switched to the fast path: its slow-path packets drained, or the wait
-    /// expired.
+    /// The direction switched to the fast path: its slow-path packets drained.
     pub drained: bool,
-    pub expired: bool,
     /// The segment was outside the window.
     pub window: Option<OutOfWindow>,
 }
@@ -442,13 +443,10 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
         return behind_fast(sender, waited, Slow::Leaving);
     }
     if sender.mode == Mode::Pending as u8 {
-        let waited = pkt.now_ns.wrapping_sub(sender.mode_since_ns);
-        let drained = sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp;
-        if drained || waited > PROMOTE_WAIT_NS {
+        if sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp {
             sender.mode = Mode::Active as u8;
             sender.mode_since_ns = pkt.now_ns;
-            ev.drained = drained;
-            ev.expired = !drained;
+            ev.drained = true;
         } else {
             sender.pass_fp = pkt.fingerprint;
             sender.slow_passes = sender.slow_passes.wrapping_add(1);
@@ -598,33 +596,30 @@ crate::counters! {
         SlowBehind = 4 => "slow_behind",
         /// Directions that switched to the fast path once their slow-path packets left.
         PromoteDrained = 5 => "promote_drained",
-        /// Directions that switched after `PROMOTE_WAIT_NS` (their last slow packet never
-        /// left the kernel).
-        PromoteExpired = 6 => "promote_expired",
         /// Packets of an offloaded flow on another port than the flow's.
-        WrongPort = 7 => "wrong_port",
+        WrongPort = 6 => "wrong_port",
         /// Packets whose TTL ran out: the kernel answers them.
-        TtlExpired = 8 => "ttl_expired",
+        TtlExpired = 7 => "ttl_expired",
         /// Packets larger than the output's MTU.
-        TooBig = 9 => "too_big",
+        TooBig = 8 => "too_big",
         /// Flows a segment with TCP options the fast path does not read sent leaving.
-        LeaveOptions = 10 => "leave_options",
+        LeaveOptions = 9 => "leave_options",
         /// Keys pointing at a slot of another generation.
-        Stale = 11 => "stale",
+        Stale = 10 => "stale",
         /// Flows a FIN, RST or SYN sent leaving.
-        LeaveFlags = 12 => "leave_flags",
+        LeaveFlags = 11 => "leave_flags",
         /// Flows an out-of-window segment sent leaving.
-        LeaveWindow = 13 => "leave_window",
+        LeaveWindow = 12 => "leave_window",
         /// Fast-path redirects that failed (the output is gone): passed to the slow path.
-        RedirectFailed = 14 => "redirect_failed",
+        RedirectFailed = 13 => "redirect_failed",
         /// Packets a leaving flow sent through a CPU-map queue that had none for this CPU.
-        NoCpuQueue = 15 => "no_cpu_queue",
+        NoCpuQueue = 14 => "no_cpu_queue",
         /// Packets that could not be wrapped or unwrapped (no room, a tunnel gone).
-        TunnelFailed = 16 => "tunnel_failed",
+        TunnelFailed = 15 => "tunnel_failed",
         /// Wrapped packets for an offloaded flow whose outer header is not the tunnel's.
-        TunnelMismatch = 17 => "tunnel_mismatch",
+        TunnelMismatch = 16 => "tunnel_mismatch",
         /// Pending packets the egress program saw leave the kernel.
-        ExitSeen = 18 => "exit_seen",
+        ExitSeen = 17 => "exit_seen",
     }
 }
 
@@ -767,22 +762,23 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_slow_packet_ends_the_wait_after_the_bound() {
+    fn a_direction_whose_packets_never_leave_the_kernel_stays_slow() {
         let s = state();
         let mut l = FlowLive::promoted(&s, 0);
         let mut ev = Events::default();
         decide(&s, &mut l, &pkt(ORIGINAL, 100, 5, TCP_ACK, 7, 10), &mut ev);
-        let late = PROMOTE_WAIT_NS + 11;
+        // However long it waits: the slow path drops it, the fast path must not carry it.
+        let late = PROMOTE_WAIT_NS * 10;
+        let p = pkt(ORIGINAL, 200, 5, TCP_ACK, 8, late);
         assert_eq!(
-            decide(
-                &s,
-                &mut l,
-                &pkt(ORIGINAL, 200, 5, TCP_ACK, 8, late),
-                &mut ev
-            ),
-            Decision::Forward
+            decide(&s, &mut l, &p, &mut ev),
+            Decision::Slow(Slow::Pending)
         );
-        assert!(ev.expired && !ev.drained);
+        assert!(!ev.drained);
+        // One that does leave (the previous one was lost) lets it switch.
+        l.dirs[0].exit_fp = 8;
+        let p = pkt(ORIGINAL, 300, 5, TCP_ACK, 9, late + 1);
+        assert_eq!(decide(&s, &mut l, &p, &mut ev), Decision::Forward);
     }
 
     #[test]

@@ -179,9 +179,6 @@ fn fast(xdp: &XdpContext, cx: &mut FrameCtx, key: &FlowKey, outer_len: usize) ->
     if ev.drained {
         count(FlowCounter::PromoteDrained);
     }
-    if ev.expired {
-        count(FlowCounter::PromoteExpired);
-    }
     match decision {
         Decision::Forward => forward(xdp, cx, state, live, dir, key, outer_len),
         Decision::Slow(why) => count_slow(why),
