@@ -244,6 +244,9 @@ crate::counters! {
         Disabled = 11 => "disabled",
         /// A segment with TCP options the fast path does not read.
         TcpOptions = 12 => "tcp_options",
+        /// Its promotion got nowhere: none of its packets left the kernel (the ruleset drops
+        /// them) within `PROMOTE_WAIT_NS`.
+        PromoteTimeout = 13 => "promote_timeout",
     }
 }
 

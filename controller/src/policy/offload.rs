@@ -1,0 +1,520 @@
+//! Flow offload decisions: which connections conntrack knows move into the fast path, which
+//! leave it and why, and what conntrack is told meanwhile. Pure: inputs in, decisions out;
+//! the time is an argument (CLOCK_MONOTONIC nanoseconds), never read here.
+//!
+//! A connection qualifies when conntrack has confirmed it both ways and the fast path can
+//! carry it: established TCP (no FIN or RST seen), or UDP that has seen a reply; no helper,
+//! no zone, not dying. Among those, the policy's selection picks what to move:
+//! - `all`: every one;
+//! - elephants: the ones past a bytes, packets or rate threshold;
+//! - a conntrack mark (`ct mark set 0x1` in the operator's own nft rule = offload);
+//! - protocol and port (the original direction's destination).
+//!
+//! Flows leave the fast path when the fast path itself says so (FIN, RST, a segment outside
+//! the window: the programs mark it), when idle for longer than the timeout, when conntrack
+//! forgets the connection, when the ruleset changes (every flow goes back and earns its way
+//! in again through the new ruleset: promotion needs its packets to leave the kernel), when
+//! the table is full and a candidate is worth more than the least valuable flow in it
+//! (`PRESSURE_MARGIN`), by hand, and when a promotion gets nowhere for `PROMOTE_WAIT_NS`.
+//! A flow that left waits `cooldown` before it may come back, so flows do not flap.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use xnic_common::flow::{Leave, PROMOTE_WAIT_NS, Why};
+
+/// How much more a candidate must be worth (bytes per second) than the least valuable
+/// offloaded flow to take its place when the table is full: enough that two flows of about
+/// the same rate never trade places back and forth.
+pub const PRESSURE_MARGIN: u64 = 2;
+
+/// Evictions per round when the table is full: each needs its victim drained before its slot
+/// frees, so a few at a time keep the table's churn (and conntrack's hand-back work) bounded.
+pub const MAX_EVICTIONS_PER_ROUND: usize = 64;
+
+/// What picks flows for the fast path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Every qualifying flow.
+    pub all: bool,
+    /// Elephants: at least this many bytes (both directions).
+    pub min_bytes: Option<u64>,
+    /// At least this many packets (both directions).
+    pub min_packets: Option<u64>,
+    /// At least this many bytes per second (both directions, over the last period).
+    pub min_rate_bps: Option<u64>,
+    /// `ct mark & mask == value`.
+    pub mark: Option<(u32, u32)>,
+    /// (protocol, destination port of the original direction).
+    pub ports: BTreeSet<(u8, u16)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub enabled: bool,
+    pub selection: Selection,
+    /// Flows the table holds.
+    pub capacity: u32,
+    /// A flow with no packet for this long leaves.
+    pub idle_timeout_ns: u64,
+    /// A flow that left stays out this long.
+    pub cooldown_ns: u64,
+}
+
+/// The protocol numbers the fast path carries.
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+
+/// A connection as conntrack reports it, reduced to what the policy needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// conntrack's id for it (stable while it lives).
+    pub id: u32,
+    pub proto: u8,
+    /// The original direction's destination port.
+    pub dst_port: u16,
+    /// Established TCP, or UDP that has seen a reply.
+    pub confirmed: bool,
+    /// Has a helper, a zone, is dying, or is otherwise not for the fast path.
+    pub excluded: bool,
+    pub mark: u32,
+    pub bytes: u64,
+    pub packets: u64,
+    /// Bytes per second over the last period (0 when unknown).
+    pub rate_bps: u64,
+}
+
+/// An offloaded flow as the fast path reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offloaded {
+    pub id: u32,
+    /// When either direction last had a packet.
+    pub last_seen_ns: u64,
+    pub promoted_ns: u64,
+    /// Some direction has not switched yet.
+    pub promoting: bool,
+    /// Why it is leaving, if it is.
+    pub leaving: Option<Leave>,
+    /// Leaving, with nothing of it in flight any more.
+    pub drained: bool,
+    /// Bytes per second over the last period, both directions.
+    pub rate_bps: u64,
+    /// conntrack still has the connection.
+    pub in_conntrack: bool,
+}
+
+/// Everything one round looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inputs {
+    pub candidates: Vec<Candidate>,
+    pub offloaded: Vec<Offloaded>,
+    /// Flows that left recently: id → when.
+    pub left: BTreeMap<u32, u64>,
+    /// The ruleset changed since the last round.
+    pub ruleset_changed: bool,
+    /// Asked for by hand.
+    pub manual_offload: BTreeSet<u32>,
+    pub manual_demote: BTreeSet<u32>,
+}
+
+/// What one round decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decisions {
+    /// Candidates to move into the fast path, most valuable first, with why.
+    pub promote: Vec<(u32, Why)>,
+    /// Offloaded flows to send leaving.
+    pub demote: Vec<(u32, Leave)>,
+    /// Leaving flows that have drained: hand their state back and free their slots.
+    pub remove: Vec<u32>,
+    /// Qualifying candidates left on the slow path because the table is full.
+    pub refused_full: u64,
+    /// Promotions given up after `PROMOTE_WAIT_NS` (among `demote`).
+    pub promote_timeouts: u64,
+}
+
+/// Why `c` should be offloaded under `s`, if it should.
+pub fn selected(s: &Selection, c: &Candidate) -> Option<Why> {
+    if s.all {
+        return Some(Why::All);
+    }
+    if let Some((value, mask)) = s.mark
+        && c.mark & mask == value
+    {
+        return Some(Why::Mark);
+    }
+    if s.ports.contains(&(c.proto, c.dst_port)) {
+        return Some(Why::Port);
+    }
+    if s.min_bytes.is_some_and(|b| c.bytes >= b) {
+        return Some(Why::Bytes);
+    }
+    if s.min_packets.is_some_and(|p| c.packets >= p) {
+        return Some(Why::Packets);
+    }
+    if s.min_rate_bps.is_some_and(|r| c.rate_bps >= r) {
+        return Some(Why::Rate);
+    }
+    None
+}
+
+fn qualifies(c: &Candidate) -> bool {
+    c.confirmed && !c.excluded && (c.proto == TCP || c.proto == UDP)
+}
+
+/// One round of decisions.
+pub fn decide(p: &Policy, inputs: &Inputs, now_ns: u64) -> Decisions {
+    let mut d = Decisions::default();
+    let offloaded: BTreeMap<u32, &Offloaded> = inputs.offloaded.iter().map(|f| (f.id, f)).collect();
+
+    // Leaving flows: done once drained; everything else that must leave, leaves.
+    for f in &inputs.offloaded {
+        if f.leaving.is_some() {
+            if f.drained {
+                d.remove.push(f.id);
+            }
+            continue;
+        }
+        let why = if !p.enabled {
+            Some(Leave::Disabled)
+        } else if inputs.manual_demote.contains(&f.id) {
+            Some(Leave::Manual)
+        } else if !f.in_conntrack {
+            Some(Leave::Conntrack)
+        } else if inputs.ruleset_changed {
+            Some(Leave::RuleChange)
+        } else if f.promoting && now_ns.saturating_sub(f.promoted_ns) > PROMOTE_WAIT_NS {
+            d.promote_timeouts += 1;
+            Some(Leave::PromoteTimeout)
+        } else if now_ns.saturating_sub(f.last_seen_ns) > p.idle_timeout_ns {
+            Some(Leave::Idle)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            d.demote.push((f.id, why));
+        }
+    }
+    if !p.enabled || inputs.ruleset_changed {
+        return d;
+    }
+
+    // Candidates, most valuable first (rate, then bytes; the id keeps it deterministic).
+    let mut wanted: Vec<(&Candidate, Why)> = inputs
+        .candidates
+        .iter()
+        .filter(|c| !offloaded.contains_key(&c.id) && qualifies(c))
+        .filter_map(|c| {
+            if inputs.manual_offload.contains(&c.id) {
+                return Some((c, Why::Manual));
+            }
+            let cooling = inputs
+                .left
+                .get(&c.id)
+                .is_some_and(|t| now_ns.saturating_sub(*t) < p.cooldown_ns);
+            if cooling {
+                return None;
+            }
+            selected(&p.selection, c).map(|w| (c, w))
+        })
+        .collect();
+    wanted
+        .sort_by(|a, b| (b.0.rate_bps, b.0.bytes, a.0.id).cmp(&(a.0.rate_bps, a.0.bytes, b.0.id)));
+
+    // Slots: what the table holds minus what stays in it (leaving flows hold theirs until
+    // they drain).
+    let demoted: BTreeSet<u32> = d.demote.iter().map(|(id, _)| *id).collect();
+    let held = inputs.offloaded.len() as u64 - d.remove.len() as u64;
+    let mut free = u64::from(p.capacity).saturating_sub(held);
+    // Eviction victims: staying flows, least valuable first.
+    let mut victims: Vec<&Offloaded> = inputs
+        .offloaded
+        .iter()
+        .filter(|f| f.leaving.is_none() && !demoted.contains(&f.id) && !f.promoting)
+        .collect();
+    victims.sort_by(|a, b| (a.rate_bps, a.id).cmp(&(b.rate_bps, b.id)));
+    let mut victims = victims.into_iter();
+    let mut evicted = 0;
+    for (c, why) in wanted {
+        if free > 0 {
+            free -= 1;
+            d.promote.push((c.id, why));
+            continue;
+        }
+        d.refused_full += 1;
+        // Full: the least valuable flow leaves if this one is worth clearly more; the
+        // candidate comes in on a later round, once that slot has drained.
+        if evicted < MAX_EVICTIONS_PER_ROUND
+            && let Some(v) = victims.as_slice().first()
+            && c.rate_bps > v.rate_bps.saturating_mul(PRESSURE_MARGIN)
+        {
+            d.demote.push((v.id, Leave::Pressure));
+            victims.next();
+            evicted += 1;
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn policy() -> Policy {
+        Policy {
+            enabled: true,
+            selection: Selection {
+                all: true,
+                ..Selection::default()
+            },
+            capacity: 4,
+            idle_timeout_ns: 30 * SEC,
+            cooldown_ns: 5 * SEC,
+        }
+    }
+
+    fn cand(id: u32, rate: u64) -> Candidate {
+        Candidate {
+            id,
+            proto: TCP,
+            dst_port: 443,
+            confirmed: true,
+            excluded: false,
+            mark: 0,
+            bytes: rate,
+            packets: 10,
+            rate_bps: rate,
+        }
+    }
+
+    fn flow(id: u32, rate: u64) -> Offloaded {
+        Offloaded {
+            id,
+            last_seen_ns: 100 * SEC,
+            promoted_ns: 50 * SEC,
+            promoting: false,
+            leaving: None,
+            drained: false,
+            rate_bps: rate,
+            in_conntrack: true,
+        }
+    }
+
+    #[test]
+    fn established_flows_are_promoted_and_the_rest_stay() {
+        let mut unconfirmed = cand(2, 10);
+        unconfirmed.confirmed = false;
+        let mut helper = cand(3, 10);
+        helper.excluded = true;
+        let mut icmp = cand(4, 10);
+        icmp.proto = 1;
+        let inputs = Inputs {
+            candidates: vec![cand(1, 10), unconfirmed, helper, icmp],
+            ..Inputs::default()
+        };
+        let d = decide(&policy(), &inputs, 100 * SEC);
+        assert_eq!(d.promote, vec![(1, Why::All)]);
+    }
+
+    #[test]
+    fn selections_say_why() {
+        let s = Selection {
+            min_bytes: Some(1000),
+            min_rate_bps: Some(500),
+            mark: Some((1, 0xff)),
+            ports: [(UDP, 53)].into(),
+            ..Selection::default()
+        };
+        let mut c = cand(1, 0);
+        assert_eq!(selected(&s, &c), None);
+        c.mark = 0x101;
+        assert_eq!(selected(&s, &c), Some(Why::Mark));
+        c.mark = 0;
+        c.bytes = 1000;
+        assert_eq!(selected(&s, &c), Some(Why::Bytes));
+        c.bytes = 0;
+        c.rate_bps = 600;
+        assert_eq!(selected(&s, &c), Some(Why::Rate));
+        let mut dns = cand(2, 0);
+        dns.proto = UDP;
+        dns.dst_port = 53;
+        assert_eq!(selected(&s, &dns), Some(Why::Port));
+    }
+
+    #[test]
+    fn flows_leave_for_their_reasons_and_go_once_drained() {
+        let mut idle = flow(1, 0);
+        idle.last_seen_ns = 10 * SEC;
+        let mut gone = flow(2, 0);
+        gone.in_conntrack = false;
+        let mut stuck = flow(3, 0);
+        stuck.promoting = true;
+        stuck.promoted_ns = 100 * SEC - PROMOTE_WAIT_NS - 1;
+        let mut fin = flow(4, 0);
+        fin.leaving = Some(Leave::Fin);
+        let mut done = flow(5, 0);
+        done.leaving = Some(Leave::Rst);
+        done.drained = true;
+        let inputs = Inputs {
+            offloaded: vec![idle, gone, stuck, fin, done, flow(6, 0), flow(7, 0)],
+            manual_demote: [7].into(),
+            ..Inputs::default()
+        };
+        let d = decide(&policy(), &inputs, 100 * SEC);
+        assert_eq!(
+            d.demote,
+            vec![
+                (1, Leave::Idle),
+                (2, Leave::Conntrack),
+                (3, Leave::PromoteTimeout),
+                (7, Leave::Manual)
+            ]
+        );
+        assert_eq!(d.promote_timeouts, 1);
+        assert_eq!(d.remove, vec![5]);
+    }
+
+    #[test]
+    fn a_ruleset_change_sends_every_flow_back_and_promotes_nothing() {
+        let inputs = Inputs {
+            candidates: vec![cand(9, 10)],
+            offloaded: vec![flow(1, 0), flow(2, 0)],
+            ruleset_changed: true,
+            ..Inputs::default()
+        };
+        let d = decide(&policy(), &inputs, 100 * SEC);
+        assert_eq!(
+            d.demote,
+            vec![(1, Leave::RuleChange), (2, Leave::RuleChange)]
+        );
+        assert!(d.promote.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_and_evicts_only_for_a_clearly_better_flow() {
+        let p = policy();
+        let inputs = Inputs {
+            candidates: vec![cand(10, 1000), cand(11, 150), cand(12, 50)],
+            offloaded: vec![flow(1, 100), flow(2, 300), flow(3, 400), flow(4, 500)],
+            ..Inputs::default()
+        };
+        let d = decide(&p, &inputs, 100 * SEC);
+        assert!(d.promote.is_empty());
+        assert_eq!(d.refused_full, 3);
+        // 1000 > 2 × 100 evicts flow 1; 150 is not worth twice flow 2's 300.
+        assert_eq!(d.demote, vec![(1, Leave::Pressure)]);
+    }
+
+    #[test]
+    fn flows_that_left_cool_down_and_manual_offload_skips_the_wait() {
+        let inputs = Inputs {
+            candidates: vec![cand(1, 10), cand(2, 10)],
+            left: [(1, 98 * SEC), (2, 98 * SEC)].into(),
+            manual_offload: [2].into(),
+            ..Inputs::default()
+        };
+        let d = decide(&policy(), &inputs, 100 * SEC);
+        assert_eq!(d.promote, vec![(2, Why::Manual)]);
+        let d = decide(&policy(), &inputs, 104 * SEC);
+        assert_eq!(d.promote.len(), 2);
+    }
+
+    #[test]
+    fn switching_offload_off_sends_everything_back() {
+        let p = Policy {
+            enabled: false,
+            ..policy()
+        };
+        let inputs = Inputs {
+            candidates: vec![cand(5, 10)],
+            offloaded: vec![flow(1, 0)],
+            ..Inputs::default()
+        };
+        let d = decide(&p, &inputs, 100 * SEC);
+        assert_eq!(d.demote, vec![(1, Leave::Disabled)]);
+        assert!(d.promote.is_empty());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn candidate() -> impl Strategy<Value = Candidate> {
+            (
+                0u32..64,
+                any::<bool>(),
+                any::<bool>(),
+                0u64..10_000,
+                prop_oneof![Just(TCP), Just(UDP), Just(1u8)],
+            )
+                .prop_map(|(id, confirmed, excluded, rate, proto)| Candidate {
+                    proto,
+                    confirmed,
+                    excluded,
+                    ..cand(id, rate)
+                })
+        }
+
+        fn offloaded() -> impl Strategy<Value = Offloaded> {
+            (
+                0u32..64,
+                0u64..200,
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                0u64..10_000,
+            )
+                .prop_map(|(id, seen, promoting, leaving, drained, rate)| Offloaded {
+                    last_seen_ns: seen * SEC,
+                    promoting,
+                    leaving: leaving.then_some(Leave::Fin),
+                    drained,
+                    ..flow(id, rate)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn decisions_respect_the_table_and_the_flows_states(
+                candidates in proptest::collection::btree_map(0u32..64, candidate(), 0..40),
+                offloaded in proptest::collection::btree_map(0u32..64, offloaded(), 0..20),
+                capacity in 0u32..24,
+                changed in proptest::bool::weighted(0.1),
+            ) {
+                // conntrack's ids are unique.
+                let candidates: Vec<Candidate> = candidates.into_iter().map(|(id, c)| Candidate { id, ..c }).collect();
+                let offloaded: Vec<Offloaded> = offloaded.into_iter().map(|(id, f)| Offloaded { id, ..f }).collect();
+                let p = Policy { capacity, ..policy() };
+                let inputs = Inputs { candidates, offloaded, ruleset_changed: changed, ..Inputs::default() };
+                let d = decide(&p, &inputs, 100 * SEC);
+                let ids: BTreeSet<u32> = inputs.offloaded.iter().map(|f| f.id).collect();
+                // Nothing offloaded twice; promotions fit in what is free.
+                prop_assert!(d.promote.iter().all(|(id, _)| !ids.contains(id)));
+                let held = inputs.offloaded.len() - d.remove.len();
+                prop_assert!(held + d.promote.len() <= capacity.max(held as u32) as usize);
+                // Only offloaded, not-yet-leaving flows are sent leaving, each once.
+                let demoted: Vec<u32> = d.demote.iter().map(|(id, _)| *id).collect();
+                let unique: BTreeSet<u32> = demoted.iter().copied().collect();
+                prop_assert_eq!(unique.len(), demoted.len());
+                for id in &demoted {
+                    let f = inputs.offloaded.iter().find(|f| f.id == *id).unwrap();
+                    prop_assert!(f.leaving.is_none());
+                }
+                // Only drained leaving flows are removed.
+                for id in &d.remove {
+                    let f = inputs.offloaded.iter().find(|f| f.id == *id).unwrap();
+                    prop_assert!(f.leaving.is_some() && f.drained);
+                }
+                // Only qualifying candidates are promoted; none after a ruleset change.
+                for (id, _) in &d.promote {
+                    prop_assert!(!changed);
+                    let c = inputs.candidates.iter().find(|c| c.id == *id).unwrap();
+                    prop_assert!(qualifies(c));
+                }
+                // The same inputs decide the same.
+                prop_assert_eq!(decide(&p, &inputs, 100 * SEC), d);
+            }
+        }
+    }
+}
