@@ -230,7 +230,7 @@ pub fn decide(p: &Policy, inputs: &Inputs, now_ns: u64) -> Decisions {
         .iter()
         .filter(|f| f.leaving.is_none() && !demoted.contains(&f.id) && !f.promoting)
         .collect();
-    victims.sort_by(|a, b| (a.rate_bps, a.id).cmp(&(b.rate_bps, b.id)));
+    victims.sort_by_key(|f| (f.rate_bps, f.id));
     let mut victims = victims.into_iter();
     let mut evicted = 0;
     for (c, why) in wanted {
