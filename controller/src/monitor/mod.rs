@@ -4,3 +4,4 @@
 pub mod conntrack;
 pub mod cpu;
 pub mod links;
+pub mod nexthop;

@@ -1,8 +1,11 @@
-//! The daemon's ctnetlink client (`xnic::monitor::conntrack`) against the kernel, checked
-//! with the `conntrack` tool: in a namespace of its own with a ruleset that tracks
-//! connections, a TCP connection and a UDP exchange show up in the dump and as events with
-//! their tuples and counters, and the changes flow offload makes (timeout, liberal window
-//! tracking) are what conntrack then reports.
+//! What flow offload asks the kernel, against the kernel itself, in namespaces of their own:
+//! - the ctnetlink client (`xnic::monitor::conntrack`), checked with the `conntrack` tool: a
+//!   TCP connection and a UDP exchange show up in the dump and as events with their tuples
+//!   and counters, and the changes offload makes (timeout, liberal window tracking) are what
+//!   conntrack then reports;
+//! - the next-hop resolver (`xnic::monitor::nexthop`), checked with `ip route get` and
+//!   `ip neigh`: routes through a gateway and on the link, unresolved neighbours, a VXLAN
+//!   device's settings.
 
 use std::{
     io::{Read as _, Write as _},
@@ -14,6 +17,7 @@ use std::{
 use xnic::monitor::conntrack::{
     Conntrack, CtChange, CtEvent, CtEvents, CtTuple, TCP_CONNTRACK_ESTABLISHED, TCP_FLAG_BE_LIBERAL,
 };
+use xnic::monitor::nexthop::Resolver;
 use xnic::netns::run_in;
 use xnic_tests::unique_name;
 
@@ -179,4 +183,65 @@ fn entries_events_and_changes_match_what_conntrack_reports() {
     let timeout: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(timeout > 3900 && timeout <= 4000, "{line}");
     assert!(line.contains(&format!("dport={}", tcp.dst_port)), "{line}");
+}
+
+#[test]
+fn next_hops_are_the_kernels_routes_and_neighbours() {
+    let ns = Ns::new();
+    for cmd in [
+        "ip link add up0 type veth peer name up1",
+        "ip link set up0 address 02:00:00:00:aa:01 mtu 1400 up",
+        "ip link set up1 up",
+        "ip addr add 192.0.2.1/24 dev up0",
+        "ip route add 198.51.100.0/24 via 192.0.2.254",
+        "ip neigh add 192.0.2.254 lladdr 02:00:00:00:bb:fe dev up0 nud permanent",
+        "ip link add vx0 type vxlan id 42 remote 192.0.2.9 local 192.0.2.1 dstport 4789 dev up0 ttl 32",
+        "ip link set vx0 address 02:00:00:00:cc:01 up",
+        "ip addr add 10.200.0.1/24 dev vx0",
+        "ip neigh add 10.200.0.5 lladdr 02:00:00:00:dd:05 dev vx0 nud permanent",
+    ] {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        ns.exec(&args);
+    }
+    let kernel_oif = |dst: &str| {
+        let out = ns.exec(&["ip", "route", "get", dst]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let (via_gw, on_link, unresolved, tunnel, none, up0) = run_in(&ns.0, || {
+        let mut r = Resolver::open()?;
+        Ok((
+            r.next_hop("198.51.100.7".parse()?)?,
+            r.next_hop("10.200.0.5".parse()?)?,
+            r.next_hop("192.0.2.77".parse()?)?,
+            r.link(nix::net::if_::if_nametoindex("vx0")?)?,
+            r.route("203.0.113.1".parse()?)?,
+            nix::net::if_::if_nametoindex("up0")?,
+        ))
+    })
+    .unwrap();
+    let gw = via_gw.expect("routed through the gateway");
+    assert_eq!(gw.link.name, kernel_oif("198.51.100.7"));
+    assert_eq!(gw.neighbour, "192.0.2.254".parse::<IpAddr>().unwrap());
+    assert_eq!(gw.neighbour_mac, [2, 0, 0, 0, 0xbb, 0xfe]);
+    assert_eq!(gw.link.mac, Some([2, 0, 0, 0, 0xaa, 1]));
+    assert_eq!(gw.link.mtu, 1400);
+    assert_eq!(gw.prefsrc, Some("192.0.2.1".parse().unwrap()));
+    let vx = on_link.expect("on the VXLAN link");
+    assert_eq!(vx.link.name, kernel_oif("10.200.0.5"));
+    assert_eq!(vx.neighbour_mac, [2, 0, 0, 0, 0xdd, 5]);
+    assert!(
+        unresolved.is_none(),
+        "no neighbour entry yet: the slow path's"
+    );
+    let v = tunnel.vxlan.expect("a VXLAN device");
+    assert_eq!(v.vni, 42);
+    assert_eq!(v.remote, Some("192.0.2.9".parse().unwrap()));
+    assert_eq!(v.local, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!((v.port, v.ttl), (4789, 32));
+    assert_eq!(v.link, up0, "bound to its underlay");
+    assert!(none.is_none(), "no default route: nothing");
 }
