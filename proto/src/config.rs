@@ -30,7 +30,74 @@ pub struct Config {
     #[serde(default, rename = "team")]
     pub teams: Vec<TeamConfig>,
     #[serde(default)]
+    pub flows: Option<FlowsSection>,
+    #[serde(default)]
     pub lab: Option<LabConfig>,
+}
+
+/// Flow offload (`[flows]`): connections conntrack learned, moved into the XDP fast path.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsSection {
+    /// Offload on (the section's presence means on unless this says otherwise).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Flows the fast path's table holds. Fixed when the dataplane is created (a change
+    /// takes effect after `xnic down`): about 550 bytes of kernel memory each.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    /// What is offloaded: every qualifying flow, or those the selectors below pick.
+    #[serde(default)]
+    pub select: FlowSelect,
+    /// Elephant thresholds (both directions together): bytes, packets, and rate in kbit/s.
+    #[serde(default)]
+    pub min_bytes: Option<u64>,
+    #[serde(default)]
+    pub min_packets: Option<u64>,
+    #[serde(default)]
+    pub min_rate_kbps: Option<u64>,
+    /// `ct mark` that asks for offload: `"0x1"` or `"0x1/0xff"` (value/mask), set by the
+    /// operator's own nft rule (`ct mark set 0x1`).
+    #[serde(default)]
+    pub mark: Option<String>,
+    /// Protocol and destination port of the original direction: `"tcp/443"`, `"udp/53"`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// A flow without packets for this long goes back to the slow path.
+    #[serde(default = "default_flow_idle_s")]
+    pub idle_timeout_s: u64,
+    /// A flow that left the fast path stays out this long.
+    #[serde(default = "default_flow_cooldown_s")]
+    pub cooldown_s: u64,
+    /// How often flows are learned, refreshed in conntrack and promoted or demoted.
+    #[serde(default = "default_flow_period_ms")]
+    pub period_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowSelect {
+    /// Every established TCP and answered UDP flow.
+    #[default]
+    All,
+    /// Only flows a threshold, the mark or a port picks.
+    Selected,
+}
+
+fn default_max_flows() -> u32 {
+    xnic_common::flow::DEFAULT_MAX_FLOWS
+}
+
+fn default_flow_idle_s() -> u64 {
+    30
+}
+
+fn default_flow_cooldown_s() -> u64 {
+    5
+}
+
+fn default_flow_period_ms() -> u64 {
+    200
 }
 
 /// A NIC team (`[[team]]`): uplinks that carry its VMs' frames, and how VMs are placed on

@@ -205,6 +205,31 @@ ips = ["10.0.0.2/24", "fd00::2"]
     }
 
     #[test]
+    fn a_flows_section_parses_and_its_mistakes_are_named() {
+        let c = parse(&format!(
+            "{GOOD}\n[flows]\nports = [\"tcp/5201\"]\nmark = \"0x1/0xff\"\n"
+        ))
+        .unwrap();
+        let f = c.flows.unwrap();
+        assert!(f.enabled);
+        assert_eq!(f.max_flows, xnic_common::flow::DEFAULT_MAX_FLOWS);
+        assert_eq!(
+            validate::parse_mark(f.mark.as_deref().unwrap()),
+            Ok((1, 0xff))
+        );
+        assert_eq!(validate::parse_port(&f.ports[0]), Ok((6, 5201)));
+        for (bad, field) in [
+            ("ports = [\"sctp/9\"]", "flows.ports[0]"),
+            ("mark = \"0x3/0x1\"", "flows.mark"),
+            ("max_flows = 0", "flows.max_flows"),
+            ("select = \"selected\"", "flows.select"),
+        ] {
+            let e = parse(&format!("{GOOD}\n[flows]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_field_is_rejected_with_its_location() {
         let text = GOOD.replace("port = \"tap0\"", "port = \"tap0\"\nmtu = 9000");
         let e = parse(&text).unwrap_err();

@@ -125,6 +125,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     validate_rss(c)?;
     validate_teams(c)?;
+    validate_flows(c)?;
     if let Some(lab) = &c.lab {
         check_name("lab.prefix", &lab.prefix, 16)?;
         if c.netns.is_none() {
@@ -258,6 +259,94 @@ fn validate_rss(c: &Config) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+fn validate_flows(c: &Config) -> Result<(), (String, String)> {
+    use xnic_common::flow::MAX_FLOWS_LIMIT;
+    let Some(f) = &c.flows else {
+        return Ok(());
+    };
+    if !(1..=MAX_FLOWS_LIMIT).contains(&f.max_flows) {
+        return Err((
+            "flows.max_flows".into(),
+            format!(
+                "{} is out of range: use 1 to {MAX_FLOWS_LIMIT} flows (each costs about 550 bytes of kernel memory)",
+                f.max_flows
+            ),
+        ));
+    }
+    if !(10..=60_000).contains(&f.period_ms) {
+        return Err((
+            "flows.period_ms".into(),
+            format!(
+                "{} is out of range: use 10 to 60000 milliseconds",
+                f.period_ms
+            ),
+        ));
+    }
+    if f.idle_timeout_s == 0 {
+        return Err((
+            "flows.idle_timeout_s".into(),
+            "must be at least 1 second".into(),
+        ));
+    }
+    if let Some(m) = &f.mark {
+        parse_mark(m).map_err(|e| ("flows.mark".to_string(), e))?;
+    }
+    for (i, p) in f.ports.iter().enumerate() {
+        parse_port(p).map_err(|e| (format!("flows.ports[{i}]"), e))?;
+    }
+    let selects = f.min_bytes.is_some()
+        || f.min_packets.is_some()
+        || f.min_rate_kbps.is_some()
+        || f.mark.is_some()
+        || !f.ports.is_empty();
+    if f.select == super::FlowSelect::Selected && !selects {
+        return Err((
+            "flows.select".into(),
+            "\"selected\" needs something to select by: min_bytes, min_packets, min_rate_kbps, mark or ports".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A conntrack mark selector: `"0x1"` (all bits) or `"0x1/0xff"` (value/mask), hex or
+/// decimal.
+pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
+    let number = |t: &str| {
+        let t = t.trim();
+        match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => t.parse(),
+        }
+        .map_err(|_| format!("{text:?} is not a mark: write it as 0x1 or 0x1/0xff"))
+    };
+    match text.split_once('/') {
+        Some((v, m)) => {
+            let (v, m) = (number(v)?, number(m)?);
+            if v & !m != 0 {
+                return Err(format!("{text:?}: the value has bits outside the mask"));
+            }
+            Ok((v, m))
+        }
+        None => Ok((number(text)?, u32::MAX)),
+    }
+}
+
+/// A protocol and port: `"tcp/443"` or `"udp/53"`.
+pub fn parse_port(text: &str) -> Result<(u8, u16), String> {
+    let bad = || format!("{text:?} is not a port: write it as tcp/443 or udp/53");
+    let (proto, port) = text.split_once('/').ok_or_else(bad)?;
+    let proto = match proto.trim() {
+        "tcp" => 6,
+        "udp" => 17,
+        _ => return Err(bad()),
+    };
+    let port: u16 = port.trim().parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((proto, port))
 }
 
 fn validate_teams(c: &Config) -> Result<(), (String, String)> {

@@ -58,6 +58,7 @@ fn without_vms(config: &Config) -> Config {
         vms: _,
         rss,
         teams,
+        flows,
         lab,
     } = config;
     Config {
@@ -68,6 +69,7 @@ fn without_vms(config: &Config) -> Config {
         vms: Vec::new(),
         rss: rss.clone(),
         teams: teams.clone(),
+        flows: flows.clone(),
         lab: lab.clone(),
     }
 }
