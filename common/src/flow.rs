@@ -45,6 +45,9 @@ use crate::{
 /// favours, are far fewer.
 pub const DEFAULT_MAX_FLOWS: u32 = 256 * 1024;
 
+/// The maps the configuration sizes (`flows.max_flows`; `FLOWS` holds two keys a flow).
+pub const TABLE_MAPS: &[&str] = &["FLOWS", "FLOW_STATE", "FLOW_LIVE"];
+
 /// The most a configuration may ask for: 4 Mi flows ≈ 2.1 GiB, beyond which the host would
 /// rather keep its memory for conntrack itself.
 pub const MAX_FLOWS_LIMIT: u32 = 4 * 1024 * 1024;

@@ -573,3 +573,16 @@ fn an_ipv6_tcp_flow_behind_a_virtual_ip_answers_from_it() {
         "source NAT to the virtual IP, hop limit, checksum"
     );
 }
+
+#[test]
+fn the_flow_table_is_as_large_as_configured_and_keeps_its_size_when_adopted() {
+    let instance = xnic_tests::unique_name();
+    let dp = xnic::dataplane::Dataplane::open_sized(&instance, 3, 1000).unwrap();
+    assert_eq!(dp.flow_slots().unwrap(), 1000);
+    drop(dp);
+    // A restart with another size adopts the pinned table as it is.
+    let dp = xnic::dataplane::Dataplane::open_sized(&instance, 3, 5000).unwrap();
+    assert_eq!(dp.flow_slots().unwrap(), 1000);
+    drop(dp);
+    xnic::dataplane::teardown(&instance).unwrap();
+}

@@ -487,7 +487,11 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
             }
         }
     }
-    let dp = Dataplane::open(&config.instance, ebpf_log::level())?;
+    let max_flows = config
+        .flows
+        .as_ref()
+        .map_or(xnic_common::flow::DEFAULT_MAX_FLOWS, |f| f.max_flows);
+    let dp = Dataplane::open_sized(&config.instance, ebpf_log::level(), max_flows)?;
     if dp.created() {
         info!(pins = %dp.pins().path().display(), "created a new dataplane");
     } else {

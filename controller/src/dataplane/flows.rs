@@ -34,9 +34,13 @@ impl Dataplane {
             .context("cannot write FLOW_CONFIG")
     }
 
-    /// Slots the flow table has (its configured size).
+    /// Slots the flow table has: the size it was made with (the kernel's, since a pinned
+    /// table keeps its size whatever the configuration says now).
     pub fn flow_slots(&self) -> anyhow::Result<u32> {
-        Ok(self.array::<registry::FLOW_STATE>()?.len())
+        let path = self.pins.maps().join(registry::FLOW_STATE::NAME);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(info.max_entries())
     }
 
     /// Sets up `slot` for a flow and then points its two keys at it. The live state starts

@@ -43,6 +43,7 @@ use aya::{
 use tracing::{info, warn};
 use xnic_common::{
     ctx::Call,
+    flow::DEFAULT_MAX_FLOWS,
     limits::{DATAPLANE_ABI, MAX_PORTS, MAX_VMS},
     maps::{
         Counter, DataplaneInfo, LayoutInfo, MacKey, MacOwner, PortEntry, PortRecord, PortRole,
@@ -180,6 +181,16 @@ impl Dataplane {
     /// this is the instance's first start, and upgrading them when an older xnic pinned
     /// them (see [`upgrade`]).
     pub fn open(instance: &str, ebpf_log_level: u8) -> anyhow::Result<Dataplane> {
+        Self::open_sized(instance, ebpf_log_level, DEFAULT_MAX_FLOWS)
+    }
+
+    /// [`Dataplane::open`] with a flow table of `max_flows` flows, if this start creates it
+    /// (a pinned table keeps the size it was made with).
+    pub fn open_sized(
+        instance: &str,
+        ebpf_log_level: u8,
+        max_flows: u32,
+    ) -> anyhow::Result<Dataplane> {
         ensure_bpffs()?;
         let pins = PinDir::new(instance);
         let created = !pins.exists();
@@ -198,7 +209,7 @@ impl Dataplane {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
         }
-        let result = Self::load(pins.clone(), created, &found, ebpf_log_level);
+        let result = Self::load(pins.clone(), created, &found, ebpf_log_level, max_flows);
         if result.is_err() && created {
             let _ = fs::remove_dir_all(pins.path());
         }
@@ -210,6 +221,7 @@ impl Dataplane {
         created: bool,
         found: &upgrade::Found,
         ebpf_log_level: u8,
+        max_flows: u32,
     ) -> anyhow::Result<Dataplane> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let mut ebpf = EbpfLoader::new()
@@ -217,6 +229,10 @@ impl Dataplane {
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
             // The kernel sizes a CPU map to the CPUs that can exist, no more.
             .map_max_entries(registry::CPUMAP::NAME, nr_cpus as u32)
+            // The flow table is as large as the configuration says (when this start makes it).
+            .map_max_entries(registry::FLOWS::NAME, 2 * max_flows)
+            .map_max_entries(registry::FLOW_STATE::NAME, max_flows)
+            .map_max_entries(registry::FLOW_LIVE::NAME, max_flows)
             .load(objects::DATAPLANE)
             .context("loading the XDP object failed")?;
         for name in PROGRAMS {

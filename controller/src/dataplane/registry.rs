@@ -40,11 +40,13 @@ fn kernel_type(kind: MapKind) -> u32 {
 }
 
 /// Whether the map pinned at `path` has `spec`'s layout (`max_entries` of `CPUMAP` is the
-/// host's CPU count, not the registry's ceiling).
+/// host's CPU count, and the flow table's the configured size, not the registry's).
 pub fn check_pinned(path: &Path, spec: &MapSpec) -> anyhow::Result<()> {
     let info =
         MapInfo::from_pin(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let entries_ok = spec.kind == MapKind::CpuMap || info.max_entries() == spec.max_entries;
+    let entries_ok = spec.kind == MapKind::CpuMap
+        || xnic_common::flow::TABLE_MAPS.contains(&spec.name)
+        || info.max_entries() == spec.max_entries;
     let kind = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
     if info.key_size() != spec.key_size
         || info.value_size() != spec.value_size
