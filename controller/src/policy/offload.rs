@@ -18,9 +18,15 @@
 //! (`PRESSURE_MARGIN`), by hand, and when a promotion gets nowhere for `PROMOTE_WAIT_NS`.
 //! A flow that left waits `cooldown` before it may come back, so flows do not flap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use xnic_common::flow::{Leave, PROMOTE_WAIT_NS, Why};
+use xnic_common::flow::{
+    DIR_DECAP, DIR_DNAT, DIR_ENCAP, DIR_SNAT, FlowDir, FlowKey, FlowState, Leave, ORIGINAL,
+    PROMOTE_WAIT_NS, REPLY, Why, leaves_as,
+};
 
 /// How much more a candidate must be worth (bytes per second) than the least valuable
 /// offloaded flow to take its place when the table is full: enough that two flows of about
@@ -252,6 +258,138 @@ pub fn decide(p: &Policy, inputs: &Inputs, now_ns: u64) -> Decisions {
         }
     }
     d
+}
+
+/// One side of a connection's tuple as conntrack reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// A VXLAN tunnel a direction goes into (its slot in `FLOW_TUNNELS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelHop {
+    pub index: u8,
+    pub vni: u32,
+    /// The underlay port wrapped packets leave by (and arrive on).
+    pub underlay_ifindex: u32,
+}
+
+/// Where one direction's packets go, resolved: the output port, the next hop's MACs, the
+/// largest IP packet the output takes, and the tunnel when the route is a VXLAN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// The port the packet leaves by (the VXLAN device itself for a tunnel).
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub mtu: u32,
+    pub tunnel: Option<TunnelHop>,
+}
+
+/// Why a connection cannot be carried by the fast path as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfit {
+    /// The directions mix IPv4 and IPv6 (NAT64 is the kernel's business).
+    MixedFamilies,
+    /// Not TCP or UDP.
+    Protocol,
+    /// A direction's output is not a port xnic serves.
+    UnknownPort,
+}
+
+fn addr16(a: &IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    }
+}
+
+/// The key packets of a tuple arrive with.
+pub fn key_of(t: &Tuple, vni: u32) -> FlowKey {
+    FlowKey {
+        src: addr16(&t.src),
+        dst: addr16(&t.dst),
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        proto: t.proto,
+        family: if t.src.is_ipv4() { 4 } else { 6 },
+        _pad: [0; 2],
+        vni,
+    }
+}
+
+/// The fast path's state for a connection: conntrack's two tuples, and each direction's
+/// resolved hop (`hops[ORIGINAL]`: where original packets go, after NAT). A direction's
+/// packets arrive where the other direction's leave (routing is symmetric for the flows
+/// conntrack tracks both ways), wrapped when the other direction goes into a tunnel.
+/// `served(ifindex)` says whether xnic has a port there.
+pub fn flow_state(
+    orig: &Tuple,
+    reply: &Tuple,
+    hops: &[Hop; 2],
+    scales: [u8; 2],
+    served: impl Fn(u32) -> bool,
+) -> Result<([FlowKey; 2], FlowState), Unfit> {
+    if orig.src.is_ipv4() != reply.src.is_ipv4() || orig.src.is_ipv4() != orig.dst.is_ipv4() {
+        return Err(Unfit::MixedFamilies);
+    }
+    if orig.proto != TCP && orig.proto != UDP {
+        return Err(Unfit::Protocol);
+    }
+    let tuples = [orig, reply];
+    // A direction arrives wrapped (with the tunnel's VNI in its key) when the other one
+    // leaves into that tunnel.
+    let vni = |d: usize| hops[d ^ 1].tunnel.map_or(0, |t| t.vni);
+    let keys = [key_of(tuples[0], vni(0)), key_of(tuples[1], vni(1))];
+    let mut dirs = [FlowDir::default(); 2];
+    for d in [ORIGINAL, REPLY] {
+        let hop = &hops[d];
+        let back = &hops[d ^ 1];
+        let to = leaves_as(&keys, d);
+        let (out, in_port, mut flags, tunnel) = match (hop.tunnel, back.tunnel) {
+            (Some(t), _) => (t.underlay_ifindex, back.ifindex, DIR_ENCAP, t.index),
+            (None, Some(t)) => (hop.ifindex, t.underlay_ifindex, DIR_DECAP, t.index),
+            (None, None) => (hop.ifindex, back.ifindex, 0, 0),
+        };
+        if !served(out) || !served(in_port) {
+            return Err(Unfit::UnknownPort);
+        }
+        if to.src != keys[d].src || to.src_port != keys[d].src_port {
+            flags |= DIR_SNAT;
+        }
+        if to.dst != keys[d].dst || to.dst_port != keys[d].dst_port {
+            flags |= DIR_DNAT;
+        }
+        dirs[d] = FlowDir {
+            new_src: to.src,
+            new_dst: to.dst,
+            new_src_port: to.src_port,
+            new_dst_port: to.dst_port,
+            in_ifindex: in_port,
+            out_ifindex: out,
+            src_mac: hop.src_mac,
+            dst_mac: hop.dst_mac,
+            mtu: hop.mtu.min(u32::from(u16::MAX)) as u16,
+            flags,
+            tunnel,
+            tcp_scale: scales[d],
+            _pad: [0; 3],
+        };
+    }
+    Ok((
+        keys,
+        FlowState {
+            dirs,
+            proto: orig.proto,
+            family: keys[0].family,
+            ..FlowState::default()
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -516,5 +654,96 @@ mod tests {
                 prop_assert_eq!(decide(&p, &inputs, 100 * SEC), d);
             }
         }
+    }
+
+    fn t(src: &str, sp: u16, dst: &str, dp: u16) -> Tuple {
+        Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: UDP,
+            src_port: sp,
+            dst_port: dp,
+        }
+    }
+
+    fn hop(ifindex: u32, mac: u8) -> Hop {
+        Hop {
+            ifindex,
+            src_mac: [2, 0, 0, 0, 0, mac],
+            dst_mac: [2, 0, 0, 0, 1, mac],
+            mtu: 1500,
+            tunnel: None,
+        }
+    }
+
+    #[test]
+    fn a_masqueraded_flow_rewrites_the_source_one_way_and_the_destination_back() {
+        // VM 10.1.0.2:5000 → 198.51.100.7:53, masqueraded behind 192.0.2.1:40000.
+        let orig = t("10.1.0.2", 5000, "198.51.100.7", 53);
+        let reply = t("198.51.100.7", 53, "192.0.2.1", 40000);
+        // Original packets leave by the uplink (7), replies by the VM's port (3).
+        let (keys, s) =
+            flow_state(&orig, &reply, &[hop(7, 7), hop(3, 3)], [7, 9], |_| true).unwrap();
+        assert_eq!(keys[0], key_of(&orig, 0));
+        let o = &s.dirs[ORIGINAL];
+        assert_eq!((o.in_ifindex, o.out_ifindex), (3, 7));
+        assert_eq!(o.flags, DIR_SNAT);
+        assert_eq!(o.new_src, key_of(&reply, 0).dst);
+        assert_eq!(o.new_src_port, 40000);
+        assert_eq!(o.tcp_scale, 7);
+        let r = &s.dirs[REPLY];
+        assert_eq!((r.in_ifindex, r.out_ifindex), (7, 3));
+        assert_eq!(r.flags, DIR_DNAT);
+        assert_eq!((r.new_dst, r.new_dst_port), (key_of(&orig, 0).src, 5000));
+        assert_eq!(r.dst_mac, [2, 0, 0, 0, 1, 3]);
+    }
+
+    #[test]
+    fn a_flow_into_a_tunnel_is_wrapped_one_way_and_unwrapped_the_other() {
+        let orig = t("10.1.0.2", 8000, "10.200.0.5", 7000);
+        let reply = t("10.200.0.5", 7000, "10.1.0.2", 8000);
+        let tunnel = TunnelHop {
+            index: 5,
+            vni: 42,
+            underlay_ifindex: 7,
+        };
+        let into = Hop {
+            tunnel: Some(tunnel),
+            ..hop(20, 20)
+        };
+        let (keys, s) = flow_state(&orig, &reply, &[into, hop(3, 3)], [0, 0], |_| true).unwrap();
+        // The VM's packets are wrapped out of the uplink; the answers arrive wrapped on it,
+        // with the VNI in their key.
+        assert_eq!(keys[REPLY].vni, 42);
+        assert_eq!(keys[ORIGINAL].vni, 0);
+        let o = &s.dirs[ORIGINAL];
+        assert_eq!(
+            (o.flags, o.tunnel, o.out_ifindex, o.in_ifindex),
+            (DIR_ENCAP, 5, 7, 3)
+        );
+        let r = &s.dirs[REPLY];
+        assert_eq!(
+            (r.flags, r.tunnel, r.in_ifindex, r.out_ifindex),
+            (DIR_DECAP, 5, 7, 3)
+        );
+    }
+
+    #[test]
+    fn connections_the_fast_path_cannot_carry_are_named() {
+        let orig = t("10.1.0.2", 1, "198.51.100.7", 2);
+        let v6 = t("fd00::2", 2, "fd00::1", 1);
+        assert_eq!(
+            flow_state(&orig, &v6, &[hop(1, 1), hop(2, 2)], [0, 0], |_| true),
+            Err(Unfit::MixedFamilies)
+        );
+        let icmp = Tuple { proto: 1, ..orig };
+        assert_eq!(
+            flow_state(&icmp, &icmp, &[hop(1, 1), hop(2, 2)], [0, 0], |_| true),
+            Err(Unfit::Protocol)
+        );
+        assert_eq!(
+            flow_state(&orig, &orig, &[hop(1, 1), hop(2, 2)], [0, 0], |i| i == 1),
+            Err(Unfit::UnknownPort)
+        );
     }
 }
