@@ -71,9 +71,9 @@ fn dir_to(keys: &[FlowKey; 2], dir: usize, ingress: u32, out: u32, flags: u8) ->
     }
 }
 
-/// A fixture with offload on, `lo` as the fast path's output, and one masqueraded UDP flow
-/// (VM:5000 → REMOTE:53 leaving as PUBLIC:40000) in slot 3.
-fn masqueraded(role: PortRole) -> (Fixture, [FlowKey; 2]) {
+/// A fixture with offload on (and tunnels, and flows promoting) and `lo`, where frames
+/// arrive, as the fast path's output too.
+fn offloading(role: PortRole) -> Fixture {
     let mut fx = Fixture::new(role);
     let lo = fx.ifindex;
     fx.dp
@@ -85,7 +85,31 @@ fn masqueraded(role: PortRole) -> (Fixture, [FlowKey; 2]) {
         })
         .unwrap();
     fx.dp.add_flow_port(lo).unwrap();
-    let orig = key_of(&udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 64, b""));
+    fx
+}
+
+/// The masqueraded flow's packets: from the VM, and as they leave the host.
+fn from_vm(ttl: u8, payload: &[u8]) -> Vec<u8> {
+    udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), ttl, payload)
+}
+
+fn masqueraded_out(payload: &[u8]) -> Vec<u8> {
+    udp4(
+        OUR_MAC,
+        NEXT_HOP_MAC,
+        (PUBLIC, 40000),
+        (REMOTE, 53),
+        63,
+        payload,
+    )
+}
+
+/// [`offloading`] with one masqueraded UDP flow (VM:5000 → REMOTE:53 leaving as
+/// PUBLIC:40000) in slot 3.
+fn masqueraded(role: PortRole) -> (Fixture, [FlowKey; 2]) {
+    let mut fx = offloading(role);
+    let lo = fx.ifindex;
+    let orig = key_of(&from_vm(64, b""));
     let reply = key_of(&udp4(
         PEER_MAC,
         HOST_MAC,
@@ -131,33 +155,19 @@ fn drain(fx: &mut Fixture, role: PortRole, passed: &[u8], leaving: &[u8]) {
 fn a_masqueraded_flow_is_forwarded_in_both_directions_once_its_slow_packets_left() {
     let (mut fx, _keys) = masqueraded(PortRole::Vm);
     let lo = fx.ifindex;
-    let first = udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 64, b"seq-1");
-    let first_out = udp4(
-        OUR_MAC,
-        NEXT_HOP_MAC,
-        (PUBLIC, 40000),
-        (REMOTE, 53),
-        63,
-        b"seq-1",
-    );
+    let first = from_vm(64, b"seq-1");
+    let first_out = masqueraded_out(b"seq-1");
     let before = counters(&fx);
     drain(&mut fx, PortRole::Vm, &first, &first_out);
     assert_eq!(moved(&before, &fx, FlowCounter::SlowPending), 1);
     assert_eq!(moved(&before, &fx, FlowCounter::ExitSeen), 1);
 
-    let second = udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 64, b"seq-2");
+    let second = from_vm(64, b"seq-2");
     let out = fx.dp.test_run(PortRole::Vm, &second, lo, 1).unwrap();
     assert_eq!(out.action, Action::Redirect as u32);
     assert_eq!(
         out.frame,
-        udp4(
-            OUR_MAC,
-            NEXT_HOP_MAC,
-            (PUBLIC, 40000),
-            (REMOTE, 53),
-            63,
-            b"seq-2"
-        ),
+        masqueraded_out(b"seq-2"),
         "source NAT, TTL, MACs and both checksums, byte for byte"
     );
     assert_eq!(
@@ -196,15 +206,8 @@ fn a_masqueraded_flow_is_forwarded_in_both_directions_once_its_slow_packets_left
 fn packets_the_fast_path_does_not_carry_pass_untouched() {
     let (mut fx, _) = masqueraded(PortRole::Vm);
     let lo = fx.ifindex;
-    let first = udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 64, b"x");
-    let first_out = udp4(
-        OUR_MAC,
-        NEXT_HOP_MAC,
-        (PUBLIC, 40000),
-        (REMOTE, 53),
-        63,
-        b"x",
-    );
+    let first = from_vm(64, b"x");
+    let first_out = masqueraded_out(b"x");
     drain(&mut fx, PortRole::Vm, &first, &first_out);
     let before = counters(&fx);
     let pass = |fx: &mut Fixture, frame: &[u8]| {
@@ -229,16 +232,10 @@ fn packets_the_fast_path_does_not_carry_pass_untouched() {
         .unwrap();
     pass(&mut fx, &icmp);
     // The TTL runs out here: the kernel answers time exceeded.
-    pass(
-        &mut fx,
-        &udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 1, b"x"),
-    );
+    pass(&mut fx, &from_vm(1, b"x"));
     assert_eq!(moved(&before, &fx, FlowCounter::TtlExpired), 1);
     // Larger than the next hop takes.
-    pass(
-        &mut fx,
-        &udp4(VM_MAC, HOST_MAC, (VM, 5000), (REMOTE, 53), 64, &[0u8; 1480]),
-    );
+    pass(&mut fx, &from_vm(64, &[0u8; 1480]));
     assert_eq!(moved(&before, &fx, FlowCounter::TooBig), 1);
     // Offload off: nothing is looked up.
     let config = fx.dp.flow_config().unwrap();
@@ -277,16 +274,8 @@ fn a_tcp_flow_leaves_on_a_fin_or_a_segment_outside_its_window() {
         ("fin", 1100, true, Leave::Fin),
         ("far ahead", 1100 + 10_000_000, false, Leave::OutOfWindow),
     ] {
-        let mut fx = Fixture::new(PortRole::Vm);
+        let mut fx = offloading(PortRole::Vm);
         let lo = fx.ifindex;
-        fx.dp
-            .set_flow_config(FlowConfig {
-                enabled: 1,
-                pending: 1,
-                ..FlowConfig::default()
-            })
-            .unwrap();
-        fx.dp.add_flow_port(lo).unwrap();
         let seg = |seq, fin, p: &[u8]| tcp4((VM, 40000), (REMOTE, 443), seq, 5000, fin, p);
         let keys = [
             key_of(&seg(0, false, b"")),
@@ -487,16 +476,8 @@ fn a_flow_inside_vxlan_is_unwrapped_and_one_going_out_is_wrapped() {
 
 #[test]
 fn an_ipv6_tcp_flow_behind_a_virtual_ip_answers_from_it() {
-    let mut fx = Fixture::new(PortRole::Vm);
+    let mut fx = offloading(PortRole::Vm);
     let lo = fx.ifindex;
-    fx.dp
-        .set_flow_config(FlowConfig {
-            enabled: 1,
-            pending: 1,
-            ..FlowConfig::default()
-        })
-        .unwrap();
-    fx.dp.add_flow_port(lo).unwrap();
     let vm: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
     let client: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
     let vip: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];

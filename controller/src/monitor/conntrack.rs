@@ -57,6 +57,17 @@ pub struct CtTuple {
     pub dst_port: u16,
 }
 
+impl CtTuple {
+    /// Placeholder while an entry's attributes are read.
+    const UNSET: CtTuple = CtTuple {
+        src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        proto: 0,
+        src_port: 0,
+        dst_port: 0,
+    };
+}
+
 /// What conntrack tracks of a TCP connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtTcp {
@@ -374,20 +385,8 @@ fn entry(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
     let (mut orig, mut reply) = (None, None);
     let mut e = CtEntry {
         id: 0,
-        orig: CtTuple {
-            src: IpAddr::from([0, 0, 0, 0]),
-            dst: IpAddr::from([0, 0, 0, 0]),
-            proto: 0,
-            src_port: 0,
-            dst_port: 0,
-        },
-        reply: CtTuple {
-            src: IpAddr::from([0, 0, 0, 0]),
-            dst: IpAddr::from([0, 0, 0, 0]),
-            proto: 0,
-            src_port: 0,
-            dst_port: 0,
-        },
+        orig: CtTuple::UNSET,
+        reply: CtTuple::UNSET,
         status: 0,
         timeout: 0,
         mark: 0,
