@@ -105,6 +105,15 @@ impl PinDir {
         self.shaper().join(ifname)
     }
 
+    /// Where the fast path's tc egress links are pinned (`flows/<ifname>`), one per port.
+    pub fn flow_exits(&self) -> PathBuf {
+        self.0.join("flows")
+    }
+
+    pub fn flow_exit_link(&self, ifname: &str) -> PathBuf {
+        self.flow_exits().join(ifname)
+    }
+
     /// Where the tracepoint links are pinned (`trace/<program>`).
     pub fn trace(&self) -> PathBuf {
         self.0.join("trace")
@@ -205,6 +214,7 @@ impl Dataplane {
             pins.calls(),
             pins.trace(),
             pins.shaper(),
+            pins.flow_exits(),
         ] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
@@ -472,8 +482,13 @@ impl Dataplane {
     ) -> anyhow::Result<Attached> {
         // Before XDP, which passes shaped TCP up to it.
         if role == PortRole::Vm {
-            self.attach_shaper(ifname)?;
+            let pin = self.pins.shaper_link(ifname);
+            self.attach_tc(SHAPE_PROGRAM, ifname, TcAttachType::Ingress, &pin)?;
         }
+        // The fast path's egress count, and its redirect target, before XDP may use them.
+        let pin = self.pins.flow_exit_link(ifname);
+        self.attach_tc(FLOW_EXIT_PROGRAM, ifname, TcAttachType::Egress, &pin)?;
+        self.add_flow_port(ifindex)?;
         let pin = self.pins.link(ifname);
         let program = self.program_mut(role)?;
         if pin.exists() {
@@ -535,13 +550,18 @@ impl Dataplane {
         Ok(Attached::Fresh(mode))
     }
 
-    /// Attaches the shaper's tc program at `ifname`'s ingress (TCX), or swaps this daemon's
-    /// program into the link an earlier daemon pinned there.
-    fn attach_shaper(&mut self, ifname: &str) -> anyhow::Result<()> {
-        let pin = self.pins.shaper_link(ifname);
-        let program = self.tc_program(SHAPE_PROGRAM)?;
+    /// Attaches tc program `name` at `ifname`'s ingress or egress (TCX) and pins the link at
+    /// `pin`, or swaps this daemon's program into the link an earlier daemon pinned there.
+    fn attach_tc(
+        &mut self,
+        name: &str,
+        ifname: &str,
+        at: TcAttachType,
+        pin: &Path,
+    ) -> anyhow::Result<()> {
+        let program = self.tc_program(name)?;
         if pin.exists() {
-            let swapped = PinnedLink::from_pin(&pin)
+            let swapped = PinnedLink::from_pin(pin)
                 .map_err(anyhow::Error::from)
                 .and_then(|l| Ok(SchedClassifierLink::try_from(FdLink::from(l))?))
                 .and_then(|l| Ok(program.attach_to_link(l)?));
@@ -554,20 +574,18 @@ impl Dataplane {
                 // The interface was recreated: its old link went with it.
                 Err(e) => {
                     warn!(interface = ifname, error = %format!("{e:#}"), "removing stale tc link pin");
-                    remove_pin(&pin)?;
+                    remove_pin(pin)?;
                 }
             }
         }
         let id = program
-            .attach(ifname, TcAttachType::Ingress)
-            .with_context(|| {
-                format!("cannot attach the shaper's tc program to {ifname}'s ingress")
-            })?;
+            .attach(ifname, at)
+            .with_context(|| format!("cannot attach tc program {name} to {ifname} ({at:?})"))?;
         let link: FdLink = program
             .take_link(id)?
             .try_into()
             .map_err(|_| anyhow!("the kernel attached tc to {ifname} without a bpf_link (kernel older than 6.6?); xnic needs TCX links to pin attachments"))?;
-        link.pin(&pin)
+        link.pin(pin)
             .with_context(|| format!("cannot pin the tc link at {}", pin.display()))?;
         Ok(())
     }
@@ -576,7 +594,13 @@ impl Dataplane {
     /// with the last reference): XDP first, which passes shaped TCP up to the tc program.
     pub fn detach(&mut self, ifname: &str) -> anyhow::Result<()> {
         remove_pin(&self.pins.link(ifname))?;
-        remove_pin(&self.pins.shaper_link(ifname))
+        remove_pin(&self.pins.shaper_link(ifname))?;
+        remove_pin(&self.pins.flow_exit_link(ifname))?;
+        // A device that went away took its FLOW_TX entry with it.
+        match nix::net::if_::if_nametoindex(ifname) {
+            Ok(ifindex) => self.remove_flow_port(ifindex),
+            Err(_) => Ok(()),
+        }
     }
 
     /// The program id behind the pinned link of `ifname`, if there is one.
@@ -1095,6 +1119,10 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
         let path = pins.shaper_link(&link);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
+    for link in list_dir(&pins.flow_exits())? {
+        let path = pins.flow_exit_link(&link);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
     for trace in list_dir(&pins.trace())? {
         let path = pins.trace().join(&trace);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
@@ -1113,6 +1141,7 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
     for dir in [
         pins.links(),
         pins.shaper(),
+        pins.flow_exits(),
         pins.trace(),
         pins.calls(),
         pins.maps(),
