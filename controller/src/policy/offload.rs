@@ -392,6 +392,77 @@ pub fn flow_state(
     ))
 }
 
+/// The flow table's slots: which are free, and each slot's generation (bumped on every
+/// reuse, so a key read just before its slot was reused is told apart by the programs).
+/// Taking and giving back a slot are O(1): the table holds hundreds of thousands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSlots {
+    /// Free slots; the lowest is taken first (popped from the end).
+    free: Vec<u32>,
+    generation: Vec<u32>,
+    taken: Vec<bool>,
+    in_use: u32,
+}
+
+impl FlowSlots {
+    /// A table of `capacity` slots, of which `used` (slot, generation) are taken: what a
+    /// new daemon finds pinned.
+    pub fn adopt(capacity: u32, used: &[(u32, u32)]) -> FlowSlots {
+        let mut generation = vec![0u32; capacity as usize];
+        let mut taken = vec![false; capacity as usize];
+        let mut in_use = 0;
+        for &(slot, g) in used {
+            if let Some(t) = taken.get_mut(slot as usize)
+                && !*t
+            {
+                *t = true;
+                generation[slot as usize] = g;
+                in_use += 1;
+            }
+        }
+        let free = (0..capacity)
+            .rev()
+            .filter(|s| !taken[*s as usize])
+            .collect();
+        FlowSlots {
+            free,
+            generation,
+            taken,
+            in_use,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.generation.len() as u32
+    }
+
+    pub fn in_use(&self) -> u32 {
+        self.in_use
+    }
+
+    /// A free slot and the generation it now has, if one is free.
+    pub fn take(&mut self) -> Option<(u32, u32)> {
+        let slot = self.free.pop()?;
+        self.taken[slot as usize] = true;
+        let g = &mut self.generation[slot as usize];
+        // Never 0: a zeroed (never set up) slot must not match any key.
+        *g = g.wrapping_add(1).max(1);
+        self.in_use += 1;
+        Some((slot, *g))
+    }
+
+    /// Gives `slot` back (its keys are already gone from the table).
+    pub fn give_back(&mut self, slot: u32) {
+        if let Some(t) = self.taken.get_mut(slot as usize)
+            && *t
+        {
+            *t = false;
+            self.free.push(slot);
+            self.in_use -= 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,5 +816,27 @@ mod tests {
             flow_state(&orig, &orig, &[hop(1, 1), hop(2, 2)], [0, 0], |i| i == 1),
             Err(Unfit::UnknownPort)
         );
+    }
+
+    #[test]
+    fn flow_slots_are_reused_with_a_new_generation_and_adopted_as_found() {
+        let mut slots = FlowSlots::adopt(3, &[(1, 7)]);
+        assert_eq!((slots.capacity(), slots.in_use()), (3, 1));
+        assert_eq!(slots.take(), Some((0, 1)));
+        assert_eq!(slots.take(), Some((2, 1)));
+        assert_eq!(slots.take(), None, "full");
+        slots.give_back(1);
+        assert_eq!(
+            slots.take(),
+            Some((1, 8)),
+            "the adopted slot's next generation"
+        );
+        slots.give_back(0);
+        slots.give_back(0);
+        assert_eq!(slots.in_use(), 2, "giving back twice frees once");
+        assert_eq!(slots.take(), Some((0, 2)));
+        // Slots out of range or adopted twice count once.
+        let slots = FlowSlots::adopt(2, &[(1, 3), (1, 4), (9, 1)]);
+        assert_eq!(slots.in_use(), 1);
     }
 }
