@@ -1,6 +1,6 @@
 //! What the daemon manages, one feature at a time: the base (ports, VMs, their slots and
-//! MACs), RSS engines and NIC teams. Every feature has the same hooks, called only by the
-//! reconciler:
+//! MACs), RSS engines, NIC teams and flow offload. Every feature has the same hooks, called
+//! only by the reconciler:
 //!
 //! - **reconcile**: bring the feature's own state in line with a new desired state (or
 //!   refuse it: then the reconciler restores everything and nothing changed);
@@ -13,6 +13,7 @@
 //! ([`crate::policy::plan`]).
 
 pub mod base;
+pub mod flows;
 pub mod rss;
 pub mod team;
 
