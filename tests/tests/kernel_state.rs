@@ -128,7 +128,8 @@ fn entries_events_and_changes_match_what_conntrack_reports() {
             .any(|e| matches!(e, CtEvent::Update(x) if x.orig == tcp))
     );
 
-    let (entries, liberal) = run_in(&ns.0, move || {
+    let (entries, liberal, timeouts) = run_in(&ns.0, move || {
+        let timeouts = xnic::monitor::conntrack::timeouts();
         let mut ct = Conntrack::open()?;
         let entries = ct.dump()?;
         // What offload does to a connection it takes: liberal windows, a longer timeout.
@@ -144,7 +145,7 @@ fn entries_events_and_changes_match_what_conntrack_reports() {
         let gone = CtTuple { dst_port: 1, ..tcp };
         assert!(!ct.change(&gone, &CtChange::default())?, "no such entry");
         assert_eq!(ct.get(&gone)?, None);
-        Ok((entries, after))
+        Ok((entries, after, timeouts))
     })
     .unwrap();
 
@@ -164,6 +165,22 @@ fn entries_events_and_changes_match_what_conntrack_reports() {
     let c = u.counters.expect("accounting is on");
     assert_eq!((c[0].packets, c[1].packets), (1, 1));
     assert!(t.id != 0);
+
+    // The sysctls as the conntrack tool's namespace has them.
+    let sysctl = |name: &str| -> u32 {
+        ns.exec(&["sysctl", "-n", &format!("net.netfilter.{name}")])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        timeouts.tcp_established_s,
+        sysctl("nf_conntrack_tcp_timeout_established")
+    );
+    assert_eq!(
+        timeouts.udp_stream_s,
+        sysctl("nf_conntrack_udp_timeout_stream")
+    );
 
     let tcp_flags = liberal.tcp.unwrap();
     assert_ne!(tcp_flags.flags_orig & TCP_FLAG_BE_LIBERAL, 0);

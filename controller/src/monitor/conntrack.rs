@@ -445,3 +445,21 @@ fn entry(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
     e.counters = counted.then_some(counters);
     Some(e)
 }
+
+/// conntrack's timeouts for established TCP and answered UDP, from its sysctls in the
+/// calling thread's namespace (the kernel's defaults where one cannot be read).
+pub fn timeouts() -> crate::policy::offload::CtTimeouts {
+    let read = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let d = crate::policy::offload::CtTimeouts::default();
+    crate::policy::offload::CtTimeouts {
+        tcp_established_s: read("nf_conntrack_tcp_timeout_established")
+            .unwrap_or(d.tcp_established_s),
+        udp_stream_s: read("nf_conntrack_udp_timeout_stream").unwrap_or(d.udp_stream_s),
+    }
+}

@@ -463,6 +463,46 @@ impl FlowSlots {
     }
 }
 
+/// conntrack's timeouts for the connections the fast path carries (its sysctls
+/// `nf_conntrack_tcp_timeout_established` and `nf_conntrack_udp_timeout_stream`), in
+/// seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_established_s: u32,
+    pub udp_stream_s: u32,
+}
+
+impl Default for CtTimeouts {
+    /// The kernel's defaults.
+    fn default() -> Self {
+        CtTimeouts {
+            tcp_established_s: 5 * 24 * 3600,
+            udp_stream_s: 120,
+        }
+    }
+}
+
+/// The timeout conntrack should have for an offloaded connection last seen at
+/// `last_seen_ns`: what it would have if it had seen that packet itself. At least 1 s, so a
+/// flow idle for longer than its timeout goes at once rather than never.
+pub fn ct_timeout(proto: u8, t: &CtTimeouts, last_seen_ns: u64, now_ns: u64) -> u32 {
+    let full = if proto == TCP {
+        t.tcp_established_s
+    } else {
+        t.udp_stream_s
+    };
+    let idle_s = now_ns.saturating_sub(last_seen_ns) / 1_000_000_000;
+    (u64::from(full).saturating_sub(idle_s)).max(1) as u32
+}
+
+/// Whether conntrack's `remaining` seconds are far enough from `wanted` to write: a
+/// refresh per connection per period would be needless work for long timeouts, but a UDP
+/// timeout of two minutes must not run out under a flow that is busy on the fast path.
+pub fn refresh_due(remaining_s: u32, wanted_s: u32) -> bool {
+    let slack = (wanted_s / 10).max(2);
+    remaining_s + slack < wanted_s || remaining_s > wanted_s + slack
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,5 +878,29 @@ mod tests {
         // Slots out of range or adopted twice count once.
         let slots = FlowSlots::adopt(2, &[(1, 3), (1, 4), (9, 1)]);
         assert_eq!(slots.in_use(), 1);
+    }
+
+    #[test]
+    fn conntrack_is_kept_as_if_it_had_seen_the_last_packet() {
+        let t = CtTimeouts::default();
+        let now = 1000 * SEC;
+        assert_eq!(ct_timeout(UDP, &t, now - 30 * SEC, now), 90);
+        assert_eq!(
+            ct_timeout(UDP, &t, now - 500 * SEC, now),
+            1,
+            "idle too long: goes now"
+        );
+        assert_eq!(ct_timeout(TCP, &t, now, now), 432_000);
+        // A busy UDP flow: conntrack's clock ran down while the fast path carried it.
+        assert!(refresh_due(60, 120));
+        assert!(!refresh_due(115, 120));
+        assert!(
+            !refresh_due(431_990, 432_000),
+            "long timeouts are not rewritten every period"
+        );
+        assert!(
+            refresh_due(100, 30),
+            "a flow idle on the fast path: shorten"
+        );
     }
 }
