@@ -21,6 +21,7 @@ pub mod capture;
 pub mod daemon;
 pub mod guest;
 pub mod qemu;
+pub mod routed;
 pub mod traffic;
 
 use std::{net::IpAddr, process::Command};
