@@ -5,14 +5,21 @@
 
 use std::process::Command;
 
-use xnic::lab::routed::{REMOTE_IP, RoutedLab, SERVER_IP, VIRTUAL_IP};
-use xnic_tests::unique_name;
+use std::time::Duration;
+
+use xnic::lab::{
+    daemon::DaemonProcess,
+    routed::{REMOTE_IP, RoutedLab, SERVER_IP, VIRTUAL_IP},
+};
+use xnic_tests::{unique_name, xnic_bin};
 
 /// The lab, taken down when the test ends, even on failure.
 struct Lab(RoutedLab);
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A daemon of the same name (the tests name both alike) leaves its pins when killed.
+        let _ = xnic::dataplane::teardown(&self.0.prefix);
         self.0.down();
     }
 }
@@ -64,4 +71,31 @@ fn the_slow_path_routes_nats_and_tunnels() {
     );
 
     assert_eq!(lab.0.invalid_count().unwrap(), 0);
+}
+
+#[test]
+fn xnic_on_the_routed_host_leaves_the_slow_path_as_it_was() {
+    let name = unique_name();
+    let lab = Lab(RoutedLab::new(&name, 2));
+    lab.0.up().unwrap();
+    let path = std::env::temp_dir().join(format!("{name}.toml"));
+    std::fs::write(&path, lab.0.config(&name, "enabled = true")).unwrap();
+    let daemon = DaemonProcess::start(&xnic_bin(), &path, &name, None, Duration::from_secs(30))
+        .expect("the daemon starts on the routed host");
+    let vm0 = lab.0.vm_ns(&lab.0.vms[0]);
+    let vm1 = lab.0.vm_ns(&lab.0.vms[1]);
+    ping(&vm0, SERVER_IP);
+    ping(&vm1, REMOTE_IP);
+    ping(&lab.0.tor_ns(), VIRTUAL_IP);
+    assert_eq!(lab.0.invalid_count().unwrap(), 0);
+    // Every port has the fast path's egress program (a pinned TCX link).
+    for port in ["up0", "vm0", "vm1"] {
+        let pin = std::path::Path::new("/sys/fs/bpf/xnic")
+            .join(&name)
+            .join("flows")
+            .join(port);
+        assert!(pin.exists(), "{} is pinned", pin.display());
+    }
+    daemon.stop().unwrap();
+    let _ = std::fs::remove_file(&path);
 }

@@ -138,6 +138,23 @@ impl RoutedLab {
         )
     }
 
+    /// xnic's configuration for the lab's host: the uplink and the VMs' ports, flow offload
+    /// on (`flows`: the `[flows]` section's body).
+    pub fn config(&self, instance: &str, flows: &str) -> String {
+        let mut c = format!(
+            "instance = \"{instance}\"\nnetns = \"{}\"\n\n[[uplink]]\nname = \"{UPLINK}\"\n",
+            self.host_ns()
+        );
+        for vm in &self.vms {
+            c += &format!(
+                "\n[[vm]]\nname = \"{}\"\nport = \"{}\"\nmacs = [\"{}\"]\nips = [\"{}/24\"]\n",
+                vm.name, vm.port, vm.mac, vm.ip
+            );
+        }
+        c += &format!("\n[flows]\n{flows}\n");
+        c
+    }
+
     /// Builds the lab (its namespaces must not exist yet).
     pub fn up(&self) -> anyhow::Result<()> {
         let (host, tor) = (self.host_ns(), self.tor_ns());
