@@ -503,6 +503,42 @@ pub fn refresh_due(remaining_s: u32, wanted_s: u32) -> bool {
     remaining_s + slack < wanted_s || remaining_s > wanted_s + slack
 }
 
+/// Bytes per second of each connection between two looks at its counters: what elephant
+/// selection by rate and table pressure compare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateMeter {
+    /// id → (bytes, when) at the last look.
+    last: BTreeMap<u32, (u64, u64)>,
+}
+
+impl RateMeter {
+    /// The rate of `id` since its last look (0 the first time, or when its counter went
+    /// back: a new connection under a reused id).
+    pub fn observe(&mut self, id: u32, bytes: u64, now_ns: u64) -> u64 {
+        let rate = match self.last.get(&id) {
+            Some(&(b, t)) if bytes >= b && now_ns > t => {
+                ((bytes - b) as u128 * 1_000_000_000 / (now_ns - t) as u128) as u64
+            }
+            _ => 0,
+        };
+        self.last.insert(id, (bytes, now_ns));
+        rate
+    }
+
+    /// Forgets connections not among `alive` (conntrack ended them).
+    pub fn retain(&mut self, alive: &BTreeSet<u32>) {
+        self.last.retain(|id, _| alive.contains(id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -902,5 +938,20 @@ mod tests {
             refresh_due(100, 30),
             "a flow idle on the fast path: shorten"
         );
+    }
+
+    #[test]
+    fn rates_come_from_two_looks_at_the_counters() {
+        let mut m = RateMeter::default();
+        assert_eq!(m.observe(1, 1000, SEC), 0, "nothing to compare with yet");
+        assert_eq!(m.observe(1, 3000, 3 * SEC), 1000);
+        assert_eq!(
+            m.observe(1, 10, 4 * SEC),
+            0,
+            "a counter that went back: a new connection"
+        );
+        m.observe(2, 5, 4 * SEC);
+        m.retain(&[2].into());
+        assert_eq!(m.len(), 1);
     }
 }
