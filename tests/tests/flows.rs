@@ -153,7 +153,7 @@ fn drain(fx: &mut Fixture, role: PortRole, passed: &[u8], leaving: &[u8]) {
 
 #[test]
 fn a_masqueraded_flow_is_forwarded_in_both_directions_once_its_slow_packets_left() {
-    let (mut fx, _keys) = masqueraded(PortRole::Vm);
+    let (mut fx, keys) = masqueraded(PortRole::Vm);
     let lo = fx.ifindex;
     let first = from_vm(64, b"seq-1");
     let first_out = masqueraded_out(b"seq-1");

@@ -14,6 +14,15 @@ use super::{
     registry::{self, Registered as _},
 };
 
+/// One offloaded flow as the table holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableFlow {
+    pub slot: u32,
+    pub keys: [FlowKey; 2],
+    pub state: FlowState,
+    pub live: FlowLive,
+}
+
 /// Whether a map error is "no such key" (deleting what is already gone is fine).
 fn not_found(e: &MapError) -> bool {
     match e {
@@ -129,6 +138,38 @@ impl Dataplane {
         let mut out = Vec::new();
         for entry in flows.iter() {
             out.push(entry.context("cannot read FLOWS")?);
+        }
+        Ok(out)
+    }
+
+    /// Every offloaded flow as the table holds it: its slot, its two keys (by direction),
+    /// what each direction becomes and what the programs recorded. Keys whose slot is of
+    /// another generation (caught mid-change) are left out.
+    pub fn flow_table(&self) -> anyhow::Result<Vec<TableFlow>> {
+        let mut by_slot: std::collections::BTreeMap<u32, [Option<FlowKey>; 2]> =
+            std::collections::BTreeMap::new();
+        let mut generation = std::collections::BTreeMap::new();
+        for (key, r) in self.flow_keys()? {
+            by_slot.entry(r.slot).or_default()[usize::from(r.dir & 1)] = Some(key);
+            generation.insert(r.slot, r.generation);
+        }
+        let mut out = Vec::new();
+        for (slot, keys) in by_slot {
+            let [Some(k0), Some(k1)] = keys else {
+                continue;
+            };
+            let state = self.flow_state(slot)?;
+            let live = self.flow_live(slot)?;
+            let g = generation[&slot];
+            if state.generation != g || live.generation != g {
+                continue;
+            }
+            out.push(TableFlow {
+                slot,
+                keys: [k0, k1],
+                state,
+                live,
+            });
         }
         Ok(out)
     }
