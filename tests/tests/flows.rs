@@ -187,6 +187,19 @@ fn a_masqueraded_flow_is_forwarded_in_both_directions_once_its_slow_packets_left
         Mode::Pending as u8,
         "each direction drains alone"
     );
+    // The table as the daemon lists it: the flow, both keys, what it did.
+    let table = fx.dp.flow_table().unwrap();
+    assert_eq!(table.len(), 1);
+    assert_eq!((table[0].slot, table[0].keys), (3, keys));
+    assert_eq!(table[0].live.dirs[ORIGINAL].packets, 1);
+    fx.dp.remove_flow(3, &keys).unwrap();
+    assert!(fx.dp.flow_table().unwrap().is_empty());
+    let out = fx.dp.test_run(PortRole::Vm, &second, lo, 1).unwrap();
+    assert_eq!(
+        (out.action, out.frame),
+        (Action::Pass as u32, second.clone()),
+        "removed: the slow path's again"
+    );
 
     // The reply direction arrives on an uplink.
     let (mut fx, _) = masqueraded(PortRole::Uplink);
