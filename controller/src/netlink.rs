@@ -111,3 +111,9 @@ fn error_code(payload: &[u8]) -> i32 {
         .get(..4)
         .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])))
 }
+
+/// The errno of an error the kernel answered a request with (see [`Channel::request`]).
+pub fn errno(e: &anyhow::Error) -> Option<i32> {
+    e.downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+}

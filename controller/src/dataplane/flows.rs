@@ -3,14 +3,14 @@
 //! key always finds its slot set up.
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{DevMapHash, MapError, PerCpuArray};
+use aya::maps::{DevMapHash, PerCpuArray};
 use aya::programs::Xdp;
 use xnic_common::flow::{
     FlowConfig, FlowCounter, FlowKey, FlowLive, FlowRef, FlowState, MODE_UNUSED, Tunnel,
 };
 
 use super::{
-    Dataplane, FLOW_TX_PROGRAM,
+    Dataplane, FLOW_TX_PROGRAM, key_missing,
     registry::{self, Registered as _},
 };
 
@@ -21,15 +21,6 @@ pub struct TableFlow {
     pub keys: [FlowKey; 2],
     pub state: FlowState,
     pub live: FlowLive,
-}
-
-/// Whether a map error is "no such key" (deleting what is already gone is fine).
-fn not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
 }
 
 impl Dataplane {
@@ -102,7 +93,7 @@ impl Dataplane {
             for key in keys {
                 match flows.remove(key) {
                     Ok(()) => {}
-                    Err(e) if not_found(&e) => {}
+                    Err(e) if key_missing(&e) => {}
                     Err(e) => {
                         return Err(e)
                             .with_context(|| format!("cannot remove flow slot {slot}'s key"));
@@ -204,7 +195,7 @@ impl Dataplane {
         let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(registry::FLOW_TX::NAME)?)?;
         match map.remove(ifindex) {
             Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
+            Err(e) if key_missing(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot delete FLOW_TX[{ifindex}]")),
         }
     }

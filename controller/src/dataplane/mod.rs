@@ -155,6 +155,16 @@ pub struct Dataplane {
 /// The shaper's tc program on VM ports' ingress.
 pub const SHAPE_PROGRAM: &str = "xnic_shape";
 
+/// Whether a map error is "no such key" (deleting what is already gone is fine): aya's own
+/// error for hash maps, the kernel's ENOENT for device maps.
+fn key_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Removes a pin; one that is not there is fine.
 fn remove_pin(pin: &Path) -> anyhow::Result<()> {
     match fs::remove_file(pin) {
@@ -1019,9 +1029,8 @@ impl Dataplane {
         for name in [registry::TX_PORTS::NAME, registry::FLOOD::NAME] {
             let mut map: DevMapHash<_> = DevMapHash::try_from(self.map_mut(name)?)?;
             match map.remove(ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Ok(()) => {}
+                Err(e) if key_missing(&e) => {}
                 Err(e) => {
                     return Err(e).with_context(|| format!("cannot delete {name}[{ifindex}]"));
                 }

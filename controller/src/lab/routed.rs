@@ -19,7 +19,7 @@
 
 use anyhow::Context as _;
 
-use super::{ip, run, sysctl, veth};
+use super::{add_addr, ip, run, sysctl, veth};
 
 /// Interfaces and addresses of the routed lab.
 pub const UPLINK: &str = "up0";
@@ -174,42 +174,10 @@ impl RoutedLab {
         ip(&[
             "-n", &tor, "link", "set", TOR_UPLINK, "address", TOR_MAC, "up",
         ])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{HOST_UPLINK_IP}/24"),
-            "dev",
-            UPLINK,
-        ])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{VIRTUAL_IP}/32"),
-            "dev",
-            UPLINK,
-        ])?;
-        ip(&[
-            "-n",
-            &tor,
-            "addr",
-            "add",
-            &format!("{TOR_UPLINK_IP}/24"),
-            "dev",
-            TOR_UPLINK,
-        ])?;
-        ip(&[
-            "-n",
-            &tor,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/32"),
-            "dev",
-            "lo",
-        ])?;
+        addr(&host, UPLINK, &format!("{HOST_UPLINK_IP}/24"))?;
+        addr(&host, UPLINK, &format!("{VIRTUAL_IP}/32"))?;
+        addr(&tor, TOR_UPLINK, &format!("{TOR_UPLINK_IP}/24"))?;
+        addr(&tor, "lo", &format!("{SERVER_IP}/32"))?;
         ip(&["-n", &host, "route", "add", "default", "via", TOR_UPLINK_IP])?;
         for (ns, dev, addr, mac) in [
             (&host, UPLINK, TOR_UPLINK_IP, TOR_MAC),
@@ -220,7 +188,7 @@ impl RoutedLab {
         }
 
         // The tunnel: a VXLAN device at each end of the uplink.
-        for (ns, local, remote, mac, addr) in [
+        for (ns, local, remote, mac, own) in [
             (
                 &host,
                 HOST_UPLINK_IP,
@@ -236,7 +204,7 @@ impl RoutedLab {
                 "remote", remote, "dstport", "4789", "dev", UPLINK,
             ])?;
             ip(&["-n", ns, "link", "set", VXLAN, "address", mac, "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", VXLAN])?;
+            addr(ns, VXLAN, &format!("{own}/24"))?;
         }
         neighbour(&host, VXLAN, REMOTE_IP, TOR_VX_MAC)?;
         neighbour(&tor, VXLAN, HOST_TUNNEL_IP, HOST_VX_MAC)?;
@@ -265,25 +233,9 @@ impl RoutedLab {
                 &vm.port_mac,
                 "up",
             ])?;
-            ip(&[
-                "-n",
-                &host,
-                "addr",
-                "add",
-                &format!("{}/24", vm.gateway),
-                "dev",
-                &vm.port,
-            ])?;
+            addr(&host, &vm.port, &format!("{}/24", vm.gateway))?;
             ip(&["-n", &ns, "link", "set", "eth0", "address", &vm.mac, "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", vm.ip),
-                "dev",
-                "eth0",
-            ])?;
+            addr(&ns, "eth0", &format!("{}/24", vm.ip))?;
             ip(&["-n", &ns, "route", "add", "default", "via", &vm.gateway])?;
             neighbour(&ns, "eth0", &vm.gateway, &vm.port_mac)?;
             neighbour(&host, &vm.port, &vm.ip, &vm.mac)?;
@@ -330,6 +282,14 @@ impl RoutedLab {
             let _ = ip(&["netns", "del", &ns]);
         }
     }
+}
+
+/// `ip addr add CIDR dev DEV` in `ns`, through the lab's own helper.
+fn addr(ns: &str, dev: &str, cidr: &str) -> anyhow::Result<()> {
+    let net: crate::net::IpNet = cidr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{cidr} is not an address: {e}"))?;
+    add_addr(ns, dev, &net)
 }
 
 fn neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> anyhow::Result<()> {

@@ -23,7 +23,7 @@ use rtnetlink::{
     sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER},
 };
 
-use crate::netlink::{Channel, messages};
+use crate::netlink::{Channel, errno, messages};
 
 // linux/netfilter/nfnetlink_conntrack.h
 const CTA_COUNTERS_ORIG: u16 = 9;
@@ -241,8 +241,7 @@ impl Conntrack {
 }
 
 fn is_enoent(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+    errno(e) == Some(libc::ENOENT)
 }
 
 /// conntrack's events, on a socket of their own.

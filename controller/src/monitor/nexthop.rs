@@ -22,7 +22,7 @@ use rtnetlink::{
     sys::protocols::NETLINK_ROUTE,
 };
 
-use crate::netlink::{Channel, Reply};
+use crate::netlink::{Channel, Reply, errno};
 
 /// The kernel's route for a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,11 +264,6 @@ fn vxlan_of(infos: &[LinkInfo]) -> Option<Vxlan> {
         }
     }
     is_vxlan.then_some(v)
-}
-
-fn errno(e: &anyhow::Error) -> Option<i32> {
-    e.downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::raw_os_error)
 }
 
 fn unreachable(e: &anyhow::Error) -> bool {
