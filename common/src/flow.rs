@@ -26,8 +26,9 @@
 //!   already redirected: while some are in flight (redirected, `fast_sent`, but not yet taken
 //!   by the device map's program, `fast_done`) or some of its packets are queued on a CPU-map
 //!   queue, its packets go to the kernel through this CPU's CPU-map queue, which the kernel
-//!   flushes after the device maps; once nothing is in flight they go straight up. A device
-//!   map frame that never reaches the program (the port vanished) stops counting after
+//!   flushes after the device maps; once nothing is in flight, and the egress program has
+//!   seen the last of those leave the kernel, they go straight up. A frame that never
+//!   arrives (the port vanished, the ruleset dropped it) stops counting after
 //!   [`LEAVE_WAIT_NS`].
 
 use crate::{
@@ -44,6 +45,10 @@ use crate::{
 /// forwards tens of thousands of long-lived connections; elephants, which the policy
 /// favours, are far fewer.
 pub const DEFAULT_MAX_FLOWS: u32 = 256 * 1024;
+
+/// Kernel memory a flow's table entries take, about ([`DEFAULT_MAX_FLOWS`]): what operators
+/// are shown for the table's size.
+pub const FLOW_TABLE_BYTES_PER_FLOW: u64 = 2 * 104 + 144 + 192;
 
 /// The maps the configuration sizes (`flows.max_flows`; `FLOWS` holds two keys a flow).
 pub const TABLE_MAPS: &[&str] = &["FLOWS", "FLOW_STATE", "FLOW_LIVE"];
@@ -445,8 +450,12 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
         if live.leave_since_ns == 0 {
             live.leave_since_ns = pkt.now_ns;
         }
+        // The egress programs watch a leaving flow's packets too (see `behind_fast`).
+        if live.leave == 0 {
+            live.leave = leave;
+        }
         let waited = pkt.now_ns.wrapping_sub(live.leave_since_ns);
-        return behind_fast(sender, waited, Slow::Leaving);
+        return behind_fast(sender, waited, Slow::Leaving, Some(pkt.fingerprint));
     }
     if sender.mode == Mode::Pending as u8 {
         if sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp {
@@ -460,10 +469,10 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
         }
     }
     if pkt.ttl <= 1 {
-        return behind_fast(sender, 0, Slow::TtlExpired);
+        return behind_fast(sender, 0, Slow::TtlExpired, None);
     }
     if pkt.ip_len > u32::from(out.mtu) {
-        return behind_fast(sender, 0, Slow::TooBig);
+        return behind_fast(sender, 0, Slow::TooBig, None);
     }
     Decision::Forward
 }
@@ -471,12 +480,21 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
 /// The slow path for a packet of a direction that may have frames in flight on the fast
 /// path: behind them when it has, straight up when not. `waited`: how long the flow has been
 /// leaving (fast-path frames not counted after [`LEAVE_WAIT_NS`] are taken as lost).
+///
+/// A leaving packet (`fp`: its fingerprint) that went through the CPU-map queue is off the
+/// queue when the CPU-map program takes it, but still on its way through the kernel on that
+/// CPU: the direction's next packets follow the same way until the egress program has seen
+/// it leave (`exit_fp`), or for [`LEAVE_WAIT_NS`] at most (the ruleset may drop it).
 #[inline(always)]
-fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow) -> Decision {
+fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow, fp: Option<u32>) -> Decision {
     let queued = dir.cpu_sent != dir.cpu_done;
     let in_flight = dir.fast_sent != dir.fast_done && waited <= LEAVE_WAIT_NS;
-    if queued || in_flight {
+    let unexited = fp.is_some() && dir.exit_fp != dir.pass_fp && waited <= LEAVE_WAIT_NS;
+    if queued || in_flight || unexited {
         dir.cpu_sent = dir.cpu_sent.wrapping_add(1);
+        if let Some(fp) = fp {
+            dir.pass_fp = fp;
+        }
         Decision::SlowBehind(why)
     } else {
         Decision::Slow(why)
@@ -575,8 +593,11 @@ impl FlowLive {
     /// remove it.
     pub fn drained(&self, now_ns: u64) -> bool {
         let waited = now_ns.saturating_sub(self.leave_since_ns);
+        let late = waited > LEAVE_WAIT_NS;
         self.dirs.iter().all(|d| {
-            d.cpu_sent == d.cpu_done && (d.fast_sent == d.fast_done || waited > LEAVE_WAIT_NS)
+            d.cpu_sent == d.cpu_done
+                && (d.fast_sent == d.fast_done || late)
+                && (d.exit_fp == d.pass_fp || late)
         })
     }
 
@@ -626,6 +647,13 @@ crate::counters! {
         TunnelMismatch = 16 => "tunnel_mismatch",
         /// Pending packets the egress program saw leave the kernel.
         ExitSeen = 17 => "exit_seen",
+        /// Of the flows an out-of-window segment sent leaving, by what was outside: the
+        /// sequence beyond what the receiver allowed, or before its window; the
+        /// acknowledgement of data never sent, or further back than any window.
+        WindowSeqOver = 18 => "window_seq_over",
+        WindowSeqUnder = 19 => "window_seq_under",
+        WindowAckOver = 20 => "window_ack_over",
+        WindowAckUnder = 21 => "window_ack_under",
     }
 }
 
@@ -638,8 +666,8 @@ pub struct FlowConfig {
     /// Some tunnel is configured: wrapped packets on uplinks are looked inside.
     pub tunnels: u8,
     pub _pad: [u8; 2],
-    /// Flows with a pending direction: the egress program looks packets up only while
-    /// there are some.
+    /// Flows with a pending direction or leaving: the egress program looks packets up only
+    /// while there are some.
     pub pending: u32,
 }
 
@@ -813,12 +841,34 @@ mod tests {
             Decision::SlowBehind(Slow::Leaving)
         );
         assert!(!l.drained(20));
+        // Off the queue, but the last one queued (fingerprint 8) is still in the kernel:
+        // the next goes the same way.
         l.dirs[0].cpu_done = 2;
-        assert!(l.drained(20));
+        assert!(!l.drained(20));
         assert_eq!(
-            decide(&s, &mut l, &pkt(ORIGINAL, 101, 5, TCP_ACK, 8, 30), &mut ev),
+            decide(&s, &mut l, &pkt(ORIGINAL, 102, 5, TCP_ACK, 9, 25), &mut ev),
+            Decision::SlowBehind(Slow::Leaving)
+        );
+        // The egress program saw it leave: the rest go straight up.
+        l.dirs[0].cpu_done = 3;
+        l.dirs[0].exit_fp = 9;
+        assert!(l.drained(30));
+        assert_eq!(
+            decide(&s, &mut l, &pkt(ORIGINAL, 103, 5, TCP_ACK, 10, 30), &mut ev),
             Decision::Slow(Slow::Leaving)
         );
+        // A queued packet that never leaves (the ruleset dropped it) is waited for
+        // LEAVE_WAIT_NS at most.
+        l.dirs[0].fast_sent = 4;
+        let p = pkt(ORIGINAL, 104, 5, TCP_ACK, 11, 40);
+        assert_eq!(
+            decide(&s, &mut l, &p, &mut ev),
+            Decision::SlowBehind(Slow::Leaving)
+        );
+        l.dirs[0].fast_done = 4;
+        l.dirs[0].cpu_done = 4;
+        assert!(!l.drained(50));
+        assert!(l.drained(10 + LEAVE_WAIT_NS + 1));
     }
 
     #[test]

@@ -154,10 +154,23 @@ pub fn track(
     let mut r = *receiver;
     if !s.seen() {
         // Picked up mid-connection: its history is lost to us (conntrack's own words).
-        s.end = end;
         let swin = win << scale;
         s.maxwin = if swin == 0 { 1 } else { swin };
-        s.maxend = end.wrapping_add(s.maxwin);
+        if r.seen() {
+            // The receiver's segments already taught us a lower bound of what the sender
+            // sent (what was acknowledged) and the window it may fill: keep them, or a
+            // retransmission or a sender far ahead of its own window ends the flow.
+            if after(end, s.end) {
+                s.end = end;
+            }
+            let own = end.wrapping_add(s.maxwin);
+            if after(own, s.maxend) {
+                s.maxend = own;
+            }
+        } else {
+            s.end = end;
+            s.maxend = end.wrapping_add(s.maxwin);
+        }
         if !r.seen() {
             // The other side is not seen yet: let its acknowledgement bounds pass until it is.
             r.end = sack;
@@ -172,7 +185,11 @@ pub fn track(
         sack = r.end;
     }
 
-    if !before(seq, s.maxend.wrapping_add(1)) {
+    // The upper bound is the window the receiver announced: until a segment of the
+    // receiver's is seen, it is unknown to us (conntrack, which saw the connection from its
+    // SYN, knows it), and a sender picked up at full speed has far more in flight than its
+    // own window, which is all the pickup knows.
+    if r.seen() && !before(seq, s.maxend.wrapping_add(1)) {
         return Err(OutOfWindow::SeqOver);
     }
     let in_recv_win = !r.seen() || after(end, s.end.wrapping_sub(r.maxwin).wrapping_sub(1));

@@ -1,6 +1,8 @@
 //! TCP window tracking (`xnic_common::tcp`) against a model of conntrack's rules: random
 //! segment sequences in both directions of a connection picked up mid-stream. The fast path
-//! must never accept a segment the model rejects, and must follow the same window.
+//! must never accept a segment the model rejects, and must follow the same window. (The
+//! model departs from the kernel in two places for a pickup, as the fast path does: see
+//! `in_window`.)
 //!
 //! The model is written the way `nf_conntrack_proto_tcp.c`'s `tcp_in_window` reads (state
 //! updated in place, the bounds as the kernel spells them), with sequence numbers kept as
@@ -44,10 +46,17 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
     }
     let win = i64::from(s.win);
     if sender.td_maxwin == 0 {
-        sender.td_end = end;
         let swin = win << sender.td_scale;
         sender.td_maxwin = if swin == 0 { 1 } else { swin };
-        sender.td_maxend = end + sender.td_maxwin;
+        // The second difference from the kernel: a sender picked up after its receiver keeps
+        // what the receiver's segments showed (its acknowledgement, its window's edge).
+        if receiver.td_maxwin != 0 {
+            sender.td_end = sender.td_end.max(end);
+            sender.td_maxend = sender.td_maxend.max(end + sender.td_maxwin);
+        } else {
+            sender.td_end = end;
+            sender.td_maxend = end + sender.td_maxwin;
+        }
         if receiver.td_maxwin == 0 {
             receiver.td_end = sack;
             receiver.td_maxend = sack;
@@ -60,8 +69,11 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
         sack = receiver.td_end;
     }
     let maxackwindow = sender.td_maxwin.max(66_000);
-    let ok = seq <= sender.td_maxend
-        && (receiver.td_maxwin == 0 || end >= sender.td_end - receiver.td_maxwin)
+    // One bound differs from the kernel's, on purpose: until the receiver is seen, the
+    // window it announced is unknown to a pickup, so the sender's upper bound is not checked
+    // yet (conntrack, having seen the handshake, knows it).
+    let ok = (receiver.td_maxwin == 0
+        || (seq <= sender.td_maxend && end >= sender.td_end - receiver.td_maxwin))
         && sack <= receiver.td_end
         && sack >= receiver.td_end - maxackwindow;
     if !ok {

@@ -32,6 +32,7 @@ use xnic_common::{
     parse::{L3, Parsed, parse},
     rewrite::{self, Check, L4Ports, OldAddrs, OuterV4, VXLAN_V4_OVERHEAD, VxlanHdr},
     rss::{NO_BUCKET, SteerMeta},
+    tcp::OutOfWindow,
     verdict::Reason,
 };
 
@@ -170,6 +171,14 @@ fn fast(xdp: &XdpContext, cx: &mut FrameCtx, key: &FlowKey, outer_len: usize) ->
     };
     let mut ev = Events::default();
     let decision = flow::decide(state, live, &pkt, &mut ev);
+    if let Some(w) = ev.window {
+        count(match w {
+            OutOfWindow::SeqOver => FlowCounter::WindowSeqOver,
+            OutOfWindow::SeqUnder => FlowCounter::WindowSeqUnder,
+            OutOfWindow::AckOver => FlowCounter::WindowAckOver,
+            OutOfWindow::AckUnder => FlowCounter::WindowAckUnder,
+        });
+    }
     match ev.left {
         Some(Leave::OutOfWindow) => count(FlowCounter::LeaveWindow),
         Some(Leave::TcpOptions) => count(FlowCounter::LeaveOptions),
@@ -474,8 +483,9 @@ pub fn dequeued(slot_dir: u32) {
     }
 }
 
-/// tc egress on every port: while flows are promoting, notes each one's packets leaving the
-/// kernel (their fingerprint), so the fast path knows when the slow path has let go.
+/// tc egress on every port: while flows are promoting or leaving, notes each one's packets
+/// leaving the kernel (their fingerprint), so the fast path knows when the slow path has let
+/// go.
 #[inline(always)]
 pub fn exit(tc: &TcContext) -> i32 {
     match FLOW_CONFIG.get(0) {
@@ -531,11 +541,16 @@ fn seen_leaving(frame: &Frame, p: &Parsed, vni: u32) {
     if live.generation != r.generation {
         return;
     }
+    let leaving = live.leave != 0;
     let d = &mut live.dirs[((r.dir & 1) ^ 1) as usize];
-    if d.mode != Mode::Pending as u8 {
+    if d.mode != Mode::Pending as u8 && !leaving {
         return;
     }
     if let Some(fp) = flow::fingerprint(frame, p) {
+        // Leaving, only the packet last sent through a CPU-map queue is waited for.
+        if leaving && fp != d.pass_fp {
+            return;
+        }
         d.exit_fp = fp;
         atomic::add(&raw mut d.slow_exits);
         count(FlowCounter::ExitSeen);

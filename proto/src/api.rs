@@ -614,3 +614,101 @@ pub struct DesiredView {
     /// The configuration file the daemon started from.
     pub config_file: String,
 }
+
+/// One direction's tuple, as conntrack shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleView {
+    pub src: String,
+    pub dst: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// One direction of an offloaded flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowDirView {
+    /// `promoting` (waiting for its slow-path packets to leave), `active` or `unused`.
+    pub mode: String,
+    /// Where its packets arrive and leave.
+    pub in_port: String,
+    pub out_port: String,
+    /// What the fast path does to them: `snat`, `dnat`, `encap VNI`, `decap VNI`.
+    pub actions: Vec<String>,
+    /// The fast path's packets and bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets passed to the slow path while promoting.
+    pub slow_passes: u32,
+}
+
+/// An offloaded flow (`GET /v1/flows`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    pub slot: u32,
+    /// conntrack's id (`conntrack -L -o id`), when conntrack has the connection.
+    pub id: Option<u32>,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The VM whose port either direction uses.
+    pub vm: Option<String>,
+    pub original: TupleView,
+    pub reply: TupleView,
+    /// `promoting`, `active`, or `leaving` (then `leave` says why).
+    pub state: String,
+    pub leave: Option<String>,
+    /// Why it was promoted (`all`, `bytes`, `mark`, `port`, `manual`...).
+    pub why: String,
+    pub directions: [FlowDirView; 2],
+    pub age_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// `GET /v1/flows/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStatsView {
+    pub enabled: bool,
+    /// The table's slots, those in use, and its kernel memory.
+    pub capacity: u32,
+    pub in_use: u32,
+    pub table_bytes: u64,
+    /// Flows with a direction still promoting.
+    pub pending: u32,
+    /// conntrack entries at the last period.
+    pub tracked: usize,
+    pub promoted: u64,
+    /// Flows sent back to the slow path, by reason.
+    pub demoted: BTreeMap<String, u64>,
+    pub handed_back: u64,
+    pub refused_full: u64,
+    pub promote_timeouts: u64,
+    pub unfit: u64,
+    pub conntrack_failed: u64,
+    pub adopted: u64,
+    /// The fast path's own counters (`forwarded`, `missed`, `slow_pending`...).
+    pub fast_path: BTreeMap<String, u64>,
+}
+
+/// `POST /v1/flows/offload` and `/v1/flows/demote`: which flows. Fields narrow each other;
+/// `ids` match on their own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRequest {
+    #[serde(default)]
+    pub ids: Vec<u32>,
+    #[serde(default)]
+    pub all: bool,
+    /// `tcp` or `udp`.
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// Either address of either tuple.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Either port of either tuple.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// How many flows a request matched (they move at the next period).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRequestView {
+    pub matched: usize,
+}

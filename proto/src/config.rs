@@ -96,7 +96,7 @@ fn default_flow_cooldown_s() -> u64 {
     5
 }
 
-fn default_flow_period_ms() -> u64 {
+pub fn default_flow_period_ms() -> u64 {
     200
 }
 

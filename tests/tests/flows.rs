@@ -316,6 +316,15 @@ fn a_tcp_flow_leaves_on_a_fin_or_a_segment_outside_its_window() {
         assert_eq!(out.action, Action::Redirect as u32, "{case}: in the window");
         let h = PacketHeaders::from_ethernet_slice(&out.frame).unwrap();
         assert_eq!(h.net.unwrap().ipv4_ref().unwrap().0.time_to_live, 63);
+        // The other side answers (still promoting: to the slow path), so the window it
+        // announced is known.
+        let answer = tcp4((REMOTE, 443), (VM, 40000), 5000, 1200, false, b"");
+        let out = fx.dp.test_run(PortRole::Vm, &answer, lo, 1).unwrap();
+        assert_eq!(
+            out.action,
+            Action::Pass as u32,
+            "{case}: the answer promotes"
+        );
 
         let before = counters(&fx);
         let leave = seg(seq + 100, fin, b"");

@@ -68,6 +68,12 @@ pub enum Command {
     /// NIC teaming: uplinks, placements, allocations, failovers.
     #[command(subcommand)]
     Team(TeamCommand),
+    /// Flow offload: the connections the XDP fast path carries, and moving them by hand.
+    ///
+    /// Without a subcommand, lists the offloaded flows: both of conntrack's tuples (so the NAT
+    /// shows), the state of each direction, packets and bytes each way, age, idle time and why
+    /// the flow was promoted. `conntrack -L` shows the same connections.
+    Flows(FlowsArgs),
     /// Remove an instance's dataplane: detach every program and remove its pins.
     ///
     /// Stops the instance's daemon if it runs. Forwarding through xnic stops; the kernel's own
@@ -318,6 +324,52 @@ pub enum RssCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct FlowsArgs {
+    #[command(subcommand)]
+    pub command: Option<FlowsCommand>,
+    /// Only the flows of this VM (through its port, either way).
+    #[arg(long)]
+    pub vm: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Counters: promoted, demoted by reason, table use, refused for a full table, and the
+    /// fast path's own (forwarded, passed to the slow path...).
+    Stats(ReadArgs),
+    /// Move matching conntrack connections into the fast path at the next period, whatever
+    /// the selection says (they must still qualify: established TCP, answered UDP).
+    Offload(FlowMatchArgs),
+    /// Send matching offloaded flows back to the slow path at the next period.
+    Demote(FlowMatchArgs),
+}
+
+/// Which flows: conntrack ids (`conntrack -L -o id`), or every flow matching all the fields
+/// given.
+#[derive(Debug, Args)]
+pub struct FlowMatchArgs {
+    /// conntrack ids.
+    pub ids: Vec<u32>,
+    /// Every flow (narrowed by the fields below).
+    #[arg(long)]
+    pub all: bool,
+    /// `tcp` or `udp`.
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// An address either tuple has (source or destination).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// A port either tuple has.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 #[derive(Debug, Subcommand)]

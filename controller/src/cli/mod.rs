@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod down;
 mod events;
+mod flows;
 mod lab;
 mod rss;
 mod stats;
@@ -46,6 +47,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => stats::run(&a),
         Command::Team(TeamCommand::Status(a)) => team::status(&a),
         Command::Team(TeamCommand::Events(a)) => team::events(&a),
+        Command::Flows(a) => flows::run(&a),
         Command::Rss(RssCommand::Status(a)) => rss::status(&a),
         Command::Rss(RssCommand::Events(a)) => rss::events(&a),
         Command::Rss(RssCommand::Buckets { engine, read }) => rss::buckets(&engine, &read),

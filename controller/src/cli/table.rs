@@ -738,6 +738,124 @@ pub fn rss_buckets(buckets: &[crate::api::types::RssBucketView]) -> String {
     format!("{t}\n")
 }
 
+fn tuple(t: &crate::api::types::TupleView) -> String {
+    let host = |a: &str| {
+        if a.contains(':') {
+            format!("[{a}]")
+        } else {
+            a.to_string()
+        }
+    };
+    format!(
+        "{}:{} → {}:{}",
+        host(&t.src),
+        t.src_port,
+        host(&t.dst),
+        t.dst_port
+    )
+}
+
+fn millis(ms: u64) -> String {
+    if ms >= 60_000 {
+        format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// `xnic flows`: one line a flow, conntrack's two tuples one above the other.
+pub fn flows(flows: &[crate::api::types::FlowView]) -> String {
+    if flows.is_empty() {
+        return "no offloaded flows\n".into();
+    }
+    let mut t = table(
+        &[
+            "SLOT",
+            "ID",
+            "PROTO",
+            "VM",
+            "TUPLES (orig / reply)",
+            "STATE",
+            "WHY",
+            "PKTS →/←",
+            "BYTES →/←",
+            "AGE",
+            "IDLE",
+        ],
+        7,
+    );
+    for f in flows {
+        let state = match &f.leave {
+            Some(why) => format!("leaving ({why})"),
+            None => f.state.clone(),
+        };
+        let [o, r] = &f.directions;
+        let actions: Vec<String> = o.actions.iter().chain(&r.actions).cloned().collect();
+        let tuples = format!(
+            "{}\n{}{}",
+            tuple(&f.original),
+            tuple(&f.reply),
+            if actions.is_empty() {
+                String::new()
+            } else {
+                format!("\n({})", actions.join(", "))
+            }
+        );
+        t.add_row(vec![
+            f.slot.to_string(),
+            f.id.map_or("-".into(), |i| i.to_string()),
+            f.proto.clone(),
+            f.vm.clone().unwrap_or_else(|| "-".into()),
+            tuples,
+            state,
+            f.why.clone(),
+            format!("{}/{}", si(o.packets as f64), si(r.packets as f64)),
+            format!("{}/{}", bytes(o.bytes), bytes(r.bytes)),
+            millis(f.age_ms),
+            millis(f.idle_ms),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// `xnic flows stats`.
+pub fn flow_stats(s: &crate::api::types::FlowStatsView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "offload {}  table {}/{} flows ({} kernel memory)  promoting {}  conntrack entries {}",
+        if s.enabled { "on" } else { "off" },
+        s.in_use,
+        s.capacity,
+        bytes(s.table_bytes),
+        s.pending,
+        s.tracked
+    );
+    let _ = writeln!(
+        out,
+        "promoted {}  handed back {}  refused (table full) {}  promotion timeouts {}  unfit {}  \
+         conntrack failures {}  adopted {}",
+        s.promoted,
+        s.handed_back,
+        s.refused_full,
+        s.promote_timeouts,
+        s.unfit,
+        s.conntrack_failed,
+        s.adopted
+    );
+    let mut t = table(&["DEMOTED BY", "FLOWS"], 1);
+    for (why, n) in s.demoted.iter().filter(|(_, n)| **n > 0) {
+        t.add_row(vec![why.clone(), n.to_string()]);
+    }
+    let _ = writeln!(out, "\n{t}");
+    let mut t = table(&["FAST PATH", "PACKETS"], 1);
+    for (what, n) in s.fast_path.iter().filter(|(_, n)| **n > 0) {
+        t.add_row(vec![what.clone(), n.to_string()]);
+    }
+    let _ = writeln!(out, "\n{t}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

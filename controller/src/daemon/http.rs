@@ -15,8 +15,8 @@ use axum::{
 use serde::{Deserialize, de::DeserializeOwned};
 use xnic_proto::{
     api::{
-        ApiError, ApplyRequest, ChangeView, RssEngineAddRequest, RssEngineRemoved,
-        RssEngineSetRequest, RssSetRequest, VmChanged, VmPatch,
+        ApiError, ApplyRequest, ChangeView, FlowRequest, FlowRequestView, RssEngineAddRequest,
+        RssEngineRemoved, RssEngineSetRequest, RssSetRequest, VmChanged, VmPatch,
     },
     config::{EngineConfig, VmConfig},
 };
@@ -77,7 +77,8 @@ const ENDPOINTS: &str = "GET /v1/status, GET|POST /v1/vms, GET|PATCH|DELETE /v1/
      GET /v1/stats, GET /v1/events, GET /v1/config, POST /v1/apply, POST /v1/down, GET /v1/rss, \
      GET /v1/rss/events, POST /v1/rss/vms/NAME, POST /v1/rss/engines, \
      POST|PATCH|DELETE /v1/rss/engines/NAME, GET /v1/rss/engines/NAME/buckets, GET /v1/team, \
-     GET /v1/team/events and GET /metrics";
+     GET /v1/team/events, GET /v1/flows, GET /v1/flows/stats, POST /v1/flows/offload, \
+     POST /v1/flows/demote and GET /metrics";
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
@@ -102,6 +103,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/rss/vms/{name}", post(rss_set))
         .route("/v1/team", get(team_status))
         .route("/v1/team/events", get(team_events))
+        .route("/v1/flows", get(flows))
+        .route("/v1/flows/stats", get(flow_stats))
+        .route("/v1/flows/offload", post(flows_offload))
+        .route("/v1/flows/demote", post(flows_demote))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(one_error_shape))
@@ -575,4 +580,44 @@ async fn metrics(State(d): Shared) -> Result<Response, Failure> {
         Body::from(text),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowsQuery {
+    #[serde(default)]
+    vm: Option<String>,
+}
+
+async fn flows(
+    State(d): Shared,
+    q: Result<Query<FlowsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Failure> {
+    let Query(q) = q?;
+    Ok(Json(d.flows(q.vm.as_deref())?))
+}
+
+async fn flow_stats(State(d): Shared) -> Result<impl IntoResponse, Failure> {
+    Ok(Json(d.flow_stats()?))
+}
+
+const FLOW_REQUEST_EXAMPLE: &str =
+    r#"{"proto": "tcp", "port": 443} or {"ids": [1234]} or {"all": true}"#;
+
+async fn flows_offload(
+    State(d): Shared,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, Failure> {
+    let req: FlowRequest = body(&bytes, FLOW_REQUEST_EXAMPLE)?;
+    let matched = d.flow_request(true, &req).await?;
+    Ok(Json(FlowRequestView { matched }))
+}
+
+async fn flows_demote(
+    State(d): Shared,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, Failure> {
+    let req: FlowRequest = body(&bytes, FLOW_REQUEST_EXAMPLE)?;
+    let matched = d.flow_request(false, &req).await?;
+    Ok(Json(FlowRequestView { matched }))
 }

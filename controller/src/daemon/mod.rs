@@ -8,6 +8,7 @@
 //! down` removes the dataplane.
 
 mod ebpf_log;
+mod flows;
 mod http;
 mod metrics;
 mod sample;
@@ -36,7 +37,7 @@ use xnic_proto::{
 
 pub use self::sampler::Sampled;
 use crate::{
-    dataplane::{Counters, Dataplane},
+    dataplane::{Counters, Dataplane, FlowReader},
     events::{EventLog, NewEvent},
     model::{
         Change, Refusal,
@@ -62,6 +63,7 @@ pub struct Daemon {
     handle: Handle,
     published: Published,
     counters: Counters,
+    flow_reader: FlowReader,
     sampled: Arc<Mutex<Sampled>>,
     links: Links,
     events: EventLog,
@@ -534,6 +536,7 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
         handle: handle.clone(),
         published,
         counters,
+        flow_reader: FlowReader::open(&pins)?,
         sampled,
         links,
         events,

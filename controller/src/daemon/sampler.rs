@@ -1,7 +1,8 @@
 //! The sampler: a thread that reads counters and /proc on a schedule, with map handles of its
 //! own, and hands the results on. Rates for the API are kept here; the RSS and team periods'
 //! measurements go to the reconciler as commands, so reading thousands of counters never
-//! holds up a link event.
+//! holds up a link event. So do flow offload's: conntrack's entries, the flow table, and
+//! whether the ruleset, routes or neighbours changed.
 
 use std::{
     sync::{
@@ -15,9 +16,9 @@ use tracing::warn;
 
 use super::sample::{Rates, Sample};
 use crate::{
-    dataplane::{Counters, PinDir},
-    features::{rss::RssSample, team::TeamSample},
-    monitor::cpu::CpuMonitor,
+    dataplane::{Counters, FlowReader, PinDir},
+    features::{flows::FlowSample, rss::RssSample, team::TeamSample},
+    monitor::{changes::ChangeWatch, conntrack::Conntrack, cpu::CpuMonitor},
     reconcile::{self, Command, Handle, Published, Snapshot},
 };
 
@@ -35,6 +36,35 @@ struct Schedule {
     next_stats: Instant,
     next_rss: Instant,
     next_team: Instant,
+    next_flows: Instant,
+}
+
+/// What flow offload's measurements are read through, opened when offload first runs.
+struct FlowSampler {
+    conntrack: Conntrack,
+    changes: ChangeWatch,
+    table: FlowReader,
+}
+
+impl FlowSampler {
+    fn open(pins: &PinDir) -> anyhow::Result<FlowSampler> {
+        Ok(FlowSampler {
+            conntrack: Conntrack::open()?,
+            changes: ChangeWatch::open()?,
+            table: FlowReader::open(pins)?,
+        })
+    }
+
+    fn sample(&mut self) -> anyhow::Result<FlowSample> {
+        // What changed first: a change during the dump is seen again next period.
+        let changed = self.changes.read();
+        Ok(FlowSample {
+            changed,
+            entries: self.conntrack.dump()?,
+            table: self.table.table()?,
+            fast: self.table.counters()?,
+        })
+    }
 }
 
 fn rss_sample(
@@ -86,15 +116,18 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let counters = Counters::open(pins)?;
+    let pins = pins.clone();
     std::thread::Builder::new()
         .name("xnic-sampler".into())
         .spawn(move || {
             let mut cpu = CpuMonitor::default();
+            let mut flows: Option<FlowSampler> = None;
             let now = Instant::now();
             let mut s = Schedule {
                 next_stats: now,
                 next_rss: now,
                 next_team: now,
+                next_flows: now,
             };
             while !stop.load(Ordering::Relaxed) {
                 let snap = reconcile::current(&published);
@@ -133,12 +166,34 @@ pub fn spawn(
                         Err(e) => warn!(error = %format!("{e:#}"), "reading team counters failed"),
                     }
                 }
+                if let Some(ms) = snap.flows.period_ms
+                    && now >= s.next_flows
+                {
+                    s.next_flows = (s.next_flows + Duration::from_millis(ms)).max(now);
+                    if flows.is_none() {
+                        match FlowSampler::open(&pins) {
+                            Ok(f) => flows = Some(f),
+                            Err(e) => {
+                                warn!(error = %format!("{e:#}"), "flow offload cannot read conntrack or the flow table")
+                            }
+                        }
+                    }
+                    if let Some(f) = &mut flows {
+                        match f.sample() {
+                            Ok(sample) => handle.send(Command::FlowTick(Box::new(sample))),
+                            Err(e) => warn!(error = %format!("{e:#}"), "reading flows failed"),
+                        }
+                    }
+                }
                 let mut next = s.next_stats;
                 if snap.rss.enabled() {
                     next = next.min(s.next_rss);
                 }
                 if snap.team.enabled() {
                     next = next.min(s.next_team);
+                }
+                if snap.flows.period_ms.is_some() {
+                    next = next.min(s.next_flows);
                 }
                 let nap = next.saturating_duration_since(Instant::now()).min(MAX_NAP);
                 std::thread::sleep(nap);

@@ -2,15 +2,17 @@
 //! A flow goes in slot first, keys last, and comes out keys first, so a frame that finds a
 //! key always finds its slot set up.
 
+use std::{borrow::Borrow, collections::BTreeMap};
+
 use anyhow::{Context as _, anyhow};
-use aya::maps::{DevMapHash, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use xnic_common::flow::{
     FlowConfig, FlowCounter, FlowKey, FlowLive, FlowRef, FlowState, MODE_UNUSED, Tunnel,
 };
 
 use super::{
-    Dataplane, FLOW_TX_PROGRAM, key_missing,
+    Dataplane, FLOW_TX_PROGRAM, PinDir, key_missing,
     registry::{self, Registered as _},
 };
 
@@ -133,36 +135,13 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Every offloaded flow as the table holds it: its slot, its two keys (by direction),
-    /// what each direction becomes and what the programs recorded. Keys whose slot is of
-    /// another generation (caught mid-change) are left out.
+    /// Every offloaded flow as the table holds it ([`table_of`]).
     pub fn flow_table(&self) -> anyhow::Result<Vec<TableFlow>> {
-        let mut by_slot: std::collections::BTreeMap<u32, [Option<FlowKey>; 2]> =
-            std::collections::BTreeMap::new();
-        let mut generation = std::collections::BTreeMap::new();
-        for (key, r) in self.flow_keys()? {
-            by_slot.entry(r.slot).or_default()[usize::from(r.dir & 1)] = Some(key);
-            generation.insert(r.slot, r.generation);
-        }
-        let mut out = Vec::new();
-        for (slot, keys) in by_slot {
-            let [Some(k0), Some(k1)] = keys else {
-                continue;
-            };
-            let state = self.flow_state(slot)?;
-            let live = self.flow_live(slot)?;
-            let g = generation[&slot];
-            if state.generation != g || live.generation != g {
-                continue;
-            }
-            out.push(TableFlow {
-                slot,
-                keys: [k0, k1],
-                state,
-                live,
-            });
-        }
-        Ok(out)
+        table_of(
+            &self.hash::<registry::FLOWS>()?,
+            &self.array::<registry::FLOW_STATE>()?,
+            &self.array::<registry::FLOW_LIVE>()?,
+        )
     }
 
     pub fn set_tunnel(&mut self, index: u32, tunnel: Tunnel) -> anyhow::Result<()> {
@@ -208,15 +187,102 @@ impl Dataplane {
 
     /// The fast path's counters, summed over CPUs, by `FlowCounter`.
     pub fn flow_counters(&self) -> anyhow::Result<[u64; FlowCounter::COUNT]> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map(registry::FLOW_STATS::NAME)?)?;
-        let mut out = [0u64; FlowCounter::COUNT];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = map
-                .get(&(i as u32), 0)
-                .with_context(|| format!("cannot read FLOW_STATS[{i}]"))?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        counters_of(&PerCpuArray::try_from(
+            self.map(registry::FLOW_STATS::NAME)?,
+        )?)
     }
+}
+
+/// Every offloaded flow the maps hold: its slot, its two keys (by direction), what each
+/// direction becomes and what the programs recorded. Keys whose slot is of another
+/// generation (caught mid-change) and slots with one key only are left out.
+fn table_of<F, S, L>(
+    flows: &BpfHashMap<F, FlowKey, FlowRef>,
+    states: &Array<S, FlowState>,
+    lives: &Array<L, FlowLive>,
+) -> anyhow::Result<Vec<TableFlow>>
+where
+    F: Borrow<MapData>,
+    S: Borrow<MapData>,
+    L: Borrow<MapData>,
+{
+    let mut by_slot: BTreeMap<u32, ([Option<FlowKey>; 2], u32)> = BTreeMap::new();
+    for entry in flows.iter() {
+        let (key, r) = entry.context("cannot read FLOWS")?;
+        let e = by_slot.entry(r.slot).or_default();
+        e.0[usize::from(r.dir & 1)] = Some(key);
+        e.1 = r.generation;
+    }
+    let mut out = Vec::with_capacity(by_slot.len());
+    for (slot, (keys, g)) in by_slot {
+        let [Some(k0), Some(k1)] = keys else {
+            continue;
+        };
+        let state = states
+            .get(&slot, 0)
+            .with_context(|| format!("cannot read FLOW_STATE[{slot}]"))?;
+        let live = lives
+            .get(&slot, 0)
+            .with_context(|| format!("cannot read FLOW_LIVE[{slot}]"))?;
+        if state.generation != g || live.generation != g {
+            continue;
+        }
+        out.push(TableFlow {
+            slot,
+            keys: [k0, k1],
+            state,
+            live,
+        });
+    }
+    Ok(out)
+}
+
+/// Read-only handles on the flow table, opened from the pins: the sampler and the API list
+/// flows without going through the reconciler.
+pub struct FlowReader {
+    flows: BpfHashMap<MapData, FlowKey, FlowRef>,
+    states: Array<MapData, FlowState>,
+    lives: Array<MapData, FlowLive>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn pinned(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
+    let path = pins.maps().join(name);
+    MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+impl FlowReader {
+    pub fn open(pins: &PinDir) -> anyhow::Result<FlowReader> {
+        Ok(FlowReader {
+            flows: BpfHashMap::try_from(Map::HashMap(pinned(pins, registry::FLOWS::NAME)?))?,
+            states: Array::try_from(Map::Array(pinned(pins, registry::FLOW_STATE::NAME)?))?,
+            lives: Array::try_from(Map::Array(pinned(pins, registry::FLOW_LIVE::NAME)?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                pins,
+                registry::FLOW_STATS::NAME,
+            )?))?,
+        })
+    }
+
+    pub fn table(&self) -> anyhow::Result<Vec<TableFlow>> {
+        table_of(&self.flows, &self.states, &self.lives)
+    }
+
+    /// The fast path's counters, summed over CPUs, by `FlowCounter`.
+    pub fn counters(&self) -> anyhow::Result<[u64; FlowCounter::COUNT]> {
+        counters_of(&self.stats)
+    }
+}
+
+fn counters_of<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> anyhow::Result<[u64; FlowCounter::COUNT]> {
+    let mut out = [0u64; FlowCounter::COUNT];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let per_cpu = map
+            .get(&(i as u32), 0)
+            .with_context(|| format!("cannot read FLOW_STATS[{i}]"))?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
 }

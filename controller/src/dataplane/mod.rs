@@ -12,7 +12,7 @@ mod bpffs;
 pub mod counters;
 mod execute;
 mod flows;
-pub use flows::TableFlow;
+pub use flows::{FlowReader, TableFlow};
 pub mod objects;
 pub mod qdisc;
 pub mod registry;

@@ -19,7 +19,7 @@
 
 use anyhow::Context as _;
 
-use super::{add_addr, ip, run, sysctl, veth};
+use super::{add_addr, full_checksums, ip, receives_redirects, run, sysctl, veth};
 
 /// Interfaces and addresses of the routed lab.
 pub const UPLINK: &str = "up0";
@@ -239,7 +239,15 @@ impl RoutedLab {
             ip(&["-n", &ns, "route", "add", "default", "via", &vm.gateway])?;
             neighbour(&ns, "eth0", &vm.gateway, &vm.port_mac)?;
             neighbour(&host, &vm.port, &vm.ip, &vm.mac)?;
+            full_checksums(&ns, "eth0")?;
+            receives_redirects(&ns, "eth0")?;
         }
+        // The tor's endpoints too: what the fast path redirects must be finished frames, and
+        // frames redirected to the tor must be received.
+        for dev in [TOR_UPLINK, VXLAN] {
+            full_checksums(&tor, dev)?;
+        }
+        receives_redirects(&tor, TOR_UPLINK)?;
 
         // The slow path's firewall and NAT.
         let path = std::env::temp_dir().join(format!("{}-ruleset.nft", self.prefix));

@@ -235,6 +235,16 @@ impl Receiver {
     /// Listens on `bind` inside namespace `ns` (the caller's namespace when `None`). Returns
     /// once the socket is bound.
     pub fn start(ns: Option<&str>, bind: SocketAddr) -> anyhow::Result<Receiver> {
+        Receiver::start_with(ns, bind, false)
+    }
+
+    /// [`Receiver::start`] that also answers every datagram with its header, so the flow
+    /// carries traffic both ways (conntrack confirms UDP only once it has seen a reply).
+    pub fn start_echo(ns: Option<&str>, bind: SocketAddr) -> anyhow::Result<Receiver> {
+        Receiver::start_with(ns, bind, true)
+    }
+
+    fn start_with(ns: Option<&str>, bind: SocketAddr, echo: bool) -> anyhow::Result<Receiver> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let ns = ns.map(str::to_string);
@@ -284,6 +294,10 @@ impl Receiver {
                         let flow = u32::from_be_bytes(buf[4..8].try_into()?);
                         let seq = u64::from_be_bytes(buf[8..16].try_into()?);
                         flows.entry((from, flow)).or_default().record(seq);
+                        if echo {
+                            // Best effort: a full socket buffer loses an answer, not a count.
+                            let _ = sock.send_to(&buf[..HEADER_LEN], from);
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => {

@@ -96,7 +96,9 @@ pub struct Offloaded {
     /// When either direction last had a packet.
     pub last_seen_ns: u64,
     pub promoted_ns: u64,
-    /// Some direction has not switched yet.
+    /// Neither direction has switched to the fast path yet, and packets it passed to the
+    /// slow path were not seen leaving it (an idle flow, or the idle direction of a one-way
+    /// stream, is not waited for: it switches whenever it has packets).
     pub promoting: bool,
     /// Why it is leaving, if it is.
     pub leaving: Option<Leave>,
@@ -120,6 +122,8 @@ pub struct Inputs {
     /// Asked for by hand.
     pub manual_offload: BTreeSet<u32>,
     pub manual_demote: BTreeSet<u32>,
+    /// Offloaded flows whose next hop is no longer what the fast path has.
+    pub route_changed: BTreeSet<u32>,
 }
 
 /// What one round decides.
@@ -187,6 +191,8 @@ pub fn decide(p: &Policy, inputs: &Inputs, now_ns: u64) -> Decisions {
             Some(Leave::Conntrack)
         } else if inputs.ruleset_changed {
             Some(Leave::RuleChange)
+        } else if inputs.route_changed.contains(&f.id) {
+            Some(Leave::Route)
         } else if f.promoting && now_ns.saturating_sub(f.promoted_ns) > PROMOTE_WAIT_NS {
             d.promote_timeouts += 1;
             Some(Leave::PromoteTimeout)
@@ -261,7 +267,7 @@ pub fn decide(p: &Policy, inputs: &Inputs, now_ns: u64) -> Decisions {
 }
 
 /// One side of a connection's tuple as conntrack reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -643,6 +649,7 @@ mod tests {
         let inputs = Inputs {
             offloaded: vec![idle, gone, stuck, fin, done, flow(6, 0), flow(7, 0)],
             manual_demote: [7].into(),
+            route_changed: [6].into(),
             ..Inputs::default()
         };
         let d = decide(&policy(), &inputs, 100 * SEC);
@@ -652,6 +659,7 @@ mod tests {
                 (1, Leave::Idle),
                 (2, Leave::Conntrack),
                 (3, Leave::PromoteTimeout),
+                (6, Leave::Route),
                 (7, Leave::Manual)
             ]
         );

@@ -13,6 +13,8 @@
 //! swapped under a lock held for the swap only), and counters are read through handles of
 //! their own.
 
+mod flows;
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
@@ -38,6 +40,7 @@ use crate::{
     features::{
         Context, Feature, Programs, Slots,
         base::{Base, Blocked, wanted_ports},
+        flows::{FlowFilter, FlowSample, Offload, OffloadSummary},
         rss::{Rss, RssSample},
         team::{Team, TeamSample, monotonic_ns},
     },
@@ -67,6 +70,9 @@ pub struct Snapshot {
     pub blocked: BTreeMap<String, String>,
     pub rss: Rss,
     pub team: Team,
+    pub flows: OffloadSummary,
+    /// Offloaded flows' conntrack ids, by slot.
+    pub flow_ids: Arc<std::collections::HashMap<u32, u32>>,
     pub adopted: bool,
     /// The kernel's own failover path: `None` when on, else why it is off.
     pub kernel_failover_off: Option<String>,
@@ -112,6 +118,13 @@ pub enum Command {
     },
     RssTick(RssSample),
     TeamTick(TeamSample),
+    FlowTick(Box<FlowSample>),
+    /// `xnic flows offload|demote`: how many flows matched.
+    FlowRequest {
+        offload: bool,
+        filter: FlowFilter,
+        reply: oneshot::Sender<usize>,
+    },
     /// Remove the dataplane and the kept desired state (`xnic down`).
     Down(oneshot::Sender<anyhow::Result<dataplane::Teardown>>),
     Stop,
@@ -176,6 +189,10 @@ pub struct Reconciler {
     base: Base,
     rss: Rss,
     team: Team,
+    offload: Offload,
+    offload_io: Option<flows::OffloadIo>,
+    /// Published with every snapshot; rebuilt after each flows period.
+    flow_ids: Arc<std::collections::HashMap<u32, u32>>,
     /// What the configuration maps hold, as this daemon last wrote (or read) them.
     written: Image,
     events: EventLog,
@@ -277,6 +294,12 @@ impl Reconciler {
             let rss =
                 Rss::adopt(&cx, base.slots(), &pinned, nr_cpus).map_err(anyhow::Error::msg)?;
             let team = Team::adopt(&cx, &pinned);
+            let mut offload = Offload::adopt(
+                dp.flow_slots()?,
+                &dp.flow_table()?,
+                crate::monitor::conntrack::timeouts(),
+            );
+            offload.reconcile(config.flows.as_ref());
             Reconciler {
                 dp,
                 config: Arc::new(config.clone()),
@@ -289,6 +312,9 @@ impl Reconciler {
                 base,
                 rss,
                 team,
+                offload,
+                offload_io: None,
+                flow_ids: Arc::default(),
                 written,
                 events: events.clone(),
                 published: Arc::new(RwLock::new(Arc::new(placeholder(&config)))),
@@ -397,6 +423,11 @@ impl Reconciler {
         self.base.render(&cx, slots, &mut image);
         self.rss.render(&cx, slots, &mut image);
         self.team.render(&cx, slots, &mut image);
+        // A leaving flow's packets wait behind its fast-path frames in flight on a CPU-map
+        // queue of the CPU they arrive on: every CPU has one while offload runs.
+        if self.offload.enabled() || self.offload.placed().next().is_some() {
+            image.cpu_queues.extend(0..self.dp.nr_cpus() as u32);
+        }
         image.index();
         image
     }
@@ -492,6 +523,7 @@ impl Reconciler {
         self.base = saved.base;
         self.rss = saved.rss;
         self.team = saved.team;
+        self.offload.reconcile(self.config.flows.as_ref());
     }
 
     fn reconcile_features(&mut self, events: &mut Vec<NewEvent>) -> Result<(), String> {
@@ -499,6 +531,7 @@ impl Reconciler {
         self.base.reconcile(&cx, &Slots::default(), events)?;
         self.rss.reconcile(&cx, self.base.slots(), events)?;
         self.team.reconcile(&cx, self.base.slots(), events)?;
+        self.offload.reconcile(self.config.flows.as_ref());
         self.refresh_blocks();
         Ok(())
     }
@@ -710,6 +743,8 @@ impl Reconciler {
                 .collect(),
             rss: self.rss.clone(),
             team: self.team.clone(),
+            flows: self.offload.summary(),
+            flow_ids: self.flow_ids.clone(),
             adopted: self.adopted,
             kernel_failover_off: self.dp.carrier_hook().err().map(str::to_string),
             started: self.started,
@@ -813,6 +848,30 @@ impl Reconciler {
                 self.events.push(events);
                 self.publish();
             }
+            Command::FlowTick(sample) => {
+                self.flow_tick(*sample);
+                self.flow_ids = Arc::new(
+                    self.offload
+                        .placed()
+                        .filter(|p| p.id != 0)
+                        .map(|p| (p.slot, p.id))
+                        .collect(),
+                );
+                self.publish();
+            }
+            Command::FlowRequest {
+                offload,
+                filter,
+                reply,
+            } => {
+                let n = if offload {
+                    self.offload.request_offload(&filter)
+                } else {
+                    self.offload.request_demote(&filter)
+                };
+                self.publish();
+                let _ = reply.send(n);
+            }
             Command::Down(reply) => {
                 // The shaper's queues first: without their tc programs, nothing feeds them.
                 let roots: Vec<u32> = self.written.shaper_roots.keys().copied().collect();
@@ -850,6 +909,8 @@ fn placeholder(config: &Config) -> Snapshot {
         blocked: BTreeMap::new(),
         rss: Rss::placeholder(),
         team: Team::default(),
+        flows: OffloadSummary::default(),
+        flow_ids: Arc::default(),
         adopted: false,
         kernel_failover_off: None,
         started: Instant::now(),
