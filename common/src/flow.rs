@@ -67,10 +67,26 @@ pub const MAX_TUNNELS: u32 = 256;
 /// without traffic has nothing to gain from the fast path.
 pub const PROMOTE_WAIT_NS: u64 = 500_000_000;
 
-/// How long a leaving flow waits for fast-path frames the device map has not taken: the
-/// device map's queue is flushed at the end of each NAPI poll (microseconds); a frame not
-/// counted after 5 ms was lost with its port.
-pub const LEAVE_WAIT_NS: u64 = 5_000_000;
+/// How long a leaving flow waits for what it has in flight: fast-path frames the device map
+/// has not taken (its queue is flushed at the end of each NAPI poll, microseconds), and the
+/// packet it last sent through a CPU-map queue, until the egress program sees it leave. That
+/// one is handled by the CPU-map kthread, which competes with every task on its CPU: a busy
+/// host keeps it waiting for milliseconds. Past 100 ms what is missing was lost (its port
+/// went, or the ruleset dropped it); waiting longer only delays the hand-back.
+pub const LEAVE_WAIT_NS: u64 = 100_000_000;
+
+/// How long a leaving flow's packets go through the CPU-map queue whatever is in flight: a
+/// fast-path frame the device map sent may still wait in its receiver's queue, and a
+/// receiving veth hands the XDP frames of one poll to the stack after the packets of the same
+/// poll that came from the kernel. Behind the CPU-map queue, the kernel's packets come after
+/// the receiver's next poll; a millisecond covers it many times over.
+pub const LEAVE_SETTLE_NS: u64 = 1_000_000;
+
+/// How long after the egress program saw a packet leave it may be taken as gone: the egress
+/// hook runs just before the device's transmit, and a packet of the same flow on the other
+/// path, on another CPU, must not reach the receiver's queue between the two. Transmit
+/// takes a microsecond or two with bottom halves off; 50 µs leaves room for an interrupt.
+pub const EXIT_GRACE_NS: u64 = 50_000;
 
 /// The two directions: as conntrack's original tuple, and its reply.
 pub const ORIGINAL: usize = 0;
@@ -281,8 +297,9 @@ pub struct LiveDir {
     pub bytes: u64,
     /// When this direction last had a packet, on either path (`CLOCK_MONOTONIC` ns).
     pub last_seen_ns: u64,
-    /// When the mode last changed.
-    pub mode_since_ns: u64,
+    /// When the mode last changed, or when the egress program last saw the packet this
+    /// direction waits for leave the kernel.
+    pub since_ns: u64,
     /// Frames redirected by the fast path, and those the device map's program took.
     pub fast_sent: u32,
     pub fast_done: u32,
@@ -299,7 +316,11 @@ pub struct LiveDir {
     pub tcp: TcpSeen,
     /// A [`Mode`], or [`MODE_UNUSED`].
     pub mode: u8,
-    pub _pad: [u8; 7],
+    /// The CPU whose CPU-map queue this direction's packets wait behind, plus one (0: none
+    /// yet), little-endian: one queue for all of them, whichever CPU they arrive on, since
+    /// two queues' kthreads would race each other.
+    pub behind_cpu: [u8; 2],
+    pub _pad: [u8; 5],
 }
 
 /// A slot's live state.
@@ -321,7 +342,7 @@ impl FlowLive {
     pub fn promoted(state: &FlowState, now_ns: u64) -> FlowLive {
         let dir = |d: usize| LiveDir {
             mode: Mode::Pending as u8,
-            mode_since_ns: now_ns,
+            since_ns: now_ns,
             last_seen_ns: now_ns,
             tcp: TcpSeen::unseen(state.dirs[d].tcp_scale),
             ..LiveDir::default()
@@ -455,12 +476,20 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
             live.leave = leave;
         }
         let waited = pkt.now_ns.wrapping_sub(live.leave_since_ns);
-        return behind_fast(sender, waited, Slow::Leaving, Some(pkt.fingerprint));
+        return behind_fast(
+            sender,
+            waited,
+            Slow::Leaving,
+            Some((pkt.fingerprint, pkt.now_ns)),
+        );
     }
     if sender.mode == Mode::Pending as u8 {
-        if sender.pass_fp != 0 && sender.exit_fp == sender.pass_fp {
+        if sender.pass_fp != 0
+            && sender.exit_fp == sender.pass_fp
+            && pkt.now_ns.wrapping_sub(sender.since_ns) >= EXIT_GRACE_NS
+        {
             sender.mode = Mode::Active as u8;
-            sender.mode_since_ns = pkt.now_ns;
+            sender.since_ns = pkt.now_ns;
             ev.drained = true;
         } else {
             sender.pass_fp = pkt.fingerprint;
@@ -481,18 +510,26 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
 /// path: behind them when it has, straight up when not. `waited`: how long the flow has been
 /// leaving (fast-path frames not counted after [`LEAVE_WAIT_NS`] are taken as lost).
 ///
-/// A leaving packet (`fp`: its fingerprint) that went through the CPU-map queue is off the
-/// queue when the CPU-map program takes it, but still on its way through the kernel on that
-/// CPU: the direction's next packets follow the same way until the egress program has seen
-/// it leave (`exit_fp`), or for [`LEAVE_WAIT_NS`] at most (the ruleset may drop it).
+/// A leaving packet (`leaving`: its fingerprint, and the time) that went through the
+/// CPU-map queue is off the queue when the CPU-map program takes it, but still on its way
+/// through the kernel on that CPU: the direction's next packets follow the same way until
+/// the egress program has seen it leave (`exit_fp`) [`EXIT_GRACE_NS`] ago, or for
+/// [`LEAVE_WAIT_NS`] at most (the ruleset may drop it).
 #[inline(always)]
-fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow, fp: Option<u32>) -> Decision {
+fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow, leaving: Option<(u32, u64)>) -> Decision {
     let queued = dir.cpu_sent != dir.cpu_done;
     let in_flight = dir.fast_sent != dir.fast_done && waited <= LEAVE_WAIT_NS;
-    let unexited = fp.is_some() && dir.exit_fp != dir.pass_fp && waited <= LEAVE_WAIT_NS;
-    if queued || in_flight || unexited {
+    let unexited = match leaving {
+        Some((_, now)) => {
+            (dir.exit_fp != dir.pass_fp || now.wrapping_sub(dir.since_ns) < EXIT_GRACE_NS)
+                && waited <= LEAVE_WAIT_NS
+        }
+        None => false,
+    };
+    let settling = leaving.is_some() && waited < LEAVE_SETTLE_NS;
+    if queued || in_flight || unexited || settling {
         dir.cpu_sent = dir.cpu_sent.wrapping_add(1);
-        if let Some(fp) = fp {
+        if let Some((fp, _)) = leaving {
             dir.pass_fp = fp;
         }
         Decision::SlowBehind(why)
@@ -521,7 +558,8 @@ const HEADER_OFFSET_MASK: u16 = 0x7f;
 /// pending direction passed, made of what no router or NAT changes. TCP: where the segment
 /// ends and what it acknowledges (the kernel's GRO may merge consecutive segments into one
 /// larger packet, which then ends where the last of them did, with the same
-/// acknowledgement); UDP: its length, the IPv4 identification and the first payload word.
+/// acknowledgement); UDP: its length, the IPv4 identification and the first 16 payload
+/// bytes.
 /// Never 0 (0 means "none"); `None` when the headers are not readable.
 #[inline(always)]
 pub fn fingerprint(frame: &Frame, p: &Parsed) -> Option<u32> {
@@ -539,11 +577,23 @@ pub fn fingerprint(frame: &Frame, p: &Parsed) -> Option<u32> {
         } else {
             0
         };
-        let first = match frame.header::<[u8; 4]>(l4 + UdpHdr::LEN) {
-            Some(w) => u32::from_be_bytes(*w),
-            None => 0,
+        // The identification is 0 for most UDP (unconnected sockets send with DF), and the
+        // first bytes are often the same in every datagram of a flow (a protocol's magic or
+        // connection id): sixteen payload bytes, which carry a sequence or packet number in
+        // most protocols, keep consecutive datagrams apart.
+        let payload = match frame.header::<[u8; 16]>(l4 + UdpHdr::LEN) {
+            Some(b) => hash::mix4([
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+                u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+            ]),
+            None => match frame.header::<[u8; 4]>(l4 + UdpHdr::LEN) {
+                Some(w) => u32::from_be_bytes(*w),
+                None => 0,
+            },
         };
-        [udp.length() as u32, id, first, 17]
+        [udp.length() as u32, id, payload, 17]
     };
     let h = hash::mix4(words);
     Some(if h == 0 { 1 } else { h })
@@ -785,9 +835,23 @@ mod tests {
             decide(&s, &mut l, &pkt(ORIGINAL, 300, 5, TCP_ACK, 9, 30), &mut ev),
             Decision::Slow(Slow::Pending)
         );
+        // Seen leaving at 35: it may still be on its way into the device until the grace
+        // has passed.
         l.dirs[0].exit_fp = 9;
+        l.dirs[0].since_ns = 35;
         assert_eq!(
             decide(&s, &mut l, &pkt(ORIGINAL, 400, 5, TCP_ACK, 10, 40), &mut ev),
+            Decision::Slow(Slow::Pending)
+        );
+        l.dirs[0].exit_fp = 10;
+        let later = 35 + EXIT_GRACE_NS;
+        assert_eq!(
+            decide(
+                &s,
+                &mut l,
+                &pkt(ORIGINAL, 500, 5, TCP_ACK, 11, later),
+                &mut ev
+            ),
             Decision::Forward
         );
         assert!(ev.drained);
@@ -852,9 +916,15 @@ mod tests {
         // The egress program saw it leave: the rest go straight up.
         l.dirs[0].cpu_done = 3;
         l.dirs[0].exit_fp = 9;
+        l.dirs[0].since_ns = 28;
         assert!(l.drained(30));
         assert_eq!(
-            decide(&s, &mut l, &pkt(ORIGINAL, 103, 5, TCP_ACK, 10, 30), &mut ev),
+            decide(
+                &s,
+                &mut l,
+                &pkt(ORIGINAL, 103, 5, TCP_ACK, 10, 10 + LEAVE_SETTLE_NS),
+                &mut ev
+            ),
             Decision::Slow(Slow::Leaving)
         );
         // A queued packet that never leaves (the ruleset dropped it) is waited for

@@ -255,10 +255,26 @@ fn behind(xdp: &XdpContext, cx: &mut FrameCtx) {
         return;
     }
     count(FlowCounter::SlowBehind);
+    // SAFETY: helper without arguments.
+    let here = unsafe { bpf_get_smp_processor_id() };
+    let cpu = match live_dir(cx.offload) {
+        Some(d) => {
+            // SAFETY: a field of the FLOW_LIVE value; a race between two CPUs setting it
+            // first leaves one of them, and both of their packets are already counted.
+            let pinned = unsafe { &mut (*d).behind_cpu };
+            match u16::from_le_bytes(*pinned) {
+                0 => {
+                    *pinned = ((here as u16).wrapping_add(1)).to_le_bytes();
+                    here
+                }
+                n => u32::from(n - 1),
+            }
+        }
+        None => here,
+    };
     cx.next = Next {
         kind: NextKind::FlowCpu as u8,
-        // SAFETY: helper without arguments.
-        target: unsafe { bpf_get_smp_processor_id() },
+        target: cpu,
         ..Next::KERNEL
     };
 }
@@ -551,6 +567,9 @@ fn seen_leaving(frame: &Frame, p: &Parsed, vni: u32) {
         if leaving && fp != d.pass_fp {
             return;
         }
+        // The time first: the fast path reads the fingerprint, then the time.
+        // SAFETY: a helper without arguments.
+        d.since_ns = unsafe { bpf_ktime_get_ns() };
         d.exit_fp = fp;
         atomic::add(&raw mut d.slow_exits);
         count(FlowCounter::ExitSeen);

@@ -149,6 +149,10 @@ fn drain(fx: &mut Fixture, role: PortRole, passed: &[u8], leaving: &[u8]) {
     assert_eq!(out.action, Action::Pass as u32, "pending: the slow path's");
     assert_eq!(out.frame, passed, "passed untouched");
     fx.dp.test_run_flow_exit(leaving).unwrap();
+    // Seen leaving is gone once the egress hook's grace has passed.
+    std::thread::sleep(std::time::Duration::from_nanos(
+        xnic_common::flow::EXIT_GRACE_NS,
+    ));
 }
 
 #[test]
