@@ -175,9 +175,10 @@ pub fn track(
             // The other side is not seen yet: let its acknowledgement bounds pass until it is.
             r.end = sack;
             r.maxend = sack;
-        } else if sack == r.end.wrapping_add(1) {
-            // Likely the answer to a keepalive.
-            r.end = r.end.wrapping_add(1);
+        } else if after(sack, r.end) {
+            // The receiver was picked up from a retransmission, or this answers a
+            // keepalive: what the sender acknowledges, the receiver has sent.
+            r.end = sack;
         }
     }
     if !has_ack {

@@ -1,7 +1,7 @@
 //! TCP window tracking (`xnic_common::tcp`) against a model of conntrack's rules: random
 //! segment sequences in both directions of a connection picked up mid-stream. The fast path
 //! must never accept a segment the model rejects, and must follow the same window. (The
-//! model departs from the kernel in two places for a pickup, as the fast path does: see
+//! model departs from the kernel in three places for a pickup, as the fast path does: see
 //! `in_window`.)
 //!
 //! The model is written the way `nf_conntrack_proto_tcp.c`'s `tcp_in_window` reads (state
@@ -60,8 +60,10 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
         if receiver.td_maxwin == 0 {
             receiver.td_end = sack;
             receiver.td_maxend = sack;
-        } else if sack == receiver.td_end + 1 {
-            receiver.td_end += 1;
+        } else if sack > receiver.td_end {
+            // The third difference: the kernel takes only a keepalive's answer (one past the
+            // end) this way; a receiver picked up from a retransmission has sent more.
+            receiver.td_end = sack;
         }
     }
     if !s.has_ack {

@@ -233,6 +233,10 @@ fn demo(
         );
     }
 
+    if !stop.load(Ordering::Relaxed) {
+        flow_offload_demo(&instance)?;
+    }
+
     heading("steady traffic (Ctrl-C to stop)");
     let mut seen_events = 0;
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
@@ -752,4 +756,127 @@ fn lifecycle_demo(lab: &Lab, client: &Client) -> anyhow::Result<()> {
     println!("events (`xnic events`):");
     print!("{}", table::events(&events, true));
     Ok(())
+}
+
+/// The routed lab beside the switched one: the host routes, filters and NATs with nftables and
+/// conntrack and reaches a remote network through VXLAN; xnic's fast path takes the
+/// connections over and hands them back.
+fn flow_offload_demo(instance: &str) -> anyhow::Result<()> {
+    use crate::{
+        api::types::{FlowRequest, FlowRequestView, FlowStatsView, FlowView},
+        lab::{
+            routed::{REMOTE_IP, RoutedLab, SERVER_IP, VIRTUAL_IP},
+            traffic::iperf3,
+        },
+    };
+    heading(
+        "flow offload: a routed host (nftables ct filter, masquerade, a DNAT virtual IP, VXLAN \
+         to the tor), its connections moved into XDP",
+    );
+    let name = format!("{instance}-routed");
+    let lab = RoutedLab::new(&name, 2);
+    let path = std::env::temp_dir().join(format!("{name}.toml"));
+    let run = || -> anyhow::Result<()> {
+        lab.up()?;
+        std::fs::write(
+            &path,
+            lab.config(&name, "select = \"all\"\nperiod_ms = 100"),
+        )?;
+        let exe = std::env::current_exe().context("cannot find the xnic executable")?;
+        let daemon = DaemonProcess::start(&exe, &path, &name, Some(DAEMON_PREFIX), READY_TIMEOUT)?;
+        let client = Client::new(&name);
+        let (vm0, vm1) = (lab.vm_ns(&lab.vms[0]), lab.vm_ns(&lab.vms[1]));
+        // A UDP stream in through the virtual IP, one out through the tunnel (both answered,
+        // so conntrack confirms them), and TCP out masqueraded.
+        let rx = Receiver::start_echo(Some(&vm0), "0.0.0.0:7000".parse()?)?;
+        let rx1 = Receiver::start_echo(Some(&vm1), "0.0.0.0:7000".parse()?)?;
+        let tunnel_rx = Receiver::start_echo(Some(&lab.tor_ns()), "0.0.0.0:7001".parse()?)?;
+        let udp = |from: String, to: String| {
+            std::thread::spawn(move || {
+                send_udp(
+                    Some(&from),
+                    UdpStream {
+                        dst: to.parse().expect("a socket address"),
+                        flows: 1,
+                        pps: 2000,
+                        duration: Duration::from_secs(5),
+                        payload: 200,
+                        zipf: None,
+                    },
+                )
+            })
+        };
+        let in_vip = udp(lab.tor_ns(), format!("{VIRTUAL_IP}:7000"));
+        let out_tunnel = udp(vm1.clone(), format!("{REMOTE_IP}:7001"));
+        let tcp = iperf3(&lab.tor_ns(), SERVER_IP, &vm0, 3)?;
+        println!(
+            "iperf3 vm0 → {SERVER_IP} (masqueraded): {:.0} Mbit/s, {} retransmits",
+            tcp.bits_per_second / 1e6,
+            tcp.retransmits
+        );
+        let flows: Vec<FlowView> = block_on(client.get("/v1/flows"))?;
+        println!("xnic flows:");
+        print!("{}", table::flows(&flows));
+        let listed = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.host_ns(),
+                "conntrack",
+                "-L",
+                "-o",
+                "id",
+            ])
+            .output()?;
+        println!("conntrack -L -o id on the host:");
+        print!("{}", String::from_utf8_lossy(&listed.stdout));
+        let moved: FlowRequestView = block_on(client.post_json(
+            "/v1/flows/demote",
+            &FlowRequest {
+                all: true,
+                ..FlowRequest::default()
+            },
+        ))?;
+        println!(
+            "xnic flows demote --all: {} flow(s) sent back to the slow path",
+            moved.matched
+        );
+        let sent = [
+            in_vip
+                .join()
+                .map_err(|_| anyhow::anyhow!("sender panicked"))??,
+            out_tunnel
+                .join()
+                .map_err(|_| anyhow::anyhow!("sender panicked"))??,
+        ];
+        let got_in = [rx.stop()?, rx1.stop()?];
+        let got_in = RecvReport {
+            received: got_in[0].received + got_in[1].received,
+            reordered: got_in[0].reordered + got_in[1].reordered,
+            duplicates: got_in[0].duplicates + got_in[1].duplicates,
+            gaps: got_in[0].gaps + got_in[1].gaps,
+            flows: got_in[0].flows + got_in[1].flows,
+        };
+        println!(
+            "UDP in through the virtual IP: {}",
+            delivery(&sent[0], &got_in)
+        );
+        println!(
+            "UDP out through the tunnel: {}",
+            delivery(&sent[1], &tunnel_rx.stop()?)
+        );
+        let stats: FlowStatsView = block_on(client.get("/v1/flows/stats"))?;
+        print!("{}", table::flow_stats(&stats));
+        println!(
+            "conntrack INVALID on the host (the ruleset's counter): {}",
+            lab.invalid_count()?
+        );
+        daemon.stop()?;
+        Ok(())
+    };
+    let result = run();
+    let _ = crate::dataplane::teardown(&name);
+    lab.down();
+    let _ = std::fs::remove_file(&path);
+    result
 }

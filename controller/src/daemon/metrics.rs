@@ -10,7 +10,7 @@ use prometheus_client::{
 
 use std::collections::BTreeMap;
 
-use xnic_proto::api::{Count, Role, RssStatusView, StatsView, TeamStatusView};
+use xnic_proto::api::{Count, FlowStatsView, Role, RssStatusView, StatsView, TeamStatusView};
 
 #[derive(Debug)]
 struct Snapshot {
@@ -18,6 +18,7 @@ struct Snapshot {
     stats: StatsView,
     rss: Option<RssStatusView>,
     team: Option<TeamStatusView>,
+    flows: Option<FlowStatsView>,
     events: BTreeMap<(String, String), u64>,
     generation: u64,
 }
@@ -232,11 +233,96 @@ impl Collector for Snapshot {
         if let Some(team) = &self.team {
             self.encode_team(team, &mut encoder)?;
         }
+        if let Some(flows) = &self.flows {
+            self.encode_flows(flows, &mut encoder)?;
+        }
         Ok(())
     }
 }
 
 impl Snapshot {
+    fn encode_flows(
+        &self,
+        f: &FlowStatsView,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let inst = || vec![("instance", self.instance.clone())];
+        gauge_family(
+            encoder,
+            "xnic_flows_offloaded",
+            "Connections in the fast path's flow table",
+            &[(inst(), f64::from(f.in_use))],
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_flows_table_size",
+            "Slots of the flow table (fixed when the dataplane is created)",
+            &[(inst(), f64::from(f.capacity))],
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_flows_moving",
+            "Offloaded connections with a direction still promoting, or leaving",
+            &[(inst(), f64::from(f.pending))],
+        )?;
+        let plain = [
+            (
+                "xnic_flows_promoted",
+                "Connections moved into the fast path",
+                f.promoted,
+            ),
+            (
+                "xnic_flows_handed_back",
+                "Connections whose state went back to conntrack",
+                f.handed_back,
+            ),
+            (
+                "xnic_flows_refused_full",
+                "Qualifying connections left on the slow path by a full table (per period)",
+                f.refused_full,
+            ),
+            (
+                "xnic_flows_promote_timeouts",
+                "Promotions given up: the flow's packets never left the kernel",
+                f.promote_timeouts,
+            ),
+            (
+                "xnic_flows_unfit",
+                "Candidates the fast path cannot carry (output not served, next hop unknown)",
+                f.unfit,
+            ),
+            (
+                "xnic_flows_conntrack_failures",
+                "conntrack changes that failed",
+                f.conntrack_failed,
+            ),
+        ];
+        for (name, help, v) in plain {
+            counter_family(encoder, name, help, &[(inst(), v)])?;
+        }
+        let by = |label: &'static str, m: &BTreeMap<String, u64>| -> Vec<(Labels, u64)> {
+            m.iter()
+                .map(|(k, v)| {
+                    let mut l = inst();
+                    l.push((label, k.clone()));
+                    (l, *v)
+                })
+                .collect()
+        };
+        counter_family(
+            encoder,
+            "xnic_flows_demoted",
+            "Connections sent back to the slow path, by reason",
+            &by("reason", &f.demoted),
+        )?;
+        counter_family(
+            encoder,
+            "xnic_flows_fast_path_packets",
+            "The fast path's own counters (forwarded, missed, passed while promoting or leaving...)",
+            &by("counter", &f.fast_path),
+        )
+    }
+
     fn encode_rss(
         &self,
         rss: &RssStatusView,
@@ -415,6 +501,7 @@ pub fn encode(
     stats: &StatsView,
     rss: Option<RssStatusView>,
     team: Option<TeamStatusView>,
+    flows: Option<FlowStatsView>,
     events: &BTreeMap<(String, String), u64>,
     generation: u64,
 ) -> Result<String, std::fmt::Error> {
@@ -424,6 +511,7 @@ pub fn encode(
         stats: stats.clone(),
         rss,
         team,
+        flows,
         events: events.clone(),
         generation,
     }));

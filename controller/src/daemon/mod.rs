@@ -333,6 +333,7 @@ impl Daemon {
             &stats,
             self.rss_status(),
             self.team_status(),
+            self.flow_stats().ok().filter(|f| f.enabled || f.in_use > 0),
             &self.events.all_counts(),
             self.generation(),
         )
