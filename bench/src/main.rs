@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod live;
+mod offload;
 mod ops;
 mod ovs;
 mod report;
@@ -21,11 +22,12 @@ fn main() {
         Some("rss") => rss::run(&args[1..]),
         Some("team") => team::run(&args[1..]),
         Some("ops") => ops::run(&args[1..]),
+        Some("offload") => offload::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, ops, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, offload, ops, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|ops|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|offload|ops|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

@@ -118,6 +118,13 @@ impl Dataplane {
             .with_context(|| format!("cannot read FLOW_STATE[{slot}]"))
     }
 
+    /// Overwrites a slot's live state (tests and benchmarks set directions up with it).
+    pub fn set_flow_live(&mut self, slot: u32, live: FlowLive) -> anyhow::Result<()> {
+        self.array_mut::<registry::FLOW_LIVE>()?
+            .set(slot, live, 0)
+            .with_context(|| format!("cannot write FLOW_LIVE[{slot}]"))
+    }
+
     pub fn flow_live(&self, slot: u32) -> anyhow::Result<FlowLive> {
         self.array::<registry::FLOW_LIVE>()?
             .get(&slot, 0)
