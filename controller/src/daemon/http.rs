@@ -604,20 +604,27 @@ async fn flow_stats(State(d): Shared) -> Result<impl IntoResponse, Failure> {
 const FLOW_REQUEST_EXAMPLE: &str =
     r#"{"proto": "tcp", "port": 443} or {"ids": [1234]} or {"all": true}"#;
 
+/// `offload`: into the fast path; otherwise back to the slow path.
+async fn flows_move(
+    d: &Daemon,
+    bytes: &[u8],
+    offload: bool,
+) -> Result<Json<FlowRequestView>, Failure> {
+    let req: FlowRequest = body(bytes, FLOW_REQUEST_EXAMPLE)?;
+    let matched = d.flow_request(offload, &req).await?;
+    Ok(Json(FlowRequestView { matched }))
+}
+
 async fn flows_offload(
     State(d): Shared,
     bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Failure> {
-    let req: FlowRequest = body(&bytes, FLOW_REQUEST_EXAMPLE)?;
-    let matched = d.flow_request(true, &req).await?;
-    Ok(Json(FlowRequestView { matched }))
+    flows_move(&d, &bytes, true).await
 }
 
 async fn flows_demote(
     State(d): Shared,
     bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Failure> {
-    let req: FlowRequest = body(&bytes, FLOW_REQUEST_EXAMPLE)?;
-    let matched = d.flow_request(false, &req).await?;
-    Ok(Json(FlowRequestView { matched }))
+    flows_move(&d, &bytes, false).await
 }
