@@ -130,6 +130,11 @@ pub enum OutOfWindow {
     AckUnder = 4,
 }
 
+/// How far behind what its peer acknowledges a side picked up from a retransmission may be:
+/// what one window of a fast connection has in flight. Further is not a retransmission but
+/// garbage (and would carry the tracked edges more than half the sequence space apart).
+pub const MAX_PICKUP_GAP: u32 = 1 << 28;
+
 /// Checks `seg`, sent by `sender` to `receiver`, against the window and, when it is inside,
 /// records what it shows of both sides. A segment outside the window changes nothing.
 #[inline(always)]
@@ -175,7 +180,7 @@ pub fn track(
             // The other side is not seen yet: let its acknowledgement bounds pass until it is.
             r.end = sack;
             r.maxend = sack;
-        } else if after(sack, r.end) {
+        } else if after(sack, r.end) && !after(sack, r.end.wrapping_add(MAX_PICKUP_GAP)) {
             // The receiver was picked up from a retransmission, or this answers a
             // keepalive: what the sender acknowledges, the receiver has sent.
             r.end = sack;
