@@ -651,6 +651,21 @@ impl FlowLive {
         })
     }
 
+    /// Why the flow is leaving: what the daemon asked for (`state.leave`), or what a program
+    /// found.
+    pub fn leaving(&self, state: &FlowState) -> Option<Leave> {
+        let raw = if state.leave != 0 {
+            state.leave
+        } else {
+            self.leave
+        };
+        if raw == 0 {
+            None
+        } else {
+            Leave::from_index(u32::from(raw))
+        }
+    }
+
     /// When either direction last had a packet.
     pub fn last_seen_ns(&self) -> u64 {
         self.dirs[0].last_seen_ns.max(self.dirs[1].last_seen_ns)

@@ -185,13 +185,7 @@ fn echo(ns: &str, port: u16) -> Receiver {
 fn sum(reports: impl IntoIterator<Item = RecvReport>) -> RecvReport {
     reports
         .into_iter()
-        .fold(RecvReport::default(), |a, r| RecvReport {
-            received: a.received + r.received,
-            reordered: a.reordered + r.reordered,
-            duplicates: a.duplicates + r.duplicates,
-            gaps: a.gaps + r.gaps,
-            flows: a.flows + r.flows,
-        })
+        .fold(RecvReport::default(), |a, r| a.merged(&r))
 }
 
 /// Everything arrived once, and in order but for the swaps a receiving veth may make across

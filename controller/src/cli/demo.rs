@@ -849,14 +849,7 @@ fn flow_offload_demo(instance: &str) -> anyhow::Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("sender panicked"))??,
         ];
-        let got_in = [rx.stop()?, rx1.stop()?];
-        let got_in = RecvReport {
-            received: got_in[0].received + got_in[1].received,
-            reordered: got_in[0].reordered + got_in[1].reordered,
-            duplicates: got_in[0].duplicates + got_in[1].duplicates,
-            gaps: got_in[0].gaps + got_in[1].gaps,
-            flows: got_in[0].flows + got_in[1].flows,
-        };
+        let got_in = rx.stop()?.merged(&rx1.stop()?);
         println!(
             "UDP in through the virtual IP: {}",
             delivery(&sent[0], &got_in)

@@ -86,14 +86,7 @@ pub fn flow_view(snap: &Snapshot, f: &TableFlow, id: Option<u32>, now_ns: u64) -
             slow_passes: live.slow_passes,
         }
     });
-    let leave_raw = if f.state.leave != 0 {
-        f.state.leave
-    } else {
-        f.live.leave
-    };
-    let leave = Leave::from_index(u32::from(leave_raw))
-        .filter(|_| leave_raw != 0)
-        .map(|l| l.name().to_string());
+    let leave = f.live.leaving(&f.state).map(|l| l.name().to_string());
     let state = if leave.is_some() {
         "leaving"
     } else if directions.iter().any(|d| d.mode == "active") {

@@ -205,16 +205,7 @@ impl Placed {
 
     /// Why it leaves: what the daemon asked for, or what a program found.
     pub fn leave(&self) -> Option<Leave> {
-        let raw = if self.state.leave != 0 {
-            self.state.leave
-        } else {
-            self.live.leave
-        };
-        if raw == 0 {
-            None
-        } else {
-            Leave::from_index(u32::from(raw))
-        }
+        self.live.leaving(&self.state)
     }
 
     /// Bytes both directions moved on the fast path.
@@ -464,7 +455,7 @@ impl Offload {
 
     /// The id a flow goes by in the policy: conntrack's, or for a flow conntrack does not
     /// have (adopted, then not found) one made up from its slot at the top of the range.
-    fn id_of(p: &Placed) -> u32 {
+    pub fn id_of(p: &Placed) -> u32 {
         if p.id != 0 { p.id } else { u32::MAX - p.slot }
     }
 

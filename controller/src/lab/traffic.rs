@@ -130,6 +130,19 @@ pub struct RecvReport {
     pub flows: u64,
 }
 
+impl RecvReport {
+    /// Two receivers' reports as one (a stream that may land on either).
+    pub fn merged(&self, other: &RecvReport) -> RecvReport {
+        RecvReport {
+            received: self.received + other.received,
+            reordered: self.reordered + other.reordered,
+            duplicates: self.duplicates + other.duplicates,
+            gaps: self.gaps + other.gaps,
+            flows: self.flows + other.flows,
+        }
+    }
+}
+
 /// Shorter waits than this are not worth a sleep: the datagram goes out at once.
 const MIN_SLEEP: Duration = Duration::from_micros(10);
 

@@ -23,7 +23,7 @@ use crate::{
     dataplane::Dataplane,
     events::NewEvent,
     features::{
-        flows::{FlowSample, tuple},
+        flows::{FlowSample, Offload, tuple},
         team::monotonic_ns,
     },
     monitor::{
@@ -273,8 +273,7 @@ impl Reconciler {
                 (true, Some(h)) => self.offload.set_hops(slot, h),
                 _ => {
                     debug!(slot, "an offloaded flow's next hop changed");
-                    let id = if p.id != 0 { p.id } else { u32::MAX - slot };
-                    self.offload.route_changed(id);
+                    self.offload.route_changed(Offload::id_of(&p));
                 }
             }
         }
