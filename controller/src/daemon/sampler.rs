@@ -62,7 +62,6 @@ impl FlowSampler {
             changed,
             entries: self.conntrack.dump()?,
             table: self.table.table()?,
-            fast: self.table.counters()?,
         })
     }
 }

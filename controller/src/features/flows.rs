@@ -15,9 +15,7 @@ use std::{
 };
 
 use netlink_packet_netfilter::conntrack::Status;
-use xnic_common::flow::{
-    FlowCounter, FlowKey, FlowLive, FlowState, Leave, Mode, ORIGINAL, REPLY, Why,
-};
+use xnic_common::flow::{FlowKey, FlowLive, FlowState, Leave, Mode, ORIGINAL, REPLY, Why};
 use xnic_proto::config::{FlowSelect, FlowsSection, default_flow_period_ms};
 
 use crate::{
@@ -152,8 +150,6 @@ pub struct FlowSample {
     pub table: Vec<TableFlow>,
     /// The ruleset, routes or neighbours changed since the last period.
     pub changed: Changed,
-    /// The fast path's counters.
-    pub fast: [u64; FlowCounter::COUNT],
 }
 
 /// A flow the daemon placed in the fast path.
