@@ -62,14 +62,7 @@ impl LiveLab {
 
     /// Removes the dataplane (`xnic down`) and waits for `daemon` to exit.
     pub fn stop_dataplane(&self, daemon: DaemonProcess) -> anyhow::Result<()> {
-        let out = Command::new(xnic_bin()?)
-            .args(["down", "--instance", &self.instance])
-            .output()?;
-        if !out.status.success() {
-            bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let _ = daemon.wait(Duration::from_secs(10));
-        Ok(())
+        stop_dataplane(&self.instance, daemon)
     }
 }
 
@@ -122,6 +115,18 @@ pub fn start_daemon(instance: &str, config: &Path) -> anyhow::Result<DaemonProce
     )
 }
 
+/// Removes `instance`'s dataplane (`xnic down`) and waits for `daemon` to exit.
+pub fn stop_dataplane(instance: &str, daemon: DaemonProcess) -> anyhow::Result<()> {
+    let out = Command::new(xnic_bin()?)
+        .args(["down", "--instance", instance])
+        .output()?;
+    if !out.status.success() {
+        bail!("xnic down failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = daemon.wait(Duration::from_secs(10));
+    Ok(())
+}
+
 /// The `xnic` binary built beside this one.
 pub fn xnic_bin() -> anyhow::Result<PathBuf> {
     Ok(std::env::current_exe()?.with_file_name("xnic"))
@@ -135,17 +140,42 @@ pub fn with_baseline<T: Send>(
     program: BaselineProgram,
     f: impl FnOnce() -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
+    attached(ns, devs, program, None, f)
+}
+
+/// Runs `f` while the minimal redirect program on `from` in namespace `ns` sends every frame
+/// out of `to`.
+pub fn with_redirect<T: Send>(
+    ns: &str,
+    from: &str,
+    to: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    attached(ns, &[from], BaselineProgram::Redirect, Some(to), f)
+}
+
+fn attached<T: Send>(
+    ns: &str,
+    devs: &[&str],
+    program: BaselineProgram,
+    redirect_to: Option<&str>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let ifindex = |dev: &str| {
+        nix::net::if_::if_nametoindex(dev).with_context(|| format!("no interface {dev} in {ns}"))
+    };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // Only this thread enters the namespace.
                 xnic::netns::enter(ns)?;
                 let mut baseline = Baseline::load()?;
+                if let Some(to) = redirect_to {
+                    baseline.redirect_to(ifindex(to)?)?;
+                }
                 let mut links = Vec::new();
                 for dev in devs {
-                    let ifindex = nix::net::if_::if_nametoindex(*dev)
-                        .with_context(|| format!("no interface {dev} in {ns}"))?;
-                    links.push(baseline.attach(program, ifindex)?);
+                    links.push(baseline.attach(program, ifindex(dev)?)?);
                 }
                 let result = f();
                 for link in links {
@@ -190,26 +220,34 @@ pub fn udp_delivered(ns: &str) -> anyhow::Result<u64> {
 /// The UDP layer of namespace `ns`: datagrams it took, and those it refused because a
 /// socket's receive buffer was full (`InDatagrams`, `RcvbufErrors` of /proc/net/snmp).
 pub fn udp_counters(ns: &str) -> anyhow::Result<(u64, u64)> {
+    Ok((
+        proc_net_counter(ns, "snmp", "Udp", "InDatagrams")?,
+        proc_net_counter(ns, "snmp", "Udp", "RcvbufErrors")?,
+    ))
+}
+
+/// Counter `name` of the `group` lines (`Udp`, `TcpExt`...) of `/proc/net/<file>` in
+/// namespace `ns`: a line of names, then a line of values.
+pub fn proc_net_counter(ns: &str, file: &str, group: &str, name: &str) -> anyhow::Result<u64> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .args(["netns", "exec", ns, "cat"])
+        .arg(format!("/proc/net/{file}"))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
-        bail!("no Udp line in /proc/net/snmp of {ns}");
+        bail!("no {group} line in /proc/net/{file} of {ns}");
     };
-    let vals: Vec<&str> = vals.split_whitespace().collect();
-    let column = |name: &str| -> anyhow::Result<u64> {
-        let i = head
-            .split_whitespace()
-            .position(|h| h == name)
-            .with_context(|| format!("no {name} column"))?;
-        vals.get(i)
-            .context("short Udp line")?
-            .parse()
-            .with_context(|| format!("bad {name}"))
-    };
-    Ok((column("InDatagrams")?, column("RcvbufErrors")?))
+    let i = head
+        .split_whitespace()
+        .position(|h| h == name)
+        .with_context(|| format!("no {name} column in /proc/net/{file}"))?;
+    vals.split_whitespace()
+        .nth(i)
+        .context("a short line of values")?
+        .parse()
+        .with_context(|| format!("bad {name}"))
 }
 
 /// Frames an XDP program on `dev` in `ns` has seen (veth counts them per receive queue).

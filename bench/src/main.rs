@@ -5,6 +5,7 @@
 mod dataplane;
 mod live;
 mod offload;
+mod offload_live;
 mod ops;
 mod ovs;
 mod report;

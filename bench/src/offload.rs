@@ -1,5 +1,7 @@
 //! `xnic-bench offload`: what the flow offload fast path costs per frame, with one flow in
-//! the table and with it full (256 Ki), against the empty program in the same run.
+//! the table and with it full (256 Ki), against the empty program in the same run; then
+//! live, on the routed lab ([`crate::offload_live`]), a NAT'd flow's frames/s and iperf3's
+//! rate against the slow path, Open vSwitch and the minimal redirect program.
 //!
 //! Each run is one `BPF_PROG_TEST_RUN` of a fresh frame (a repeated run would rewrite the
 //! same buffer: its TTL would run out), timed by the kernel around the program alone; the
@@ -204,8 +206,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         fullrow.2,
         &[("one flow in the table (same run)", one.2)],
     );
-    report.notes.push(
-        "Not measured yet: frames/s of a NAT'd UDP flow live (slow path, offloaded, Open vSwitch ct(nat), minimal redirect) and iperf3 TCP slow against offloaded.".into(),
-    );
+    if !args.iter().any(|a| a == "--no-live") {
+        eprintln!("live: the routed lab");
+        let opts = crate::offload_live::LiveOpts {
+            secs: flag(args, "--secs", 3.0)?,
+            rounds: flag(args, "--rounds", 3)?,
+            tcp_secs: flag(args, "--tcp-secs", 8)?,
+        };
+        crate::offload_live::rows(&mut report, &opts)?;
+    }
     report.write()
 }

@@ -143,6 +143,21 @@ pub fn track(
     receiver: &mut TcpSeen,
     seg: &Segment,
 ) -> Result<(), OutOfWindow> {
+    let (old_sender, old_receiver) = (*sender, *receiver);
+    let (s, r) = judge(&old_sender, &old_receiver, seg)?;
+    store_changed(sender, &old_sender, &s);
+    store_changed(receiver, &old_receiver, &r);
+    Ok(())
+}
+
+/// [`track`]'s decision on `seg` from a snapshot of both sides: what they become when it is
+/// inside the window.
+#[inline(always)]
+pub fn judge(
+    sender: &TcpSeen,
+    receiver: &TcpSeen,
+    seg: &Segment,
+) -> Result<(TcpSeen, TcpSeen), OutOfWindow> {
     let seq = seg.seq;
     let end = seg.end();
     let has_ack = seg.flags & TCP_ACK != 0;
@@ -231,9 +246,25 @@ pub fn track(
             r.maxend = r.maxend.wrapping_add(1);
         }
     }
-    *sender = s;
-    *receiver = r;
-    Ok(())
+    Ok((s, r))
+}
+
+/// Writes into `dst` the fields of `new` that differ from `old` (what `dst` held when the
+/// segment was read), one by one. The other direction's packets may be tracked on another
+/// CPU at the same time, writing other fields of both sides: storing back a whole copy would
+/// undo what they wrote, and an `end` set back makes the peer's next acknowledgement look
+/// like one of data never sent.
+#[inline(always)]
+pub fn store_changed(dst: &mut TcpSeen, old: &TcpSeen, new: &TcpSeen) {
+    if new.end != old.end {
+        dst.end = new.end;
+    }
+    if new.maxend != old.maxend {
+        dst.maxend = new.maxend;
+    }
+    if new.maxwin != old.maxwin {
+        dst.maxwin = new.maxwin;
+    }
 }
 
 /// TCP option kinds the fast path reads.

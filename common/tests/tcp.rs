@@ -265,3 +265,39 @@ fn out_of_window_reasons_name_the_bound() {
     );
     assert!(tcp::before(u32::MAX, 1) && tcp::after(1, u32::MAX));
 }
+
+/// The two directions of a connection are tracked on different CPUs at once: an
+/// acknowledgement judged from a snapshot taken before a data segment was recorded must not
+/// undo that segment's end when it is stored, or the next acknowledgement of that data looks
+/// like one of data never sent.
+#[test]
+fn an_ack_judged_before_a_data_segment_does_not_undo_it() {
+    let seg = |seq: u32, ack: u32, len: u32| Segment {
+        seq,
+        ack,
+        sack: None,
+        window: 1000,
+        len,
+        flags: TCP_ACK,
+    };
+    let (mut data_side, mut ack_side) = (TcpSeen::unseen(7), TcpSeen::unseen(7));
+    // Both sides seen: data from the sender, an acknowledgement of it.
+    track(&mut data_side, &mut ack_side, &seg(1_000, 50, 1448)).unwrap();
+    track(&mut ack_side, &mut data_side, &seg(50, 2_448, 0)).unwrap();
+
+    // CPU B reads both sides for the next acknowledgement...
+    let (ack_before, data_before) = (ack_side, data_side);
+    let judged = tcp::judge(&ack_before, &data_before, &seg(50, 2_448, 0)).unwrap();
+    // ...while CPU A records the next data segment...
+    track(&mut data_side, &mut ack_side, &seg(2_448, 50, 1448)).unwrap();
+    assert_eq!(data_side.end, 3_896);
+    // ...and then CPU B stores what it judged.
+    tcp::store_changed(&mut ack_side, &ack_before, &judged.0);
+    tcp::store_changed(&mut data_side, &data_before, &judged.1);
+    assert_eq!(data_side.end, 3_896, "the data segment's end survives");
+    // So the acknowledgement of that segment is inside the window.
+    assert_eq!(
+        track(&mut ack_side, &mut data_side, &seg(50, 3_896, 0)),
+        Ok(())
+    );
+}

@@ -100,6 +100,17 @@ impl Lab {
         self.lab.vm_ns(&self.lab.vms[i])
     }
 
+    /// Waits for one flow of `proto` to forward on the fast path; says where it stands if not.
+    fn wait_active(&self, proto: &str) {
+        if !eventually(Duration::from_secs(10), || self.active(proto) == 1) {
+            panic!(
+                "no {proto} flow became active:\n{}\n{}",
+                self.cli(&["flows", "--json"]),
+                self.cli(&["flows", "stats", "--json"])
+            );
+        }
+    }
+
     /// Offloaded flows forwarding on the fast path, both directions switched.
     fn active(&self, proto: &str) -> usize {
         self.flows()
@@ -305,11 +316,7 @@ fn a_full_table_leaves_new_flows_on_the_slow_path() {
     let vm0 = l.vm_ns(0);
     let rx = echo(&vm0, UDP_PORT);
     let first = udp(&tor, VIRTUAL_IP, UDP_PORT, 6.0, 1000);
-    assert!(
-        eventually(Duration::from_secs(5), || l.active("udp") == 1),
-        "{}",
-        l.cli(&["flows"])
-    );
+    l.wait_active("udp");
     // A second flow finds the table full: it works, on the slow path, and is counted.
     let tcp = iperf3(&tor, &vm0, 3, 5201);
     iperf3_ok(&tcp.join().unwrap());
@@ -329,7 +336,7 @@ fn a_ruleset_change_that_forbids_an_offloaded_flow_stops_it() {
     let vm0 = l.vm_ns(0);
     let rx = echo(&vm0, UDP_PORT);
     let stream = udp(&tor, VIRTUAL_IP, UDP_PORT, 8.0, 1000);
-    assert!(eventually(Duration::from_secs(5), || l.active("udp") == 1));
+    l.wait_active("udp");
     rx.stop().unwrap();
     sh(
         &l.lab.host_ns(),
@@ -354,7 +361,7 @@ fn offloaded_flows_outlive_a_killed_daemon_and_the_next_one_adopts_them() {
     let vm0 = l.vm_ns(0);
     let rx = echo(&vm0, UDP_PORT);
     let stream = udp(&tor, VIRTUAL_IP, UDP_PORT, 8.0, 1000);
-    assert!(eventually(Duration::from_secs(5), || l.active("udp") == 1));
+    l.wait_active("udp");
     let before = l.flows();
     l.daemon.take().unwrap().kill().unwrap();
     // No daemon: the fast path goes on forwarding the flow.

@@ -1,9 +1,10 @@
-//! The minimal XDP_PASS / XDP_DROP programs, loaded on their own: the benchmarks' measure of
+//! The minimal XDP_PASS / XDP_DROP / redirect programs, loaded on their own: the benchmarks' measure of
 //! the XDP path itself.
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
+    maps::DevMap,
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 
@@ -13,6 +14,8 @@ use super::{objects, testrun};
 pub enum BaselineProgram {
     Pass,
     Drop,
+    /// Every frame out of the device set with [`Baseline::redirect_to`].
+    Redirect,
 }
 
 impl BaselineProgram {
@@ -20,6 +23,7 @@ impl BaselineProgram {
         match self {
             BaselineProgram::Pass => "baseline_pass",
             BaselineProgram::Drop => "baseline_drop",
+            BaselineProgram::Redirect => "baseline_redirect",
         }
     }
 }
@@ -31,7 +35,11 @@ pub struct Baseline {
 impl Baseline {
     pub fn load() -> anyhow::Result<Baseline> {
         let mut ebpf = Ebpf::load(objects::BASELINE).context("loading the baseline XDP object")?;
-        for p in [BaselineProgram::Pass, BaselineProgram::Drop] {
+        for p in [
+            BaselineProgram::Pass,
+            BaselineProgram::Drop,
+            BaselineProgram::Redirect,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(p.name())
                 .ok_or_else(|| anyhow!("no program {}", p.name()))?
@@ -56,6 +64,18 @@ impl Baseline {
         repeat: u32,
     ) -> anyhow::Result<testrun::TestRunOutcome> {
         testrun::run(self.program(p)?, frame, 0, repeat)
+    }
+
+    /// Where [`BaselineProgram::Redirect`] sends frames.
+    pub fn redirect_to(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("REDIRECT_TO")
+            .ok_or_else(|| anyhow!("no map REDIRECT_TO in the baseline object"))?;
+        let mut devices: DevMap<_> = DevMap::try_from(map)?;
+        devices
+            .set(0, ifindex, None, 0)
+            .context("setting the redirect baseline's device")
     }
 
     /// Attaches `p` to `ifindex` (native mode) until [`Self::detach`] or drop.

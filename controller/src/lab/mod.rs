@@ -634,6 +634,29 @@ fn full_checksums(ns: &str, dev: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Gives a sending veth a queue, so that a full receive ring at its peer holds the sender
+/// back instead of dropping what it sends. veth has no qdisc by default, and with XDP on the
+/// peer every frame goes through the peer's NAPI ring: a TCP sender faster than that ring
+/// (several streams on several CPUs) loses segments there, which no NIC with a driver queue
+/// would do.
+fn queues_when_full(ns: &str, dev: &str) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "pfifo_fast",
+        ],
+    )
+}
+
 /// Lets a veth receive frames XDP redirects into its peer: the kernel delivers them through
 /// the receiving side's NAPI, which veth runs only with an XDP program or GRO enabled.
 fn receives_redirects(ns: &str, dev: &str) -> anyhow::Result<()> {

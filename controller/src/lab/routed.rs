@@ -19,7 +19,9 @@
 
 use anyhow::Context as _;
 
-use super::{add_addr, full_checksums, ip, receives_redirects, run, sysctl, veth};
+use super::{
+    add_addr, full_checksums, ip, queues_when_full, receives_redirects, run, sysctl, veth,
+};
 
 /// Interfaces and addresses of the routed lab.
 pub const UPLINK: &str = "up0";
@@ -35,8 +37,9 @@ pub const REMOTE_IP: &str = "10.200.0.5";
 /// The nft table the lab's ruleset lives in.
 pub const NFT_TABLE: &str = "xlab";
 
-const HOST_MAC: &str = "02:00:00:00:0a:01";
-const TOR_MAC: &str = "02:00:00:00:0a:fe";
+/// The uplink's MACs, the host's end and the tor's.
+pub const HOST_MAC: &str = "02:00:00:00:0a:01";
+pub const TOR_MAC: &str = "02:00:00:00:0a:fe";
 const HOST_VX_MAC: &str = "02:00:00:00:0b:01";
 const TOR_VX_MAC: &str = "02:00:00:00:0b:05";
 
@@ -241,6 +244,7 @@ impl RoutedLab {
             neighbour(&host, &vm.port, &vm.ip, &vm.mac)?;
             full_checksums(&ns, "eth0")?;
             receives_redirects(&ns, "eth0")?;
+            queues_when_full(&ns, "eth0")?;
         }
         // The tor's endpoints too: what the fast path redirects must be finished frames, and
         // frames redirected to the tor must be received.
@@ -249,7 +253,12 @@ impl RoutedLab {
         }
         receives_redirects(&tor, TOR_UPLINK)?;
 
-        // The slow path's firewall and NAT.
+        self.load_ruleset()
+    }
+
+    /// Loads the slow path's firewall and NAT ([`Self::ruleset`]) into the host.
+    pub fn load_ruleset(&self) -> anyhow::Result<()> {
+        let host = self.host_ns();
         let path = std::env::temp_dir().join(format!("{}-ruleset.nft", self.prefix));
         std::fs::write(&path, self.ruleset())
             .with_context(|| format!("cannot write {}", path.display()))?;
