@@ -50,8 +50,19 @@ pub struct TcpSeen {
     pub maxwin: u32,
     /// The window scale this side announced in its SYN (from conntrack).
     pub scale: u8,
-    pub _pad: [u8; 3],
+    /// [`UNSURE_END`], or 0.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
+
+/// [`TcpSeen::flags`]: the side was picked up mid-connection from a segment of its own and
+/// has not been seen sending new data since, so `end` is only a lower bound: it may have had
+/// more in flight when the fast path took over (its first segment seen a retransmission).
+/// Until then, an acknowledgement beyond `end` but inside the window the peer announced
+/// (`maxend`) moves `end` instead of being refused. conntrack, which sees a connection from
+/// its handshake, never needs this; when it picks one up itself, it goes further and tracks
+/// the connection liberally.
+pub const UNSURE_END: u8 = 1;
 
 impl TcpSeen {
     /// A side not seen yet, with the window scale it announced.
@@ -65,7 +76,8 @@ impl TcpSeen {
             } else {
                 scale
             },
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         }
     }
 
@@ -172,8 +184,10 @@ pub fn judge(
     // Work on copies: nothing is written unless the segment is accepted.
     let mut s = *sender;
     let mut r = *receiver;
-    if !s.seen() {
+    let picked_up = !s.seen();
+    if picked_up {
         // Picked up mid-connection: its history is lost to us (conntrack's own words).
+        s.flags |= UNSURE_END;
         let swin = win << scale;
         s.maxwin = if swin == 0 { 1 } else { swin };
         if r.seen() {
@@ -217,8 +231,14 @@ pub fn judge(
     if !in_recv_win {
         return Err(OutOfWindow::SeqUnder);
     }
-    if !before(sack, r.end.wrapping_add(1)) {
+    // An acknowledgement of more than the receiver was seen sending: refused, unless the
+    // receiver's end is only a lower bound and this stays inside the window it was allowed.
+    let sent_unseen = !before(sack, r.end.wrapping_add(1));
+    if sent_unseen && !(r.flags & UNSURE_END != 0 && r.seen() && !after(sack, r.maxend)) {
         return Err(OutOfWindow::AckOver);
+    }
+    if sent_unseen {
+        r.end = sack;
     }
     let max_ack_window = if s.maxwin > MAX_ACK_WINDOW_FLOOR {
         s.maxwin
@@ -233,6 +253,10 @@ pub fn judge(
     let swin = win.wrapping_add(sack.wrapping_sub(ack));
     if s.maxwin < swin {
         s.maxwin = swin;
+    }
+    // New data, in order after everything seen: the side has sent no more than this.
+    if !picked_up && seg.len != 0 && !before(seq, s.end) {
+        s.flags &= !UNSURE_END;
     }
     if after(end, s.end) {
         s.end = end;
@@ -264,6 +288,9 @@ pub fn store_changed(dst: &mut TcpSeen, old: &TcpSeen, new: &TcpSeen) {
     }
     if new.maxwin != old.maxwin {
         dst.maxwin = new.maxwin;
+    }
+    if new.flags != old.flags {
+        dst.flags = new.flags;
     }
 }
 
@@ -377,9 +404,38 @@ mod tests {
             Err(OutOfWindow::SeqOver)
         );
         assert_eq!((a, b), before);
+        // b sends new data: from now on its end is what it has sent.
+        assert_eq!(track(&mut b, &mut a, &seg(9000, 7448, 1024, 100)), Ok(()));
+        assert_eq!(b.flags & UNSURE_END, 0);
         // Acknowledging data b never sent.
         assert_eq!(
             track(&mut a, &mut b, &seg(7448, 9500, 512, 0)),
+            Err(OutOfWindow::AckOver)
+        );
+    }
+
+    #[test]
+    fn a_side_picked_up_from_a_retransmission_may_have_sent_more() {
+        let (mut a, mut b) = (TcpSeen::unseen(0), TcpSeen::unseen(0));
+        // a's first segment seen is a retransmission: it had sent up to 20000 already.
+        assert_eq!(track(&mut a, &mut b, &seg(10_000, 500, 1000, 1000)), Ok(()));
+        assert_eq!((a.end, a.flags & UNSURE_END), (11_000, UNSURE_END));
+        // b acknowledges 12000, opening its window to 40000 (a's maxend).
+        assert_eq!(track(&mut b, &mut a, &seg(500, 12_000, 28_000, 0)), Ok(()));
+        assert_eq!(a.end, 12_000);
+        // Data a sent before the pickup, acknowledged: inside what b allowed, a's end moves.
+        assert_eq!(track(&mut b, &mut a, &seg(500, 20_000, 28_000, 0)), Ok(()));
+        assert_eq!(a.end, 20_000);
+        // Beyond the window b had announced: never sent, refused.
+        assert_eq!(
+            track(&mut b, &mut a, &seg(500, 48_001, 28_000, 0)),
+            Err(OutOfWindow::AckOver)
+        );
+        // a sends new data at its end: what it has sent is known from now on.
+        assert_eq!(track(&mut a, &mut b, &seg(20_000, 500, 1000, 1000)), Ok(()));
+        assert_eq!(a.flags & UNSURE_END, 0);
+        assert_eq!(
+            track(&mut b, &mut a, &seg(500, 21_001, 28_000, 0)),
             Err(OutOfWindow::AckOver)
         );
     }

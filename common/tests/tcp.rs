@@ -1,7 +1,7 @@
 //! TCP window tracking (`xnic_common::tcp`) against a model of conntrack's rules: random
 //! segment sequences in both directions of a connection picked up mid-stream. The fast path
 //! must never accept a segment the model rejects, and must follow the same window. (The
-//! model departs from the kernel in three places for a pickup, as the fast path does: see
+//! model departs from the kernel in four places for a pickup, as the fast path does: see
 //! `in_window`.)
 //!
 //! The model is written the way `nf_conntrack_proto_tcp.c`'s `tcp_in_window` reads (state
@@ -19,6 +19,9 @@ struct Side {
     td_maxend: i64,
     td_maxwin: i64,
     td_scale: u32,
+    /// The fast path's [`tcp::UNSURE_END`]: picked up from its own segment, no new data
+    /// seen since.
+    unsure: bool,
 }
 
 /// A segment in unwrapped sequence space.
@@ -45,7 +48,9 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
         sack = x;
     }
     let win = i64::from(s.win);
-    if sender.td_maxwin == 0 {
+    let picked_up = sender.td_maxwin == 0;
+    if picked_up {
+        sender.unsure = true;
         let swin = win << sender.td_scale;
         sender.td_maxwin = if swin == 0 { 1 } else { swin };
         // The second difference from the kernel: a sender picked up after its receiver keeps
@@ -75,12 +80,22 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
     // One bound differs from the kernel's, on purpose: until the receiver is seen, the
     // window it announced is unknown to a pickup, so the sender's upper bound is not checked
     // yet (conntrack, having seen the handshake, knows it).
+    // The fourth difference: a receiver picked up from a segment of its own may have had
+    // more in flight than the fast path saw; until it sends new data, an acknowledgement
+    // inside the window it was allowed moves its end.
+    let sent_unseen = sack > receiver.td_end;
+    let unsure_ok = receiver.unsure && receiver.td_maxwin != 0 && sack <= receiver.td_maxend;
+    let receiver_end = if sent_unseen { sack } else { receiver.td_end };
     let ok = (receiver.td_maxwin == 0
         || (seq <= sender.td_maxend && end >= sender.td_end - receiver.td_maxwin))
-        && sack <= receiver.td_end
-        && sack >= receiver.td_end - maxackwindow;
+        && (!sent_unseen || unsure_ok)
+        && sack >= receiver_end - maxackwindow;
     if !ok {
         return false;
+    }
+    receiver.td_end = receiver_end;
+    if !picked_up && s.len > 0 && seq >= sender.td_end {
+        sender.unsure = false;
     }
     let win = win << sender.td_scale;
     let swin = win + (sack - ack);
@@ -229,38 +244,46 @@ proptest! {
             {
                 prop_assert_eq!((ts.end, ts.maxend, ts.maxwin), view(ms));
                 prop_assert_eq!((tr.end, tr.maxend, tr.maxwin), view(mr));
+                prop_assert_eq!(ts.flags & tcp::UNSURE_END != 0, ms.unsure);
+                prop_assert_eq!(tr.flags & tcp::UNSURE_END != 0, mr.unsure);
             }
         }
     }
 }
 
-#[test]
-fn out_of_window_reasons_name_the_bound() {
-    let (mut a, mut b) = (TcpSeen::unseen(0), TcpSeen::unseen(0));
-    let seg = |seq, ack, len| Segment {
+/// A segment with an acknowledgement and a window of 1000.
+fn seg(seq: u32, ack: u32, len: u32) -> Segment {
+    Segment {
         seq,
         ack,
         sack: None,
         window: 1000,
         len,
         flags: TCP_ACK,
-    };
+    }
+}
+
+#[test]
+fn out_of_window_reasons_name_the_bound() {
+    let (mut a, mut b) = (TcpSeen::unseen(0), TcpSeen::unseen(0));
     track(&mut a, &mut b, &seg(1000, 5000, 100)).unwrap();
     track(&mut b, &mut a, &seg(5000, 1100, 0)).unwrap();
+    // New data from b: what it has sent is known (it was picked up from an acknowledgement).
+    track(&mut b, &mut a, &seg(5000, 1100, 10)).unwrap();
     assert_eq!(
-        track(&mut a, &mut b, &seg(1100 + 5000, 5000, 10)),
+        track(&mut a, &mut b, &seg(1100 + 5000, 5010, 10)),
         Err(OutOfWindow::SeqOver)
     );
     assert_eq!(
-        track(&mut a, &mut b, &seg(1100, 5001, 10)),
+        track(&mut a, &mut b, &seg(1100, 5011, 10)),
         Err(OutOfWindow::AckOver)
     );
     assert_eq!(
-        track(&mut a, &mut b, &seg(1100, 5000u32.wrapping_sub(70_000), 10)),
+        track(&mut a, &mut b, &seg(1100, 5010u32.wrapping_sub(70_000), 10)),
         Err(OutOfWindow::AckUnder)
     );
     assert_eq!(
-        track(&mut a, &mut b, &seg(1100u32.wrapping_sub(3000), 5000, 10)),
+        track(&mut a, &mut b, &seg(1100u32.wrapping_sub(3000), 5010, 10)),
         Err(OutOfWindow::SeqUnder)
     );
     assert!(tcp::before(u32::MAX, 1) && tcp::after(1, u32::MAX));
@@ -272,14 +295,6 @@ fn out_of_window_reasons_name_the_bound() {
 /// like one of data never sent.
 #[test]
 fn an_ack_judged_before_a_data_segment_does_not_undo_it() {
-    let seg = |seq: u32, ack: u32, len: u32| Segment {
-        seq,
-        ack,
-        sack: None,
-        window: 1000,
-        len,
-        flags: TCP_ACK,
-    };
     let (mut data_side, mut ack_side) = (TcpSeen::unseen(7), TcpSeen::unseen(7));
     // Both sides seen: data from the sender, an acknowledgement of it.
     track(&mut data_side, &mut ack_side, &seg(1_000, 50, 1448)).unwrap();
