@@ -59,7 +59,7 @@ pub struct TcpSeen {
 /// has not been seen sending new data since, so `end` is only a lower bound: it may have had
 /// more in flight when the fast path took over (its first segment seen a retransmission).
 /// Until then, an acknowledgement beyond `end` but inside the window the peer announced
-/// (`maxend`) moves `end` instead of being refused. conntrack, which sees a connection from
+/// (`maxend`) moves `end` instead of being refused, as it does for a side not seen yet. conntrack, which sees a connection from
 /// its handshake, never needs this; when it picks one up itself, it goes further and tracks
 /// the connection liberally.
 pub const UNSURE_END: u8 = 1;
@@ -232,9 +232,13 @@ pub fn judge(
         return Err(OutOfWindow::SeqUnder);
     }
     // An acknowledgement of more than the receiver was seen sending: refused, unless the
-    // receiver's end is only a lower bound and this stays inside the window it was allowed.
+    // receiver's end is only a lower bound (not seen yet, its end is what the sender
+    // acknowledged before; or picked up from its own segment) and this stays inside the
+    // window it was allowed.
     let sent_unseen = !before(sack, r.end.wrapping_add(1));
-    if sent_unseen && !(r.flags & UNSURE_END != 0 && r.seen() && !after(sack, r.maxend)) {
+    let end_unsure = !r.seen() || r.flags & UNSURE_END != 0;
+    let may_have_sent = end_unsure && !after(sack, r.maxend);
+    if sent_unseen && !may_have_sent {
         return Err(OutOfWindow::AckOver);
     }
     if sent_unseen {
@@ -410,6 +414,20 @@ mod tests {
         // Acknowledging data b never sent.
         assert_eq!(
             track(&mut a, &mut b, &seg(7448, 9500, 512, 0)),
+            Err(OutOfWindow::AckOver)
+        );
+    }
+
+    #[test]
+    fn acknowledgements_move_a_side_not_seen_yet() {
+        let (mut a, mut b) = (TcpSeen::unseen(0), TcpSeen::unseen(0));
+        // b acknowledges a twice before a's first segment is seen: a was sending all along.
+        assert_eq!(track(&mut b, &mut a, &seg(500, 10_000, 20_000, 0)), Ok(()));
+        assert_eq!(track(&mut b, &mut a, &seg(500, 12_896, 20_000, 0)), Ok(()));
+        assert_eq!(a.end, 12_896);
+        // But not beyond the window b gave it.
+        assert_eq!(
+            track(&mut b, &mut a, &seg(500, 40_000, 20_000, 0)),
             Err(OutOfWindow::AckOver)
         );
     }

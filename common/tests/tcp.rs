@@ -80,11 +80,11 @@ fn in_window(sender: &mut Side, receiver: &mut Side, s: &Seg) -> bool {
     // One bound differs from the kernel's, on purpose: until the receiver is seen, the
     // window it announced is unknown to a pickup, so the sender's upper bound is not checked
     // yet (conntrack, having seen the handshake, knows it).
-    // The fourth difference: a receiver picked up from a segment of its own may have had
-    // more in flight than the fast path saw; until it sends new data, an acknowledgement
-    // inside the window it was allowed moves its end.
+    // The fourth difference: a receiver not seen yet, or picked up from a segment of its
+    // own, may have sent more than the fast path knows of; until it sends new data, an
+    // acknowledgement inside the window it was allowed moves its end.
     let sent_unseen = sack > receiver.td_end;
-    let unsure_ok = receiver.unsure && receiver.td_maxwin != 0 && sack <= receiver.td_maxend;
+    let unsure_ok = (receiver.unsure || receiver.td_maxwin == 0) && sack <= receiver.td_maxend;
     let receiver_end = if sent_unseen { sack } else { receiver.td_end };
     let ok = (receiver.td_maxwin == 0
         || (seq <= sender.td_maxend && end >= sender.td_end - receiver.td_maxwin))
