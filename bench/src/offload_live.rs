@@ -32,8 +32,10 @@ use xnic::{
     lab::{
         daemon::DaemonProcess,
         ip,
-        routed::{HOST_MAC, HOST_UPLINK_IP, RoutedLab, SERVER_IP, TOR_MAC, TOR_UPLINK, UPLINK},
-        traffic::iperf3_streams,
+        routed::{
+            HOST_MAC, HOST_UPLINK_IP, NFT_TABLE, RoutedLab, SERVER_IP, TOR_MAC, TOR_UPLINK, UPLINK,
+        },
+        traffic::{Receiver, UdpStream, iperf3_streams, send_udp},
     },
 };
 
@@ -50,6 +52,17 @@ const UDP_DPORT: u16 = 9000;
 const VM_DEV: &str = "eth0";
 /// How long the daemon has to put the flow on the fast path before the round fails.
 const OFFLOAD_WAIT: Duration = Duration::from_secs(15);
+/// Promotion latency: flows measured one after the other, each its own destination port
+/// (from `LATENCY_FIRST_PORT`), sent at `LATENCY_PPS` for `LATENCY_SECS`: the datagrams the
+/// ruleset's counter saw, after the first (whose answer confirms the flow), over the rate.
+const LATENCY_FLOWS: u16 = 40;
+const LATENCY_FIRST_PORT: u16 = 9100;
+const LATENCY_PPS: u64 = 10_000;
+const LATENCY_SECS: f64 = 1.0;
+/// The nft counter (and rule, first in the forward chain) that counts the measured flows'
+/// datagrams on the slow path: the fast path never reaches nftables.
+const LATENCY_COUNTER: &str = "xbench_slow";
+
 /// iperf3's 100 ms intervals left out at the start of each TCP run: connection set-up,
 /// slow start and, with xnic, promotion.
 const TCP_WARMUP_INTERVALS: usize = 20;
@@ -321,6 +334,70 @@ impl Bench {
         }
     }
 
+    /// How long each of [`LATENCY_FLOWS`] UDP flows stayed on the slow path after conntrack
+    /// confirmed it, milliseconds: counted by the ruleset itself, which the fast path never
+    /// reaches.
+    fn promotion_latencies(&self) -> anyhow::Result<Vec<f64>> {
+        let host = self.lab.host_ns();
+        let nft = |cmd: &str| {
+            ip(&["netns", "exec", &host, "sh", "-c", cmd])
+                .with_context(|| format!("in {host}: {cmd}"))
+        };
+        let last = LATENCY_FIRST_PORT + LATENCY_FLOWS - 1;
+        // Before the daemon starts: a ruleset change would send every flow back.
+        nft(&format!(
+            "nft add counter inet {NFT_TABLE} {LATENCY_COUNTER} && nft insert rule inet {NFT_TABLE} forward udp dport {LATENCY_FIRST_PORT}-{last} counter name {LATENCY_COUNTER}"
+        ))?;
+        let slow_count = || -> anyhow::Result<u64> {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &host, "nft", "list", "counter", "inet"])
+                .args([NFT_TABLE, LATENCY_COUNTER])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no packet count in the counter: {text}"))
+        };
+        let daemon = self.start_daemon()?;
+        let measured = (|| {
+            let mut latencies = Vec::new();
+            for port in LATENCY_FIRST_PORT..=last {
+                let dst: SocketAddr = format!("{SERVER_IP}:{port}").parse()?;
+                let echo = Receiver::start_echo(Some(&self.lab.tor_ns()), dst)?;
+                let before = slow_count()?;
+                let sent = send_udp(
+                    Some(&self.vm_ns()),
+                    UdpStream {
+                        dst,
+                        flows: 1,
+                        pps: LATENCY_PPS,
+                        duration: Duration::from_secs_f64(LATENCY_SECS),
+                        payload: 64,
+                        zipf: None,
+                    },
+                )?;
+                let slow = slow_count()? - before;
+                echo.stop()?;
+                if slow >= sent.sent {
+                    bail!(
+                        "the flow to port {port} was not offloaded within {LATENCY_SECS} s ({slow} of {} datagrams on the slow path)",
+                        sent.sent
+                    );
+                }
+                let rate = sent.sent as f64 / sent.elapsed_secs;
+                latencies.push(slow.saturating_sub(1) as f64 / rate * 1e3);
+            }
+            Ok(latencies)
+        })();
+        live::stop_dataplane(&self.instance, daemon)?;
+        // The lab's own ruleset again.
+        nft("nft flush ruleset")?;
+        self.lab.load_ruleset()?;
+        measured
+    }
+
     /// One iperf3 run of `streams` connections on `path`.
     fn tcp_round(&self, path: Datapath, streams: u32, secs: u32) -> anyhow::Result<TcpRun> {
         let tor = self.lab.tor_ns();
@@ -448,6 +525,26 @@ pub fn rows(report: &mut Report, opts: &LiveOpts) -> anyhow::Result<()> {
         opts.secs,
         opts.rounds,
         share * 100.0
+    ));
+
+    let mut latencies = b.promotion_latencies()?;
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let period = xnic::config::default_flow_period_ms() as f64;
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        report.add(
+            "promotion latency, ms",
+            &format!(
+                "{label} of {LATENCY_FLOWS} UDP flows, conntrack's confirmation to the first fast-path datagram"
+            ),
+            "ms",
+            Better::Lower,
+            quantile(q),
+            &[("the policy's period (flows.period_ms)", period)],
+        );
+    }
+    report.notes.push(format!(
+        "Promotion latency: {LATENCY_FLOWS} UDP flows one after the other, each {LATENCY_PPS} datagrams/s for {LATENCY_SECS} s from the VM to an echo at the server, with the daemon's default period; a counter first in the ruleset's forward chain counts each flow's datagrams on the slow path (the fast path never reaches nftables): those after the first (whose answer confirms the flow) over the rate. The period is the wait a periodic decision adds by design (half of it on average), plus the drain before the switch."
     ));
 
     let tcp_paths = [Datapath::Slow, Datapath::Offloaded, Datapath::Pass];
