@@ -392,9 +392,9 @@ impl Bench {
             Ok(latencies)
         })();
         live::stop_dataplane(&self.instance, daemon)?;
-        // The lab's own ruleset again.
-        nft("nft flush ruleset")?;
-        self.lab.load_ruleset()?;
+        // The lab's own ruleset again, from a clean slate.
+        self.kernel_forwarding(false)?;
+        self.kernel_forwarding(true)?;
         measured
     }
 
