@@ -348,18 +348,7 @@ impl Bench {
         nft(&format!(
             "nft add counter inet {NFT_TABLE} {LATENCY_COUNTER} && nft insert rule inet {NFT_TABLE} forward udp dport {LATENCY_FIRST_PORT}-{last} counter name {LATENCY_COUNTER}"
         ))?;
-        let slow_count = || -> anyhow::Result<u64> {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &host, "nft", "list", "counter", "inet"])
-                .args([NFT_TABLE, LATENCY_COUNTER])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            text.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no packet count in the counter: {text}"))
-        };
+        let slow_count = || self.lab.counter(LATENCY_COUNTER);
         let daemon = self.start_daemon()?;
         let measured = (|| {
             let mut latencies = Vec::new();

@@ -272,6 +272,11 @@ impl RoutedLab {
 
     /// What conntrack found INVALID in the forward chain.
     pub fn invalid_count(&self) -> anyhow::Result<u64> {
+        self.counter("invalid")
+    }
+
+    /// Packets of the named counter `name` in the lab's nft table.
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
         let out = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -282,7 +287,7 @@ impl RoutedLab {
                 "counter",
                 "inet",
             ])
-            .args([NFT_TABLE, "invalid"])
+            .args([NFT_TABLE, name])
             .output()
             .context("cannot run nft")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -290,7 +295,7 @@ impl RoutedLab {
             .skip_while(|w| *w != "packets")
             .nth(1)
             .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no packet count in the invalid counter: {text}"))
+            .with_context(|| format!("no packet count in the {name} counter: {text}"))
     }
 
     /// Removes the lab's namespaces (what is not there is fine).
