@@ -197,6 +197,17 @@ pub fn trafgen(
     config: &Path,
     pps: Option<u64>,
 ) -> anyhow::Result<xnic::netns::Spawned> {
+    trafgen_frames(ns, dev, config, pps, None)
+}
+
+/// [`trafgen`], stopping by itself after `count` frames when given.
+pub fn trafgen_frames(
+    ns: &str,
+    dev: &str,
+    config: &Path,
+    pps: Option<u64>,
+    count: Option<u64>,
+) -> anyhow::Result<xnic::netns::Spawned> {
     let mut cmd = Command::new("trafgen");
     cmd.args(["--dev", dev, "--conf"])
         .arg(config)
@@ -205,6 +216,9 @@ pub fn trafgen(
         .stderr(Stdio::null());
     if let Some(pps) = pps {
         cmd.args(["-b", &format!("{pps}pps")]);
+    }
+    if let Some(n) = count {
+        cmd.args(["-n", &n.to_string()]);
     }
     xnic::netns::spawn_in(ns, cmd)
         .context("starting trafgen (`cargo xtask setup` installs netsniff-ng)")

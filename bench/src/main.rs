@@ -6,6 +6,7 @@ mod dataplane;
 mod live;
 mod offload;
 mod offload_live;
+mod offload_moves;
 mod ops;
 mod ovs;
 mod report;

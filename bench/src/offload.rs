@@ -20,7 +20,7 @@ use xnic::{
     },
 };
 use xnic_common::{
-    flow::{DEFAULT_MAX_FLOWS, FlowConfig, Mode},
+    flow::{DEFAULT_MAX_FLOWS, FlowConfig, FlowLive},
     maps::{MacOwner, PortEntry, PortRole},
 };
 
@@ -131,13 +131,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let (keys, mut state) = flow_state(&orig, &reply, &[hop, hop], [0, 0], |_| true)
             .map_err(|e| anyhow::anyhow!("flow {i}: {e:?}"))?;
         state.generation = 1;
-        dp.insert_flow(i, &keys, &state, now)?;
         // Both directions on the fast path, as after their promotion.
-        let mut live = dp.flow_live(i)?;
-        for d in &mut live.dirs {
-            d.mode = Mode::Active as u8;
-        }
-        dp.set_flow_live(i, live)
+        dp.insert_flow(i, &keys, &state, FlowLive::active(&state, now))
     };
     let measured = tuples(0).0;
     let stranger = Tuple {
@@ -212,6 +207,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             secs: flag(args, "--secs", 3.0)?,
             rounds: flag(args, "--rounds", 3)?,
             tcp_secs: flag(args, "--tcp-secs", 8)?,
+            only_moves: args.iter().any(|a| a == "--only-moves"),
         };
         crate::offload_live::rows(&mut report, &opts)?;
     }

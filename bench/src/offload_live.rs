@@ -88,9 +88,12 @@ impl Datapath {
     }
 }
 
+/// The `[flows]` section of the daemon's configuration unless a row needs another.
+const FLOWS: &str = "select = \"all\"";
+
 /// The lab and its daemon's files, removed however the run ends.
-struct Bench {
-    lab: RoutedLab,
+pub(crate) struct Bench {
+    pub(crate) lab: RoutedLab,
     instance: String,
     config: PathBuf,
 }
@@ -105,7 +108,7 @@ impl Drop for Bench {
 }
 
 impl Bench {
-    fn up(instance: &str) -> anyhow::Result<Bench> {
+    pub(crate) fn up(instance: &str) -> anyhow::Result<Bench> {
         let lab = RoutedLab::new(instance, 1);
         let config = live::config_file(instance, "offload");
         std::fs::create_dir_all(xnic::RUN_DIR)?;
@@ -115,23 +118,33 @@ impl Bench {
             config,
         };
         b.lab.up()?;
-        std::fs::write(&b.config, b.lab.config(instance, "select = \"all\""))?;
         Ok(b)
     }
 
-    fn vm_ns(&self) -> String {
+    pub(crate) fn vm_ns(&self) -> String {
         self.lab.vm_ns(&self.lab.vms[0])
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(&self.instance)
     }
 
     fn start_daemon(&self) -> anyhow::Result<DaemonProcess> {
+        self.start_daemon_with(FLOWS)
+    }
+
+    /// The daemon, with `flows` as its configuration's `[flows]` section.
+    pub(crate) fn start_daemon_with(&self, flows: &str) -> anyhow::Result<DaemonProcess> {
+        std::fs::write(&self.config, self.lab.config(&self.instance, flows))?;
         live::start_daemon(&self.instance, &self.config)
     }
 
-    fn stats(&self) -> anyhow::Result<FlowStatsView> {
+    /// Removes the dataplane and waits for `daemon` to exit.
+    pub(crate) fn stop_daemon(&self, daemon: DaemonProcess) -> anyhow::Result<()> {
+        live::stop_dataplane(&self.instance, daemon)
+    }
+
+    pub(crate) fn stats(&self) -> anyhow::Result<FlowStatsView> {
         block_on(self.client().get("/v1/flows/stats"))
     }
 
@@ -147,7 +160,7 @@ impl Bench {
 
     /// Offloaded flows of `proto` whose original direction is on the fast path (trafgen's
     /// flow has no answers: its reply direction switches at its first packet, if ever).
-    fn active(&self, proto: &str) -> anyhow::Result<usize> {
+    pub(crate) fn active(&self, proto: &str) -> anyhow::Result<usize> {
         let flows: Vec<FlowView> = block_on(self.client().get("/v1/flows"))?;
         Ok(flows
             .iter()
@@ -255,7 +268,7 @@ impl Bench {
 
     /// The host's own routing and ruleset on, or off while another datapath does their job
     /// (its conntrack entries go too, so the next scenario starts from the same state).
-    fn kernel_forwarding(&self, on: bool) -> anyhow::Result<()> {
+    pub(crate) fn kernel_forwarding(&self, on: bool) -> anyhow::Result<()> {
         let host = self.lab.host_ns();
         let sh = |cmd: &str| {
             ip(&["netns", "exec", &host, "sh", "-c", cmd])
@@ -301,7 +314,7 @@ impl Bench {
                         self.udp_rate(cfg, secs, &ready, &|| self.forwarded())?;
                     Ok((pps, fast as f64 / frames.max(1) as f64))
                 })();
-                live::stop_dataplane(&self.instance, daemon)?;
+                self.stop_daemon(daemon)?;
                 measured
             }
             Datapath::Ovs => {
@@ -380,7 +393,7 @@ impl Bench {
             }
             Ok(latencies)
         })();
-        live::stop_dataplane(&self.instance, daemon)?;
+        self.stop_daemon(daemon)?;
         // The lab's own ruleset again, from a clean slate.
         self.kernel_forwarding(false)?;
         self.kernel_forwarding(true)?;
@@ -415,7 +428,7 @@ impl Bench {
             Datapath::Offloaded => {
                 let daemon = self.start_daemon()?;
                 let measured = run(&|| Ok(self.stats()?.promoted));
-                live::stop_dataplane(&self.instance, daemon)?;
+                self.stop_daemon(daemon)?;
                 let measured = measured?;
                 if measured.promoted < u64::from(streams) {
                     bail!(
@@ -456,12 +469,23 @@ pub struct LiveOpts {
     pub secs: f64,
     pub rounds: usize,
     pub tcp_secs: u32,
+    /// Only the rows about moves ([`crate::offload_moves`]).
+    pub only_moves: bool,
 }
 
 /// Adds the live rows to `report`.
 pub fn rows(report: &mut Report, opts: &LiveOpts) -> anyhow::Result<()> {
     let instance = format!("xoffl{}", std::process::id());
     let b = Bench::up(&instance)?;
+    if !opts.only_moves {
+        rates(&b, report, opts)?;
+    }
+    crate::offload_moves::rows(&b, report, opts.rounds)
+}
+
+/// The UDP frames/s, promotion latency and TCP rows.
+fn rates(b: &Bench, report: &mut Report, opts: &LiveOpts) -> anyhow::Result<()> {
+    let instance = &b.instance;
     let cfg = std::env::temp_dir().join(format!("{instance}.trafgen"));
     b.trafgen_config(&cfg)?;
     let paths = [

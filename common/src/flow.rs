@@ -353,6 +353,17 @@ impl FlowLive {
             ..FlowLive::default()
         }
     }
+
+    /// A flow put on the fast path at once, without waiting for its slow-path packets in
+    /// flight (which the fast path may overtake): what a controller that does not track
+    /// them does, kept for measuring what the wait buys.
+    pub fn active(state: &FlowState, now_ns: u64) -> FlowLive {
+        let mut live = FlowLive::promoted(state, now_ns);
+        for d in &mut live.dirs {
+            d.mode = Mode::Active as u8;
+        }
+        live
+    }
 }
 
 /// What the fast path knows of a packet of a flow it found.

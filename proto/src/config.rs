@@ -72,6 +72,12 @@ pub struct FlowsSection {
     /// How often flows are learned, refreshed in conntrack and promoted or demoted.
     #[serde(default = "default_flow_period_ms")]
     pub period_ms: u64,
+    /// Moves between the paths wait for what is in flight on the path a flow leaves (the
+    /// default, and what keeps its packets in order). `false` switches at once, as a
+    /// controller that does not track in-flight packets would: packets get reordered. It
+    /// exists so that `cargo xtask bench offload` can show what the wait buys.
+    #[serde(default = "default_true")]
+    pub ordered_moves: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

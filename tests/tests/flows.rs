@@ -8,7 +8,7 @@ use etherparse::{PacketBuilder, PacketHeaders};
 use xnic_common::{
     flow::{
         DIR_DECAP, DIR_DNAT, DIR_ENCAP, DIR_SNAT, FlowConfig, FlowCounter, FlowDir, FlowKey,
-        FlowState, Leave, Mode, ORIGINAL, REPLY, Tunnel, leaves_as,
+        FlowLive, FlowState, Leave, Mode, ORIGINAL, REPLY, Tunnel, leaves_as,
     },
     frame::Frame,
     maps::PortRole,
@@ -129,7 +129,9 @@ fn masqueraded(role: PortRole) -> (Fixture, [FlowKey; 2]) {
         family: 4,
         ..FlowState::default()
     };
-    fx.dp.insert_flow(3, &keys, &state, now()).unwrap();
+    fx.dp
+        .insert_flow(3, &keys, &state, FlowLive::promoted(&state, now()))
+        .unwrap();
     (fx, keys)
 }
 
@@ -308,7 +310,9 @@ fn a_tcp_flow_leaves_on_a_fin_or_a_segment_outside_its_window() {
             family: 4,
             ..FlowState::default()
         };
-        fx.dp.insert_flow(0, &keys, &state, now()).unwrap();
+        fx.dp
+            .insert_flow(0, &keys, &state, FlowLive::promoted(&state, now()))
+            .unwrap();
         let mut out_of = seg(1000, false, &[7u8; 100]);
         // What leaves the kernel: the same segment, next hop's MACs, one hop less.
         let mut leaving = out_of.clone();
@@ -396,7 +400,9 @@ fn tunnelled(role: PortRole) -> (Fixture, Tunnel) {
         family: 4,
         ..FlowState::default()
     };
-    fx.dp.insert_flow(11, &keys, &state, now()).unwrap();
+    fx.dp
+        .insert_flow(11, &keys, &state, FlowLive::promoted(&state, now()))
+        .unwrap();
     (fx, tunnel)
 }
 
@@ -551,7 +557,9 @@ fn an_ipv6_tcp_flow_behind_a_virtual_ip_answers_from_it() {
         family: 6,
         ..FlowState::default()
     };
-    fx.dp.insert_flow(1, &keys, &state, now()).unwrap();
+    fx.dp
+        .insert_flow(1, &keys, &state, FlowLive::promoted(&state, now()))
+        .unwrap();
     let answer = |seq, p: &[u8]| seg((VM_MAC, HOST_MAC), (vm, 8080), (client, 1234), 64, seq, p);
     let from_vip = |seq, p: &[u8]| {
         seg(

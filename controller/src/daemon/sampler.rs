@@ -12,13 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::sample::{Rates, Sample};
 use crate::{
     dataplane::{Counters, FlowReader, PinDir},
+    features::team::monotonic_ns,
     features::{flows::FlowSample, rss::RssSample, team::TeamSample},
-    monitor::{changes::ChangeWatch, conntrack::Conntrack, cpu::CpuMonitor},
+    monitor::{
+        changes::ChangeWatch,
+        conntrack::{Conntrack, CtEvents},
+        cpu::CpuMonitor,
+        ct_mirror::CtMirror,
+    },
     reconcile::{self, Command, Handle, Published, Snapshot},
 };
 
@@ -39,9 +45,20 @@ struct Schedule {
     next_flows: Instant,
 }
 
+/// How often conntrack is dumped whole while its events keep the entries current: events
+/// lost to a full socket are reported, so this only bounds how stale what events never carry
+/// (the counters) may get.
+const CONNTRACK_RESYNC_NS: u64 = 10_000_000_000;
+
+/// A table this full weighs candidates against the flows in it by rate, which takes
+/// conntrack's counters every period.
+const PRESSURE_SHARE_PERCENT: u64 = 90;
+
 /// What flow offload's measurements are read through, opened when offload first runs.
 struct FlowSampler {
     conntrack: Conntrack,
+    events: CtEvents,
+    mirror: CtMirror,
     changes: ChangeWatch,
     table: FlowReader,
 }
@@ -50,20 +67,56 @@ impl FlowSampler {
     fn open(pins: &PinDir) -> anyhow::Result<FlowSampler> {
         Ok(FlowSampler {
             conntrack: Conntrack::open()?,
+            events: CtEvents::open()?,
+            mirror: CtMirror::default(),
             changes: ChangeWatch::open()?,
             table: FlowReader::open(pins)?,
         })
     }
 
-    fn sample(&mut self) -> anyhow::Result<FlowSample> {
+    fn sample(&mut self, snap: &Snapshot) -> anyhow::Result<FlowSample> {
         // What changed first: a change during the dump is seen again next period.
         let changed = self.changes.read();
+        let now = monotonic_ns();
+        let due = self
+            .mirror
+            .dumped_ns()
+            .is_none_or(|t| now.saturating_sub(t) >= CONNTRACK_RESYNC_NS)
+            || needs_counters(snap);
+        let events = if due {
+            // Events queued before the dump are in it.
+            let _ = self.events.recv();
+            None
+        } else {
+            match self.events.recv() {
+                Ok(events) => Some(events),
+                Err(e) => {
+                    debug!(error = %format!("{e:#}"), "conntrack events lost; dumping conntrack");
+                    None
+                }
+            }
+        };
+        match events {
+            Some(events) => self.mirror.apply(events, now),
+            None => self.mirror.replace(self.conntrack.dump()?, now),
+        }
         Ok(FlowSample {
             changed,
-            entries: self.conntrack.dump()?,
-            table: self.table.table()?,
+            entries: self.mirror.entries(now),
+            live: self.table.live(&snap.flow_slots)?,
         })
     }
+}
+
+/// Whether the policy needs conntrack's byte and packet counters this period: its elephant
+/// thresholds, or a table full enough to weigh flows by rate.
+fn needs_counters(snap: &Snapshot) -> bool {
+    let thresholds = snap.config.flows.as_ref().is_some_and(|f| {
+        f.min_bytes.is_some() || f.min_packets.is_some() || f.min_rate_kbps.is_some()
+    });
+    let s = &snap.flows;
+    let pressed = u64::from(s.in_use) * 100 >= u64::from(s.capacity) * PRESSURE_SHARE_PERCENT;
+    thresholds || pressed
 }
 
 fn rss_sample(
@@ -178,7 +231,7 @@ pub fn spawn(
                         }
                     }
                     if let Some(f) = &mut flows {
-                        match f.sample() {
+                        match f.sample(&snap) {
                             Ok(sample) => handle.send(Command::FlowTick(Box::new(sample))),
                             Err(e) => warn!(error = %format!("{e:#}"), "reading flows failed"),
                         }

@@ -33,10 +33,11 @@ use crate::{
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-/// Promotions one period carries out: each costs a few netlink round trips (route,
-/// neighbour, link, conntrack), so a burst of new connections is taken in over a few periods
-/// rather than holding the reconciler for seconds.
-pub const MAX_PROMOTIONS_PER_ROUND: usize = 2048;
+/// Promotions one period carries out: each costs a conntrack round trip and four map writes
+/// (next hops are looked up once per destination and period), some 10-15 µs, so 4096 hold
+/// the reconciler (and the link events waiting for it) for well under 100 ms, and a burst of
+/// new connections is taken in over a few periods.
+pub const MAX_PROMOTIONS_PER_ROUND: usize = 4096;
 
 /// Flows that left, remembered for the cooldown: bounded so a churn of short connections
 /// cannot grow it without limit (past this, those whose cooldown is over are forgotten).
@@ -146,8 +147,9 @@ pub fn tuple_of_key(k: &FlowKey) -> CtTuple {
 pub struct FlowSample {
     /// Every conntrack entry (a dump).
     pub entries: Vec<CtEntry>,
-    /// The flow table as the programs left it.
-    pub table: Vec<TableFlow>,
+    /// The live state of the slots the daemon had placed when the period began, as the
+    /// programs left it (a slot placed since is not in it).
+    pub live: HashMap<u32, FlowLive>,
     /// The ruleset, routes or neighbours changed since the last period.
     pub changed: Changed,
 }
@@ -280,6 +282,8 @@ impl FlowFilter {
 pub struct Offload {
     policy: Policy,
     period_ms: Option<u64>,
+    /// `flows.ordered_moves`.
+    ordered_moves: bool,
     slots: FlowSlots,
     placed: HashMap<u32, Placed>,
     /// Original tuple → slot.
@@ -306,6 +310,7 @@ impl Offload {
         let mut o = Offload {
             policy: policy_of(None, capacity),
             period_ms: None,
+            ordered_moves: true,
             slots: FlowSlots::adopt(capacity, &used),
             placed: HashMap::new(),
             by_orig: HashMap::new(),
@@ -351,6 +356,12 @@ impl Offload {
     pub fn reconcile(&mut self, section: Option<&FlowsSection>) {
         self.policy = policy_of(section, self.slots.capacity());
         self.period_ms = section.filter(|f| f.enabled).map(|f| f.period_ms);
+        self.ordered_moves = section.is_none_or(|f| f.ordered_moves);
+    }
+
+    /// Whether moves wait for what is in flight (`flows.ordered_moves`).
+    pub fn ordered_moves(&self) -> bool {
+        self.ordered_moves
     }
 
     /// How often the sampler should bring a [`FlowSample`] (`None`: never). Flows in the
@@ -400,13 +411,14 @@ impl Offload {
     /// since the last period left.
     pub fn observe(&mut self, sample: FlowSample, now_ns: u64) -> Vec<Leave> {
         self.ruleset_changed |= sample.changed.ruleset;
-        let live: HashMap<u32, &TableFlow> = sample.table.iter().map(|f| (f.slot, f)).collect();
         for p in self.placed.values_mut() {
-            match live.get(&p.slot) {
-                Some(f) if f.state.generation == p.state.generation => p.live = f.live,
-                // Keys gone from under us (the maps edited by hand): nothing of it is in the
-                // fast path any more, so it has left and drained.
-                _ => {
+            match sample.live.get(&p.slot) {
+                Some(live) if live.generation == p.state.generation => p.live = *live,
+                // Placed after the sample was taken: as it was.
+                None => {}
+                // Another generation in its slot (the maps edited by hand): nothing of it
+                // is in the fast path any more, so it has left and drained.
+                Some(_) => {
                     if p.live.leave == 0 {
                         p.live.leave = Leave::Conntrack as u8;
                     }

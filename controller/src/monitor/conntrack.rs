@@ -244,6 +244,11 @@ fn is_enoent(e: &anyhow::Error) -> bool {
     errno(e) == Some(libc::ENOENT)
 }
 
+/// The event socket's receive buffer: an event takes about 1 KiB of it (the message and
+/// the kernel's buffer around it), so 32 MiB hold some 30k events, a period's worth of new
+/// connections at 100k a second; beyond that the reader is told it lost some and dumps.
+const EVENT_BUFFER_BYTES: usize = 32 << 20;
+
 /// conntrack's events, on a socket of their own.
 pub struct CtEvents {
     socket: Socket,
@@ -269,6 +274,12 @@ impl CtEvents {
         socket
             .set_non_blocking(true)
             .context("cannot make the conntrack event socket non-blocking")?;
+        // Room for a burst of new connections between two reads; past it, a dump.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &EVENT_BUFFER_BYTES,
+        );
         Ok(CtEvents { socket })
     }
 

@@ -4,5 +4,6 @@
 pub mod changes;
 pub mod conntrack;
 pub mod cpu;
+pub mod ct_mirror;
 pub mod links;
 pub mod nexthop;

@@ -16,7 +16,7 @@ use std::{
 };
 
 use tracing::{debug, warn};
-use xnic_common::flow::{FlowConfig, MAX_TUNNELS, Tunnel};
+use xnic_common::flow::{FlowConfig, FlowLive, MAX_TUNNELS, Tunnel};
 
 use super::Reconciler;
 use crate::{
@@ -313,14 +313,23 @@ impl Reconciler {
             round.handed_back += 1;
         }
 
-        // Leaving: the programs send its next packets to the slow path.
+        // Leaving: the programs send its next packets to the slow path, behind what is in
+        // flight; unordered, its keys go at once (hand-back follows next period).
+        let ordered = self.offload.ordered_moves();
         for (id, why) in &d.demote {
             let Some(slot) = self.offload.slot_of(*id) else {
                 continue;
             };
-            if let Some(state) = self.offload.demote(slot, *why)
-                && let Err(e) = self.dp.update_flow_state(slot, &state)
-            {
+            let Some(state) = self.offload.demote(slot, *why) else {
+                continue;
+            };
+            let written = self.dp.update_flow_state(slot, &state).and_then(|()| {
+                match self.offload.get(slot) {
+                    Some(p) if !ordered => self.dp.remove_flow(slot, &p.keys),
+                    _ => Ok(()),
+                }
+            });
+            if let Err(e) = written {
                 warn!(slot, error = %format!("{e:#}"), "cannot send a flow back to the slow path");
                 self.offload.undo_demote(slot, *why);
             }
@@ -368,7 +377,12 @@ impl Reconciler {
                     continue;
                 }
             }
-            if let Err(e) = self.dp.insert_flow(p.slot, &p.keys, &p.state, now) {
+            let live = if ordered {
+                FlowLive::promoted(&p.state, now)
+            } else {
+                FlowLive::active(&p.state, now)
+            };
+            if let Err(e) = self.dp.insert_flow(p.slot, &p.keys, &p.state, live) {
                 warn!(error = %format!("{e:#}"), "cannot write an offloaded flow; it stays on the slow path");
                 self.offload.unplace(p.slot);
                 continue;

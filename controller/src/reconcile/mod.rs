@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub flows: OffloadSummary,
     /// Offloaded flows' conntrack ids, by slot.
     pub flow_ids: Arc<std::collections::HashMap<u32, u32>>,
+    /// Every slot holding an offloaded flow (the sampler reads their live state).
+    pub flow_slots: Arc<Vec<u32>>,
     pub adopted: bool,
     /// The kernel's own failover path: `None` when on, else why it is off.
     pub kernel_failover_off: Option<String>,
@@ -193,6 +195,7 @@ pub struct Reconciler {
     offload_io: Option<flows::OffloadIo>,
     /// Published with every snapshot; rebuilt after each flows period.
     flow_ids: Arc<std::collections::HashMap<u32, u32>>,
+    flow_slots: Arc<Vec<u32>>,
     /// What the configuration maps hold, as this daemon last wrote (or read) them.
     written: Image,
     events: EventLog,
@@ -300,6 +303,7 @@ impl Reconciler {
                 crate::monitor::conntrack::timeouts(),
             );
             offload.reconcile(config.flows.as_ref());
+            let flow_slots = Arc::new(offload.placed().map(|p| p.slot).collect());
             Reconciler {
                 dp,
                 config: Arc::new(config.clone()),
@@ -315,6 +319,7 @@ impl Reconciler {
                 offload,
                 offload_io: None,
                 flow_ids: Arc::default(),
+                flow_slots,
                 written,
                 events: events.clone(),
                 published: Arc::new(RwLock::new(Arc::new(placeholder(&config)))),
@@ -745,6 +750,7 @@ impl Reconciler {
             team: self.team.clone(),
             flows: self.offload.summary(),
             flow_ids: self.flow_ids.clone(),
+            flow_slots: self.flow_slots.clone(),
             adopted: self.adopted,
             kernel_failover_off: self.dp.carrier_hook().err().map(str::to_string),
             started: self.started,
@@ -857,6 +863,7 @@ impl Reconciler {
                         .map(|p| (p.slot, p.id))
                         .collect(),
                 );
+                self.flow_slots = Arc::new(self.offload.placed().map(|p| p.slot).collect());
                 self.publish();
             }
             Command::FlowRequest {
@@ -911,6 +918,7 @@ fn placeholder(config: &Config) -> Snapshot {
         team: Team::default(),
         flows: OffloadSummary::default(),
         flow_ids: Arc::default(),
+        flow_slots: Arc::default(),
         adopted: false,
         kernel_failover_off: None,
         started: Instant::now(),

@@ -1,0 +1,334 @@
+//! The offload benchmark's rows about moving flows between the paths, on the routed lab of
+//! [`crate::offload_live`]:
+//!
+//! - **learning**: about 100k short UDP flows arrive, one datagram each way (the answer is
+//!   what confirms a UDP flow); how fast the daemon promotes them (conntrack learned, its
+//!   entry made ready, the flow written to the table) against how fast they arrive;
+//! - **churn**: a sequence-numbered UDP stream while its flow is sent back to the slow path
+//!   and promoted again over and over; what the receiver lost, got twice or got out of order,
+//!   with xnic's moves (each waits for what is in flight on the path the flow leaves)
+//!   against moves that switch at once (`flows.ordered_moves = false`), measured the same way.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xnic::{
+    api::types::{FlowRequest, FlowRequestView},
+    cli::block_on,
+    lab::{
+        ip,
+        routed::SERVER_IP,
+        traffic::{MAGIC, Receiver, RecvReport, SendReport, UdpStream, send_udp},
+    },
+};
+
+use crate::{
+    live,
+    offload_live::Bench,
+    report::{Better, Report, median},
+};
+
+/// Learning: destination ports (an echo on each at the server) and source ports; their
+/// counts are coprime, so trafgen's two incrementing fields make every (source, destination)
+/// pair once in `LEARN_SPORTS × LEARN_PORTS` frames: 100,005 flows.
+const LEARN_FIRST_PORT: u16 = 9200;
+const LEARN_PORTS: u16 = 5;
+const LEARN_FIRST_SPORT: u32 = 1024;
+const LEARN_SPORTS: u32 = 20_001;
+/// New flows per second: about what five echo threads answer on two CPUs beside everything
+/// else, and more than the daemon promotes, so that the row measures the daemon.
+const LEARN_PPS: u64 = 40_000;
+/// How long the promoted count may stand still before learning is taken as done.
+const LEARN_SETTLE: Duration = Duration::from_secs(3);
+/// The longest a learning run waits.
+const LEARN_MAX: Duration = Duration::from_secs(90);
+
+/// Churn: the stream's port, rate and length, and the moves asked for meanwhile.
+const CHURN_PORT: u16 = 9300;
+const CHURN_PPS: u64 = 100_000;
+const CHURN_SECS: u64 = 20;
+const CHURN_CYCLES: u32 = 100;
+/// How long one cycle may take (demotion, hand-back, promotion, the switch).
+const CYCLE_WAIT: Duration = Duration::from_secs(3);
+/// The daemon's `[flows]` for churn: decisions every 50 ms and no cooldown, so a flow sent
+/// back comes in again at once.
+const CHURN_FLOWS: &str = "select = \"all\"\nperiod_ms = 50\ncooldown_s = 0";
+
+/// What the receiver of one churn run saw.
+#[derive(Clone, Copy, Debug, Default)]
+struct Churn {
+    cycles: u32,
+    sent: u64,
+    send_errors: u64,
+    lost: u64,
+    reordered: u64,
+    duplicated: u64,
+}
+
+impl Churn {
+    fn of(cycles: u32, sent: &SendReport, got: &RecvReport) -> Churn {
+        Churn {
+            cycles,
+            sent: sent.sent,
+            send_errors: sent.send_errors,
+            lost: sent.sent.saturating_sub(got.received),
+            reordered: got.reordered,
+            duplicated: got.duplicates,
+        }
+    }
+}
+
+impl Bench {
+    /// One churn run: `ordered` is xnic's own moves, otherwise moves that switch at once.
+    fn churn(&self, ordered: bool) -> anyhow::Result<Churn> {
+        let flows = format!("{CHURN_FLOWS}\nordered_moves = {ordered}");
+        let daemon = self.start_daemon_with(&flows)?;
+        let measured = (|| {
+            let dst: SocketAddr = format!("{SERVER_IP}:{CHURN_PORT}").parse()?;
+            let echo = Receiver::start_echo(Some(&self.lab.tor_ns()), dst)?;
+            let vm = self.vm_ns();
+            let stream = std::thread::spawn(move || {
+                send_udp(
+                    Some(&vm),
+                    UdpStream {
+                        dst,
+                        flows: 1,
+                        pps: CHURN_PPS,
+                        duration: Duration::from_secs(CHURN_SECS),
+                        payload: 64,
+                        zipf: None,
+                    },
+                )
+            });
+            let cycled = (|| {
+                let end = Instant::now() + Duration::from_secs(CHURN_SECS) - CYCLE_WAIT;
+                self.wait_back(self.stats()?.promoted)?;
+                let mut cycles = 0;
+                while cycles < CHURN_CYCLES && Instant::now() < end {
+                    let before = self.stats()?.promoted;
+                    let _: FlowRequestView = block_on(self.client().post_json(
+                        "/v1/flows/demote",
+                        &FlowRequest {
+                            all: true,
+                            ..FlowRequest::default()
+                        },
+                    ))?;
+                    self.wait_back(before)?;
+                    cycles += 1;
+                }
+                anyhow::Ok(cycles)
+            })();
+            let sent = stream
+                .join()
+                .map_err(|_| anyhow::anyhow!("the UDP sender panicked"))?;
+            let got = echo.stop()?;
+            let (cycles, sent) = (cycled?, sent?);
+            if cycles < CHURN_CYCLES / 2 {
+                bail!("only {cycles} promote/demote cycles in {CHURN_SECS} s");
+            }
+            Ok(Churn::of(cycles, &sent, &got))
+        })();
+        self.stop_daemon(daemon)?;
+        measured
+    }
+
+    /// Waits until a flow was promoted since the count was `before` and is on the fast path.
+    fn wait_back(&self, before: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CYCLE_WAIT;
+        while self.stats()?.promoted <= before || self.active("udp")? == 0 {
+            if Instant::now() > deadline {
+                bail!(
+                    "the stream's flow did not come back to the fast path within {CYCLE_WAIT:?}: {:?}",
+                    self.stats()?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// One learning run: new flows arriving at [`LEARN_PPS`]; the flows conntrack confirmed,
+    /// how long they took to arrive, the flows the daemon promoted and how long that took
+    /// from the first arrival.
+    fn learning(&self) -> anyhow::Result<Learning> {
+        let vm_ns = self.vm_ns();
+        let nft = |ns: &str, cmd: &str| {
+            ip(&["netns", "exec", ns, "sh", "-c", cmd]).with_context(|| format!("in {ns}: {cmd}"))
+        };
+        let last = LEARN_FIRST_PORT + LEARN_PORTS - 1;
+        // The answers reach the VM, where nothing listens: dropped quietly there rather
+        // than answered with 100k ICMP errors.
+        nft(
+            &vm_ns,
+            &format!(
+                "nft add table ip xbench && nft add chain ip xbench input '{{ type filter hook input priority 0; }}' && nft add rule ip xbench input udp sport {LEARN_FIRST_PORT}-{last} drop"
+            ),
+        )?;
+        let cfg = std::env::temp_dir().join(format!("{vm_ns}.learn.trafgen"));
+        // The receivers' header: their magic, then flow 0, sequence 0 and no send time
+        // (each datagram is the only one of its flow).
+        let magic = MAGIC.to_be_bytes().map(|b| format!("{b:#04x}")).join(", ");
+        let vm = &self.lab.vms[0];
+        std::fs::write(
+            &cfg,
+            format!(
+                "{{\n  eth(da={}, sa={}, type=0x0800),\n  ipv4(saddr={}, daddr={SERVER_IP}, ttl=64),\n  udp(sp=dinc({LEARN_FIRST_SPORT}, {}), dp=dinc({LEARN_FIRST_PORT}, {last})),\n  {magic},\n  fill(0x00, 20)\n}}\n",
+                vm.port_mac,
+                vm.mac,
+                vm.ip,
+                LEARN_FIRST_SPORT + LEARN_SPORTS - 1
+            ),
+        )?;
+        let daemon = self.start_daemon_with("select = \"all\"")?;
+        let measured = (|| {
+            let mut echoes = Vec::new();
+            for port in LEARN_FIRST_PORT..=last {
+                let at: SocketAddr = format!("{SERVER_IP}:{port}").parse()?;
+                echoes.push(Receiver::start_echo(Some(&self.lab.tor_ns()), at)?);
+            }
+            let frames = u64::from(LEARN_SPORTS) * u64::from(LEARN_PORTS);
+            let p0 = self.stats()?.promoted;
+            let t0 = Instant::now();
+            let generator =
+                live::trafgen_frames(&vm_ns, "eth0", &cfg, Some(LEARN_PPS), Some(frames))?;
+            let sending = Duration::from_secs_f64(frames as f64 / LEARN_PPS as f64);
+            let (mut promoted, mut at) = (p0, t0);
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = self.stats()?.promoted;
+                if now != promoted {
+                    (promoted, at) = (now, Instant::now());
+                }
+                let since_send = t0.elapsed().saturating_sub(sending);
+                if (since_send > Duration::ZERO && at.elapsed() > LEARN_SETTLE)
+                    || t0.elapsed() > LEARN_MAX
+                {
+                    break;
+                }
+            }
+            generator.kill();
+            let answered: u64 = echoes
+                .into_iter()
+                .map(|e| e.stop().map(|r| r.received))
+                .sum::<anyhow::Result<u64>>()?;
+            Ok(Learning {
+                arrived: answered,
+                arrival_secs: sending.as_secs_f64(),
+                promoted: promoted - p0,
+                promotion_secs: (at - t0).as_secs_f64(),
+            })
+        })();
+        self.stop_daemon(daemon)?;
+        let _ = std::fs::remove_file(&cfg);
+        nft(&vm_ns, "nft delete table ip xbench")?;
+        // A clean conntrack table for what follows.
+        self.kernel_forwarding(false)?;
+        self.kernel_forwarding(true)?;
+        measured
+    }
+}
+
+/// What one learning run saw.
+#[derive(Clone, Copy, Debug)]
+struct Learning {
+    /// Flows answered at the server (each answer confirms one flow in conntrack).
+    arrived: u64,
+    arrival_secs: f64,
+    promoted: u64,
+    /// From the first arrival to the last promotion.
+    promotion_secs: f64,
+}
+
+/// Adds the learning and churn rows to `report`.
+pub fn rows(b: &Bench, report: &mut Report, rounds: usize) -> anyhow::Result<()> {
+    let mut learned = Vec::new();
+    for round in 0..rounds {
+        let l = b.learning()?;
+        eprintln!(
+            "  learning round {round}: {} flows answered in {:.1} s, {} promoted in {:.1} s",
+            l.arrived, l.arrival_secs, l.promoted, l.promotion_secs
+        );
+        if l.promoted < l.arrived * 9 / 10 {
+            bail!(
+                "the daemon promoted {} of {} confirmed flows",
+                l.promoted,
+                l.arrived
+            );
+        }
+        learned.push(l);
+    }
+    let rate = median(
+        learned
+            .iter()
+            .map(|l| l.promoted as f64 / l.promotion_secs)
+            .collect(),
+    );
+    let arrival = median(
+        learned
+            .iter()
+            .map(|l| l.arrived as f64 / l.arrival_secs)
+            .collect(),
+    );
+    let flows = median(learned.iter().map(|l| l.arrived as f64).collect());
+    report.add(
+        "learning throughput, flows promoted per second",
+        &format!("{flows:.0} short UDP flows (one datagram each way) arriving"),
+        "flows/s",
+        Better::Higher,
+        rate,
+        &[("the flows' arrival rate (confirmed by conntrack)", arrival)],
+    );
+    report.notes.push(format!(
+        "Learning: trafgen in the VM sends one datagram for each of {} (source port, destination port) pairs at {LEARN_PPS}/s to {LEARN_PORTS} echoes at the server, whose answers confirm each flow in conntrack; promoted flows are the daemon's own count (each one: conntrack's entry made liberal with a fresh timeout through ctnetlink, then the table's slot and keys), from the first datagram to the last promotion; {rounds} round(s), median.",
+        u64::from(LEARN_SPORTS) * u64::from(LEARN_PORTS)
+    ));
+
+    let mut ordered = Vec::new();
+    let mut naive = Vec::new();
+    for round in 0..rounds {
+        for (runs, on) in [(&mut ordered, true), (&mut naive, false)] {
+            let c = b.churn(on)?;
+            eprintln!(
+                "  churn round {round}, {}: {} cycles, {} sent ({} refused by the socket), {} lost, {} reordered, {} duplicated",
+                if on { "ordered" } else { "at once" },
+                c.cycles,
+                c.sent,
+                c.send_errors,
+                c.lost,
+                c.reordered,
+                c.duplicated
+            );
+            runs.push(c);
+        }
+    }
+    let med =
+        |runs: &[Churn], f: fn(&Churn) -> u64| median(runs.iter().map(|c| f(c) as f64).collect());
+    let cycles = med(&ordered, |c| u64::from(c.cycles)).min(med(&naive, |c| u64::from(c.cycles)));
+    let scenario = format!(
+        "{CHURN_PPS} datagrams/s for {CHURN_SECS} s, the flow sent back and promoted again {cycles:.0} times"
+    );
+    for (what, f) in [
+        ("lost", (|c: &Churn| c.lost) as fn(&Churn) -> u64),
+        ("reordered", |c: &Churn| c.reordered),
+        ("duplicated", |c: &Churn| c.duplicated),
+    ] {
+        report.add(
+            &format!("promote/demote churn, datagrams {what} per run"),
+            &scenario,
+            "datagrams",
+            Better::Lower,
+            med(&ordered, f),
+            &[(
+                "moves that switch at once (flows.ordered_moves = false)",
+                med(&naive, f),
+            )],
+        );
+    }
+    report.notes.push(format!(
+        "Churn: a sequence-numbered UDP stream from the VM to an echo at the server (the receiver counts losses, duplicates and datagrams that came after a later one); meanwhile `/v1/flows/demote` sends the flow back, and the next period (50 ms, no cooldown) promotes it again, up to {CHURN_CYCLES} times a run; xnic's moves wait for what is in flight on the path the flow leaves, the baseline's switch at once (same daemon with `flows.ordered_moves = false`); {rounds} interleaved round(s), median."
+    ));
+    Ok(())
+}
