@@ -21,7 +21,7 @@ use xnic::{
     lab::{
         ip,
         routed::SERVER_IP,
-        traffic::{MAGIC, Receiver, RecvReport, SendReport, UdpStream, send_udp},
+        traffic::{MAGIC, Receiver, RecvReport, SendReport, UdpStream, iperf3_streams, send_udp},
     },
 };
 
@@ -66,6 +66,8 @@ struct Churn {
     lost: u64,
     reordered: u64,
     duplicated: u64,
+    /// The TCP stream's, by its sender.
+    retransmits: u64,
 }
 
 impl Churn {
@@ -77,15 +79,45 @@ impl Churn {
             lost: sent.sent.saturating_sub(got.received),
             reordered: got.reordered,
             duplicated: got.duplicates,
+            retransmits: 0,
+        }
+    }
+}
+
+/// A churn row: its metric, unit and figure.
+type ChurnMetric = (&'static str, &'static str, fn(&Churn) -> u64);
+
+/// How a churn run moves its flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moves {
+    /// xnic's: each move waits for what is in flight.
+    Ordered,
+    /// Switching at once (`flows.ordered_moves = false`).
+    AtOnce,
+    /// None: the slow path alone carries the same traffic, no daemon.
+    SlowOnly,
+}
+
+impl Moves {
+    fn label(self) -> &'static str {
+        match self {
+            Moves::Ordered => "xnic's moves (waiting for what is in flight)",
+            Moves::AtOnce => "moves that switch at once (flows.ordered_moves = false)",
+            Moves::SlowOnly => "no moves: the slow path alone, same traffic",
         }
     }
 }
 
 impl Bench {
-    /// One churn run: `ordered` is xnic's own moves, otherwise moves that switch at once.
-    fn churn(&self, ordered: bool) -> anyhow::Result<Churn> {
-        let flows = format!("{CHURN_FLOWS}\nordered_moves = {ordered}");
-        let daemon = self.start_daemon_with(&flows)?;
+    /// One churn run, with an iperf3 stream beside the UDP one when `tcp`.
+    fn churn(&self, moves: Moves, tcp: bool) -> anyhow::Result<Churn> {
+        let daemon = match moves {
+            Moves::SlowOnly => None,
+            _ => Some(self.start_daemon_with(&format!(
+                "{CHURN_FLOWS}\nordered_moves = {}",
+                moves == Moves::Ordered
+            ))?),
+        };
         let measured = (|| {
             let dst: SocketAddr = format!("{SERVER_IP}:{CHURN_PORT}").parse()?;
             let echo = Receiver::start_echo(Some(&self.lab.tor_ns()), dst)?;
@@ -103,7 +135,17 @@ impl Bench {
                     },
                 )
             });
+            // TCP beside it, as much as it can: the host's CPUs busy, its queues longer.
+            let (tor, vm) = (self.lab.tor_ns(), self.vm_ns());
+            let tcp = tcp.then(|| {
+                std::thread::spawn(move || {
+                    iperf3_streams(&tor, SERVER_IP, &vm, CHURN_SECS as u32, 1)
+                })
+            });
             let cycled = (|| {
+                if moves == Moves::SlowOnly {
+                    return anyhow::Ok(0);
+                }
                 let end = Instant::now() + Duration::from_secs(CHURN_SECS) - CYCLE_WAIT;
                 self.wait_back(self.stats()?.promoted)?;
                 let mut cycles = 0;
@@ -125,13 +167,27 @@ impl Bench {
                 .join()
                 .map_err(|_| anyhow::anyhow!("the UDP sender panicked"))?;
             let got = echo.stop()?;
+            let retransmits = match tcp {
+                Some(t) => {
+                    t.join()
+                        .map_err(|_| anyhow::anyhow!("iperf3 panicked"))??
+                        .report
+                        .retransmits
+                }
+                None => 0,
+            };
             let (cycles, sent) = (cycled?, sent?);
-            if cycles < CHURN_CYCLES / 2 {
+            if moves != Moves::SlowOnly && cycles < CHURN_CYCLES / 2 {
                 bail!("only {cycles} promote/demote cycles in {CHURN_SECS} s");
             }
-            Ok(Churn::of(cycles, &sent, &got))
+            Ok(Churn {
+                retransmits,
+                ..Churn::of(cycles, &sent, &got)
+            })
         })();
-        self.stop_daemon(daemon)?;
+        if let Some(d) = daemon {
+            self.stop_daemon(d)?;
+        }
         measured
     }
 
@@ -286,49 +342,67 @@ pub fn rows(b: &Bench, report: &mut Report, rounds: usize) -> anyhow::Result<()>
         u64::from(LEARN_SPORTS) * u64::from(LEARN_PORTS)
     ));
 
-    let mut ordered = Vec::new();
-    let mut naive = Vec::new();
-    for round in 0..rounds {
-        for (runs, on) in [(&mut ordered, true), (&mut naive, false)] {
-            let c = b.churn(on)?;
-            eprintln!(
-                "  churn round {round}, {}: {} cycles, {} sent ({} refused by the socket), {} lost, {} reordered, {} duplicated",
-                if on { "ordered" } else { "at once" },
-                c.cycles,
-                c.sent,
-                c.send_errors,
-                c.lost,
-                c.reordered,
-                c.duplicated
+    for tcp in [false, true] {
+        let modes: &[Moves] = if tcp {
+            &[Moves::Ordered, Moves::AtOnce, Moves::SlowOnly]
+        } else {
+            &[Moves::Ordered, Moves::AtOnce]
+        };
+        let mut runs: Vec<Vec<Churn>> = vec![Vec::new(); modes.len()];
+        for round in 0..rounds {
+            for (i, m) in modes.iter().enumerate() {
+                let c = b.churn(*m, tcp)?;
+                eprintln!(
+                    "  churn round {round}{}, {}: {} cycles, {} sent ({} refused by the socket), {} lost, {} reordered, {} duplicated, {} TCP retransmits",
+                    if tcp { " with TCP" } else { "" },
+                    m.label(),
+                    c.cycles,
+                    c.sent,
+                    c.send_errors,
+                    c.lost,
+                    c.reordered,
+                    c.duplicated,
+                    c.retransmits
+                );
+                runs[i].push(c);
+            }
+        }
+        let med =
+            |i: usize, f: fn(&Churn) -> u64| median(runs[i].iter().map(|c| f(c) as f64).collect());
+        let cycles = med(0, |c| u64::from(c.cycles)).min(med(1, |c| u64::from(c.cycles)));
+        let scenario = if tcp {
+            format!(
+                "UDP at {CHURN_PPS} datagrams/s beside an iperf3 stream for {CHURN_SECS} s, every flow sent back and promoted again {cycles:.0} times"
+            )
+        } else {
+            format!(
+                "UDP at {CHURN_PPS} datagrams/s for {CHURN_SECS} s, sent back and promoted again {cycles:.0} times"
+            )
+        };
+        let mut metrics: Vec<ChurnMetric> = vec![
+            ("UDP datagrams lost", "datagrams", |c| c.lost),
+            ("UDP datagrams reordered", "datagrams", |c| c.reordered),
+            ("UDP datagrams duplicated", "datagrams", |c| c.duplicated),
+        ];
+        if tcp {
+            metrics.push(("TCP segments retransmitted", "segments", |c| c.retransmits));
+        }
+        for (metric, unit, f) in metrics {
+            let baselines: Vec<(&str, f64)> = (1..modes.len())
+                .map(|i| (modes[i].label(), med(i, f)))
+                .collect();
+            report.add(
+                &format!("promote/demote churn, {metric} per run"),
+                &scenario,
+                unit,
+                Better::Lower,
+                med(0, f),
+                &baselines,
             );
-            runs.push(c);
         }
     }
-    let med =
-        |runs: &[Churn], f: fn(&Churn) -> u64| median(runs.iter().map(|c| f(c) as f64).collect());
-    let cycles = med(&ordered, |c| u64::from(c.cycles)).min(med(&naive, |c| u64::from(c.cycles)));
-    let scenario = format!(
-        "{CHURN_PPS} datagrams/s for {CHURN_SECS} s, the flow sent back and promoted again {cycles:.0} times"
-    );
-    for (what, f) in [
-        ("lost", (|c: &Churn| c.lost) as fn(&Churn) -> u64),
-        ("reordered", |c: &Churn| c.reordered),
-        ("duplicated", |c: &Churn| c.duplicated),
-    ] {
-        report.add(
-            &format!("promote/demote churn, datagrams {what} per run"),
-            &scenario,
-            "datagrams",
-            Better::Lower,
-            med(&ordered, f),
-            &[(
-                "moves that switch at once (flows.ordered_moves = false)",
-                med(&naive, f),
-            )],
-        );
-    }
     report.notes.push(format!(
-        "Churn: a sequence-numbered UDP stream from the VM to an echo at the server (the receiver counts losses, duplicates and datagrams that came after a later one); meanwhile `/v1/flows/demote` sends the flow back, and the next period (50 ms, no cooldown) promotes it again, up to {CHURN_CYCLES} times a run; xnic's moves wait for what is in flight on the path the flow leaves, the baseline's switch at once (same daemon with `flows.ordered_moves = false`); {rounds} interleaved round(s), median."
+        "Churn: a sequence-numbered UDP stream from the VM to an echo at the server (the receiver counts losses, duplicates and datagrams that came after a later one), alone and then beside an unpaced iperf3 TCP stream on the same path (its retransmits are the sender's); meanwhile `/v1/flows/demote` sends every flow back, and the next period (50 ms, no cooldown) promotes it again, up to {CHURN_CYCLES} times a run; xnic's moves wait for what is in flight on the path the flow leaves, the baseline's switch at once (same daemon with `flows.ordered_moves = false`); with TCP, the slow path alone carrying the same traffic shows what it reorders and loses by itself (XDP on a veth moves forwarding between CPUs from one NAPI poll to the next), which a flow meets for as long as it is on the slow path in each cycle; {rounds} interleaved round(s), median."
     ));
     Ok(())
 }
