@@ -746,4 +746,17 @@ mod tests {
         assert_eq!((p.capacity, p.idle_timeout_ns), (1000, 10 * NS_PER_S));
         assert!(!policy_of(None, 1000).enabled);
     }
+
+    #[test]
+    fn moves_are_ordered_unless_the_section_says_otherwise() {
+        let mut o = Offload::adopt(16, &[], CtTimeouts::default());
+        assert!(o.ordered_moves());
+        let at_once: FlowsSection = toml::from_str("ordered_moves = false").unwrap();
+        o.reconcile(Some(&at_once));
+        assert!(!o.ordered_moves());
+        o.reconcile(Some(&toml::from_str("").unwrap()));
+        assert!(o.ordered_moves());
+        o.reconcile(None);
+        assert!(o.ordered_moves());
+    }
 }
