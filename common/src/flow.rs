@@ -72,7 +72,9 @@ pub const PROMOTE_WAIT_NS: u64 = 500_000_000;
 /// packet it last sent through a CPU-map queue, until the egress program sees it leave. That
 /// one is handled by the CPU-map kthread, which competes with every task on its CPU: a busy
 /// host keeps it waiting for milliseconds. Past 100 ms what is missing was lost (its port
-/// went, or the ruleset dropped it); waiting longer only delays the hand-back.
+/// went, the ruleset or a full CPU-map queue dropped it); waiting longer only delays the
+/// hand-back, and a flow whose packets follow a lost one through the queue would never
+/// drain.
 pub const LEAVE_WAIT_NS: u64 = 100_000_000;
 
 /// How long a leaving flow's packets go through the CPU-map queue whatever is in flight: a
@@ -528,7 +530,9 @@ pub fn decide(state: &FlowState, live: &mut FlowLive, pkt: &Packet, ev: &mut Eve
 /// [`LEAVE_WAIT_NS`] at most (the ruleset may drop it).
 #[inline(always)]
 fn behind_fast(dir: &mut LiveDir, waited: u64, why: Slow, leaving: Option<(u32, u64)>) -> Decision {
-    let queued = dir.cpu_sent != dir.cpu_done;
+    // A CPU-map queue empties within milliseconds: counts still apart after LEAVE_WAIT_NS
+    // mean a frame was dropped there (a full queue), and waiting for it would be for ever.
+    let queued = dir.cpu_sent != dir.cpu_done && waited <= LEAVE_WAIT_NS;
     let in_flight = dir.fast_sent != dir.fast_done && waited <= LEAVE_WAIT_NS;
     let unexited = match leaving {
         Some((_, now)) => {
@@ -653,13 +657,11 @@ impl FlowLive {
     /// Whether a leaving flow has nothing left in flight on the fast path: the daemon may
     /// remove it.
     pub fn drained(&self, now_ns: u64) -> bool {
-        let waited = now_ns.saturating_sub(self.leave_since_ns);
-        let late = waited > LEAVE_WAIT_NS;
-        self.dirs.iter().all(|d| {
-            d.cpu_sent == d.cpu_done
-                && (d.fast_sent == d.fast_done || late)
-                && (d.exit_fp == d.pass_fp || late)
-        })
+        // Past LEAVE_WAIT_NS whatever is missing was lost.
+        now_ns.saturating_sub(self.leave_since_ns) > LEAVE_WAIT_NS
+            || self.dirs.iter().all(|d| {
+                d.cpu_sent == d.cpu_done && d.fast_sent == d.fast_done && d.exit_fp == d.pass_fp
+            })
     }
 
     /// Why the flow is leaving: what the daemon asked for (`state.leave`), or what a program
@@ -965,6 +967,23 @@ mod tests {
         l.dirs[0].cpu_done = 4;
         assert!(!l.drained(50));
         assert!(l.drained(10 + LEAVE_WAIT_NS + 1));
+        // A packet the CPU-map queue dropped (it was full) is not waited for either.
+        l.dirs[0].cpu_sent = 6;
+        l.dirs[0].cpu_done = 5;
+        assert!(!l.drained(50));
+        let late = 10 + LEAVE_WAIT_NS + 1;
+        assert!(l.drained(late));
+        l.dirs[0].exit_fp = 11;
+        l.dirs[0].since_ns = 45;
+        assert_eq!(
+            decide(
+                &s,
+                &mut l,
+                &pkt(ORIGINAL, 105, 5, TCP_ACK, 12, late),
+                &mut ev
+            ),
+            Decision::Slow(Slow::Leaving)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod offload;
 pub mod plan;
+pub mod route;
 pub mod rss;
 pub mod slots;
 pub mod team;
