@@ -41,8 +41,9 @@ const LEARN_SPORTS: u32 = 20_001;
 /// New flows per second: about what five echo threads answer on two CPUs beside everything
 /// else, and more than the daemon promotes, so that the row measures the daemon.
 const LEARN_PPS: u64 = 40_000;
-/// How long the promoted count may stand still before learning is taken as done.
-const LEARN_SETTLE: Duration = Duration::from_secs(3);
+/// How long the promoted count may stand still before learning is taken as done: longer
+/// than the sampler's resync dump (10 s), so a flow only a dump brings in is counted.
+const LEARN_SETTLE: Duration = Duration::from_secs(12);
 /// The longest a learning run waits.
 const LEARN_MAX: Duration = Duration::from_secs(90);
 
