@@ -799,7 +799,7 @@ fn flow_offload_demo(instance: &str) -> anyhow::Result<()> {
                         dst: to.parse().expect("a socket address"),
                         flows: 1,
                         pps: 2000,
-                        duration: Duration::from_secs(5),
+                        duration: Duration::from_secs(8),
                         payload: 200,
                         zipf: None,
                     },
@@ -808,15 +808,31 @@ fn flow_offload_demo(instance: &str) -> anyhow::Result<()> {
         };
         let in_vip = udp(lab.tor_ns(), format!("{VIRTUAL_IP}:7000"));
         let out_tunnel = udp(vm1.clone(), format!("{REMOTE_IP}:7001"));
-        let tcp = iperf3(&lab.tor_ns(), SERVER_IP, &vm0, 3)?;
+        let tcp = {
+            let (tor, vm0) = (lab.tor_ns(), vm0.clone());
+            std::thread::spawn(move || iperf3(&tor, SERVER_IP, &vm0, 4))
+        };
+        // Mid-transfer: the connections on the fast path, their counters growing.
+        std::thread::sleep(Duration::from_secs(2));
+        let flows: Vec<FlowView> = block_on(client.get("/v1/flows"))?;
+        println!("xnic flows (iperf3 running):");
+        print!("{}", table::flows(&flows));
+        let tcp = tcp
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 panicked"))??;
         println!(
             "iperf3 vm0 → {SERVER_IP} (masqueraded): {:.0} Mbit/s, {} retransmits",
             tcp.bits_per_second / 1e6,
             tcp.retransmits
         );
-        let flows: Vec<FlowView> = block_on(client.get("/v1/flows"))?;
-        println!("xnic flows:");
-        print!("{}", table::flows(&flows));
+        // Its FIN sent it back; the hand-back follows once it drained.
+        std::thread::sleep(Duration::from_millis(500));
+        let stats: FlowStatsView = block_on(client.get("/v1/flows/stats"))?;
+        println!(
+            "iperf3's connections closed: demoted at FIN {}, handed back to conntrack {}",
+            stats.demoted.get("fin").copied().unwrap_or(0),
+            stats.handed_back
+        );
         let listed = std::process::Command::new("ip")
             .args([
                 "netns",
