@@ -31,6 +31,18 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
     #[serde(default)]
     pub flows: Option<FlowsSection>,
+    /// VNIC routing: the virtual networks, subnets, VNICs, route tables and gateways every
+    /// host of a fleet shares (the same on each).
+    #[serde(default, rename = "vcn")]
+    pub vcns: Vec<VcnConfig>,
+    #[serde(default, rename = "subnet")]
+    pub subnets: Vec<SubnetConfig>,
+    #[serde(default, rename = "vnic")]
+    pub vnics: Vec<VnicConfig>,
+    #[serde(default, rename = "route_table")]
+    pub route_tables: Vec<RouteTableConfig>,
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<GatewayConfig>,
     #[serde(default)]
     pub lab: Option<LabConfig>,
 }
@@ -78,6 +90,103 @@ pub struct FlowsSection {
     /// exists so that `cargo xtask bench offload` can show what the wait buys.
     #[serde(default = "default_true")]
     pub ordered_moves: bool,
+}
+
+/// A virtual cloud network (`[[vcn]]`): the address space its subnets are cut from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VcnConfig {
+    pub name: String,
+    /// Prefixes (`10.0.0.0/16`); they must not overlap each other (other VCNs may reuse
+    /// them: their VNICs are told apart by VNI).
+    pub cidrs: Vec<String>,
+}
+
+/// A subnet of a VCN (`[[subnet]]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetConfig {
+    pub name: String,
+    pub vcn: String,
+    /// Inside one of the VCN's prefixes, overlapping none of its other subnets.
+    pub cidr: String,
+    /// The route table its VNICs use unless theirs says otherwise.
+    #[serde(default)]
+    pub route_table: Option<String>,
+}
+
+/// A virtual NIC (`[[vnic]]`): a compute instance's interface, known to every host.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VnicConfig {
+    pub name: String,
+    pub subnet: String,
+    /// The VXLAN network its compute instance's packets arrive in (1 to 16777215).
+    pub vni: u32,
+    pub mac: MacAddr,
+    /// Its virtual IPs, inside the subnet: the destinations that reach it, and the only
+    /// sources it may send from.
+    pub ips: Vec<String>,
+    /// The VTEP of the host its compute instance lives on.
+    pub host: String,
+    /// Overrides the subnet's route table.
+    #[serde(default)]
+    pub route_table: Option<String>,
+    /// Its public address behind an internet gateway (1:1 with its first virtual IP).
+    #[serde(default)]
+    pub public_ip: Option<String>,
+}
+
+/// A route table (`[[route_table]]`): the longest prefix holding a destination wins.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTableConfig {
+    pub name: String,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The destination prefix (`0.0.0.0/0`, `10.1.0.0/16`).
+    pub dst: String,
+    /// The next hop, `KIND:NAME`: `vnic:web1`, `router:core` (another route table),
+    /// `igw:NAME`, `nat:NAME`, `sgw:NAME`, `drg:NAME` (gateways of that kind).
+    pub via: String,
+}
+
+/// A gateway (`[[gateway]]`) routes can send packets to.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub kind: GatewayKind,
+    /// `nat`: the shared public addresses its VNICs are hidden behind.
+    #[serde(default)]
+    pub public_ips: Vec<String>,
+    /// `service`: the services network's prefixes; `drg`: the on-premises prefixes.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// `drg`: the VXLAN network the on-premises side is reached over.
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// `service`, `drg`: the VTEP (or router) packets go to.
+    #[serde(default)]
+    pub remote: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayKind {
+    /// Out to the internet, each VNIC's private address mapped 1:1 to its public one.
+    Internet,
+    /// Out to the internet behind shared addresses (many-to-one SNAT).
+    Nat,
+    /// To the services network.
+    Service,
+    /// To an on-premises network (a dynamic routing gateway).
+    Drg,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 pub mod host;
 pub mod lab;
 pub mod validate;
+pub mod vnics;
 
 use std::{
     fmt,

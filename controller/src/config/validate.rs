@@ -126,6 +126,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     validate_rss(c)?;
     validate_teams(c)?;
     validate_flows(c)?;
+    super::vnics::validate(c)?;
     if let Some(lab) = &c.lab {
         check_name("lab.prefix", &lab.prefix, 16)?;
         if c.netns.is_none() {

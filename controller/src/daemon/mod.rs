@@ -530,6 +530,12 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
             socket = %socket.display(),
             "xnic is running"
         );
+        let c = &snap.config;
+        if !(c.vcns.is_empty() && c.vnics.is_empty() && c.route_tables.is_empty()) {
+            warn!(
+                "the configuration's VNIC routing sections ([[vcn]], [[subnet]], [[vnic]], [[route_table]], [[gateway]]) are checked but not carried out yet: no packet is routed by them"
+            );
+        }
     }
     let (stop_tx, mut stop_rx) = watch::channel(None);
     let daemon = Arc::new(Daemon {

@@ -59,6 +59,11 @@ fn without_vms(config: &Config) -> Config {
         rss,
         teams,
         flows,
+        vcns,
+        subnets,
+        vnics,
+        route_tables,
+        gateways,
         lab,
     } = config;
     Config {
@@ -70,6 +75,11 @@ fn without_vms(config: &Config) -> Config {
         rss: rss.clone(),
         teams: teams.clone(),
         flows: flows.clone(),
+        vcns: vcns.clone(),
+        subnets: subnets.clone(),
+        vnics: vnics.clone(),
+        route_tables: route_tables.clone(),
+        gateways: gateways.clone(),
         lab: lab.clone(),
     }
 }

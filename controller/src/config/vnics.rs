@@ -1,0 +1,481 @@
+//! VNIC routing's part of the configuration (`[[vcn]]`, `[[subnet]]`, `[[vnic]]`,
+//! `[[route_table]]`, `[[gateway]]`): the checks that make it usable, and the route tables it
+//! describes. Errors are (dotted field path, message), as the rest of validation's.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use xnic_common::limits::MAX_NAME_LEN;
+
+use super::{Config, GatewayKind, validate::check_name};
+use crate::policy::route::{Prefix, RouteError, Routes, Target};
+
+/// The largest VNI VXLAN carries (24 bits); 0 is not a network.
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+type Refusal = (String, String);
+
+fn prefix(field: &str, text: &str) -> Result<Prefix, Refusal> {
+    text.parse()
+        .map_err(|e: RouteError| (field.to_string(), e.to_string()))
+}
+
+fn address(field: &str, text: &str) -> Result<IpAddr, Refusal> {
+    text.parse()
+        .map_err(|_| (field.to_string(), format!("{text:?} is not an IP address")))
+}
+
+/// Names unique within one kind of section.
+fn unique<'a>(
+    section: &str,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<HashMap<&'a str, usize>, Refusal> {
+    let mut seen = HashMap::new();
+    for (i, n) in names.enumerate() {
+        let field = format!("{section}[{i}].name");
+        check_name(&field, n, MAX_NAME_LEN)?;
+        if seen.insert(n.as_str(), i).is_some() {
+            return Err((field, format!("{section} {n:?} is configured twice")));
+        }
+    }
+    Ok(seen)
+}
+
+/// Checks the VNIC routing sections as a whole.
+pub fn validate(c: &Config) -> Result<(), Refusal> {
+    let vcns = unique("vcn", c.vcns.iter().map(|v| &v.name))?;
+    let subnets = unique("subnet", c.subnets.iter().map(|s| &s.name))?;
+    let vnics = unique("vnic", c.vnics.iter().map(|v| &v.name))?;
+    let tables = unique("route_table", c.route_tables.iter().map(|t| &t.name))?;
+    let gateways = unique("gateway", c.gateways.iter().map(|g| &g.name))?;
+
+    let mut vcn_prefixes: Vec<Vec<Prefix>> = Vec::new();
+    for (i, v) in c.vcns.iter().enumerate() {
+        if v.cidrs.is_empty() {
+            return Err((
+                format!("vcn[{i}].cidrs"),
+                format!("VCN {:?} has no address space: give it a prefix", v.name),
+            ));
+        }
+        let mut mine: Vec<Prefix> = Vec::new();
+        for (j, text) in v.cidrs.iter().enumerate() {
+            let field = format!("vcn[{i}].cidrs[{j}]");
+            let p = prefix(&field, text)?;
+            if let Some(q) = mine.iter().find(|q| q.overlaps(&p)) {
+                return Err((field, format!("{p} overlaps {q} of the same VCN")));
+            }
+            mine.push(p);
+        }
+        vcn_prefixes.push(mine);
+    }
+
+    let table_ref = |field: String, name: &Option<String>| -> Result<(), Refusal> {
+        match name {
+            Some(t) if !tables.contains_key(t.as_str()) => {
+                Err((field, format!("no [[route_table]] named {t:?}")))
+            }
+            _ => Ok(()),
+        }
+    };
+
+    let mut subnet_prefixes: Vec<Prefix> = Vec::new();
+    for (i, s) in c.subnets.iter().enumerate() {
+        let Some(&v) = vcns.get(s.vcn.as_str()) else {
+            return Err((
+                format!("subnet[{i}].vcn"),
+                format!("no [[vcn]] named {:?}", s.vcn),
+            ));
+        };
+        let field = format!("subnet[{i}].cidr");
+        let p = prefix(&field, &s.cidr)?;
+        if !vcn_prefixes[v]
+            .iter()
+            .any(|q| q.len() <= p.len() && q.contains(p.addr()))
+        {
+            return Err((
+                field,
+                format!("{p} is outside VCN {:?}'s address space", s.vcn),
+            ));
+        }
+        for (k, other) in c.subnets[..i].iter().enumerate() {
+            if other.vcn == s.vcn && subnet_prefixes[k].overlaps(&p) {
+                return Err((
+                    field,
+                    format!(
+                        "{p} overlaps subnet {:?} ({}) of the same VCN",
+                        other.name, subnet_prefixes[k]
+                    ),
+                ));
+            }
+        }
+        subnet_prefixes.push(p);
+        table_ref(format!("subnet[{i}].route_table"), &s.route_table)?;
+    }
+
+    // A VNIC's addresses are unique in its VCN; its MAC in its VNI.
+    let mut addresses: HashMap<(&str, IpAddr), &str> = HashMap::new();
+    let mut macs: HashSet<(u32, [u8; 6])> = HashSet::new();
+    for (i, n) in c.vnics.iter().enumerate() {
+        let Some(&s) = subnets.get(n.subnet.as_str()) else {
+            return Err((
+                format!("vnic[{i}].subnet"),
+                format!("no [[subnet]] named {:?}", n.subnet),
+            ));
+        };
+        if !(1..=MAX_VNI).contains(&n.vni) {
+            return Err((
+                format!("vnic[{i}].vni"),
+                format!("{} is not a VXLAN network: use 1 to {MAX_VNI}", n.vni),
+            ));
+        }
+        if n.mac.is_group() || n.mac.is_zero() {
+            return Err((
+                format!("vnic[{i}].mac"),
+                format!("{} is not a unicast MAC address", n.mac),
+            ));
+        }
+        if !macs.insert((n.vni, n.mac.0)) {
+            return Err((
+                format!("vnic[{i}].mac"),
+                format!("{} is another VNIC's in VNI {}", n.mac, n.vni),
+            ));
+        }
+        if n.ips.is_empty() {
+            return Err((
+                format!("vnic[{i}].ips"),
+                format!("VNIC {:?} has no virtual IP", n.name),
+            ));
+        }
+        let vcn = c.subnets[s].vcn.as_str();
+        for (j, text) in n.ips.iter().enumerate() {
+            let field = format!("vnic[{i}].ips[{j}]");
+            let a = address(&field, text)?;
+            if !subnet_prefixes[s].contains(a) {
+                return Err((
+                    field,
+                    format!(
+                        "{a} is outside subnet {:?} ({})",
+                        n.subnet, subnet_prefixes[s]
+                    ),
+                ));
+            }
+            if let Some(other) = addresses.insert((vcn, a), n.name.as_str()) {
+                return Err((
+                    field,
+                    format!("{a} is VNIC {other:?}'s already (in VCN {vcn:?})"),
+                ));
+            }
+        }
+        address(&format!("vnic[{i}].host"), &n.host)?;
+        if let Some(p) = &n.public_ip {
+            address(&format!("vnic[{i}].public_ip"), p)?;
+        }
+        table_ref(format!("vnic[{i}].route_table"), &n.route_table)?;
+    }
+
+    for (i, g) in c.gateways.iter().enumerate() {
+        let field = |f: &str| format!("gateway[{i}].{f}");
+        for (j, a) in g.public_ips.iter().enumerate() {
+            address(&field(&format!("public_ips[{j}]")), a)?;
+        }
+        for (j, p) in g.cidrs.iter().enumerate() {
+            prefix(&field(&format!("cidrs[{j}]")), p)?;
+        }
+        if let Some(r) = &g.remote {
+            address(&field("remote"), r)?;
+        }
+        let need = |what: &str, missing: bool| -> Result<(), Refusal> {
+            if missing {
+                Err((field(what), format!("a {:?} gateway needs {what}", g.kind)))
+            } else {
+                Ok(())
+            }
+        };
+        match g.kind {
+            GatewayKind::Internet => {}
+            GatewayKind::Nat => need("public_ips", g.public_ips.is_empty())?,
+            GatewayKind::Service => {
+                need("cidrs", g.cidrs.is_empty())?;
+                need("remote", g.remote.is_none())?;
+            }
+            GatewayKind::Drg => {
+                need("cidrs", g.cidrs.is_empty())?;
+                need("remote", g.remote.is_none())?;
+                need("vni", g.vni.is_none())?;
+                if let Some(v) = g.vni
+                    && !(1..=MAX_VNI).contains(&v)
+                {
+                    return Err((
+                        field("vni"),
+                        format!("{v} is not a VXLAN network: use 1 to {MAX_VNI}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    let routes = routes_of(c)?;
+    let exists = |t: &Target| match t {
+        Target::Vnic(n) => vnics.contains_key(n.as_str()),
+        Target::Router(n) => tables.contains_key(n.as_str()),
+        Target::InternetGateway(n) => gateway_is(c, &gateways, n, GatewayKind::Internet),
+        Target::NatGateway(n) => gateway_is(c, &gateways, n, GatewayKind::Nat),
+        Target::ServiceGateway(n) => gateway_is(c, &gateways, n, GatewayKind::Service),
+        Target::DynamicRoutingGateway(n) => gateway_is(c, &gateways, n, GatewayKind::Drg),
+    };
+    if let Some(e) = routes.check(exists).into_iter().next() {
+        let table = match &e {
+            RouteError::UnknownTarget { table, .. } => Some(table.clone()),
+            RouteError::Loop(t) | RouteError::TooDeep(t) => t.first().cloned(),
+            _ => None,
+        };
+        let field = match table.and_then(|t| tables.get(t.as_str()).copied()) {
+            Some(i) => format!("route_table[{i}].routes"),
+            None => "route_table".to_string(),
+        };
+        return Err((field, e.to_string()));
+    }
+    Ok(())
+}
+
+fn gateway_is(c: &Config, gateways: &HashMap<&str, usize>, name: &str, kind: GatewayKind) -> bool {
+    gateways
+        .get(name)
+        .is_some_and(|&i| c.gateways[i].kind == kind)
+}
+
+/// The route tables the configuration describes (each route's prefix and next hop parsed;
+/// a prefix routed twice in one table refused).
+pub fn routes_of(c: &Config) -> Result<Routes, Refusal> {
+    let mut routes = Routes::default();
+    for (i, t) in c.route_tables.iter().enumerate() {
+        let table = routes.table_mut(&t.name);
+        for (j, r) in t.routes.iter().enumerate() {
+            let field = format!("route_table[{i}].routes[{j}]");
+            let dst = prefix(&format!("{field}.dst"), &r.dst)?;
+            let via: Target = r
+                .via
+                .parse()
+                .map_err(|e: RouteError| (format!("{field}.via"), e.to_string()))?;
+            table
+                .insert(&t.name, dst, via)
+                .map_err(|e| (format!("{field}.dst"), e.to_string()))?;
+        }
+    }
+    Ok(routes)
+}
+
+/// The route table each VNIC uses: its own, else its subnet's (`None`: neither has one, so
+/// only its subnet's own addresses are reachable).
+pub fn tables_of(c: &Config) -> BTreeMap<String, Option<String>> {
+    c.vnics
+        .iter()
+        .map(|n| {
+            let subnet = c.subnets.iter().find(|s| s.name == n.subnet);
+            let table = n
+                .route_table
+                .clone()
+                .or_else(|| subnet.and_then(|s| s.route_table.clone()));
+            (n.name.clone(), table)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+instance = "t"
+[[uplink]]
+name = "eth0"
+
+[[vcn]]
+name = "prod"
+cidrs = ["10.0.0.0/16"]
+
+[[subnet]]
+name = "web"
+vcn = "prod"
+cidr = "10.0.1.0/24"
+route_table = "web"
+
+[[subnet]]
+name = "db"
+vcn = "prod"
+cidr = "10.0.2.0/24"
+
+[[vnic]]
+name = "web1"
+subnet = "web"
+vni = 100
+mac = "02:00:00:00:01:01"
+ips = ["10.0.1.10"]
+host = "192.0.2.11"
+public_ip = "203.0.113.10"
+
+[[vnic]]
+name = "db1"
+subnet = "db"
+vni = 100
+mac = "02:00:00:00:02:01"
+ips = ["10.0.2.10"]
+host = "192.0.2.12"
+route_table = "db"
+
+[[route_table]]
+name = "web"
+routes = [
+  { dst = "0.0.0.0/0", via = "igw:internet" },
+  { dst = "10.0.2.0/24", via = "router:core" },
+]
+
+[[route_table]]
+name = "core"
+routes = [{ dst = "10.0.2.10/32", via = "vnic:db1" }]
+
+[[route_table]]
+name = "db"
+routes = [{ dst = "0.0.0.0/0", via = "nat:out" }]
+
+[[gateway]]
+name = "internet"
+kind = "internet"
+
+[[gateway]]
+name = "out"
+kind = "nat"
+public_ips = ["203.0.113.1"]
+"#;
+
+    fn check(extra: &str, edit: impl Fn(&str) -> String) -> Result<Config, Refusal> {
+        let text = edit(BASE) + extra;
+        let c: Config = toml::from_str(&text).map_err(|e| ("toml".into(), e.to_string()))?;
+        validate(&c).map(|()| c)
+    }
+
+    fn refused(extra: &str, edit: impl Fn(&str) -> String) -> Refusal {
+        check(extra, edit).expect_err("refused")
+    }
+
+    #[test]
+    fn a_whole_fleet_configuration_passes_and_routes() {
+        let c = check("", str::to_string).unwrap();
+        let routes = routes_of(&c).unwrap();
+        let tables = tables_of(&c);
+        assert_eq!(tables["web1"].as_deref(), Some("web"));
+        assert_eq!(tables["db1"].as_deref(), Some("db"));
+        let path = routes
+            .resolve("web", "10.0.2.10".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(path.target, Target::Vnic("db1".into()));
+        let out = routes
+            .resolve("web", "198.51.100.7".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.target, Target::InternetGateway("internet".into()));
+    }
+
+    #[test]
+    fn bad_configurations_say_where_and_why() {
+        let dup_ip = BASE.replace("subnet = \"db\"\nvni = 100", "subnet = \"web\"\nvni = 100");
+        let dup_ip = dup_ip.replace("[\"10.0.2.10\"]", "[\"10.0.1.10\"]");
+        let drg = "[[gateway]]\nname = \"onprem\"\nkind = \"drg\"\ncidrs = [\"172.16.0.0/12\"]\nremote = \"192.0.2.200\"\n";
+        let cases: Vec<(Refusal, &str, &str)> = vec![
+            (
+                refused("", |b| b.replace("10.0.2.0/24\"\n", "10.0.1.128/25\"\n")),
+                "subnet[1].cidr",
+                "overlaps subnet \"web\"",
+            ),
+            (
+                refused("", |b| {
+                    b.replace("cidr = \"10.0.2.0/24\"", "cidr = \"10.9.0.0/24\"")
+                }),
+                "subnet[1].cidr",
+                "outside VCN",
+            ),
+            (
+                refused("", |b| b.replace("[\"10.0.2.10\"]", "[\"10.0.9.10\"]")),
+                "vnic[1].ips[0]",
+                "outside subnet",
+            ),
+            (
+                refused("", |_| dup_ip.clone()),
+                "vnic[1].ips[0]",
+                "is VNIC \"web1\"'s already",
+            ),
+            (
+                refused("", |b| {
+                    b.replace(
+                        "vni = 100\nmac = \"02:00:00:00:02:01\"",
+                        "vni = 16777216\nmac = \"02:00:00:00:02:01\"",
+                    )
+                }),
+                "vnic[1].vni",
+                "not a VXLAN network",
+            ),
+            (
+                refused("", |b| b.replace("02:00:00:00:02:01", "02:00:00:00:01:01")),
+                "vnic[1].mac",
+                "another VNIC's",
+            ),
+            (
+                refused("", |b| {
+                    b.replace("via = \"nat:out\"", "via = \"nat:internet\"")
+                }),
+                "route_table[2].routes",
+                "does not exist",
+            ),
+            (
+                refused("", |b| {
+                    b.replace("via = \"vnic:db1\"", "via = \"router:web\"")
+                }),
+                "route_table[",
+                "loop",
+            ),
+            (
+                refused("", |b| b.replace("10.0.2.10/32", "10.0.2.10/24")),
+                "route_table[1].routes[0].dst",
+                "did you mean 10.0.2.0/24",
+            ),
+            (
+                refused("", |b| {
+                    b.replace("via = \"igw:internet\"", "via = \"gw:internet\"")
+                }),
+                "route_table[0].routes[0].via",
+                "KIND:NAME",
+            ),
+            (
+                refused("", |b| {
+                    b.replace("route_table = \"db\"", "route_table = \"nope\"")
+                }),
+                "vnic[1].route_table",
+                "no [[route_table]]",
+            ),
+            (refused(drg, str::to_string), "gateway[2].vni", "needs vni"),
+            (
+                refused("", |b| b.replace("public_ips = [\"203.0.113.1\"]", "")),
+                "gateway[1].public_ips",
+                "needs public_ips",
+            ),
+            (
+                refused("", |b| b.replace("name = \"core\"", "name = \"web\"")),
+                "route_table[1].name",
+                "configured twice",
+            ),
+        ];
+        for ((field, msg), want_field, want_msg) in cases {
+            assert!(
+                field.starts_with(want_field),
+                "{field}: {msg} (wanted {want_field})"
+            );
+            assert!(
+                msg.contains(want_msg),
+                "{field}: {msg} (wanted {want_msg:?})"
+            );
+        }
+    }
+}
