@@ -24,6 +24,7 @@ pub mod shaper;
 pub mod tcp;
 pub mod team;
 pub mod verdict;
+pub mod vnic;
 pub mod xmit;
 
 #[cfg(feature = "user")]

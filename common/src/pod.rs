@@ -63,3 +63,9 @@ unsafe impl aya::Pod for crate::flow::FlowLive {}
 unsafe impl aya::Pod for crate::flow::FlowConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::Tunnel {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::RouteAddrV4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::RouteAddrV6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::RouteEntry {}

@@ -15,6 +15,8 @@ use std::{
     net::IpAddr,
 };
 
+use xnic_common::vnic::{NextHop, RouteAddrV4, RouteAddrV6, RouteEntry, route_prefix_len};
+
 /// Virtual routers one packet may pass through: each is one more lookup in the dataplane
 /// (a bounded loop the verifier accepts); four covers a VCN's router, a peering and a
 /// transit hub with room to spare.
@@ -506,6 +508,79 @@ enum Walked<'a> {
     Done { hops: usize, next: Option<&'a str> },
 }
 
+/// One route as the dataplane's trie holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKey {
+    V4 { prefix_len: u32, data: RouteAddrV4 },
+    V6 { prefix_len: u32, data: RouteAddrV6 },
+}
+
+impl RouteKey {
+    /// The key of `prefix` in table `table`.
+    pub fn route(table: u32, prefix: &Prefix) -> RouteKey {
+        let prefix_len = route_prefix_len(prefix.len);
+        match prefix.addr {
+            IpAddr::V4(a) => RouteKey::V4 {
+                prefix_len,
+                data: RouteAddrV4::new(table, a.octets(), prefix.len),
+            },
+            IpAddr::V6(a) => RouteKey::V6 {
+                prefix_len,
+                data: RouteAddrV6::new(table, a.octets(), prefix.len),
+            },
+        }
+    }
+
+    /// The key a lookup of `a` in table `table` uses: every bit counts.
+    pub fn lookup(table: u32, a: IpAddr) -> RouteKey {
+        RouteKey::route(
+            table,
+            &Prefix {
+                addr: a,
+                len: max_len(&a),
+            },
+        )
+    }
+}
+
+impl Routes {
+    /// Every route as the dataplane's tries hold it, with the ids `table_id` gives tables
+    /// and `target_id` gives the other next hops (`None` for either: the route is left out,
+    /// which [`Routes::check`] refuses beforehand). Routes are numbered in order, for their
+    /// counters.
+    pub fn compile(
+        &self,
+        table_id: impl Fn(&str) -> Option<u32>,
+        target_id: impl Fn(&Target) -> Option<u32>,
+    ) -> Vec<(RouteKey, RouteEntry)> {
+        let mut out = Vec::new();
+        for (name, t) in &self.tables {
+            let Some(id) = table_id(name) else { continue };
+            for (prefix, target) in &t.routes {
+                let (kind, to) = match target {
+                    Target::Router(r) => (NextHop::Router, table_id(r)),
+                    Target::Vnic(_) => (NextHop::Vnic, target_id(target)),
+                    Target::InternetGateway(_) => (NextHop::InternetGateway, target_id(target)),
+                    Target::NatGateway(_) => (NextHop::NatGateway, target_id(target)),
+                    Target::ServiceGateway(_) => (NextHop::ServiceGateway, target_id(target)),
+                    Target::DynamicRoutingGateway(_) => {
+                        (NextHop::DynamicRoutingGateway, target_id(target))
+                    }
+                };
+                let Some(to) = to else { continue };
+                let entry = RouteEntry {
+                    kind: kind as u8,
+                    _pad: [0; 3],
+                    target: to,
+                    route: out.len() as u32,
+                };
+                out.push((RouteKey::route(id, prefix), entry));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -710,6 +785,51 @@ mod tests {
             for a in addrs {
                 let got = t.lookup(a).map(|(p, t)| (p, t.name().parse::<u32>().unwrap()));
                 prop_assert_eq!(got, reference(&kept, a));
+            }
+        }
+
+        /// The compiled keys, searched as the kernel's trie searches them (the longest key
+        /// whose first `prefix_len` bits match), give each table's own longest prefix.
+        #[test]
+        fn compiled_keys_match_like_the_tables(
+            routes in proptest::collection::vec((0u32..3, prefix(), 0u32..1000), 0..64),
+            queries in proptest::collection::vec((0u32..4, address()), 1..32),
+        ) {
+            let mut r = Routes::default();
+            for (t, p, v) in routes {
+                let _ = r.table_mut(&format!("t{t}")).insert("t", p, Target::Vnic(v.to_string()));
+            }
+            let table_id = |n: &str| n[1..].parse::<u32>().ok().map(|i| i + 100);
+            let target_id = |t: &Target| t.name().parse::<u32>().ok();
+            let keys = r.compile(table_id, target_id);
+            let bits = |k: &RouteKey| -> (u32, Vec<u8>) {
+                match k {
+                    RouteKey::V4 { prefix_len, data } => {
+                        (*prefix_len, [&data.table[..], &data.addr[..]].concat())
+                    }
+                    RouteKey::V6 { prefix_len, data } => {
+                        (*prefix_len, [&data.table[..], &data.addr[..]].concat())
+                    }
+                }
+            };
+            let matches = |key: &[u8], len: u32, q: &[u8]| {
+                (0..len as usize).all(|i| (key[i / 8] ^ q[i / 8]) & (0x80 >> (i % 8)) == 0)
+            };
+            for (t, a) in queries {
+                let (_, q) = bits(&RouteKey::lookup(t + 100, a));
+                let trie = keys
+                    .iter()
+                    .filter(|(k, _)| {
+                        let (len, key) = bits(k);
+                        key.len() == q.len() && matches(&key, len, &q)
+                    })
+                    .max_by_key(|(k, _)| bits(k).0)
+                    .map(|(_, e)| e.target);
+                let table = r
+                    .table(&format!("t{t}"))
+                    .and_then(|tab| tab.lookup(a))
+                    .map(|(_, target)| target.name().parse::<u32>().unwrap());
+                prop_assert_eq!(trie, table);
             }
         }
 
