@@ -43,6 +43,8 @@ pub struct Config {
     pub route_tables: Vec<RouteTableConfig>,
     #[serde(default, rename = "gateway")]
     pub gateways: Vec<GatewayConfig>,
+    #[serde(default, rename = "security_list")]
+    pub security_lists: Vec<SecurityListConfig>,
     #[serde(default)]
     pub lab: Option<LabConfig>,
 }
@@ -113,6 +115,9 @@ pub struct SubnetConfig {
     /// The route table its VNICs use unless theirs says otherwise.
     #[serde(default)]
     pub route_table: Option<String>,
+    /// Security lists every VNIC of the subnet is checked against (before its own).
+    #[serde(default)]
+    pub security_lists: Vec<String>,
 }
 
 /// A virtual NIC (`[[vnic]]`): a compute instance's interface, known to every host.
@@ -135,6 +140,59 @@ pub struct VnicConfig {
     /// Its public address behind an internet gateway (1:1 with its first virtual IP).
     #[serde(default)]
     pub public_ip: Option<String>,
+    /// Its own security lists, after its subnet's.
+    #[serde(default)]
+    pub security_lists: Vec<String>,
+}
+
+/// A security list (`[[security_list]]`): ordered rules per direction. For each packet the
+/// first rule that matches decides; a packet no rule allows is dropped.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityListConfig {
+    pub name: String,
+    /// Packets toward the VNIC.
+    #[serde(default)]
+    pub ingress: Vec<RuleConfig>,
+    /// Packets from the VNIC.
+    #[serde(default)]
+    pub egress: Vec<RuleConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub action: RuleAction,
+    /// `any` (the default), `tcp`, `udp`, `icmp` or `icmpv6`.
+    #[serde(default)]
+    pub proto: RuleProto,
+    /// The peer's prefix: the source of ingress packets, the destination of egress ones.
+    pub cidr: String,
+    /// Destination ports, `443` or `8000-8080` (TCP and UDP only).
+    #[serde(default)]
+    pub ports: Option<String>,
+    /// Answers to the connections it allows come back whatever the other direction's rules
+    /// say.
+    #[serde(default)]
+    pub stateful: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleProto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
 }
 
 /// A route table (`[[route_table]]`): the longest prefix holding a destination wins.

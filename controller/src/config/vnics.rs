@@ -9,8 +9,11 @@ use std::{
 
 use xnic_common::limits::MAX_NAME_LEN;
 
-use super::{Config, GatewayKind, validate::check_name};
-use crate::policy::route::{Prefix, RouteError, Routes, Target};
+use super::{Config, GatewayKind, RuleAction, RuleConfig, RuleProto, validate::check_name};
+use crate::policy::{
+    acl::{self, Action, MAX_RULES, Rule},
+    route::{Prefix, RouteError, Routes, Target},
+};
 
 /// The largest VNI VXLAN carries (24 bits); 0 is not a network.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -216,6 +219,57 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
         }
     }
 
+    let lists = unique("security_list", c.security_lists.iter().map(|l| &l.name))?;
+    let mut rules_in: Vec<[usize; 2]> = Vec::new();
+    for (i, l) in c.security_lists.iter().enumerate() {
+        for (dir, rules) in [("ingress", &l.ingress), ("egress", &l.egress)] {
+            for (j, r) in rules.iter().enumerate() {
+                rule_of(&format!("security_list[{i}].{dir}[{j}]"), r)?;
+            }
+        }
+        rules_in.push([l.ingress.len(), l.egress.len()]);
+    }
+    let list_refs = |field: &str, names: &[String]| -> Result<[usize; 2], Refusal> {
+        let mut total = [0, 0];
+        for (j, n) in names.iter().enumerate() {
+            let Some(&i) = lists.get(n.as_str()) else {
+                return Err((
+                    format!("{field}[{j}]"),
+                    format!("no [[security_list]] named {n:?}"),
+                ));
+            };
+            total[0] += rules_in[i][0];
+            total[1] += rules_in[i][1];
+        }
+        Ok(total)
+    };
+    let mut subnet_rules = Vec::new();
+    for (i, s) in c.subnets.iter().enumerate() {
+        subnet_rules.push(list_refs(
+            &format!("subnet[{i}].security_lists"),
+            &s.security_lists,
+        )?);
+    }
+    for (i, n) in c.vnics.iter().enumerate() {
+        let field = format!("vnic[{i}].security_lists");
+        let own = list_refs(&field, &n.security_lists)?;
+        let from_subnet = subnets
+            .get(n.subnet.as_str())
+            .map_or([0, 0], |&s| subnet_rules[s]);
+        for (d, dir) in ["ingress", "egress"].iter().enumerate() {
+            let total = own[d] + from_subnet[d];
+            if total > MAX_RULES {
+                return Err((
+                    field,
+                    format!(
+                        "VNIC {:?} gets {total} {dir} rules from its subnet's lists and its own; at most {MAX_RULES} (merge rules into wider prefixes or port ranges)",
+                        n.name
+                    ),
+                ));
+            }
+        }
+    }
+
     let routes = routes_of(c)?;
     let exists = |t: &Target| match t {
         Target::Vnic(n) => vnics.contains_key(n.as_str()),
@@ -238,6 +292,37 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
         return Err((field, e.to_string()));
     }
     Ok(())
+}
+
+/// A rule as the policy takes it.
+pub fn rule_of(field: &str, r: &RuleConfig) -> Result<Rule, Refusal> {
+    let proto = match r.proto {
+        RuleProto::Any => None,
+        RuleProto::Tcp => Some(acl::TCP),
+        RuleProto::Udp => Some(acl::UDP),
+        RuleProto::Icmp => Some(acl::ICMP),
+        RuleProto::Icmpv6 => Some(acl::ICMPV6),
+    };
+    let ports = match &r.ports {
+        None => None,
+        Some(_) if !matches!(r.proto, RuleProto::Tcp | RuleProto::Udp) => {
+            return Err((
+                format!("{field}.ports"),
+                "ports need proto = \"tcp\" or \"udp\"".into(),
+            ));
+        }
+        Some(text) => Some(acl::parse_ports(text).map_err(|e| (format!("{field}.ports"), e))?),
+    };
+    Ok(Rule {
+        action: match r.action {
+            RuleAction::Allow => Action::Allow,
+            RuleAction::Deny => Action::Deny,
+        },
+        proto,
+        peer: prefix(&format!("{field}.cidr"), &r.cidr)?,
+        ports,
+        stateful: r.stateful,
+    })
 }
 
 fn gateway_is(c: &Config, gateways: &HashMap<&str, usize>, name: &str, kind: GatewayKind) -> bool {
@@ -348,6 +433,14 @@ kind = "internet"
 name = "out"
 kind = "nat"
 public_ips = ["203.0.113.1"]
+
+[[security_list]]
+name = "web"
+ingress = [
+  { action = "deny", cidr = "10.9.0.0/16" },
+  { action = "allow", proto = "tcp", cidr = "0.0.0.0/0", ports = "443", stateful = true },
+]
+egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
 "#;
 
     fn check(extra: &str, edit: impl Fn(&str) -> String) -> Result<Config, Refusal> {
@@ -377,6 +470,39 @@ public_ips = ["203.0.113.1"]
             .unwrap()
             .unwrap();
         assert_eq!(out.target, Target::InternetGateway("internet".into()));
+    }
+
+    #[test]
+    fn a_vnic_gets_its_subnets_rules_and_its_own_within_the_limit() {
+        let many: Vec<String> = (0..MAX_RULES)
+            .map(|i| format!("{{ action = \"allow\", proto = \"tcp\", cidr = \"0.0.0.0/0\", ports = \"{}\" }}", 1000 + i))
+            .collect();
+        let big = format!(
+            "[[security_list]]\nname = \"big\"\ningress = [{}]\n",
+            many.join(", ")
+        );
+        let on_subnet = |b: &str| {
+            b.replace(
+                "route_table = \"web\"\n",
+                "route_table = \"web\"\nsecurity_lists = [\"big\"]\n",
+            )
+        };
+        // 64 from the subnet: fine; two more from the VNIC's own list: too many.
+        check(&big, on_subnet).unwrap();
+        let (field, msg) = refused(&big, |b| {
+            on_subnet(b).replace(
+                "public_ip = \"203.0.113.10\"",
+                "public_ip = \"203.0.113.10\"\nsecurity_lists = [\"web\"]",
+            )
+        });
+        assert_eq!(field, "vnic[0].security_lists");
+        assert!(msg.contains("66 ingress rules"), "{msg}");
+        let c = check("", str::to_string).unwrap();
+        let r = rule_of("r", &c.security_lists[0].ingress[1]).unwrap();
+        assert_eq!(
+            (r.proto, r.ports, r.stateful),
+            (Some(acl::TCP), Some((443, 443)), true)
+        );
     }
 
     #[test]
@@ -465,6 +591,31 @@ public_ips = ["203.0.113.1"]
                 refused("", |b| b.replace("name = \"core\"", "name = \"web\"")),
                 "route_table[1].name",
                 "configured twice",
+            ),
+            (
+                refused("", |b| b.replace("proto = \"tcp\", cidr", "cidr")),
+                "security_list[0].ingress[1].ports",
+                "need proto",
+            ),
+            (
+                refused("", |b| b.replace("ports = \"443\"", "ports = \"443-80\"")),
+                "security_list[0].ingress[1].ports",
+                "ends before it starts",
+            ),
+            (
+                refused("", |b| b.replace("10.9.0.0/16", "10.9.0.1/16")),
+                "security_list[0].ingress[0].cidr",
+                "host bits",
+            ),
+            (
+                refused("", |b| {
+                    b.replace(
+                        "public_ip = \"203.0.113.10\"",
+                        "public_ip = \"203.0.113.10\"\nsecurity_lists = [\"nope\"]",
+                    )
+                }),
+                "vnic[0].security_lists[0]",
+                "no [[security_list]]",
             ),
         ];
         for ((field, msg), want_field, want_msg) in cases {

@@ -64,6 +64,7 @@ fn without_vms(config: &Config) -> Config {
         vnics,
         route_tables,
         gateways,
+        security_lists,
         lab,
     } = config;
     Config {
@@ -80,6 +81,7 @@ fn without_vms(config: &Config) -> Config {
         vnics: vnics.clone(),
         route_tables: route_tables.clone(),
         gateways: gateways.clone(),
+        security_lists: security_lists.clone(),
         lab: lab.clone(),
     }
 }

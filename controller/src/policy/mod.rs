@@ -1,6 +1,7 @@
 //! Pure decision code: inputs in, decisions out. No I/O and no clock reads, so every rule is
 //! unit-tested and can be simulated at scale.
 
+pub mod acl;
 pub mod offload;
 pub mod plan;
 pub mod route;
