@@ -2,6 +2,7 @@
 //! unit-tested and can be simulated at scale.
 
 pub mod acl;
+pub mod natgw;
 pub mod offload;
 pub mod plan;
 pub mod route;
