@@ -31,8 +31,11 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
     #[serde(default)]
     pub flows: Option<FlowsSection>,
-    /// VNIC routing: the virtual networks, subnets, VNICs, route tables and gateways every
-    /// host of a fleet shares (the same on each).
+    /// VNIC routing: the fleet of hosts that forwards, and the virtual networks, subnets,
+    /// VNICs, route tables, gateways and security lists they all share (the same file on
+    /// each).
+    #[serde(default)]
+    pub fleet: Option<FleetSection>,
     #[serde(default, rename = "vcn")]
     pub vcns: Vec<VcnConfig>,
     #[serde(default, rename = "subnet")]
@@ -92,6 +95,23 @@ pub struct FlowsSection {
     /// exists so that `cargo xtask bench offload` can show what the wait buys.
     #[serde(default = "default_true")]
     pub ordered_moves: bool,
+}
+
+/// The hosts that forward for the shared VNICs (`[fleet]`), in an order every host agrees
+/// on: a NAT gateway's source ports are shared out in it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    pub hosts: Vec<FleetHost>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetHost {
+    pub name: String,
+    /// Its VTEP address: where the other hosts send what it owns. A host knows itself by
+    /// finding this address on one of its interfaces.
+    pub vtep: String,
 }
 
 /// A virtual cloud network (`[[vcn]]`): the address space its subnets are cut from.

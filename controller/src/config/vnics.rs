@@ -48,6 +48,24 @@ fn unique<'a>(
 
 /// Checks the VNIC routing sections as a whole.
 pub fn validate(c: &Config) -> Result<(), Refusal> {
+    if let Some(f) = &c.fleet {
+        if f.hosts.is_empty() {
+            return Err((
+                "fleet.hosts".into(),
+                "a fleet needs its hosts: list every host that forwards, in the same order on each"
+                    .into(),
+            ));
+        }
+        unique("fleet.hosts", f.hosts.iter().map(|h| &h.name))?;
+        let mut vteps = HashSet::new();
+        for (i, h) in f.hosts.iter().enumerate() {
+            let field = format!("fleet.hosts[{i}].vtep");
+            let a = address(&field, &h.vtep)?;
+            if !vteps.insert(a) {
+                return Err((field, format!("{a} is another host's VTEP")));
+            }
+        }
+    }
     let vcns = unique("vcn", c.vcns.iter().map(|v| &v.name))?;
     let subnets = unique("subnet", c.subnets.iter().map(|s| &s.name))?;
     let vnics = unique("vnic", c.vnics.iter().map(|v| &v.name))?;
@@ -455,7 +473,9 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
 
     #[test]
     fn a_whole_fleet_configuration_passes_and_routes() {
-        let c = check("", str::to_string).unwrap();
+        let fleet = "[fleet]\nhosts = [\n  { name = \"h1\", vtep = \"192.0.2.1\" },\n  { name = \"h2\", vtep = \"192.0.2.2\" },\n  { name = \"h3\", vtep = \"192.0.2.3\" },\n]\n";
+        let c = check(fleet, str::to_string).unwrap();
+        assert_eq!(c.fleet.as_ref().unwrap().hosts.len(), 3);
         let routes = routes_of(&c).unwrap();
         let tables = tables_of(&c);
         assert_eq!(tables["web1"].as_deref(), Some("web"));
@@ -591,6 +611,19 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
                 refused("", |b| b.replace("name = \"core\"", "name = \"web\"")),
                 "route_table[1].name",
                 "configured twice",
+            ),
+            (
+                refused(
+                    "[fleet]\nhosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }, { name = \"h2\", vtep = \"192.0.2.1\" }]\n",
+                    str::to_string,
+                ),
+                "fleet.hosts[1].vtep",
+                "another host's VTEP",
+            ),
+            (
+                refused("[fleet]\nhosts = []\n", str::to_string),
+                "fleet.hosts",
+                "needs its hosts",
             ),
             (
                 refused("", |b| b.replace("proto = \"tcp\", cidr", "cidr")),

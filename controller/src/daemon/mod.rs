@@ -531,13 +531,14 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
             "xnic is running"
         );
         let c = &snap.config;
-        if !(c.vcns.is_empty()
+        if !(c.fleet.is_none()
+            && c.vcns.is_empty()
             && c.vnics.is_empty()
             && c.route_tables.is_empty()
             && c.security_lists.is_empty())
         {
             warn!(
-                "the configuration's VNIC routing sections ([[vcn]], [[subnet]], [[vnic]], [[route_table]], [[gateway]], [[security_list]]) are checked but not carried out yet: no packet is routed or filtered by them"
+                "the configuration's VNIC routing sections ([fleet], [[vcn]], [[subnet]], [[vnic]], [[route_table]], [[gateway]], [[security_list]]) are checked but not carried out yet: no packet is routed or filtered by them"
             );
         }
     }
