@@ -13,6 +13,7 @@ use super::{Config, GatewayKind, RuleAction, RuleConfig, RuleProto, validate::ch
 use crate::policy::{
     acl::{self, Action, MAX_RULES, Rule},
     route::{Prefix, RouteError, Routes, Target},
+    vnic::{Vnic, VnicModel},
 };
 
 /// The largest VNI VXLAN carries (24 bits); 0 is not a network.
@@ -386,9 +387,47 @@ pub fn tables_of(c: &Config) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
+/// The model of what VNIC routing does with a packet, from a configuration that passed
+/// [`validate`].
+pub fn model_of(c: &Config) -> Result<VnicModel, Refusal> {
+    let tables = tables_of(c);
+    let mut vnics = Vec::new();
+    for (i, n) in c.vnics.iter().enumerate() {
+        let vcn = c
+            .subnets
+            .iter()
+            .find(|s| s.name == n.subnet)
+            .map(|s| s.vcn.clone())
+            .unwrap_or_default();
+        let mut ips = Vec::new();
+        for (j, ip) in n.ips.iter().enumerate() {
+            ips.push(address(&format!("vnic[{i}].ips[{j}]"), ip)?);
+        }
+        vnics.push(Vnic {
+            name: n.name.clone(),
+            vcn,
+            vni: n.vni,
+            mac: n.mac.0,
+            ips,
+            host: address(&format!("vnic[{i}].host"), &n.host)?,
+            table: tables.get(&n.name).cloned().flatten(),
+        });
+    }
+    let mut space = HashMap::new();
+    for (i, v) in c.vcns.iter().enumerate() {
+        let mut prefixes = Vec::new();
+        for (j, p) in v.cidrs.iter().enumerate() {
+            prefixes.push(prefix(&format!("vcn[{i}].cidrs[{j}]"), p)?);
+        }
+        space.insert(v.name.clone(), prefixes);
+    }
+    Ok(VnicModel::new(vnics, space, routes_of(c)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::vnic::Forward;
 
     const BASE: &str = r#"
 instance = "t"
@@ -490,6 +529,22 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
             .unwrap()
             .unwrap();
         assert_eq!(out.target, Target::InternetGateway("internet".into()));
+        // The model: web1 reaches db1 inside the VCN and the internet by its table; db1
+        // leaves through the NAT gateway.
+        let m = model_of(&c).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            m.from_instance(100, [2, 0, 0, 0, 1, 1], ip("10.0.1.10"), ip("10.0.2.10")),
+            Ok(Forward::Vnic {
+                vnic: "db1".into(),
+                vni: 100,
+                vtep: ip("192.0.2.12")
+            })
+        );
+        assert_eq!(
+            m.from_instance(100, [2, 0, 0, 0, 2, 1], ip("10.0.2.10"), ip("198.51.100.7")),
+            Ok(Forward::Gateway(Target::NatGateway("out".into())))
+        );
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod route;
 pub mod rss;
 pub mod slots;
 pub mod team;
+pub mod vnic;
