@@ -145,7 +145,8 @@ pub fn tuple_of_key(k: &FlowKey) -> CtTuple {
 /// What the sampler measured for one period.
 #[derive(Clone, Debug, Default)]
 pub struct FlowSample {
-    /// Every conntrack entry (a dump).
+    /// Every conntrack entry, as the last dump and the events since left them (timeouts as
+    /// of the sample).
     pub entries: Vec<CtEntry>,
     /// The live state of the slots the daemon had placed when the period began, as the
     /// programs left it (a slot placed since is not in it).
