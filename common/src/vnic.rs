@@ -44,33 +44,43 @@ pub const fn route_prefix_len(len: u8) -> u32 {
     TABLE_ID_BITS + len as u32
 }
 
+/// `addr` with the bits past the first `len` cleared.
+#[inline(always)]
+pub fn mask_v4(addr: [u8; 4], len: u8) -> [u8; 4] {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    };
+    (u32::from_be_bytes(addr) & mask).to_be_bytes()
+}
+
+/// [`mask_v4`] for IPv6.
+#[inline(always)]
+pub fn mask_v6(addr: [u8; 16], len: u8) -> [u8; 16] {
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len.min(128))
+    };
+    (u128::from_be_bytes(addr) & mask).to_be_bytes()
+}
+
 impl RouteAddrV4 {
     /// The key data of `addr` in `table`, bits past `len` cleared.
     pub fn new(table: u32, addr: [u8; 4], len: u8) -> RouteAddrV4 {
-        let bits = u32::from_be_bytes(addr);
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - len.min(32))
-        };
         RouteAddrV4 {
             table: table.to_be_bytes(),
-            addr: (bits & mask).to_be_bytes(),
+            addr: mask_v4(addr, len),
         }
     }
 }
 
 impl RouteAddrV6 {
     pub fn new(table: u32, addr: [u8; 16], len: u8) -> RouteAddrV6 {
-        let bits = u128::from_be_bytes(addr);
-        let mask = if len == 0 {
-            0
-        } else {
-            u128::MAX << (128 - len.min(128))
-        };
         RouteAddrV6 {
             table: table.to_be_bytes(),
-            addr: (bits & mask).to_be_bytes(),
+            addr: mask_v6(addr, len),
         }
     }
 }

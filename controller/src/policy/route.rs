@@ -15,7 +15,9 @@ use std::{
     net::IpAddr,
 };
 
-use xnic_common::vnic::{NextHop, RouteAddrV4, RouteAddrV6, RouteEntry, route_prefix_len};
+use xnic_common::vnic::{
+    NextHop, RouteAddrV4, RouteAddrV6, RouteEntry, mask_v4, mask_v6, route_prefix_len,
+};
 
 /// Virtual routers one packet may pass through: each is one more lookup in the dataplane
 /// (a bounded loop the verifier accepts); four covers a VCN's router, a peering and a
@@ -107,20 +109,8 @@ fn max_len(a: &IpAddr) -> u8 {
 
 fn masked(a: IpAddr, len: u8) -> IpAddr {
     match a {
-        IpAddr::V4(v) => {
-            let bits = u32::from(v);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(v) => {
-            let bits = u128::from(v);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            IpAddr::V6((bits & mask).into())
-        }
+        IpAddr::V4(v) => IpAddr::from(mask_v4(v.octets(), len)),
+        IpAddr::V6(v) => IpAddr::from(mask_v6(v.octets(), len)),
     }
 }
 
