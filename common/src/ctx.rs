@@ -28,6 +28,9 @@ pub enum NextKind {
     /// Up the kernel's stack through this CPU's `CPUMAP` queue: a leaving flow's packet
     /// behind its frames still in flight on the fast path.
     FlowCpu = 5,
+    /// Back out of the interface it came in by (`XDP_TX`): VNIC routing answers through the
+    /// router that handed it the packet.
+    Back = 6,
 }
 
 /// [`Next::fail_reason`] when a failed redirect leaves the frame to the kernel, under the
@@ -79,6 +82,12 @@ impl Next {
         }
     }
 
+    /// Out of the interface it came in by.
+    pub const BACK: Next = Next {
+        kind: NextKind::Back as u8,
+        ..Next::KERNEL
+    };
+
     pub const FLOOD: Next = Next {
         kind: NextKind::Flood as u8,
         ..Next::KERNEL
@@ -115,10 +124,20 @@ pub enum Call {
     Steer = 1,
     /// A VXLAN packet on an uplink: the offloaded flow inside it, if there is one.
     FlowDecap = 2,
+    /// A packet for VNIC routing on an uplink: which VNIC, its rules, its route.
+    Vnic = 3,
+    /// VNIC routing's next hop: the target's rules, NAT, the wrapping, the way out.
+    VnicOut = 4,
 }
 
 impl Call {
-    pub const ALL: [Call; 3] = [Call::TeamEgress, Call::Steer, Call::FlowDecap];
+    pub const ALL: [Call; 5] = [
+        Call::TeamEgress,
+        Call::Steer,
+        Call::FlowDecap,
+        Call::Vnic,
+        Call::VnicOut,
+    ];
 
     /// The program that implements the stage.
     pub const fn program(self) -> &'static str {
@@ -126,6 +145,8 @@ impl Call {
             Call::TeamEgress => "xnic_team",
             Call::Steer => "xnic_steer",
             Call::FlowDecap => "xnic_decap",
+            Call::Vnic => "xnic_vnic",
+            Call::VnicOut => "xnic_vnic_out",
         }
     }
 }
@@ -171,6 +192,44 @@ pub struct FrameCtx {
     pub _pad2: u32,
     pub verdict: Verdict,
     pub next: Next,
+    /// VNIC routing's state between its two stages.
+    pub vnic: VnicCtx,
+}
+
+/// `VnicCtx::from`: a compute instance's packet, wrapped in its VNI.
+pub const FROM_INSTANCE: u8 = 1;
+/// A packet from the public side (the internet or the services network), unwrapped.
+pub const FROM_PUBLIC: u8 = 2;
+/// A packet from a service or dynamic routing gateway's network, wrapped in its VNI.
+pub const FROM_GATEWAY: u8 = 3;
+/// A NAT answer another host of the fleet handed over, wrapped in the hand-off VNI.
+pub const FROM_HANDOFF: u8 = 4;
+
+/// What the VNIC stage found, for the next-hop stage.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VnicCtx {
+    /// `FROM_*`.
+    pub from: u8,
+    /// The next hop's `vnic::NextHop`.
+    pub hop: u8,
+    /// Whether the target's ingress rules still apply (not for a NAT answer: its connection
+    /// is its permission).
+    pub check_ingress: u8,
+    /// Whether the destination is the target VNIC's 1:1 public address, to rewrite to its
+    /// private one.
+    pub to_private: u8,
+    /// The sending VNIC's slot (instances) or the gateway's (gateways).
+    pub source: u32,
+    /// The next hop's VNIC or gateway slot.
+    pub target: u32,
+    /// Where the inner frame starts (after the outer headers, or 0 when unwrapped).
+    pub inner: u32,
+    /// The outer Ethernet addresses the packet came with: the router it came from and us.
+    pub peer_mac: [u8; 6],
+    pub our_mac: [u8; 6],
+    /// The public address a NAT answer or a 1:1 packet came to.
+    pub public: [u8; 4],
 }
 
 /// `FrameCtx::member_counter` of a frame no team counter follows.

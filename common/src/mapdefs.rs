@@ -19,6 +19,8 @@ pub enum MapKind {
     Array = 2,
     ProgArray = 3,
     PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
     DevMapHash = 25,
     CpuMap = 16,
 }
@@ -40,13 +42,15 @@ pub enum Family {
     Pipeline = 5,
     /// Flow offload: the flow table, tunnels, the fast path's counters.
     Flows = 6,
+    /// VNIC routing: VNICs, route tries, gateways, security rules, NAT connections.
+    Vnic = 7,
 }
 
 /// How many families `LAYOUT` has room for.
 pub const FAMILY_SLOTS: usize = 16;
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::Info,
         Family::Ports,
         Family::Counters,
@@ -54,6 +58,7 @@ impl Family {
         Family::Team,
         Family::Pipeline,
         Family::Flows,
+        Family::Vnic,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Family {
             Family::Team => "team",
             Family::Pipeline => "pipeline",
             Family::Flows => "flows",
+            Family::Vnic => "vnic",
         }
     }
 
@@ -229,6 +235,45 @@ macro_rules! for_each_map {
             /// fast path redirects, counting each flow's frames as they leave.
             FLOW_TX: devmap_hash(u32 => u64; $crate::limits::MAX_PORTS), pinned, Flows 1;
 
+            /// VNIC routing on or off, the fleet's VTEPs, this host's place in the fleet.
+            /// Written by the daemon.
+            VNIC_CONFIG: array(u32 => $crate::vnic::VnicConfig; 1), pinned, Vnic 1;
+            /// VNIC slot → VNI, MAC, VCN, route table, host VTEP, rule sets. Written by the
+            /// daemon, read per packet.
+            VNICS: array(u32 => $crate::vnic::VnicEntry; $crate::vnic::MAX_VNICS), pinned, Vnic 1;
+            /// (VNI, MAC) → VNIC slot: who sent a compute instance's packet.
+            VNIC_MACS: hash($crate::vnic::VnicMacKey => u32; $crate::vnic::MAX_VNICS), pinned, Vnic 1;
+            /// (VCN, virtual IP) → VNIC slot: whose address a packet comes from or goes to.
+            VNIC_ADDRS: hash($crate::vnic::VnicAddrKey => u32; $crate::vnic::MAX_VNIC_ADDRS), pinned, Vnic 1;
+            /// Every route table's IPv4 routes and every VCN's IPv4 prefixes, keyed by table id
+            /// then prefix (`vnic`): longest prefix match. Entries are allocated as routes are
+            /// added (no prealloc), so the limit costs nothing until used.
+            ROUTES_V4: lpm_trie($crate::vnic::RouteAddrV4 => $crate::vnic::RouteEntry; $crate::vnic::MAX_ROUTES), pinned, Vnic 1;
+            /// The same for IPv6.
+            ROUTES_V6: lpm_trie($crate::vnic::RouteAddrV6 => $crate::vnic::RouteEntry; $crate::vnic::MAX_ROUTES), pinned, Vnic 1;
+            /// Gateway slot → kind, VNI, VCN, remote VTEP and MAC, NAT addresses.
+            GATEWAYS: array(u32 => $crate::vnic::GatewayEntry; $crate::vnic::MAX_GATEWAYS), pinned, Vnic 1;
+            /// A service or dynamic routing gateway's VNI → its slot: whose network a wrapped
+            /// packet comes from.
+            GATEWAY_VNIS: hash(u32 => u32; $crate::vnic::MAX_GATEWAYS), pinned, Vnic 1;
+            /// A public IPv4 address → the VNIC it stands for 1:1, or the NAT gateway it
+            /// belongs to.
+            PUBLIC_ADDRS: hash([u8; 4] => $crate::vnic::PublicEntry; $crate::vnic::MAX_PUBLIC_ADDRS), pinned, Vnic 1;
+            /// Rule set × rule → security rule, in order. Written by the daemon.
+            ACL_RULES: array(u32 => $crate::vnic::AclRule; $crate::vnic::MAX_RULE_SETS * $crate::vnic::MAX_RULES), pinned, Vnic 1;
+            /// Fleet host → its VTEP, where NAT answers for its ports are handed.
+            FLEET_HOSTS: array(u32 => $crate::vnic::FleetHostEntry; $crate::vnic::MAX_FLEET_HOSTS), pinned, Vnic 1;
+            /// NAT gateway connections this host made, one key per direction. Written by the
+            /// programs (a connection's first packet), least recently used evicted.
+            NAT_SESSIONS: lru_hash($crate::vnic::NatKey => $crate::vnic::NatEntry; 2 * $crate::vnic::MAX_NAT_SESSIONS), pinned, Vnic 1;
+            /// Per CPU: each VNIC's packets forwarded, delivered, dropped.
+            VNIC_STATS: percpu_array(u32 => $crate::vnic::VnicCounters; $crate::vnic::MAX_VNICS), pinned, Vnic 1;
+            /// Route id → packets and bytes that took it (atomic adds: per-CPU copies of 1M
+            /// counters would cost 16 MiB a CPU).
+            ROUTE_STATS: array(u32 => $crate::maps::Counter; $crate::vnic::MAX_ROUTES), pinned, Vnic 1;
+            /// Per CPU: VNIC routing's events (`VnicCounter`).
+            VNIC_EVENTS: percpu_array(u32 => u64; $crate::vnic::VnicCounter::SLOTS as u32), pinned, Vnic 1;
+
             /// Per CPU: the frame in flight, shared by the programs it passes through
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
             /// between frames.
@@ -264,6 +309,13 @@ macro_rules! map_sizes {
     (prog_array, $k:ty, $v:ty) => {
         (4u32, 4u32)
     };
+    (lpm_trie, $k:ty, $v:ty) => {
+        // struct bpf_lpm_trie_key: the prefix length, then the data.
+        (
+            4 + ::core::mem::size_of::<$k>() as u32,
+            ::core::mem::size_of::<$v>() as u32,
+        )
+    };
     ($kind:ident, $k:ty, $v:ty) => {
         (
             ::core::mem::size_of::<$k>() as u32,
@@ -292,6 +344,12 @@ macro_rules! map_kind {
     };
     (prog_array) => {
         $crate::mapdefs::MapKind::ProgArray
+    };
+    (lru_hash) => {
+        $crate::mapdefs::MapKind::LruHash
+    };
+    (lpm_trie) => {
+        $crate::mapdefs::MapKind::LpmTrie
     };
 }
 

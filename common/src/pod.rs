@@ -69,3 +69,25 @@ unsafe impl aya::Pod for crate::vnic::RouteAddrV4 {}
 unsafe impl aya::Pod for crate::vnic::RouteAddrV6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::vnic::RouteEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::VnicConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::VnicEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::VnicMacKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::VnicAddrKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::GatewayEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::PublicEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::AclRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::NatKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::NatEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::FleetHostEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::VnicCounters {}

@@ -144,26 +144,45 @@ pub struct OuterV4(pub [u8; VXLAN_V4_OVERHEAD]);
 // SAFETY: repr(C), a byte array.
 unsafe impl Header for OuterV4 {}
 
-/// Writes the outer headers for an inner frame of `inner_len` bytes: what the kernel's own
-/// VXLAN device would put there (no DF, no UDP checksum over IPv4), with `ip_id` as the
-/// identification and `src_port` as the UDP source port.
+/// What the outer headers of a VXLAN-over-IPv4 packet say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OuterFields {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub vni: u32,
+    pub ttl: u8,
+    pub tos: u8,
+    /// Don't fragment.
+    pub df: bool,
+    pub ip_id: u16,
+}
+
+/// Writes the outer headers for an inner frame of `inner_len` bytes, with no UDP checksum
+/// (RFC 7348 over IPv4).
 #[inline(always)]
-pub fn vxlan_v4(outer: &mut OuterV4, t: &Tunnel, inner_len: usize, src_port: u16, ip_id: u16) {
+pub fn write_vxlan_v4(outer: &mut OuterV4, f: &OuterFields, inner_len: usize) {
     let o = &mut outer.0;
     *o = [0u8; VXLAN_V4_OVERHEAD];
-    o[0..6].copy_from_slice(&t.dst_mac);
-    o[6..12].copy_from_slice(&t.src_mac);
+    o[0..6].copy_from_slice(&f.dst_mac);
+    o[6..12].copy_from_slice(&f.src_mac);
     o[12..14].copy_from_slice(&crate::headers::ETH_P_IPV4.to_be_bytes());
     let ip_len = (VXLAN_V4_OVERHEAD - EthHdr::LEN + inner_len) as u16;
     let udp_len = ip_len - Ipv4Hdr::MIN_LEN as u16;
     o[14] = 0x45;
-    o[15] = t.tos;
+    o[15] = f.tos;
     o[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    o[18..20].copy_from_slice(&ip_id.to_be_bytes());
-    o[22] = t.ttl;
+    o[18..20].copy_from_slice(&f.ip_id.to_be_bytes());
+    if f.df {
+        o[20] = 0x40;
+    }
+    o[22] = f.ttl;
     o[23] = IPPROTO_UDP;
-    o[26..30].copy_from_slice(&t.local);
-    o[30..34].copy_from_slice(&t.remote);
+    o[26..30].copy_from_slice(&f.src);
+    o[30..34].copy_from_slice(&f.dst);
     let mut sum = 0u32;
     let mut i = 14;
     while i < 34 {
@@ -171,11 +190,32 @@ pub fn vxlan_v4(outer: &mut OuterV4, t: &Tunnel, inner_len: usize, src_port: u16
         i += 2;
     }
     o[24..26].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
-    o[34..36].copy_from_slice(&src_port.to_be_bytes());
-    o[36..38].copy_from_slice(&t.dst_port.to_be_bytes());
+    o[34..36].copy_from_slice(&f.src_port.to_be_bytes());
+    o[36..38].copy_from_slice(&f.dst_port.to_be_bytes());
     o[38..40].copy_from_slice(&udp_len.to_be_bytes());
     o[42] = VXLAN_FLAG_VNI;
-    o[46..50].copy_from_slice(&(t.vni << 8).to_be_bytes());
+    o[46..50].copy_from_slice(&(f.vni << 8).to_be_bytes());
+}
+
+/// The outer headers of tunnel `t` for an inner frame of `inner_len` bytes: what the
+/// kernel's own VXLAN device would put there (no DF), with `ip_id` as the identification and
+/// `src_port` as the UDP source port.
+#[inline(always)]
+pub fn vxlan_v4(outer: &mut OuterV4, t: &Tunnel, inner_len: usize, src_port: u16, ip_id: u16) {
+    let f = OuterFields {
+        src_mac: t.src_mac,
+        dst_mac: t.dst_mac,
+        src: t.local,
+        dst: t.remote,
+        src_port,
+        dst_port: t.dst_port,
+        vni: t.vni,
+        ttl: t.ttl,
+        tos: t.tos,
+        df: false,
+        ip_id,
+    };
+    write_vxlan_v4(outer, &f, inner_len);
 }
 
 /// Whether a wrapped packet's outer IPv4 header and VXLAN header are the tunnel's, coming

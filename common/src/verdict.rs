@@ -68,6 +68,30 @@ crate::counters! {
         /// A rewritten packet of an offloaded flow whose redirect failed (its output went
         /// away in between): dropped, since the kernel would not take it rewritten.
         FlowRedirectFailed = 19 => "flow_redirect_failed",
+        /// Routed for a VNIC (`xnic_common::vnic`): re-wrapped toward a VTEP or unwrapped
+        /// toward a gateway's network, sent back out of the uplink it came in by.
+        VnicForward = 20 => "vnic_forward",
+        /// For VNIC routing, but no VNIC has that VNI and MAC (or that public address, or
+        /// that VCN address behind a gateway): dropped.
+        NoVnic = 21 => "no_vnic",
+        /// From a VNIC, with an inner source that is not one of its virtual IPs: dropped.
+        SpoofedSource = 22 => "spoofed_source",
+        /// The VNIC's route table has nothing for the destination: dropped.
+        NoRoute = 23 => "no_route",
+        /// A VNIC's security rules do not allow it: dropped.
+        AclDeny = 24 => "acl_deny",
+        /// The inner TTL or hop limit would run out at the virtual router: dropped (not
+        /// answered: the fleet sends no ICMP of its own).
+        TtlExpired = 25 => "ttl_expired",
+        /// An inner IP fragment: security rules and NAT need the ports only the first
+        /// fragment has, so VNIC routing drops fragments (instances send whole packets within
+        /// the overlay's MTU).
+        Fragment = 26 => "fragment",
+        /// Wrapped for its next hop it would be larger than the underlay's MTU: dropped (not
+        /// answered with ICMP).
+        TooBig = 27 => "too_big",
+        /// A NAT gateway found no free public port in this host's block: dropped.
+        NatExhausted = 28 => "nat_exhausted",
     }
 }
 
@@ -84,8 +108,17 @@ impl Reason {
             | Reason::FailoverPause
             | Reason::NotReceiver
             | Reason::Looped
-            | Reason::FlowRedirectFailed => Action::Drop,
+            | Reason::FlowRedirectFailed
+            | Reason::NoVnic
+            | Reason::SpoofedSource
+            | Reason::NoRoute
+            | Reason::AclDeny
+            | Reason::TtlExpired
+            | Reason::Fragment
+            | Reason::TooBig
+            | Reason::NatExhausted => Action::Drop,
             Reason::ToUplink | Reason::FlowForward => Action::Redirect,
+            Reason::VnicForward => Action::Tx,
             Reason::FromVm
             | Reason::ToVm
             | Reason::NotForVm

@@ -77,6 +77,9 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
             }
         };
     }
+    if next.kind == NextKind::Back as u8 {
+        return xdp_action::XDP_TX;
+    }
     if next.kind == NextKind::Flood as u8 {
         // Every port but the one it came in on; team uplinks filter their copies.
         xmit::mark_redirect();

@@ -7,6 +7,8 @@
 //! - `xnic_shape`: tc ingress on VM ports: a shaped VM's TCP frame, passed up by the team
 //!   stage, to its class on its uplink's queue (`xnic_common::shaper`);
 //! - `xnic_decap`: the stage that looks inside VXLAN packets for offloaded flows;
+//! - `xnic_vnic`, `xnic_vnic_out`: VNIC routing's two stages (who sent it, its rules and
+//!   route; the next hop's rewrite);
 //! - `xnic_flow_tx`, `xnic_flow_exit`: count offloaded flows' frames leaving the fast path
 //!   (a devmap program) and the kernel (tc egress), so moves between them reorder nothing;
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
@@ -36,6 +38,7 @@ mod pipeline;
 mod shape;
 mod steer;
 mod team;
+mod vnic;
 mod xmit;
 
 use aya_ebpf::{
@@ -72,6 +75,18 @@ pub fn xnic_steer(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xnic_decap(ctx: XdpContext) -> u32 {
     pipeline::flow_decap(&ctx)
+}
+
+/// Stage `Call::Vnic`: a packet for VNIC routing: its VNIC, rules and route.
+#[xdp(frags)]
+pub fn xnic_vnic(ctx: XdpContext) -> u32 {
+    pipeline::vnic_arrive(&ctx)
+}
+
+/// Stage `Call::VnicOut`: VNIC routing's next hop.
+#[xdp(frags)]
+pub fn xnic_vnic_out(ctx: XdpContext) -> u32 {
+    pipeline::vnic_leave(&ctx)
 }
 
 /// Runs on each fast-path frame leaving through `FLOW_TX` (a devmap entry's program):

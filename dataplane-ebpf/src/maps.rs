@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, CpuMap, DevMapHash, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, CpuMap, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 
 macro_rules! map_type {
@@ -14,6 +14,8 @@ macro_rules! map_type {
     (cpumap, $k:ty, $v:ty) => { CpuMap };
     (devmap_hash, $k:ty, $v:ty) => { DevMapHash };
     (prog_array, $k:ty, $v:ty) => { ProgramArray };
+    (lru_hash, $k:ty, $v:ty) => { LruHashMap<$k, $v> };
+    (lpm_trie, $k:ty, $v:ty) => { LpmTrie<$k, $v> };
 }
 
 macro_rules! map_new {

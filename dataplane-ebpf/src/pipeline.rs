@@ -5,7 +5,9 @@
 //! xnic_uplink / xnic_vm:  parse → classify → guard ─┬─ flow hit (rewrite) ─────────────→ deliver
 //!                                                   ├─ CALLS[FlowDecap]  → xnic_decap → deliver
 //!                                                   ├─ CALLS[TeamEgress] → xnic_team  → deliver
-//!                                                   └─ CALLS[Steer]      → xnic_steer → deliver
+//!                                                   ├─ CALLS[Steer]      → xnic_steer → deliver
+//!                                                   └─ CALLS[Vnic] → xnic_vnic ─ CALLS[VnicOut]
+//!                                                                  → xnic_vnic_out → deliver
 //! ```
 
 use aya_ebpf::{
@@ -26,7 +28,7 @@ use crate::{
     deliver::deliver,
     flow,
     maps::SCRATCH,
-    shape, steer, team,
+    shape, steer, team, vnic,
 };
 
 /// This CPU's frame context.
@@ -53,6 +55,9 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
     classify::classify(cx, role);
+    if role == PortRole::Uplink && vnic::wants(cx) {
+        return calls::jump(xdp, cx, Call::Vnic);
+    }
     match flow::offer(xdp, cx, role == PortRole::Uplink) {
         flow::Offer::Taken => return deliver(xdp, cx),
         flow::Offer::Decap => return calls::jump(xdp, cx, Call::FlowDecap),
@@ -80,6 +85,28 @@ pub fn flow_decap(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     flow::decap(xdp, cx);
+    deliver(xdp, cx)
+}
+
+/// Stage `Call::Vnic`: a packet for VNIC routing on an uplink (see `vnic`).
+#[inline(always)]
+pub fn vnic_arrive(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    if vnic::arrive(xdp, cx) {
+        return calls::jump(xdp, cx, Call::VnicOut);
+    }
+    deliver(xdp, cx)
+}
+
+/// Stage `Call::VnicOut`: VNIC routing's next hop.
+#[inline(always)]
+pub fn vnic_leave(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    vnic::leave(xdp, cx);
     deliver(xdp, cx)
 }
 

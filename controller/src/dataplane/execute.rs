@@ -115,6 +115,7 @@ impl Dataplane {
         for slot in port_slots {
             put(&mut img.port_index, slot, port_index.get(&slot, 0)?);
         }
+        img.vnic = self.read_vnic_image()?;
         Ok(img)
     }
 
@@ -251,6 +252,7 @@ impl Dataplane {
                 self.tc()?.set_class(*ifindex, *slot, class)?
             }
             Op::RemoveShaperClass((ifindex, slot)) => self.tc()?.remove_class(*ifindex, *slot)?,
+            Op::Vnic(op) => self.execute_vnic(op)?,
         }
         Ok(None)
     }

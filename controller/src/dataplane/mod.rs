@@ -19,6 +19,7 @@ pub mod registry;
 pub mod testrun;
 mod trace;
 pub mod upgrade;
+mod vnic;
 
 use std::{
     fs,
@@ -188,6 +189,8 @@ const PROGRAMS: &[&str] = &[
     "xnic_team",
     "xnic_steer",
     "xnic_decap",
+    "xnic_vnic",
+    "xnic_vnic_out",
     CPUMAP_PROGRAM,
     FLOOD_PROGRAM,
     FLOW_TX_PROGRAM,

@@ -136,6 +136,12 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 0,
         replaced: &[],
     },
+    // VNIC routing is new: its maps start empty and VNIC routing off.
+    Migration {
+        family: Family::Vnic,
+        from: 0,
+        replaced: &[],
+    },
 ];
 
 /// Flow slots of version 1 of the RSS family.

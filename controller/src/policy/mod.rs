@@ -10,3 +10,4 @@ pub mod rss;
 pub mod slots;
 pub mod team;
 pub mod vnic;
+pub mod vnic_plan;

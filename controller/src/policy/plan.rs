@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use super::vnic_plan::{VnicImage, VnicOp};
 use xnic_common::{
     index::{IndexSlot, MacSlot, PortSlot, Sealable, mac_key, mac_slot, port_slot},
     maps::{MacOwner, PortEntry, PortRecord, PortRole, VmRecord},
@@ -128,6 +129,8 @@ pub struct Image {
     pub shaper_roots: BTreeMap<u32, String>,
     /// The shaper's classes, by (uplink ifindex, VM slot).
     pub shaper_classes: BTreeMap<(u32, u32), ShapeClass>,
+    /// VNIC routing's maps.
+    pub vnic: VnicImage,
 }
 
 /// One write. Writing an array entry's default is how an array entry is removed.
@@ -169,6 +172,8 @@ pub enum Op {
     RemoveTxPort(u32),
     RemoveCarrierWatch(CarrierKey),
     RemoveCpuQueue(u32),
+    /// A write to VNIC routing's maps.
+    Vnic(VnicOp),
 }
 
 /// One-shot writes that are not state (counter resets), to run before everything else.
@@ -356,6 +361,9 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
         Op::SetPortIndex,
         &mut gone_port_slots,
     );
+    // VNIC routing's maps refer to none of the above and nothing above to them.
+    let (vnic_make, vnic_break) = super::vnic_plan::diff(&from.vnic, &to.vnic);
+    ops.extend(vnic_make.into_iter().map(Op::Vnic));
     let mut gone_links = Vec::new();
     for (name, a) in &to.attach {
         match from.attach.get(name) {
@@ -380,6 +388,7 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
 
     // Break: references before what they refer to.
     ops.extend(gone_links.into_iter().map(Op::Detach));
+    ops.extend(vnic_break.into_iter().map(Op::Vnic));
     ops.extend(
         gone_port_slots
             .into_iter()
@@ -509,6 +518,7 @@ pub fn record(image: &mut Image, op: &Op) {
         Op::RemoveShaperClass(k) => {
             image.shaper_classes.remove(k);
         }
+        Op::Vnic(op) => super::vnic_plan::record(&mut image.vnic, op),
     }
 }
 

@@ -499,7 +499,7 @@ enum Walked<'a> {
 }
 
 /// One route as the dataplane's trie holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKey {
     V4 { prefix_len: u32, data: RouteAddrV4 },
     V6 { prefix_len: u32, data: RouteAddrV6 },
