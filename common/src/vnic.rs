@@ -322,7 +322,7 @@ pub const ACL_STATEFUL: u8 = 2;
 
 /// One security rule (`ACL_RULES[set * MAX_RULES + i]`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AclRule {
     pub action: u8,
     /// An IP protocol, 0 for any.

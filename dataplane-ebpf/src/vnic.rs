@@ -97,13 +97,12 @@ fn finish(cx: &mut FrameCtx, reason: Reason) {
         cx.next = Next::BACK;
     } else {
         cx.next = Next::KERNEL;
-        let who = match cx.vnic.from {
-            FROM_INSTANCE => Some(cx.vnic.source),
-            _ if cx.vnic.hop == NextHop::Vnic as u8 => Some(cx.vnic.target),
-            _ => None,
-        };
-        if let Some(slot) = who {
-            count_vnic(slot, |c| &mut c.dropped, cx.len);
+        // Against the VNIC that sent it, and the one it was for once that is known.
+        if cx.vnic.from == FROM_INSTANCE {
+            count_vnic(cx.vnic.source, |c| &mut c.dropped, cx.len);
+        }
+        if cx.vnic.hop == NextHop::Vnic as u8 {
+            count_vnic(cx.vnic.target, |c| &mut c.dropped, cx.len);
         }
     }
 }

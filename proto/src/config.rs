@@ -103,6 +103,38 @@ pub struct FlowsSection {
 #[serde(deny_unknown_fields)]
 pub struct FleetSection {
     pub hosts: Vec<FleetHost>,
+    /// The fleet's shared VTEP address: compute hosts and gateways' remote ends send to it
+    /// (the top-of-rack router spreads it over the hosts), and the fleet sends from it.
+    pub anycast: String,
+    /// The virtual router's MAC: what compute instances send to, the inner source of what
+    /// they receive.
+    #[serde(default = "default_router_mac")]
+    pub router_mac: MacAddr,
+    /// The VXLAN UDP port.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// The largest outer IP packet the underlay carries.
+    #[serde(default = "default_underlay_mtu")]
+    pub mtu: u16,
+    /// The VNI hosts hand each other NAT answers in (kept out of every VNIC's and gateway's).
+    #[serde(default = "default_handoff_vni")]
+    pub handoff_vni: u32,
+}
+
+fn default_router_mac() -> MacAddr {
+    MacAddr([0x02, 0x00, 0x5e, 0x00, 0x00, 0x01])
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+fn default_underlay_mtu() -> u16 {
+    1500
+}
+
+fn default_handoff_vni() -> u32 {
+    (1 << 24) - 1
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -249,9 +281,15 @@ pub struct GatewayConfig {
     /// `drg`: the VXLAN network the on-premises side is reached over.
     #[serde(default)]
     pub vni: Option<u32>,
-    /// `service`, `drg`: the VTEP (or router) packets go to.
+    /// `service`, `drg`: the VTEP packets go to.
     #[serde(default)]
     pub remote: Option<String>,
+    /// `service`, `drg`: the MAC of the far end's VXLAN device (the inner destination).
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// `service`, `drg`: the VCN whose VNICs its network's packets are for.
+    #[serde(default)]
+    pub vcn: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

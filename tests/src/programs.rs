@@ -2,7 +2,11 @@
 //! exists in every network namespace) as its one port, removed when the test ends.
 
 use xnic::{dataplane::Dataplane, policy::plan::Image};
-use xnic_common::maps::{MacOwner, NO_VM, PortEntry, PortRole};
+use xnic_common::{
+    maps::{Counter, MacOwner, NO_VM, PortEntry, PortRole, VmCounters},
+    parse::Shape,
+    verdict::Reason,
+};
 
 use crate::unique_name;
 
@@ -65,5 +69,87 @@ impl Fixture {
         let mut to = self.image.clone();
         change(&mut to);
         self.image = self.dp.write_image(&self.image, to).unwrap();
+    }
+}
+
+/// The counters a frame can move.
+#[derive(Debug, PartialEq)]
+pub struct Moved {
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    pub action: u32,
+    pub reasons: Vec<(Reason, Counter)>,
+    pub shapes: Vec<(Shape, Counter)>,
+    pub vm: VmCounters,
+}
+
+/// Counting what a frame moved.
+pub trait Run {
+    fn snapshot(&self, slot: u32) -> (xnic::dataplane::PortCounters, VmCounters);
+    fn run_on(&mut self, role: PortRole, frame: &[u8], ifindex: u32, slot: u32) -> Moved;
+    fn run(&mut self, role: PortRole, frame: &[u8]) -> Moved;
+}
+
+impl Run for Fixture {
+    fn snapshot(&self, slot: u32) -> (xnic::dataplane::PortCounters, VmCounters) {
+        let mut cpus = vec![Counter::default(); self.dp.nr_cpus()];
+        (
+            self.dp.port_counters(slot, &mut cpus).unwrap(),
+            self.dp.vm_counters(VM_SLOT).unwrap(),
+        )
+    }
+
+    /// Runs `role`'s program on `frame` arriving on `ifindex` and reports what moved.
+    fn run_on(&mut self, role: PortRole, frame: &[u8], ifindex: u32, slot: u32) -> Moved {
+        let (before, vm_before) = self.snapshot(slot);
+        let out = self.dp.test_run(role, frame, ifindex, 1).expect("test run");
+        let (after, vm_after) = self.snapshot(slot);
+        let diff = |a: Counter, b: Counter| Counter {
+            packets: b.packets - a.packets,
+            bytes: b.bytes - a.bytes,
+        };
+        let reasons = Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    *r,
+                    diff(before.reasons[*r as usize], after.reasons[*r as usize]),
+                )
+            })
+            .filter(|(_, c)| c.packets > 0)
+            .collect();
+        let shapes = Shape::ALL
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    diff(before.shapes[*s as usize], after.shapes[*s as usize]),
+                )
+            })
+            .filter(|(_, c)| c.packets > 0)
+            .collect();
+        Moved {
+            frame: out.frame,
+            action: out.action,
+            reasons,
+            shapes,
+            vm: VmCounters {
+                from_vm: diff(vm_before.from_vm, vm_after.from_vm),
+                to_vm: diff(vm_before.to_vm, vm_after.to_vm),
+                dropped: diff(vm_before.dropped, vm_after.dropped),
+            },
+        }
+    }
+
+    fn run(&mut self, role: PortRole, frame: &[u8]) -> Moved {
+        let ifindex = self.ifindex;
+        self.run_on(role, frame, ifindex, PORT_SLOT)
+    }
+}
+
+pub fn one(len: usize) -> Counter {
+    Counter {
+        packets: 1,
+        bytes: len as u64,
     }
 }

@@ -7,7 +7,13 @@ use std::{
     net::IpAddr,
 };
 
-use xnic_common::limits::MAX_NAME_LEN;
+use xnic_common::{
+    limits::MAX_NAME_LEN,
+    vnic::{
+        MAX_FLEET_HOSTS, MAX_GATEWAYS, MAX_NAT_IPS, MAX_ROUTE_TABLES, MAX_ROUTES, MAX_VCNS,
+        MAX_VNIC_ADDRS, MAX_VNICS,
+    },
+};
 
 use super::{Config, GatewayKind, RuleAction, RuleConfig, RuleProto, validate::check_name};
 use crate::policy::{
@@ -18,6 +24,9 @@ use crate::policy::{
 
 /// The largest VNI VXLAN carries (24 bits); 0 is not a network.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The smallest underlay MTU that carries an IPv6 minimum (1280) inside VXLAN's 50 bytes.
+pub const MIN_UNDERLAY_MTU: u16 = 1280 + 50;
 
 type Refusal = (String, String);
 
@@ -58,13 +67,56 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
             ));
         }
         unique("fleet.hosts", f.hosts.iter().map(|h| &h.name))?;
+        if f.hosts.len() > MAX_FLEET_HOSTS as usize {
+            return Err((
+                "fleet.hosts".into(),
+                format!(
+                    "{} hosts; a fleet has at most {MAX_FLEET_HOSTS} (what one ECMP group takes)",
+                    f.hosts.len()
+                ),
+            ));
+        }
         let mut vteps = HashSet::new();
         for (i, h) in f.hosts.iter().enumerate() {
             let field = format!("fleet.hosts[{i}].vtep");
             let a = address(&field, &h.vtep)?;
+            if !a.is_ipv4() {
+                return Err((field, format!("{a}: VTEPs are IPv4 (VXLAN over IPv4)")));
+            }
             if !vteps.insert(a) {
                 return Err((field, format!("{a} is another host's VTEP")));
             }
+        }
+        let anycast = address("fleet.anycast", &f.anycast)?;
+        if !anycast.is_ipv4() || vteps.contains(&anycast) {
+            return Err((
+                "fleet.anycast".into(),
+                format!("{anycast} must be an IPv4 address of its own, no host's VTEP"),
+            ));
+        }
+        if f.router_mac.is_group() || f.router_mac.is_zero() {
+            return Err((
+                "fleet.router_mac".into(),
+                format!("{} is not a unicast MAC address", f.router_mac),
+            ));
+        }
+        if !(1..=MAX_VNI).contains(&f.handoff_vni) {
+            return Err((
+                "fleet.handoff_vni".into(),
+                format!(
+                    "{} is not a VXLAN network: use 1 to {MAX_VNI}",
+                    f.handoff_vni
+                ),
+            ));
+        }
+        if f.mtu < MIN_UNDERLAY_MTU {
+            return Err((
+                "fleet.mtu".into(),
+                format!(
+                    "{} leaves no room inside VXLAN: at least {MIN_UNDERLAY_MTU}",
+                    f.mtu
+                ),
+            ));
         }
     }
     let vcns = unique("vcn", c.vcns.iter().map(|v| &v.name))?;
@@ -218,14 +270,22 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
         match g.kind {
             GatewayKind::Internet => {}
             GatewayKind::Nat => need("public_ips", g.public_ips.is_empty())?,
-            GatewayKind::Service => {
-                need("cidrs", g.cidrs.is_empty())?;
-                need("remote", g.remote.is_none())?;
-            }
-            GatewayKind::Drg => {
+            GatewayKind::Service | GatewayKind::Drg => {
                 need("cidrs", g.cidrs.is_empty())?;
                 need("remote", g.remote.is_none())?;
                 need("vni", g.vni.is_none())?;
+                need("mac", g.mac.is_none())?;
+                need("vcn", g.vcn.is_none())?;
+                if let Some(v) = &g.vcn
+                    && !vcns.contains_key(v.as_str())
+                {
+                    return Err((field("vcn"), format!("no [[vcn]] named {v:?}")));
+                }
+                if let Some(m) = g.mac
+                    && (m.is_group() || m.is_zero())
+                {
+                    return Err((field("mac"), format!("{m} is not a unicast MAC address")));
+                }
                 if let Some(v) = g.vni
                     && !(1..=MAX_VNI).contains(&v)
                 {
@@ -237,6 +297,9 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
             }
         }
     }
+
+    limits(c)?;
+    wire_addresses(c)?;
 
     let lists = unique("security_list", c.security_lists.iter().map(|l| &l.name))?;
     let mut rules_in: Vec<[usize; 2]> = Vec::new();
@@ -309,6 +372,116 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
             None => "route_table".to_string(),
         };
         return Err((field, e.to_string()));
+    }
+    Ok(())
+}
+
+/// Counts the dataplane's maps have room for.
+fn limits(c: &Config) -> Result<(), Refusal> {
+    let over = |what: &str, n: usize, max: u32| -> Result<(), Refusal> {
+        if n > max as usize {
+            Err((
+                what.to_string(),
+                format!("{n} of them; the dataplane holds at most {max}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    over("vnic", c.vnics.len(), MAX_VNICS)?;
+    over("vcn", c.vcns.len(), MAX_VCNS)?;
+    over("gateway", c.gateways.len(), MAX_GATEWAYS)?;
+    over("route_table", c.route_tables.len(), MAX_ROUTE_TABLES)?;
+    over(
+        "vnic.ips",
+        c.vnics.iter().map(|v| v.ips.len()).sum(),
+        MAX_VNIC_ADDRS,
+    )?;
+    over(
+        "route_table.routes",
+        c.route_tables.iter().map(|t| t.routes.len()).sum::<usize>()
+            + c.vcns.iter().map(|v| v.cidrs.len()).sum::<usize>(),
+        MAX_ROUTES,
+    )
+}
+
+/// What the outer headers and the public side carry: IPv4 VTEPs, IPv4 public addresses
+/// each of one VNIC or gateway, VNIs of one kind each.
+fn wire_addresses(c: &Config) -> Result<(), Refusal> {
+    let v4 = |field: String, text: &str| -> Result<IpAddr, Refusal> {
+        let a = address(&field, text)?;
+        if a.is_ipv4() {
+            Ok(a)
+        } else {
+            Err((field, format!("{a}: the fleet's wire addresses are IPv4")))
+        }
+    };
+    let mut public: HashMap<IpAddr, String> = HashMap::new();
+    let mut claim = |field: String, a: IpAddr, owner: String| -> Result<(), Refusal> {
+        match public.insert(a, owner.clone()) {
+            Some(other) => Err((field, format!("{a} is {other}'s public address already"))),
+            None => Ok(()),
+        }
+    };
+    let handoff = c.fleet.as_ref().map(|f| f.handoff_vni);
+    for (i, n) in c.vnics.iter().enumerate() {
+        v4(format!("vnic[{i}].host"), &n.host)?;
+        if Some(n.vni) == handoff {
+            return Err((
+                format!("vnic[{i}].vni"),
+                format!("{} is the fleet's hand-off VNI (fleet.handoff_vni)", n.vni),
+            ));
+        }
+        if let Some(p) = &n.public_ip {
+            let field = format!("vnic[{i}].public_ip");
+            let a = v4(field.clone(), p)?;
+            if !n
+                .ips
+                .iter()
+                .any(|ip| ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv4()))
+            {
+                return Err((
+                    field,
+                    format!("VNIC {:?} has no IPv4 address to map {a} to", n.name),
+                ));
+            }
+            claim(field, a, format!("VNIC {:?}", n.name))?;
+        }
+    }
+    let vnic_vnis: HashSet<u32> = c.vnics.iter().map(|n| n.vni).collect();
+    let mut gateway_vnis: HashMap<u32, &str> = HashMap::new();
+    for (i, g) in c.gateways.iter().enumerate() {
+        if g.public_ips.len() > MAX_NAT_IPS {
+            return Err((
+                format!("gateway[{i}].public_ips"),
+                format!(
+                    "{} addresses; a NAT gateway shares out at most {MAX_NAT_IPS}",
+                    g.public_ips.len()
+                ),
+            ));
+        }
+        for (j, p) in g.public_ips.iter().enumerate() {
+            let field = format!("gateway[{i}].public_ips[{j}]");
+            let a = v4(field.clone(), p)?;
+            claim(field, a, format!("gateway {:?}", g.name))?;
+        }
+        if let Some(r) = &g.remote {
+            v4(format!("gateway[{i}].remote"), r)?;
+        }
+        if let Some(v) = g.vni {
+            let field = format!("gateway[{i}].vni");
+            if vnic_vnis.contains(&v) || Some(v) == handoff {
+                return Err((
+                    field,
+                    format!(
+                        "VNI {v} is a VNIC's or the hand-off VNI: a gateway's network needs one of its own"
+                    ),
+                ));
+            }
+            if let Some(other) = gateway_vnis.insert(v, &g.name) {
+                return Err((field, format!("VNI {v} is gateway {other:?}'s already")));
+            }
+        }
     }
     Ok(())
 }
@@ -512,7 +685,7 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
 
     #[test]
     fn a_whole_fleet_configuration_passes_and_routes() {
-        let fleet = "[fleet]\nhosts = [\n  { name = \"h1\", vtep = \"192.0.2.1\" },\n  { name = \"h2\", vtep = \"192.0.2.2\" },\n  { name = \"h3\", vtep = \"192.0.2.3\" },\n]\n";
+        let fleet = "[fleet]\nanycast = \"192.0.2.100\"\nhosts = [\n  { name = \"h1\", vtep = \"192.0.2.1\" },\n  { name = \"h2\", vtep = \"192.0.2.2\" },\n  { name = \"h3\", vtep = \"192.0.2.3\" },\n]\n";
         let c = check(fleet, str::to_string).unwrap();
         assert_eq!(c.fleet.as_ref().unwrap().hosts.len(), 3);
         let routes = routes_of(&c).unwrap();
@@ -669,14 +842,17 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
             ),
             (
                 refused(
-                    "[fleet]\nhosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }, { name = \"h2\", vtep = \"192.0.2.1\" }]\n",
+                    "[fleet]\nanycast = \"192.0.2.100\"\nhosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }, { name = \"h2\", vtep = \"192.0.2.1\" }]\n",
                     str::to_string,
                 ),
                 "fleet.hosts[1].vtep",
                 "another host's VTEP",
             ),
             (
-                refused("[fleet]\nhosts = []\n", str::to_string),
+                refused(
+                    "[fleet]\nanycast = \"192.0.2.100\"\nhosts = []\n",
+                    str::to_string,
+                ),
                 "fleet.hosts",
                 "needs its hosts",
             ),

@@ -16,6 +16,7 @@ pub mod base;
 pub mod flows;
 pub mod rss;
 pub mod team;
+pub mod vnic;
 
 use std::collections::BTreeMap;
 
