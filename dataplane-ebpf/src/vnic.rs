@@ -232,11 +232,11 @@ fn unwrap(xdp: &XdpContext, cx: &mut FrameCtx, config: &VnicConfig, to_us: bool)
     }
     let key = VnicMacKey::new(vni, cx.parsed.src_mac);
     // SAFETY: a map value, valid while the program runs; copied out at once.
-    if let Some(slot) = unsafe { VNIC_MACS.get(&key) }.copied() {
+    if let Some(slot) = unsafe { VNIC_MACS.get(key) }.copied() {
         return from_instance(xdp, cx, slot);
     }
     // SAFETY: as above.
-    if let Some(gateway) = unsafe { GATEWAY_VNIS.get(&vni) }.copied() {
+    if let Some(gateway) = unsafe { GATEWAY_VNIS.get(vni) }.copied() {
         return from_gateway(xdp, cx, gateway);
     }
     finish(cx, Reason::NoVnic);
@@ -289,7 +289,7 @@ fn from_instance(xdp: &XdpContext, cx: &mut FrameCtx, slot: u32) -> bool {
             addr: cx.parsed.src_ip,
         };
         // SAFETY: a map value, valid while the program runs; copied out at once.
-        if unsafe { VNIC_ADDRS.get(&key) }.copied() != Some(slot) {
+        if unsafe { VNIC_ADDRS.get(key) }.copied() != Some(slot) {
             finish(cx, Reason::SpoofedSource);
             return false;
         }
@@ -320,7 +320,7 @@ fn from_gateway(xdp: &XdpContext, cx: &mut FrameCtx, gateway: u32) -> bool {
         addr: cx.parsed.dst_ip,
     };
     // SAFETY: a map value, valid while the program runs; copied out at once.
-    match unsafe { VNIC_ADDRS.get(&key) }.copied() {
+    match unsafe { VNIC_ADDRS.get(key) }.copied() {
         Some(target) => {
             event(VnicCounter::FromGateway);
             to(cx, NextHop::Vnic as u8, target, true)
@@ -391,7 +391,7 @@ fn route(cx: &mut FrameCtx, v: &VnicEntry) -> bool {
             addr: cx.parsed.dst_ip,
         };
         // SAFETY: a map value, valid while the program runs; copied out at once.
-        return match unsafe { VNIC_ADDRS.get(&key) }.copied() {
+        return match unsafe { VNIC_ADDRS.get(key) }.copied() {
             Some(target) => to(cx, NextHop::Vnic as u8, target, true),
             None => {
                 finish(cx, Reason::NoRoute);
@@ -856,7 +856,7 @@ fn nat_session(
             gateway,
         };
         if NAT_SESSIONS
-            .insert(&answer, &back, u64::from(BPF_NOEXIST))
+            .insert(answer, back, u64::from(BPF_NOEXIST))
             .is_ok()
         {
             let forth = NatEntry {
@@ -867,14 +867,14 @@ fn nat_session(
                 gateway,
             };
             if NAT_SESSIONS
-                .insert(out, &forth, u64::from(BPF_NOEXIST))
+                .insert(out, forth, u64::from(BPF_NOEXIST))
                 .is_ok()
             {
                 event(VnicCounter::NatNew);
                 return Some(forth);
             }
             // Another CPU made this connection in between: its port stands.
-            let _ = NAT_SESSIONS.remove(&answer);
+            let _ = NAT_SESSIONS.remove(answer);
             // SAFETY: as above.
             return unsafe { NAT_SESSIONS.get(out) }.copied();
         }
@@ -902,7 +902,7 @@ fn nat_answer(xdp: &XdpContext, cx: &mut FrameCtx) -> bool {
         vnic: 0,
     };
     // SAFETY: a map value, valid while the program runs; copied out at once.
-    let Some(e) = unsafe { NAT_SESSIONS.get(&key) }.copied() else {
+    let Some(e) = unsafe { NAT_SESSIONS.get(key) }.copied() else {
         event(VnicCounter::NatNoSession);
         finish(cx, Reason::NoRoute);
         return false;
@@ -916,7 +916,7 @@ fn nat_answer(xdp: &XdpContext, cx: &mut FrameCtx) -> bool {
         ..key
     };
     // SAFETY: as above; only the lookup's side effect is wanted.
-    let _ = unsafe { NAT_SESSIONS.get(&out) };
+    let _ = unsafe { NAT_SESSIONS.get(out) };
     if !inner_nat(xdp, cx, Side::Destination, e.addr, e.port) {
         finish(cx, Reason::Truncated);
         return false;
