@@ -168,7 +168,7 @@ fn host_with_ids(me: usize) -> (Fixture, Vnic) {
     feature.reconcile(&config).expect("ids");
     let image = feature.render(&config);
     let mut fx = Fixture::new(PortRole::Uplink);
-    fx.write(|i| i.vnic = image);
+    fx.write(|i| i.vnic = std::sync::Arc::new(image));
     (fx, feature)
 }
 

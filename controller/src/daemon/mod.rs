@@ -478,6 +478,7 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
     let watch = LinkWatch::subscribe()?;
     let links = Links::connect()?;
     let host = Interfaces::new(links.all().await?);
+    let addresses = links.addresses().await?;
     for port in crate::features::base::wanted_ports(&config) {
         if host.get(&port.name).is_none() {
             match &port.vm {
@@ -503,8 +504,14 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
     }
     let pins = dp.pins().clone();
     let events = EventLog::default();
-    let (mut reconciler, published) =
-        reconcile::Reconciler::start(dp, stored, config_path.clone(), host, events.clone())?;
+    let (mut reconciler, published) = reconcile::Reconciler::start(
+        dp,
+        stored,
+        config_path.clone(),
+        host,
+        addresses,
+        events.clone(),
+    )?;
     let ebpf_logs = ebpf_log::start(reconciler.dataplane_mut().ebpf_mut());
     let (handle, reconciler_thread) = reconcile::spawn(reconciler, watch)?;
     let counters = Counters::open(&pins)?;
@@ -530,16 +537,16 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
             socket = %socket.display(),
             "xnic is running"
         );
-        let c = &snap.config;
-        if !(c.fleet.is_none()
-            && c.vcns.is_empty()
-            && c.vnics.is_empty()
-            && c.route_tables.is_empty()
-            && c.security_lists.is_empty())
-        {
-            warn!(
-                "the configuration's VNIC routing sections ([fleet], [[vcn]], [[subnet]], [[vnic]], [[route_table]], [[gateway]], [[security_list]]) are checked but not carried out yet: no packet is routed or filtered by them"
-            );
+        if let Some(f) = &snap.config.fleet {
+            match snap.vnic.host().map(|i| f.hosts[i].name.as_str()) {
+                Some(h) => {
+                    info!(host = %h, vnics = snap.config.vnics.len(), "forwarding for the fleet's VNICs")
+                }
+                None => warn!(
+                    hosts = %f.hosts.iter().map(|h| format!("{} ({})", h.name, h.vtep)).collect::<Vec<_>>().join(", "),
+                    "this host has none of [fleet]'s VTEP addresses: VNIC routing is off here until one is configured on an interface and the configuration applied again"
+                ),
+            }
         }
     }
     let (stop_tx, mut stop_rx) = watch::channel(None);

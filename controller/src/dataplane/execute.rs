@@ -115,7 +115,7 @@ impl Dataplane {
         for slot in port_slots {
             put(&mut img.port_index, slot, port_index.get(&slot, 0)?);
         }
-        img.vnic = self.read_vnic_image()?;
+        img.vnic = std::sync::Arc::new(self.read_vnic_image()?);
         Ok(img)
     }
 
@@ -253,6 +253,8 @@ impl Dataplane {
             }
             Op::RemoveShaperClass((ifindex, slot)) => self.tc()?.remove_class(*ifindex, *slot)?,
             Op::Vnic(op) => self.execute_vnic(op)?,
+            Op::ResetVnicCounters(slot) => self.reset_vnic_counters(*slot)?,
+            Op::ResetRouteCounter(id) => self.reset_route_counter(*id)?,
         }
         Ok(None)
     }

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use xnic_common::vnic::{
@@ -122,6 +123,8 @@ pub struct Vnic {
     /// Slots and route ids given out since the last write: their counters start at zero.
     fresh_vnics: BTreeSet<u32>,
     fresh_routes: BTreeSet<u32>,
+    /// The maps' contents as of the last reconcile.
+    image: Arc<VnicImage>,
 }
 
 /// The merged rules of a VNIC in one direction: its subnet's lists, then its own.
@@ -238,7 +241,16 @@ impl Vnic {
             }
         }
         self.rule_sets.assign(sets, MAX_RULE_SETS, "rule sets")?;
+        let image = self.render(c);
+        if *self.image != image {
+            self.image = Arc::new(image);
+        }
         Ok(())
+    }
+
+    /// What VNIC routing's maps hold for the configuration last reconciled.
+    pub fn image(&self) -> Arc<VnicImage> {
+        self.image.clone()
     }
 
     /// Every route's key: route tables' routes and VCNs' own prefixes.

@@ -62,6 +62,27 @@ impl Links {
         }
     }
 
+    /// Every address of the namespace's interfaces.
+    pub async fn addresses(&self) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .context("netlink address dump failed")?
+        {
+            for a in msg.attributes {
+                if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a
+                    && !out.contains(&ip)
+                {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every interface in the namespace.
     pub async fn all(&self) -> anyhow::Result<Vec<LinkState>> {
         let mut out = Vec::new();

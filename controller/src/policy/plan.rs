@@ -129,8 +129,9 @@ pub struct Image {
     pub shaper_roots: BTreeMap<u32, String>,
     /// The shaper's classes, by (uplink ifindex, VM slot).
     pub shaper_classes: BTreeMap<(u32, u32), ShapeClass>,
-    /// VNIC routing's maps.
-    pub vnic: VnicImage,
+    /// VNIC routing's maps (shared: it holds up to a million routes, and changes only with
+    /// the configuration).
+    pub vnic: std::sync::Arc<VnicImage>,
 }
 
 /// One write. Writing an array entry's default is how an array entry is removed.
@@ -142,6 +143,10 @@ pub enum Op {
     ResetPortCounters(u32),
     /// Zero an engine index's bucket counters (a new engine took it).
     ResetBucketCounters(u32),
+    /// Zero a VNIC slot's counters (a new VNIC took it).
+    ResetVnicCounters(u32),
+    /// Zero a route id's counter (a new route took it).
+    ResetRouteCounter(u32),
     SetCpuQueue(u32),
     SetTxPort(u32, TxPort),
     SetEngine(u32, EngineEntry),
@@ -182,17 +187,26 @@ pub struct Resets {
     pub vm_slots: BTreeSet<u32>,
     pub port_slots: BTreeSet<u32>,
     pub engines: BTreeSet<u32>,
+    /// VNIC slots and route ids given to new VNICs and routes.
+    pub vnic_slots: BTreeSet<u32>,
+    pub route_ids: BTreeSet<u32>,
 }
 
 impl Resets {
     pub fn is_empty(&self) -> bool {
-        self.vm_slots.is_empty() && self.port_slots.is_empty() && self.engines.is_empty()
+        self.vm_slots.is_empty()
+            && self.port_slots.is_empty()
+            && self.engines.is_empty()
+            && self.vnic_slots.is_empty()
+            && self.route_ids.is_empty()
     }
 
     pub fn extend(&mut self, other: Resets) {
         self.vm_slots.extend(other.vm_slots);
         self.port_slots.extend(other.port_slots);
         self.engines.extend(other.engines);
+        self.vnic_slots.extend(other.vnic_slots);
+        self.route_ids.extend(other.route_ids);
     }
 }
 
@@ -223,6 +237,8 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
     ops.extend(resets.vm_slots.iter().map(|s| Op::ResetVmCounters(*s)));
     ops.extend(resets.port_slots.iter().map(|s| Op::ResetPortCounters(*s)));
     ops.extend(resets.engines.iter().map(|e| Op::ResetBucketCounters(*e)));
+    ops.extend(resets.vnic_slots.iter().map(|s| Op::ResetVnicCounters(*s)));
+    ops.extend(resets.route_ids.iter().map(|r| Op::ResetRouteCounter(*r)));
 
     // Make: entries before whatever refers to them.
     for cpu in to.cpu_queues.difference(&from.cpu_queues) {
@@ -362,7 +378,11 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
         &mut gone_port_slots,
     );
     // VNIC routing's maps refer to none of the above and nothing above to them.
-    let (vnic_make, vnic_break) = super::vnic_plan::diff(&from.vnic, &to.vnic);
+    let (vnic_make, vnic_break) = if std::sync::Arc::ptr_eq(&from.vnic, &to.vnic) {
+        (Vec::new(), Vec::new())
+    } else {
+        super::vnic_plan::diff(&from.vnic, &to.vnic)
+    };
     ops.extend(vnic_make.into_iter().map(Op::Vnic));
     let mut gone_links = Vec::new();
     for (name, a) in &to.attach {
@@ -457,7 +477,11 @@ pub fn diff(from: &Image, to: &Image, resets: &Resets) -> Vec<Op> {
 /// failure half-way knows exactly what to undo.
 pub fn record(image: &mut Image, op: &Op) {
     match op {
-        Op::ResetVmCounters(_) | Op::ResetPortCounters(_) | Op::ResetBucketCounters(_) => {}
+        Op::ResetVmCounters(_)
+        | Op::ResetPortCounters(_)
+        | Op::ResetBucketCounters(_)
+        | Op::ResetVnicCounters(_)
+        | Op::ResetRouteCounter(_) => {}
         Op::SetCpuQueue(c) => {
             image.cpu_queues.insert(*c);
         }
@@ -518,7 +542,7 @@ pub fn record(image: &mut Image, op: &Op) {
         Op::RemoveShaperClass(k) => {
             image.shaper_classes.remove(k);
         }
-        Op::Vnic(op) => super::vnic_plan::record(&mut image.vnic, op),
+        Op::Vnic(op) => super::vnic_plan::record(std::sync::Arc::make_mut(&mut image.vnic), op),
     }
 }
 

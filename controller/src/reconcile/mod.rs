@@ -43,6 +43,7 @@ use crate::{
         flows::{FlowFilter, FlowSample, Offload, OffloadSummary},
         rss::{Rss, RssSample},
         team::{Team, TeamSample, monotonic_ns},
+        vnic::{Vnic, host_of},
     },
     model::{
         self, Change, Refusal,
@@ -84,6 +85,8 @@ pub struct Snapshot {
     pub nr_cpus: usize,
     /// This daemon's program ids.
     pub programs: Programs,
+    /// VNIC routing's ids (slots, tables, routes) and this host's place in the fleet.
+    pub vnic: Arc<Vnic>,
 }
 
 impl Snapshot {
@@ -174,6 +177,7 @@ struct Saved {
     base: Base,
     rss: Rss,
     team: Team,
+    vnic: Arc<Vnic>,
 }
 
 pub struct Reconciler {
@@ -192,6 +196,11 @@ pub struct Reconciler {
     rss: Rss,
     team: Team,
     offload: Offload,
+    /// VNIC routing: the fleet's VNICs, routes, gateways and rules (shared with the
+    /// published snapshots).
+    vnic: Arc<Vnic>,
+    /// This namespace's addresses: a fleet host knows itself by its VTEP among them.
+    addresses: Vec<std::net::IpAddr>,
     offload_io: Option<flows::OffloadIo>,
     /// Published with every snapshot; rebuilt after each flows period.
     flow_ids: Arc<std::collections::HashMap<u32, u32>>,
@@ -227,6 +236,7 @@ impl Reconciler {
         stored: Stored,
         config_file: PathBuf,
         host: Interfaces,
+        addresses: Vec<std::net::IpAddr>,
         events: EventLog,
     ) -> anyhow::Result<(Reconciler, Published)> {
         let config = stored.config;
@@ -303,6 +313,11 @@ impl Reconciler {
                 crate::monitor::conntrack::timeouts(),
             );
             offload.reconcile(config.flows.as_ref());
+            let mut vnic = Vnic::default();
+            vnic.set_host(host_of(&config, &addresses));
+            vnic.adopt(&config, &pinned.vnic);
+            vnic.reconcile(&config).map_err(anyhow::Error::msg)?;
+            let vnic = Arc::new(vnic);
             let flow_slots = Arc::new(offload.placed().map(|p| p.slot).collect());
             Reconciler {
                 dp,
@@ -317,6 +332,8 @@ impl Reconciler {
                 rss,
                 team,
                 offload,
+                vnic,
+                addresses,
                 offload_io: None,
                 flow_ids: Arc::default(),
                 flow_slots,
@@ -428,6 +445,7 @@ impl Reconciler {
         self.base.render(&cx, slots, &mut image);
         self.rss.render(&cx, slots, &mut image);
         self.team.render(&cx, slots, &mut image);
+        image.vnic = self.vnic.image();
         // A leaving flow's packets wait behind its fast-path frames in flight on a CPU-map
         // queue of the CPU they arrive on: every CPU has one while offload runs.
         if self.offload.enabled() || self.offload.placed().next().is_some() {
@@ -487,6 +505,9 @@ impl Reconciler {
             let image = self.render();
             let mut resets = self.base.take_resets();
             resets.engines.extend(self.rss.take_resets());
+            let (vnics, routes) = Arc::make_mut(&mut self.vnic).take_fresh();
+            resets.vnic_slots.extend(vnics);
+            resets.route_ids.extend(routes);
             let ops = plan::diff(&self.written, &image, &resets);
             if ops.is_empty() {
                 return Ok(());
@@ -520,6 +541,7 @@ impl Reconciler {
             base: self.base.clone(),
             rss: self.rss.clone(),
             team: self.team.clone(),
+            vnic: self.vnic.clone(),
         }
     }
 
@@ -528,6 +550,7 @@ impl Reconciler {
         self.base = saved.base;
         self.rss = saved.rss;
         self.team = saved.team;
+        self.vnic = saved.vnic;
         self.offload.reconcile(self.config.flows.as_ref());
     }
 
@@ -537,6 +560,9 @@ impl Reconciler {
         self.rss.reconcile(&cx, self.base.slots(), events)?;
         self.team.reconcile(&cx, self.base.slots(), events)?;
         self.offload.reconcile(self.config.flows.as_ref());
+        let vnic = Arc::make_mut(&mut self.vnic);
+        vnic.set_host(host_of(&self.config, &self.addresses));
+        vnic.reconcile(&self.config)?;
         self.refresh_blocks();
         Ok(())
     }
@@ -758,6 +784,7 @@ impl Reconciler {
             pin_dir: self.dp.pins().path().to_path_buf(),
             nr_cpus: self.dp.nr_cpus(),
             programs: self.programs,
+            vnic: self.vnic.clone(),
         };
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
     }
@@ -926,6 +953,7 @@ fn placeholder(config: &Config) -> Snapshot {
         pin_dir: PathBuf::new(),
         nr_cpus: 0,
         programs: Programs::default(),
+        vnic: Arc::default(),
     }
 }
 
