@@ -712,3 +712,145 @@ pub struct FlowRequest {
 pub struct FlowRequestView {
     pub matched: usize,
 }
+
+/// `GET /v1/vnics`: this host's place in the fleet and every VNIC.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VnicListView {
+    pub fleet: Option<FleetView>,
+    pub vnics: Vec<VnicView>,
+}
+
+/// The fleet as this host sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetView {
+    /// This host's name in `[fleet]` (`None`: none of its VTEPs is ours, routing is off).
+    pub host: Option<String>,
+    pub vtep: Option<String>,
+    pub anycast: String,
+    pub hosts: Vec<String>,
+    /// The NAT gateways' ports this host translates into, `first-last`.
+    pub nat_ports: Option<String>,
+}
+
+/// `GET /v1/vnics/NAME` (and each entry of the list).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VnicView {
+    pub name: String,
+    pub vcn: String,
+    pub subnet: String,
+    pub vni: u32,
+    pub mac: String,
+    pub ips: Vec<String>,
+    /// The VTEP of its compute instance's host.
+    pub host: String,
+    pub public_ip: Option<String>,
+    /// Its route table (own or subnet's).
+    pub route_table: Option<String>,
+    pub slot: Option<u32>,
+    /// Rules per direction, merged from its subnet's lists and its own, in order.
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    /// Packets it sent that were forwarded, delivered to it, and dropped of either.
+    pub sent: Count,
+    pub received: Count,
+    pub dropped: Count,
+}
+
+/// `GET /v1/routes`: every route of every table, with its counter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteListView {
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub table: String,
+    pub dst: String,
+    pub via: String,
+    pub id: Option<u32>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `GET /v1/routes/lookup?vnic=NAME&addr=ADDR`: what a packet from the VNIC to the address
+/// meets, looked up in the tries the dataplane reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteLookupView {
+    pub vnic: String,
+    pub addr: String,
+    /// Each table looked in and the route it gave (`table`, `dst`, `via`).
+    pub steps: Vec<RouteStepView>,
+    /// Where the packet goes (`vnic:NAME`, `igw:NAME`, ...) or why not (`no_route`).
+    pub result: String,
+    /// For a VNIC: its VNI and host VTEP.
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStepView {
+    pub table: String,
+    pub dst: String,
+    pub via: String,
+}
+
+/// `GET /v1/vnics/stats`: VNIC routing's events and drops on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnicStatsView {
+    /// `VnicCounter` names → counts.
+    pub events: BTreeMap<String, u64>,
+    /// VNIC routing's reasons (forwarded and each drop) → packets, over this host's ports.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// `POST /v1/routes`: a route into an existing table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAddRequest {
+    pub table: String,
+    pub dst: String,
+    pub via: String,
+}
+
+/// `DELETE /v1/routes`: a route out of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDelRequest {
+    pub table: String,
+    pub dst: String,
+}
+
+/// `POST /v1/rules`: a rule into a security list, at `at` (default: the end).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleAddRequest {
+    pub list: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    pub rule: crate::config::RuleConfig,
+    #[serde(default)]
+    pub at: Option<usize>,
+}
+
+/// `DELETE /v1/rules`: rule `index` (from 0) of a list's direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDelRequest {
+    pub list: String,
+    pub direction: String,
+    pub index: usize,
+}
+
+/// `GET /v1/rules`: every security list.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleListView {
+    pub lists: Vec<SecurityListView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecurityListView {
+    pub name: String,
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    /// Subnets and VNICs that use it.
+    pub used_by: Vec<String>,
+}

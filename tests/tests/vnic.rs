@@ -284,8 +284,12 @@ fn dropped(m: &Moved, reason: Reason) {
     assert_eq!(m.action, Action::Drop as u32);
 }
 
+fn reader(fx: &Fixture) -> xnic::dataplane::VnicReader {
+    xnic::dataplane::VnicReader::open(fx.dp.pins()).unwrap()
+}
+
 fn events(fx: &Fixture) -> [u64; VnicCounter::COUNT] {
-    fx.dp.vnic_events().unwrap()
+    reader(fx).events().unwrap()
 }
 
 #[test]
@@ -315,9 +319,9 @@ fn vnic_to_vnic_in_the_vcn_and_through_a_virtual_router() {
         &to_vtep(ANYCAST, [192, 0, 2, 12], 100, &want_inner, &inner),
     );
     let slot = |name| ids.vnic_slot(name).unwrap();
-    let web1 = fx.dp.vnic_counters(slot("web1")).unwrap();
+    let web1 = reader(&fx).counters(slot("web1")).unwrap();
     assert_eq!(web1.sent.packets, 1);
-    let db1 = fx.dp.vnic_counters(slot("db1")).unwrap();
+    let db1 = reader(&fx).counters(slot("db1")).unwrap();
     assert_eq!(db1.received.packets, 1);
 
     // web1 → hub1, another VCN, through the virtual router "transit": one hop all the same.
@@ -609,7 +613,7 @@ fn security_rules_decide_in_order_and_answers_pass() {
         ),
         Reason::AclDeny,
     );
-    let db1 = fx.dp.vnic_counters(ids.vnic_slot("db1").unwrap()).unwrap();
+    let db1 = reader(&fx).counters(ids.vnic_slot("db1").unwrap()).unwrap();
     assert_eq!(
         db1.dropped.packets, 3,
         "drops count against the VNIC they were for"

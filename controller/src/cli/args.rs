@@ -74,6 +74,15 @@ pub enum Command {
     /// shows), the state of each direction, packets and bytes each way, age, idle time and why
     /// the flow was promoted. `conntrack -L` shows the same connections.
     Flows(FlowsArgs),
+    /// VNIC routing: the fleet's VNICs, with their rules and counters.
+    #[command(subcommand)]
+    Vnic(VnicCommand),
+    /// VNIC routing's route tables: list, look a destination up, add and remove routes.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// VNIC routing's security lists: list, add and remove rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
     /// Remove an instance's dataplane: detach every program and remove its pins.
     ///
     /// Stops the instance's daemon if it runs. Forwarding through xnic stops; the kernel's own
@@ -579,4 +588,136 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VnicCommand {
+    /// Every VNIC: VCN, VNI, MAC, addresses, host VTEP, route table, counters; and this
+    /// host's place in the fleet.
+    List(ReadArgs),
+    /// One VNIC, with its merged security rules.
+    Show {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// VNIC routing's events and drops by reason on this host.
+    Stats(ReadArgs),
+    /// Add a VNIC (every host of the fleet needs the same change).
+    Add(VnicAddArgs),
+    /// Remove a VNIC (refused while a route names it).
+    Del {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VnicAddArgs {
+    pub name: String,
+    /// Its subnet.
+    #[arg(long)]
+    pub subnet: String,
+    /// The VXLAN network its instance's packets arrive in.
+    #[arg(long)]
+    pub vni: u32,
+    #[arg(long)]
+    pub mac: String,
+    /// A virtual IP (repeat for more).
+    #[arg(long = "ip", required = true)]
+    pub ips: Vec<String>,
+    /// The VTEP of its instance's host.
+    #[arg(long)]
+    pub host: String,
+    /// Its public IPv4 address behind an internet gateway.
+    #[arg(long)]
+    pub public_ip: Option<String>,
+    /// Its own route table (instead of its subnet's).
+    #[arg(long)]
+    pub route_table: Option<String>,
+    /// Its own security lists (after its subnet's; repeat for more).
+    #[arg(long = "security-list")]
+    pub security_lists: Vec<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Every route, with the packets that took it.
+    List {
+        /// Only this table's.
+        #[arg(long)]
+        table: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Which route and next hop a packet from VNIC to ADDR takes, looked up in the tries the
+    /// dataplane reads.
+    Lookup {
+        vnic: String,
+        addr: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Add a route to a table: DST (a prefix) via `vnic:NAME`, `router:TABLE`, `igw:NAME`,
+    /// `nat:NAME`, `sgw:NAME` or `drg:NAME`.
+    Add {
+        table: String,
+        dst: String,
+        via: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Remove a table's route for DST.
+    Del {
+        table: String,
+        dst: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Every security list, its rules in order, and who uses it.
+    List(ReadArgs),
+    /// Add a rule to LIST's DIRECTION (`ingress` or `egress`).
+    Add(RuleAddArgs),
+    /// Remove rule INDEX (from 0, as `xnic rule list` numbers them) of LIST's DIRECTION.
+    Del {
+        list: String,
+        direction: String,
+        index: usize,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RuleAddArgs {
+    pub list: String,
+    /// `ingress` (toward the VNIC) or `egress` (from it).
+    pub direction: String,
+    /// `allow` or `deny`.
+    #[arg(long)]
+    pub action: String,
+    /// `any`, `tcp`, `udp`, `icmp` or `icmpv6`.
+    #[arg(long, default_value = "any")]
+    pub proto: String,
+    /// The peer's prefix.
+    #[arg(long)]
+    pub cidr: String,
+    /// Destination ports, `443` or `8000-8080` (tcp and udp).
+    #[arg(long)]
+    pub ports: Option<String>,
+    /// Answers to what it allows come back whatever the other direction says.
+    #[arg(long)]
+    pub stateful: bool,
+    /// Its position (from 0; default: last). The first rule that matches decides.
+    #[arg(long)]
+    pub at: Option<usize>,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }

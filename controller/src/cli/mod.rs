@@ -9,12 +9,15 @@ mod down;
 mod events;
 mod flows;
 mod lab;
+mod route;
 mod rss;
+mod rule;
 mod stats;
 mod status;
 pub mod table;
 mod team;
 mod vm;
+mod vnic;
 
 use std::future::Future;
 
@@ -48,6 +51,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Team(TeamCommand::Status(a)) => team::status(&a),
         Command::Team(TeamCommand::Events(a)) => team::events(&a),
         Command::Flows(a) => flows::run(&a),
+        Command::Vnic(c) => vnic::run(&c),
+        Command::Route(c) => route::run(&c),
+        Command::Rule(c) => rule::run(&c),
         Command::Rss(RssCommand::Status(a)) => rss::status(&a),
         Command::Rss(RssCommand::Events(a)) => rss::events(&a),
         Command::Rss(RssCommand::Buckets { engine, read }) => rss::buckets(&engine, &read),

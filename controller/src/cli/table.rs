@@ -856,6 +856,168 @@ pub fn flow_stats(s: &crate::api::types::FlowStatsView) -> String {
     out
 }
 
+pub fn vnics(v: &crate::api::types::VnicListView) -> String {
+    let mut out = String::new();
+    match &v.fleet {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "fleet: {} hosts ({}), anycast VTEP {}; this host: {}",
+                f.hosts.len(),
+                f.hosts.join(", "),
+                f.anycast,
+                match (&f.host, &f.vtep) {
+                    (Some(h), Some(vtep)) => format!(
+                        "{h} (VTEP {vtep}, NAT ports {})",
+                        f.nat_ports.as_deref().unwrap_or("-")
+                    ),
+                    _ => "none of them (VNIC routing off here)".to_string(),
+                }
+            );
+        }
+        None => out.push_str("no [fleet] configured: VNIC routing is off\n"),
+    }
+    let mut t = table(
+        &[
+            "VNIC", "VCN", "SUBNET", "VNI", "MAC", "IPS", "HOST", "PUBLIC", "TABLE", "SENT",
+            "RECEIVED", "DROPPED",
+        ],
+        9,
+    );
+    for n in &v.vnics {
+        t.add_row(vec![
+            n.name.clone(),
+            n.vcn.clone(),
+            n.subnet.clone(),
+            n.vni.to_string(),
+            n.mac.clone(),
+            n.ips.join(","),
+            n.host.clone(),
+            n.public_ip.clone().unwrap_or_else(|| "-".into()),
+            n.route_table.clone().unwrap_or_else(|| "-".into()),
+            count(n.sent),
+            count(n.received),
+            count(n.dropped),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+pub fn vnic(n: &crate::api::types::VnicView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "VNIC {} (slot {})",
+        n.name,
+        n.slot.map_or("-".into(), |s| s.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "  VCN {}, subnet {}, VNI {}, MAC {}",
+        n.vcn, n.subnet, n.vni, n.mac
+    );
+    let _ = writeln!(
+        out,
+        "  addresses {}; public {}",
+        n.ips.join(", "),
+        n.public_ip.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(
+        out,
+        "  instance's host VTEP {}; route table {}",
+        n.host,
+        n.route_table.as_deref().unwrap_or("none (its VCN only)")
+    );
+    let _ = writeln!(
+        out,
+        "  sent {}, received {}, dropped {}",
+        count(n.sent),
+        count(n.received),
+        count(n.dropped)
+    );
+    for (dir, rules) in [("ingress", &n.ingress), ("egress", &n.egress)] {
+        let _ = writeln!(
+            out,
+            "  {dir} rules (first match decides; none matching: dropped):"
+        );
+        if rules.is_empty() {
+            let _ = writeln!(out, "    none: everything {dir} is dropped");
+        }
+        for (i, r) in rules.iter().enumerate() {
+            let _ = writeln!(out, "    {i:>2}  {r}");
+        }
+    }
+    out
+}
+
+pub fn vnic_stats(s: &crate::api::types::VnicStatsView) -> String {
+    let mut out = String::new();
+    let mut t = table(&["REASON", "PACKETS"], 1);
+    for (r, n) in &s.reasons {
+        t.add_row(vec![r.clone(), n.to_string()]);
+    }
+    let _ = writeln!(out, "{t}\n");
+    let mut t = table(&["EVENT", "COUNT"], 1);
+    for (e, n) in s.events.iter().filter(|(_, n)| **n > 0) {
+        t.add_row(vec![e.clone(), n.to_string()]);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+pub fn routes(v: &crate::api::types::RouteListView) -> String {
+    let mut t = table(
+        &["TABLE", "DESTINATION", "VIA", "ID", "PACKETS", "BYTES"],
+        3,
+    );
+    for r in &v.routes {
+        t.add_row(vec![
+            r.table.clone(),
+            r.dst.clone(),
+            r.via.clone(),
+            r.id.map_or("-".into(), |i| i.to_string()),
+            si(r.packets as f64),
+            bytes(r.bytes),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn route_lookup(v: &crate::api::types::RouteLookupView) -> String {
+    let mut out = format!("{} → {}\n", v.vnic, v.addr);
+    for s in &v.steps {
+        let _ = writeln!(out, "  table {}: {} via {}", s.table, s.dst, s.via);
+    }
+    let _ = writeln!(
+        out,
+        "  result: {}{}",
+        v.result,
+        v.detail
+            .as_deref()
+            .map_or(String::new(), |d| format!(" ({d})"))
+    );
+    out
+}
+
+pub fn rules(v: &crate::api::types::RuleListView) -> String {
+    let mut out = String::new();
+    for l in &v.lists {
+        let used = if l.used_by.is_empty() {
+            "unused".to_string()
+        } else {
+            format!("used by {}", l.used_by.join(", "))
+        };
+        let _ = writeln!(out, "{} ({used})", l.name);
+        for (dir, rules) in [("ingress", &l.ingress), ("egress", &l.egress)] {
+            for (i, r) in rules.iter().enumerate() {
+                let _ = writeln!(out, "  {dir:<7} {i:>2}  {r}");
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

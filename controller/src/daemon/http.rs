@@ -15,14 +15,18 @@ use axum::{
 use serde::{Deserialize, de::DeserializeOwned};
 use xnic_proto::{
     api::{
-        ApiError, ApplyRequest, ChangeView, FlowRequest, FlowRequestView, RssEngineAddRequest,
-        RssEngineRemoved, RssEngineSetRequest, RssSetRequest, VmChanged, VmPatch,
+        ApiError, ApplyRequest, ChangeView, FlowRequest, FlowRequestView, RouteAddRequest,
+        RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssSetRequest, RuleAddRequest,
+        VmChanged, VmPatch,
     },
-    config::{EngineConfig, VmConfig},
+    config::{EngineConfig, VmConfig, VnicConfig},
 };
 
 use super::{Daemon, NO_RSS};
-use crate::model::{Change, Refusal};
+use crate::model::{
+    Change, Refusal,
+    vnic::{RuleDirection, VnicChange},
+};
 
 type Shared = State<Arc<Daemon>>;
 
@@ -78,7 +82,9 @@ const ENDPOINTS: &str = "GET /v1/status, GET|POST /v1/vms, GET|PATCH|DELETE /v1/
      GET /v1/rss/events, POST /v1/rss/vms/NAME, POST /v1/rss/engines, \
      POST|PATCH|DELETE /v1/rss/engines/NAME, GET /v1/rss/engines/NAME/buckets, GET /v1/team, \
      GET /v1/team/events, GET /v1/flows, GET /v1/flows/stats, POST /v1/flows/offload, \
-     POST /v1/flows/demote and GET /metrics";
+     POST /v1/flows/demote, GET|POST /v1/vnics, GET /v1/vnics/stats, GET|DELETE /v1/vnics/NAME, \
+     GET|POST|DELETE /v1/routes, GET /v1/routes/lookup, GET|POST|DELETE /v1/rules and \
+     GET /metrics";
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
@@ -107,6 +113,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/flows/stats", get(flow_stats))
         .route("/v1/flows/offload", post(flows_offload))
         .route("/v1/flows/demote", post(flows_demote))
+        .route("/v1/vnics", get(vnics).post(vnic_add))
+        .route("/v1/vnics/stats", get(vnic_stats))
+        .route("/v1/vnics/{name}", get(vnic).delete(vnic_del))
+        .route("/v1/routes", get(routes).post(route_add).delete(route_del))
+        .route("/v1/routes/lookup", get(route_lookup))
+        .route("/v1/rules", get(rules).post(rule_add).delete(rule_del))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(one_error_shape))
@@ -627,4 +639,168 @@ async fn flows_demote(
     bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Failure> {
     flows_move(&d, &bytes, false).await
+}
+
+async fn vnics(State(d): Shared) -> Result<impl IntoResponse, Failure> {
+    Ok(Json(d.vnics()?))
+}
+
+async fn vnic(State(d): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, Failure> {
+    Ok(Json(d.vnic(&name)?))
+}
+
+async fn vnic_stats(State(d): Shared) -> Result<impl IntoResponse, Failure> {
+    Ok(Json(d.vnic_stats()?))
+}
+
+const VNIC_EXAMPLE: &str = r#"{"name": "web2", "subnet": "web", "vni": 100, "mac": "02:00:00:00:01:02", "ips": ["10.0.1.11"], "host": "192.0.2.11"}"#;
+
+async fn vnic_add(
+    State(d): Shared,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let vnic: VnicConfig = body(&bytes, VNIC_EXAMPLE)?;
+    let change = Change::Vnic(VnicChange::AddVnic(Box::new(vnic)));
+    let view = d
+        .change(change, expected_generation(&headers)?, false)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn vnic_del(
+    State(d): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Failure> {
+    let change = Change::Vnic(VnicChange::DelVnic(name));
+    Ok(Json(
+        d.change(change, expected_generation(&headers)?, false)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesQuery {
+    #[serde(default)]
+    table: Option<String>,
+}
+
+async fn routes(
+    State(d): Shared,
+    q: Result<Query<RoutesQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Failure> {
+    let Query(q) = q?;
+    Ok(Json(d.routes(q.table.as_deref())?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupQuery {
+    vnic: String,
+    addr: String,
+}
+
+async fn route_lookup(
+    State(d): Shared,
+    q: Result<Query<LookupQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Failure> {
+    let Query(q) = q?;
+    Ok(Json(d.route_lookup(&q.vnic, &q.addr)?))
+}
+
+async fn route_add(
+    State(d): Shared,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let req: RouteAddRequest = body(
+        &bytes,
+        r#"{"table": "web", "dst": "10.9.0.0/16", "via": "router:core"}"#,
+    )?;
+    let change = Change::Vnic(VnicChange::AddRoute {
+        table: req.table,
+        route: xnic_proto::config::RouteConfig {
+            dst: req.dst,
+            via: req.via,
+        },
+    });
+    let view = d
+        .change(change, expected_generation(&headers)?, false)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDelQuery {
+    table: String,
+    dst: String,
+}
+
+async fn route_del(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<RouteDelQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Failure> {
+    let Query(q) = q?;
+    let change = Change::Vnic(VnicChange::DelRoute {
+        table: q.table,
+        dst: q.dst,
+    });
+    Ok(Json(
+        d.change(change, expected_generation(&headers)?, false)
+            .await?,
+    ))
+}
+
+async fn rules(State(d): Shared) -> impl IntoResponse {
+    Json(d.rules())
+}
+
+async fn rule_add(
+    State(d): Shared,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let req: RuleAddRequest = body(
+        &bytes,
+        r#"{"list": "web", "direction": "ingress", "rule": {"action": "allow", "proto": "tcp", "cidr": "0.0.0.0/0", "ports": "443"}, "at": 0}"#,
+    )?;
+    let change = Change::Vnic(VnicChange::AddRule {
+        list: req.list,
+        direction: RuleDirection::parse(&req.direction)?,
+        rule: req.rule,
+        at: req.at,
+    });
+    let view = d
+        .change(change, expected_generation(&headers)?, false)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDelQuery {
+    list: String,
+    direction: String,
+    index: usize,
+}
+
+async fn rule_del(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<RuleDelQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Failure> {
+    let Query(q) = q?;
+    let change = Change::Vnic(VnicChange::DelRule {
+        list: q.list,
+        direction: RuleDirection::parse(&q.direction)?,
+        index: q.index,
+    });
+    Ok(Json(
+        d.change(change, expected_generation(&headers)?, false)
+            .await?,
+    ))
 }

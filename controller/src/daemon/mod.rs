@@ -14,6 +14,7 @@ mod metrics;
 mod sample;
 mod sampler;
 mod views;
+mod vnic;
 
 use std::{
     collections::HashMap,

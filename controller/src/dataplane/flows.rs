@@ -256,7 +256,8 @@ pub struct FlowReader {
     stats: PerCpuArray<MapData, u64>,
 }
 
-fn pinned(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
+/// A pinned map of the instance, opened by name.
+pub(super) fn pinned(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
     let path = pins.maps().join(name);
     MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))
 }

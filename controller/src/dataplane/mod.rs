@@ -20,6 +20,7 @@ pub mod testrun;
 mod trace;
 pub mod upgrade;
 mod vnic;
+pub use vnic::VnicReader;
 
 use std::{
     fs,

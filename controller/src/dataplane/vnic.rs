@@ -3,17 +3,19 @@
 //! counters.
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use xnic_common::{
     maps::Counter,
     vnic::{
         MAX_FLEET_HOSTS, MAX_GATEWAYS, MAX_RULE_SETS, MAX_RULES, MAX_VNICS, RouteAddrV4,
-        RouteAddrV6, RouteEntry, VnicCounter, VnicCounters,
+        RouteAddrV6, RouteEntry, VnicAddrKey, VnicCounter, VnicCounters,
     },
 };
 
 use super::{
-    Dataplane, key_missing,
+    Dataplane, PinDir,
+    flows::pinned,
+    key_missing,
     registry::{self, Registered as _},
 };
 use crate::policy::{
@@ -137,28 +139,6 @@ impl Dataplane {
         }
     }
 
-    /// The route the tries hold for `key` (a lookup key: every address bit counts), as the
-    /// programs find it: the longest prefix of that table holding the address.
-    pub fn route_lookup(&self, key: &RouteKey) -> anyhow::Result<Option<RouteEntry>> {
-        let found = match key {
-            RouteKey::V4 { prefix_len, data } => {
-                let trie: LpmTrie<_, RouteAddrV4, RouteEntry> =
-                    LpmTrie::try_from(self.map(registry::ROUTES_V4::NAME)?)?;
-                trie.get(&Key::new(*prefix_len, *data), 0)
-            }
-            RouteKey::V6 { prefix_len, data } => {
-                let trie: LpmTrie<_, RouteAddrV6, RouteEntry> =
-                    LpmTrie::try_from(self.map(registry::ROUTES_V6::NAME)?)?;
-                trie.get(&Key::new(*prefix_len, *data), 0)
-            }
-        };
-        match found {
-            Ok(e) => Ok(Some(e)),
-            Err(e) if key_missing(&e) => Ok(None),
-            Err(e) => Err(e).context("cannot look a route up"),
-        }
-    }
-
     /// What VNIC routing's maps hold (for the reconciler at start).
     pub fn read_vnic_image(&self) -> anyhow::Result<VnicImage> {
         let mut img = VnicImage {
@@ -236,12 +216,80 @@ impl Dataplane {
         Ok(img)
     }
 
+    /// Zeroes VNIC `slot`'s counters (a new VNIC took the slot).
+    pub fn reset_vnic_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        self.zero_per_cpu::<registry::VNIC_STATS>(slot)
+    }
+
+    /// Zeroes route `id`'s counter (a new route took the id).
+    pub fn reset_route_counter(&mut self, id: u32) -> anyhow::Result<()> {
+        self.array_mut::<registry::ROUTE_STATS>()?
+            .set(id, Counter::default(), 0)
+            .with_context(|| format!("cannot zero ROUTE_STATS[{id}]"))
+    }
+}
+
+/// Read-only handles on VNIC routing's maps, opened from the pins: the API's views, route
+/// lookups from the tries the programs read, and the tests.
+pub struct VnicReader {
+    routes_v4: LpmTrie<MapData, RouteAddrV4, RouteEntry>,
+    routes_v6: LpmTrie<MapData, RouteAddrV6, RouteEntry>,
+    addrs: BpfHashMap<MapData, VnicAddrKey, u32>,
+    stats: PerCpuArray<MapData, VnicCounters>,
+    route_stats: Array<MapData, Counter>,
+    events: PerCpuArray<MapData, u64>,
+}
+
+impl VnicReader {
+    pub fn open(pins: &PinDir) -> anyhow::Result<VnicReader> {
+        Ok(VnicReader {
+            routes_v4: LpmTrie::try_from(Map::LpmTrie(pinned(pins, registry::ROUTES_V4::NAME)?))?,
+            routes_v6: LpmTrie::try_from(Map::LpmTrie(pinned(pins, registry::ROUTES_V6::NAME)?))?,
+            addrs: BpfHashMap::try_from(Map::HashMap(pinned(pins, registry::VNIC_ADDRS::NAME)?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                pins,
+                registry::VNIC_STATS::NAME,
+            )?))?,
+            route_stats: Array::try_from(Map::Array(pinned(pins, registry::ROUTE_STATS::NAME)?))?,
+            events: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                pins,
+                registry::VNIC_EVENTS::NAME,
+            )?))?,
+        })
+    }
+
+    /// The route the tries hold for `key` (a lookup key: every address bit counts), as the
+    /// programs find it: the longest prefix of that table holding the address.
+    pub fn route(&self, key: &RouteKey) -> anyhow::Result<Option<RouteEntry>> {
+        let found = match key {
+            RouteKey::V4 { prefix_len, data } => {
+                self.routes_v4.get(&Key::new(*prefix_len, *data), 0)
+            }
+            RouteKey::V6 { prefix_len, data } => {
+                self.routes_v6.get(&Key::new(*prefix_len, *data), 0)
+            }
+        };
+        match found {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if key_missing(&e) => Ok(None),
+            Err(e) => Err(e).context("cannot look a route up"),
+        }
+    }
+
+    /// The VNIC slot that has `addr` (IPv4-mapped) in VCN `vcn`.
+    pub fn owner(&self, vcn: u32, addr: [u8; 16]) -> anyhow::Result<Option<u32>> {
+        match self.addrs.get(&VnicAddrKey { vcn, addr }, 0) {
+            Ok(slot) => Ok(Some(slot)),
+            Err(e) if key_missing(&e) => Ok(None),
+            Err(e) => Err(e).context("cannot read VNIC_ADDRS"),
+        }
+    }
+
     /// VNIC `slot`'s counters, summed over CPUs.
-    pub fn vnic_counters(&self, slot: u32) -> anyhow::Result<VnicCounters> {
-        let map: PerCpuArray<_, VnicCounters> =
-            PerCpuArray::try_from(self.map(registry::VNIC_STATS::NAME)?)?;
+    pub fn counters(&self, slot: u32) -> anyhow::Result<VnicCounters> {
         let mut sum = VnicCounters::default();
-        for c in map
+        for c in self
+            .stats
             .get(&slot, 0)
             .with_context(|| format!("cannot read VNIC_STATS[{slot}]"))?
             .iter()
@@ -258,30 +306,19 @@ impl Dataplane {
         Ok(sum)
     }
 
-    /// Zeroes VNIC `slot`'s counters (a new VNIC took the slot).
-    pub fn reset_vnic_counters(&mut self, slot: u32) -> anyhow::Result<()> {
-        self.zero_per_cpu::<registry::VNIC_STATS>(slot)
-    }
-
     /// Route `id`'s counter.
     pub fn route_counter(&self, id: u32) -> anyhow::Result<Counter> {
-        Ok(self.array::<registry::ROUTE_STATS>()?.get(&id, 0)?)
-    }
-
-    /// Zeroes route `id`'s counter (a new route took the id).
-    pub fn reset_route_counter(&mut self, id: u32) -> anyhow::Result<()> {
-        self.array_mut::<registry::ROUTE_STATS>()?
-            .set(id, Counter::default(), 0)
-            .with_context(|| format!("cannot zero ROUTE_STATS[{id}]"))
+        self.route_stats
+            .get(&id, 0)
+            .with_context(|| format!("cannot read ROUTE_STATS[{id}]"))
     }
 
     /// VNIC routing's events, summed over CPUs, by `VnicCounter`.
-    pub fn vnic_events(&self) -> anyhow::Result<[u64; VnicCounter::COUNT]> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map(registry::VNIC_EVENTS::NAME)?)?;
+    pub fn events(&self) -> anyhow::Result<[u64; VnicCounter::COUNT]> {
         let mut out = [0u64; VnicCounter::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = map
+            *slot = self
+                .events
                 .get(&(i as u32), 0)
                 .with_context(|| format!("cannot read VNIC_EVENTS[{i}]"))?
                 .iter()

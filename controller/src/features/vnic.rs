@@ -104,6 +104,11 @@ impl<K: Ord + Clone> Ids<K> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, u32)> {
         self.ids.iter().map(|(k, v)| (k, *v))
     }
+
+    /// The key that has `id`.
+    pub fn key_of(&self, id: u32) -> Option<&K> {
+        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
+    }
 }
 
 /// A security-rule set as the dataplane holds it.
@@ -300,6 +305,27 @@ impl Vnic {
 
     pub fn route_id(&self, key: &RouteKey) -> Option<u32> {
         self.routes.get(key)
+    }
+
+    /// The key of the route with id `id`.
+    pub fn route_key(&self, id: u32) -> Option<RouteKey> {
+        self.routes.key_of(id).copied()
+    }
+
+    pub fn vnic_name(&self, slot: u32) -> Option<&str> {
+        self.vnics.key_of(slot).map(String::as_str)
+    }
+
+    pub fn gateway_name(&self, slot: u32) -> Option<&str> {
+        self.gateways.key_of(slot).map(String::as_str)
+    }
+
+    pub fn table_name(&self, id: u32) -> Option<&str> {
+        self.tables.key_of(id).map(String::as_str)
+    }
+
+    pub fn vcn_name(&self, id: u32) -> Option<&str> {
+        self.vcns.key_of(id).map(String::as_str)
     }
 
     /// The maps' contents for `c` on this host.

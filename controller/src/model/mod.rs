@@ -6,6 +6,7 @@
 
 pub mod diff;
 pub mod store;
+pub mod vnic;
 
 use serde::{Deserialize, Serialize};
 use xnic_proto::{
@@ -54,6 +55,8 @@ pub enum Change {
     AddEngine(EngineConfig),
     SetEngineCpus(String, Vec<u32>),
     DelEngine(String),
+    /// VNICs, routes and security rules.
+    Vnic(vnic::VnicChange),
 }
 
 impl Change {
@@ -67,11 +70,13 @@ impl Change {
             Change::AddEngine(e) => format!("add RSS engine {}", e.name),
             Change::SetEngineCpus(n, _) => format!("change the CPUs of RSS engine {n}"),
             Change::DelEngine(n) => format!("remove RSS engine {n}"),
+            Change::Vnic(v) => v.describe(),
         }
     }
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+/// Names for a message, `a, b, c` (or `none`).
+pub fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = it.collect();
     if v.is_empty() {
         "none".into()
@@ -184,6 +189,7 @@ pub fn apply(config: &Config, change: &Change) -> Result<Config, Refusal> {
                 )));
             }
         }
+        Change::Vnic(v) => vnic::apply(&mut c, v)?,
     }
     Ok(c)
 }
@@ -210,6 +216,26 @@ pub fn explain(config: &Config, field: &str, message: &str) -> String {
                     .as_ref()
                     .and_then(|r| r.engines.get(i))
                     .map(|e| e.name.clone())
+            })
+        })
+        .or_else(|| {
+            named("vnic[", "VNIC", &|i| {
+                config.vnics.get(i).map(|v| v.name.clone())
+            })
+        })
+        .or_else(|| {
+            named("route_table[", "route table", &|i| {
+                config.route_tables.get(i).map(|t| t.name.clone())
+            })
+        })
+        .or_else(|| {
+            named("security_list[", "security list", &|i| {
+                config.security_lists.get(i).map(|l| l.name.clone())
+            })
+        })
+        .or_else(|| {
+            named("gateway[", "gateway", &|i| {
+                config.gateways.get(i).map(|g| g.name.clone())
             })
         })
         .unwrap_or_else(|| field.to_string());

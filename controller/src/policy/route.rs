@@ -16,7 +16,8 @@ use std::{
 };
 
 use xnic_common::vnic::{
-    NextHop, RouteAddrV4, RouteAddrV6, RouteEntry, mask_v4, mask_v6, route_prefix_len,
+    NextHop, RouteAddrV4, RouteAddrV6, RouteEntry, TABLE_ID_BITS, mask_v4, mask_v6,
+    route_prefix_len,
 };
 
 /// Virtual routers one packet may pass through: each is one more lookup in the dataplane
@@ -519,6 +520,29 @@ impl RouteKey {
                 data: RouteAddrV6::new(table, a.octets(), prefix.len),
             },
         }
+    }
+
+    /// The table and prefix of a route's key.
+    pub fn prefix(&self) -> (u32, Prefix) {
+        let (table, addr, len) = match self {
+            RouteKey::V4 { prefix_len, data } => (
+                data.table,
+                IpAddr::from(data.addr),
+                prefix_len.saturating_sub(TABLE_ID_BITS),
+            ),
+            RouteKey::V6 { prefix_len, data } => (
+                data.table,
+                IpAddr::from(data.addr),
+                prefix_len.saturating_sub(TABLE_ID_BITS),
+            ),
+        };
+        (
+            u32::from_be_bytes(table),
+            Prefix {
+                addr,
+                len: len as u8,
+            },
+        )
     }
 
     /// The key a lookup of `a` in table `table` uses: every bit counts.
