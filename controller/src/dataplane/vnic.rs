@@ -7,8 +7,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray
 use xnic_common::{
     maps::Counter,
     vnic::{
-        MAX_FLEET_HOSTS, MAX_GATEWAYS, MAX_RULE_SETS, MAX_RULES, MAX_VNICS, RouteAddrV4,
-        RouteAddrV6, RouteEntry, VnicAddrKey, VnicCounter, VnicCounters,
+        MAX_FLEET_HOSTS, MAX_GATEWAYS, MAX_RULE_SETS, MAX_RULES, MAX_VNICS, NatEntry, NatKey,
+        RouteAddrV4, RouteAddrV6, RouteEntry, VnicAddrKey, VnicCounter, VnicCounters,
     },
 };
 
@@ -238,6 +238,7 @@ pub struct VnicReader {
     stats: PerCpuArray<MapData, VnicCounters>,
     route_stats: Array<MapData, Counter>,
     events: PerCpuArray<MapData, u64>,
+    nat: BpfHashMap<MapData, NatKey, NatEntry>,
 }
 
 impl VnicReader {
@@ -254,6 +255,10 @@ impl VnicReader {
             events: PerCpuArray::try_from(Map::PerCpuArray(pinned(
                 pins,
                 registry::VNIC_EVENTS::NAME,
+            )?))?,
+            nat: BpfHashMap::try_from(Map::LruHashMap(pinned(
+                pins,
+                registry::NAT_SESSIONS::NAME,
             )?))?,
         })
     }
@@ -304,6 +309,11 @@ impl VnicReader {
             }
         }
         Ok(sum)
+    }
+
+    /// The NAT gateway connections this host made (both keys of each).
+    pub fn nat_sessions(&self) -> Vec<(NatKey, NatEntry)> {
+        self.nat.iter().filter_map(Result::ok).collect()
     }
 
     /// Route `id`'s counter.

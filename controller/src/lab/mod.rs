@@ -19,6 +19,7 @@
 
 pub mod capture;
 pub mod daemon;
+pub mod fleet;
 pub mod guest;
 pub mod qemu;
 pub mod routed;

@@ -128,6 +128,21 @@ pub struct RecvReport {
     /// end of a flow shows only against the sender's count.
     pub gaps: u64,
     pub flows: u64,
+    /// Each flow on its own, by sender port (filled by receivers that keep them).
+    #[serde(default)]
+    pub per_flow: Vec<FlowRecv>,
+}
+
+/// One flow as its receiver saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecv {
+    /// The sender's UDP port.
+    pub src_port: u16,
+    pub received: u64,
+    pub gaps: u64,
+    /// The longest time between two of its datagrams arriving, in milliseconds: how long an
+    /// outage it saw lasted.
+    pub longest_silence_ms: f64,
 }
 
 impl RecvReport {
@@ -139,6 +154,12 @@ impl RecvReport {
             duplicates: self.duplicates + other.duplicates,
             gaps: self.gaps + other.gaps,
             flows: self.flows + other.flows,
+            per_flow: self
+                .per_flow
+                .iter()
+                .chain(&other.per_flow)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -148,14 +169,24 @@ const MIN_SLEEP: Duration = Duration::from_micros(10);
 
 /// Sends `stream` from namespace `ns` (the caller's namespace when `None`); blocks until done.
 pub fn send_udp(ns: Option<&str>, stream: UdpStream) -> anyhow::Result<SendReport> {
-    let work = move || send_here(&stream);
+    send_udp_from(ns, stream, None)
+}
+
+/// [`send_udp`] with flow k sent from UDP port `first_port + k` (when given), so a flow can
+/// be told apart by its port wherever it goes.
+pub fn send_udp_from(
+    ns: Option<&str>,
+    stream: UdpStream,
+    first_port: Option<u16>,
+) -> anyhow::Result<SendReport> {
+    let work = move || send_here(&stream, first_port);
     match ns {
         Some(ns) => netns::run_in(ns, work),
         None => work(),
     }
 }
 
-fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
+fn send_here(s: &UdpStream, first_port: Option<u16>) -> anyhow::Result<SendReport> {
     if s.pps == 0 || s.flows == 0 {
         bail!("a UDP stream needs at least one flow and a non-zero rate");
     }
@@ -165,7 +196,11 @@ fn send_here(s: &UdpStream) -> anyhow::Result<SendReport> {
         "[::]:0".parse()?
     };
     let sockets: Vec<UdpSocket> = (0..s.flows)
-        .map(|_| {
+        .map(|k| {
+            let mut bind = bind;
+            if let Some(p) = first_port {
+                bind.set_port(p.wrapping_add(k as u16));
+            }
             let sock = UdpSocket::bind(bind)?;
             sock.connect(s.dst)?;
             Ok(sock)
@@ -216,10 +251,17 @@ struct FlowState {
     reordered: u64,
     duplicates: u64,
     seen: Vec<u64>,
+    last_arrival: Option<Instant>,
+    longest_silence: Duration,
 }
 
 impl FlowState {
     fn record(&mut self, seq: u64) {
+        let now = Instant::now();
+        if let Some(last) = self.last_arrival {
+            self.longest_silence = self.longest_silence.max(now - last);
+        }
+        self.last_arrival = Some(now);
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= self.seen.len() {
             self.seen.resize(word + 1, 0);
@@ -327,12 +369,19 @@ impl Receiver {
                 flows: flows.len() as u64,
                 ..RecvReport::default()
             };
-            for f in flows.values() {
+            for ((from, _), f) in &flows {
                 r.received += f.received;
                 r.reordered += f.reordered;
                 r.duplicates += f.duplicates;
                 r.gaps += f.next - f.received;
+                r.per_flow.push(FlowRecv {
+                    src_port: from.port(),
+                    received: f.received,
+                    gaps: f.next - f.received,
+                    longest_silence_ms: f.longest_silence.as_secs_f64() * 1e3,
+                });
             }
+            r.per_flow.sort_by_key(|f| f.src_port);
             Ok(r)
         });
         match ready_rx.recv() {

@@ -1,0 +1,294 @@
+//! VNIC routing end to end in the fleet lab: three hosts, each with its own daemon and the
+//! same configuration, behind a tor that spreads the fleet's VTEP over them by ECMP. Every
+//! next-hop type carries traffic; a host taken away under traffic moves only its own share of
+//! the flows; a route changed at run time on every host takes effect.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use xnic::{
+    api::types::{RouteLookupView, VnicStatsView, VnicView},
+    cli::block_on,
+    lab::{
+        fleet::{Fleet, HOSTS, NAT_PUBLIC, ONPREM_IP, SERVER_IP, SERVICE_IP},
+        traffic::{Receiver, UdpStream, send_udp_from},
+    },
+    netns,
+};
+use xnic_tests::{unique_name, xnic_bin};
+
+fn ping(ns: &str, dst: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", dst,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[track_caller]
+fn reaches(fleet: &Fleet, from: &str, dst: &str) {
+    let ns = fleet.lab.ns(from);
+    assert!(ping(&ns, dst), "{from} → {dst} does not answer");
+}
+
+fn vnic(fleet: &Fleet, host: usize, name: &str) -> VnicView {
+    block_on(fleet.client(host).get(&format!("/v1/vnics/{name}"))).unwrap()
+}
+
+fn stats(fleet: &Fleet, host: usize) -> VnicStatsView {
+    block_on(fleet.client(host).get("/v1/vnics/stats")).unwrap()
+}
+
+/// An event's count summed over the hosts.
+fn events(fleet: &Fleet, event: &str) -> u64 {
+    (0..HOSTS)
+        .map(|h| stats(fleet, h).events.get(event).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Sends `n` UDP datagrams from `from:port` in namespace `ns` to `dst` and counts the answers
+/// (an echo server answers each); returns the answers.
+fn round_trips(ns: &str, port: u16, dst: SocketAddr, n: u32) -> u32 {
+    netns::run_in(ns, move || -> anyhow::Result<u32> {
+        let sock = UdpSocket::bind(("0.0.0.0", port))?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        for i in 0..n {
+            sock.send_to(&i.to_be_bytes(), dst)?;
+            if sock.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        Ok(got)
+    })
+    .unwrap()
+}
+
+/// An echo server in `ns` on `port` that records who it heard from.
+fn echo_server(ns: &str, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        netns::run_in(&ns, move || -> anyhow::Result<()> {
+            let sock = UdpSocket::bind(("0.0.0.0", port))?;
+            sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+                if tx.send(from).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    });
+    ready_rx.recv().unwrap();
+    rx
+}
+
+/// Which host forwards web1's flow from `port` to db1: the one whose web1 counter moves
+/// when the flow sends a few datagrams.
+fn host_of_flow(fleet: &Fleet, port: u16) -> Option<usize> {
+    let before: Vec<u64> = (0..HOSTS)
+        .map(|h| vnic(fleet, h, "web1").sent.packets)
+        .collect();
+    let web1 = fleet.lab.ns("web1");
+    netns::run_in(&web1, move || -> anyhow::Result<()> {
+        let sock = UdpSocket::bind(("0.0.0.0", port))?;
+        for i in 0..3u32 {
+            sock.send_to(&i.to_be_bytes(), "10.0.2.10:9999")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let moved: Vec<usize> = (0..HOSTS)
+        .filter(|&h| vnic(fleet, h, "web1").sent.packets >= before[h] + 3)
+        .collect();
+    match moved.as_slice() {
+        [h] => Some(*h),
+        _ => None,
+    }
+}
+
+fn lookup(fleet: &Fleet, host: usize, vnic: &str, addr: &str) -> RouteLookupView {
+    block_on(
+        fleet
+            .client(host)
+            .get(&format!("/v1/routes/lookup?vnic={vnic}&addr={addr}")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
+    let fleet = Fleet::start(&unique_name(), &xnic_bin(), false).expect("the fleet lab");
+
+    // Inside the VCN, and through a virtual router to another VCN.
+    reaches(&fleet, "web1", "10.0.2.10");
+    reaches(&fleet, "web1", "172.16.0.10");
+    // The internet gateway both ways, the service gateway and the dynamic routing gateway.
+    reaches(&fleet, "web1", SERVER_IP);
+    reaches(&fleet, "inet", xnic::lab::fleet::WEB1_PUBLIC);
+    reaches(&fleet, "web1", SERVICE_IP);
+    reaches(&fleet, "web1", ONPREM_IP);
+    for (event, least) in [
+        ("to_vnic", 4),
+        ("to_internet", 2),
+        ("from_internet", 2),
+        ("to_service", 2),
+        ("to_on_premises", 2),
+        ("from_gateway", 4),
+        ("router_hop", 2),
+    ] {
+        let n = events(&fleet, event);
+        assert!(n >= least, "{event}: {n} over the fleet");
+    }
+    // The NAT gateway: db1's UDP to the internet leaves behind the gateway's address, and
+    // the answers find db1 whichever host ECMP brings them to.
+    let heard = echo_server(&fleet.lab.ns("inet"), 53);
+    let answered = round_trips(
+        &fleet.lab.ns("db1"),
+        40000,
+        format!("{SERVER_IP}:53").parse().unwrap(),
+        20,
+    );
+    assert_eq!(answered, 20, "NAT answers");
+    let peer = heard.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!(peer.ip().to_string(), NAT_PUBLIC, "translated source");
+    assert!(events(&fleet, "nat_new") >= 1);
+
+    // Security rules: db1 takes UDP from web1 on 9000-9999 only.
+    assert_eq!(
+        round_trips(
+            &fleet.lab.ns("web1"),
+            40001,
+            "10.0.2.10:8000".parse().unwrap(),
+            3
+        ),
+        0
+    );
+    let denied: u64 = (0..HOSTS)
+        .map(|h| {
+            stats(&fleet, h)
+                .reasons
+                .get("acl_deny")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(denied >= 3, "acl_deny over the fleet: {denied}");
+
+    // Route lookups agree on every host.
+    for h in 0..HOSTS {
+        let l = lookup(&fleet, h, "web1", "172.16.0.10");
+        assert_eq!(l.result, "vnic:hub1", "host {h}: {l:?}");
+        assert_eq!(l.steps.len(), 2, "through the router: {l:?}");
+    }
+
+    // Where each of 48 flows goes, before a host is lost.
+    const FLOWS: u16 = 48;
+    const FIRST_PORT: u16 = 21000;
+    let before: BTreeMap<u16, usize> = (0..FLOWS)
+        .map(|k| {
+            let port = FIRST_PORT + k;
+            (port, host_of_flow(&fleet, port).expect("one host per flow"))
+        })
+        .collect();
+    let per_host: Vec<usize> = (0..HOSTS)
+        .map(|h| before.values().filter(|x| **x == h).count())
+        .collect();
+    assert!(
+        per_host.iter().all(|n| *n > 0),
+        "ECMP spreads flows over every host: {per_host:?}"
+    );
+
+    // The flows under traffic while host 2 (index 1) goes away.
+    let db1 = fleet.lab.ns("db1");
+    let receiver = Receiver::start(Some(&db1), "0.0.0.0:9999".parse().unwrap()).unwrap();
+    let web1 = fleet.lab.ns("web1");
+    let sender = std::thread::spawn(move || {
+        send_udp_from(
+            Some(&web1),
+            UdpStream {
+                dst: "10.0.2.10:9999".parse().unwrap(),
+                flows: u32::from(FLOWS),
+                pps: 4800,
+                duration: Duration::from_secs(4),
+                payload: 64,
+                zipf: None,
+            },
+            Some(FIRST_PORT),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.lab.set_host_link(1, false).unwrap();
+    let sent = sender.join().unwrap().unwrap();
+    let got = receiver.stop().unwrap();
+    assert_eq!(got.flows, u64::from(FLOWS));
+    assert!(got.received > sent.sent * 8 / 10, "{got:?} of {sent:?}");
+    for f in &got.per_flow {
+        let was = before[&f.src_port];
+        if was != 1 {
+            // Flows of the hosts that stayed lose nothing and never stall.
+            assert_eq!(f.gaps, 0, "flow {} on host {was}: {f:?}", f.src_port);
+            assert!(f.longest_silence_ms < 100.0, "{f:?}");
+        }
+        assert!(f.received > 0);
+    }
+
+    // Afterwards only the lost host's flows moved.
+    let mut moved = 0;
+    for (port, was) in &before {
+        let now = host_of_flow(&fleet, *port).expect("one host per flow");
+        assert_ne!(now, 1, "nothing goes to the lost host");
+        if *was != 1 {
+            assert_eq!(now, *was, "flow {port} stayed where it was");
+        } else {
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, per_host[1]);
+
+    // A route changed at run time on every host takes effect: without its route, the
+    // on-premises network is unreachable; with it back, reachable again.
+    for h in [0, 2] {
+        block_on(
+            fleet
+                .client(h)
+                .delete::<serde_json::Value>("/v1/routes?table=web&dst=192.168.0.0%2F16"),
+        )
+        .unwrap();
+    }
+    fleet.lab.set_host_link(1, true).unwrap();
+    block_on(
+        fleet
+            .client(1)
+            .delete::<serde_json::Value>("/v1/routes?table=web&dst=192.168.0.0%2F16"),
+    )
+    .unwrap();
+    for h in 0..HOSTS {
+        assert_eq!(lookup(&fleet, h, "web1", ONPREM_IP).result, "igw:internet");
+    }
+    assert!(!ping(&fleet.lab.ns("web1"), ONPREM_IP));
+    for h in 0..HOSTS {
+        let body =
+            serde_json::json!({"table": "web", "dst": "192.168.0.0/16", "via": "drg:onprem"});
+        block_on(
+            fleet
+                .client(h)
+                .post_json::<_, serde_json::Value>("/v1/routes", &body),
+        )
+        .unwrap();
+    }
+    reaches(&fleet, "web1", ONPREM_IP);
+}
