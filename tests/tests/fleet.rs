@@ -3,21 +3,18 @@
 //! next-hop type carries traffic; a host taken away under traffic moves only its own share of
 //! the flows; a route changed at run time on every host takes effect.
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, UdpSocket},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use xnic::{
-    api::types::{RouteLookupView, VnicStatsView, VnicView},
+    api::types::{RouteLookupView, VnicStatsView},
     cli::block_on,
     lab::{
-        fleet::{Fleet, HOSTS, NAT_PUBLIC, ONPREM_IP, SERVER_IP, SERVICE_IP},
+        fleet::{
+            Fleet, HOSTS, NAT_PUBLIC, ONPREM_IP, PROBE_PORT, SERVER_IP, SERVICE_IP, echo_server,
+            round_trips,
+        },
         traffic::{Receiver, UdpStream, send_udp_from},
     },
-    netns,
 };
 use xnic_tests::{unique_name, xnic_bin};
 
@@ -37,10 +34,6 @@ fn reaches(fleet: &Fleet, from: &str, dst: &str) {
     assert!(ping(&ns, dst), "{from} → {dst} does not answer");
 }
 
-fn vnic(fleet: &Fleet, host: usize, name: &str) -> VnicView {
-    block_on(fleet.client(host).get(&format!("/v1/vnics/{name}"))).unwrap()
-}
-
 fn stats(fleet: &Fleet, host: usize) -> VnicStatsView {
     block_on(fleet.client(host).get("/v1/vnics/stats")).unwrap()
 }
@@ -50,74 +43,6 @@ fn events(fleet: &Fleet, event: &str) -> u64 {
     (0..HOSTS)
         .map(|h| stats(fleet, h).events.get(event).copied().unwrap_or(0))
         .sum()
-}
-
-/// Sends `n` UDP datagrams from `from:port` in namespace `ns` to `dst` and counts the answers
-/// (an echo server answers each); returns the answers.
-fn round_trips(ns: &str, port: u16, dst: SocketAddr, n: u32) -> u32 {
-    netns::run_in(ns, move || -> anyhow::Result<u32> {
-        let sock = UdpSocket::bind(("0.0.0.0", port))?;
-        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let mut got = 0;
-        let mut buf = [0u8; 64];
-        for i in 0..n {
-            sock.send_to(&i.to_be_bytes(), dst)?;
-            if sock.recv_from(&mut buf).is_ok() {
-                got += 1;
-            }
-        }
-        Ok(got)
-    })
-    .unwrap()
-}
-
-/// An echo server in `ns` on `port` that records who it heard from.
-fn echo_server(ns: &str, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns = ns.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        netns::run_in(&ns, move || -> anyhow::Result<()> {
-            let sock = UdpSocket::bind(("0.0.0.0", port))?;
-            sock.set_read_timeout(Some(Duration::from_secs(20)))?;
-            let _ = ready_tx.send(());
-            let mut buf = [0u8; 2048];
-            while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-                if tx.send(from).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        })
-    });
-    ready_rx.recv().unwrap();
-    rx
-}
-
-/// Which host forwards web1's flow from `port` to db1: the one whose web1 counter moves
-/// when the flow sends a few datagrams.
-fn host_of_flow(fleet: &Fleet, port: u16) -> Option<usize> {
-    let before: Vec<u64> = (0..HOSTS)
-        .map(|h| vnic(fleet, h, "web1").sent.packets)
-        .collect();
-    let web1 = fleet.lab.ns("web1");
-    netns::run_in(&web1, move || -> anyhow::Result<()> {
-        let sock = UdpSocket::bind(("0.0.0.0", port))?;
-        for i in 0..3u32 {
-            sock.send_to(&i.to_be_bytes(), "10.0.2.10:9999")?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(30));
-    let moved: Vec<usize> = (0..HOSTS)
-        .filter(|&h| vnic(fleet, h, "web1").sent.packets >= before[h] + 3)
-        .collect();
-    match moved.as_slice() {
-        [h] => Some(*h),
-        _ => None,
-    }
 }
 
 fn lookup(fleet: &Fleet, host: usize, vnic: &str, addr: &str) -> RouteLookupView {
@@ -155,13 +80,14 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     }
     // The NAT gateway: db1's UDP to the internet leaves behind the gateway's address, and
     // the answers find db1 whichever host ECMP brings them to.
-    let heard = echo_server(&fleet.lab.ns("inet"), 53);
+    let heard = echo_server(&fleet.lab.ns("inet"), 53, 20).unwrap();
     let answered = round_trips(
         &fleet.lab.ns("db1"),
         40000,
         format!("{SERVER_IP}:53").parse().unwrap(),
         20,
-    );
+    )
+    .unwrap();
     assert_eq!(answered, 20, "NAT answers");
     let peer = heard.recv_timeout(Duration::from_secs(1)).unwrap();
     assert_eq!(peer.ip().to_string(), NAT_PUBLIC, "translated source");
@@ -174,7 +100,8 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
             40001,
             "10.0.2.10:8000".parse().unwrap(),
             3
-        ),
+        )
+        .unwrap(),
         0
     );
     let denied: u64 = (0..HOSTS)
@@ -201,7 +128,11 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     let before: BTreeMap<u16, usize> = (0..FLOWS)
         .map(|k| {
             let port = FIRST_PORT + k;
-            (port, host_of_flow(&fleet, port).expect("one host per flow"))
+            let (host, _) = fleet
+                .host_of_flow(port)
+                .unwrap()
+                .expect("one host per flow");
+            (port, host)
         })
         .collect();
     let per_host: Vec<usize> = (0..HOSTS)
@@ -214,13 +145,14 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
 
     // The flows under traffic while host 2 (index 1) goes away.
     let db1 = fleet.lab.ns("db1");
-    let receiver = Receiver::start(Some(&db1), "0.0.0.0:9999".parse().unwrap()).unwrap();
+    let receiver =
+        Receiver::start(Some(&db1), format!("0.0.0.0:{PROBE_PORT}").parse().unwrap()).unwrap();
     let web1 = fleet.lab.ns("web1");
     let sender = std::thread::spawn(move || {
         send_udp_from(
             Some(&web1),
             UdpStream {
-                dst: "10.0.2.10:9999".parse().unwrap(),
+                dst: format!("10.0.2.10:{PROBE_PORT}").parse().unwrap(),
                 flows: u32::from(FLOWS),
                 pps: 4800,
                 duration: Duration::from_secs(4),
@@ -249,7 +181,10 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     // Afterwards only the lost host's flows moved.
     let mut moved = 0;
     for (port, was) in &before {
-        let now = host_of_flow(&fleet, *port).expect("one host per flow");
+        let (now, _) = fleet
+            .host_of_flow(*port)
+            .unwrap()
+            .expect("one host per flow");
         assert_ne!(now, 1, "nothing goes to the lost host");
         if *was != 1 {
             assert_eq!(now, *was, "flow {port} stayed where it was");

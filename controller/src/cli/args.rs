@@ -511,6 +511,10 @@ pub enum LabCommand {
     RecvUdp(RecvUdpArgs),
     /// The whole demo: lab up, daemon, traffic, what xnic sees; then everything removed.
     Demo(DemoArgs),
+    /// VNIC routing's demo on its own: three xnic hosts behind a tor, traffic of every
+    /// next-hop type, which host takes which flow, a host taken away under traffic; then
+    /// everything removed.
+    Fleet(FleetArgs),
     /// Print the built-in lab configuration (a starting point for your own).
     Config,
 }
@@ -588,6 +592,13 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    /// Prefix of the fleet lab's namespaces (and its daemons' instance names).
+    #[arg(long, default_value = "xfleet")]
+    pub prefix: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -71,17 +71,23 @@ fn stream_to_tor(
     Ok((rx, sender))
 }
 
-fn heading(text: &str) {
+pub(super) fn heading(text: &str) {
     println!("\n━━ {text}");
+}
+
+/// A flag Ctrl-C (or SIGTERM) raises: the demo stops at the next step and cleans up.
+pub(super) fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;
+    }
+    Ok(stop)
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     crate::daemon::require_root("xnic lab demo")?;
     let (lab, config_path) = resolve(&args.config)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot handle signals")?;
-    }
+    let stop = stop_on_signals()?;
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -235,6 +241,9 @@ fn demo(
 
     if !stop.load(Ordering::Relaxed) {
         flow_offload_demo(&instance)?;
+    }
+    if !stop.load(Ordering::Relaxed) {
+        super::fleet::demo(&format!("{instance}-fleet"), stop)?;
     }
 
     heading("steady traffic (Ctrl-C to stop)");

@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod down;
 mod events;
+mod fleet;
 mod flows;
 mod lab;
 mod route;
@@ -85,6 +86,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(LabCommand::Down(a)) => lab::down(&a),
         Command::Lab(LabCommand::Traffic(a)) => lab::traffic(&a),
         Command::Lab(LabCommand::Demo(a)) => demo::run(&a),
+        Command::Lab(LabCommand::Fleet(a)) => {
+            crate::daemon::require_root("xnic lab fleet")?;
+            let stop = demo::stop_on_signals()?;
+            fleet::demo(&a.prefix, &stop)
+        }
         Command::Lab(LabCommand::Config) => {
             print!(
                 "{}",

@@ -680,3 +680,92 @@ impl Drop for Fleet {
         self.lab.down();
     }
 }
+
+/// Sends `n` UDP datagrams from port `port` in namespace `ns` to `dst`, each waiting up to
+/// half a second for its answer; returns how many were answered.
+pub fn round_trips(ns: &str, port: u16, dst: std::net::SocketAddr, n: u32) -> anyhow::Result<u32> {
+    crate::netns::run_in(ns, move || {
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        for i in 0..n {
+            sock.send_to(&i.to_be_bytes(), dst)?;
+            if sock.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        Ok(got)
+    })
+}
+
+/// An echo server in `ns` on UDP `port`, for `secs`: answers every datagram and reports
+/// who sent it.
+pub fn echo_server(
+    ns: &str,
+    port: u16,
+    secs: u64,
+) -> anyhow::Result<std::sync::mpsc::Receiver<std::net::SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let name = ns.to_string();
+    std::thread::spawn(move || {
+        crate::netns::run_in(&name, move || -> anyhow::Result<()> {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(secs)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+                if tx.send(from).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .map_err(|_| anyhow::anyhow!("the echo server in {ns} did not start"))?;
+    Ok(rx)
+}
+
+/// The UDP port db1 accepts probes on (db's security list allows 9000-9999 from web).
+pub const PROBE_PORT: u16 = 9999;
+
+impl Fleet {
+    /// Which host (and which of its CPUs) forwards web1's UDP flow from `port` to db1: the
+    /// one whose counters move when the flow sends a few datagrams. `None`: no host, or more
+    /// than one, saw them all.
+    pub fn host_of_flow(&self, port: u16) -> anyhow::Result<Option<(usize, Option<usize>)>> {
+        use crate::api::types::{StatsView, VnicView};
+        const PROBES: u64 = 3;
+        let read = |h: usize| -> anyhow::Result<(u64, Vec<u64>)> {
+            let v: VnicView = crate::cli::block_on(self.client(h).get("/v1/vnics/web1"))?;
+            let s: StatsView = crate::cli::block_on(self.client(h).get("/v1/stats"))?;
+            Ok((v.sent.packets, s.cpus.iter().map(|c| c.packets).collect()))
+        };
+        let before = (0..HOSTS).map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        crate::netns::run_in(&self.lab.ns("web1"), move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            for i in 0..PROBES {
+                sock.send_to(&i.to_be_bytes(), ("10.0.2.10", PROBE_PORT))?;
+            }
+            Ok(())
+        })?;
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let after = (0..HOSTS).map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        let hosts: Vec<usize> = (0..HOSTS)
+            .filter(|&h| after[h].0 >= before[h].0 + PROBES)
+            .collect();
+        let [h] = hosts.as_slice() else {
+            return Ok(None);
+        };
+        let cpu = after[*h]
+            .1
+            .iter()
+            .zip(&before[*h].1)
+            .position(|(a, b)| *a >= b + PROBES);
+        Ok(Some((*h, cpu)))
+    }
+}
