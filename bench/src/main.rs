@@ -10,6 +10,8 @@ mod offload_moves;
 mod ops;
 mod ovs;
 mod report;
+mod route;
+mod route_live;
 mod rss;
 mod rss_live;
 mod rss_sim;
@@ -25,11 +27,12 @@ fn main() {
         Some("team") => team::run(&args[1..]),
         Some("ops") => ops::run(&args[1..]),
         Some("offload") => offload::run(&args[1..]),
+        Some("route") => route::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, offload, ops, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, offload, ops, route, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|offload|ops|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|offload|ops|route|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

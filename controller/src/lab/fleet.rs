@@ -585,6 +585,42 @@ impl FleetLab {
         ])
     }
 
+    /// Brings host `i` back: its link up at the tor, and its nexthop (which the kernel
+    /// removed with the link) back in the group. The resilient group gives it buckets as
+    /// they go idle.
+    pub fn restore_host(&self, i: usize) -> anyhow::Result<()> {
+        let tor = self.tor_ns();
+        self.set_host_link(i, true)?;
+        let n = (i + 1) as u8;
+        ip(&[
+            "-n",
+            &tor,
+            "nexthop",
+            "replace",
+            "id",
+            &n.to_string(),
+            "via",
+            &link_addr(254, n, 2),
+            "dev",
+            &Self::host_port(i),
+        ])?;
+        let members: Vec<String> = (1..=HOSTS).map(|n| n.to_string()).collect();
+        ip(&[
+            "-n",
+            &tor,
+            "nexthop",
+            "replace",
+            "id",
+            GROUP,
+            "group",
+            &members.join("/"),
+            "type",
+            "resilient",
+            "buckets",
+            BUCKETS,
+        ])
+    }
+
     /// Removes the lab's namespaces (what is not there is fine).
     pub fn down(&self) {
         for ns in self.namespaces() {
