@@ -145,8 +145,8 @@ fn image_with_routes(extra: &[Prefix]) -> anyhow::Result<VnicImage> {
         .find(|(k, _)| k.prefix() == (table, "0.0.0.0/0".parse().expect("a prefix")))
         .map(|(_, e)| *e)
         .context("web's default route")?;
-    let mut id = image.routes.values().map(|e| e.route).max().unwrap_or(0) + 1;
-    for p in extra {
+    let first = image.routes.values().map(|e| e.route).max().unwrap_or(0) + 1;
+    for (id, p) in (first..).zip(extra) {
         image.routes.insert(
             RouteKey::route(table, p),
             RouteEntry {
@@ -155,7 +155,6 @@ fn image_with_routes(extra: &[Prefix]) -> anyhow::Result<VnicImage> {
                 ..default
             },
         );
-        id += 1;
     }
     Ok(image)
 }
