@@ -251,6 +251,12 @@ macro_rules! for_each_map {
             ROUTES_V4: lpm_trie($crate::vnic::RouteAddrV4 => $crate::vnic::RouteEntry; $crate::vnic::MAX_ROUTES), pinned, Vnic 1;
             /// The same for IPv6.
             ROUTES_V6: lpm_trie($crate::vnic::RouteAddrV6 => $crate::vnic::RouteEntry; $crate::vnic::MAX_ROUTES), pinned, Vnic 1;
+            /// The routes' generation: raised after every change of the tries, so remembered
+            /// routes of an older one are looked up again. Written by the daemon, last.
+            ROUTE_GEN: array(u32 => u32; 1), pinned, Vnic 1;
+            /// (route table, destination) → the route a lookup found, of the generation it
+            /// was found in. Written by the programs, least recently used evicted.
+            ROUTE_CACHE: lru_hash($crate::vnic::RouteCacheKey => $crate::vnic::CachedRoute; $crate::vnic::MAX_ROUTE_CACHE), pinned, Vnic 1;
             /// Gateway slot → kind, VNI, VCN, remote VTEP and MAC, NAT addresses.
             GATEWAYS: array(u32 => $crate::vnic::GatewayEntry; $crate::vnic::MAX_GATEWAYS), pinned, Vnic 1;
             /// A service or dynamic routing gateway's VNI → its slot: whose network a wrapped

@@ -91,3 +91,7 @@ unsafe impl aya::Pod for crate::vnic::NatEntry {}
 unsafe impl aya::Pod for crate::vnic::FleetHostEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::vnic::VnicCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::RouteCacheKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vnic::CachedRoute {}

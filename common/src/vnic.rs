@@ -181,6 +181,11 @@ pub const NO_RULES: u16 = u16::MAX;
 /// key): ≈ 25 MiB. The least recently used give way when it is full.
 pub const MAX_NAT_SESSIONS: u32 = 128 * 1024;
 
+/// Destinations whose route (after virtual routers) a host remembers: a flow's packets
+/// after its first skip the trie walks, whose cost grows with the table (a 1M-route trie is
+/// ~20 levels deep). An LRU hash shared by the CPUs, ~120 bytes an entry: 64 Ki ≈ 7.5 MiB.
+pub const MAX_ROUTE_CACHE: u32 = 64 * 1024;
+
 /// Hosts in a fleet: what an ECMP group of a top-of-rack router takes.
 pub const MAX_FLEET_HOSTS: u32 = 64;
 
@@ -457,6 +462,26 @@ pub const TCP_ACK: u8 = 0x10;
 #[inline(always)]
 pub fn may_answer(p: &Parsed) -> bool {
     p.ip_proto != crate::headers::IPPROTO_TCP || p.tcp_flags & TCP_ACK != 0
+}
+
+/// `ROUTE_CACHE`'s key: a route table and a destination (IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteCacheKey {
+    pub table: u32,
+    pub addr: [u8; 16],
+}
+
+/// A destination's route as a lookup through `table` found it: the final route, the routes
+/// of the virtual routers on the way (for their counters), and the routes' generation
+/// (`ROUTE_GEN`) it was found in; an entry of another generation is stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedRoute {
+    pub entry: RouteEntry,
+    pub generation: u32,
+    pub routers: u32,
+    pub router_routes: [u32; MAX_ROUTER_HOPS],
 }
 
 /// `NatKey::dir`: a connection's packets from the VNIC, keyed by the private side.

@@ -36,18 +36,19 @@ use xnic_common::{
     rewrite::{self, Check, L4Ports, OuterV4, VXLAN_FLAG_VNI, VxlanHdr, check_offset},
     verdict::Reason,
     vnic::{
-        self, AclPacket, Admission, GatewayEntry, MAX_ROUTER_HOPS, MAX_RULES, Matched, NAT_IN,
-        NAT_OUT, NAT_PORT_TRIES, NatEntry, NatKey, NextHop, OUTER_LEN, PUBLIC_NAT, PUBLIC_VNIC,
-        RouteAddrV4, RouteAddrV6, RouteEntry, Side, VNIC_VALID, VnicAddrKey, VnicConfig,
-        VnicCounter, VnicEntry, VnicMacKey, route_prefix_len, vcn_table,
+        self, AclPacket, Admission, CachedRoute, GatewayEntry, MAX_ROUTER_HOPS, MAX_RULES, Matched,
+        NAT_IN, NAT_OUT, NAT_PORT_TRIES, NatEntry, NatKey, NextHop, OUTER_LEN, PUBLIC_NAT,
+        PUBLIC_VNIC, RouteAddrV4, RouteAddrV6, RouteCacheKey, RouteEntry, Side, VNIC_VALID,
+        VnicAddrKey, VnicConfig, VnicCounter, VnicEntry, VnicMacKey, route_prefix_len, vcn_table,
     },
 };
 
 use crate::{
     atomic,
     maps::{
-        ACL_RULES, FLEET_HOSTS, GATEWAY_VNIS, GATEWAYS, NAT_SESSIONS, PUBLIC_ADDRS, ROUTE_STATS,
-        ROUTES_V4, ROUTES_V6, VNIC_ADDRS, VNIC_CONFIG, VNIC_EVENTS, VNIC_MACS, VNIC_STATS, VNICS,
+        ACL_RULES, FLEET_HOSTS, GATEWAY_VNIS, GATEWAYS, NAT_SESSIONS, PUBLIC_ADDRS, ROUTE_CACHE,
+        ROUTE_GEN, ROUTE_STATS, ROUTES_V4, ROUTES_V6, VNIC_ADDRS, VNIC_CONFIG, VNIC_EVENTS,
+        VNIC_MACS, VNIC_STATS, VNICS,
     },
 };
 
@@ -373,23 +374,15 @@ fn to(cx: &mut FrameCtx, hop: u8, target: u32, check_ingress: bool) -> bool {
 }
 
 /// The route for the packet from VNIC `v`: its VCN's own addresses first, then its table
-/// through virtual routers.
+/// through virtual routers (remembered per destination, see [`routed`]).
 #[inline(always)]
 fn route(cx: &mut FrameCtx, v: &VnicEntry) -> bool {
-    let found = match lookup(cx, vcn_table(v.vcn)) {
-        Some(e) if e.kind == NextHop::Local as u8 => Some(e),
-        _ if v.table == vnic::NO_TABLE => None,
-        _ => chase(cx, v.table),
-    };
-    let Some(e) = found else {
-        finish(cx, Reason::NoRoute);
-        return false;
-    };
-    if e.kind == NextHop::Local as u8 {
+    if let Some(e) = lookup(cx, vcn_table(v.vcn)).filter(|e| e.kind == NextHop::Local as u8) {
         let key = VnicAddrKey {
             vcn: v.vcn,
             addr: cx.parsed.dst_ip,
         };
+        count_route(e.route, cx.len);
         // SAFETY: a map value, valid while the program runs; copied out at once.
         return match unsafe { VNIC_ADDRS.get(key) }.copied() {
             Some(target) => to(cx, NextHop::Vnic as u8, target, true),
@@ -399,8 +392,50 @@ fn route(cx: &mut FrameCtx, v: &VnicEntry) -> bool {
             }
         };
     }
-    count_route(e.route, cx.len);
-    to(cx, e.kind, e.target, true)
+    if v.table == vnic::NO_TABLE {
+        finish(cx, Reason::NoRoute);
+        return false;
+    }
+    match routed(cx, v.table) {
+        Some(e) => to(cx, e.kind, e.target, true),
+        None => {
+            finish(cx, Reason::NoRoute);
+            false
+        }
+    }
+}
+
+/// The destination's route through `table`: remembered from an earlier packet of this
+/// routes' generation, else looked up (and remembered). Counts every route taken.
+#[inline(always)]
+fn routed(cx: &FrameCtx, table: u32) -> Option<RouteEntry> {
+    let generation = ROUTE_GEN.get(0).copied().unwrap_or(0);
+    let key = RouteCacheKey {
+        table,
+        addr: cx.parsed.dst_ip,
+    };
+    // SAFETY: a map value, valid while the program runs; copied out at once.
+    let cached = unsafe { ROUTE_CACHE.get(key) }
+        .copied()
+        .filter(|c| c.generation == generation);
+    let c = match cached {
+        Some(c) => c,
+        None => {
+            let c = chase(cx, table, generation)?;
+            // Best effort: a full cache evicts its least recently used.
+            let _ = ROUTE_CACHE.insert(key, c, 0);
+            c
+        }
+    };
+    for i in 0..MAX_ROUTER_HOPS {
+        if i as u32 >= c.routers {
+            break;
+        }
+        event(VnicCounter::RouterHop);
+        count_route(c.router_routes[i], cx.len);
+    }
+    count_route(c.entry.route, cx.len);
+    Some(c.entry)
 }
 
 /// The route of the packet's destination in `table`.
@@ -431,15 +466,22 @@ fn lookup(cx: &FrameCtx, table: u32) -> Option<RouteEntry> {
 /// Looks the destination up in `table` and, through virtual routers, in theirs: at most
 /// [`MAX_ROUTER_HOPS`] of them.
 #[inline(always)]
-fn chase(cx: &FrameCtx, table: u32) -> Option<RouteEntry> {
+fn chase(cx: &FrameCtx, table: u32, generation: u32) -> Option<CachedRoute> {
     let mut table = table;
-    for _ in 0..=MAX_ROUTER_HOPS {
+    let mut c = CachedRoute {
+        generation,
+        ..CachedRoute::default()
+    };
+    for i in 0..=MAX_ROUTER_HOPS {
         let e = lookup(cx, table)?;
         if e.kind != NextHop::Router as u8 {
-            return Some(e);
+            c.entry = e;
+            return Some(c);
         }
-        event(VnicCounter::RouterHop);
-        count_route(e.route, cx.len);
+        if i < MAX_ROUTER_HOPS {
+            c.router_routes[i] = e.route;
+            c.routers = i as u32 + 1;
+        }
         table = e.target;
     }
     None

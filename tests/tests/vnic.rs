@@ -764,3 +764,38 @@ fn without_a_fleet_vxlan_is_the_kernels() {
     assert_eq!(reasons(&m), vec![Reason::NotForVm]);
     assert_eq!(m.frame, frame);
 }
+
+#[test]
+fn a_changed_route_is_taken_at_once_though_the_old_one_was_remembered() {
+    let config: Config = xnic::config::parse(FLEET, std::path::Path::new("fleet.toml")).unwrap();
+    let mut feature = Vnic::default();
+    feature.set_host(Some(0));
+    feature.reconcile(&config).unwrap();
+    let mut fx = Fixture::new(PortRole::Uplink);
+    fx.write(|i| i.vnic = feature.image());
+    let inner = ip_frame(
+        (WEB1_MAC, ROUTER_MAC),
+        [10, 0, 1, 10],
+        [198, 18, 0, 5],
+        64,
+        L4::Udp(40000, 443),
+    );
+    let frame = from_instance([192, 0, 2, 11], 100, &inner);
+    let vtep_of = |m: &Moved| m.frame[30..34].to_vec();
+    // Twice: the second packet finds the route remembered.
+    for _ in 0..2 {
+        let m = fx.run(PortRole::Uplink, &frame);
+        assert_eq!(reasons(&m), vec![Reason::VnicForward]);
+        assert_eq!(vtep_of(&m), vec![192, 0, 2, 50], "to the services network");
+    }
+    // The services prefix now leads on-premises instead.
+    let changed = FLEET.replace(
+        "{ dst = \"198.18.0.0/15\", via = \"sgw:services\" }",
+        "{ dst = \"198.18.0.0/15\", via = \"drg:onprem\" }",
+    );
+    let config: Config = xnic::config::parse(&changed, std::path::Path::new("fleet.toml")).unwrap();
+    feature.reconcile(&config).unwrap();
+    fx.write(|i| i.vnic = feature.image());
+    let m = fx.run(PortRole::Uplink, &frame);
+    assert_eq!(vtep_of(&m), vec![192, 0, 2, 60], "to on-premises, at once");
+}

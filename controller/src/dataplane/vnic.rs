@@ -93,6 +93,10 @@ impl Dataplane {
                 .array_mut::<registry::ACL_RULES>()?
                 .set(*i, *r, 0)
                 .with_context(|| format!("cannot write ACL_RULES[{i}]"))?,
+            VnicOp::SetRouteGen(g) => self
+                .array_mut::<registry::ROUTE_GEN>()?
+                .set(0, *g, 0)
+                .context("cannot write ROUTE_GEN")?,
             VnicOp::SetHost(i, h) => self
                 .array_mut::<registry::FLEET_HOSTS>()?
                 .set(*i, *h, 0)
@@ -143,6 +147,7 @@ impl Dataplane {
     pub fn read_vnic_image(&self) -> anyhow::Result<VnicImage> {
         let mut img = VnicImage {
             config: self.array::<registry::VNIC_CONFIG>()?.get(&0, 0)?,
+            route_gen: self.array::<registry::ROUTE_GEN>()?.get(&0, 0)?,
             ..VnicImage::default()
         };
         let vnics = self.array::<registry::VNICS>()?;

@@ -525,6 +525,7 @@ impl Vnic {
                 );
             }
         }
+        img.route_gen = crate::policy::vnic_plan::route_generation(&img.routes);
         img
     }
 }

@@ -36,6 +36,42 @@ pub struct VnicImage {
     pub rules: BTreeMap<u32, AclRule>,
     /// `FLEET_HOSTS`, by index.
     pub hosts: BTreeMap<u32, FleetHostEntry>,
+    /// `ROUTE_GEN[0]`: a digest of `routes`, so the programs forget what they remembered of
+    /// other routes.
+    pub route_gen: u32,
+}
+
+/// A digest of a set of routes (FNV-1a over keys and entries): another set, another
+/// generation (0 stays for no routes at all).
+pub fn route_generation(routes: &BTreeMap<RouteKey, RouteEntry>) -> u32 {
+    if routes.is_empty() {
+        return 0;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    for (k, e) in routes {
+        match k {
+            RouteKey::V4 { prefix_len, data } => {
+                eat(&prefix_len.to_be_bytes());
+                eat(&data.table);
+                eat(&data.addr);
+            }
+            RouteKey::V6 { prefix_len, data } => {
+                eat(&prefix_len.to_be_bytes());
+                eat(&data.table);
+                eat(&data.addr);
+            }
+        }
+        eat(&[e.kind]);
+        eat(&e.target.to_be_bytes());
+        eat(&e.route.to_be_bytes());
+    }
+    h.max(1)
 }
 
 /// One write to VNIC routing's maps. Writing an array entry's default removes it.
@@ -56,6 +92,9 @@ pub enum VnicOp {
     RemovePublic([u8; 4]),
     SetRule(u32, AclRule),
     SetHost(u32, FleetHostEntry),
+    /// The routes' generation: written after every other write, removals included, so
+    /// nothing remembered under the new generation predates the change.
+    SetRouteGen(u32),
 }
 
 /// Sets of what changed in one section; keys that went away.
@@ -124,6 +163,9 @@ pub fn diff(from: &VnicImage, to: &VnicImage) -> (Vec<VnicOp>, Vec<VnicOp>) {
             .into_iter()
             .map(|s| VnicOp::SetRule(s, AclRule::default())),
     );
+    if from.route_gen != to.route_gen {
+        brk.push(VnicOp::SetRouteGen(to.route_gen));
+    }
     (make, brk)
 }
 
@@ -173,6 +215,7 @@ pub fn record(image: &mut VnicImage, op: &VnicOp) {
         }
         VnicOp::SetRule(i, r) => array_put(&mut image.rules, *i, *r),
         VnicOp::SetHost(i, h) => array_put(&mut image.hosts, *i, *h),
+        VnicOp::SetRouteGen(g) => image.route_gen = *g,
     }
 }
 
