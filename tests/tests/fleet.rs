@@ -115,6 +115,23 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
         .sum();
     assert!(denied >= 3, "acl_deny over the fleet: {denied}");
 
+    // The metrics show each VNIC's traffic and VNIC routing's events.
+    let (_, body) = block_on(
+        fleet
+            .client(0)
+            .request(xnic::api::client::Method::GET, "/metrics"),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    for want in [
+        "xnic_vnic_packets_total{",
+        "vnic=\"web1\"",
+        "xnic_vnic_routing_events_total{",
+        "reason=\"acl_deny\"",
+    ] {
+        assert!(text.contains(want), "{want} in the metrics");
+    }
+
     // Route lookups agree on every host.
     for h in 0..HOSTS {
         let l = lookup(&fleet, h, "web1", "172.16.0.10");

@@ -881,6 +881,48 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
                 "vnic[0].security_lists[0]",
                 "no [[security_list]]",
             ),
+            (
+                refused(
+                    "[fleet]\nanycast = \"192.0.2.1\"\nhosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }]\n",
+                    str::to_string,
+                ),
+                "fleet.anycast",
+                "no host's VTEP",
+            ),
+            (
+                refused(
+                    "[fleet]\nanycast = \"192.0.2.100\"\nhosts = [{ name = \"h1\", vtep = \"2001:db8::1\" }]\n",
+                    str::to_string,
+                ),
+                "fleet.hosts[0].vtep",
+                "VTEPs are IPv4",
+            ),
+            (
+                refused("", |b| {
+                    b.replace(
+                        "public_ips = [\"203.0.113.1\"]",
+                        "public_ips = [\"203.0.113.10\"]",
+                    )
+                }),
+                "gateway[1].public_ips[0]",
+                "VNIC \"web1\"'s public address already",
+            ),
+            (
+                refused(
+                    "[[gateway]]\nname = \"onprem\"\nkind = \"drg\"\ncidrs = [\"172.16.0.0/12\"]\nremote = \"192.0.2.200\"\nvni = 100\nmac = \"02:00:00:00:06:00\"\nvcn = \"prod\"\n",
+                    str::to_string,
+                ),
+                "gateway[2].vni",
+                "a VNIC's or the hand-off VNI",
+            ),
+            (
+                refused(
+                    "[[gateway]]\nname = \"onprem\"\nkind = \"drg\"\ncidrs = [\"172.16.0.0/12\"]\nremote = \"192.0.2.200\"\nvni = 600\nmac = \"02:00:00:00:06:00\"\nvcn = \"nope\"\n",
+                    str::to_string,
+                ),
+                "gateway[2].vcn",
+                "no [[vcn]]",
+            ),
         ];
         for ((field, msg), want_field, want_msg) in cases {
             assert!(

@@ -10,17 +10,22 @@ use prometheus_client::{
 
 use std::collections::BTreeMap;
 
-use xnic_proto::api::{Count, FlowStatsView, Role, RssStatusView, StatsView, TeamStatusView};
+use xnic_proto::api::{
+    Count, FlowStatsView, Role, RssStatusView, StatsView, TeamStatusView, VnicListView,
+    VnicStatsView,
+};
 
+/// Everything one scrape shows.
 #[derive(Debug)]
-struct Snapshot {
-    instance: String,
-    stats: StatsView,
-    rss: Option<RssStatusView>,
-    team: Option<TeamStatusView>,
-    flows: Option<FlowStatsView>,
-    events: BTreeMap<(String, String), u64>,
-    generation: u64,
+pub struct Snapshot {
+    pub instance: String,
+    pub stats: StatsView,
+    pub rss: Option<RssStatusView>,
+    pub team: Option<TeamStatusView>,
+    pub flows: Option<FlowStatsView>,
+    pub vnics: Option<(VnicListView, VnicStatsView)>,
+    pub events: BTreeMap<(String, String), u64>,
+    pub generation: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -236,7 +241,66 @@ impl Collector for Snapshot {
         if let Some(flows) = &self.flows {
             self.encode_flows(flows, &mut encoder)?;
         }
+        if let Some((list, stats)) = &self.vnics {
+            self.encode_vnics(list, stats, &mut encoder)?;
+        }
         Ok(())
+    }
+}
+
+impl Snapshot {
+    fn encode_vnics(
+        &self,
+        list: &VnicListView,
+        stats: &VnicStatsView,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut packets = Vec::new();
+        let mut bytes = Vec::new();
+        for v in &list.vnics {
+            for (way, c) in [
+                ("sent", v.sent),
+                ("received", v.received),
+                ("dropped", v.dropped),
+            ] {
+                let labels = vec![
+                    ("instance", self.instance.clone()),
+                    ("vnic", v.name.clone()),
+                    ("vcn", v.vcn.clone()),
+                    ("way", way.to_string()),
+                ];
+                packets.push((labels.clone(), c.packets));
+                bytes.push((labels, c.bytes));
+            }
+        }
+        counter_family(
+            encoder,
+            "xnic_vnic_packets",
+            "A VNIC's packets this host forwarded (sent), delivered to it (received), or dropped",
+            &packets,
+        )?;
+        counter_family(
+            encoder,
+            "xnic_vnic_bytes",
+            "A VNIC's bytes this host forwarded (sent), delivered to it (received), or dropped",
+            &bytes,
+        )?;
+        let events: Vec<(Labels, u64)> = stats
+            .events
+            .iter()
+            .map(|(e, n)| {
+                (
+                    vec![("instance", self.instance.clone()), ("event", e.clone())],
+                    *n,
+                )
+            })
+            .collect();
+        counter_family(
+            encoder,
+            "xnic_vnic_routing_events",
+            "What VNIC routing did on this host (to_vnic, to_nat, handed_off, nat_new, ...)",
+            &events,
+        )
     }
 }
 
@@ -496,25 +560,9 @@ impl Snapshot {
     }
 }
 
-pub fn encode(
-    instance: &str,
-    stats: &StatsView,
-    rss: Option<RssStatusView>,
-    team: Option<TeamStatusView>,
-    flows: Option<FlowStatsView>,
-    events: &BTreeMap<(String, String), u64>,
-    generation: u64,
-) -> Result<String, std::fmt::Error> {
+pub fn encode(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot {
-        instance: instance.to_string(),
-        stats: stats.clone(),
-        rss,
-        team,
-        flows,
-        events: events.clone(),
-        generation,
-    }));
+    registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
     Ok(out)

@@ -329,15 +329,16 @@ impl Daemon {
 
     pub fn metrics(&self) -> anyhow::Result<String> {
         let stats = self.stats()?;
-        metrics::encode(
-            &self.instance,
-            &stats,
-            self.rss_status(),
-            self.team_status(),
-            self.flow_stats().ok().filter(|f| f.enabled || f.in_use > 0),
-            &self.events.all_counts(),
-            self.generation(),
-        )
+        metrics::encode(metrics::Snapshot {
+            instance: self.instance.clone(),
+            stats,
+            rss: self.rss_status(),
+            team: self.team_status(),
+            flows: self.flow_stats().ok().filter(|f| f.enabled || f.in_use > 0),
+            vnics: self.vnic_metrics(),
+            events: self.events.all_counts(),
+            generation: self.generation(),
+        })
         .map_err(|e| anyhow!("cannot encode metrics: {e}"))
     }
 }

@@ -324,6 +324,12 @@ impl Daemon {
         Ok(view)
     }
 
+    /// What the metrics show of VNIC routing, when the configuration has a fleet.
+    pub fn vnic_metrics(&self) -> Option<(VnicListView, VnicStatsView)> {
+        self.snapshot().config.fleet.as_ref()?;
+        Some((self.vnics().ok()?, self.vnic_stats().ok()?))
+    }
+
     pub fn vnic_stats(&self) -> Result<VnicStatsView, Refusal> {
         let reader = self.vnic_reader()?;
         let events = reader.events().map_err(failed)?;

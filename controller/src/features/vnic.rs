@@ -539,3 +539,117 @@ pub fn host_of(c: &Config, addresses: &[IpAddr]) -> Option<usize> {
             .is_ok_and(|a| addresses.contains(&a))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use xnic_common::vnic::{AclPacket, Admission, Matched, admits, first_match};
+
+    use super::*;
+    use crate::policy::acl::{self, ICMP, Packet, TCP, UDP, Verdict};
+
+    fn rule_strategy() -> impl Strategy<Value = Rule> {
+        (
+            any::<bool>(),
+            prop::option::of(prop::sample::select(vec![TCP, UDP, ICMP])),
+            prop::sample::select(vec![0u8, 8, 12, 16, 23, 24, 31, 32]),
+            any::<[u8; 4]>(),
+            prop::option::of((0u16..2000, 0u16..2000)),
+            any::<bool>(),
+        )
+            .prop_map(|(allow, proto, len, net, ports, stateful)| {
+                let masked = Ipv4Addr::from(
+                    u32::from_be_bytes(net) & if len == 0 { 0 } else { u32::MAX << (32 - len) },
+                );
+                Rule {
+                    action: if allow { Action::Allow } else { Action::Deny },
+                    proto,
+                    peer: Prefix::new(masked.into(), len).expect("masked"),
+                    // Ports go with TCP or UDP only, as the configuration requires.
+                    ports: ports
+                        .filter(|_| matches!(proto, Some(TCP) | Some(UDP)))
+                        .map(|(a, b)| (a.min(b), a.max(b))),
+                    stateful,
+                }
+            })
+    }
+
+    use std::net::Ipv4Addr;
+
+    proptest! {
+        /// The dataplane's rules, as `acl_rule` writes them and `first_match` walks them,
+        /// decide every packet as the configuration's reference does: the same rule, the same
+        /// verdict.
+        #[test]
+        fn the_dataplane_decides_as_the_reference(
+            rules in proptest::collection::vec(rule_strategy(), 0..16),
+            proto in prop::sample::select(vec![TCP, UDP, ICMP]),
+            peer in any::<[u8; 4]>(),
+            near in 0usize..16,
+            port in 0u16..2000,
+        ) {
+            // Half the packets from inside some rule's prefix, so matches are common.
+            let peer = match rules.get(near) {
+                Some(r) if near % 2 == 0 => match r.peer.addr() {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => Ipv4Addr::from(peer),
+                },
+                _ => Ipv4Addr::from(peer),
+            };
+            let reference = acl::evaluate(&rules, &Packet { proto, peer: peer.into(), dst_port: port });
+            let dataplane: Vec<AclRule> = rules.iter().map(acl_rule).collect();
+            let p = AclPacket {
+                proto,
+                peer: mapped(peer.into()),
+                dst_port: port,
+                ports: proto == TCP || proto == UDP,
+            };
+            let got = first_match(&dataplane, &p)
+                .map(|r| dataplane.iter().position(|x| std::ptr::eq(x, r)).expect("one of them"));
+            match reference {
+                Verdict::Allow(i) => {
+                    prop_assert_eq!(got, Some(i));
+                    prop_assert!(Matched::of(&dataplane[i]).allows());
+                }
+                Verdict::Deny(i) => {
+                    prop_assert_eq!(got, Some(i));
+                    prop_assert!(!Matched::of(&dataplane[i]).allows());
+                }
+                Verdict::NoMatch => prop_assert_eq!(got, None),
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_passes_only_what_a_stateful_rule_of_the_other_way_allows() {
+        let allow = |stateful: bool| AclRule {
+            action: ACL_ALLOW,
+            flags: if stateful { ACL_STATEFUL } else { 0 },
+            ..AclRule::default()
+        };
+        let deny = AclRule {
+            action: ACL_DENY,
+            ..AclRule::default()
+        };
+        let m = |r: &AclRule| Matched::of(r);
+        assert_eq!(
+            admits(m(&allow(false)), Matched::NONE, false),
+            Admission::Allowed
+        );
+        assert_eq!(admits(m(&deny), m(&allow(true)), true), Admission::Answer);
+        assert_eq!(
+            admits(Matched::NONE, m(&allow(true)), true),
+            Admission::Answer
+        );
+        // Not stateful, not an answer (a bare SYN), or nothing allows the connection.
+        assert_eq!(
+            admits(Matched::NONE, m(&allow(false)), true),
+            Admission::Denied
+        );
+        assert_eq!(
+            admits(Matched::NONE, m(&allow(true)), false),
+            Admission::Denied
+        );
+        assert_eq!(admits(Matched::NONE, m(&deny), true), Admission::Denied);
+    }
+}

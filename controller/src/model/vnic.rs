@@ -222,3 +222,99 @@ fn rules_of<'a>(
         RuleDirection::Egress => &mut l.egress,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Config {
+        let lab = crate::lab::fleet::FleetLab::new("t");
+        crate::config::parse(&lab.config(0), std::path::Path::new("fleet.toml")).unwrap()
+    }
+
+    fn refused(change: VnicChange) -> Refusal {
+        let mut c = fleet();
+        apply(&mut c, &change).expect_err("refused")
+    }
+
+    #[test]
+    fn changes_that_name_nothing_or_something_taken_are_refused() {
+        let c = fleet();
+        let web1 = c.vnics[0].clone();
+        assert!(matches!(
+            refused(VnicChange::AddVnic(Box::new(web1))),
+            Refusal::Conflict(m) if m.contains("exists")
+        ));
+        assert!(matches!(
+            refused(VnicChange::DelVnic("web1".into())),
+            Refusal::Conflict(m) if m.contains("10.0.1.10/32 in table hub")
+        ));
+        assert!(matches!(
+            refused(VnicChange::DelVnic("nope".into())),
+            Refusal::NotFound(m) if m.contains("known VNICs: web1, db1, hub1")
+        ));
+        let route = |dst: &str| RouteConfig {
+            dst: dst.into(),
+            via: "igw:internet".into(),
+        };
+        assert!(matches!(
+            refused(VnicChange::AddRoute { table: "nope".into(), route: route("10.9.0.0/16") }),
+            Refusal::NotFound(m) if m.contains("known tables")
+        ));
+        assert!(matches!(
+            refused(VnicChange::AddRoute { table: "web".into(), route: route("0.0.0.0/0") }),
+            Refusal::Conflict(m) if m.contains("already")
+        ));
+        assert!(matches!(
+            refused(VnicChange::DelRoute {
+                table: "web".into(),
+                dst: "10.9.0.0/16".into()
+            }),
+            Refusal::NotFound(_)
+        ));
+        assert!(matches!(
+            refused(VnicChange::DelRule {
+                list: "db".into(),
+                direction: RuleDirection::Ingress,
+                index: 9,
+            }),
+            Refusal::NotFound(m) if m.contains("count from 0")
+        ));
+        assert!(RuleDirection::parse("sideways").is_err());
+    }
+
+    #[test]
+    fn changes_land_where_they_say() {
+        let mut c = fleet();
+        apply(
+            &mut c,
+            &VnicChange::DelRoute {
+                table: "web".into(),
+                dst: "192.168.0.0/16".into(),
+            },
+        )
+        .unwrap();
+        assert!(
+            !c.route_tables[0]
+                .routes
+                .iter()
+                .any(|r| r.dst == "192.168.0.0/16")
+        );
+        let rule: RuleConfig =
+            serde_json::from_value(serde_json::json!({"action": "deny", "cidr": "10.0.1.99/32"}))
+                .unwrap();
+        apply(
+            &mut c,
+            &VnicChange::AddRule {
+                list: "db".into(),
+                direction: RuleDirection::Ingress,
+                rule: rule.clone(),
+                at: Some(0),
+            },
+        )
+        .unwrap();
+        let db = c.security_lists.iter().find(|l| l.name == "db").unwrap();
+        assert_eq!(db.ingress[0], rule);
+        crate::config::validate::validate(&c).expect("still valid");
+    }
+}

@@ -384,6 +384,7 @@ impl Reconciler {
                 r.generation
             ),
         ));
+        out.extend(vnic_events(&r.config, None, 0, &r.vnic));
         r.events.push(out);
         r.publish();
         let published = r.published.clone();
@@ -561,8 +562,10 @@ impl Reconciler {
         self.team.reconcile(&cx, self.base.slots(), events)?;
         self.offload.reconcile(self.config.flows.as_ref());
         let vnic = Arc::make_mut(&mut self.vnic);
+        let (was, routes_before) = (vnic.host(), vnic.image().routes.len());
         vnic.set_host(host_of(&self.config, &self.addresses));
         vnic.reconcile(&self.config)?;
+        events.extend(vnic_events(&self.config, was, routes_before, vnic));
         self.refresh_blocks();
         Ok(())
     }
@@ -955,6 +958,53 @@ fn placeholder(config: &Config) -> Snapshot {
         programs: Programs::default(),
         vnic: Arc::default(),
     }
+}
+
+/// VNIC routing's events of a reconcile: this host joining or leaving the fleet, its routes
+/// changing.
+fn vnic_events(
+    config: &Config,
+    was: Option<usize>,
+    routes_before: usize,
+    vnic: &Vnic,
+) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    let name = |i: usize| {
+        config
+            .fleet
+            .as_ref()
+            .and_then(|f| f.hosts.get(i))
+            .map_or_else(|| format!("host {i}"), |h| h.name.clone())
+    };
+    match (was, vnic.host()) {
+        (None, Some(i)) => out.push(NewEvent::new(
+            "vnic",
+            "routing_on",
+            name(i),
+            format!(
+                "forwarding for the fleet's {} VNIC(s) as {}",
+                config.vnics.len(),
+                name(i)
+            ),
+        )),
+        (Some(i), None) => out.push(NewEvent::new(
+            "vnic",
+            "routing_off",
+            name(i),
+            "this host is no longer one of [fleet]'s: VNIC routing is off here",
+        )),
+        _ => {}
+    }
+    let routes = vnic.image().routes.len();
+    if was.is_some() && vnic.host().is_some() && routes != routes_before {
+        out.push(NewEvent::new(
+            "vnic",
+            "routes_changed",
+            config.instance.clone(),
+            format!("{routes_before} routes before, {routes} now (VCN prefixes included)"),
+        ));
+    }
+    out
 }
 
 /// Starts the reconciler thread; returns the handle that sends it commands.
