@@ -768,6 +768,12 @@ fn to_internet(xdp: &XdpContext, cx: &mut FrameCtx) {
             return;
         }
     }
+    leave_unwrapped(xdp, cx, VnicCounter::ToInternet);
+}
+
+/// The public side's last steps: one router hop, unwrapped, sent; counted as `what`.
+#[inline(always)]
+fn leave_unwrapped(xdp: &XdpContext, cx: &mut FrameCtx, what: VnicCounter) {
     if !inner_hop(xdp, cx) {
         finish(cx, Reason::TtlExpired);
         return;
@@ -775,7 +781,7 @@ fn to_internet(xdp: &XdpContext, cx: &mut FrameCtx) {
     if !unwrap_out(xdp, cx) {
         return;
     }
-    event(VnicCounter::ToInternet);
+    event(what);
     count_vnic(cx.vnic.source, |c| &mut c.sent, cx.len);
     finish(cx, Reason::VnicForward);
 }
@@ -842,16 +848,7 @@ fn to_nat(xdp: &XdpContext, cx: &mut FrameCtx, config: &VnicConfig) {
         finish(cx, Reason::Truncated);
         return;
     }
-    if !inner_hop(xdp, cx) {
-        finish(cx, Reason::TtlExpired);
-        return;
-    }
-    if !unwrap_out(xdp, cx) {
-        return;
-    }
-    event(VnicCounter::ToNat);
-    count_vnic(cx.vnic.source, |c| &mut c.sent, cx.len);
-    finish(cx, Reason::VnicForward);
+    leave_unwrapped(xdp, cx, VnicCounter::ToNat);
 }
 
 /// The connection's public side: found, or made with a free port of this host's block

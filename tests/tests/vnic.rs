@@ -1,5 +1,5 @@
-//! VNIC routing's programs under BPF_PROG_TEST_RUN, with the maps rendered from a real fleet
-//! configuration the way the daemon renders them: every next-hop type and every drop reason,
+//! VNIC routing's programs under BPF_PROG_TEST_RUN, with the maps rendered from the fleet
+//! lab's configuration the way the daemon renders them: every next-hop type and every drop reason,
 //! the output compared byte for byte with frames built independently (etherparse computes
 //! the checksums from scratch; the programs update them incrementally).
 
@@ -26,142 +26,21 @@ const ONPREM_MAC: [u8; 6] = [2, 0, 0, 0, 6, 0];
 const ANYCAST: [u8; 4] = [192, 0, 2, 100];
 const HANDOFF_VNI: u32 = (1 << 24) - 1;
 
-const FLEET: &str = r#"
-instance = "fleet"
-
-[[uplink]]
-name = "up0"
-[fleet]
-anycast = "192.0.2.100"
-hosts = [
-  { name = "h1", vtep = "192.0.2.1" },
-  { name = "h2", vtep = "192.0.2.2" },
-  { name = "h3", vtep = "192.0.2.3" },
-]
-
-[[vcn]]
-name = "prod"
-cidrs = ["10.0.0.0/16"]
-
-[[vcn]]
-name = "hub"
-cidrs = ["172.16.0.0/16"]
-
-[[subnet]]
-name = "web"
-vcn = "prod"
-cidr = "10.0.1.0/24"
-route_table = "web"
-security_lists = ["open"]
-
-[[subnet]]
-name = "db"
-vcn = "prod"
-cidr = "10.0.2.0/24"
-route_table = "db"
-security_lists = ["db"]
-
-[[subnet]]
-name = "hub"
-vcn = "hub"
-cidr = "172.16.0.0/24"
-security_lists = ["open"]
-
-[[vnic]]
-name = "web1"
-subnet = "web"
-vni = 100
-mac = "02:00:00:00:01:01"
-ips = ["10.0.1.10"]
-host = "192.0.2.11"
-public_ip = "203.0.113.10"
-
-[[vnic]]
-name = "db1"
-subnet = "db"
-vni = 100
-mac = "02:00:00:00:02:01"
-ips = ["10.0.2.10"]
-host = "192.0.2.12"
-
-[[vnic]]
-name = "hub1"
-subnet = "hub"
-vni = 300
-mac = "02:00:00:00:03:01"
-ips = ["172.16.0.10"]
-host = "192.0.2.13"
-
-[[route_table]]
-name = "web"
-routes = [
-  { dst = "0.0.0.0/0", via = "igw:internet" },
-  { dst = "172.16.0.0/16", via = "router:transit" },
-  { dst = "192.168.0.0/16", via = "drg:onprem" },
-  { dst = "198.18.0.0/15", via = "sgw:services" },
-]
-
-[[route_table]]
-name = "transit"
-routes = [{ dst = "172.16.0.10/32", via = "vnic:hub1" }]
-
-[[route_table]]
-name = "db"
-routes = [{ dst = "0.0.0.0/0", via = "nat:out" }]
-
-[[gateway]]
-name = "internet"
-kind = "internet"
-
-[[gateway]]
-name = "out"
-kind = "nat"
-public_ips = ["203.0.113.1"]
-
-[[gateway]]
-name = "services"
-kind = "service"
-cidrs = ["198.18.0.0/15"]
-vni = 500
-remote = "192.0.2.50"
-mac = "02:00:00:00:05:00"
-vcn = "prod"
-
-[[gateway]]
-name = "onprem"
-kind = "drg"
-cidrs = ["192.168.0.0/16"]
-vni = 600
-remote = "192.0.2.60"
-mac = "02:00:00:00:06:00"
-vcn = "prod"
-
-[[security_list]]
-name = "open"
-ingress = [{ action = "allow", cidr = "0.0.0.0/0" }]
-egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
-
-[[security_list]]
-name = "db"
-ingress = [
-  { action = "deny", proto = "tcp", cidr = "10.0.1.99/32" },
-  { action = "allow", proto = "tcp", cidr = "10.0.1.0/24", ports = "5432" },
-]
-egress = [
-  { action = "allow", proto = "tcp", cidr = "0.0.0.0/0", ports = "443", stateful = true },
-  { action = "allow", proto = "tcp", cidr = "10.0.1.0/24", ports = "8000-9000", stateful = true },
-]
-"#;
+/// The fleet lab's configuration of host h1: the same VNICs, tables, gateways and rules the
+/// lab runs.
+fn fleet_text() -> String {
+    xnic::lab::fleet::FleetLab::new("t").config(0)
+}
 
 /// A dataplane with lo as an uplink of fleet host `me`, its VNIC maps rendered from
-/// [`FLEET`] as the daemon renders them.
+/// the fleet lab's configuration as the daemon renders them.
 fn host(me: usize) -> Fixture {
     host_with_ids(me).0
 }
 
 /// [`host`], with the feature that rendered its maps (its VNICs' slots).
 fn host_with_ids(me: usize) -> (Fixture, Vnic) {
-    let config: Config = xnic::config::parse(FLEET, std::path::Path::new("fleet.toml"))
+    let config: Config = xnic::config::parse(&fleet_text(), std::path::Path::new("fleet.toml"))
         .unwrap_or_else(|e| panic!("the fleet configuration: {e}"));
     let mut feature = Vnic::default();
     feature.set_host(Some(me));
@@ -572,7 +451,7 @@ fn security_rules_decide_in_order_and_answers_pass() {
             l4,
         )
     };
-    // db's ingress allows tcp 5432 from 10.0.1.0/24, nothing else.
+    // db's ingress allows tcp 5432, udp 9000-9999 and icmp from the VCN, nothing else.
     dropped(
         &fx.run(
             PortRole::Uplink,
@@ -587,10 +466,10 @@ fn security_rules_decide_in_order_and_answers_pass() {
         ),
         Reason::AclDeny,
     );
-    // An answer to what db's stateful egress rule allows (db1 → web1 tcp 8080): from web1's
-    // port 8080, carrying ACK, it passes; a bare SYN from there does not.
+    // An answer to what db's stateful egress rule allows (db1 → anywhere tcp 443): from
+    // web1's port 443, carrying ACK, it passes; a bare SYN from there does not.
     let before = events(&fx)[VnicCounter::AnswerAdmitted as usize];
-    let answer = to_db1(64, L4::Tcp(8080, 40000, true));
+    let answer = to_db1(64, L4::Tcp(443, 40000, true));
     assert_eq!(
         reasons(&fx.run(
             PortRole::Uplink,
@@ -767,7 +646,8 @@ fn without_a_fleet_vxlan_is_the_kernels() {
 
 #[test]
 fn a_changed_route_is_taken_at_once_though_the_old_one_was_remembered() {
-    let config: Config = xnic::config::parse(FLEET, std::path::Path::new("fleet.toml")).unwrap();
+    let config: Config =
+        xnic::config::parse(&fleet_text(), std::path::Path::new("fleet.toml")).unwrap();
     let mut feature = Vnic::default();
     feature.set_host(Some(0));
     feature.reconcile(&config).unwrap();
@@ -789,7 +669,7 @@ fn a_changed_route_is_taken_at_once_though_the_old_one_was_remembered() {
         assert_eq!(vtep_of(&m), vec![192, 0, 2, 50], "to the services network");
     }
     // The services prefix now leads on-premises instead.
-    let changed = FLEET.replace(
+    let changed = fleet_text().replace(
         "{ dst = \"198.18.0.0/15\", via = \"sgw:services\" }",
         "{ dst = \"198.18.0.0/15\", via = \"drg:onprem\" }",
     );
