@@ -11,5 +11,9 @@ pub fn init(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log pipe whose reader went away (a supervisor killed) must not take the thread
+        // that logged down with it: the subscriber would report the failed write on stderr
+        // again, and printing to a broken stderr panics.
+        .log_internal_errors(false)
         .try_init();
 }

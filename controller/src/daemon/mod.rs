@@ -345,6 +345,18 @@ impl Daemon {
 
 pub(crate) const NO_RSS: &str = "RSS is not configured: add an [rss] section to the configuration";
 
+/// A thread of the daemon that panics takes the process with it: a daemon whose reconciler
+/// died would go on answering reads while refusing every change. The pinned dataplane keeps
+/// forwarding; a supervisor starts a new daemon, which adopts it.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(panic = %info, "a daemon thread panicked: exiting (the dataplane keeps forwarding)");
+        std::process::exit(101);
+    }));
+}
+
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): run it with sudo");
@@ -363,6 +375,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = crate::config::parse(&text, config_path)?;
     crate::logging::init(&config.daemon.log_level);
     require_root("xnic run")?;
+    exit_on_panic();
     if let Some(ns) = &config.netns {
         // Before any thread exists, so the whole daemon lives in the namespace.
         crate::netns::enter(ns)?;
