@@ -211,6 +211,11 @@ pub fn rows(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
 /// The flows the host-loss rows follow, from these source ports.
 const FIRST_PORT: u16 = 22000;
 
+/// The host taken away: the first of the group, where the kernel's hash-threshold
+/// multipath moves most besides the lost host's own flows (losing the middle one, it moves
+/// only those).
+const LOST: usize = 0;
+
 fn placement(fleet: &Fleet, flows: u16) -> anyhow::Result<BTreeMap<u16, usize>> {
     let mut out = BTreeMap::new();
     for k in 0..flows {
@@ -222,7 +227,7 @@ fn placement(fleet: &Fleet, flows: u16) -> anyhow::Result<BTreeMap<u16, usize>> 
     Ok(out)
 }
 
-/// The share of flows that move when host 1 of `n` goes with a modulo-N hash (flow →
+/// The share of flows that move when host [`LOST`] of `n` goes with a modulo-N hash (flow →
 /// host `h % n`, then `h % (n - 1)` over the rest), over web1's flows from the same ports.
 fn modulo_moved(flows: u16, n: usize) -> f64 {
     let mut moved = 0;
@@ -234,7 +239,7 @@ fn modulo_moved(flows: u16, n: usize) -> f64 {
         };
         let h = flow_hash(&p, 0, false) as usize;
         let before = h % n;
-        let survivors: Vec<usize> = (0..n).filter(|x| *x != 1).collect();
+        let survivors: Vec<usize> = (0..n).filter(|x| *x != LOST).collect();
         let after = survivors[h % survivors.len()];
         if before != after {
             moved += 1;
@@ -273,24 +278,24 @@ fn host_loss(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
         )
     });
     std::thread::sleep(Duration::from_millis(1500));
-    fleet.lab.set_host_link(1, false)?;
+    fleet.lab.set_host_link(LOST, false)?;
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     let got = receiver.stop()?;
     let after = placement(&fleet, flows)?;
     let resilient = crate::route::moved(&before, &after) as f64 / before.len().max(1) as f64;
-    let lost_share = before.values().filter(|h| **h == 1).count() as f64 / before.len() as f64;
+    let lost_share = before.values().filter(|h| **h == LOST).count() as f64 / before.len() as f64;
     let silence = got
         .per_flow
         .iter()
-        .filter(|f| before.get(&f.src_port) == Some(&1))
+        .filter(|f| before.get(&f.src_port) == Some(&LOST))
         .map(|f| f.longest_silence_ms)
         .fold(0.0, f64::max);
     let lost = sent.sent.saturating_sub(got.received);
 
     // The kernel's plain multipath (hash-threshold), measured the same way.
-    fleet.lab.restore_host(1)?;
+    fleet.lab.restore_host(LOST)?;
     ip(&["-n", &tor, "nexthop", "add", "id", "101", "group", "1/2/3"])?;
     for dst in [
         format!("{}/32", xnic::lab::fleet::ANYCAST),
@@ -300,7 +305,7 @@ fn host_loss(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_millis(200));
     let plain_before = placement(&fleet, flows)?;
-    fleet.lab.set_host_link(1, false)?;
+    fleet.lab.set_host_link(LOST, false)?;
     std::thread::sleep(Duration::from_millis(200));
     let plain_after = placement(&fleet, flows)?;
     let plain =
@@ -309,7 +314,7 @@ fn host_loss(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
     drop(fleet);
 
     report.notes.push(format!(
-        "Host loss: the fleet lab (three hosts, tor with a resilient nexthop group of 96 buckets, L4 hash); {flows} UDP flows web1 → db1 (one source port each), each flow's host found by probing (a few datagrams, whose host's counters move); host h2's link set down at the tor under 4 s of traffic ({} pps). \"Changed host\" counts flows whose host differs after; a third (h2's share, {:.1} % here) is the least any scheme can move. The plain multipath baseline replaces the group by the kernel's non-resilient one (hash-threshold) and probes again; modulo-N is computed over the same flows' hashes (h mod 3, then mod 2).",
+        "Host loss: the fleet lab (three hosts, tor with a resilient nexthop group of 96 buckets, L4 hash); {flows} UDP flows web1 → db1 (one source port each), each flow's host found by probing (a few datagrams, whose host's counters move); host h1's link set down at the tor under 4 s of traffic ({} pps). \"Changed host\" counts flows whose host differs after; a third (h1's share, {:.1} % here) is the least any scheme can move. The plain multipath baseline replaces the group by the kernel's non-resilient one (hash-threshold) and probes again; modulo-N is computed over the same flows' hashes (h mod 3, then mod 2 over the survivors). The first host is the one lost: hash-threshold, which cuts the hash space in ranges, moves only the lost host's flows when it is the middle one.",
         u64::from(flows) * 100,
         lost_share * 100.0
     ));
