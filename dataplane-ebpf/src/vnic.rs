@@ -687,6 +687,30 @@ fn wrap(
     true
 }
 
+/// A virtual router's hop toward an overlay endpoint: TTL one less, the inner frame from the
+/// router's MAC to `mac`, wrapped for `vtep` in `vni` from the fleet's VTEP.
+#[inline(always)]
+fn rewrap(
+    xdp: &XdpContext,
+    cx: &mut FrameCtx,
+    config: &VnicConfig,
+    mac: [u8; 6],
+    vtep: [u8; 4],
+    vni: u32,
+) -> bool {
+    if !inner_hop(xdp, cx) {
+        finish(cx, Reason::TtlExpired);
+        return false;
+    }
+    let Some(eth) = inner_eth(xdp, cx) else {
+        finish(cx, Reason::Truncated);
+        return false;
+    };
+    eth.src = config.router_mac;
+    eth.dst = mac;
+    wrap(xdp, cx, config, config.anycast, vtep, vni)
+}
+
 /// Unwraps the packet for the public side: the inner frame with the outer MACs.
 #[inline(always)]
 fn unwrap_out(xdp: &XdpContext, cx: &mut FrameCtx) -> bool {
@@ -728,17 +752,7 @@ fn to_vnic(xdp: &XdpContext, cx: &mut FrameCtx, config: &VnicConfig, target: u32
         finish(cx, Reason::Truncated);
         return;
     }
-    if !inner_hop(xdp, cx) {
-        finish(cx, Reason::TtlExpired);
-        return;
-    }
-    let Some(eth) = inner_eth(xdp, cx) else {
-        finish(cx, Reason::Truncated);
-        return;
-    };
-    eth.src = config.router_mac;
-    eth.dst = t.mac;
-    if !wrap(xdp, cx, config, config.anycast, t.host, t.vni) {
+    if !rewrap(xdp, cx, config, t.mac, t.host, t.vni) {
         return;
     }
     event(VnicCounter::ToVnic);
@@ -793,17 +807,7 @@ fn to_gateway(xdp: &XdpContext, cx: &mut FrameCtx, config: &VnicConfig) {
         finish(cx, Reason::NoRoute);
         return;
     };
-    if !inner_hop(xdp, cx) {
-        finish(cx, Reason::TtlExpired);
-        return;
-    }
-    let Some(eth) = inner_eth(xdp, cx) else {
-        finish(cx, Reason::Truncated);
-        return;
-    };
-    eth.src = config.router_mac;
-    eth.dst = g.mac;
-    if !wrap(xdp, cx, config, config.anycast, g.remote, g.vni) {
+    if !rewrap(xdp, cx, config, g.mac, g.remote, g.vni) {
         return;
     }
     event(if g.kind == NextHop::ServiceGateway as u8 {

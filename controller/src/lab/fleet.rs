@@ -327,34 +327,9 @@ impl FleetLab {
                 "via",
                 &link_addr(254, n, 2),
             ])?;
-            ip(&[
-                "-n",
-                &tor,
-                "nexthop",
-                "add",
-                "id",
-                &n.to_string(),
-                "via",
-                &link_addr(254, n, 2),
-                "dev",
-                &Self::host_port(i),
-            ])?;
+            self.set_nexthop(i, "add")?;
         }
-        let members: Vec<String> = (1..=HOSTS).map(|n| n.to_string()).collect();
-        ip(&[
-            "-n",
-            &tor,
-            "nexthop",
-            "add",
-            "id",
-            GROUP,
-            "group",
-            &members.join("/"),
-            "type",
-            "resilient",
-            "buckets",
-            BUCKETS,
-        ])?;
+        self.set_group("add")?;
         for dst in [format!("{ANYCAST}/32"), "203.0.113.0/24".to_string()] {
             ip(&["-n", &tor, "route", "add", &dst, "nhid", GROUP])?;
         }
@@ -589,27 +564,36 @@ impl FleetLab {
     /// removed with the link) back in the group. The resilient group gives it buckets as
     /// they go idle.
     pub fn restore_host(&self, i: usize) -> anyhow::Result<()> {
-        let tor = self.tor_ns();
         self.set_host_link(i, true)?;
+        self.set_nexthop(i, "replace")?;
+        self.set_group("replace")
+    }
+
+    /// Host `i`'s nexthop at the tor (`verb`: `add` or `replace`).
+    fn set_nexthop(&self, i: usize, verb: &str) -> anyhow::Result<()> {
         let n = (i + 1) as u8;
         ip(&[
             "-n",
-            &tor,
+            &self.tor_ns(),
             "nexthop",
-            "replace",
+            verb,
             "id",
             &n.to_string(),
             "via",
             &link_addr(254, n, 2),
             "dev",
             &Self::host_port(i),
-        ])?;
+        ])
+    }
+
+    /// The tor's resilient group over every host's nexthop.
+    fn set_group(&self, verb: &str) -> anyhow::Result<()> {
         let members: Vec<String> = (1..=HOSTS).map(|n| n.to_string()).collect();
         ip(&[
             "-n",
-            &tor,
+            &self.tor_ns(),
             "nexthop",
-            "replace",
+            verb,
             "id",
             GROUP,
             "group",
