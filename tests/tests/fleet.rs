@@ -45,6 +45,40 @@ fn events(fleet: &Fleet, event: &str) -> u64 {
         .sum()
 }
 
+/// web1's UDP packet to db1, wrapped as its host sends it, put on each host's link at the
+/// tor in turn; returns the VXLAN frames db1's host received after each.
+fn same_packet_through_each_host(fleet: &Fleet) -> Vec<Vec<u8>> {
+    use xnic::lab::capture::{Capture, inject};
+    let mac = |s: &str| -> [u8; 6] { s.parse::<xnic::net::MacAddr>().unwrap().0 };
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac("02:00:00:00:01:01"), mac("02:00:5e:00:00:01"))
+        .ipv4([10, 0, 1, 10], [10, 0, 2, 10], 64)
+        .udp(41000, PROBE_PORT)
+        .write(&mut inner, b"the same packet")
+        .unwrap();
+    let mut out = Vec::new();
+    for h in 0..HOSTS {
+        let (tor_mac, host_mac) = xnic::lab::fleet::FleetLab::host_link_macs(h);
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(&tor_mac), mac(&host_mac))
+            .ipv4([192, 0, 2, 11], [192, 0, 2, 100], 63)
+            .udp(50000, 4789)
+            .write(&mut frame, &[&[0x08, 0, 0, 0, 0, 0, 100, 0][..], &inner].concat())
+            .unwrap();
+        let capture = Capture::start_keeping(&fleet.lab.ns("db1"), "up0", 2048).unwrap();
+        inject(&fleet.lab.tor_ns(), &xnic::lab::fleet::FleetLab::host_port(h), vec![frame])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let got = capture.stop().unwrap();
+        out.extend(
+            got.into_iter()
+                .map(|c| c.head)
+                .filter(|f| f.len() > 50 && f[23] == 17 && f[36..38] == 4789u16.to_be_bytes()),
+        );
+    }
+    out
+}
+
 fn lookup(fleet: &Fleet, host: usize, vnic: &str, addr: &str) -> RouteLookupView {
     block_on(
         fleet
@@ -131,6 +165,12 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     ] {
         assert!(text.contains(want), "{want} in the metrics");
     }
+
+    // The same packet handed to each host by the tor comes out of each alike: what db1's
+    // host receives is byte for byte the same.
+    let identical = same_packet_through_each_host(&fleet);
+    assert_eq!(identical.len(), HOSTS, "one frame through each host: {identical:?}");
+    assert!(identical.windows(2).all(|w| w[0] == w[1]), "{identical:02x?}");
 
     // Route lookups agree on every host.
     for h in 0..HOSTS {

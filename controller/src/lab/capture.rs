@@ -72,6 +72,11 @@ impl Capture {
     /// Starts recording frames received on `ifname` in namespace `ns`; returns once the
     /// socket is bound.
     pub fn start(ns: &str, ifname: &str) -> anyhow::Result<Capture> {
+        Capture::start_keeping(ns, ifname, HEAD)
+    }
+
+    /// [`Capture::start`], keeping the first `keep` bytes of each frame.
+    pub fn start_keeping(ns: &str, ifname: &str, keep: usize) -> anyhow::Result<Capture> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -95,7 +100,7 @@ impl Capture {
                 match receive(&sock, &mut buf) {
                     Ok(Some((n, stamp))) => frames.push(Captured {
                         at_ns: (stamp + offset).max(0) as u64,
-                        head: buf[..n.min(HEAD)].to_vec(),
+                        head: buf[..n.min(keep)].to_vec(),
                     }),
                     Ok(None) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -120,6 +125,24 @@ impl Capture {
             .join()
             .map_err(|_| anyhow::anyhow!("capture thread panicked"))?
     }
+}
+
+/// Sends `frames` as they are out of `ifname` in namespace `ns` (a packet socket: no
+/// routing, no headers added).
+pub fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let ifname = ifname.to_string();
+    netns::run_in(ns, move || {
+        let sock = open(&ifname)?;
+        for f in &frames {
+            // SAFETY: `f` is valid for its length; the socket is bound to the interface.
+            let n = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("cannot send a frame out of {ifname}"));
+            }
+        }
+        Ok(())
+    })
 }
 
 fn open(ifname: &str) -> anyhow::Result<OwnedFd> {

@@ -265,6 +265,12 @@ impl FleetLab {
         format!("h{}", i + 1)
     }
 
+    /// The MACs of host `i`'s link: the tor's end and the host's.
+    pub fn host_link_macs(i: usize) -> (String, String) {
+        let n = (i + 1) as u8;
+        (mac(0xa0, n), mac(0xa1, n))
+    }
+
     pub fn host_vtep(i: usize) -> String {
         format!("192.0.2.{}", i + 1)
     }
@@ -301,7 +307,7 @@ impl FleetLab {
         // The hosts: one link each; the VTEP on it as a /32.
         for i in 0..HOSTS {
             let n = (i + 1) as u8;
-            let (tor_mac, host_mac) = (mac(0xa0, n), mac(0xa1, n));
+            let (tor_mac, host_mac) = Self::host_link_macs(i);
             self.link(
                 &self.host_ns(i),
                 &Self::host_port(i),
