@@ -63,11 +63,18 @@ fn same_packet_through_each_host(fleet: &Fleet) -> Vec<Vec<u8>> {
         etherparse::PacketBuilder::ethernet2(mac(&tor_mac), mac(&host_mac))
             .ipv4([192, 0, 2, 11], [192, 0, 2, 100], 63)
             .udp(50000, 4789)
-            .write(&mut frame, &[&[0x08, 0, 0, 0, 0, 0, 100, 0][..], &inner].concat())
+            .write(
+                &mut frame,
+                &[&[0x08, 0, 0, 0, 0, 0, 100, 0][..], &inner].concat(),
+            )
             .unwrap();
         let capture = Capture::start_keeping(&fleet.lab.ns("db1"), "up0", 2048).unwrap();
-        inject(&fleet.lab.tor_ns(), &xnic::lab::fleet::FleetLab::host_port(h), vec![frame])
-            .unwrap();
+        inject(
+            &fleet.lab.tor_ns(),
+            &xnic::lab::fleet::FleetLab::host_port(h),
+            vec![frame],
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let got = capture.stop().unwrap();
         out.extend(
@@ -169,8 +176,15 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     // The same packet handed to each host by the tor comes out of each alike: what db1's
     // host receives is byte for byte the same.
     let identical = same_packet_through_each_host(&fleet);
-    assert_eq!(identical.len(), HOSTS, "one frame through each host: {identical:?}");
-    assert!(identical.windows(2).all(|w| w[0] == w[1]), "{identical:02x?}");
+    assert_eq!(
+        identical.len(),
+        HOSTS,
+        "one frame through each host: {identical:?}"
+    );
+    assert!(
+        identical.windows(2).all(|w| w[0] == w[1]),
+        "{identical:02x?}"
+    );
 
     // Route lookups agree on every host.
     for h in 0..HOSTS {
@@ -178,6 +192,29 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
         assert_eq!(l.result, "vnic:hub1", "host {h}: {l:?}");
         assert_eq!(l.steps.len(), 2, "through the router: {l:?}");
     }
+
+    // The CLI: a route lookup and a VNIC as JSON, and a change that would loop refused with
+    // its reason, changing nothing.
+    let instance = fleet.lab.host_ns(0);
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--instance", instance.as_str()]);
+        xnic_tests::xnic(&all)
+    };
+    let out = cli(&["route", "lookup", "web1", "172.16.0.10", "--json"]);
+    let l: RouteLookupView = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(l.result, "vnic:hub1");
+    let out = cli(&["vnic", "show", "db1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["vni"], 100);
+    let before = cli(&["config"]).stdout;
+    let out = cli(&["route", "add", "transit", "10.0.0.0/8", "router:web"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loop"), "{err}");
+    let out = cli(&["rule", "del", "db", "ingress", "7"]);
+    assert!(!out.status.success());
+    assert_eq!(cli(&["config"]).stdout, before, "nothing changed");
 
     // Where each of 48 flows goes, before a host is lost.
     const FLOWS: u16 = 48;
