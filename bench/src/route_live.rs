@@ -34,6 +34,9 @@ struct OneHost {
 
 impl Drop for OneHost {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(live::config_file(&self.h, "route"));
+        let prefix = self.t.trim_end_matches("-t");
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{prefix}.trafgen")));
         let _ = xnic::dataplane::teardown(&self.h);
         let _ = xnic::model::store::Store::new(&self.h).remove();
         for ns in [&self.t, &self.h] {
@@ -186,8 +189,6 @@ pub fn rows(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
         xnic_rates.push(x);
         linux_rates.push(l);
     }
-    let _ = std::fs::remove_file(&cfg);
-    let _ = std::fs::remove_file(&config);
     drop(one);
     report.notes.push(format!(
         "Live frames/s: trafgen (one CPU, unpaced) sends web1's VXLAN-wrapped UDP to db1 (source ports counting up: many flows) into one fleet host's uplink; what the host sends back (re-wrapped for db1's VTEP) is counted by XDP_DROP on the sender's end; {secs} s per scenario, {rounds} interleaved rounds, median. The Linux slow path does the same job: a VXLAN device on the fleet's address unwraps, a policy rule picks web1's route table, nftables applies db's security list, the same device wraps for db1's VTEP (its FDB entry)."
