@@ -26,7 +26,7 @@ use xnic_common::{
 
 use crate::{
     flag,
-    report::{Better, Report, median},
+    report::{Better, Report, timed},
 };
 
 const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
@@ -78,15 +78,6 @@ fn frame(t: &Tuple, seq: u32) -> Vec<u8> {
         )
         .expect("a frame");
     out
-}
-
-/// Median kernel-timed ns of `runs` single runs of `run`.
-fn timed(runs: usize, mut run: impl FnMut(u32) -> anyhow::Result<u64>) -> anyhow::Result<f64> {
-    let mut v = Vec::with_capacity(runs);
-    for i in 0..runs {
-        v.push(run(i as u32)? as f64);
-    }
-    Ok(median(v))
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {

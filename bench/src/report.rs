@@ -164,6 +164,15 @@ fn fmt_num(v: f64) -> String {
 }
 
 /// The median of `v` (which must not be empty).
+/// Median kernel-timed ns of `runs` single runs of `run` (given the run's index).
+pub fn timed(runs: usize, mut run: impl FnMut(u32) -> anyhow::Result<u64>) -> anyhow::Result<f64> {
+    let mut v = Vec::with_capacity(runs);
+    for i in 0..runs {
+        v.push(run(i as u32)? as f64);
+    }
+    Ok(median(v))
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();

@@ -36,7 +36,7 @@ use xnic_common::{
 
 use crate::{
     flag,
-    report::{Better, Report, median},
+    report::{Better, Report, timed},
 };
 
 const TOR_MAC: [u8; 6] = [0x02, 0x70, 0, 0, 0, 0x01];
@@ -158,15 +158,6 @@ fn image_with_routes(extra: &[Prefix]) -> anyhow::Result<VnicImage> {
     }
     image.route_gen = xnic::policy::vnic_plan::route_generation(&image.routes);
     Ok(image)
-}
-
-/// Median kernel-timed ns of `runs` single runs.
-fn timed(runs: usize, mut run: impl FnMut(u32) -> anyhow::Result<u64>) -> anyhow::Result<f64> {
-    let mut v = Vec::with_capacity(runs);
-    for i in 0..runs {
-        v.push(run(i as u32)? as f64);
-    }
-    Ok(median(v))
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use xnic::{
     lab::{
         fleet::{FLEET_SECTIONS, Fleet, HOSTS, PROBE_PORT},
         ip,
-        traffic::{Receiver, UdpStream, send_udp_from},
+        traffic::Receiver,
     },
 };
 use xnic_common::{hash::flow_hash, parse::parse_frame};
@@ -261,23 +261,7 @@ fn host_loss(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
         Some(&fleet.lab.ns("db1")),
         format!("0.0.0.0:{PROBE_PORT}").parse()?,
     )?;
-    let web1 = fleet.lab.ns("web1");
-    let sender = std::thread::spawn(move || {
-        send_udp_from(
-            Some(&web1),
-            UdpStream {
-                dst: format!("10.0.2.10:{PROBE_PORT}")
-                    .parse()
-                    .expect("an address"),
-                flows: u32::from(flows),
-                pps: u64::from(flows) * 100,
-                duration: Duration::from_secs(4),
-                payload: 64,
-                zipf: None,
-            },
-            Some(FIRST_PORT),
-        )
-    });
+    let sender = fleet.stream_web1_to_db1(flows, u64::from(flows) * 100, 4, FIRST_PORT);
     std::thread::sleep(Duration::from_millis(1500));
     fleet.lab.set_host_link(LOST, false)?;
     let sent = sender

@@ -13,7 +13,7 @@ use xnic::{
             Fleet, HOSTS, NAT_PUBLIC, ONPREM_IP, PROBE_PORT, SERVER_IP, SERVICE_IP, echo_server,
             round_trips,
         },
-        traffic::{Receiver, UdpStream, send_udp_from},
+        traffic::Receiver,
     },
 };
 use xnic_tests::{unique_name, xnic_bin};
@@ -241,21 +241,7 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     let db1 = fleet.lab.ns("db1");
     let receiver =
         Receiver::start(Some(&db1), format!("0.0.0.0:{PROBE_PORT}").parse().unwrap()).unwrap();
-    let web1 = fleet.lab.ns("web1");
-    let sender = std::thread::spawn(move || {
-        send_udp_from(
-            Some(&web1),
-            UdpStream {
-                dst: format!("10.0.2.10:{PROBE_PORT}").parse().unwrap(),
-                flows: u32::from(FLOWS),
-                pps: 2400,
-                duration: Duration::from_secs(4),
-                payload: 64,
-                zipf: None,
-            },
-            Some(FIRST_PORT),
-        )
-    });
+    let sender = fleet.stream_web1_to_db1(FLOWS, 2400, 4, FIRST_PORT);
     std::thread::sleep(Duration::from_millis(1500));
     fleet.lab.set_host_link(1, false).unwrap();
     let sent = sender.join().unwrap().unwrap();

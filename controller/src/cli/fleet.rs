@@ -18,7 +18,7 @@ use crate::{
             Fleet, HOSTS, NAT_PUBLIC, ONPREM_IP, PROBE_PORT, SERVER_IP, SERVICE_IP, WEB1_PUBLIC,
             echo_server, round_trips,
         },
-        traffic::{Receiver, UdpStream, ping, send_udp_from},
+        traffic::{Receiver, ping},
     },
 };
 
@@ -131,23 +131,7 @@ pub fn demo(prefix: &str, stop: &AtomicBool) -> anyhow::Result<()> {
         Some(&fleet.lab.ns("db1")),
         format!("0.0.0.0:{PROBE_PORT}").parse()?,
     )?;
-    let web1 = fleet.lab.ns("web1");
-    let sender = std::thread::spawn(move || {
-        send_udp_from(
-            Some(&web1),
-            UdpStream {
-                dst: format!("10.0.2.10:{PROBE_PORT}")
-                    .parse()
-                    .expect("an address"),
-                flows: u32::from(FLOWS),
-                pps: 2400,
-                duration: Duration::from_secs(4),
-                payload: 64,
-                zipf: None,
-            },
-            Some(FIRST_PORT),
-        )
-    });
+    let sender = fleet.stream_web1_to_db1(FLOWS, 2400, 4, FIRST_PORT);
     std::thread::sleep(Duration::from_millis(1500));
     fleet.lab.set_host_link(1, false)?;
     println!("ip link set h2 down (in the tor), 1.5 s into a 4 s stream of {FLOWS} flows");

@@ -760,6 +760,32 @@ pub fn echo_server(
 pub const PROBE_PORT: u16 = 9999;
 
 impl Fleet {
+    /// Starts `flows` UDP flows web1 → db1 (ports `first_port` on), `pps` in all, for `secs`,
+    /// on a thread of their own; db1 needs a receiver on [`PROBE_PORT`].
+    pub fn stream_web1_to_db1(
+        &self,
+        flows: u16,
+        pps: u64,
+        secs: u64,
+        first_port: u16,
+    ) -> std::thread::JoinHandle<anyhow::Result<super::traffic::SendReport>> {
+        let web1 = self.lab.ns("web1");
+        std::thread::spawn(move || {
+            super::traffic::send_udp_from(
+                Some(&web1),
+                super::traffic::UdpStream {
+                    dst: std::net::SocketAddr::from(([10, 0, 2, 10], PROBE_PORT)),
+                    flows: u32::from(flows),
+                    pps,
+                    duration: std::time::Duration::from_secs(secs),
+                    payload: 64,
+                    zipf: None,
+                },
+                Some(first_port),
+            )
+        })
+    }
+
     /// Which host (and which of its CPUs) forwards web1's UDP flow from `port` to db1: the
     /// one whose counters move when the flow sends a few datagrams. `None`: no host, or more
     /// than one, saw them all.
