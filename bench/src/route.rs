@@ -37,6 +37,7 @@ use xnic_common::{
 use crate::{
     flag,
     report::{Better, Report, timed},
+    rss_sim::Rng,
 };
 
 const TOR_MAC: [u8; 6] = [0x02, 0x70, 0, 0, 0, 0x01];
@@ -76,18 +77,6 @@ pub fn wrapped(dst: [u8; 4], sport: u16, seq: u32) -> Vec<u8> {
         )
         .expect("a frame");
     out
-}
-
-/// A deterministic generator (xorshift64*): the same tables every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// `n` distinct IPv4 prefixes shaped like an internet table (six in ten /24, the rest /16 to

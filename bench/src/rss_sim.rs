@@ -27,11 +27,12 @@ const SETTLE: usize = 20;
 /// The spread the target asks for.
 const TARGET_SPREAD: f64 = 0.12;
 
-/// A small deterministic generator (xorshift64*), so every run sees the same traces.
-struct Rng(u64);
+/// A small deterministic generator (xorshift64*), so every run sees the same traces (and
+/// the route benchmark the same tables).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
