@@ -190,6 +190,7 @@ impl Vnic {
     /// Takes back the ids a previous daemon wrote (`pinned`: what the maps hold), so a
     /// restart rewrites nothing that did not change.
     pub fn adopt(&mut self, c: &Config, pinned: &VnicImage) {
+        let tables = tables_of(c);
         for (slot, v) in &pinned.vnics {
             let Some(n) = c.vnics.iter().find(|n| n.vni == v.vni && n.mac.0 == v.mac) else {
                 continue;
@@ -203,7 +204,7 @@ impl Vnic {
             if let Some(vcn) = vcn {
                 self.vcns.claim(vcn.clone(), v.vcn);
             }
-            if let Some(Some(t)) = tables_of(c).get(&n.name)
+            if let Some(Some(t)) = tables.get(&n.name)
                 && v.table != NO_TABLE
             {
                 self.tables.claim(t.clone(), v.table);
