@@ -10,7 +10,7 @@ use std::{
 use xnic::{
     dataplane::baseline::BaselineProgram,
     lab::{
-        fleet::{FLEET_SECTIONS, Fleet, HOSTS, PROBE_PORT},
+        fleet::{FLEET_SECTIONS, Fleet, HOSTS, PROBE_PORT, workers_toml},
         ip,
         traffic::Receiver,
     },
@@ -127,7 +127,7 @@ impl OneHost {
         let one = "hosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }]";
         format!(
             "instance = \"{ns}\"\nnetns = \"{ns}\"\n\n[[uplink]]\nname = \"up0\"\n{}",
-            FLEET_SECTIONS.replace(hosts, one),
+            FLEET_SECTIONS.replace(hosts, one) + &workers_toml(),
             ns = self.h
         )
     }

@@ -28,8 +28,9 @@ pub enum NextKind {
     /// Up the kernel's stack through this CPU's `CPUMAP` queue: a leaving flow's packet
     /// behind its frames still in flight on the fast path.
     FlowCpu = 5,
-    /// Back out of the interface it came in by (`XDP_TX`): VNIC routing answers through the
-    /// router that handed it the packet.
+    /// Back out of the interface it came in by (`XDP_TX`; on a worker CPU, a redirect to
+    /// it through `TX_PORTS`): VNIC routing answers through the router that handed it the
+    /// packet.
     Back = 6,
 }
 
@@ -151,6 +152,21 @@ impl Call {
     }
 }
 
+impl Call {
+    /// The stages a worker CPU runs, through `WORKER_CALLS`.
+    pub const ON_WORKER: [Call; 2] = [Call::Vnic, Call::VnicOut];
+
+    /// The program that implements the stage on a worker CPU (a CPU-map program), if it
+    /// runs there.
+    pub const fn worker_program(self) -> Option<&'static str> {
+        match self {
+            Call::Vnic => Some("xnic_worker_vnic"),
+            Call::VnicOut => Some("xnic_worker_vnic_out"),
+            _ => None,
+        }
+    }
+}
+
 /// Entries of `CALLS`: room for the stages later versions add (conntrack, NAT, routing...).
 pub const CALL_SLOTS: u32 = 16;
 
@@ -164,6 +180,9 @@ pub const CTX_PORT: u8 = 1;
 pub const CTX_PARSED: u8 = 2;
 /// `FrameCtx::flags`: the destination is a broadcast or multicast address.
 pub const CTX_GROUP: u8 = 4;
+/// `FrameCtx::flags`: the CPU-map program runs the frame on the worker CPU its flow was
+/// steered to, where `XDP_TX` is not available: [`NextKind::Back`] is a redirect instead.
+pub const CTX_WORKER: u8 = 8;
 
 /// The frame in flight.
 #[repr(C, align(8))]

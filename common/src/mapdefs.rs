@@ -296,6 +296,11 @@ macro_rules! for_each_map {
             /// daemon keep calling the stages they were built with until their links move to
             /// the newer ones.
             CALLS: prog_array(u32 => u32; $crate::ctx::CALL_SLOTS), unpinned, Pipeline 1;
+            /// The stages VNIC routing runs on a worker CPU, by `ctx::Call`: the same stages
+            /// built for the CPU-map program, which the kernel lets tail-call only programs of
+            /// its own attach type. Pinned per CPU-map program (`calls/cpu-ID`), kept while a
+            /// CPU's queue runs it.
+            WORKER_CALLS: prog_array(u32 => u32; $crate::ctx::CALL_SLOTS), unpinned, Pipeline 1;
         }
     };
 }

@@ -204,7 +204,9 @@ pub struct VnicConfig {
     /// This host's place in the fleet, and how many hosts there are (NAT port blocks).
     pub host_index: u8,
     pub hosts: u8,
-    pub _pad: u8,
+    /// 1 when each flow's packets are routed on a worker CPU of RSS engine [`Self::engine`],
+    /// picked by the flow's hash (0: on the CPU they arrive on).
+    pub workers: u8,
     /// The fleet's shared VTEP: compute hosts send to it, the fleet sends from it.
     pub anycast: [u8; 4],
     /// This host's own VTEP, where the other hosts hand it NAT answers.
@@ -220,8 +222,13 @@ pub struct VnicConfig {
     /// This host's block of NAT gateway ports ([`port_block`]), inclusive.
     pub nat_first: u16,
     pub nat_last: u16,
-    pub _pad2: [u8; 2],
+    /// The RSS engine whose CPUs route the fleet's packets, with [`Self::workers`].
+    pub engine: u16,
 }
+
+/// `rss::SteerMeta::vm_slot` of a packet steered to its VNIC-routing worker CPU: no VM slot
+/// is this large, and it is not `flow::FLOW_META_TAG`.
+pub const VNIC_META_TAG: u32 = 0x7e1c_0000;
 
 /// `VnicEntry::flags`: the slot holds a VNIC.
 pub const VNIC_VALID: u8 = 1;
@@ -588,6 +595,20 @@ pub struct VnicCounters {
     pub sent: Counter,
     pub received: Counter,
     pub dropped: Counter,
+}
+
+impl VnicCounters {
+    /// Adds `other` in (another CPU's copy, say).
+    pub fn merge(&mut self, other: &VnicCounters) {
+        for (to, from) in [
+            (&mut self.sent, other.sent),
+            (&mut self.received, other.received),
+            (&mut self.dropped, other.dropped),
+        ] {
+            to.packets += from.packets;
+            to.bytes += from.bytes;
+        }
+    }
 }
 
 crate::counters! {

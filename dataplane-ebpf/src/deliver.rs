@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use xnic_common::{
-    ctx::{FAIL_TO_KERNEL, FrameCtx, NO_COUNTER, NextKind},
+    ctx::{CTX_WORKER, FAIL_TO_KERNEL, FrameCtx, NO_COUNTER, NextKind},
     limits::UNKNOWN_PORT_SLOT,
     maps::{Counter, shape_index, verdict_index},
     parse::Shape,
@@ -29,6 +29,23 @@ use crate::{
 #[inline(always)]
 pub fn to_port(ifindex: u32) -> Option<u32> {
     TX_PORTS.redirect(ifindex, 0).ok()
+}
+
+/// Hands a packet for VNIC routing to its worker CPU, uncounted: the worker counts it
+/// under the verdict it reaches there. `None` (no queue on that CPU): routed here instead.
+#[inline(always)]
+pub fn to_worker(cx: &FrameCtx, cpu: u32) -> Option<u32> {
+    match CPUMAP.redirect(cpu, 0) {
+        Ok(action) => {
+            steer::count(SteerCounter::Steered);
+            Some(action)
+        }
+        Err(_) => {
+            steer::undo_enqueue(cx.flow_slot);
+            steer::count(SteerCounter::NoCpu);
+            None
+        }
+    }
 }
 
 /// What happens to a frame whose redirect failed: the kernel, or a drop with the next hop's
@@ -78,7 +95,16 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
         };
     }
     if next.kind == NextKind::Back as u8 {
-        return xdp_action::XDP_TX;
+        if !cx.has(CTX_WORKER) {
+            return xdp_action::XDP_TX;
+        }
+        return match to_port(cx.ifindex) {
+            Some(action) => {
+                xmit::mark_redirect();
+                action
+            }
+            None => failed(cx),
+        };
     }
     if next.kind == NextKind::Flood as u8 {
         // Every port but the one it came in on; team uplinks filter their copies.

@@ -8,7 +8,8 @@
 //!   stage, to its class on its uplink's queue (`xnic_common::shaper`);
 //! - `xnic_decap`: the stage that looks inside VXLAN packets for offloaded flows;
 //! - `xnic_vnic`, `xnic_vnic_out`: VNIC routing's two stages (who sent it, its rules and
-//!   route; the next hop's rewrite);
+//!   route; the next hop's rewrite), and `xnic_worker_vnic`, `xnic_worker_vnic_out`, the
+//!   same on the worker CPU a fleet host's flow hashes to (reached from `xnic_cpumap`);
 //! - `xnic_flow_tx`, `xnic_flow_exit`: count offloaded flows' frames leaving the fast path
 //!   (a devmap program) and the kernel (tc egress), so moves between them reorder nothing;
 //! - `xnic_cpumap`: runs on the CPU a frame was steered to and finishes it there;
@@ -45,6 +46,7 @@ use aya_ebpf::{
     macros::{classifier, fentry, raw_tracepoint, tracepoint, xdp},
     programs::{FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
+use calls::Stages;
 use xnic_common::maps::PortRole;
 
 /// Frames arriving from the network on a host uplink.
@@ -80,12 +82,24 @@ pub fn xnic_decap(ctx: XdpContext) -> u32 {
 /// Stage `Call::Vnic`: a packet for VNIC routing: its VNIC, rules and route.
 #[xdp(frags)]
 pub fn xnic_vnic(ctx: XdpContext) -> u32 {
-    pipeline::vnic_arrive(&ctx)
+    pipeline::vnic_arrive(&ctx, Stages::Entry)
 }
 
 /// Stage `Call::VnicOut`: VNIC routing's next hop.
 #[xdp(frags)]
 pub fn xnic_vnic_out(ctx: XdpContext) -> u32 {
+    pipeline::vnic_leave(&ctx)
+}
+
+/// `xnic_vnic` on a worker CPU (`WORKER_CALLS`, from the CPU-map program).
+#[xdp(frags, map = "cpumap")]
+pub fn xnic_worker_vnic(ctx: XdpContext) -> u32 {
+    pipeline::vnic_arrive(&ctx, Stages::Worker)
+}
+
+/// `xnic_vnic_out` on a worker CPU.
+#[xdp(frags, map = "cpumap")]
+pub fn xnic_worker_vnic_out(ctx: XdpContext) -> u32 {
     pipeline::vnic_leave(&ctx)
 }
 
@@ -110,10 +124,11 @@ pub fn xnic_shape(ctx: TcContext) -> i32 {
 }
 
 /// Runs on the CPU a frame was steered to (a CPU-map entry's program): accounts it there and
-/// hands it to the kernel on that CPU, or to the VM's port when xnic switches.
+/// hands it to the kernel on that CPU, or to the VM's port when xnic switches, or routes a
+/// VNIC's packet on its worker CPU.
 #[xdp(frags, map = "cpumap")]
 pub fn xnic_cpumap(ctx: XdpContext) -> u32 {
-    steer::finish(&ctx)
+    pipeline::on_cpu(&ctx)
 }
 
 /// Runs on each broadcast copy bound for a team uplink (a devmap entry's program): lets it

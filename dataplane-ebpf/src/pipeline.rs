@@ -6,8 +6,12 @@
 //!                                                   ├─ CALLS[FlowDecap]  → xnic_decap → deliver
 //!                                                   ├─ CALLS[TeamEgress] → xnic_team  → deliver
 //!                                                   ├─ CALLS[Steer]      → xnic_steer → deliver
-//!                                                   └─ CALLS[Vnic] → xnic_vnic ─ CALLS[VnicOut]
-//!                                                                  → xnic_vnic_out → deliver
+//!                                                   ├─ CALLS[Vnic] → xnic_vnic ─ CALLS[VnicOut]
+//!                                                   │              → xnic_vnic_out → deliver
+//!                                                   └─ CPUMAP → xnic_cpumap (the flow's worker
+//!                                                      CPU): parse → classify ─ WORKER_CALLS
+//!                                                      [Vnic] → xnic_worker_vnic ─ [VnicOut]
+//!                                                      → xnic_worker_vnic_out → deliver
 //! ```
 
 use aya_ebpf::{
@@ -16,14 +20,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use xnic_common::{
-    ctx::{Call, FrameCtx},
+    ctx::{CTX_WORKER, Call, FrameCtx},
     frame::Frame,
     maps::PortRole,
     parse::parse,
 };
 
 use crate::{
-    calls,
+    calls::{self, Stages},
     classify::{self, Route},
     deliver::deliver,
     flow,
@@ -36,8 +40,8 @@ use crate::{
 fn scratch() -> Option<&'static mut FrameCtx> {
     let ptr = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry of a per-CPU map; programs on one CPU handle one frame at a
-    // time (XDP and tc ingress run with bottom halves off and never nest, the CPU-map program
-    // does not use it), and a tail call stays on the CPU.
+    // time (XDP, tc ingress and the CPU-map kthread's programs all run with bottom halves off
+    // and never nest), and a tail call stays on the CPU.
     Some(unsafe { &mut *ptr })
 }
 
@@ -56,6 +60,12 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     cx.set_outcome(outcome);
     classify::classify(cx, role);
     if role == PortRole::Uplink && vnic::wants(cx) {
+        if let Some(engine) = vnic::worker_engine()
+            && let Some(cpu) = steer::vnic_worker(xdp, cx, engine)
+            && let Some(action) = crate::deliver::to_worker(cx, cpu)
+        {
+            return action;
+        }
         return calls::jump(xdp, cx, Call::Vnic);
     }
     match flow::offer(xdp, cx, role == PortRole::Uplink) {
@@ -88,14 +98,15 @@ pub fn flow_decap(xdp: &XdpContext) -> u32 {
     deliver(xdp, cx)
 }
 
-/// Stage `Call::Vnic`: a packet for VNIC routing on an uplink (see `vnic`).
+/// Stage `Call::Vnic`: a packet for VNIC routing on an uplink (see `vnic`), where it
+/// arrived or on its worker CPU (`stages`).
 #[inline(always)]
-pub fn vnic_arrive(xdp: &XdpContext) -> u32 {
+pub fn vnic_arrive(xdp: &XdpContext, stages: Stages) -> u32 {
     let Some(cx) = scratch() else {
         return xdp_action::XDP_PASS;
     };
     if vnic::arrive(xdp, cx) {
-        return calls::jump(xdp, cx, Call::VnicOut);
+        return calls::jump_in(stages, xdp, cx, Call::VnicOut);
     }
     deliver(xdp, cx)
 }
@@ -107,6 +118,38 @@ pub fn vnic_leave(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     vnic::leave(xdp, cx);
+    deliver(xdp, cx)
+}
+
+/// The CPU-map program: a steered frame on the CPU it was steered to. A VNIC-routing packet
+/// goes on to the routing stages built for this CPU (`WORKER_CALLS`).
+#[inline(always)]
+pub fn on_cpu(xdp: &XdpContext) -> u32 {
+    match steer::finish(xdp) {
+        steer::Finished::Done(action) => action,
+        steer::Finished::Route => route_on_worker(xdp),
+    }
+}
+
+/// VNIC routing on a packet's worker CPU: the entry program's parse and classify again (the
+/// frame context stayed on the CPU that received it), then the routing stages.
+#[inline(always)]
+fn route_on_worker(xdp: &XdpContext) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: `xdp.ctx` is the live xdp_md of this invocation.
+    let len = unsafe { bpf_xdp_get_buff_len(xdp.ctx) } as u64;
+    cx.begin(len, xdp.ingress_ifindex() as u32);
+    // SAFETY: as in `entry`.
+    let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
+    let outcome = parse(&frame, &mut cx.parsed);
+    cx.set_outcome(outcome);
+    classify::classify(cx, PortRole::Uplink);
+    cx.flags |= CTX_WORKER;
+    if vnic::wants(cx) {
+        return calls::jump_in(Stages::Worker, xdp, cx, Call::Vnic);
+    }
     deliver(xdp, cx)
 }
 

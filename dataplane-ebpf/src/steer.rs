@@ -15,6 +15,7 @@ use xnic_common::{
         FLOW_SLOTS as FLOW_SLOTS_LEN, FlowDone, FlowSlot, Handover, NO_BUCKET, NO_ENGINE,
         SteerCounter, SteerMeta, bucket_index, handover, queued,
     },
+    vnic::VNIC_META_TAG,
 };
 
 use crate::atomic::{add, load, sub};
@@ -48,16 +49,44 @@ pub fn steer(ctx: &XdpContext, cx: &mut FrameCtx) {
     }
 }
 
-/// Picks the CPU for the frame's flow, hands the flow over when it may move, and puts the
-/// metadata the CPU-map program needs in front of the frame. `None`: not steered.
+/// VNIC routing's worker for the packet: the CPU of the fleet's engine its flow hashes to
+/// (the outer header's: a VXLAN source port carries the inner flow's hash), with the
+/// metadata the CPU-map program needs in front of it. `None`: routed where it arrived (no
+/// worker engine, a port that cannot steer, RSS off).
+#[inline(always)]
+pub fn vnic_worker(ctx: &XdpContext, cx: &mut FrameCtx, engine: u32) -> Option<u32> {
+    if !cx.port()?.steers() {
+        return None;
+    }
+    let (cpu, flow_slot) = place(ctx, cx, engine, VNIC_META_TAG, 0)?;
+    cx.flow_slot = flow_slot;
+    Some(cpu)
+}
+
+/// Picks the CPU for the frame's flow from its VM's engine, hands the flow over when it may
+/// move, and puts the metadata the CPU-map program needs in front of the frame. `None`: not
+/// steered.
 #[inline(always)]
 fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Option<(u32, u32)> {
+    let engine = VM_RSS.get(vm)?.engine;
+    place(ctx, cx, engine, vm, deliver_ifindex)
+}
+
+/// [`prepare`] on `engine`, for a frame of `vm_slot` (or a tag) the CPU-map program
+/// delivers to `deliver_ifindex` (0: the kernel).
+#[inline(always)]
+fn place(
+    ctx: &XdpContext,
+    cx: &FrameCtx,
+    engine: u32,
+    vm: u32,
+    deliver_ifindex: u32,
+) -> Option<(u32, u32)> {
     let parsed = &cx.parsed;
     let cfg = RSS_CONFIG.get(0)?;
     if cfg.enabled == 0 {
         return None;
     }
-    let engine = VM_RSS.get(vm)?.engine;
     let hash = flow_hash(parsed, cfg.seed, cfg.symmetric != 0);
     let (want, bucket) = if engine == NO_ENGINE {
         (cfg.default_cpu, NO_BUCKET)
@@ -145,21 +174,29 @@ pub fn undo_enqueue(flow_slot: u32) {
     }
 }
 
+/// What the CPU-map program does with a frame once [`finish`] accounted it.
+pub enum Finished {
+    /// Ends with this action.
+    Done(u32),
+    /// A packet for VNIC routing, which runs here, on its worker CPU.
+    Route,
+}
+
 /// The CPU-map program's work: account the frame to its flow, bucket and VM on this CPU, and
-/// hand it to the kernel here, or to the VM's port when xnic switches.
+/// hand it to the kernel here, or to the VM's port when xnic switches, or to VNIC routing.
 #[inline(always)]
-pub fn finish(ctx: &XdpContext) -> u32 {
+pub fn finish(ctx: &XdpContext) -> Finished {
     let (meta, data) = (ctx.metadata(), ctx.data());
     if meta + META_LEN > data {
         count(SteerCounter::NoMeta);
-        return xdp_action::XDP_PASS;
+        return Finished::Done(xdp_action::XDP_PASS);
     }
     // SAFETY: [meta, meta + META_LEN) lies before `data`, inside the metadata area.
     let m = unsafe { (meta as *const SteerMeta).read_unaligned() };
     if m.vm_slot == FLOW_META_TAG {
         // A leaving offloaded flow's packet, queued behind its fast-path frames.
         crate::flow::dequeued(m.flow_slot);
-        return xdp_action::XDP_PASS;
+        return Finished::Done(xdp_action::XDP_PASS);
     }
     // An index past the array (a frame an older dataplane's program steered) counts nowhere.
     if let Some(done) = FLOW_DONE.get_ptr_mut(m.flow_slot) {
@@ -179,13 +216,20 @@ pub fn finish(ctx: &XdpContext) -> u32 {
     if m.bucket != NO_BUCKET {
         bump(BUCKET_STATS.get_ptr_mut(m.bucket));
     }
+    if m.vm_slot == VNIC_META_TAG {
+        // The metadata has done its work; routing rewrites the frame from its first byte.
+        // SAFETY: `ctx.ctx` is this invocation's xdp_md; a positive delta shrinks the
+        // metadata by what `place` added.
+        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN as i32) };
+        return Finished::Route;
+    }
     bump(VM_CPU_STATS.get_ptr_mut(m.vm_slot));
     count(SteerCounter::Delivered);
     if m.deliver_ifindex != 0
         && let Some(redirect) = crate::deliver::to_port(m.deliver_ifindex)
     {
         crate::xmit::mark_redirect();
-        return redirect;
+        return Finished::Done(redirect);
     }
-    xdp_action::XDP_PASS
+    Finished::Done(xdp_action::XDP_PASS)
 }

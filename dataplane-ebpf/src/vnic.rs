@@ -74,6 +74,14 @@ fn config() -> Option<&'static VnicConfig> {
     VNIC_CONFIG.get(0).filter(|c| c.enabled != 0)
 }
 
+/// The RSS engine whose CPUs route the fleet's packets, if there is one.
+#[inline(always)]
+pub fn worker_engine() -> Option<u32> {
+    config()
+        .filter(|c| c.workers != 0)
+        .map(|c| u32::from(c.engine))
+}
+
 /// Whether the entry program should hand a frame to VNIC routing: IPv4 on an uplink that no
 /// VM's MAC claimed, while VNIC routing is on. The stage leaves what is not its own as it was.
 #[inline(always)]

@@ -730,6 +730,17 @@ pub struct FleetView {
     pub hosts: Vec<String>,
     /// The NAT gateways' ports this host translates into, `first-last`.
     pub nat_ports: Option<String>,
+    /// The RSS engine whose CPUs route packets, and those CPUs (`None`: each packet is
+    /// routed on the CPU that received it).
+    #[serde(default)]
+    pub workers: Option<WorkersView>,
+}
+
+/// The worker CPUs of a fleet host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkersView {
+    pub engine: String,
+    pub cpus: Vec<u32>,
 }
 
 /// `GET /v1/vnics/NAME` (and each entry of the list).
@@ -754,6 +765,10 @@ pub struct VnicView {
     pub sent: Count,
     pub received: Count,
     pub dropped: Count,
+    /// Its packets (sent, received and dropped) each CPU routed, by CPU number: with
+    /// `[fleet] engine`, the worker CPUs its flows hash to.
+    #[serde(default)]
+    pub cpus: Vec<u64>,
 }
 
 /// `GET /v1/routes`: every route of every table, with its counter.

@@ -119,6 +119,11 @@ pub struct FleetSection {
     /// The VNI hosts hand each other NAT answers in (kept out of every VNIC's and gateway's).
     #[serde(default = "default_handoff_vni")]
     pub handoff_vni: u32,
+    /// The RSS engine (`[[rss.engine]]`) whose CPUs route the fleet's packets: each flow's
+    /// hash picks one of them, as RSS does for a VM. Without it a packet is routed on the
+    /// CPU that received it.
+    #[serde(default)]
+    pub engine: Option<String>,
 }
 
 fn default_router_mac() -> MacAddr {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use xnic::{
-    api::types::{RouteLookupView, VnicStatsView},
+    api::types::{RouteLookupView, VnicListView, VnicStatsView},
     cli::block_on,
     lab::{
         fleet::{
@@ -219,16 +219,37 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     // Where each of 48 flows goes, before a host is lost.
     const FLOWS: u16 = 48;
     const FIRST_PORT: u16 = 21000;
-    let before: BTreeMap<u16, usize> = (0..FLOWS)
+    let placed: BTreeMap<u16, (usize, Option<usize>)> = (0..FLOWS)
         .map(|k| {
             let port = FIRST_PORT + k;
-            let (host, _) = fleet
+            let placed = fleet
                 .host_of_flow(port)
                 .unwrap()
                 .expect("one host per flow");
-            (port, host)
+            (port, placed)
         })
         .collect();
+    let before: BTreeMap<u16, usize> = placed.iter().map(|(p, (h, _))| (*p, *h)).collect();
+
+    // On each host the flow's hash picks the worker CPU that routes it: every flow is
+    // routed on one CPU, flows spread over the engine's CPUs, and the packets went there
+    // through the CPU map.
+    let cpus = xnic::config::host::online_cpus().unwrap();
+    for h in 0..HOSTS {
+        let list: VnicListView = block_on(fleet.client(h).get("/v1/vnics")).unwrap();
+        let workers = list.fleet.and_then(|f| f.workers).expect("worker CPUs");
+        assert_eq!((workers.engine.as_str(), &workers.cpus), ("workers", &cpus));
+        let rss: serde_json::Value = block_on(fleet.client(h).get("/v1/rss")).unwrap();
+        let steered = rss["steering"]["steered"].as_u64().unwrap_or(0);
+        assert!(steered > 0, "host {h} steers to its workers: {rss}");
+    }
+    let used: std::collections::BTreeSet<usize> = placed
+        .values()
+        .map(|(_, cpu)| cpu.expect("one CPU per flow"))
+        .collect();
+    if cpus.len() > 1 {
+        assert!(used.len() > 1, "48 flows over CPUs {cpus:?}: {placed:?}");
+    }
     let per_host: Vec<usize> = (0..HOSTS)
         .map(|h| before.values().filter(|x| **x == h).count())
         .collect();

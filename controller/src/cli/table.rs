@@ -633,11 +633,7 @@ pub fn rss_status(s: &crate::api::types::RssStatusView) -> String {
         t.add_row(vec![
             e.name.clone(),
             e.kind.name().to_string(),
-            e.cpus
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            cpu_list(&e.cpus),
             if e.vms.is_empty() {
                 "-".into()
             } else {
@@ -856,6 +852,14 @@ pub fn flow_stats(s: &crate::api::types::FlowStatsView) -> String {
     out
 }
 
+/// CPUs as `0,1,5`.
+fn cpu_list(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn vnics(v: &crate::api::types::VnicListView) -> String {
     let mut out = String::new();
     match &v.fleet {
@@ -874,6 +878,15 @@ pub fn vnics(v: &crate::api::types::VnicListView) -> String {
                     _ => "none of them (VNIC routing off here)".to_string(),
                 }
             );
+            let _ = match &f.workers {
+                Some(w) => writeln!(
+                    out,
+                    "routed on worker CPUs {} (RSS engine {}), each flow's hash picking one",
+                    cpu_list(&w.cpus),
+                    w.engine
+                ),
+                None => writeln!(out, "routed on the CPU each packet arrives on"),
+            };
         }
         None => out.push_str("no [fleet] configured: VNIC routing is off\n"),
     }
@@ -936,6 +949,16 @@ pub fn vnic(n: &crate::api::types::VnicView) -> String {
         count(n.received),
         count(n.dropped)
     );
+    let busy: Vec<String> = n
+        .cpus
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p > 0)
+        .map(|(cpu, p)| format!("cpu{cpu} {p}"))
+        .collect();
+    if !busy.is_empty() {
+        let _ = writeln!(out, "  packets routed per CPU: {}", busy.join(", "));
+    }
     for (dir, rules) in [("ingress", &n.ingress), ("egress", &n.egress)] {
         let _ = writeln!(
             out,

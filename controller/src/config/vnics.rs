@@ -109,6 +109,18 @@ pub fn validate(c: &Config) -> Result<(), Refusal> {
                 ),
             ));
         }
+        if let Some(engine) = &f.engine {
+            let engines = c.rss.as_ref().map(|r| r.engines.as_slice()).unwrap_or(&[]);
+            if !engines.iter().any(|e| &e.name == engine) {
+                return Err((
+                    "fleet.engine".into(),
+                    format!(
+                        "{engine:?} is no RSS engine: name one of [[rss.engine]] (its CPUs \
+                         route the fleet's packets), or leave the field out"
+                    ),
+                ));
+            }
+        }
         if f.mtu < MIN_UNDERLAY_MTU {
             return Err((
                 "fleet.mtu".into(),
@@ -688,6 +700,15 @@ egress = [{ action = "allow", cidr = "0.0.0.0/0" }]
         let fleet = "[fleet]\nanycast = \"192.0.2.100\"\nhosts = [\n  { name = \"h1\", vtep = \"192.0.2.1\" },\n  { name = \"h2\", vtep = \"192.0.2.2\" },\n  { name = \"h3\", vtep = \"192.0.2.3\" },\n]\n";
         let c = check(fleet, str::to_string).unwrap();
         assert_eq!(c.fleet.as_ref().unwrap().hosts.len(), 3);
+        // Worker CPUs come from an RSS engine, which must exist.
+        let with_engine = fleet.replace("[fleet]\n", "[fleet]\nengine = \"fleet\"\n");
+        let (field, msg) = refused(&with_engine, str::to_string);
+        assert_eq!(field, "fleet.engine");
+        assert!(msg.contains("\"fleet\" is no RSS engine"), "{msg}");
+        let rss = "[rss]\n[[rss.engine]]\nname = \"fleet\"\nkind = \"shared\"\ncpus = [0]\n";
+        let c = check(&format!("{with_engine}{rss}"), str::to_string).unwrap();
+        assert_eq!(c.fleet.unwrap().engine.as_deref(), Some("fleet"));
+        let c = check(fleet, str::to_string).unwrap();
         let routes = routes_of(&c).unwrap();
         let tables = tables_of(&c);
         assert_eq!(tables["web1"].as_deref(), Some("web"));

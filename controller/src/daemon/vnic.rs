@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use xnic_common::{
     verdict::Reason,
-    vnic::{NO_TABLE, NextHop, VnicCounter, port_block, vcn_table},
+    vnic::{NO_TABLE, NextHop, VnicCounter, VnicCounters, port_block, vcn_table},
 };
 use xnic_proto::{
     api::{
         FleetView, RouteListView, RouteLookupView, RouteStepView, RouteView, RuleListView,
-        SecurityListView, VnicListView, VnicStatsView, VnicView,
+        SecurityListView, VnicListView, VnicStatsView, VnicView, WorkersView,
     },
     config::{Config, RuleAction, RuleConfig, RuleProto, VnicConfig},
 };
@@ -89,10 +89,14 @@ fn merged(c: &Config, n: &VnicConfig, ingress: bool) -> Vec<String> {
 fn vnic_view(snap: &Snapshot, reader: &VnicReader, n: &VnicConfig) -> anyhow::Result<VnicView> {
     let c = &snap.config;
     let slot = snap.vnic.vnic_slot(&n.name);
-    let counters = match slot {
-        Some(s) => reader.counters(s)?,
-        None => Default::default(),
+    let per_cpu = match slot {
+        Some(s) => reader.counters_per_cpu(s)?,
+        None => Vec::new(),
     };
+    let mut counters = VnicCounters::default();
+    for c in &per_cpu {
+        counters.merge(c);
+    }
     Ok(VnicView {
         name: n.name.clone(),
         vcn: vcn_of(c, n).to_string(),
@@ -109,6 +113,10 @@ fn vnic_view(snap: &Snapshot, reader: &VnicReader, n: &VnicConfig) -> anyhow::Re
         sent: counters.sent.into(),
         received: counters.received.into(),
         dropped: counters.dropped.into(),
+        cpus: per_cpu
+            .iter()
+            .map(|c| c.sent.packets + c.received.packets + c.dropped.packets)
+            .collect(),
     })
 }
 
@@ -123,6 +131,14 @@ fn fleet_view(c: &Config, vnic: &Vnic) -> Option<FleetView> {
         nat_ports: me
             .and_then(|i| port_block(i as u32, f.hosts.len() as u32))
             .map(|(a, b)| format!("{a}-{b}")),
+        workers: vnic.workers().and_then(|_| {
+            let name = f.engine.as_ref()?;
+            let engine = c.rss.as_ref()?.engines.iter().find(|e| &e.name == name)?;
+            Some(WorkersView {
+                engine: name.clone(),
+                cpus: engine.cpus.clone(),
+            })
+        }),
     })
 }
 

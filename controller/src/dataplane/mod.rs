@@ -94,7 +94,8 @@ impl PinDir {
         self.links().join(ifname)
     }
 
-    /// Where each daemon pins its table of tail-called stages (`calls/<program id>`).
+    /// Where each daemon pins its tables of tail-called stages (`calls/<entry program id>`,
+    /// `calls/cpu-<CPU-map program id>`).
     pub fn calls(&self) -> PathBuf {
         self.0.join("calls")
     }
@@ -192,6 +193,8 @@ const PROGRAMS: &[&str] = &[
     "xnic_decap",
     "xnic_vnic",
     "xnic_vnic_out",
+    "xnic_worker_vnic",
+    "xnic_worker_vnic_out",
     CPUMAP_PROGRAM,
     FLOOD_PROGRAM,
     FLOW_TX_PROGRAM,
@@ -389,47 +392,69 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Fills this daemon's table of tail-called stages and pins it under its own name, so an
-    /// older daemon's programs keep theirs until their links move to this daemon's.
+    /// Fills this daemon's tables of tail-called stages and pins each under its own name, so
+    /// an older daemon's programs keep theirs while they run: `CALLS` until the links move to
+    /// this daemon's entry programs, `WORKER_CALLS` while a CPU's queue runs its CPU-map
+    /// program.
     fn fill_calls(&mut self) -> anyhow::Result<()> {
+        let entry: Vec<(Call, &str)> = Call::ALL.iter().map(|c| (*c, c.program())).collect();
+        let id = self.program_id(PortRole::Uplink).unwrap_or(0);
+        self.fill_stage_table(registry::CALLS::NAME, &entry, id.to_string())?;
+        let worker: Vec<(Call, &str)> = Call::ON_WORKER
+            .iter()
+            .filter_map(|c| Some((*c, c.worker_program()?)))
+            .collect();
+        let id = self.cpumap_program_id()?;
+        self.fill_stage_table(registry::WORKER_CALLS::NAME, &worker, worker_pin(id))
+    }
+
+    /// Pins program array `table` at `calls/<pin>` and puts each stage's program in it.
+    fn fill_stage_table(
+        &mut self,
+        table: &str,
+        stages: &[(Call, &str)],
+        pin: String,
+    ) -> anyhow::Result<()> {
         let mut fds = Vec::new();
-        for call in Call::ALL {
+        for (call, name) in stages {
             let prog: &Xdp = self
                 .ebpf
-                .program(call.program())
-                .ok_or_else(|| anyhow!("the XDP object has no program {}", call.program()))?
+                .program(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
                 .try_into()?;
-            fds.push((call, prog.fd()?.try_clone()?));
+            fds.push((*call, *name, prog.fd()?.try_clone()?));
         }
-        let id = self.program_id(PortRole::Uplink).unwrap_or(0);
+        let path = self.pins.calls().join(pin);
         let map = self
             .ebpf
-            .map_mut(registry::CALLS::NAME)
-            .ok_or_else(|| anyhow!("the XDP object has no map {}", registry::CALLS::NAME))?;
-        let path = self.pins.calls().join(id.to_string());
+            .map_mut(table)
+            .ok_or_else(|| anyhow!("the XDP object has no map {table}"))?;
         map.pin(&path)
             .with_context(|| format!("cannot pin the stage table at {}", path.display()))?;
         let mut calls: ProgramArray<_> = ProgramArray::try_from(map)?;
-        for (call, fd) in &fds {
+        for (call, name, fd) in &fds {
             calls
                 .set(*call as u32, fd, 0)
-                .with_context(|| format!("cannot put stage {} in CALLS", call.program()))?;
+                .with_context(|| format!("cannot put stage {name} in {table}"))?;
         }
         Ok(())
     }
 
+    /// Kernel id of this daemon's CPU-map program.
+    fn cpumap_program_id(&self) -> anyhow::Result<u32> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(CPUMAP_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {CPUMAP_PROGRAM}"))?
+            .try_into()?;
+        Ok(prog.info()?.id())
+    }
+
     /// Once every link runs this daemon's programs: removes the stage tables of earlier
-    /// daemons and, when upgrading, adds the old layout's counters into the new ones and
-    /// removes the maps it replaced.
+    /// daemons that nothing runs any more and, when upgrading, adds the old layout's counters
+    /// into the new ones and removes the maps it replaced.
     pub fn finish_start(&mut self) -> anyhow::Result<()> {
-        let own = self.program_id(PortRole::Uplink).unwrap_or(0).to_string();
-        for name in list_dir(&self.pins.calls())? {
-            if name != own {
-                let path = self.pins.calls().join(&name);
-                fs::remove_file(&path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
-            }
-        }
+        self.remove_unused_stage_tables()?;
         if let Some(versions) = self.upgrading.take() {
             // CPU-map queues run their programs until replaced; the older ones count into
             // the maps being retired. Replacing a queue lets a frame queued on the old one
@@ -439,10 +464,31 @@ impl Dataplane {
                     self.set_cpu_queue(cpu)?;
                 }
             }
+            self.remove_unused_stage_tables()?;
             upgrade::merge_counters(&self.pins, &versions)?;
             self.write_layout(0)?;
             let gone = upgrade::remove_replaced(&self.pins, &versions)?;
             info!(replaced = ?gone, layout = DATAPLANE_ABI, "dataplane upgraded in place");
+        }
+        Ok(())
+    }
+
+    /// Removes earlier daemons' stage tables: their entry programs' (no link runs them once
+    /// this daemon started) and their CPU-map programs' once no CPU's queue runs those.
+    fn remove_unused_stage_tables(&mut self) -> anyhow::Result<()> {
+        let mut keep = vec![self.program_id(PortRole::Uplink).unwrap_or(0).to_string()];
+        keep.push(worker_pin(self.cpumap_program_id()?));
+        keep.extend(
+            self.cpu_queues()?
+                .into_iter()
+                .filter_map(|(_, prog)| prog.map(worker_pin)),
+        );
+        for name in list_dir(&self.pins.calls())? {
+            if !keep.contains(&name) {
+                let path = self.pins.calls().join(&name);
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
         }
         Ok(())
     }
@@ -1081,6 +1127,11 @@ impl Dataplane {
 
 /// The program each CPU-map entry runs on its CPU.
 const CPUMAP_PROGRAM: &str = "xnic_cpumap";
+
+/// The name under `calls/` of the worker stage table CPU-map program `id` calls through.
+fn worker_pin(id: u32) -> String {
+    format!("cpu-{id}")
+}
 
 /// The program each team uplink's `FLOOD` entry runs on broadcast copies.
 const FLOOD_PROGRAM: &str = "xnic_flood";

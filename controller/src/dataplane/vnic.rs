@@ -298,22 +298,21 @@ impl VnicReader {
     /// VNIC `slot`'s counters, summed over CPUs.
     pub fn counters(&self, slot: u32) -> anyhow::Result<VnicCounters> {
         let mut sum = VnicCounters::default();
-        for c in self
+        for c in self.counters_per_cpu(slot)? {
+            sum.merge(&c);
+        }
+        Ok(sum)
+    }
+
+    /// VNIC `slot`'s counters on each CPU: where its packets were routed.
+    pub fn counters_per_cpu(&self, slot: u32) -> anyhow::Result<Vec<VnicCounters>> {
+        Ok(self
             .stats
             .get(&slot, 0)
             .with_context(|| format!("cannot read VNIC_STATS[{slot}]"))?
             .iter()
-        {
-            for (to, from) in [
-                (&mut sum.sent, c.sent),
-                (&mut sum.received, c.received),
-                (&mut sum.dropped, c.dropped),
-            ] {
-                to.packets += from.packets;
-                to.bytes += from.bytes;
-            }
-        }
-        Ok(sum)
+            .copied()
+            .collect())
     }
 
     /// The NAT gateway connections this host made (both keys of each).

@@ -607,6 +607,13 @@ impl On {
 }
 
 impl Rss {
+    /// Engine `name`'s index in `ENGINES` and its CPUs, while steering is on and it exists.
+    pub fn engine(&self, name: &str) -> Option<(u32, &[u32])> {
+        let on = self.on.as_ref()?;
+        let e = on.policy.engine_index(name)?;
+        Some((e as u32, on.policy.engines[e].cpus.as_slice()))
+    }
+
     /// Takes over what the pinned maps hold where it fits the desired state.
     pub fn adopt(
         cx: &Context,

@@ -128,6 +128,9 @@ pub struct Vnic {
     /// Slots and route ids given out since the last write: their counters start at zero.
     fresh_vnics: BTreeSet<u32>,
     fresh_routes: BTreeSet<u32>,
+    /// The RSS engine whose CPUs route packets (`[fleet] engine`, once RSS has it and the
+    /// uplinks can steer).
+    workers: Option<u16>,
     /// The maps' contents as of the last reconcile.
     image: Arc<VnicImage>,
 }
@@ -185,6 +188,24 @@ impl Vnic {
 
     pub fn host(&self) -> Option<usize> {
         self.me
+    }
+
+    /// Routes on the CPUs of engine `engine` (each flow's hash picks one), or where packets
+    /// arrive (`None`).
+    pub fn set_workers(&mut self, engine: Option<u16>) {
+        if self.workers == engine {
+            return;
+        }
+        self.workers = engine;
+        let config = &mut Arc::make_mut(&mut self.image).config;
+        if config.enabled != 0 {
+            config.workers = u8::from(engine.is_some());
+            config.engine = engine.unwrap_or(0);
+        }
+    }
+
+    pub fn workers(&self) -> Option<u16> {
+        self.workers
     }
 
     /// Takes back the ids a previous daemon wrote (`pinned`: what the maps hold), so a
@@ -341,7 +362,7 @@ impl Vnic {
             enabled: 1,
             host_index: me as u8,
             hosts: hosts as u8,
-            _pad: 0,
+            workers: u8::from(self.workers.is_some()),
             anycast: v4(&fleet.anycast),
             local: v4(&fleet.hosts[me].vtep),
             handoff_vni: fleet.handoff_vni,
@@ -350,7 +371,7 @@ impl Vnic {
             underlay_mtu: fleet.mtu,
             nat_first,
             nat_last,
-            _pad2: [0; 2],
+            engine: self.workers.unwrap_or(0),
         };
         for (i, h) in fleet.hosts.iter().enumerate() {
             img.hosts

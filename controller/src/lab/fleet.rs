@@ -103,6 +103,7 @@ pub const ENDPOINTS: [Endpoint; 5] = [
 pub const FLEET_SECTIONS: &str = r#"
 [fleet]
 anycast = "192.0.2.100"
+engine = "workers"
 hosts = [
   { name = "h1", vtep = "192.0.2.1" },
   { name = "h2", vtep = "192.0.2.2" },
@@ -285,7 +286,8 @@ impl FleetLab {
     /// Host `i`'s xnic configuration: its uplink and the fleet's shared sections.
     pub fn config(&self, i: usize) -> String {
         format!(
-            "instance = \"{ns}\"\nnetns = \"{ns}\"\n\n[[uplink]]\nname = \"up0\"\n{FLEET_SECTIONS}",
+            "instance = \"{ns}\"\nnetns = \"{ns}\"\n\n[[uplink]]\nname = \"up0\"\n{FLEET_SECTIONS}{}",
+            workers_toml(),
             ns = self.host_ns(i)
         )
     }
@@ -629,6 +631,18 @@ pub fn endpoint(name: &str) -> Option<&'static Endpoint> {
     ENDPOINTS.iter().find(|e| e.name == name)
 }
 
+/// A fleet host's worker CPUs (`[fleet] engine = "workers"`): one shared RSS engine over
+/// every CPU, each flow's hash picking one.
+pub fn workers_toml() -> String {
+    let cpus = crate::config::host::online_cpus().unwrap_or_else(|_| vec![0]);
+    let all: Vec<String> = cpus.iter().map(u32::to_string).collect();
+    format!(
+        "\n[rss]\ndefault_cpu = {}\n\n[[rss.engine]]\nname = \"workers\"\nkind = \"shared\"\ncpus = [{}]\n",
+        cpus.first().copied().unwrap_or(0),
+        all.join(", ")
+    )
+}
+
 /// An endpoint's address, parsed.
 pub fn endpoint_ip(name: &str) -> Option<Ipv4Addr> {
     endpoint(name).and_then(|e| e.ip.parse().ok())
@@ -786,16 +800,15 @@ impl Fleet {
         })
     }
 
-    /// Which host (and which of its CPUs) forwards web1's UDP flow from `port` to db1: the
-    /// one whose counters move when the flow sends a few datagrams. `None`: no host, or more
-    /// than one, saw them all.
+    /// Which host (and which of its worker CPUs) routes web1's UDP flow from `port` to db1:
+    /// the one whose counters of web1 move when the flow sends a few datagrams. `None`: no
+    /// host, or more than one, saw them all.
     pub fn host_of_flow(&self, port: u16) -> anyhow::Result<Option<(usize, Option<usize>)>> {
-        use crate::api::types::{StatsView, VnicView};
+        use crate::api::types::VnicView;
         const PROBES: u64 = 3;
         let read = |h: usize| -> anyhow::Result<(u64, Vec<u64>)> {
             let v: VnicView = crate::cli::block_on(self.client(h).get("/v1/vnics/web1"))?;
-            let s: StatsView = crate::cli::block_on(self.client(h).get("/v1/stats"))?;
-            Ok((v.sent.packets, s.cpus.iter().map(|c| c.packets).collect()))
+            Ok((v.sent.packets, v.cpus))
         };
         let before = (0..HOSTS).map(read).collect::<anyhow::Result<Vec<_>>>()?;
         crate::netns::run_in(&self.lab.ns("web1"), move || {

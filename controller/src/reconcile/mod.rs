@@ -50,7 +50,7 @@ use crate::{
         store::{Store, Stored},
     },
     monitor::links::{Interfaces, LinkEvent, LinkWatch, Links, XdpState, raise_priority},
-    policy::plan::{self, Attachment, Image, Op},
+    policy::plan::{self, Attachment, Image, Op, TxPort},
 };
 
 /// How many render → write rounds one change may take: attaching a port tells its XDP mode,
@@ -447,6 +447,18 @@ impl Reconciler {
         self.rss.render(&cx, slots, &mut image);
         self.team.render(&cx, slots, &mut image);
         image.vnic = self.vnic.image();
+        if image.vnic.config.workers != 0 {
+            // A worker sends packets back out of their uplink through `TX_PORTS` (a CPU-map
+            // program has no `XDP_TX`).
+            for u in &self.config.uplinks {
+                if let Some(a) = image.attach.get(&u.name) {
+                    image
+                        .tx_ports
+                        .entry(a.ifindex)
+                        .or_insert(TxPort { flood_filter: None });
+                }
+            }
+        }
         // A leaving flow's packets wait behind its fast-path frames in flight on a CPU-map
         // queue of the CPU they arrive on: every CPU has one while offload runs.
         if self.offload.enabled() || self.offload.placed().next().is_some() {
@@ -454,6 +466,19 @@ impl Reconciler {
         }
         image.index();
         image
+    }
+
+    /// The RSS engine whose CPUs route VNIC packets: the fleet's, while RSS has it and
+    /// every uplink is attached natively (generic XDP loses the metadata a steered frame
+    /// carries to its CPU).
+    fn vnic_workers(&self) -> Option<u16> {
+        let name = self.config.fleet.as_ref()?.engine.as_deref()?;
+        let (engine, _) = self.rss.engine(name)?;
+        self.config
+            .uplinks
+            .iter()
+            .all(|u| self.attached.get(&u.name) == Some(&AttachMode::Native))
+            .then_some(engine as u16)
     }
 
     /// Runs `ops` in order, recording each in `written`; stops at the first failure.
@@ -503,6 +528,10 @@ impl Reconciler {
     /// the whole change; otherwise the port is marked and the rest goes on.
     fn converge(&mut self, strict: bool, events: &mut Vec<NewEvent>) -> Result<(), String> {
         for _ in 0..MAX_ROUNDS {
+            let workers = self.vnic_workers();
+            if self.vnic.workers() != workers {
+                Arc::make_mut(&mut self.vnic).set_workers(workers);
+            }
             let image = self.render();
             let mut resets = self.base.take_resets();
             resets.engines.extend(self.rss.take_resets());
