@@ -97,7 +97,7 @@ fn lookup(fleet: &Fleet, host: usize, vnic: &str, addr: &str) -> RouteLookupView
 
 #[test]
 fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
-    let fleet = Fleet::start(&unique_name(), &xnic_bin(), false).expect("the fleet lab");
+    let mut fleet = Fleet::start(&unique_name(), &xnic_bin(), false).expect("the fleet lab");
 
     // Inside the VCN, and through a virtual router to another VCN.
     reaches(&fleet, "web1", "10.0.2.10");
@@ -192,6 +192,37 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
         assert_eq!(l.result, "vnic:hub1", "host {h}: {l:?}");
         assert_eq!(l.steps.len(), 2, "through the router: {l:?}");
     }
+
+    // A daemon restarted under traffic leaves every host routing: the CPU-map queues keep
+    // the workers' programs, and those their stage table, until the new daemon's take over.
+    let receiver = Receiver::start(
+        Some(&fleet.lab.ns("db1")),
+        format!("0.0.0.0:{PROBE_PORT}").parse().unwrap(),
+    )
+    .unwrap();
+    let sender = fleet.stream_web1_to_db1(24, 1200, 3, 22000);
+    std::thread::sleep(Duration::from_millis(800));
+    fleet.stop_daemon(0).unwrap();
+    fleet.start_daemon(0).unwrap();
+    let sent = sender.join().unwrap().unwrap();
+    let got = receiver.stop().unwrap();
+    assert_eq!(got.flows, 24, "{got:?}");
+    assert!(got.received >= sent.sent * 99 / 100, "{got:?} of {sent:?}");
+    for f in &got.per_flow {
+        assert!(f.longest_silence_ms < 150.0, "across the restart: {f:?}");
+    }
+    // Stage tables: the new daemon's entry table alone, and a worker table for each CPU-map
+    // program a queue runs (the old one's, until its queues are replaced) and its own.
+    let pins = std::path::Path::new(xnic::dataplane::PIN_ROOT)
+        .join(fleet.lab.host_ns(0))
+        .join("calls");
+    let tables: Vec<String> = std::fs::read_dir(&pins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let workers = tables.iter().filter(|t| t.starts_with("cpu-")).count();
+    assert_eq!(tables.len() - workers, 1, "{tables:?}");
+    assert!((1..=2).contains(&workers), "{tables:?}");
 
     // The CLI: a route lookup and a VNIC as JSON, and a change that would loop refused with
     // its reason, changing nothing.

@@ -654,6 +654,8 @@ pub struct Fleet {
     pub lab: FleetLab,
     daemons: Vec<Option<super::daemon::DaemonProcess>>,
     configs: Vec<std::path::PathBuf>,
+    exe: std::path::PathBuf,
+    log: bool,
     /// The XDP_PASS program on the tor's host ports, while the lab lives.
     _tor_xdp: Option<crate::dataplane::baseline::Baseline>,
 }
@@ -666,6 +668,8 @@ impl Fleet {
             lab: FleetLab::new(prefix),
             daemons: Vec::new(),
             configs: Vec::new(),
+            exe: exe.to_owned(),
+            log,
             _tor_xdp: None,
         };
         fleet.lab.down();
@@ -676,18 +680,26 @@ impl Fleet {
         for i in 0..HOSTS {
             let path = dir.join(format!("{}.toml", fleet.lab.host_ns(i)));
             std::fs::write(&path, fleet.lab.config(i))?;
-            fleet.configs.push(path.clone());
-            let tag = format!("[h{}] ", i + 1);
-            let d = super::daemon::DaemonProcess::start(
-                exe,
-                &path,
-                &fleet.lab.host_ns(i),
-                log.then_some(tag.as_str()),
-                std::time::Duration::from_secs(30),
-            )?;
-            fleet.daemons.push(Some(d));
+            fleet.configs.push(path);
+            fleet.daemons.push(None);
+            fleet.start_daemon(i)?;
         }
         Ok(fleet)
+    }
+
+    /// Starts host `i`'s daemon (again, after [`Fleet::stop_daemon`]: it adopts what the
+    /// previous one pinned).
+    pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        let tag = format!("[h{}] ", i + 1);
+        let d = super::daemon::DaemonProcess::start(
+            &self.exe,
+            &self.configs[i],
+            &self.lab.host_ns(i),
+            self.log.then_some(tag.as_str()),
+            std::time::Duration::from_secs(30),
+        )?;
+        self.daemons[i] = Some(d);
+        Ok(())
     }
 
     /// Host `i`'s API.
