@@ -34,7 +34,9 @@ struct OneHost {
 
 impl Drop for OneHost {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(live::config_file(&self.h, "route"));
+        for name in ["route", "route-in-place"] {
+            let _ = std::fs::remove_file(live::config_file(&self.h, name));
+        }
         let prefix = self.t.trim_end_matches("-t");
         let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{prefix}.trafgen")));
         let _ = xnic::dataplane::teardown(&self.h);
@@ -121,13 +123,17 @@ impl OneHost {
         }
     }
 
-    /// xnic's configuration for the one host: the lab's sections, a fleet of one.
-    fn config(&self) -> String {
+    /// xnic's configuration for the one host: the lab's sections, a fleet of one, routing on
+    /// worker CPUs (the lab's) or on the CPU that receives each packet.
+    fn config(&self, workers: bool) -> String {
         let hosts = "hosts = [\n  { name = \"h1\", vtep = \"192.0.2.1\" },\n  { name = \"h2\", vtep = \"192.0.2.2\" },\n  { name = \"h3\", vtep = \"192.0.2.3\" },\n]";
         let one = "hosts = [{ name = \"h1\", vtep = \"192.0.2.1\" }]";
+        let mut sections = FLEET_SECTIONS.replace(hosts, one) + &workers_toml();
+        if !workers {
+            sections = sections.replace("engine = \"workers\"\n", "");
+        }
         format!(
-            "instance = \"{ns}\"\nnetns = \"{ns}\"\n\n[[uplink]]\nname = \"up0\"\n{}",
-            FLEET_SECTIONS.replace(hosts, one) + &workers_toml(),
+            "instance = \"{ns}\"\nnetns = \"{ns}\"\n\n[[uplink]]\nname = \"up0\"\n{sections}",
             ns = self.h
         )
     }
@@ -174,34 +180,61 @@ pub fn rows(report: &mut Report, args: &[String]) -> anyhow::Result<()> {
     let cfg = std::env::temp_dir().join(format!("{prefix}.trafgen"));
     OneHost::trafgen_config(&cfg)?;
     let config = live::config_file(&one.h, "route");
-    std::fs::write(&config, one.config())?;
-    let (mut xnic_rates, mut linux_rates) = (Vec::new(), Vec::new());
+    let in_place = live::config_file(&one.h, "route-in-place");
+    std::fs::write(&config, one.config(true))?;
+    std::fs::write(&in_place, one.config(false))?;
+    let xnic = |config: &Path| -> anyhow::Result<f64> {
+        let daemon = live::start_daemon(&one.h, config)?;
+        let x = one.rate(&cfg, secs);
+        live::stop_dataplane(&one.h, daemon)?;
+        x
+    };
+    let (mut xnic_rates, mut in_place_rates, mut linux_rates) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         one.linux(true)?;
         let l = one.rate(&cfg, secs);
         one.linux(false)?;
         let l = l?;
-        let daemon = live::start_daemon(&one.h, &config)?;
-        let x = one.rate(&cfg, secs);
-        live::stop_dataplane(&one.h, daemon)?;
-        let x = x?;
-        eprintln!("  round {round}: xnic {x:.0} frames/s, Linux {l:.0} frames/s");
+        let x = xnic(&config)?;
+        let p = xnic(&in_place)?;
+        eprintln!(
+            "  round {round}: xnic {x:.0} frames/s on worker CPUs, {p:.0} where they \
+                 arrive; Linux {l:.0} frames/s"
+        );
         xnic_rates.push(x);
+        in_place_rates.push(p);
         linux_rates.push(l);
     }
     drop(one);
     report.notes.push(format!(
-        "Live frames/s: trafgen (one CPU, unpaced) sends web1's VXLAN-wrapped UDP to db1 (source ports counting up: many flows) into one fleet host's uplink; what the host sends back (re-wrapped for db1's VTEP) is counted by XDP_DROP on the sender's end; {secs} s per scenario, {rounds} interleaved rounds, median. The Linux slow path does the same job: a VXLAN device on the fleet's address unwraps, a policy rule picks web1's route table, nftables applies db's security list, the same device wraps for db1's VTEP (its FDB entry)."
+        "Live frames/s: trafgen (one CPU, unpaced) sends web1's VXLAN-wrapped UDP to db1 (source ports counting up: many flows) into one fleet host's uplink, which routes each flow on the worker CPU its hash picks from an RSS engine over every CPU (`[fleet] engine`), or in a third scenario on the CPU each packet arrives on; what the host sends back (re-wrapped for db1's VTEP) is counted by XDP_DROP on the sender's end; {secs} s per scenario, {rounds} interleaved rounds, median. The Linux slow path does the same job: a VXLAN device on the fleet's address unwraps, a policy rule picks web1's route table, nftables applies db's security list, the same device wraps for db1's VTEP (its FDB entry)."
     ));
+    let linux = median(linux_rates);
+    let in_place = median(in_place_rates);
     report.add(
         "frames/s",
-        "one host: web1 → db1 re-wrapped, many flows, 16-byte UDP payload",
+        "one host: web1 → db1 re-wrapped, many flows, 16-byte UDP payload, routed on worker CPUs (the flow hash picks one)",
         "frames/s",
         Better::Higher,
         median(xnic_rates),
+        &[
+            (
+                "Linux: VXLAN device, ip rule + route table, nftables (same run)",
+                linux,
+            ),
+            ("xnic routing where packets arrive (same run)", in_place),
+        ],
+    );
+    report.add(
+        "frames/s",
+        "one host, the same, routed on the CPU each packet arrives on",
+        "frames/s",
+        Better::Higher,
+        in_place,
         &[(
             "Linux: VXLAN device, ip rule + route table, nftables (same run)",
-            median(linux_rates),
+            linux,
         )],
     );
 
