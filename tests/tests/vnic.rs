@@ -349,6 +349,49 @@ fn gateways_out_and_in() {
 }
 
 #[test]
+fn a_full_nat_port_block_drops_new_connections_and_keeps_the_old() {
+    // A block of one port: db1's first connection to 198.51.100.7:443 takes it, a second
+    // one to the same peer finds no free port and is dropped, counted.
+    let mut h1 = host(0);
+    h1.write(|i| {
+        let c = &mut std::sync::Arc::make_mut(&mut i.vnic).config;
+        (c.nat_first, c.nat_last) = (5000, 5000);
+    });
+    let from = |port: u16| {
+        let inner = ip_frame(
+            (DB1_MAC, ROUTER_MAC),
+            [10, 0, 2, 10],
+            [198, 51, 100, 7],
+            64,
+            L4::Tcp(port, 443, false),
+        );
+        from_instance([192, 0, 2, 12], 100, &inner)
+    };
+    let want = ip_frame(
+        (HOST_MAC, TOR_MAC),
+        [203, 0, 113, 1],
+        [198, 51, 100, 7],
+        63,
+        L4::Tcp(5000, 443, false),
+    );
+    forwarded(&h1.run(PortRole::Uplink, &from(40000)), &want);
+    dropped(
+        &h1.run(PortRole::Uplink, &from(40001)),
+        Reason::NatExhausted,
+    );
+    // The connection that has the port keeps it.
+    forwarded(&h1.run(PortRole::Uplink, &from(40000)), &want);
+    let e = events(&h1);
+    assert_eq!(e[VnicCounter::NatNew as usize], 1);
+    let sessions = reader(&h1).nat_sessions();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "one connection, both directions: {sessions:?}"
+    );
+}
+
+#[test]
 fn a_nat_gateway_translates_into_its_hosts_block_and_answers_find_their_owner() {
     let mut h1 = host(0);
     let mut h2 = host(1);
