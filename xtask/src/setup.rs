@@ -49,6 +49,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "openvswitch-switch",
         "the team benchmark's baseline: OVS bonds on the userspace datapath",
     ),
+    (
+        "python3-scapy",
+        "a second RoCEv2 implementation the ICRC is checked against",
+    ),
 ];
 
 /// bpf-linker release that works with the pinned toolchains.
