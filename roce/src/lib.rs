@@ -5,9 +5,12 @@
 //! - [`headers`]: BTH, RETH, AETH and the RC opcodes;
 //! - [`icrc`]: the invariant CRC;
 //! - [`packet`]: whole frames (Ethernet, IPv4 or IPv6, UDP 4791) built and taken apart;
-//! - [`psn`]: 24-bit sequence numbers.
+//! - [`psn`]: 24-bit sequence numbers;
+//! - [`requester`], [`responder`]: the two ends of a reliable connection (go-back-N).
 
 pub mod headers;
 pub mod icrc;
 pub mod packet;
 pub mod psn;
+pub mod requester;
+pub mod responder;
