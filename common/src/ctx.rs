@@ -32,6 +32,8 @@ pub enum NextKind {
     /// it through `TX_PORTS`): VNIC routing answers through the router that handed it the
     /// packet.
     Back = 6,
+    /// To the rings worker's AF_XDP socket on receive queue `target` (`XSK_SOCKS`).
+    Xsk = 7,
 }
 
 /// [`Next::fail_reason`] when a failed redirect leaves the frame to the kernel, under the
@@ -63,6 +65,15 @@ impl Next {
         fail_reason: FAIL_TO_KERNEL,
         fallback_port: 0,
     };
+
+    /// To the AF_XDP socket on receive queue `queue`; if there is none, to the kernel.
+    pub const fn xsk(queue: u32) -> Next {
+        Next {
+            kind: NextKind::Xsk as u8,
+            target: queue,
+            ..Next::KERNEL
+        }
+    }
 
     /// Out of port `ifindex`; if that fails, to the kernel.
     pub const fn port(ifindex: u32) -> Next {

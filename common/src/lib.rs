@@ -19,6 +19,7 @@ pub mod mapdefs;
 pub mod maps;
 pub mod parse;
 pub mod rewrite;
+pub mod rings;
 pub mod rss;
 pub mod shaper;
 pub mod tcp;

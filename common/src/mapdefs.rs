@@ -23,6 +23,7 @@ pub enum MapKind {
     LpmTrie = 11,
     DevMapHash = 25,
     CpuMap = 16,
+    XskMap = 17,
 }
 
 /// The families maps are versioned by (an index into `LAYOUT`'s versions).
@@ -44,13 +45,15 @@ pub enum Family {
     Flows = 6,
     /// VNIC routing: VNICs, route tries, gateways, security rules, NAT connections.
     Vnic = 7,
+    /// Transaction rings: the workers' AF_XDP sockets and their queue pairs.
+    Rings = 8,
 }
 
 /// How many families `LAYOUT` has room for.
 pub const FAMILY_SLOTS: usize = 16;
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Info,
         Family::Ports,
         Family::Counters,
@@ -59,6 +62,7 @@ impl Family {
         Family::Pipeline,
         Family::Flows,
         Family::Vnic,
+        Family::Rings,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Family {
             Family::Pipeline => "pipeline",
             Family::Flows => "flows",
             Family::Vnic => "vnic",
+            Family::Rings => "rings",
         }
     }
 
@@ -280,6 +285,13 @@ macro_rules! for_each_map {
             /// Per CPU: VNIC routing's events (`VnicCounter`).
             VNIC_EVENTS: percpu_array(u32 => u64; $crate::vnic::VnicCounter::SLOTS as u32), pinned, Vnic 1;
 
+            /// Receive queue → the AF_XDP socket of the rings worker on it. Written by the
+            /// worker (its socket's descriptor), read by the XSK step.
+            XSK_SOCKS: xskmap(u32 => u32; $crate::rings::MAX_XSK_QUEUES), pinned, Rings 1;
+            /// Queue pair → 1 while a rings worker serves it: RoCEv2 packets to it go to
+            /// the worker's socket, others to the kernel. Written by the worker.
+            ROCE_QPS: hash(u32 => u32; $crate::rings::MAX_QUEUE_PAIRS), pinned, Rings 1;
+
             /// Per CPU: the frame in flight, shared by the programs it passes through
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
             /// between frames.
@@ -318,6 +330,10 @@ macro_rules! map_sizes {
         (4u32, 8u32)
     };
     (prog_array, $k:ty, $v:ty) => {
+        (4u32, 4u32)
+    };
+    (xskmap, $k:ty, $v:ty) => {
+        // A queue index → a socket's descriptor (on update) or id.
         (4u32, 4u32)
     };
     (lpm_trie, $k:ty, $v:ty) => {
@@ -361,6 +377,9 @@ macro_rules! map_kind {
     };
     (lpm_trie) => {
         $crate::mapdefs::MapKind::LpmTrie
+    };
+    (xskmap) => {
+        $crate::mapdefs::MapKind::XskMap
     };
 }
 

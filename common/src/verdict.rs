@@ -92,6 +92,9 @@ crate::counters! {
         TooBig = 27 => "too_big",
         /// A NAT gateway found no free public port in this host's block: dropped.
         NatExhausted = 28 => "nat_exhausted",
+        /// A RoCEv2 packet for a queue pair a rings worker serves: redirected to its AF_XDP
+        /// socket (`xnic_common::rings`); with no socket on the queue, to the kernel.
+        ToRings = 29 => "to_rings",
     }
 }
 
@@ -117,7 +120,7 @@ impl Reason {
             | Reason::Fragment
             | Reason::TooBig
             | Reason::NatExhausted => Action::Drop,
-            Reason::ToUplink | Reason::FlowForward => Action::Redirect,
+            Reason::ToUplink | Reason::FlowForward | Reason::ToRings => Action::Redirect,
             Reason::VnicForward => Action::Tx,
             Reason::FromVm
             | Reason::ToVm

@@ -21,7 +21,10 @@ use xnic_common::{
 
 use crate::{
     flow,
-    maps::{CPUMAP, FLOOD, FLOW_TX, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS},
+    maps::{
+        CPUMAP, FLOOD, FLOW_TX, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS,
+        XSK_SOCKS,
+    },
     steer, xmit,
 };
 
@@ -105,6 +108,12 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
             }
             None => failed(cx),
         };
+    }
+    if next.kind == NextKind::Xsk as u8 {
+        // No socket on this queue (the worker went away): the kernel's.
+        return XSK_SOCKS
+            .redirect(next.target, 0)
+            .unwrap_or_else(|_| failed(cx));
     }
     if next.kind == NextKind::Flood as u8 {
         // Every port but the one it came in on; team uplinks filter their copies.

@@ -36,6 +36,7 @@ mod flow;
 mod lookup;
 mod maps;
 mod pipeline;
+mod rings;
 mod shape;
 mod steer;
 mod team;

@@ -4,7 +4,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, CpuMap, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{
+        Array, CpuMap, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, XskMap,
+    },
 };
 
 macro_rules! map_type {
@@ -16,6 +18,7 @@ macro_rules! map_type {
     (prog_array, $k:ty, $v:ty) => { ProgramArray };
     (lru_hash, $k:ty, $v:ty) => { LruHashMap<$k, $v> };
     (lpm_trie, $k:ty, $v:ty) => { LpmTrie<$k, $v> };
+    (xskmap, $k:ty, $v:ty) => { XskMap };
 }
 
 macro_rules! map_new {

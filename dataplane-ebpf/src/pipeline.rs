@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! xnic_uplink / xnic_vm:  parse → classify → guard ─┬─ flow hit (rewrite) ─────────────→ deliver
+//!                                                   ├─ RoCEv2 for a rings worker (XSK) ─→ deliver
 //!                                                   ├─ CALLS[FlowDecap]  → xnic_decap → deliver
 //!                                                   ├─ CALLS[TeamEgress] → xnic_team  → deliver
 //!                                                   ├─ CALLS[Steer]      → xnic_steer → deliver
@@ -32,7 +33,7 @@ use crate::{
     deliver::deliver,
     flow,
     maps::SCRATCH,
-    shape, steer, team, vnic,
+    rings, shape, steer, team, vnic,
 };
 
 /// This CPU's frame context.
@@ -59,6 +60,9 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
     classify::classify(cx, role);
+    if role == PortRole::Uplink && rings::take(xdp, &frame, cx) {
+        return deliver(xdp, cx);
+    }
     if role == PortRole::Uplink && vnic::wants(cx) {
         if let Some(engine) = vnic::worker_engine()
             && let Some(cpu) = steer::vnic_worker(xdp, cx, engine)

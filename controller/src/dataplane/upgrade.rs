@@ -142,6 +142,12 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 0,
         replaced: &[],
     },
+    // Transaction rings are new: no socket and no queue pair until a worker registers.
+    Migration {
+        family: Family::Rings,
+        from: 0,
+        replaced: &[],
+    },
 ];
 
 /// Flow slots of version 1 of the RSS family.

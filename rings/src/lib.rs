@@ -1,0 +1,8 @@
+//! Transaction rings: an application's remote-memory WRITEs and READs, as RoCEv2 packets
+//! (`xnic-roce`), through shared-memory rings to a network worker that sends and receives
+//! them on an AF_XDP socket.
+//!
+//! - [`xsk`]: the AF_XDP socket: its packet buffer area (UMEM) and four rings, on the
+//!   kernel's ABI directly (`libc`), copy mode.
+
+pub mod xsk;
