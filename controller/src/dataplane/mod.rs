@@ -16,6 +16,8 @@ pub use flows::{FlowReader, TableFlow};
 pub mod objects;
 pub mod qdisc;
 pub mod registry;
+mod rings;
+pub use rings::RingsMaps;
 pub mod testrun;
 mod trace;
 pub mod upgrade;
