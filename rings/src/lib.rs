@@ -2,7 +2,11 @@
 //! (`xnic-roce`), through shared-memory rings to a network worker that sends and receives
 //! them on an AF_XDP socket.
 //!
+//! - [`ring`]: single-producer single-consumer rings in shared memory with a doorbell;
+//! - [`shm`]: memory shared with the worker (memfd), handed over a Unix socket;
 //! - [`xsk`]: the AF_XDP socket: its packet buffer area (UMEM) and four rings, on the
 //!   kernel's ABI directly (`libc`), copy mode.
 
+pub mod ring;
+pub mod shm;
 pub mod xsk;

@@ -40,13 +40,13 @@ impl Default for XskConfig {
 }
 
 /// A memory mapping, unmapped when dropped.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+pub(crate) struct Mapping {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
 }
 
 impl Mapping {
-    fn new(fd: Option<RawFd>, len: usize, offset: i64) -> io::Result<Mapping> {
+    pub(crate) fn new(fd: Option<RawFd>, len: usize, offset: i64) -> io::Result<Mapping> {
         let (flags, fd) = match fd {
             Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
             None => (
