@@ -2,11 +2,15 @@
 //! (`xnic-roce`), through shared-memory rings to a network worker that sends and receives
 //! them on an AF_XDP socket.
 //!
+//! - [`engine`]: the worker's queue pairs and regions, frames in and out;
+//! - [`entries`]: what the application's rings carry (work requests, completions);
 //! - [`ring`]: single-producer single-consumer rings in shared memory with a doorbell;
 //! - [`shm`]: memory shared with the worker (memfd), handed over a Unix socket;
 //! - [`xsk`]: the AF_XDP socket: its packet buffer area (UMEM) and four rings, on the
 //!   kernel's ABI directly (`libc`), copy mode.
 
+pub mod engine;
+pub mod entries;
 pub mod ring;
 pub mod shm;
 pub mod xsk;
