@@ -266,13 +266,10 @@ impl Engine {
 
     /// Removes queue pair `qp`; its outstanding requests complete as the worker being gone.
     pub fn remove_qp(&mut self, qp: u32) {
-        if let Some(mut q) = self.qps.remove(&qp) {
-            if let Some(c) = q.completions.as_mut() {
-                // The requester's own list is private: what is still outstanding is
-                // reported through the application's side (its library fails what it has
-                // not seen completed).
-                c.close();
-            }
+        // The requester's list is its own: the application's library fails what it has not
+        // seen completed once the ring says the worker side closed.
+        if let Some(c) = self.qps.remove(&qp).and_then(|q| q.completions) {
+            c.close();
         }
     }
 
@@ -312,28 +309,18 @@ impl Engine {
             busy |= take_submissions(q, &self.regions, &mut self.stats.completed);
             q.requester.tick(now);
             // Answers first: they free the peer's window.
-            loop {
-                let Some(p) = q.responder.next_packet(&self.regions, &mut self.payload) else {
-                    break;
-                };
-                self.frame.clear();
-                packet::build(&q.path, &p, &mut self.frame);
-                if !send(&self.frame) {
+            while let Some(p) = q.responder.next_packet(&self.regions, &mut self.payload) {
+                if !emit(&q.path, &p, &mut self.frame, send) {
                     break;
                 }
                 self.stats.sent += 1;
                 busy = true;
             }
-            loop {
-                let Some(p) = q
-                    .requester
-                    .next_packet(&self.regions, now, &mut self.payload)
-                else {
-                    break;
-                };
-                self.frame.clear();
-                packet::build(&q.path, &p, &mut self.frame);
-                if !send(&self.frame) {
+            while let Some(p) = q
+                .requester
+                .next_packet(&self.regions, now, &mut self.payload)
+            {
+                if !emit(&q.path, &p, &mut self.frame, send) {
                     break;
                 }
                 self.stats.sent += 1;
@@ -370,6 +357,18 @@ impl Engine {
             .filter_map(|q| q.requester.tick(now))
             .min()
     }
+}
+
+/// Builds `p` on `path` into `frame` and hands it to `send`; whether the wire took it.
+fn emit(
+    path: &Path,
+    p: &packet::Packet,
+    frame: &mut Vec<u8>,
+    send: &mut dyn FnMut(&[u8]) -> bool,
+) -> bool {
+    frame.clear();
+    packet::build(path, p, frame);
+    send(frame)
 }
 
 /// Moves the application's new work requests into the requester, as far as it takes them

@@ -126,7 +126,7 @@ fn ops(n: usize, seed: u64, rkey: u32, region_id: u32) -> Vec<Submit> {
             let max = (REGION - len as usize) as u64;
             Submit {
                 id: i as u64,
-                op: if rng.next() % 2 == 0 {
+                op: if rng.next().is_multiple_of(2) {
                     OP_WRITE
                 } else {
                     OP_READ
