@@ -21,7 +21,7 @@ pub fn take(xdp: &XdpContext, frame: &Frame, cx: &mut FrameCtx) -> bool {
         return false;
     };
     // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { ROCE_QPS.get(&qp) }.is_none() {
+    if unsafe { ROCE_QPS.get(qp) }.is_none() {
         return false;
     }
     cx.verdict.reason = Reason::ToRings;
