@@ -62,7 +62,9 @@ impl Default for QpConfig {
         QpConfig {
             // IB MTU 1024: fits a 1500-byte Ethernet MTU with IPv6 and every header.
             mtu: 1024,
-            window: 256,
+            // Half of what a veth's XDP ring holds (256 frames): a window's burst fits the
+            // receiver's ring with room for the other direction's.
+            window: 128,
             // Well above a LAN's round trip, below what an application notices.
             timeout_ns: 20_000_000,
             // InfiniBand's largest retry count.
@@ -202,6 +204,18 @@ impl Engine {
         true
     }
 
+    /// A queue pair number no queue pair has (a connection being set up takes it).
+    pub fn allocate_qp(&mut self) -> u32 {
+        loop {
+            let qp = self.next_qp;
+            // 24 bits, and above the special ones again after a wrap.
+            self.next_qp = ((self.next_qp + 1) & 0x00ff_ffff).max(0x100);
+            if !self.qps.contains_key(&qp) {
+                return qp;
+            }
+        }
+    }
+
     /// A new queue pair toward `peer`'s queue pair `peer_qp`: ours sends from `our_psn` and
     /// expects the peer's requests from `peer_psn`. Returns its number.
     pub fn add_qp(
@@ -212,11 +226,24 @@ impl Engine {
         peer_psn: Psn,
         config: QpConfig,
     ) -> Result<u32, Full> {
+        let qp = self.allocate_qp();
+        self.add_qp_numbered(qp, peer, peer_qp, our_psn, peer_psn, config)?;
+        Ok(qp)
+    }
+
+    /// [`Engine::add_qp`] under number `qp` (from [`Engine::allocate_qp`]).
+    pub fn add_qp_numbered(
+        &mut self,
+        qp: u32,
+        peer: Endpoint,
+        peer_qp: u32,
+        our_psn: Psn,
+        peer_psn: Psn,
+        config: QpConfig,
+    ) -> Result<(), Full> {
         if self.qps.len() >= MAX_QUEUE_PAIRS {
             return Err(Full::QueuePairs);
         }
-        let qp = self.next_qp;
-        self.next_qp = (self.next_qp + 1) & 0x00ff_ffff;
         let path = Path {
             src_mac: self.local.mac,
             dst_mac: peer.mac,
@@ -242,7 +269,43 @@ impl Engine {
                 unreported: VecDeque::new(),
             },
         );
-        Ok(qp)
+        Ok(())
+    }
+
+    /// Queue pair `qp`'s peer and the peer's number.
+    pub fn peer_of(&self, qp: u32) -> Option<(IpAddr, u32)> {
+        self.qps
+            .get(&qp)
+            .map(|q| (q.path.dst_ip, q.requester.config().dest_qp))
+    }
+
+    /// Says every application's submission ring is about to be slept on; whether one has
+    /// work after all.
+    pub fn arm(&self) -> bool {
+        let mut ready = false;
+        for q in self.qps.values() {
+            if let Some(sq) = &q.submissions {
+                ready |= sq.arm();
+            }
+        }
+        ready
+    }
+
+    pub fn disarm(&self) {
+        for q in self.qps.values() {
+            if let Some(sq) = &q.submissions {
+                sq.disarm();
+            }
+        }
+    }
+
+    /// The submission rings' doorbells, to sleep on.
+    pub fn doorbells(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.qps
+            .values()
+            .filter_map(|q| q.submissions.as_ref().map(|sq| sq.doorbell().as_raw_fd()))
+            .collect()
     }
 
     /// The queue pair numbers in use.

@@ -266,6 +266,21 @@ impl<T: Entry> Consumer<T> {
         Some(v)
     }
 
+    /// Says the consumer is about to sleep (waiting on [`Consumer::doorbell`] with others);
+    /// whether something is ready after all (then do not sleep). Call
+    /// [`Consumer::disarm`] once awake.
+    pub fn arm(&self) -> bool {
+        let c = self.ring.control();
+        c.sleeping.0.store(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.ready() > 0 || c.closed.load(Ordering::Acquire) != 0
+    }
+
+    pub fn disarm(&self) {
+        self.ring.control().sleeping.0.store(0, Ordering::Relaxed);
+        self.drain_doorbell();
+    }
+
     /// Sleeps until something is ready, the producer closes, or `timeout` passes; whether
     /// something is ready.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {

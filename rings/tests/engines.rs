@@ -9,20 +9,9 @@ use xnic_rings::{
     ring::{self, Consumer},
     shm::Shared,
 };
-use xnic_roce::psn::Psn;
+use xnic_roce::{psn::Psn, sim::XorShift};
 
 const REGION: usize = 4 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn endpoint(n: u8) -> Endpoint {
     Endpoint {
@@ -54,7 +43,7 @@ fn side(n: u8, rkey: u32) -> Side {
 
 /// Runs `ops` from A's application to B, `loss` in a thousand frames lost each way.
 fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let mut a = side(1, 0xaaaa);
     let mut b = side(2, 0xbbbb);
     let config = QpConfig {
@@ -92,7 +81,7 @@ fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
         }
         sq.publish();
         a.engine.poll(now, &mut |f| {
-            if rng.next() % 1000 >= loss {
+            if rng.next_u64() % 1000 >= loss {
                 ab.push_back(f.to_vec());
             }
             ab.len() < 512
@@ -101,7 +90,7 @@ fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
             b.engine.receive(&f, now);
         }
         b.engine.poll(now, &mut |f| {
-            if rng.next() % 1000 >= loss {
+            if rng.next_u64() % 1000 >= loss {
                 ba.push_back(f.to_vec());
             }
             ba.len() < 512
@@ -117,24 +106,24 @@ fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
 }
 
 fn ops(n: usize, seed: u64, rkey: u32, region_id: u32) -> Vec<Submit> {
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::new(seed);
     (0..n)
         .map(|i| {
             // Sizes spread over 1 B .. 1 MiB, most small.
-            let len = 1 + (rng.next() % (1 << (rng.next() % 21))) as u32;
+            let len = 1 + (rng.next_u64() % (1 << (rng.next_u64() % 21))) as u32;
             let len = len.min(1 << 20);
             let max = (REGION - len as usize) as u64;
             Submit {
                 id: i as u64,
-                op: if rng.next().is_multiple_of(2) {
+                op: if rng.next_u64().is_multiple_of(2) {
                     OP_WRITE
                 } else {
                     OP_READ
                 },
                 _pad: [0; 3],
                 local_region: region_id,
-                local_offset: rng.next() % max,
-                remote_offset: rng.next() % max,
+                local_offset: rng.next_u64() % max,
+                remote_offset: rng.next_u64() % max,
                 rkey,
                 len,
             }

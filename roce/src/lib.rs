@@ -6,7 +6,8 @@
 //! - [`icrc`]: the invariant CRC;
 //! - [`packet`]: whole frames (Ethernet, IPv4 or IPv6, UDP 4791) built and taken apart;
 //! - [`psn`]: 24-bit sequence numbers;
-//! - [`requester`], [`responder`]: the two ends of a reliable connection (go-back-N).
+//! - [`requester`], [`responder`]: the two ends of a reliable connection (go-back-N);
+//! - [`sim`]: a deterministic generator for simulations and tests.
 
 pub mod headers;
 pub mod icrc;
@@ -14,3 +15,4 @@ pub mod packet;
 pub mod psn;
 pub mod requester;
 pub mod responder;
+pub mod sim;

@@ -281,17 +281,27 @@ impl Requester {
                 });
                 (opcode, reth, 1)
             }
-            // A READ asks for what has not arrived: from this PSN's response on, which takes
-            // the rest of its PSNs.
-            Operation::Read => (
-                Opcode::ReadRequest,
-                Some(Reth {
-                    va: p.wr.remote + u64::from(offset),
-                    rkey: p.wr.rkey,
-                    len: p.wr.len - offset,
-                }),
-                p.packets - index,
-            ),
+            // A READ asks for what has not arrived, from this PSN's response on, as many
+            // responses as the window has room for (their PSNs are the request's): a large
+            // READ goes as several requests, so responses in flight stay within the window.
+            Operation::Read => {
+                let room = self.config.window - psn.since(self.una) as u32;
+                let k = (p.packets - index).min(room);
+                let len = if index + k == p.packets {
+                    p.wr.len - offset
+                } else {
+                    k * self.config.mtu
+                };
+                (
+                    Opcode::ReadRequest,
+                    Some(Reth {
+                        va: p.wr.remote + u64::from(offset),
+                        rkey: p.wr.rkey,
+                        len,
+                    }),
+                    k,
+                )
+            }
         };
         let mut bth = Bth::new(opcode, self.config.dest_qp, psn);
         // An acknowledgement at the end of each message, and before the window fills.

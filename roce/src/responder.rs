@@ -145,8 +145,14 @@ impl Responder {
             }
             PsnClass::Duplicate => {
                 if op == Opcode::ReadRequest {
-                    // READs change nothing: answered again from memory as it is now.
+                    // READs change nothing: answered again from memory as it is now. The
+                    // requester went back and asks again, in order, for everything from its
+                    // first missing PSN: what is still queued from here on is stale (what
+                    // comes before is what it is still waiting for).
                     let reth = packet.reth.ok_or(Drop::NotARequest)?;
+                    self.answers.retain(
+                        |a| !matches!(a, Answer::Read { psn: from, .. } if from.since(psn) >= 0),
+                    );
                     if regions.check(reth.rkey, reth.va, reth.len, false).is_ok() && reth.len > 0 {
                         self.queue(Answer::Read {
                             psn,
@@ -155,6 +161,14 @@ impl Responder {
                             len: reth.len,
                             first: true,
                         });
+                        // Asked again, a READ may take more of its PSNs than its first
+                        // request did (a large READ goes in window-sized requests): those
+                        // are carried out now.
+                        let end = psn.add(reth.len.div_ceil(self.mtu));
+                        if end.since(self.epsn) > 0 {
+                            self.epsn = end;
+                            self.nak_sent = false;
+                        }
                     }
                 } else {
                     self.ack(self.epsn.add(u32::MAX));

@@ -12,6 +12,7 @@ use xnic_roce::{
     psn::Psn,
     requester::{Config, Local, Operation, Requester, RequesterStats, Status, WorkRequest},
     responder::{Regions, Responder},
+    sim::XorShift,
 };
 
 const REGION: usize = 64 * 1024;
@@ -47,21 +48,6 @@ impl Regions for Memory {
     }
 }
 
-/// A deterministic generator for the network's whims.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn percent(&mut self, p: u32) -> bool {
-        (self.next() % 100) < u64::from(p)
-    }
-}
-
 /// One direction of the network: frames in flight.
 struct Link {
     queue: VecDeque<Vec<u8>>,
@@ -71,16 +57,16 @@ struct Link {
 }
 
 impl Link {
-    fn send(&mut self, frame: Vec<u8>, rng: &mut Rng) {
-        if rng.percent(self.loss) {
+    fn send(&mut self, frame: Vec<u8>, rng: &mut XorShift) {
+        if rng.chance(u64::from(self.loss), 100) {
             return;
         }
-        if rng.percent(self.dup) {
+        if rng.chance(u64::from(self.dup), 100) {
             self.queue.push_back(frame.clone());
         }
         self.queue.push_back(frame);
         let n = self.queue.len();
-        if n >= 2 && rng.percent(self.reorder) {
+        if n >= 2 && rng.chance(u64::from(self.reorder), 100) {
             self.queue.swap(n - 1, n - 2);
         }
     }
@@ -109,7 +95,7 @@ struct Outcome {
 /// Runs `ops` (op, length, remote offset, local offset) through a network with `loss`%
 /// loss each way (plus duplicates and reordering), next to the model.
 fn run(ops: &[(Operation, u32, u64, u64)], loss: u32, seed: u64) -> Outcome {
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let start = Psn::new((seed >> 8) as u32);
     let mut req = Requester::new(Config {
         dest_qp: 0x22,
@@ -215,9 +201,9 @@ fn run(ops: &[(Operation, u32, u64, u64)], loss: u32, seed: u64) -> Outcome {
 fn op_strategy() -> impl Strategy<Value = (Operation, u32, u64, u64)> {
     (
         prop::sample::select(vec![Operation::Write, Operation::Read]),
-        1u32..3000,
-        0u64..(REGION as u64 - 3000),
-        0u64..(REGION as u64 - 3000),
+        1u32..20_000,
+        0u64..(REGION as u64 - 20_000),
+        0u64..(REGION as u64 - 20_000),
     )
 }
 

@@ -68,3 +68,22 @@ impl RingsMaps {
         self.queue_pairs.keys().filter_map(Result::ok).collect()
     }
 }
+
+fn io_error(e: anyhow::Error) -> std::io::Error {
+    std::io::Error::other(format!("{e:#}"))
+}
+
+impl xnic_rings::worker::Steering for RingsMaps {
+    fn set_socket(&mut self, queue: u32, socket: std::os::fd::RawFd) -> std::io::Result<()> {
+        RingsMaps::set_socket(self, queue, &socket).map_err(io_error)
+    }
+    fn unset_socket(&mut self, queue: u32) -> std::io::Result<()> {
+        RingsMaps::unset_socket(self, queue).map_err(io_error)
+    }
+    fn serve(&mut self, qp: u32) -> std::io::Result<()> {
+        RingsMaps::serve(self, qp).map_err(io_error)
+    }
+    fn unserve(&mut self, qp: u32) -> std::io::Result<()> {
+        RingsMaps::unserve(self, qp).map_err(io_error)
+    }
+}

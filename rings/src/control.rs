@@ -1,0 +1,113 @@
+//! The messages between an application and its worker (a Unix socket, one JSON object a
+//! message, descriptors alongside), and between the workers of two hosts (UDP, one JSON
+//! object a datagram) that set queue pairs up and look regions up.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The UDP port workers talk to each other on (beside RoCEv2's 4791; it goes through the
+/// kernel, not the AF_XDP socket).
+pub const CM_PORT: u16 = 4792;
+
+/// The largest message either socket carries.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// What an application asks its worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Register the memfd sent along as region `name` (peers find it by that name).
+    Register {
+        name: String,
+    },
+    Deregister {
+        id: u32,
+    },
+    /// A queue pair to the worker at `peer`; its rings come back along with the answer.
+    Connect {
+        peer: IpAddr,
+    },
+    /// Region `name` at `peer`.
+    Lookup {
+        peer: IpAddr,
+        name: String,
+    },
+    Status,
+}
+
+/// A region registered here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionInfo {
+    pub id: u32,
+    pub name: String,
+    pub len: u64,
+    pub rkey: u32,
+}
+
+/// What the worker answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Region(RegionInfo),
+    Done,
+    /// The queue pair's numbers; its rings (submission memory and doorbell, completion
+    /// memory and doorbell) come along as descriptors.
+    QueuePair {
+        qp: u32,
+        peer_qp: u32,
+    },
+    Remote {
+        rkey: u32,
+        len: u64,
+    },
+    Status(WorkerStatus),
+    Error(String),
+}
+
+/// `xnic rings status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub interface: String,
+    pub queue: u32,
+    pub address: String,
+    pub regions: Vec<RegionInfo>,
+    pub queue_pairs: Vec<QpStatus>,
+    pub received: u64,
+    pub sent: u64,
+    pub retransmitted: u64,
+    pub timeouts: u64,
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    pub completed: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QpStatus {
+    pub qp: u32,
+    pub peer: String,
+    pub peer_qp: u32,
+}
+
+/// Between workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cm {
+    /// Open a queue pair toward my `qp`, whose requests start at `psn`.
+    Connect {
+        qp: u32,
+        psn: u32,
+    },
+    /// Yours is `qp`, its requests start at `psn`.
+    Accept {
+        qp: u32,
+        psn: u32,
+    },
+    Lookup {
+        name: String,
+    },
+    Found {
+        rkey: u32,
+        len: u64,
+    },
+    Refused(String),
+}
