@@ -17,6 +17,7 @@ pub mod netlink;
 pub mod netns;
 pub mod policy;
 pub mod reconcile;
+pub mod worker;
 
 pub use xnic_proto::net;
 

@@ -98,7 +98,12 @@ impl Client {
     }
 
     pub fn deregister(&mut self, region: &LocalRegion) -> io::Result<()> {
-        self.call(&Request::Deregister { id: region.info.id }, &[])?;
+        self.deregister_id(region.info.id)
+    }
+
+    /// Deregisters region `id` (one another process registered, say).
+    pub fn deregister_id(&mut self, id: u32) -> io::Result<()> {
+        self.call(&Request::Deregister { id }, &[])?;
         Ok(())
     }
 

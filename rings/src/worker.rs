@@ -88,8 +88,16 @@ pub fn run(config: WorkerConfig, steering: &mut dyn Steering, stop: &AtomicBool)
     };
     let xsk = XskSocket::open(ifindex, config.queue, config.xsk)?;
     steering.set_socket(config.queue, xsk.as_raw_fd())?;
+    if let Some(dir) = config.control.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let _ = std::fs::remove_file(&config.control);
     let listener = UnixListener::bind(&config.control)?;
+    // Root only, like the daemon's socket: a client can read and write registered memory.
+    std::fs::set_permissions(
+        &config.control,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     listener.set_nonblocking(true)?;
     let cm = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, CM_PORT))?;
     cm.set_nonblocking(true)?;

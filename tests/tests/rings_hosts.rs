@@ -58,7 +58,7 @@ fn ip_of(i: usize) -> IpAddr {
 }
 
 fn control(instance: &str) -> PathBuf {
-    PathBuf::from(xnic::RUN_DIR).join(format!("{instance}.rings.sock"))
+    xnic::config::rings_socket_path(instance)
 }
 
 impl Hosts {
@@ -323,6 +323,67 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     assert!(hosts.lost() > 0, "the bridge dropped packets");
     let status = a.status().unwrap();
     assert!(status.retransmitted > 0, "{status:?}");
+
+    // The CLI: a region held by B's worker, written and read back from A.
+    let cli = |host: usize, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--instance", hosts.names[host].as_str()]);
+        xnic_tests::xnic(&all)
+    };
+    let peer = ip_of(1).to_string();
+    let out = cli(1, &["rings", "region", "add", "notes", "--size", "4096"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(
+        0,
+        &[
+            "rings",
+            "write",
+            &peer,
+            "notes",
+            "100",
+            "--data",
+            "hello, rings",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(0, &["rings", "read", &peer, "notes", "100", "12"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello, rings");
+    // Refusals say what is wrong.
+    let out = cli(0, &["rings", "read", &peer, "notes", "4090", "12"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("do not fit"),
+        "{out:?}"
+    );
+    let out = cli(0, &["rings", "read", &peer, "nothing", "0", "1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no region named"),
+        "{out:?}"
+    );
+    let out = cli(1, &["rings", "status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        s["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "notes"),
+        "{s}"
+    );
+    assert!(s["received"].as_u64().unwrap() > 0, "{s}");
 
     // A wrong key is refused by the peer and writes nothing.
     let before = {

@@ -77,6 +77,9 @@ pub enum Command {
     /// VNIC routing: the fleet's VNICs, with their rules and counters.
     #[command(subcommand)]
     Vnic(VnicCommand),
+    /// Transaction rings: the network worker, memory regions, WRITE and READ to peers.
+    #[command(subcommand)]
+    Rings(RingsCommand),
     /// VNIC routing's route tables: list, look a destination up, add and remove routes.
     #[command(subcommand)]
     Route(RouteCommand),
@@ -731,4 +734,79 @@ pub struct RuleAddArgs {
     pub at: Option<usize>,
     #[command(flatten)]
     pub read: ReadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RingsCommand {
+    /// Run the network worker in the foreground: an AF_XDP socket on one queue of an uplink
+    /// (RoCEv2 for its queue pairs is steered there by the instance's dataplane), a control
+    /// socket for applications, UDP 4792 for other hosts' workers. Run it on CPUs of its own.
+    Run(RingsRunArgs),
+    /// The worker's queue pairs, regions, packets, retransmissions and drops by reason.
+    Status(ReadArgs),
+    /// Memory regions peers may WRITE and READ.
+    #[command(subcommand)]
+    Region(RingsRegionCommand),
+    /// Put bytes at OFFSET of region REGION at PEER.
+    Write {
+        peer: std::net::IpAddr,
+        region: String,
+        offset: u64,
+        /// The bytes, as text.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        data: Option<String>,
+        /// The bytes, from a file.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArg,
+    },
+    /// Get LEN bytes at OFFSET of region REGION at PEER (printed, or written to --output).
+    Read {
+        peer: std::net::IpAddr,
+        region: String,
+        offset: u64,
+        len: u32,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RingsRunArgs {
+    #[command(flatten)]
+    pub instance: InstanceArg,
+    /// The uplink whose queue the worker's socket takes.
+    #[arg(long, value_name = "IFNAME")]
+    pub interface: String,
+    #[arg(long, default_value_t = 0)]
+    pub queue: u32,
+    /// The network namespace the interface is in (default: this one).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// CPUs the worker runs on.
+    #[arg(long, value_parser = cpu_list)]
+    pub cpus: Option<CpuList>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RingsRegionCommand {
+    /// A new region of SIZE bytes (zeroed), held by the worker, under NAME.
+    Add {
+        name: String,
+        #[arg(long)]
+        size: u64,
+        #[command(flatten)]
+        instance: InstanceArg,
+    },
+    /// The worker's regions: id, name, size, key.
+    List(ReadArgs),
+    /// Remove region NAME: peers' requests to it are refused from now on.
+    Del {
+        name: String,
+        #[command(flatten)]
+        instance: InstanceArg,
+    },
 }

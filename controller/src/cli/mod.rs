@@ -10,6 +10,7 @@ mod events;
 mod fleet;
 mod flows;
 mod lab;
+mod rings;
 mod route;
 mod rss;
 mod rule;
@@ -53,6 +54,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Team(TeamCommand::Events(a)) => team::events(&a),
         Command::Flows(a) => flows::run(&a),
         Command::Vnic(c) => vnic::run(&c),
+        Command::Rings(c) => rings::run(c),
         Command::Route(c) => route::run(&c),
         Command::Rule(c) => rule::run(&c),
         Command::Rss(RssCommand::Status(a)) => rss::status(&a),

@@ -1056,3 +1056,42 @@ mod tests {
         assert_eq!(duration(3661), "1h1m");
     }
 }
+
+pub fn rings_regions(regions: &[xnic_rings::control::RegionInfo]) -> String {
+    let mut t = table(&["ID", "NAME", "BYTES", "KEY"], 2);
+    for r in regions {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.name.clone(),
+            r.len.to_string(),
+            format!("{:#010x}", r.rkey),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn rings_status(s: &xnic_rings::control::WorkerStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rings worker on {} queue {} ({}): {} packets received, {} sent, {} sent again, {} timeouts",
+        s.interface, s.queue, s.address, s.received, s.sent, s.retransmitted, s.timeouts
+    );
+    let mut t = table(&["QP", "PEER", "PEER QP"], 3);
+    for q in &s.queue_pairs {
+        t.add_row(vec![
+            q.qp.to_string(),
+            q.peer.clone(),
+            q.peer_qp.to_string(),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    out.push_str(&rings_regions(&s.regions));
+    for (what, counts) in [("completed", &s.completed), ("dropped", &s.dropped)] {
+        if !counts.is_empty() {
+            let list: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "{what}: {}", list.join(", "));
+        }
+    }
+    out
+}

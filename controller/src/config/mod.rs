@@ -102,6 +102,13 @@ pub fn socket_path(instance: &str) -> PathBuf {
     PathBuf::from(crate::RUN_DIR).join(format!("{instance}.sock"))
 }
 
+/// Where instance `instance`'s rings worker listens for applications.
+pub fn rings_socket_path(instance: &str) -> PathBuf {
+    PathBuf::from(crate::RUN_DIR)
+        .join("rings")
+        .join(format!("{instance}.sock"))
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
