@@ -54,6 +54,11 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             a.instance
         )
     })?;
+    // One worker serves an instance: queue pairs a previous one left (it was killed) are
+    // no longer anyone's.
+    for qp in maps.served() {
+        maps.unserve(qp)?;
+    }
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { signal(sig, SigHandler::Handler(stop)) }

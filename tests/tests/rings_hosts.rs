@@ -5,6 +5,7 @@
 
 use std::{
     net::IpAddr,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::Command,
     sync::{
@@ -48,6 +49,8 @@ struct Hosts {
     daemons: Vec<DaemonProcess>,
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Host A's worker when it runs as `xnic rings run`.
+    process: Option<std::process::Child>,
     configs: Vec<PathBuf>,
 }
 
@@ -62,7 +65,9 @@ fn control(instance: &str) -> PathBuf {
 }
 
 impl Hosts {
-    fn up() -> Hosts {
+    /// Both hosts, their daemons, and B's worker on a thread; A's too, unless
+    /// `a_as_process` (then see [`Hosts::start_worker`]).
+    fn up(a_as_process: bool) -> Hosts {
         let base = unique_name();
         let names = [format!("{base}a"), format!("{base}b"), format!("{base}m")];
         let mut h = Hosts {
@@ -70,6 +75,7 @@ impl Hosts {
             daemons: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
+            process: None,
             configs: Vec::new(),
         };
         for n in &names {
@@ -116,7 +122,12 @@ impl Hosts {
                 DaemonProcess::start(&xnic_bin(), &path, n, None, Duration::from_secs(30)).unwrap(),
             );
         }
-        for n in &names[..2] {
+        let threads = if a_as_process {
+            &names[1..2]
+        } else {
+            &names[..2]
+        };
+        for n in threads {
             let (n, stop) = (n.clone(), h.stop.clone());
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             h.workers.push(std::thread::spawn(move || {
@@ -150,7 +161,43 @@ impl Hosts {
                 .recv_timeout(Duration::from_secs(10))
                 .expect("the worker's control socket");
         }
+        if a_as_process {
+            h.start_worker();
+        }
         h
+    }
+
+    /// Starts A's worker as a process (`xnic rings run`) and waits until it answers.
+    fn start_worker(&mut self) {
+        let n = &self.names[0];
+        let child = Command::new(xnic_bin())
+            .args([
+                "rings",
+                "run",
+                "--instance",
+                n,
+                "--interface",
+                "up0",
+                "--netns",
+                n,
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+        assert!(
+            xnic_tests::eventually(Duration::from_secs(10), || Client::connect(&control(n))
+                .is_ok()),
+            "the worker answers"
+        );
+    }
+
+    /// SIGKILLs A's worker process.
+    fn kill_worker(&mut self) {
+        if let Some(mut c) = self.process.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Drops `percent` % of RoCEv2 packets crossing the bridge, each way.
@@ -193,6 +240,7 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        self.kill_worker();
         self.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -291,7 +339,7 @@ fn transfer(
 
 #[test]
 fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
-    let hosts = Hosts::up();
+    let hosts = Hosts::up(false);
     let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
     let mut b = Client::connect(&control(&hosts.names[1])).unwrap();
     let theirs = b.register("buf", REGION).unwrap();
@@ -405,4 +453,59 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     let mut after = vec![0u8; 64];
     theirs.memory.read(0, &mut after);
     assert_eq!(before, after);
+}
+
+#[test]
+fn a_killed_worker_fails_what_was_outstanding_and_a_new_one_serves() {
+    let mut hosts = Hosts::up(true);
+    let mut b = Client::connect(&control(&hosts.names[1])).unwrap();
+    let theirs = b.register("buf", REGION).unwrap();
+    let (mine, remote, mut qp) = {
+        let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
+        let mine = a.register("local", REGION).unwrap();
+        let remote = a.lookup(ip_of(1), "buf").unwrap();
+        let qp = a.connect_qp(ip_of(1)).unwrap();
+        // The client's control connection goes with `a`: the queue pair keeps its own.
+        (mine, remote, qp)
+    };
+    // Large WRITEs in flight, with loss so they take a while; then the worker dies.
+    hosts.lose(20);
+    let mut posted = 0;
+    for id in 0..64 {
+        if qp.write(id, &mine, 0, &remote, 0, 1 << 20).is_ok() {
+            posted += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    hosts.kill_worker();
+    let started = std::time::Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..posted {
+        let c = qp
+            .wait(Duration::from_secs(10))
+            .unwrap()
+            .expect("a completion, not a hang");
+        *statuses.entry(status_name(c.status, c.nak)).or_insert(0) += 1;
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(statuses.contains_key("worker_gone"), "{statuses:?}");
+    assert_eq!(statuses.values().sum::<i32>(), posted);
+
+    // A new worker serves new queue pairs at once.
+    hosts.lose(0);
+    hosts.start_worker();
+    let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
+    let mine = a.register("local", REGION).unwrap();
+    mine.memory.write(0, b"after the restart");
+    let remote = a.lookup(ip_of(1), "buf").unwrap();
+    let mut qp = a.connect_qp(ip_of(1)).unwrap();
+    qp.write(1, &mine, 0, &remote, 8, 17).unwrap();
+    let c = qp
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .expect("a completion");
+    assert_eq!(c.status, STATUS_SUCCESS, "{}", status_name(c.status, c.nak));
+    let mut got = [0u8; 17];
+    theirs.memory.read(8, &mut got);
+    assert_eq!(&got, b"after the restart");
 }
