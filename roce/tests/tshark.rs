@@ -8,26 +8,8 @@ use xnic_roce::{
     headers::{Aeth, Bth, NakCode, Opcode, Reth, Syndrome},
     packet::{Packet, Path, build},
     psn::Psn,
+    sim::to_pcap,
 };
-
-/// A pcap file (microsecond timestamps, Ethernet) of `frames`.
-fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend(0xa1b2_c3d4u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes());
-    out.extend([0u8; 8]);
-    out.extend(65_535u32.to_le_bytes());
-    out.extend(1u32.to_le_bytes());
-    for (i, f) in frames.iter().enumerate() {
-        out.extend((i as u32).to_le_bytes());
-        out.extend(0u32.to_le_bytes());
-        out.extend((f.len() as u32).to_le_bytes());
-        out.extend((f.len() as u32).to_le_bytes());
-        out.extend(f);
-    }
-    out
-}
 
 #[test]
 fn tshark_reads_every_packet_as_we_meant_it() {
@@ -107,7 +89,7 @@ fn tshark_reads_every_packet_as_we_meant_it() {
     let file = std::env::temp_dir().join(format!("xnic-roce-{}.pcap", std::process::id()));
     std::fs::File::create(&file)
         .unwrap()
-        .write_all(&pcap(&frames))
+        .write_all(&to_pcap(&frames))
         .unwrap();
     let out = Command::new("tshark")
         .args(["-n", "-r"])

@@ -17,7 +17,7 @@ use std::{
 
 use xnic::{
     dataplane::{PinDir, RingsMaps},
-    lab::daemon::DaemonProcess,
+    lab::{capture::Capture, daemon::DaemonProcess},
 };
 use xnic_rings::{
     client::{Client, LocalRegion, QueuePair, RemoteRegion},
@@ -26,7 +26,7 @@ use xnic_rings::{
     worker::{self, WorkerConfig},
     xsk::XskConfig,
 };
-use xnic_roce::sim::XorShift;
+use xnic_roce::sim::{XorShift, to_pcap};
 use xnic_tests::{unique_name, xnic_bin};
 
 const REGION: usize = 4 << 20;
@@ -262,6 +262,46 @@ impl Drop for Hosts {
     }
 }
 
+/// Every frame decodes in tshark's InfiniBand dissector as RoCEv2 with a known opcode and
+/// nothing malformed.
+fn decodes_cleanly(frames: &[Vec<u8>]) {
+    assert!(
+        frames.len() >= 4,
+        "RoCEv2 frames captured: {}",
+        frames.len()
+    );
+    let file = std::env::temp_dir().join(format!("{}.pcap", unique_name()));
+    std::fs::write(&file, to_pcap(frames)).unwrap();
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "infiniband.bth.opcode",
+            "-e",
+            "_ws.malformed",
+            "-e",
+            "_ws.expert",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), frames.len(), "{text}");
+    for l in lines {
+        let f: Vec<&str> = l.split('|').collect();
+        assert!(
+            !f[0].is_empty() && f[1].is_empty() && f[2].is_empty(),
+            "{l}"
+        );
+    }
+}
+
 /// Waits for the next completion, which must be a success.
 fn succeeded(qp: &mut QueuePair, diag: &mut dyn FnMut() -> String) {
     let c = qp
@@ -372,7 +412,12 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     let status = a.status().unwrap();
     assert!(status.retransmitted > 0, "{status:?}");
 
-    // The CLI: a region held by B's worker, written and read back from A.
+    // The CLI: a region held by B's worker, written and read back from A, with every frame
+    // on the wire recorded at the bridge.
+    let captures: Vec<Capture> = ["p0", "p1"]
+        .iter()
+        .map(|p| Capture::start_keeping(&hosts.names[2], p, 2048).unwrap())
+        .collect();
     let cli = |host: usize, args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--instance", hosts.names[host].as_str()]);
@@ -421,6 +466,13 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
         String::from_utf8_lossy(&out.stderr).contains("no region named"),
         "{out:?}"
     );
+    let frames: Vec<Vec<u8>> = captures
+        .into_iter()
+        .flat_map(|c| c.stop().unwrap())
+        .map(|c| c.head)
+        .filter(|f| f.len() > 42 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == [0x12, 0xb7])
+        .collect();
+    decodes_cleanly(&frames);
     let out = cli(1, &["rings", "status", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
