@@ -1041,22 +1041,6 @@ pub fn rules(v: &crate::api::types::RuleListView) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_well() {
-        assert_eq!(si(999.0), "999");
-        assert_eq!(si(1234.0), "1.2k");
-        assert_eq!(si(2_500_000.0), "2.5M");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(duration(59), "59s");
-        assert_eq!(duration(3661), "1h1m");
-    }
-}
-
 pub fn rings_regions(regions: &[xnic_rings::control::RegionInfo]) -> String {
     let mut t = table(&["ID", "NAME", "BYTES", "KEY"], 2);
     for r in regions {
@@ -1094,4 +1078,20 @@ pub fn rings_status(s: &xnic_rings::control::WorkerStatus) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(si(999.0), "999");
+        assert_eq!(si(1234.0), "1.2k");
+        assert_eq!(si(2_500_000.0), "2.5M");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3661), "1h1m");
+    }
 }
