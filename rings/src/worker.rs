@@ -51,7 +51,12 @@ pub struct WorkerConfig {
 /// Entries of each application ring: 256 submissions (40 B each) and completions.
 const RING_ENTRIES: u32 = 256;
 /// How long a connection or lookup waits for the other worker.
-const CM_TIMEOUT: Duration = Duration::from_secs(2);
+const CM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a request to another worker goes again while unanswered (UDP may be lost).
+const CM_RESEND: Duration = Duration::from_millis(100);
+/// Answers kept for requests another worker may send again (its copy of the answer was
+/// lost): a repeated connection request must not open a second queue pair.
+const CM_REMEMBERED: usize = 1024;
 /// How long the loop sleeps at most when idle.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
@@ -60,6 +65,9 @@ struct Pending {
     client: usize,
     peer: IpAddr,
     sent: Instant,
+    /// The request as sent, and when it last went.
+    text: Vec<u8>,
+    resent: Instant,
     /// For a connection: our queue pair's number and first PSN.
     qp: Option<(u32, u32)>,
 }
@@ -76,6 +84,9 @@ struct Worker<'s> {
     regions: HashMap<String, RegionInfo>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
+    /// Answers given to other workers, by (worker, token), oldest first.
+    answered: HashMap<(SocketAddr, u64), Vec<u8>>,
+    answered_order: std::collections::VecDeque<(SocketAddr, u64)>,
     started: Instant,
 }
 
@@ -112,7 +123,11 @@ pub fn run(config: WorkerConfig, steering: &mut dyn Steering, stop: &AtomicBool)
         cm,
         regions: HashMap::new(),
         pending: HashMap::new(),
-        next_token: 1,
+        // Tokens unique across restarts too, so a peer's memory of answers never matches a
+        // new request.
+        next_token: u64::from(random_key()) << 32,
+        answered: HashMap::new(),
+        answered_order: std::collections::VecDeque::new(),
         started: Instant::now(),
     };
     let result = w.serve(stop);
@@ -319,12 +334,20 @@ impl Worker<'_> {
                 client,
                 peer,
                 sent: Instant::now(),
+                text,
+                resent: Instant::now(),
                 qp,
             },
         );
     }
 
     fn expire(&mut self) {
+        for p in self.pending.values_mut() {
+            if p.resent.elapsed() >= CM_RESEND {
+                p.resent = Instant::now();
+                let _ = self.cm.send_to(&p.text, SocketAddr::new(p.peer, CM_PORT));
+            }
+        }
         let late: Vec<u64> = self
             .pending
             .iter()
@@ -353,9 +376,21 @@ impl Worker<'_> {
             return Ok(true);
         };
         let peer = from.ip();
+        if let Some(text) = self.answered.get(&(from, token)) {
+            // A request we answered, sent again: the same answer again.
+            let _ = self.cm.send_to(text, from);
+            return Ok(true);
+        }
         let answer = |w: &mut Self, m: Cm| {
             let text = serde_json::to_vec(&(token, m)).expect("serialises");
             let _ = w.cm.send_to(&text, from);
+            if w.answered_order.len() >= CM_REMEMBERED
+                && let Some(old) = w.answered_order.pop_front()
+            {
+                w.answered.remove(&old);
+            }
+            w.answered.insert((from, token), text);
+            w.answered_order.push_back((from, token));
         };
         match msg {
             Cm::Connect {

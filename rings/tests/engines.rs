@@ -41,8 +41,9 @@ fn side(n: u8, rkey: u32) -> Side {
     Side { engine, region }
 }
 
-/// Runs `ops` from A's application to B, `loss` in a thousand frames lost each way.
-fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
+/// Runs `ops` from A's application to B, `loss` in a thousand frames lost each way, and
+/// what one side sends in a step beyond `tail` frames (a receiver's ring overflowing).
+fn run(ops: &[Submit], loss: u64, tail: usize, seed: u64) -> (Vec<Complete>, Side, Side) {
     let mut rng = XorShift::new(seed);
     let mut a = side(1, 0xaaaa);
     let mut b = side(2, 0xbbbb);
@@ -81,19 +82,19 @@ fn run(ops: &[Submit], loss: u64, seed: u64) -> (Vec<Complete>, Side, Side) {
         }
         sq.publish();
         a.engine.poll(now, &mut |f| {
-            if rng.next_u64() % 1000 >= loss {
+            if rng.next_u64() % 1000 >= loss && ab.len() < tail {
                 ab.push_back(f.to_vec());
             }
-            ab.len() < 512
+            true
         });
         for f in ab.drain(..) {
             b.engine.receive(&f, now);
         }
         b.engine.poll(now, &mut |f| {
-            if rng.next_u64() % 1000 >= loss {
+            if rng.next_u64() % 1000 >= loss && ba.len() < tail {
                 ba.push_back(f.to_vec());
             }
-            ba.len() < 512
+            true
         });
         for f in ba.drain(..) {
             a.engine.receive(&f, now);
@@ -131,10 +132,10 @@ fn ops(n: usize, seed: u64, rkey: u32, region_id: u32) -> Vec<Submit> {
         .collect()
 }
 
-fn check(loss: u64, seed: u64) {
+fn check(loss: u64, tail: usize, seed: u64) {
     // Both engines give their first region id 1.
     let list = ops(300, seed, 0xbbbb, 1);
-    let (done, a, b) = run(&list, loss, seed);
+    let (done, a, b) = run(&list, loss, tail, seed);
     // The model: the same starting bytes, each request applied in posting order.
     let (mut model_a, mut model_b) = (initial(1), initial(2));
     for s in &list {
@@ -172,13 +173,13 @@ fn check(loss: u64, seed: u64) {
 
 #[test]
 fn writes_and_reads_of_every_size_arrive_exactly() {
-    check(0, 11);
+    check(0, usize::MAX, 11);
 }
 
 #[test]
 fn the_same_through_one_percent_and_five_percent_loss() {
-    check(10, 12);
-    check(50, 13);
+    check(10, usize::MAX, 12);
+    check(50, usize::MAX, 13);
 }
 
 #[test]
@@ -186,10 +187,17 @@ fn a_request_outside_its_local_region_completes_as_bad_and_changes_nothing() {
     let mut s = ops(1, 1, 0xbbbb, 1);
     s[0].local_offset = REGION as u64 - 1;
     s[0].len = 2;
-    let (done, _a, b) = run(&s, 0, 3);
+    let (done, _a, b) = run(&s, 0, usize::MAX, 3);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].status, STATUS_BAD_REQUEST);
     let mut got = vec![0u8; REGION];
     b.region.read(0, &mut got);
     assert!(got == initial(2));
+}
+
+#[test]
+fn the_same_when_bursts_overflow_the_receivers_ring() {
+    for (tail, seed) in [(100, 21), (40, 22), (7, 23)] {
+        check(0, tail, seed);
+    }
 }

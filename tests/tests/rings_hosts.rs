@@ -3,264 +3,27 @@
 //! netfilter hook on either host). An application on host A WRITEs to and READs from a
 //! region of an application on host B; every byte is checked against a model.
 
-use std::{
-    net::IpAddr,
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use xnic::{
-    dataplane::{PinDir, RingsMaps},
-    lab::{capture::Capture, daemon::DaemonProcess},
+use xnic::lab::{
+    capture::Capture,
+    rings::{RingsLab, WorkerKind, host_ip},
 };
 use xnic_rings::{
-    client::{Client, LocalRegion, QueuePair, RemoteRegion},
+    client::{LocalRegion, QueuePair, RemoteRegion},
     engine::QpConfig,
     entries::{STATUS_SUCCESS, status_name},
-    worker::{self, WorkerConfig},
-    xsk::XskConfig,
 };
 use xnic_roce::sim::{XorShift, to_pcap};
 use xnic_tests::{unique_name, xnic_bin};
 
+/// The lab with both workers as `kinds`, queue pairs as configured by default (a
+/// retransmission timer that two busy CPUs running both hosts do not trip by themselves).
+fn lab(kinds: [WorkerKind; 2]) -> RingsLab {
+    RingsLab::up(&unique_name(), &xnic_bin(), kinds, QpConfig::default()).expect("the rings lab")
+}
+
 const REGION: usize = 4 << 20;
-
-fn sh(ns: &str, cmd: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two hosts on a bridge; dropped with their daemons, workers and namespaces.
-struct Hosts {
-    names: [String; 3],
-    daemons: Vec<DaemonProcess>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    /// Host A's worker when it runs as `xnic rings run`.
-    process: Option<std::process::Child>,
-    configs: Vec<PathBuf>,
-}
-
-const MACS: [&str; 2] = ["02:66:00:00:00:01", "02:66:00:00:00:02"];
-
-fn ip_of(i: usize) -> IpAddr {
-    IpAddr::from([10, 66, 0, i as u8 + 1])
-}
-
-fn control(instance: &str) -> PathBuf {
-    xnic::config::rings_socket_path(instance)
-}
-
-impl Hosts {
-    /// Both hosts, their daemons, and B's worker on a thread; A's too, unless
-    /// `a_as_process` (then see [`Hosts::start_worker`]).
-    fn up(a_as_process: bool) -> Hosts {
-        let base = unique_name();
-        let names = [format!("{base}a"), format!("{base}b"), format!("{base}m")];
-        let mut h = Hosts {
-            names: names.clone(),
-            daemons: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            workers: Vec::new(),
-            process: None,
-            configs: Vec::new(),
-        };
-        for n in &names {
-            xnic_tests::ip(&["netns", "add", n]).unwrap();
-        }
-        let m = &names[2];
-        sh(
-            m,
-            "ip link add br0 type bridge && ip link set br0 up && ip link set lo up",
-        );
-        for i in 0..2 {
-            let (host, port) = (&names[i], format!("p{i}"));
-            xnic_tests::ip(&[
-                "link", "add", "up0", "netns", host, "type", "veth", "peer", "name", &port,
-                "netns", m,
-            ])
-            .unwrap();
-            sh(m, &format!("ip link set {port} master br0 up"));
-            let other = 1 - i;
-            sh(
-                host,
-                &format!(
-                    "ip link set lo up && ip link set up0 address {} up && \
-                     ip addr add {}/24 dev up0 && \
-                     ip neigh add {} lladdr {} dev up0 nud permanent && \
-                     sysctl -qw net.ipv6.conf.all.disable_ipv6=1",
-                    MACS[i],
-                    ip_of(i),
-                    ip_of(other),
-                    MACS[other]
-                ),
-            );
-        }
-        std::fs::create_dir_all(xnic::RUN_DIR).unwrap();
-        for n in &names[..2] {
-            let path = PathBuf::from(xnic::RUN_DIR).join(format!("{n}.test.toml"));
-            std::fs::write(
-                &path,
-                format!("instance = \"{n}\"\nnetns = \"{n}\"\n\n[[uplink]]\nname = \"up0\"\n"),
-            )
-            .unwrap();
-            h.configs.push(path.clone());
-            h.daemons.push(
-                DaemonProcess::start(&xnic_bin(), &path, n, None, Duration::from_secs(30)).unwrap(),
-            );
-        }
-        let threads = if a_as_process {
-            &names[1..2]
-        } else {
-            &names[..2]
-        };
-        for n in threads {
-            let (n, stop) = (n.clone(), h.stop.clone());
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            h.workers.push(std::thread::spawn(move || {
-                xnic::netns::enter(&n).unwrap();
-                let mut maps = RingsMaps::open(&PinDir::new(&n)).unwrap();
-                let config = WorkerConfig {
-                    interface: "up0".into(),
-                    queue: 0,
-                    control: control(&n),
-                    qp: QpConfig {
-                        timeout_ns: 5_000_000,
-                        ..QpConfig::default()
-                    },
-                    xsk: XskConfig::default(),
-                };
-                // Tell the test once the control socket exists.
-                let path = config.control.clone();
-                let waiter = std::thread::spawn(move || {
-                    for _ in 0..500 {
-                        if path.exists() {
-                            let _ = ready_tx.send(());
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                });
-                worker::run(config, &mut maps, &stop).unwrap();
-                waiter.join().unwrap();
-            }));
-            ready_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("the worker's control socket");
-        }
-        if a_as_process {
-            h.start_worker();
-        }
-        h
-    }
-
-    /// Starts A's worker as a process (`xnic rings run`) and waits until it answers.
-    fn start_worker(&mut self) {
-        let n = &self.names[0];
-        let child = Command::new(xnic_bin())
-            .args([
-                "rings",
-                "run",
-                "--instance",
-                n,
-                "--interface",
-                "up0",
-                "--netns",
-                n,
-            ])
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        self.process = Some(child);
-        assert!(
-            xnic_tests::eventually(Duration::from_secs(10), || Client::connect(&control(n))
-                .is_ok()),
-            "the worker answers"
-        );
-    }
-
-    /// SIGKILLs A's worker process.
-    fn kill_worker(&mut self) {
-        if let Some(mut c) = self.process.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Drops `percent` % of RoCEv2 packets crossing the bridge, each way.
-    fn lose(&self, percent: u32) {
-        sh(
-            &self.names[2],
-            &format!(
-                "nft add table bridge loss; \
-                 nft add chain bridge loss relay '{{ type filter hook forward priority 0; }}'; \
-                 nft flush chain bridge loss relay; \
-                 nft add rule bridge loss relay udp dport 4791 numgen random mod 100 '<' {percent} counter drop"
-            ),
-        );
-    }
-
-    /// What the loss rule dropped.
-    fn lost(&self) -> u64 {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.names[2],
-                "nft",
-                "list",
-                "chain",
-                "bridge",
-                "loss",
-                "relay",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        self.kill_worker();
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        for d in self.daemons.drain(..) {
-            let _ = d.stop();
-        }
-        for n in &self.names[..2] {
-            let _ = xnic::dataplane::teardown(n);
-            let _ = xnic::model::store::Store::new(n).remove();
-            let _ = std::fs::remove_file(control(n));
-        }
-        for c in &self.configs {
-            let _ = std::fs::remove_file(c);
-        }
-        for n in &self.names {
-            let _ = xnic_tests::ip(&["netns", "del", n]);
-        }
-    }
-}
 
 /// Every frame decodes in tshark's InfiniBand dissector as RoCEv2 with a known opcode and
 /// nothing malformed.
@@ -379,9 +142,9 @@ fn transfer(
 
 #[test]
 fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
-    let hosts = Hosts::up(false);
-    let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
-    let mut b = Client::connect(&control(&hosts.names[1])).unwrap();
+    let hosts = lab([WorkerKind::Thread; 2]);
+    let mut a = hosts.client(0).unwrap();
+    let mut b = hosts.client(1).unwrap();
     let theirs = b.register("buf", REGION).unwrap();
     let mine = a.register("local", REGION).unwrap();
     let pattern: Vec<u8> = (0..REGION).map(|i| (i * 13 % 251) as u8).collect();
@@ -389,14 +152,12 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     theirs
         .memory
         .write(0, &pattern.iter().rev().copied().collect::<Vec<u8>>());
-    let remote = a.lookup(ip_of(1), "buf").unwrap();
+    let remote = a.lookup(host_ip(1), "buf").unwrap();
     assert_eq!(remote.len, REGION as u64);
-    let mut qp = a.connect_qp(ip_of(1)).unwrap();
+    let mut qp = a.connect_qp(host_ip(1)).unwrap();
 
-    let (apath, bpath) = (control(&hosts.names[0]), control(&hosts.names[1]));
     let mut diag = || {
-        let mut a = Client::connect(&apath).unwrap();
-        let mut b = Client::connect(&bpath).unwrap();
+        let (mut a, mut b) = (hosts.client(0).unwrap(), hosts.client(1).unwrap());
         format!(
             "\nhere: {:?}\npeer: {:?}",
             a.status().unwrap(),
@@ -405,9 +166,9 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     };
     // 10,000 transactions: 4,000 on a clean wire, 3,000 each through 1 % and 5 % loss.
     transfer(&mut qp, &mine, &remote, &theirs, 4000, 1, &mut diag);
-    hosts.lose(1);
+    hosts.lose(1).unwrap();
     transfer(&mut qp, &mine, &remote, &theirs, 3000, 2, &mut diag);
-    hosts.lose(5);
+    hosts.lose(5).unwrap();
     transfer(&mut qp, &mine, &remote, &theirs, 3000, 3, &mut diag);
     assert!(hosts.lost() > 0, "the bridge dropped packets");
     let status = a.status().unwrap();
@@ -417,14 +178,14 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     // on the wire recorded at the bridge.
     let captures: Vec<Capture> = ["p0", "p1"]
         .iter()
-        .map(|p| Capture::start_keeping(&hosts.names[2], p, 2048).unwrap())
+        .map(|p| Capture::start_keeping(hosts.bridge_ns(), p, 2048).unwrap())
         .collect();
     let cli = |host: usize, args: &[&str]| {
         let mut all = args.to_vec();
-        all.extend(["--instance", hosts.names[host].as_str()]);
+        all.extend(["--instance", hosts.host(host)]);
         xnic_tests::xnic(&all)
     };
-    let peer = ip_of(1).to_string();
+    let peer = host_ip(1).to_string();
     let out = cli(1, &["rings", "region", "add", "notes", "--size", "4096"]);
     assert!(
         out.status.success(),
@@ -492,7 +253,7 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
         theirs.memory.read(0, &mut v);
         v
     };
-    hosts.lose(0);
+    hosts.lose(0).unwrap();
     let forged = RemoteRegion {
         rkey: remote.rkey ^ 0x10,
         len: remote.len,
@@ -510,19 +271,19 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
 
 #[test]
 fn a_killed_worker_fails_what_was_outstanding_and_a_new_one_serves() {
-    let mut hosts = Hosts::up(true);
-    let mut b = Client::connect(&control(&hosts.names[1])).unwrap();
+    let mut hosts = lab([WorkerKind::Process, WorkerKind::Thread]);
+    let mut b = hosts.client(1).unwrap();
     let theirs = b.register("buf", REGION).unwrap();
     let (mine, remote, mut qp) = {
-        let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
+        let mut a = hosts.client(0).unwrap();
         let mine = a.register("local", REGION).unwrap();
-        let remote = a.lookup(ip_of(1), "buf").unwrap();
-        let qp = a.connect_qp(ip_of(1)).unwrap();
+        let remote = a.lookup(host_ip(1), "buf").unwrap();
+        let qp = a.connect_qp(host_ip(1)).unwrap();
         // The client's control connection goes with `a`: the queue pair keeps its own.
         (mine, remote, qp)
     };
     // Large WRITEs in flight, with loss so they take a while; then the worker dies.
-    hosts.lose(20);
+    hosts.lose(20).unwrap();
     let mut posted = 0;
     for id in 0..64 {
         if qp.write(id, &mine, 0, &remote, 0, 1 << 20).is_ok() {
@@ -530,7 +291,7 @@ fn a_killed_worker_fails_what_was_outstanding_and_a_new_one_serves() {
         }
     }
     std::thread::sleep(Duration::from_millis(50));
-    hosts.kill_worker();
+    hosts.kill_worker(0);
     let started = std::time::Instant::now();
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..posted {
@@ -545,19 +306,26 @@ fn a_killed_worker_fails_what_was_outstanding_and_a_new_one_serves() {
     assert_eq!(statuses.values().sum::<i32>(), posted);
 
     // A new worker serves new queue pairs at once.
-    hosts.lose(0);
-    hosts.start_worker();
-    let mut a = Client::connect(&control(&hosts.names[0])).unwrap();
+    hosts.lose(0).unwrap();
+    hosts.start_worker(0).unwrap();
+    let mut a = hosts.client(0).unwrap();
     let mine = a.register("local", REGION).unwrap();
     mine.memory.write(0, b"after the restart");
-    let remote = a.lookup(ip_of(1), "buf").unwrap();
-    let mut qp = a.connect_qp(ip_of(1)).unwrap();
+    let remote = a.lookup(host_ip(1), "buf").unwrap();
+    let mut qp = a.connect_qp(host_ip(1)).unwrap();
     qp.write(1, &mine, 0, &remote, 8, 17).unwrap();
     let c = qp
         .wait(Duration::from_secs(10))
         .unwrap()
         .expect("a completion");
-    assert_eq!(c.status, STATUS_SUCCESS, "{}", status_name(c.status, c.nak));
+    assert_eq!(
+        c.status,
+        STATUS_SUCCESS,
+        "{}\nhere: {:?}\npeer: {:?}",
+        status_name(c.status, c.nak),
+        a.status().unwrap(),
+        b.status().unwrap()
+    );
     let mut got = [0u8; 17];
     theirs.memory.read(8, &mut got);
     assert_eq!(&got, b"after the restart");

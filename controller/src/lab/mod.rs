@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod guest;
 pub mod qemu;
+pub mod rings;
 pub mod routed;
 pub mod traffic;
 

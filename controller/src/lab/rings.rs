@@ -1,0 +1,293 @@
+//! The transaction-rings lab: two hosts, each with its xnic daemon and rings worker, on a
+//! bridge in a namespace of its own, where packets can be lost (nftables in the bridge
+//! family: AF_XDP frames pass no netfilter hook on either host).
+//!
+//! ```text
+//!  <prefix>a (10.66.0.1)        <prefix>m           <prefix>b (10.66.0.2)
+//!  up0 ─────────────── p0 ─ br0 ─ p1 ─────────────── up0
+//!  daemon + worker                loss rule           daemon + worker
+//! ```
+
+use std::{
+    net::IpAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xnic_rings::{
+    client::Client,
+    engine::QpConfig,
+    worker::{self, WorkerConfig},
+    xsk::XskConfig,
+};
+
+use super::{daemon::DaemonProcess, ip};
+use crate::dataplane::{PinDir, RingsMaps};
+
+/// The hosts' MACs (static neighbours: nothing but the traffic crosses the bridge).
+const MACS: [&str; 2] = ["02:66:00:00:00:01", "02:66:00:00:00:02"];
+
+/// How a host's worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// On a thread of the lab's process.
+    Thread,
+    /// As `xnic rings run` (so it can be killed).
+    Process,
+}
+
+pub struct RingsLab {
+    /// Host a, host b, the bridge.
+    names: [String; 3],
+    exe: PathBuf,
+    daemons: Vec<DaemonProcess>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+    processes: [Option<Child>; 2],
+    configs: Vec<PathBuf>,
+    qp: QpConfig,
+}
+
+/// Host `i`'s address.
+pub fn host_ip(i: usize) -> IpAddr {
+    IpAddr::from([10, 66, 0, i as u8 + 1])
+}
+
+fn sh(ns: &str, cmd: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", cmd])
+        .output()
+        .context("running ip netns exec")?;
+    if !out.status.success() {
+        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl RingsLab {
+    /// Builds the lab under `prefix` (its namespaces must not exist) and starts both
+    /// daemons (`exe run`) and workers.
+    pub fn up(
+        prefix: &str,
+        exe: &Path,
+        workers: [WorkerKind; 2],
+        qp: QpConfig,
+    ) -> anyhow::Result<RingsLab> {
+        let names = [
+            format!("{prefix}a"),
+            format!("{prefix}b"),
+            format!("{prefix}m"),
+        ];
+        let mut lab = RingsLab {
+            names: names.clone(),
+            exe: exe.to_owned(),
+            daemons: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            processes: [None, None],
+            configs: Vec::new(),
+            qp,
+        };
+        for n in &names {
+            ip(&["netns", "add", n])?;
+        }
+        let m = &names[2];
+        sh(
+            m,
+            "ip link add br0 type bridge && ip link set br0 up && ip link set lo up",
+        )?;
+        for i in 0..2 {
+            let (host, port) = (&names[i], format!("p{i}"));
+            ip(&[
+                "link", "add", "up0", "netns", host, "type", "veth", "peer", "name", &port,
+                "netns", m,
+            ])?;
+            sh(m, &format!("ip link set {port} master br0 up"))?;
+            let other = 1 - i;
+            sh(
+                host,
+                &format!(
+                    "ip link set lo up && ip link set up0 address {} up && \
+                     ip addr add {}/24 dev up0 && \
+                     ip neigh add {} lladdr {} dev up0 nud permanent && \
+                     sysctl -qw net.ipv6.conf.all.disable_ipv6=1",
+                    MACS[i],
+                    host_ip(i),
+                    host_ip(other),
+                    MACS[other]
+                ),
+            )?;
+        }
+        std::fs::create_dir_all(crate::RUN_DIR)?;
+        for n in &names[..2] {
+            let path = PathBuf::from(crate::RUN_DIR).join(format!("{n}.rings-lab.toml"));
+            std::fs::write(
+                &path,
+                format!("instance = \"{n}\"\nnetns = \"{n}\"\n\n[[uplink]]\nname = \"up0\"\n"),
+            )?;
+            lab.configs.push(path.clone());
+            lab.daemons.push(DaemonProcess::start(
+                exe,
+                &path,
+                n,
+                None,
+                Duration::from_secs(30),
+            )?);
+        }
+        for (i, kind) in workers.iter().enumerate() {
+            match kind {
+                WorkerKind::Thread => lab.start_thread(i)?,
+                WorkerKind::Process => lab.start_worker(i)?,
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Host `i`'s namespace (and instance) name.
+    pub fn host(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    pub fn bridge_ns(&self) -> &str {
+        &self.names[2]
+    }
+
+    /// Host `i`'s worker's control socket.
+    pub fn control(&self, i: usize) -> PathBuf {
+        crate::config::rings_socket_path(&self.names[i])
+    }
+
+    /// A client of host `i`'s worker.
+    pub fn client(&self, i: usize) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.control(i))?)
+    }
+
+    fn wait_for_worker(&self, i: usize) -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if self.client(i).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the rings worker of {} did not answer", self.names[i])
+    }
+
+    fn start_thread(&mut self, i: usize) -> anyhow::Result<()> {
+        let (n, stop, qp) = (self.names[i].clone(), self.stop.clone(), self.qp);
+        self.threads.push(std::thread::spawn(move || {
+            crate::netns::enter(&n)?;
+            let mut maps = RingsMaps::open(&PinDir::new(&n))?;
+            let config = WorkerConfig {
+                interface: "up0".into(),
+                queue: 0,
+                control: crate::config::rings_socket_path(&n),
+                qp,
+                xsk: XskConfig::default(),
+            };
+            worker::run(config, &mut maps, &stop)?;
+            Ok(())
+        }));
+        self.wait_for_worker(i)
+    }
+
+    /// Starts host `i`'s worker as a process (`xnic rings run`) and waits until it answers.
+    pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &self.names[i];
+        let child = Command::new(&self.exe)
+            .args([
+                "rings",
+                "run",
+                "--instance",
+                n,
+                "--interface",
+                "up0",
+                "--netns",
+                n,
+            ])
+            .process_group(0)
+            .spawn()
+            .context("starting xnic rings run")?;
+        self.processes[i] = Some(child);
+        self.wait_for_worker(i)
+    }
+
+    /// SIGKILLs host `i`'s worker process.
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Some(mut c) = self.processes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Drops `percent` % of the IPv4 packets crossing the bridge, each way.
+    pub fn lose(&self, percent: u32) -> anyhow::Result<()> {
+        sh(
+            self.bridge_ns(),
+            &format!(
+                "nft add table bridge loss; \
+                 nft add chain bridge loss relay '{{ type filter hook forward priority 0; }}'; \
+                 nft flush chain bridge loss relay; \
+                 nft add rule bridge loss relay ether type ip numgen random mod 100 '<' {percent} counter drop"
+            ),
+        )
+    }
+
+    /// What the loss rule dropped so far.
+    pub fn lost(&self) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.bridge_ns(),
+                "nft",
+                "list",
+                "chain",
+                "bridge",
+                "loss",
+                "relay",
+            ])
+            .output();
+        let Ok(out) = out else { return 0 };
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RingsLab {
+    fn drop(&mut self) {
+        for i in 0..2 {
+            self.kill_worker(i);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for d in self.daemons.drain(..) {
+            let _ = d.stop();
+        }
+        for n in &self.names[..2] {
+            let _ = crate::dataplane::teardown(n);
+            let _ = crate::model::store::Store::new(n).remove();
+            let _ = std::fs::remove_file(crate::config::rings_socket_path(n));
+        }
+        for c in &self.configs {
+            let _ = std::fs::remove_file(c);
+        }
+        for n in &self.names {
+            let _ = ip(&["netns", "del", n]);
+        }
+    }
+}
