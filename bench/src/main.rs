@@ -10,6 +10,7 @@ mod offload_moves;
 mod ops;
 mod ovs;
 mod report;
+mod rings;
 mod route;
 mod route_live;
 mod rss;
@@ -28,11 +29,12 @@ fn main() {
         Some("ops") => ops::run(&args[1..]),
         Some("offload") => offload::run(&args[1..]),
         Some("route") => route::run(&args[1..]),
+        Some("rings") => rings::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, offload, ops, route, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, offload, ops, rings, route, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|offload|ops|route|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|offload|ops|rings|route|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

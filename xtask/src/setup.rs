@@ -50,6 +50,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the team benchmark's baseline: OVS bonds on the userspace datapath",
     ),
     (
+        "sockperf",
+        "the rings benchmark's baseline: TCP request/response latency",
+    ),
+    (
         "python3-scapy",
         "a second RoCEv2 implementation the ICRC is checked against",
     ),
