@@ -153,8 +153,9 @@ pub struct Requester {
     progress_at: Option<u64>,
     /// Timeouts in a row without progress.
     retries: u32,
-    /// `una` when an out-of-order READ response last sent us back: once per gap.
-    went_back_at: Option<Psn>,
+    /// Where a gap last sent us back (`una` then) and how far sending had got (`high`):
+    /// the same gap sends us back again only once everything up to there went again.
+    went_back: Option<(Psn, Psn)>,
     stopped: bool,
     done: VecDeque<Completion>,
     stats: RequesterStats,
@@ -172,7 +173,7 @@ impl Requester {
             high: config.start_psn,
             progress_at: None,
             retries: 0,
-            went_back_at: None,
+            went_back: None,
             stopped: false,
             done: VecDeque::new(),
             stats: RequesterStats::default(),
@@ -372,7 +373,7 @@ impl Requester {
                 self.acked(psn.add(u32::MAX), now);
                 if code == NakCode::PsnSequenceError {
                     // The responder lost what follows: from the first unacknowledged again.
-                    self.send = self.una;
+                    self.go_back_once();
                     self.progress_at = Some(now);
                 } else {
                     self.fail_at(psn, Status::Refused(code));
@@ -427,13 +428,18 @@ impl Requester {
         progress
     }
 
-    /// Sends again from the first unacknowledged PSN, unless a gap at the same place did
-    /// that already.
+    /// Sends again from the first unacknowledged PSN, unless the same gap did that already
+    /// and what it sent again is not all out yet (repeated NAKs and every out-of-order
+    /// packet after a gap tell of one loss).
     fn go_back_once(&mut self) {
-        if self.went_back_at != Some(self.una) {
-            self.went_back_at = Some(self.una);
-            self.send = self.una;
+        if let Some((at, upto)) = self.went_back
+            && at == self.una
+            && self.send.since(upto) < 0
+        {
+            return;
         }
+        self.went_back = Some((self.una, self.high));
+        self.send = self.una;
     }
 
     fn advance_una(&mut self, to: Psn, progress: &mut bool) {

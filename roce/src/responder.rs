@@ -49,6 +49,10 @@ impl Drop {
     }
 }
 
+/// Packets ahead of a gap after which its NAK goes again: a quarter of a requester's
+/// usual window, so a lost NAK costs a fraction of a window rather than a timeout.
+const NAK_REPEAT: u32 = 32;
+
 /// An answer waiting to go out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
@@ -88,6 +92,8 @@ pub struct Responder {
     writing: Option<Writing>,
     /// A PSN sequence error was sent for the current gap.
     nak_sent: bool,
+    /// Packets ahead of the gap since its last NAK.
+    ahead_since_nak: u32,
     stopped: bool,
     answers: VecDeque<Answer>,
 }
@@ -102,6 +108,7 @@ impl Responder {
             msn: 0,
             writing: None,
             nak_sent: false,
+            ahead_since_nak: 0,
             stopped: false,
             answers: VecDeque::new(),
         }
@@ -137,8 +144,12 @@ impl Responder {
         let psn = packet.bth.psn;
         match classify(self.epsn, psn) {
             PsnClass::Ahead => {
-                if !self.nak_sent {
+                // One NAK per gap, and again every NAK_REPEAT packets past it (the NAK
+                // itself may be lost, and the requester would otherwise wait for its timer).
+                self.ahead_since_nak += 1;
+                if !self.nak_sent || self.ahead_since_nak >= NAK_REPEAT {
                     self.nak_sent = true;
+                    self.ahead_since_nak = 0;
                     self.nak(self.epsn, NakCode::PsnSequenceError);
                 }
                 Err(Drop::Ahead)
@@ -477,6 +488,18 @@ mod tests {
         assert_eq!(
             answers(&mut r, &mem),
             vec![(Opcode::Acknowledge, 0xff_ffff, ACK)]
+        );
+        // The gap stays open: its NAK goes again once NAK_REPEAT more packets are ahead.
+        for psn in 3..3 + NAK_REPEAT {
+            let _ = r.receive(&write_only(psn, 8, KEY, &[2; 4]), &mut mem);
+        }
+        assert_eq!(
+            answers(&mut r, &mem),
+            vec![(
+                Opcode::Acknowledge,
+                0,
+                Some(Syndrome::Nak(NakCode::PsnSequenceError))
+            )]
         );
         // A PSN from the far past (2^23 behind) is a duplicate too, not a new request.
         assert_eq!(
