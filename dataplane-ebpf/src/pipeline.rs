@@ -46,11 +46,10 @@ fn scratch() -> Option<&'static mut FrameCtx> {
     Some(unsafe { &mut *ptr })
 }
 
+/// A frame's first steps, wherever it starts (an entry program, a worker CPU): its context
+/// begun, its headers parsed, its port and VM classified. Returns the frame.
 #[inline(always)]
-pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
-    let Some(cx) = scratch() else {
-        return xdp_action::XDP_PASS;
-    };
+fn start<'a>(xdp: &XdpContext, cx: &mut FrameCtx, role: PortRole) -> Frame<'a> {
     // SAFETY: `xdp.ctx` is the live xdp_md of this invocation.
     let len = unsafe { bpf_xdp_get_buff_len(xdp.ctx) } as u64;
     cx.begin(len, xdp.ingress_ifindex() as u32);
@@ -60,6 +59,15 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
     classify::classify(cx, role);
+    frame
+}
+
+#[inline(always)]
+pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
+    let Some(cx) = scratch() else {
+        return xdp_action::XDP_PASS;
+    };
+    let frame = start(xdp, cx, role);
     if role == PortRole::Uplink && rings::take(xdp, &frame, cx) {
         return deliver(xdp, cx);
     }
@@ -142,14 +150,7 @@ fn route_on_worker(xdp: &XdpContext) -> u32 {
     let Some(cx) = scratch() else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: `xdp.ctx` is the live xdp_md of this invocation.
-    let len = unsafe { bpf_xdp_get_buff_len(xdp.ctx) } as u64;
-    cx.begin(len, xdp.ingress_ifindex() as u32);
-    // SAFETY: as in `entry`.
-    let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
-    let outcome = parse(&frame, &mut cx.parsed);
-    cx.set_outcome(outcome);
-    classify::classify(cx, PortRole::Uplink);
+    start(xdp, cx, PortRole::Uplink);
     cx.flags |= CTX_WORKER;
     if vnic::wants(cx) {
         return calls::jump_in(Stages::Worker, xdp, cx, Call::Vnic);
