@@ -327,15 +327,6 @@ impl Engine {
         }
     }
 
-    /// Removes queue pair `qp`; its outstanding requests complete as the worker being gone.
-    pub fn remove_qp(&mut self, qp: u32) {
-        // The requester's list is its own: the application's library fails what it has not
-        // seen completed once the ring says the worker side closed.
-        if let Some(c) = self.qps.remove(&qp).and_then(|q| q.completions) {
-            c.close();
-        }
-    }
-
     fn drop_reason(&mut self, reason: &'static str) {
         *self.stats.dropped.entry(reason).or_default() += 1;
     }

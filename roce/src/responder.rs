@@ -127,11 +127,6 @@ impl Responder {
         *self = Responder::new(self.dest_qp, start_psn, self.mtu);
     }
 
-    /// Whether answers are waiting.
-    pub fn has_answers(&self) -> bool {
-        !self.answers.is_empty()
-    }
-
     /// Takes a request; `Err` says why it was not carried out (answered or not).
     pub fn receive(&mut self, packet: &Packet, regions: &mut dyn Regions) -> Result<(), Drop> {
         if self.stopped {

@@ -607,11 +607,10 @@ impl On {
 }
 
 impl Rss {
-    /// Engine `name`'s index in `ENGINES` and its CPUs, while steering is on and it exists.
-    pub fn engine(&self, name: &str) -> Option<(u32, &[u32])> {
-        let on = self.on.as_ref()?;
-        let e = on.policy.engine_index(name)?;
-        Some((e as u32, on.policy.engines[e].cpus.as_slice()))
+    /// Engine `name`'s index in `ENGINES`, while steering is on and it exists.
+    pub fn engine_slot(&self, name: &str) -> Option<u32> {
+        let e = self.on.as_ref()?.policy.engine_index(name)?;
+        Some(e as u32)
     }
 
     /// Takes over what the pinned maps hold where it fits the desired state.

@@ -473,7 +473,7 @@ impl Reconciler {
     /// carries to its CPU).
     fn vnic_workers(&self) -> Option<u16> {
         let name = self.config.fleet.as_ref()?.engine.as_deref()?;
-        let (engine, _) = self.rss.engine(name)?;
+        let engine = self.rss.engine_slot(name)?;
         self.config
             .uplinks
             .iter()
