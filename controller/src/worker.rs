@@ -32,6 +32,7 @@ pub struct WorkerArgs {
     pub queue: u32,
     pub netns: Option<String>,
     pub cpus: Option<Vec<u32>>,
+    pub busy_poll: std::time::Duration,
 }
 
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
@@ -77,6 +78,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         control,
         qp: QpConfig::default(),
         xsk: XskConfig::default(),
+        busy_poll: a.busy_poll,
     };
     worker::run(config, &mut maps, &STOP)
         .with_context(|| format!("the rings worker on {} stopped", a.interface))?;

@@ -92,15 +92,20 @@ pub struct QpStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cm {
-    /// Open a queue pair toward my `qp`, whose requests start at `psn`.
+    /// Open a queue pair toward my `qp`, whose requests start at `psn`; my path MTU is
+    /// at most `mtu`.
     Connect {
         qp: u32,
         psn: u32,
+        #[serde(default = "first_mtu")]
+        mtu: u32,
     },
-    /// Yours is `qp`, its requests start at `psn`.
+    /// Yours is `qp`, its requests start at `psn`; both ends use `mtu` (the smaller).
     Accept {
         qp: u32,
         psn: u32,
+        #[serde(default = "first_mtu")]
+        mtu: u32,
     },
     Lookup {
         name: String,
@@ -110,4 +115,37 @@ pub enum Cm {
         len: u64,
     },
     Refused(String),
+}
+
+/// The MTU of workers that did not say (the first release's only one).
+fn first_mtu() -> u32 {
+    1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_from_a_worker_that_names_no_mtu_is_at_the_first_releases() {
+        let old: (u64, Cm) = serde_json::from_str(r#"[7,{"connect":{"qp":5,"psn":9}}]"#).unwrap();
+        assert_eq!(
+            old,
+            (
+                7,
+                Cm::Connect {
+                    qp: 5,
+                    psn: 9,
+                    mtu: 1024
+                }
+            )
+        );
+        let new = Cm::Accept {
+            qp: 1,
+            psn: 2,
+            mtu: 2048,
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<Cm>(&text).unwrap(), new);
+    }
 }

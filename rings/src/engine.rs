@@ -49,7 +49,8 @@ pub struct Endpoint {
 /// A queue pair's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QpConfig {
-    /// Payload bytes per packet.
+    /// Payload bytes per packet at most: a worker uses the largest InfiniBand MTU up to
+    /// this that its link and buffers take, and the smaller of the two ends'.
     pub mtu: u32,
     /// Packets unacknowledged at most.
     pub window: u32,
@@ -60,8 +61,8 @@ pub struct QpConfig {
 impl Default for QpConfig {
     fn default() -> Self {
         QpConfig {
-            // IB MTU 1024: fits a 1500-byte Ethernet MTU with IPv6 and every header.
-            mtu: 1024,
+            // InfiniBand's largest: the link decides.
+            mtu: 4096,
             // Half of what a veth's XDP ring holds (256 frames): a window's burst fits the
             // receiver's ring with room for the other direction's.
             window: 128,

@@ -27,7 +27,7 @@ use crate::{
     entries::{Complete, Submit},
     ring::{self, Consumer},
     shm::{Shared, recv_fds, send_fds},
-    xsk::{XskConfig, XskSocket},
+    xsk::{FRAME_SIZE, XskConfig, XskSocket},
 };
 
 /// How the worker tells the dataplane what to steer to it (the daemon's pinned maps).
@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     pub control: PathBuf,
     pub qp: QpConfig,
     pub xsk: XskConfig,
+    /// How long the loop keeps polling its rings after the last work before it sleeps:
+    /// zero sleeps at once (a shared CPU), more saves the wake-ups of a busy worker on a
+    /// CPU of its own (each costs tens of microseconds of latency).
+    pub busy_poll: Duration,
 }
 
 /// Entries of each application ring: 256 submissions (40 B each) and completions.
@@ -59,6 +63,9 @@ const CM_RESEND: Duration = Duration::from_millis(100);
 const CM_REMEMBERED: usize = 1024;
 /// How long the loop sleeps at most when idle.
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How often a polling loop looks at its sockets (applications' requests, other workers'
+/// messages: each look is a system call), when nothing woke it for them.
+const SOCKETS_EVERY_NS: u64 = 1_000_000;
 
 /// A request to another worker an application waits on.
 struct Pending {
@@ -97,6 +104,8 @@ pub fn run(config: WorkerConfig, steering: &mut dyn Steering, stop: &AtomicBool)
         mac: mac_of(&config.interface)?,
         ip: IpAddr::V4(ipv4_of(&config.interface)?),
     };
+    let mut config = config;
+    config.qp.mtu = path_mtu(&config.interface, config.qp.mtu)?;
     let xsk = XskSocket::open(ifindex, config.queue, config.xsk)?;
     steering.set_socket(config.queue, xsk.as_raw_fd())?;
     if let Some(dir) = config.control.parent() {
@@ -145,22 +154,42 @@ impl Worker<'_> {
     }
 
     fn serve(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        let busy_poll = self.config.busy_poll.as_nanos() as u64;
+        let (mut sockets_at, mut idle_since, mut woke) = (0u64, None, true);
         while !stop.load(Ordering::Relaxed) {
             let now = self.now();
-            let engine = &mut self.engine;
-            let mut busy = self.xsk.receive(|f| engine.receive(f, now)) > 0;
-            let xsk = &mut self.xsk;
-            busy |= self.engine.poll(now, &mut |f| xsk.send(f));
-            self.xsk.flush()?;
-            busy |= self.accept()?;
-            busy |= self.control()?;
-            busy |= self.cm()?;
-            self.expire();
-            if !busy {
-                self.sleep(now)?;
+            let mut busy = self.move_frames(now)?;
+            if woke || now.saturating_sub(sockets_at) >= SOCKETS_EVERY_NS {
+                sockets_at = now;
+                busy |= self.accept()?;
+                busy |= self.control()?;
+                busy |= self.cm()?;
+                self.expire();
             }
+            woke = false;
+            if busy {
+                idle_since = None;
+                continue;
+            }
+            if now - *idle_since.get_or_insert(now) < busy_poll {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep(now)?;
+            (idle_since, woke) = (None, true);
         }
         Ok(())
+    }
+
+    /// Frames in (applied or answered), work requests taken, frames out, completions
+    /// reported: the loop's fast path, no system call unless there is something to send.
+    fn move_frames(&mut self, now: u64) -> io::Result<bool> {
+        let engine = &mut self.engine;
+        let mut busy = self.xsk.receive(|f| engine.receive(f, now)) > 0;
+        let xsk = &mut self.xsk;
+        busy |= self.engine.poll(now, &mut |f| xsk.send(f));
+        self.xsk.flush()?;
+        Ok(busy)
     }
 
     /// Sleeps until a frame, a message, a submission or the next timer.
@@ -305,7 +334,8 @@ impl Worker<'_> {
             Request::Connect { peer } => {
                 let qp = self.engine.allocate_qp();
                 let psn = random_key() & 0x00ff_ffff;
-                self.ask(client, peer, Cm::Connect { qp, psn }, Some((qp, psn)));
+                let mtu = self.config.qp.mtu;
+                self.ask(client, peer, Cm::Connect { qp, psn, mtu }, Some((qp, psn)));
                 None
             }
             Request::Lookup { peer, name } => {
@@ -396,9 +426,11 @@ impl Worker<'_> {
             Cm::Connect {
                 qp: peer_qp,
                 psn: peer_psn,
+                mtu,
             } => {
-                let reply = match self.open_qp(None, peer, peer_qp, peer_psn) {
-                    Ok((qp, psn)) => Cm::Accept { qp, psn },
+                let mtu = mtu.min(self.config.qp.mtu);
+                let reply = match self.open_qp(None, peer, peer_qp, peer_psn, mtu) {
+                    Ok((qp, psn)) => Cm::Accept { qp, psn, mtu },
                     Err(e) => Cm::Refused(e),
                 };
                 answer(self, reply);
@@ -416,9 +448,10 @@ impl Worker<'_> {
             Cm::Accept {
                 qp: peer_qp,
                 psn: peer_psn,
+                mtu,
             } => {
                 if let Some(p) = self.pending.remove(&token) {
-                    let reply = match self.open_qp(p.qp, peer, peer_qp, peer_psn) {
+                    let reply = match self.open_qp(p.qp, peer, peer_qp, peer_psn, mtu) {
                         Ok((qp, _)) => self.rings_for(qp, peer_qp),
                         Err(e) => (Reply::Error(e), Vec::new()),
                     };
@@ -439,15 +472,22 @@ impl Worker<'_> {
         Ok(true)
     }
 
-    /// A queue pair toward `peer`'s `peer_qp`: ours is `mine` (number and first PSN) when
-    /// we asked, else a new one.
+    /// A queue pair toward `peer`'s `peer_qp` with payloads of `mtu`: ours is `mine`
+    /// (number and first PSN) when we asked, else a new one.
     fn open_qp(
         &mut self,
         mine: Option<(u32, u32)>,
         peer: IpAddr,
         peer_qp: u32,
         peer_psn: u32,
+        mtu: u32,
     ) -> Result<(u32, u32), String> {
+        if !xnic_roce::packet::IB_MTUS.contains(&mtu) || mtu > self.config.qp.mtu {
+            return Err(format!(
+                "path MTU {mtu} is not an InfiniBand MTU up to this worker's {}",
+                self.config.qp.mtu
+            ));
+        }
         let mac = neighbour(peer)
             .ok_or_else(|| format!("no neighbour entry for {peer} on {}", self.config.interface))?;
         let (qp, psn) =
@@ -460,7 +500,10 @@ impl Worker<'_> {
                 peer_qp,
                 Psn::new(psn),
                 Psn::new(peer_psn),
-                self.config.qp,
+                QpConfig {
+                    mtu,
+                    ..self.config.qp
+                },
             )
             .map_err(|_| {
                 format!(
@@ -589,6 +632,27 @@ fn ifreq(name: &str, request: libc::c_ulong) -> io::Result<libc::ifreq> {
         }
     }
     Ok(req)
+}
+
+/// The largest InfiniBand MTU up to `most` that `name`'s link MTU and a packet buffer
+/// take.
+fn path_mtu(name: &str, most: u32) -> io::Result<u32> {
+    let req = ifreq(name, libc::SIOCGIFMTU)?;
+    // SAFETY: SIOCGIFMTU filled the MTU member.
+    let link = unsafe { req.ifr_ifru.ifru_mtu }.max(0) as usize;
+    let room = link.min(FRAME_SIZE as usize - xnic_roce::packet::ETH_LEN);
+    let fits = xnic_roce::packet::IB_MTUS
+        .into_iter()
+        .filter(|m| *m <= most)
+        .find(|m| Some(*m) <= xnic_roce::packet::largest_mtu(room, false));
+    fits.ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{name}'s MTU {link} is too small for RoCEv2 packets of 256 bytes up to {most}: raise it"
+            ),
+        )
+    })
 }
 
 fn mac_of(name: &str) -> io::Result<[u8; 6]> {

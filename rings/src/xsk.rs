@@ -15,9 +15,10 @@ use std::{
     time::Duration,
 };
 
-/// Bytes per packet buffer: a page holds two, and 2048 takes a 1500-byte frame with the
-/// kernel's headroom.
-pub const FRAME_SIZE: u32 = 2048;
+/// Bytes per packet buffer: a page, the most a copy-mode socket takes. It holds a frame of
+/// RoCE's 2048-byte MTU with every header (on links of MTU 2200 and up); 4096 of payload
+/// would need more than a page.
+pub const FRAME_SIZE: u32 = 4096;
 
 /// Sizes of a socket's rings and buffer area.
 #[derive(Clone, Copy, Debug)]
@@ -30,7 +31,7 @@ pub struct XskConfig {
 
 impl Default for XskConfig {
     fn default() -> Self {
-        // 4096 buffers of 2 KiB: 8 MiB per socket; rings of 2048 entries hold what one
+        // 4096 buffers of 4 KiB: 16 MiB per socket; rings of 2048 entries hold what one
         // side's half of the buffers can have in flight.
         XskConfig {
             frames: 4096,
@@ -217,6 +218,9 @@ fn setsockopt<T>(fd: RawFd, name: libc::c_int, v: &T) -> io::Result<()> {
 
 /// How often, and how long apart, binding is tried while the queue is still held by a
 /// socket that just closed (the kernel releases it asynchronously).
+/// Kicks per flush at most: a full ring (2048 descriptors) at the kernel's 32 frames per
+/// kick, so one flush never spins on a device that stays busy.
+const MAX_KICKS: u32 = 64;
 const BIND_TRIES: u32 = 50;
 const BIND_RETRY: Duration = Duration::from_millis(20);
 
@@ -336,22 +340,19 @@ impl XskSocket {
     /// Returns how many there were.
     pub fn receive(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         let n = self.rx.ready();
-        let mut addrs = Vec::with_capacity(n as usize);
+        if n == 0 {
+            return 0;
+        }
         for _ in 0..n {
             let d = self.rx.pop();
             each(self.frame(d.addr, d.len as usize));
             // Back to the start of its buffer (the kernel may have received at an offset).
-            addrs.push(d.addr - d.addr % u64::from(FRAME_SIZE));
+            // The fill ring is as large as the receive half: there is always room.
+            self.fill.push(d.addr - d.addr % u64::from(FRAME_SIZE));
         }
         self.rx.release();
-        for a in addrs {
-            // The fill ring is as large as the receive half: there is always room.
-            if self.fill.free() > 0 {
-                self.fill.push(a);
-            }
-        }
         self.fill.publish();
-        if n > 0 && self.fill.needs_wakeup() {
+        if self.fill.needs_wakeup() {
             self.wake_rx();
         }
         n as usize
@@ -396,30 +397,43 @@ impl XskSocket {
         true
     }
 
-    /// Publishes what [`XskSocket::send`] queued and kicks the kernel to send it (copy mode
-    /// sends only when asked).
+    /// Frames queued for sending the kernel has not taken yet.
+    pub fn unsent(&self) -> u32 {
+        self.tx
+            .cached
+            .wrapping_sub(self.tx.consumer().load(Ordering::Acquire))
+    }
+
+    /// Publishes what [`XskSocket::send`] queued and kicks the kernel until it has taken
+    /// it all (copy mode sends only when asked, and at most 32 frames per kick).
     pub fn flush(&mut self) -> io::Result<()> {
         self.tx.publish();
-        // SAFETY: a zero-length send on our own socket: the kernel's "transmit" signal.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // Busy or out of buffers for the moment: what is queued goes at the next kick.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
-            ) {
-                return Err(e);
+        let mut kicks = 0;
+        while self.unsent() > 0 && kicks < MAX_KICKS {
+            kicks += 1;
+            // SAFETY: a zero-length send on our own socket: the kernel's "transmit" signal.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // More than one kick's worth: kick again.
+                    Some(libc::EAGAIN) => {}
+                    // The device is busy or out of buffers: what is queued goes at the
+                    // next flush.
+                    Some(libc::EBUSY | libc::ENOBUFS) => break,
+                    _ => return Err(e),
+                }
             }
+            self.reclaim();
         }
         self.reclaim();
         Ok(())

@@ -8,7 +8,8 @@ use crate::{
     icrc::{self, IPV4_LEN, IPV6_LEN, UDP_LEN},
 };
 
-const ETH_LEN: usize = 14;
+/// An Ethernet header without a VLAN tag.
+pub const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
@@ -89,6 +90,20 @@ impl From<HeaderError> for ParseError {
 /// How many pad bytes take `len` to a multiple of four.
 pub fn pad_for(len: usize) -> u8 {
     ((4 - len % 4) % 4) as u8
+}
+
+/// The path MTUs InfiniBand defines (payload bytes per packet), largest first.
+pub const IB_MTUS: [u32; 5] = [4096, 2048, 1024, 512, 256];
+
+/// The largest InfiniBand MTU whose packets fit an IP packet of `ip_room` bytes (a link's
+/// MTU, or what a buffer holds past the Ethernet header): every header a packet can carry
+/// (RETH, the larger of RETH and AETH), the ICRC. `None` when not even 256 fits.
+pub fn largest_mtu(ip_room: usize, ipv6: bool) -> Option<u32> {
+    let ip = if ipv6 { IPV6_LEN } else { IPV4_LEN };
+    let headers = ip + UDP_LEN + BTH_LEN + RETH_LEN.max(AETH_LEN) + ICRC_LEN;
+    IB_MTUS
+        .into_iter()
+        .find(|m| headers + *m as usize <= ip_room)
 }
 
 /// The frame length of `packet` on `path`.
@@ -355,6 +370,49 @@ mod tests {
             src_ip: "10.0.0.1".parse().unwrap(),
             dst_ip: "10.0.0.2".parse().unwrap(),
             src_port: 0xc000,
+        }
+    }
+
+    #[test]
+    fn the_largest_mtu_is_the_largest_whose_fullest_packet_fits() {
+        assert_eq!(largest_mtu(1500, false), Some(1024));
+        assert_eq!(largest_mtu(1500, true), Some(1024));
+        assert_eq!(largest_mtu(255, false), None);
+        for ipv6 in [false, true] {
+            let src = if ipv6 { "fd00::1" } else { "10.0.0.1" };
+            let dst = if ipv6 { "fd00::2" } else { "10.0.0.2" };
+            let p = Path {
+                src_ip: src.parse().unwrap(),
+                dst_ip: dst.parse().unwrap(),
+                ..path()
+            };
+            for room in (300..9000).step_by(7) {
+                let Some(mtu) = largest_mtu(room, ipv6) else {
+                    continue;
+                };
+                let payload = vec![0u8; mtu as usize];
+                // The fullest packet: a WRITE's first, with its RETH.
+                let fullest = Packet {
+                    bth: Bth::new(Opcode::WriteFirst, 1, Psn::new(0)),
+                    reth: Some(Reth {
+                        va: 0,
+                        rkey: 1,
+                        len: 2 * mtu,
+                    }),
+                    aeth: None,
+                    payload: &payload,
+                };
+                assert!(frame_len(&p, &fullest) - ETH_LEN <= room, "{room} {mtu}");
+                let bigger = IB_MTUS.iter().rev().find(|m| **m > mtu);
+                if let Some(b) = bigger {
+                    let payload = vec![0u8; *b as usize];
+                    let p2 = Packet {
+                        payload: &payload,
+                        ..fullest
+                    };
+                    assert!(frame_len(&p, &p2) - ETH_LEN > room, "{room}: {b} fits too");
+                }
+            }
         }
     }
 

@@ -7,11 +7,10 @@ use std::{process::Command, time::Duration};
 
 use xnic::lab::{
     capture::Capture,
-    rings::{RingsLab, WorkerKind, host_ip},
+    rings::{RingsLab, RingsLabOptions, WorkerKind, host_ip},
 };
 use xnic_rings::{
     client::{LocalRegion, QueuePair, RemoteRegion},
-    engine::QpConfig,
     entries::{STATUS_SUCCESS, status_name},
 };
 use xnic_roce::sim::{XorShift, to_pcap};
@@ -20,7 +19,11 @@ use xnic_tests::{unique_name, xnic_bin};
 /// The lab with both workers as `kinds`, queue pairs as configured by default (a
 /// retransmission timer that two busy CPUs running both hosts do not trip by themselves).
 fn lab(kinds: [WorkerKind; 2]) -> RingsLab {
-    RingsLab::up(&unique_name(), &xnic_bin(), kinds, QpConfig::default()).expect("the rings lab")
+    let options = RingsLabOptions {
+        workers: kinds,
+        ..RingsLabOptions::default()
+    };
+    RingsLab::up(&unique_name(), &xnic_bin(), options).expect("the rings lab")
 }
 
 const REGION: usize = 4 << 20;

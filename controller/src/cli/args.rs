@@ -789,6 +789,11 @@ pub struct RingsRunArgs {
     /// CPUs the worker runs on.
     #[arg(long, value_parser = cpu_list)]
     pub cpus: Option<CpuList>,
+    /// Microseconds the worker keeps polling after its last work before it sleeps: 0 on
+    /// shared CPUs; on CPUs of its own, more saves a wake-up per packet burst (lower
+    /// latency, one CPU busy while it polls).
+    #[arg(long, value_name = "USEC", default_value_t = 0)]
+    pub busy_poll_us: u64,
 }
 
 #[derive(Debug, Subcommand)]

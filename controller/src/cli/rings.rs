@@ -24,6 +24,7 @@ pub fn run(cmd: RingsCommand) -> anyhow::Result<()> {
             queue: a.queue,
             netns: a.netns,
             cpus: a.cpus.map(|c| c.0),
+            busy_poll: Duration::from_micros(a.busy_poll_us),
         }),
         RingsCommand::Status(read) => {
             let s = worker(&read.instance)?.status()?;

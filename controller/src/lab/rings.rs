@@ -44,6 +44,34 @@ pub enum WorkerKind {
     Process,
 }
 
+/// How the lab's workers and links are set up.
+#[derive(Clone, Copy, Debug)]
+pub struct RingsLabOptions {
+    pub workers: [WorkerKind; 2],
+    pub qp: QpConfig,
+    /// The workers' busy polling (see [`WorkerConfig::busy_poll`]).
+    pub busy_poll: Duration,
+    /// Each worker on a CPU of its own (host a's on CPU 0, b's on the last), as a host
+    /// gives its network worker cores of its own.
+    pub pin_workers: bool,
+    /// The links' MTU: RoCE's 2048-byte MTU with every header, as RoCE fabrics run 4200
+    /// for 4096 (a worker's buffers take 2048; native XDP on a veth takes at most about
+    /// 3500 without fragments).
+    pub mtu: u32,
+}
+
+impl Default for RingsLabOptions {
+    fn default() -> Self {
+        RingsLabOptions {
+            workers: [WorkerKind::Thread; 2],
+            qp: QpConfig::default(),
+            busy_poll: Duration::ZERO,
+            pin_workers: false,
+            mtu: 2200,
+        }
+    }
+}
+
 pub struct RingsLab {
     /// Host a, host b, the bridge.
     names: [String; 3],
@@ -53,7 +81,13 @@ pub struct RingsLab {
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     processes: [Option<Child>; 2],
     configs: Vec<PathBuf>,
-    qp: QpConfig,
+    options: RingsLabOptions,
+}
+
+/// The CPU host `i`'s worker is pinned to: the first and the last.
+fn worker_cpu(i: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if i == 0 { 0 } else { cpus - 1 }
 }
 
 /// Host `i`'s address.
@@ -75,12 +109,7 @@ fn sh(ns: &str, cmd: &str) -> anyhow::Result<()> {
 impl RingsLab {
     /// Builds the lab under `prefix` (its namespaces must not exist) and starts both
     /// daemons (`exe run`) and workers.
-    pub fn up(
-        prefix: &str,
-        exe: &Path,
-        workers: [WorkerKind; 2],
-        qp: QpConfig,
-    ) -> anyhow::Result<RingsLab> {
+    pub fn up(prefix: &str, exe: &Path, options: RingsLabOptions) -> anyhow::Result<RingsLab> {
         let names = [
             format!("{prefix}a"),
             format!("{prefix}b"),
@@ -94,15 +123,18 @@ impl RingsLab {
             threads: Vec::new(),
             processes: [None, None],
             configs: Vec::new(),
-            qp,
+            options,
         };
         for n in &names {
             ip(&["netns", "add", n])?;
         }
         let m = &names[2];
+        // A switch: no IP firewall on bridged frames (the loss rule is in the bridge family).
         sh(
             m,
-            "ip link add br0 type bridge && ip link set br0 up && ip link set lo up",
+            "ip link add br0 type bridge && ip link set br0 up && ip link set lo up && \
+             sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+             net.bridge.bridge-nf-call-arptables=0",
         )?;
         for i in 0..2 {
             let (host, port) = (&names[i], format!("p{i}"));
@@ -110,16 +142,18 @@ impl RingsLab {
                 "link", "add", "up0", "netns", host, "type", "veth", "peer", "name", &port,
                 "netns", m,
             ])?;
-            sh(m, &format!("ip link set {port} master br0 up"))?;
+            let mtu = options.mtu;
+            sh(m, &format!("ip link set {port} mtu {mtu} master br0 up"))?;
             let other = 1 - i;
             sh(
                 host,
                 &format!(
-                    "ip link set lo up && ip link set up0 address {} up && \
+                    "ip link set lo up && ip link set up0 address {} mtu {} up && \
                      ip addr add {}/24 dev up0 && \
                      ip neigh add {} lladdr {} dev up0 nud permanent && \
                      sysctl -qw net.ipv6.conf.all.disable_ipv6=1",
                     MACS[i],
+                    options.mtu,
                     host_ip(i),
                     host_ip(other),
                     MACS[other]
@@ -142,7 +176,7 @@ impl RingsLab {
                 Duration::from_secs(30),
             )?);
         }
-        for (i, kind) in workers.iter().enumerate() {
+        for (i, kind) in options.workers.iter().enumerate() {
             match kind {
                 WorkerKind::Thread => lab.start_thread(i)?,
                 WorkerKind::Process => lab.start_worker(i)?,
@@ -182,16 +216,23 @@ impl RingsLab {
     }
 
     fn start_thread(&mut self, i: usize) -> anyhow::Result<()> {
-        let (n, stop, qp) = (self.names[i].clone(), self.stop.clone(), self.qp);
+        let (n, stop, o) = (self.names[i].clone(), self.stop.clone(), self.options);
+        let cpu = worker_cpu(i);
         self.threads.push(std::thread::spawn(move || {
             crate::netns::enter(&n)?;
+            if o.pin_workers {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+            }
             let mut maps = RingsMaps::open(&PinDir::new(&n))?;
             let config = WorkerConfig {
                 interface: "up0".into(),
                 queue: 0,
                 control: crate::config::rings_socket_path(&n),
-                qp,
+                qp: o.qp,
                 xsk: XskConfig::default(),
+                busy_poll: o.busy_poll,
             };
             worker::run(config, &mut maps, &stop)?;
             Ok(())
@@ -202,17 +243,23 @@ impl RingsLab {
     /// Starts host `i`'s worker as a process (`xnic rings run`) and waits until it answers.
     pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &self.names[i];
-        let child = Command::new(&self.exe)
-            .args([
-                "rings",
-                "run",
-                "--instance",
-                n,
-                "--interface",
-                "up0",
-                "--netns",
-                n,
-            ])
+        let mut cmd = Command::new(&self.exe);
+        cmd.args([
+            "rings",
+            "run",
+            "--instance",
+            n,
+            "--interface",
+            "up0",
+            "--netns",
+            n,
+            "--busy-poll-us",
+            &self.options.busy_poll.as_micros().to_string(),
+        ]);
+        if self.options.pin_workers {
+            cmd.args(["--cpus", &worker_cpu(i).to_string()]);
+        }
+        let child = cmd
             .process_group(0)
             .spawn()
             .context("starting xnic rings run")?;
