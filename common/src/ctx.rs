@@ -209,7 +209,10 @@ pub struct FrameCtx {
     pub flags: u8,
     /// How parsing ended ([`FrameCtx::outcome`]).
     pub parse: u8,
-    pub _pad: [u8; 2],
+    /// Bytes of a tag the frame carries in front (for the program that finishes it
+    /// elsewhere), taken off again if it goes nowhere else after all.
+    pub tag_len: u8,
+    pub _pad: u8,
     /// The port of the VM a frame for a local VM goes to when xnic switches it (0: none).
     pub deliver_port: u32,
     /// The frame's `FLOW_SLOTS` index when it is steered (to undo its enqueue when the CPU
@@ -274,6 +277,7 @@ impl FrameCtx {
         self.ifindex = ifindex;
         self.flags = 0;
         self.parse = PARSE_OK;
+        self.tag_len = 0;
         self.deliver_port = 0;
         self.flow_slot = 0;
         self.member_counter = NO_COUNTER;

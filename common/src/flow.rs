@@ -788,18 +788,40 @@ pub fn tunnel_src_port(t: &Tunnel, h: u32) -> u16 {
     (((u64::from(h) * u64::from(max - min)) >> 32) as u32 + min) as u16
 }
 
-/// XDP metadata in front of a fast-path frame, for the device map's program.
-#[repr(C)]
+/// The tag in front of a fast-path frame for the device map's program, which takes it off:
+/// the flow's `slot * 2 + dir` above [`FLOW_TAG_MARK`]. Four bytes and no more: the kernel
+/// refuses a redirected frame longer than the device's MTU, Ethernet header and one VLAN tag
+/// before the device map's program runs (`xdp_ok_fwd_dev`), and a full-sized frame has just
+/// that VLAN tag's room.
+#[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowMeta {
-    /// [`FLOW_META_TAG`].
-    pub tag: u32,
-    /// `slot * 2 + dir`.
-    pub slot_dir: u32,
+pub struct FlowMeta(pub u32);
+
+/// The first byte of a [`FlowMeta`] in memory. Its low bit makes it a multicast MAC
+/// address's first byte: no fast-path frame (to a unicast next hop) that went without a tag
+/// starts with it.
+pub const FLOW_TAG_MARK: u8 = 0xf1;
+
+// Every `slot * 2 + dir` fits the tag's 24 bits.
+const _: () = assert!(MAX_FLOWS_LIMIT as u64 * 2 <= 1 << 24);
+
+impl FlowMeta {
+    pub const fn new(slot_dir: u32) -> FlowMeta {
+        FlowMeta(FLOW_TAG_MARK as u32 | slot_dir << 8)
+    }
+
+    /// The flow's `slot * 2 + dir`, if this is a tag.
+    pub const fn slot_dir(self) -> Option<u32> {
+        if self.0 as u8 == FLOW_TAG_MARK {
+            Some(self.0 >> 8)
+        } else {
+            None
+        }
+    }
 }
 
-/// Marks [`FlowMeta`] (and the CPU-map metadata of a leaving flow's packet): no VM slot or
-/// RSS flow slot is this large.
+/// `rss::SteerMeta::vm_slot` of a leaving flow's packet queued behind its fast-path frames:
+/// no VM slot or RSS flow slot is this large.
 pub const FLOW_META_TAG: u32 = 0xf10f_0000;
 
 #[cfg(test)]

@@ -74,7 +74,8 @@ pub struct PortEntry {
 }
 
 /// `PortEntry::flags`: frames arriving here may be steered to other CPUs. Set only for ports
-/// in native XDP mode: generic XDP loses the metadata the CPU-map program needs.
+/// in native XDP mode, where the CPU map moves frames before any skb exists (the point of
+/// steering); in generic mode the receiving CPU has built the skb already.
 pub const PORT_STEER: u8 = 1;
 
 /// `PortEntry::flags`: xnic switches this port's frames itself (a team is configured): frames

@@ -132,17 +132,27 @@ pub fn queued(enqueued: u32, dequeued: u32) -> u32 {
     if d > 0 { d as u32 } else { 0 }
 }
 
-/// XDP metadata the receiving side puts in front of a steered frame for the CPU-map program.
+/// The tag the receiving side puts in front of a steered frame for the CPU-map program,
+/// which takes it off again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SteerMeta {
+    /// [`STEER_TAG`].
+    pub magic: u32,
     pub flow_slot: u32,
     /// `bucket_index`, or [`NO_BUCKET`].
     pub bucket: u32,
     pub vm_slot: u32,
     /// The VM port the CPU-map program redirects the frame to, or 0: pass it to the kernel.
     pub deliver_ifindex: u32,
+    /// Keeps the frame behind the tag where it was relative to 8-byte boundaries.
+    pub _pad: u32,
 }
+
+/// `SteerMeta::magic`. Its first byte in memory (0x01, little-endian) is a multicast MAC
+/// address's, which no frame steered untagged (by an older dataplane's program) starts with
+/// as a unicast frame for a VM: such a frame is not taken for a tagged one.
+pub const STEER_TAG: u32 = 0x7a67_5301;
 
 crate::counters! {
     /// Per-CPU steering counters (`STEER_STATS[counter]`).
@@ -159,7 +169,8 @@ crate::counters! {
         HeldForOrder = 4 => "held_for_order",
         /// Frames that could not be redirected (no CPU-map entry): passed where they arrived.
         NoCpu = 5 => "no_cpu",
-        /// Steered frames without valid metadata at the CPU-map program: passed, not counted.
+        /// Steered frames without a valid tag at the CPU-map program: passed as they are, not
+        /// counted (dropped if the tag would not come off).
         NoMeta = 6 => "no_meta",
     }
 }

@@ -25,7 +25,7 @@ use crate::{
         CPUMAP, FLOOD, FLOW_TX, SHAPES_V2, TEAM_VM_STATS, TX_PORTS, VERDICTS_V2, VM_STATS,
         XSK_SOCKS,
     },
-    steer, xmit,
+    steer, tag, xmit,
 };
 
 /// Redirects to a port in `TX_PORTS` (a VM port or a team uplink).
@@ -37,13 +37,14 @@ pub fn to_port(ifindex: u32) -> Option<u32> {
 /// Hands a packet for VNIC routing to its worker CPU, uncounted: the worker counts it
 /// under the verdict it reaches there. `None` (no queue on that CPU): routed here instead.
 #[inline(always)]
-pub fn to_worker(cx: &FrameCtx, cpu: u32) -> Option<u32> {
+pub fn to_worker(xdp: &XdpContext, cx: &mut FrameCtx, cpu: u32) -> Option<u32> {
     match CPUMAP.redirect(cpu, 0) {
         Ok(action) => {
             steer::count(SteerCounter::Steered);
             Some(action)
         }
         Err(_) => {
+            tag::undo(xdp, cx);
             steer::undo_enqueue(cx.flow_slot);
             steer::count(SteerCounter::NoCpu);
             None
@@ -65,7 +66,7 @@ fn failed(cx: &mut FrameCtx) -> u32 {
 }
 
 #[inline(always)]
-fn redirect(cx: &mut FrameCtx) -> u32 {
+fn redirect(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
     let next = cx.next;
     if next.kind == NextKind::Port as u8 {
         return match to_port(next.target) {
@@ -83,6 +84,7 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
                 action
             }
             Err(_) => {
+                tag::undo(xdp, cx);
                 flow::undo_sent(cx);
                 failed(cx)
             }
@@ -92,6 +94,7 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
         return match CPUMAP.redirect(next.target, 0) {
             Ok(action) => action,
             Err(_) => {
+                tag::undo(xdp, cx);
                 flow::undo_behind(cx);
                 xdp_action::XDP_PASS
             }
@@ -130,6 +133,7 @@ fn redirect(cx: &mut FrameCtx) -> u32 {
             }
             Err(_) => {
                 // No queue on that CPU: the frame goes on where it is, unsteered.
+                tag::undo(xdp, cx);
                 steer::undo_enqueue(cx.flow_slot);
                 steer::count(SteerCounter::NoCpu);
                 if next.fallback_port != 0 {
@@ -185,7 +189,7 @@ fn count(cx: &FrameCtx, dropped: bool) {
 pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
     let action = match cx.verdict.reason.action() {
         Action::Drop => xdp_action::XDP_DROP,
-        _ => redirect(cx),
+        _ => redirect(xdp, cx),
     };
     let dropped = action == xdp_action::XDP_DROP;
     count(cx, dropped);

@@ -15,9 +15,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
-    },
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use xnic_common::{
@@ -31,7 +29,7 @@ use xnic_common::{
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr},
     parse::{L3, Parsed, parse},
     rewrite::{self, Check, L4Ports, OldAddrs, OuterV4, VXLAN_V4_OVERHEAD, VxlanHdr},
-    rss::{NO_BUCKET, SteerMeta},
+    rss::{NO_BUCKET, STEER_TAG, SteerMeta},
     tcp::OutOfWindow,
     verdict::Reason,
 };
@@ -39,6 +37,7 @@ use xnic_common::{
 use crate::{
     atomic,
     maps::{FLOW_CONFIG, FLOW_LIVE, FLOW_STATE, FLOW_STATS, FLOW_TUNNELS, FLOW_TX, FLOWS},
+    tag,
 };
 
 #[inline(always)]
@@ -245,12 +244,14 @@ fn count_slow(why: Slow) {
 #[inline(always)]
 fn behind(xdp: &XdpContext, cx: &mut FrameCtx) {
     let meta = SteerMeta {
+        magic: STEER_TAG,
         flow_slot: cx.offload,
         bucket: NO_BUCKET,
         vm_slot: FLOW_META_TAG,
         deliver_ifindex: 0,
+        _pad: 0,
     };
-    if !put_meta(xdp, meta) {
+    if !tag::push(xdp, cx, meta) {
         undo_behind(cx);
         return;
     }
@@ -277,24 +278,6 @@ fn behind(xdp: &XdpContext, cx: &mut FrameCtx) {
         target: cpu,
         ..Next::KERNEL
     };
-}
-
-/// Puts `meta` in front of the frame.
-#[inline(always)]
-fn put_meta<T>(xdp: &XdpContext, meta: T) -> bool {
-    let len = size_of::<T>();
-    // SAFETY: `xdp.ctx` is this invocation's xdp_md; a negative delta grows the metadata.
-    if unsafe { bpf_xdp_adjust_meta(xdp.ctx, -(len as i32)) } != 0 {
-        return false;
-    }
-    let (m, data) = (xdp.metadata(), xdp.data());
-    if m + len > data {
-        return false;
-    }
-    // SAFETY: [m, m + len) was just reserved and checked against `data`; unaligned writes
-    // are fine for BPF packet memory.
-    unsafe { (m as *mut T).write_unaligned(meta) };
-    true
 }
 
 /// The live direction a frame context's `offload` names.
@@ -415,13 +398,7 @@ fn forward(
     atomic::add64(&raw mut d.packets, 1);
     atomic::add64(&raw mut d.bytes, cx.len);
     atomic::add(&raw mut d.fast_sent);
-    if !put_meta(
-        xdp,
-        FlowMeta {
-            tag: FLOW_META_TAG,
-            slot_dir: cx.offload,
-        },
-    ) {
+    if !tag::push(xdp, cx, FlowMeta::new(cx.offload)) {
         // The device map's program will not count it: neither do we.
         atomic::sub(&raw mut d.fast_sent);
     }
@@ -476,18 +453,20 @@ fn rewrite_inner(xdp: &XdpContext, p: &Parsed, key: &FlowKey, out: &flow::FlowDi
 /// `FLOW_TX`'s program: a fast-path frame leaves; its flow counts it.
 #[inline(always)]
 pub fn transmitted(xdp: &XdpContext) -> u32 {
-    let (m, data) = (xdp.metadata(), xdp.data());
-    if m + size_of::<FlowMeta>() <= data {
-        // SAFETY: [m, m + size_of::<FlowMeta>()) lies before `data`, in the metadata area.
-        let meta = unsafe { (m as *const FlowMeta).read_unaligned() };
-        if meta.tag == FLOW_META_TAG
-            && let Some(d) = live_dir(meta.slot_dir)
-        {
-            // SAFETY: a field of the FLOW_LIVE value.
-            atomic::add(unsafe { &raw mut (*d).fast_done });
-        }
+    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+    // A frame without a tag (there was no headroom for one) was not counted as sent either.
+    let Some(slot_dir) = tag::peek::<FlowMeta>(xdp).and_then(FlowMeta::slot_dir) else {
+        return XDP_PASS;
+    };
+    if !tag::pop(xdp, size_of::<FlowMeta>()) {
+        count(FlowCounter::RedirectFailed);
+        return XDP_DROP;
     }
-    aya_ebpf::bindings::xdp_action::XDP_PASS
+    if let Some(d) = live_dir(slot_dir) {
+        // SAFETY: a field of the FLOW_LIVE value.
+        atomic::add(unsafe { &raw mut (*d).fast_done });
+    }
+    XDP_PASS
 }
 
 /// The CPU-map program found a leaving flow's packet: it is off the queue.

@@ -39,6 +39,7 @@ mod pipeline;
 mod rings;
 mod shape;
 mod steer;
+mod tag;
 mod team;
 mod vnic;
 mod xmit;

@@ -74,7 +74,7 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     if role == PortRole::Uplink && vnic::wants(cx) {
         if let Some(engine) = vnic::worker_engine()
             && let Some(cpu) = steer::vnic_worker(xdp, cx, engine)
-            && let Some(action) = crate::deliver::to_worker(cx, cpu)
+            && let Some(action) = crate::deliver::to_worker(xdp, cx, cpu)
         {
             return action;
         }

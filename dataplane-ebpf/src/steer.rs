@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
 use xnic_common::{
@@ -13,7 +13,7 @@ use xnic_common::{
     maps::Counter,
     rss::{
         FLOW_SLOTS as FLOW_SLOTS_LEN, FlowDone, FlowSlot, Handover, NO_BUCKET, NO_ENGINE,
-        SteerCounter, SteerMeta, bucket_index, handover, queued,
+        STEER_TAG, SteerCounter, SteerMeta, bucket_index, handover, queued,
     },
     vnic::VNIC_META_TAG,
 };
@@ -23,8 +23,7 @@ use crate::maps::{
     BUCKET_STATS, ENGINES, FLOW_DONE, FLOW_SLOTS_V2, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2,
     VM_CPU_STATS, VM_RSS,
 };
-
-const META_LEN: usize = size_of::<SteerMeta>();
+use crate::tag;
 
 #[inline(always)]
 pub fn count(c: SteerCounter) {
@@ -51,7 +50,7 @@ pub fn steer(ctx: &XdpContext, cx: &mut FrameCtx) {
 
 /// VNIC routing's worker for the packet: the CPU of the fleet's engine its flow hashes to
 /// (the outer header's: a VXLAN source port carries the inner flow's hash), with the
-/// metadata the CPU-map program needs in front of it. `None`: routed where it arrived (no
+/// tag the CPU-map program needs in front of it. `None`: routed where it arrived (no
 /// worker engine, a port that cannot steer, RSS off).
 #[inline(always)]
 pub fn vnic_worker(ctx: &XdpContext, cx: &mut FrameCtx, engine: u32) -> Option<u32> {
@@ -64,10 +63,15 @@ pub fn vnic_worker(ctx: &XdpContext, cx: &mut FrameCtx, engine: u32) -> Option<u
 }
 
 /// Picks the CPU for the frame's flow from its VM's engine, hands the flow over when it may
-/// move, and puts the metadata the CPU-map program needs in front of the frame. `None`: not
+/// move, and puts the tag the CPU-map program needs in front of the frame. `None`: not
 /// steered.
 #[inline(always)]
-fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Option<(u32, u32)> {
+fn prepare(
+    ctx: &XdpContext,
+    cx: &mut FrameCtx,
+    vm: u32,
+    deliver_ifindex: u32,
+) -> Option<(u32, u32)> {
     let engine = VM_RSS.get(vm)?.engine;
     place(ctx, cx, engine, vm, deliver_ifindex)
 }
@@ -77,7 +81,7 @@ fn prepare(ctx: &XdpContext, cx: &FrameCtx, vm: u32, deliver_ifindex: u32) -> Op
 #[inline(always)]
 fn place(
     ctx: &XdpContext,
-    cx: &FrameCtx,
+    cx: &mut FrameCtx,
     engine: u32,
     vm: u32,
     deliver_ifindex: u32,
@@ -142,24 +146,21 @@ fn place(
     let cpu = unsafe { (*slot).cpu };
 
     // Tell the CPU-map program which flow slot and bucket this frame belongs to.
-    // SAFETY: `ctx.ctx` is this invocation's xdp_md; a negative delta grows the metadata.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) } != 0 {
-        return None;
-    }
-    let (meta, data) = (ctx.metadata(), ctx.data());
-    if meta + META_LEN > data {
-        return None;
-    }
-    // SAFETY: [meta, meta + META_LEN) was just reserved and checked against `data`;
-    // unaligned writes are fine for BPF packet memory.
-    unsafe {
-        (meta as *mut SteerMeta).write_unaligned(SteerMeta {
+    let told = tag::push(
+        ctx,
+        cx,
+        SteerMeta {
+            magic: STEER_TAG,
             flow_slot,
             bucket,
             vm_slot: vm,
             deliver_ifindex,
-        })
-    };
+            _pad: 0,
+        },
+    );
+    if !told {
+        return None;
+    }
     // SAFETY: as above. Undone by `undo_enqueue` when the redirect fails.
     add(unsafe { &raw mut (*slot).enqueued });
     Some((cpu, flow_slot))
@@ -186,13 +187,15 @@ pub enum Finished {
 /// hand it to the kernel here, or to the VM's port when xnic switches, or to VNIC routing.
 #[inline(always)]
 pub fn finish(ctx: &XdpContext) -> Finished {
-    let (meta, data) = (ctx.metadata(), ctx.data());
-    if meta + META_LEN > data {
+    let Some(m) = tag::peek::<SteerMeta>(ctx).filter(|m| m.magic == STEER_TAG) else {
         count(SteerCounter::NoMeta);
         return Finished::Done(xdp_action::XDP_PASS);
+    };
+    if !tag::pop(ctx, size_of::<SteerMeta>()) {
+        // Not a frame the kernel could do anything with.
+        count(SteerCounter::NoMeta);
+        return Finished::Done(xdp_action::XDP_DROP);
     }
-    // SAFETY: [meta, meta + META_LEN) lies before `data`, inside the metadata area.
-    let m = unsafe { (meta as *const SteerMeta).read_unaligned() };
     if m.vm_slot == FLOW_META_TAG {
         // A leaving offloaded flow's packet, queued behind its fast-path frames.
         crate::flow::dequeued(m.flow_slot);
@@ -217,10 +220,6 @@ pub fn finish(ctx: &XdpContext) -> Finished {
         bump(BUCKET_STATS.get_ptr_mut(m.bucket));
     }
     if m.vm_slot == VNIC_META_TAG {
-        // The metadata has done its work; routing rewrites the frame from its first byte.
-        // SAFETY: `ctx.ctx` is this invocation's xdp_md; a positive delta shrinks the
-        // metadata by what `place` added.
-        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN as i32) };
         return Finished::Route;
     }
     bump(VM_CPU_STATS.get_ptr_mut(m.vm_slot));

@@ -177,9 +177,9 @@ fn a_masqueraded_flow_is_forwarded_in_both_directions_once_its_slow_packets_left
         "source NAT, TTL, MACs and both checksums, byte for byte"
     );
     assert_eq!(
-        out.meta.len(),
-        8,
-        "the device map's program learns the flow from metadata"
+        out.tag.len(),
+        4,
+        "the device map's program learns the flow from the tag in front"
     );
     assert_eq!(moved(&before, &fx, FlowCounter::PromoteDrained), 1);
     assert_eq!(moved(&before, &fx, FlowCounter::Forwarded), 1);

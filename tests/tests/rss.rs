@@ -281,7 +281,7 @@ fn generic_xdp_ports_deliver_without_steering() {
     let s = rss(&t);
     assert_eq!(
         s.steering["steered"], 0,
-        "generic XDP loses the metadata steering needs"
+        "generic XDP ports do not steer (the skb exists already)"
     );
 }
 

@@ -14,10 +14,29 @@ pub struct TestRunOutcome {
     pub action: u32,
     /// Average time per run as the kernel measured it, in nanoseconds.
     pub ns_per_run: u64,
-    /// The frame as the program left it.
+    /// The frame as the program left it, without `tag`.
     pub frame: Vec<u8>,
-    /// The metadata the program put in front of it.
-    pub meta: Vec<u8>,
+    /// The tag the program put in front of the frame for the program that finishes it (the
+    /// CPU map's, `FLOW_TX`'s), taken off as that program would.
+    pub tag: Vec<u8>,
+}
+
+/// The length of the tag `frame` starts with, if any.
+fn tag_len(frame: &[u8]) -> usize {
+    use xnic_common::{
+        flow::FlowMeta,
+        rss::{STEER_TAG, SteerMeta},
+    };
+    let Some(word) = frame.first_chunk::<4>().map(|m| u32::from_le_bytes(*m)) else {
+        return 0;
+    };
+    if word == STEER_TAG {
+        size_of::<SteerMeta>()
+    } else if FlowMeta(word).slot_dir().is_some() {
+        size_of::<FlowMeta>()
+    } else {
+        0
+    }
 }
 
 /// Runs `prog` `repeat` times on `frame`, as if it arrived on `ingress_ifindex` (0: none;
@@ -50,12 +69,14 @@ pub fn run(
     out.truncate(result.data_size_out as usize);
     let data = u32::from_ne_bytes(ctx_out[0..4].try_into().expect("four bytes")) as usize;
     let data = data.min(out.len());
-    let frame = out.split_off(data);
+    let mut frame = out.split_off(data);
+    let tag_len = tag_len(&frame).min(frame.len());
+    let rest = frame.split_off(tag_len);
     Ok(TestRunOutcome {
         action: result.return_value,
         ns_per_run: result.duration.as_nanos() as u64,
-        frame,
-        meta: out,
+        frame: rest,
+        tag: frame,
     })
 }
 

@@ -880,8 +880,8 @@ impl Feature for Rss {
             }
         }
         image.cpu_queues.extend(&on.queues);
-        // Frames steered from generic XDP lose their metadata on the way to the CPU-map
-        // program: only natively attached ports steer.
+        // Only natively attached ports steer: there the CPU map moves frames before any skb
+        // exists; in generic mode the receiving CPU has built the skb already.
         for (name, a) in &image.attach {
             if cx.attached.get(name) == Some(&AttachMode::Native)
                 && let Some(p) = image.ports.get_mut(&a.ifindex)
