@@ -15,6 +15,36 @@ pub fn path(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
 }
 
+/// Deletes network namespace `name` after killing the processes still in it: a traffic
+/// generator or iperf3 left behind by a failed run would go on spinning in a namespace that
+/// no longer has a name, eating the CPUs of everything after it.
+pub fn remove(name: &str) -> anyhow::Result<()> {
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .with_context(|| format!("cannot run `ip netns pids {name}`"))?;
+    for pid in String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", name])
+        .output()
+        .with_context(|| format!("cannot run `ip netns del {name}`"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`ip netns del {name}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Moves the calling thread into network namespace `name`. Threads it creates afterwards
 /// inherit the namespace.
 pub fn enter(name: &str) -> anyhow::Result<()> {

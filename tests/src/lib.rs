@@ -94,7 +94,7 @@ pub fn sweep() {
     }
     for ns in names("/run/netns") {
         if is_stale(&ns) {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            let _ = xnic::netns::remove(&ns);
         }
     }
 }

@@ -616,7 +616,7 @@ impl FleetLab {
     /// Removes the lab's namespaces (what is not there is fine).
     pub fn down(&self) {
         for ns in self.namespaces() {
-            let _ = ip(&["netns", "del", &ns]);
+            let _ = crate::netns::remove(&ns);
         }
     }
 }

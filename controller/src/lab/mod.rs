@@ -533,7 +533,7 @@ impl Lab {
         };
         for ns in namespaces {
             if netns::path(&ns).exists() {
-                match ip(&["netns", "del", &ns]) {
+                match netns::remove(&ns) {
                     Ok(()) => removed.push(ns),
                     Err(e) => errors.push(format!("{e:#}")),
                 }
