@@ -57,6 +57,13 @@ impl Client {
         Ok(Client { sock })
     }
 
+    /// Gives up on a worker that does not answer within `timeout` (a scrape of the
+    /// daemon's metrics must not hang on a stuck worker); `None` waits for ever.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)?;
+        self.sock.set_write_timeout(timeout)
+    }
+
     fn call(
         &mut self,
         r: &Request,

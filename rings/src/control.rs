@@ -86,6 +86,17 @@ pub struct QpStatus {
     pub qp: u32,
     pub peer: String,
     pub peer_qp: u32,
+    #[serde(default)]
+    pub mtu: u32,
+    /// Work requests taken and not completed.
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub sent: u64,
+    #[serde(default)]
+    pub retransmitted: u64,
+    #[serde(default)]
+    pub timeouts: u64,
 }
 
 /// Between workers.

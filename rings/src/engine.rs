@@ -127,6 +127,20 @@ struct QueuePair {
     unreported: VecDeque<Complete>,
 }
 
+/// One queue pair's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpView {
+    pub peer: IpAddr,
+    pub peer_qp: u32,
+    pub mtu: u32,
+    /// Work requests taken from the application and not completed.
+    pub in_flight: usize,
+    /// Request packets sent, sent again, and retransmission timeouts.
+    pub sent: u64,
+    pub retransmitted: u64,
+    pub timeouts: u64,
+}
+
 /// What an engine counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -273,11 +287,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Queue pair `qp`'s peer and the peer's number.
-    pub fn peer_of(&self, qp: u32) -> Option<(IpAddr, u32)> {
-        self.qps
-            .get(&qp)
-            .map(|q| (q.path.dst_ip, q.requester.config().dest_qp))
+    /// Queue pair `qp` as `xnic rings status` shows it.
+    pub fn view(&self, qp: u32) -> Option<QpView> {
+        let q = self.qps.get(&qp)?;
+        let stats = q.requester.stats();
+        Some(QpView {
+            peer: q.path.dst_ip,
+            peer_qp: q.requester.config().dest_qp,
+            mtu: q.requester.config().mtu,
+            in_flight: q.requester.outstanding(),
+            sent: stats.sent,
+            retransmitted: stats.retransmitted,
+            timeouts: stats.timeouts,
+        })
     }
 
     /// Says every application's submission ring is about to be slept on; whether one has

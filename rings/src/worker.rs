@@ -558,11 +558,16 @@ impl Worker<'_> {
             .engine
             .queue_pairs()
             .filter_map(|qp| {
-                let (peer, peer_qp) = self.engine.peer_of(qp)?;
+                let v = self.engine.view(qp)?;
                 Some(QpStatus {
                     qp,
-                    peer: peer.to_string(),
-                    peer_qp,
+                    peer: v.peer.to_string(),
+                    peer_qp: v.peer_qp,
+                    mtu: v.mtu,
+                    in_flight: v.in_flight as u64,
+                    sent: v.sent,
+                    retransmitted: v.retransmitted,
+                    timeouts: v.timeouts,
                 })
             })
             .collect();

@@ -5,15 +5,19 @@
 
 use std::{process::Command, time::Duration};
 
-use xnic::lab::{
-    capture::Capture,
-    rings::{RingsLab, RingsLabOptions, WorkerKind, host_ip},
+use xnic::{
+    api::client::{Client, Method},
+    cli::block_on,
+    lab::{
+        capture::Capture,
+        rings::{RingsLab, RingsLabOptions, WorkerKind, exercise, host_ip},
+    },
 };
 use xnic_rings::{
     client::{LocalRegion, QueuePair, RemoteRegion},
     entries::{STATUS_SUCCESS, status_name},
 };
-use xnic_roce::sim::{XorShift, to_pcap};
+use xnic_roce::sim::to_pcap;
 use xnic_tests::{unique_name, xnic_bin};
 
 /// The lab with both workers as `kinds`, queue pairs as configured by default (a
@@ -27,6 +31,17 @@ fn lab(kinds: [WorkerKind; 2]) -> RingsLab {
 }
 
 const REGION: usize = 4 << 20;
+
+/// The value of the one series of `family` whose labels include `labels`, from the
+/// daemon of `instance`.
+fn metric(instance: &str, family: &str, labels: &str) -> Option<f64> {
+    let (code, body) = block_on(Client::new(instance).request(Method::GET, "/metrics")).unwrap();
+    assert!(code.is_success());
+    let body = String::from_utf8_lossy(&body).into_owned();
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
 
 /// Every frame decodes in tshark's InfiniBand dissector as RoCEv2 with a known opcode and
 /// nothing malformed.
@@ -68,21 +83,6 @@ fn decodes_cleanly(frames: &[Vec<u8>]) {
     }
 }
 
-/// Waits for the next completion, which must be a success.
-fn succeeded(qp: &mut QueuePair, diag: &mut dyn FnMut() -> String) {
-    let c = qp
-        .wait(Duration::from_secs(20))
-        .unwrap()
-        .expect("a completion");
-    assert_eq!(
-        c.status,
-        STATUS_SUCCESS,
-        "{} {}",
-        status_name(c.status, c.nak),
-        diag()
-    );
-}
-
 /// Posts `n` random WRITEs and READs (1 B to 1 MiB) and checks every byte on both sides.
 fn transfer(
     qp: &mut QueuePair,
@@ -93,52 +93,15 @@ fn transfer(
     seed: u64,
     diag: &mut dyn FnMut() -> String,
 ) {
-    let mut rng = XorShift::new(seed);
-    let mut model_local = vec![0u8; REGION];
-    let mut model_remote = vec![0u8; REGION];
-    local.memory.read(0, &mut model_local);
-    remote_mem.memory.read(0, &mut model_remote);
-    let mut completed = 0;
-    for id in 0..n {
-        let len = (1 + rng.next_u64() % (1 << (rng.next_u64() % 21))).min(1 << 20) as u32;
-        let max = (REGION - len as usize) as u64;
-        let (l, r) = (rng.next_u64() % max, rng.next_u64() % max);
-        let write = rng.next_u64().is_multiple_of(2);
-        loop {
-            let posted = if write {
-                qp.write(id, local, l, remote, r, len)
-            } else {
-                qp.read(id, local, l, remote, r, len)
-            };
-            if posted.is_ok() {
-                break;
-            }
-            // Back-pressure: take a completion and try again.
-            succeeded(qp, diag);
-            completed += 1;
-        }
-        let (l, r, len) = (l as usize, r as usize, len as usize);
-        if write {
-            let data = model_local[l..l + len].to_vec();
-            model_remote[r..r + len].copy_from_slice(&data);
-        } else {
-            let data = model_remote[r..r + len].to_vec();
-            model_local[l..l + len].copy_from_slice(&data);
-        }
-    }
-    while completed < n {
-        succeeded(qp, diag);
-        completed += 1;
-    }
-    let mut got = vec![0u8; REGION];
-    remote_mem.memory.read(0, &mut got);
+    let done = exercise(qp, local, remote, remote_mem, n, seed, 1 << 20).unwrap();
+    assert_eq!(done.transactions, n);
+    assert!(done.failed.is_empty(), "{:?} {}", done.failed, diag());
     assert!(
-        got == model_remote,
+        done.remote_exact,
         "the peer's region differs from the model"
     );
-    local.memory.read(0, &mut got);
     assert!(
-        got == model_local,
+        done.local_exact,
         "the local region (READ results) differs from the model"
     );
 }
@@ -176,6 +139,15 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     assert!(hosts.lost() > 0, "the bridge dropped packets");
     let status = a.status().unwrap();
     assert!(status.retransmitted > 0, "{status:?}");
+    // The daemon's metrics carry its worker's counters.
+    let host = hosts.host(0);
+    assert_eq!(metric(host, "xnic_rings_worker_up", ""), Some(1.0));
+    let resent = metric(host, "xnic_rings_retransmitted_packets_total", "").unwrap();
+    assert!(resent >= status.retransmitted as f64, "{resent}");
+    let succeeded = metric(host, "xnic_rings_completions_total", "status=\"success\"").unwrap();
+    assert!(succeeded >= 10_000.0, "{succeeded}");
+    assert_eq!(metric(host, "xnic_rings_queue_pairs", ""), Some(1.0));
+    assert_eq!(metric(host, "xnic_rings_in_flight", ""), Some(0.0));
 
     // The CLI: a region held by B's worker, written and read back from A, with every frame
     // on the wire recorded at the bridge.
@@ -307,6 +279,9 @@ fn a_killed_worker_fails_what_was_outstanding_and_a_new_one_serves() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(statuses.contains_key("worker_gone"), "{statuses:?}");
     assert_eq!(statuses.values().sum::<i32>(), posted);
+
+    // The daemon's metrics say the worker is gone.
+    assert_eq!(metric(hosts.host(0), "xnic_rings_worker_up", ""), Some(0.0));
 
     // A new worker serves new queue pairs at once.
     hosts.lose(0).unwrap();

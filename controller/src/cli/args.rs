@@ -518,6 +518,11 @@ pub enum LabCommand {
     /// next-hop type, which host takes which flow, a host taken away under traffic; then
     /// everything removed.
     Fleet(FleetArgs),
+    /// Transaction rings' demo on its own: two hosts with their daemons and rings workers,
+    /// a region written and read through the CLI, thousands of WRITEs and READs checked
+    /// byte for byte on a clean and a lossy link, a forged key refused; then everything
+    /// removed.
+    Rings(RingsLabArgs),
     /// Print the built-in lab configuration (a starting point for your own).
     Config,
 }
@@ -598,6 +603,13 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct RingsLabArgs {
+    /// Prefix of the rings lab's namespaces (and its daemons' instance names).
+    #[arg(long, default_value = "xrings-")]
+    pub prefix: String,
+}
+
+#[derive(Debug, Args)]
 pub struct FleetArgs {
     /// Prefix of the fleet lab's namespaces (and its daemons' instance names).
     #[arg(long, default_value = "xfleet")]

@@ -245,6 +245,9 @@ fn demo(
     if !stop.load(Ordering::Relaxed) {
         super::fleet::demo(&format!("{instance}-fleet"), stop)?;
     }
+    if !stop.load(Ordering::Relaxed) {
+        super::rings_demo::demo(&format!("{instance}-rings-"), stop)?;
+    }
 
     heading("steady traffic (Ctrl-C to stop)");
     let mut seen_events = 0;

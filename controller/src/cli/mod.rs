@@ -11,6 +11,7 @@ mod fleet;
 mod flows;
 mod lab;
 mod rings;
+mod rings_demo;
 mod route;
 mod rss;
 mod rule;
@@ -92,6 +93,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::daemon::require_root("xnic lab fleet")?;
             let stop = demo::stop_on_signals()?;
             fleet::demo(&a.prefix, &stop)
+        }
+        Command::Lab(LabCommand::Rings(a)) => {
+            crate::daemon::require_root("xnic lab rings")?;
+            let stop = demo::stop_on_signals()?;
+            rings_demo::demo(&a.prefix, &stop)
         }
         Command::Lab(LabCommand::Config) => {
             print!(

@@ -1061,12 +1061,29 @@ pub fn rings_status(s: &xnic_rings::control::WorkerStatus) -> String {
         "rings worker on {} queue {} ({}): {} packets received, {} sent, {} sent again, {} timeouts",
         s.interface, s.queue, s.address, s.received, s.sent, s.retransmitted, s.timeouts
     );
-    let mut t = table(&["QP", "PEER", "PEER QP"], 3);
+    let mut t = table(
+        &[
+            "QP",
+            "PEER",
+            "PEER QP",
+            "MTU",
+            "IN FLIGHT",
+            "SENT",
+            "SENT AGAIN",
+            "TIMEOUTS",
+        ],
+        2,
+    );
     for q in &s.queue_pairs {
         t.add_row(vec![
             q.qp.to_string(),
             q.peer.clone(),
             q.peer_qp.to_string(),
+            q.mtu.to_string(),
+            q.in_flight.to_string(),
+            q.sent.to_string(),
+            q.retransmitted.to_string(),
+            q.timeouts.to_string(),
         ]);
     }
     let _ = writeln!(out, "{t}");

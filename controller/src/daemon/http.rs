@@ -583,7 +583,10 @@ async fn rss_engine_remove(
 }
 
 async fn metrics(State(d): Shared) -> Result<Response, Failure> {
-    let text = d.metrics()?;
+    // A scrape reads every counter map and asks the rings worker: off the async threads.
+    let text = tokio::task::spawn_blocking(move || d.metrics())
+        .await
+        .map_err(|e| anyhow::anyhow!("the metrics scrape failed: {e}"))??;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -14,6 +14,7 @@ use xnic_proto::api::{
     Count, FlowStatsView, Role, RssStatusView, StatsView, TeamStatusView, VnicListView,
     VnicStatsView,
 };
+use xnic_rings::control::WorkerStatus;
 
 /// Everything one scrape shows.
 #[derive(Debug)]
@@ -26,6 +27,15 @@ pub struct Snapshot {
     pub vnics: Option<(VnicListView, VnicStatsView)>,
     pub events: BTreeMap<(String, String), u64>,
     pub generation: u64,
+    pub rings: Option<RingsWorker>,
+}
+
+/// The instance's rings worker, when one has been started.
+#[derive(Debug)]
+pub enum RingsWorker {
+    Up(WorkerStatus),
+    /// Its socket is there but it did not answer.
+    Down,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -244,6 +254,9 @@ impl Collector for Snapshot {
         if let Some((list, stats)) = &self.vnics {
             self.encode_vnics(list, stats, &mut encoder)?;
         }
+        if let Some(rings) = &self.rings {
+            self.encode_rings(rings, &mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -305,6 +318,100 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    fn encode_rings(
+        &self,
+        rings: &RingsWorker,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let inst = || vec![("instance", self.instance.clone())];
+        let up = matches!(rings, RingsWorker::Up(_));
+        gauge_family(
+            encoder,
+            "xnic_rings_worker_up",
+            "1 when the instance's rings worker answered this scrape, 0 when its socket is there but it did not",
+            &[(inst(), if up { 1.0 } else { 0.0 })],
+        )?;
+        let RingsWorker::Up(w) = rings else {
+            return Ok(());
+        };
+        let labelled =
+            |label: &'static str, counts: &BTreeMap<String, u64>| -> Vec<(Labels, u64)> {
+                counts
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut l = inst();
+                        l.push((label, k.clone()));
+                        (l, *v)
+                    })
+                    .collect()
+            };
+        let direction = |d: &str| {
+            let mut l = inst();
+            l.push(("direction", d.to_string()));
+            l
+        };
+        counter_family(
+            encoder,
+            "xnic_rings_packets",
+            "RoCEv2 packets the rings worker sent and received through its AF_XDP socket",
+            &[
+                (direction("sent"), w.sent),
+                (direction("received"), w.received),
+            ],
+        )?;
+        counter_family(
+            encoder,
+            "xnic_rings_retransmitted_packets",
+            "Packets sent again (go-back-N after a NAK or a timeout)",
+            &[(inst(), w.retransmitted)],
+        )?;
+        counter_family(
+            encoder,
+            "xnic_rings_timeouts",
+            "Times a queue pair's acknowledgement timer ran out",
+            &[(inst(), w.timeouts)],
+        )?;
+        counter_family(
+            encoder,
+            "xnic_rings_dropped_packets",
+            "Packets the rings worker did not act on, by reason (bad ICRC, unknown queue pair, ...)",
+            &labelled("reason", &w.dropped),
+        )?;
+        counter_family(
+            encoder,
+            "xnic_rings_completions",
+            "Work requests completed, by status",
+            &labelled("status", &w.completed),
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_rings_queue_pairs",
+            "Queue pairs open on this host's worker",
+            &[(inst(), w.queue_pairs.len() as f64)],
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_rings_regions",
+            "Memory regions registered with this host's worker",
+            &[(inst(), w.regions.len() as f64)],
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_rings_region_bytes",
+            "Bytes of memory registered with this host's worker",
+            &[(inst(), w.regions.iter().map(|r| r.len as f64).sum())],
+        )?;
+        gauge_family(
+            encoder,
+            "xnic_rings_in_flight",
+            "Work requests taken from applications and not yet completed",
+            &[(
+                inst(),
+                w.queue_pairs.iter().map(|q| q.in_flight as f64).sum(),
+            )],
+        )
+    }
+
     fn encode_flows(
         &self,
         f: &FlowStatsView,

@@ -338,9 +338,33 @@ impl Daemon {
             vnics: self.vnic_metrics(),
             events: self.events.all_counts(),
             generation: self.generation(),
+            rings: rings_worker(&self.instance),
         })
         .map_err(|e| anyhow!("cannot encode metrics: {e}"))
     }
+}
+
+/// How long a scrape waits for the rings worker: it answers within a millisecond when
+/// busy polling and at its next wake-up otherwise; one stuck must not stall the scrape.
+const RINGS_STATUS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The instance's rings worker's counters, if one was started (its socket is there).
+fn rings_worker(instance: &str) -> Option<metrics::RingsWorker> {
+    let path = crate::config::rings_socket_path(instance);
+    if !path.exists() {
+        return None;
+    }
+    let status = xnic_rings::client::Client::connect(&path).and_then(|mut c| {
+        c.set_timeout(Some(RINGS_STATUS_TIMEOUT))?;
+        c.status()
+    });
+    Some(match status {
+        Ok(s) => metrics::RingsWorker::Up(s),
+        Err(e) => {
+            tracing::debug!(error = %e, "the rings worker did not answer the metrics scrape");
+            metrics::RingsWorker::Down
+        }
+    })
 }
 
 pub(crate) const NO_RSS: &str = "RSS is not configured: add an [rss] section to the configuration";
