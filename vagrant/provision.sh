@@ -1,6 +1,6 @@
 #!/bin/sh
-# Provisions the xnic test rig: Rust, the project's own setup, a release build, and the
-# daemon running on the lab as a systemd service.
+# Provisions the xnic test rig: Rust, the project's own setup, xnic's Debian package built
+# from this tree and installed, and the daemon running on the lab as its systemd service.
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
@@ -15,8 +15,10 @@ export PATH="/root/.cargo/bin:$PATH"
 cd /xnic
 # The same setup every xtask command runs: pinned nightly, bpf-linker, Debian packages.
 cargo xtask setup
-cargo build --release --package xnic
-install -m 0755 target/release/xnic /usr/local/bin/xnic
+# Installed as operators install it: the Debian package (binary, xnic@.service, man pages,
+# completions), with its recommended tools.
+cargo xtask package
+apt-get install -y -qq ./target/package/xnic_*.deb
 # The lab's guest image, the same step `cargo xtask test` runs (cached in /var/cache/xnic).
 xnic lab image
 # Guests in this VM are guests in a guest: KVM when the host offers nested virtualization
@@ -37,27 +39,19 @@ After=network.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/local/bin/xnic lab up --config /etc/xnic/lab.toml
-ExecStop=/usr/local/bin/xnic lab down --config /etc/xnic/lab.toml
+ExecStart=/usr/bin/xnic lab up --config /etc/xnic/lab.toml
+ExecStop=/usr/bin/xnic lab down --config /etc/xnic/lab.toml
 
 [Install]
 WantedBy=multi-user.target
 UNIT
 
-cat > /etc/systemd/system/xnic@.service <<'UNIT'
+# The packaged xnic@.service, ordered after the lab that makes its interfaces.
+mkdir -p /etc/systemd/system/xnic@lab.service.d
+cat > /etc/systemd/system/xnic@lab.service.d/lab.conf <<'UNIT'
 [Unit]
-Description=xnic daemon (%i)
-After=network.target xnic-lab.service
+After=xnic-lab.service
 Requires=xnic-lab.service
-
-[Service]
-ExecStart=/usr/local/bin/xnic run --config /etc/xnic/%i.toml
-# Stopping the daemon leaves the dataplane forwarding; `xnic down --instance %i` removes it.
-KillSignal=SIGTERM
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
 UNIT
 
 systemctl daemon-reload

@@ -5,12 +5,14 @@
 //! cargo xtask build                 build everything (debug)
 //! cargo xtask test [-- ARGS]        formatting, lints, then every test (needs root)
 //! cargo xtask lab [ARGS]            the lab demo (`xnic lab demo ARGS`, e.g. --duration 60)
+//! cargo xtask package [--debug]    the Debian package, in target/package/
 //! cargo xtask guest-image           build (or find cached) the lab's QEMU guest image
 //! cargo xtask bench NAME [ARGS]     a benchmark (release build); results in bench/results/
 //! cargo xtask fmt [--check]         format userspace and eBPF code
 //! cargo xtask lint                  clippy -D warnings on userspace and eBPF code
 //! ```
 
+mod package;
 mod setup;
 
 use std::{
@@ -21,7 +23,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|guest-image|fmt|lint> [ARGS]
+const USAGE: &str =
+    "usage: cargo xtask <setup|build|test|lab|bench|package|guest-image|fmt|lint> [ARGS]
 
   setup               install what this machine lacks (toolchains, bpf-linker, packages)
   build               build everything (debug)
@@ -30,6 +33,8 @@ const USAGE: &str = "usage: cargo xtask <setup|build|test|lab|bench|guest-image|
                       --duration SECS to stop by itself)
   bench NAME [ARGS]   run a benchmark (`cargo xtask bench dataplane`); results go to
                       bench/results/NAME.json and .md
+  package [--debug] [--binary FILE] [--out DIR]
+                      the Debian package (target/package/xnic_VERSION_ARCH.deb)
   guest-image         build the lab's QEMU guest image (cached in /var/cache/xnic/guest)
   fmt [--check]       format (or check) all code
   lint                clippy with warnings as errors, userspace and eBPF";
@@ -69,6 +74,10 @@ fn run() -> anyhow::Result<()> {
         "bench" => {
             setup::run()?;
             bench(&rest)
+        }
+        "package" => {
+            setup::run()?;
+            package::run(&rest).map(|_| ())
         }
         "guest-image" => {
             setup::run()?;

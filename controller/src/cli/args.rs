@@ -99,9 +99,13 @@ pub enum Command {
         /// Shell to generate completions for.
         shell: Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page (roff), or write one per command to a directory.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write xnic.1 and xnic-COMMAND.1 for every command here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

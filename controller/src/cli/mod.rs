@@ -110,9 +110,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "xnic", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
+        Command::Man { dir: None } => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .context("cannot write the man page"),
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+            .with_context(|| format!("cannot write the man pages to {}", dir.display())),
     }
 }
 
