@@ -17,6 +17,7 @@ pub mod limits;
 #[macro_use]
 pub mod mapdefs;
 pub mod maps;
+pub mod monitor;
 pub mod parse;
 pub mod rewrite;
 pub mod rings;

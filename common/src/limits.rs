@@ -22,6 +22,9 @@ pub const SHAPE_SLOTS: usize = 16;
 /// Steering counter slots.
 pub const STEER_SLOTS: usize = 16;
 
+/// `MONITOR_STATS` slots: the monitor's four counters and room for more.
+pub const MONITOR_SLOTS: usize = 8;
+
 /// VMs one host can carry. Thousands of small VMs or containers per host is the design point;
 /// per-CPU VM counters cost `MAX_VMS × 48` bytes per CPU (≈200 KiB).
 pub const MAX_VMS: u32 = 4096;

@@ -24,6 +24,7 @@ pub enum MapKind {
     DevMapHash = 25,
     CpuMap = 16,
     XskMap = 17,
+    RingBuf = 27,
 }
 
 /// The families maps are versioned by (an index into `LAYOUT`'s versions).
@@ -47,13 +48,15 @@ pub enum Family {
     Vnic = 7,
     /// Transaction rings: the workers' AF_XDP sockets and their queue pairs.
     Rings = 8,
+    /// `xnic monitor`: the drop events' ring, its settings and counters.
+    Monitor = 9,
 }
 
 /// How many families `LAYOUT` has room for.
 pub const FAMILY_SLOTS: usize = 16;
 
 impl Family {
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Info,
         Family::Ports,
         Family::Counters,
@@ -63,6 +66,7 @@ impl Family {
         Family::Flows,
         Family::Vnic,
         Family::Rings,
+        Family::Monitor,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Family {
             Family::Flows => "flows",
             Family::Vnic => "vnic",
             Family::Rings => "rings",
+            Family::Monitor => "monitor",
         }
     }
 
@@ -292,6 +297,16 @@ macro_rules! for_each_map {
             /// the worker's socket, others to the kernel. Written by the worker.
             ROCE_QPS: hash(u32 => u32; $crate::rings::MAX_QUEUE_PAIRS), pinned, Rings 1;
 
+            /// Dropped frames (`monitor::DropEvent`) while a monitor holds the lease. Written
+            /// by the delivery step, read by `xnic monitor`.
+            MONITOR_RING: ringbuf(u32 => u32; $crate::monitor::MONITOR_RING_BYTES), pinned, Monitor 1;
+            /// The lease, sampling and rate limit. Written by `xnic monitor`.
+            MONITOR_CONFIG: array(u32 => $crate::monitor::MonitorConfig; 1), pinned, Monitor 1;
+            /// Per CPU: the rate limit's token bucket.
+            MONITOR_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 1;
+            /// Per CPU: `monitor::MonitorCounter`.
+            MONITOR_STATS: percpu_array(u32 => u64; $crate::limits::MONITOR_SLOTS as u32), pinned, Monitor 1;
+
             /// Per CPU: the frame in flight, shared by the programs it passes through
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
             /// between frames.
@@ -335,6 +350,10 @@ macro_rules! map_sizes {
     (xskmap, $k:ty, $v:ty) => {
         // A queue index → a socket's descriptor (on update) or id.
         (4u32, 4u32)
+    };
+    (ringbuf, $k:ty, $v:ty) => {
+        // No keys or values: `max_entries` is its size in bytes.
+        (0u32, 0u32)
     };
     (lpm_trie, $k:ty, $v:ty) => {
         // struct bpf_lpm_trie_key: the prefix length, then the data.
@@ -380,6 +399,9 @@ macro_rules! map_kind {
     };
     (xskmap) => {
         $crate::mapdefs::MapKind::XskMap
+    };
+    (ringbuf) => {
+        $crate::mapdefs::MapKind::RingBuf
     };
 }
 

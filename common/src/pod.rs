@@ -95,3 +95,7 @@ unsafe impl aya::Pod for crate::vnic::VnicCounters {}
 unsafe impl aya::Pod for crate::vnic::RouteCacheKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::vnic::CachedRoute {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::monitor::MonitorConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::monitor::Bucket {}

@@ -99,6 +99,39 @@ crate::counters! {
 }
 
 impl Reason {
+    /// The pipeline stage that gives a frame this reason.
+    pub const fn stage(self) -> &'static str {
+        match self {
+            Reason::Truncated | Reason::Malformed => "parse",
+            Reason::FromVm
+            | Reason::ToVm
+            | Reason::NotForVm
+            | Reason::Multicast
+            | Reason::SpoofedMac
+            | Reason::UnknownPort => "classify",
+            Reason::ToUplink
+            | Reason::OverAllocation
+            | Reason::PriorityShed
+            | Reason::NoUplink
+            | Reason::FailoverPause
+            | Reason::NotReceiver
+            | Reason::Looped
+            | Reason::ToShaper => "team",
+            Reason::StageMissing => "calls",
+            Reason::FlowForward | Reason::FlowSlow | Reason::FlowRedirectFailed => "flow",
+            Reason::VnicForward
+            | Reason::NoVnic
+            | Reason::SpoofedSource
+            | Reason::NoRoute
+            | Reason::AclDeny
+            | Reason::TtlExpired
+            | Reason::Fragment
+            | Reason::TooBig
+            | Reason::NatExhausted => "vnic",
+            Reason::ToRings => "rings",
+        }
+    }
+
     /// The action every frame with this reason gets.
     pub const fn action(self) -> Action {
         match self {

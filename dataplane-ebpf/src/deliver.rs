@@ -194,6 +194,7 @@ pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
     let dropped = action == xdp_action::XDP_DROP;
     count(cx, dropped);
     if dropped {
+        crate::monitor::dropped(xdp, cx);
         debug!(
             xdp,
             "drop: {} on ifindex {} ({} bytes)",

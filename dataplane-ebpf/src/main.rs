@@ -35,6 +35,7 @@ mod deliver;
 mod flow;
 mod lookup;
 mod maps;
+mod monitor;
 mod pipeline;
 mod rings;
 mod shape;

@@ -5,7 +5,8 @@
 use aya_ebpf::{
     macros::map,
     maps::{
-        Array, CpuMap, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, XskMap,
+        Array, CpuMap, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray,
+        RingBuf, XskMap,
     },
 };
 
@@ -19,6 +20,7 @@ macro_rules! map_type {
     (lru_hash, $k:ty, $v:ty) => { LruHashMap<$k, $v> };
     (lpm_trie, $k:ty, $v:ty) => { LpmTrie<$k, $v> };
     (xskmap, $k:ty, $v:ty) => { XskMap };
+    (ringbuf, $k:ty, $v:ty) => { RingBuf };
 }
 
 macro_rules! map_new {

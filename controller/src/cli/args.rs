@@ -55,6 +55,9 @@ pub enum Command {
     /// The event stream of every feature: VMs and ports coming and going, changes of the
     /// desired state, RSS migrations, team failovers.
     Events(StreamArgs),
+    /// Dropped frames as they happen: reason, stage, port, VM and headers, from the
+    /// dataplane's ring buffer (sampled and rate-limited there; off while no monitor runs).
+    Monitor(MonitorArgs),
     /// Show the daemon, its dataplane and ports.
     Status(ReadArgs),
     /// Inspect, add, change and remove VMs.
@@ -830,4 +833,43 @@ pub enum RingsRegionCommand {
         #[command(flatten)]
         instance: InstanceArg,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub instance: InstanceArg,
+    /// Only drops of this VM.
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// Only drops on this port.
+    #[arg(long, value_name = "NAME")]
+    pub port: Option<String>,
+    /// Only drops for these reasons (spoofed_mac, over_allocation, ...; repeat or comma-separate).
+    #[arg(long, value_name = "REASON", value_delimiter = ',')]
+    pub reason: Vec<String>,
+    /// Only frames from or to this address.
+    #[arg(long, value_name = "IP")]
+    pub addr: Option<std::net::IpAddr>,
+    /// Only frames from or to this transport port.
+    #[arg(long = "l4-port", value_name = "PORT")]
+    pub l4_port: Option<u16>,
+    /// One JSON object a line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the frame's first bytes (up to 128) in hex.
+    #[arg(long)]
+    pub hex: bool,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Look at one drop in N (in the dataplane).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub sample: u32,
+    /// Events per second per CPU at most (in the dataplane); the rest are counted.
+    #[arg(long, value_name = "N", default_value_t = xnic_common::monitor::DEFAULT_RATE)]
+    pub rate: u32,
 }

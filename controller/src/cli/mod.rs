@@ -9,7 +9,9 @@ mod down;
 mod events;
 mod fleet;
 mod flows;
+mod frame_summary;
 mod lab;
+mod monitor;
 mod rings;
 mod rings_demo;
 mod route;
@@ -39,6 +41,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(a) => apply::run(&a),
         Command::Config(a) => apply::show(&a),
         Command::Events(a) => events::run(&a),
+        Command::Monitor(a) => monitor::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Vm(VmCommand::List(a)) => vm::list(&a),
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),

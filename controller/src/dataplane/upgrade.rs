@@ -148,6 +148,12 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 0,
         replaced: &[],
     },
+    // The monitor is new: off until a monitor takes the lease.
+    Migration {
+        family: Family::Monitor,
+        from: 0,
+        replaced: &[],
+    },
 ];
 
 /// Flow slots of version 1 of the RSS family.

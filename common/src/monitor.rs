@@ -1,0 +1,131 @@
+//! `xnic monitor`: dropped frames reported from the delivery step through a ring buffer, with
+//! their reason, port, VM and first bytes. Off unless a monitor holds a lease (`until_ns`),
+//! which costs a drop one array lookup; while on, the programs sample and rate-limit per CPU
+//! so that a flood of drops costs bounded CPU and a full ring is counted, never waited on.
+
+/// The ring's size: 2 MiB holds about 13,000 events, a second of the default rate limit on
+/// 8 CPUs after the reader stalled for a moment (the ring's size must be a power of two and
+/// a multiple of the page size).
+pub const MONITOR_RING_BYTES: u32 = 2 << 20;
+
+/// Bytes of a dropped frame an event keeps: Ethernet, two VLAN tags, IPv6 and a TCP header
+/// with options (14 + 8 + 40 + 60 = 122), rounded up.
+pub const SNAP_LEN: usize = 128;
+const _: () = assert!(SNAP_LEN.is_power_of_two());
+
+/// Events per second per CPU unless the monitor asks otherwise: enough to see what is being
+/// dropped, few enough that writing them costs a flooded CPU about 1 %.
+pub const DEFAULT_RATE: u32 = 1000;
+
+/// How long a lease lasts: a monitor renews it every second, and a monitor that died stops
+/// costing anything two seconds later.
+pub const LEASE_NS: u64 = 2_000_000_000;
+
+/// `MONITOR_CONFIG[0]`, written by `xnic monitor`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Events are made until this time (`CLOCK_MONOTONIC` ns); 0: off.
+    pub until_ns: u64,
+    /// One drop in `sample` is looked at (0 and 1: every one).
+    pub sample: u32,
+    /// Events per second per CPU, and the burst the bucket holds.
+    pub rate: u32,
+    pub burst: u32,
+    pub _pad: u32,
+}
+
+/// Per CPU: the rate limit's token bucket (`MONITOR_BUCKET[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// When tokens were last added.
+    pub last_ns: u64,
+    /// Tokens, in millionths of an event (so rates below one a millisecond add up).
+    pub micro_tokens: u64,
+}
+
+/// Whether a drop at `now_ns` may become an event under `rate` events/s with `burst`; takes
+/// the token when it may.
+#[inline(always)]
+pub fn admit(b: &mut Bucket, now_ns: u64, rate: u32, burst: u32) -> bool {
+    const MICRO: u64 = 1_000_000;
+    let cap = u64::from(burst.max(1)) * MICRO;
+    // Rate × elapsed in micro-tokens: rate/s × elapsed µs / 1e6 × 1e6 = rate × elapsed µs;
+    // elapsed at most 1000 s, so the product fits 64 bits (no 128-bit arithmetic in BPF).
+    let elapsed_us = (now_ns.saturating_sub(b.last_ns) / 1000).min(1_000_000_000);
+    let add = u64::from(rate) * elapsed_us;
+    b.micro_tokens = b.micro_tokens.saturating_add(add).min(cap);
+    b.last_ns = now_ns;
+    if b.micro_tokens >= MICRO {
+        b.micro_tokens -= MICRO;
+        true
+    } else {
+        false
+    }
+}
+
+/// One dropped frame, as the ring carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// When (`CLOCK_MONOTONIC` ns).
+    pub ts_ns: u64,
+    /// The interface it arrived on, its port slot and its VM slot (`maps::NO_VM`: none).
+    pub ifindex: u32,
+    pub port_slot: u32,
+    pub vm_slot: u32,
+    /// A `verdict::Reason`.
+    pub reason: u32,
+    /// The whole frame's length, and how much of it `head` holds.
+    pub len: u32,
+    pub captured: u32,
+    pub cpu: u32,
+    pub _pad: u32,
+    pub head: [u8; SNAP_LEN],
+}
+
+crate::counters! {
+    /// Per CPU: what became of the drops the monitor looked at (`MONITOR_STATS[counter]`).
+    pub enum MonitorCounter: u32, slots = crate::limits::MONITOR_SLOTS, {
+        /// Written to the ring.
+        Emitted = 0 => "emitted",
+        /// Left out by sampling.
+        Sampled = 1 => "sampled_out",
+        /// Over the per-CPU rate limit.
+        RateLimited = 2 => "rate_limited",
+        /// The ring was full (the reader is behind).
+        RingFull = 3 => "ring_full",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_the_rate() {
+        let mut b = Bucket::default();
+        let t0 = 10_000_000_000;
+        // A full bucket after a long quiet: the burst, then nothing in the same instant.
+        let burst = (0..100).filter(|_| admit(&mut b, t0, 1000, 10)).count();
+        assert_eq!(burst, 10);
+        // Over the next second, one event a millisecond.
+        let later = (1..=1000)
+            .filter(|ms| admit(&mut b, t0 + ms * 1_000_000, 1000, 10))
+            .count();
+        assert_eq!(later, 1000);
+        // Slow rates add up: 1 a second.
+        let mut b = Bucket::default();
+        admit(&mut b, t0, 1, 1);
+        let got = (1..=3000)
+            .filter(|ms| admit(&mut b, t0 + ms * 1_000_000, 1, 1))
+            .count();
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn an_event_is_a_whole_number_of_words() {
+        assert_eq!(size_of::<DropEvent>() % 8, 0);
+    }
+}

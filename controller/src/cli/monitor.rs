@@ -1,0 +1,201 @@
+//! `xnic monitor`: dropped frames as they happen, one line each (or JSON), from the
+//! dataplane's ring buffer, like `cilium monitor --type drop`. Filters apply here; sampling and
+//! the rate limit apply in the dataplane, whose counts are shown at the end.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use xnic_common::{monitor::DropEvent, verdict::Reason};
+use xnic_proto::api::{StatusView, VmView};
+
+use super::{
+    args::MonitorArgs,
+    block_on,
+    frame_summary::{FrameSummary, summary},
+    resolve_instance,
+};
+use crate::dataplane::{Monitor, MonitorSettings, PinDir};
+
+/// How often the lease is renewed (it lasts `monitor::LEASE_NS`).
+const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// One event, as `--json` prints it.
+#[derive(Serialize)]
+struct Shown<'a> {
+    /// `CLOCK_MONOTONIC` nanoseconds, as the dataplane stamped it.
+    time_ns: u64,
+    reason: &'a str,
+    stage: &'a str,
+    port: String,
+    vm: Option<String>,
+    cpu: u32,
+    len: u32,
+    #[serde(flatten)]
+    headers: &'a FrameSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+}
+
+/// Port and VM names by slot, from the daemon.
+struct Names {
+    ports: HashMap<u32, String>,
+    vms: HashMap<u32, String>,
+}
+
+fn names(instance: &str) -> anyhow::Result<Names> {
+    let c = crate::api::client::Client::new(instance);
+    let status: StatusView = block_on(c.get("/v1/status"))?;
+    let vms: Vec<VmView> = block_on(c.get("/v1/vms"))?;
+    Ok(Names {
+        ports: status.ports.into_iter().map(|p| (p.slot, p.name)).collect(),
+        vms: vms.into_iter().map(|v| (v.slot, v.name)).collect(),
+    })
+}
+
+fn reasons(wanted: &[String]) -> anyhow::Result<Vec<Reason>> {
+    wanted
+        .iter()
+        .map(|w| {
+            Reason::ALL
+                .iter()
+                .copied()
+                .find(|r| r.name() == w)
+                .with_context(|| {
+                    let known: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
+                    format!("no drop reason {w:?}; known reasons: {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
+pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
+    crate::daemon::require_root("xnic monitor")?;
+    if a.rate == 0 {
+        bail!("--rate 0 would report nothing: give a rate of at least 1 event per second");
+    }
+    let wanted = reasons(&a.reason)?;
+    let instance = resolve_instance(&a.instance)?;
+    let names = names(&instance)?;
+    if let Some(vm) = &a.vm
+        && !names.vms.values().any(|n| n == vm)
+    {
+        bail!("no VM named {vm:?} in instance {instance:?}");
+    }
+    if let Some(port) = &a.port
+        && !names.ports.values().any(|n| n == port)
+    {
+        bail!("no port named {port:?} in instance {instance:?}");
+    }
+    let stop = super::demo::stop_on_signals()?;
+    let settings = MonitorSettings {
+        sample: a.sample.max(1),
+        rate: a.rate,
+        burst: a.rate.div_ceil(10).max(1),
+    };
+    let mut m = Monitor::open(&PinDir::new(&instance), settings).with_context(|| {
+        format!("instance {instance:?} has no dataplane with a monitor ring: is its daemon running this xnic?")
+    })?;
+    if !a.json {
+        eprintln!(
+            "monitoring drops of instance {instance} (1 in {}, at most {} a second per CPU; Ctrl-C stops)",
+            settings.sample, settings.rate
+        );
+    }
+    let started = Instant::now();
+    let mut renewed = Instant::now();
+    let mut shown = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if a.count.is_some_and(|n| shown >= n)
+            || a.duration
+                .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        {
+            break;
+        }
+        if renewed.elapsed() >= RENEW_EVERY {
+            m.renew()?;
+            renewed = Instant::now();
+        }
+        let Some(e) = m.next(Duration::from_millis(100))? else {
+            continue;
+        };
+        if let Some(line) = render(a, &names, &wanted, &e)? {
+            println!("{line}");
+            shown += 1;
+        }
+    }
+    if !a.json {
+        let counts: Vec<String> = m
+            .counters()?
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        eprintln!("{shown} shown; dataplane: {}", counts.join(", "));
+    }
+    Ok(())
+}
+
+/// The event's line, or `None` when a filter leaves it out.
+fn render(
+    a: &MonitorArgs,
+    names: &Names,
+    wanted: &[Reason],
+    e: &DropEvent,
+) -> anyhow::Result<Option<String>> {
+    let reason = Reason::from_index(e.reason);
+    if !wanted.is_empty() && !reason.is_some_and(|r| wanted.contains(&r)) {
+        return Ok(None);
+    }
+    let port = names
+        .ports
+        .get(&e.port_slot)
+        .cloned()
+        .unwrap_or_else(|| format!("ifindex {}", e.ifindex));
+    let vm = names.vms.get(&e.vm_slot).cloned();
+    if a.port.as_ref().is_some_and(|p| *p != port) || a.vm.is_some() && a.vm != vm {
+        return Ok(None);
+    }
+    let head = &e.head[..(e.captured as usize).min(e.head.len())];
+    let headers = summary(head);
+    let has_addr = |ip: IpAddr| headers.src == Some(ip) || headers.dst == Some(ip);
+    let has_port = |p: u16| headers.src_port == Some(p) || headers.dst_port == Some(p);
+    if a.addr.is_some_and(|ip| !has_addr(ip)) || a.l4_port.is_some_and(|p| !has_port(p)) {
+        return Ok(None);
+    }
+    let (reason_name, stage) = reason.map_or(("unknown", "unknown"), |r| (r.name(), r.stage()));
+    let hex = a
+        .hex
+        .then(|| head.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    if a.json {
+        let shown = Shown {
+            time_ns: e.ts_ns,
+            reason: reason_name,
+            stage,
+            port,
+            vm,
+            cpu: e.cpu,
+            len: e.len,
+            headers: &headers,
+            head: hex,
+        };
+        return Ok(Some(serde_json::to_string(&shown)?));
+    }
+    let secs = e.ts_ns as f64 / 1e9;
+    let mut line = format!(
+        "{secs:.6} drop {reason_name} ({stage}) port {port}{} cpu {} len {}: {}",
+        vm.map_or(String::new(), |v| format!(" vm {v}")),
+        e.cpu,
+        e.len,
+        headers.text
+    );
+    if let Some(h) = hex {
+        line.push_str("\n  ");
+        line.push_str(&h);
+    }
+    Ok(Some(line))
+}

@@ -1,0 +1,110 @@
+//! `xnic monitor`'s hold on the dataplane: the lease in `MONITOR_CONFIG`, the drop events in
+//! `MONITOR_RING` and the per-CPU counters, through the pinned maps (the monitor is a CLI
+//! process beside the daemon, like `xnic rings run`).
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use xnic_common::monitor::{DropEvent, LEASE_NS, MonitorConfig, MonitorCounter};
+
+use super::{
+    PinDir,
+    flows::pinned,
+    registry::{self, Registered},
+};
+
+/// What the dataplane is asked to report.
+#[derive(Clone, Copy, Debug)]
+pub struct MonitorSettings {
+    pub sample: u32,
+    pub rate: u32,
+    pub burst: u32,
+}
+
+pub struct Monitor {
+    ring: RingBuf<MapData>,
+    config: Array<MapData, MonitorConfig>,
+    stats: PerCpuArray<MapData, u64>,
+    settings: MonitorSettings,
+}
+
+/// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+impl Monitor {
+    /// Opens instance `pins`' monitor maps and takes the lease.
+    pub fn open(pins: &PinDir, settings: MonitorSettings) -> anyhow::Result<Monitor> {
+        let mut m = Monitor {
+            ring: RingBuf::try_from(Map::RingBuf(pinned(pins, registry::MONITOR_RING::NAME)?))?,
+            config: Array::try_from(Map::Array(pinned(pins, registry::MONITOR_CONFIG::NAME)?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                pins,
+                registry::MONITOR_STATS::NAME,
+            )?))?,
+            settings,
+        };
+        m.renew()?;
+        Ok(m)
+    }
+
+    /// Extends the lease (call at least once a second): the dataplane stops reporting
+    /// [`LEASE_NS`] after the last renewal by any monitor, so one that exits or dies costs
+    /// nothing for long, and never turns off another. Each renewal sets its own settings.
+    pub fn renew(&mut self) -> anyhow::Result<()> {
+        let s = self.settings;
+        let config = MonitorConfig {
+            until_ns: monotonic_ns() + LEASE_NS,
+            sample: s.sample,
+            rate: s.rate,
+            burst: s.burst,
+            _pad: 0,
+        };
+        self.config
+            .set(0, config, 0)
+            .context("cannot write MONITOR_CONFIG")
+    }
+
+    /// The next event, waiting up to `timeout` for one.
+    pub fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<DropEvent>> {
+        if let Some(e) = self.take() {
+            return Ok(Some(e));
+        }
+        let fd = self.ring.as_fd();
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("cannot wait on MONITOR_RING"),
+        }
+        Ok(self.take())
+    }
+
+    fn take(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        (item.len() >= size_of::<DropEvent>()).then(|| {
+            // SAFETY: the programs write whole `DropEvent`s (plain integers and bytes, any
+            // bit pattern valid); the length was checked; the read is unaligned-safe.
+            unsafe { (item.as_ptr() as *const DropEvent).read_unaligned() }
+        })
+    }
+
+    /// The monitor's counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        MonitorCounter::ALL
+            .iter()
+            .map(|c| {
+                let v = self
+                    .stats
+                    .get(&(*c as u32), 0)
+                    .context("cannot read MONITOR_STATS")?;
+                Ok((c.name(), v.iter().sum()))
+            })
+            .collect()
+    }
+}
