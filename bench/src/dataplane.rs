@@ -132,7 +132,7 @@ impl Drop for VethPair {
 }
 
 /// Removes the benchmark's pinned dataplane however the run ends.
-struct DataplaneGuard(String);
+pub(crate) struct DataplaneGuard(pub(crate) String);
 
 impl Drop for DataplaneGuard {
     fn drop(&mut self) {
@@ -253,9 +253,9 @@ impl Bench {
 
 /// A tap device opened as QEMU opens one: non-blocking, no packet information, each frame
 /// after a virtio-net header. It goes away when the file is closed.
-struct Tap {
+pub(crate) struct Tap {
     file: std::fs::File,
-    ifindex: u32,
+    pub(crate) ifindex: u32,
 }
 
 /// `TUNSETIFF` (`_IOW('T', 202, int)`) and its flags, from `linux/if_tun.h`.
@@ -268,7 +268,7 @@ const VNET_HDR_LEN: usize = 10;
 
 impl Tap {
     /// Creates tap `name` in this thread's network namespace and brings it up.
-    fn create(name: &str, ns: &str) -> anyhow::Result<Tap> {
+    pub(crate) fn create(name: &str, ns: &str) -> anyhow::Result<Tap> {
         use std::os::unix::{fs::OpenOptionsExt as _, io::AsRawFd as _};
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -291,7 +291,7 @@ impl Tap {
     }
 
     /// Writes `frame` for `secs` as fast as the tap takes it; frames per second.
-    fn blast(&self, frame: &[u8], secs: f64) -> anyhow::Result<f64> {
+    pub(crate) fn blast(&self, frame: &[u8], secs: f64) -> anyhow::Result<f64> {
         use std::io::Write as _;
         let mut buf = vec![0u8; VNET_HDR_LEN];
         buf.extend_from_slice(frame);

@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod live;
+mod monitor;
 mod offload;
 mod offload_live;
 mod offload_moves;
@@ -30,11 +31,12 @@ fn main() {
         Some("offload") => offload::run(&args[1..]),
         Some("route") => route::run(&args[1..]),
         Some("rings") => rings::run(&args[1..]),
+        Some("monitor") => monitor::run(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, offload, ops, rings, route, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, monitor, offload, ops, rings, route, rss, team"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|offload|ops|rings|route|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|monitor|offload|ops|rings|route|rss|team> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

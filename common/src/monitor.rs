@@ -53,10 +53,17 @@ pub fn admit(b: &mut Bucket, now_ns: u64, rate: u32, burst: u32) -> bool {
     let cap = u64::from(burst.max(1)) * MICRO;
     // Rate × elapsed in micro-tokens: rate/s × elapsed µs / 1e6 × 1e6 = rate × elapsed µs;
     // elapsed at most 1000 s, so the product fits 64 bits (no 128-bit arithmetic in BPF).
-    let elapsed_us = (now_ns.saturating_sub(b.last_ns) / 1000).min(1_000_000_000);
-    let add = u64::from(rate) * elapsed_us;
-    b.micro_tokens = b.micro_tokens.saturating_add(add).min(cap);
-    b.last_ns = now_ns;
+    // Only whole microseconds are taken: drops closer together than that still add up.
+    const MAX_US: u64 = 1_000_000_000;
+    let elapsed_us = now_ns.saturating_sub(b.last_ns) / 1000;
+    if elapsed_us >= MAX_US {
+        b.micro_tokens = cap;
+        b.last_ns = now_ns;
+    } else if elapsed_us > 0 {
+        let add = u64::from(rate) * elapsed_us;
+        b.micro_tokens = b.micro_tokens.saturating_add(add).min(cap);
+        b.last_ns += elapsed_us * 1000;
+    }
     if b.micro_tokens >= MICRO {
         b.micro_tokens -= MICRO;
         true
@@ -122,6 +129,17 @@ mod tests {
             .filter(|ms| admit(&mut b, t0 + ms * 1_000_000, 1, 1))
             .count();
         assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn drops_closer_than_a_microsecond_still_refill_the_bucket() {
+        let mut b = Bucket::default();
+        let t0 = 10_000_000_000;
+        // 1.5 million drops a second for a second: the burst, then the rate.
+        let got = (0..1_500_000u64)
+            .filter(|i| admit(&mut b, t0 + i * 667, 1000, 100))
+            .count();
+        assert!((1095..=1101).contains(&got), "{got}");
     }
 
     #[test]
