@@ -5,6 +5,7 @@
 //! starts with `xt<pid>x`, so leftovers of a killed test run are recognisable; [`sweep`]
 //! removes those whose process is gone.
 
+pub mod dashboard;
 pub mod debian_root;
 pub mod layout4;
 pub mod programs;

@@ -444,6 +444,21 @@ fn cli_reads_as_tables_and_json_and_explains_errors() {
     assert!(body.contains("xnic_vm_packets_total{"), "{body}");
     assert!(body.contains("xnic_rss_vm_state{"), "{body}");
     assert!(body.contains("xnic_rss_cpu_busy_ratio{"), "{body}");
+    // The Grafana dashboard's panels for what this lab runs read what the daemon exports.
+    let problems = xnic_tests::dashboard::check(
+        &body,
+        &[
+            "xnic_port_",
+            "xnic_vm_",
+            "xnic_cpu_",
+            "xnic_rss_",
+            "xnic_team_",
+            "xnic_events",
+            "xnic_desired",
+            "xnic_unknown",
+        ],
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
 
     // Completions are generated.
     let out = xnic(&["completions", "bash"]);

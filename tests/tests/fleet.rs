@@ -164,6 +164,8 @@ fn a_fleet_of_three_routes_every_next_hop_and_survives_losing_a_host() {
     )
     .unwrap();
     let text = String::from_utf8_lossy(&body);
+    let problems = xnic_tests::dashboard::check(&text, &["xnic_vnic_"]);
+    assert!(problems.is_empty(), "{problems:#?}");
     for want in [
         "xnic_vnic_packets_total{",
         "vnic=\"web1\"",

@@ -291,6 +291,14 @@ fn streams_survive_a_hundred_forced_demotions() {
     }
     assert_eq!(cycles, 100, "100 cycles in time");
     let stats = l.stats();
+    // The dashboard's flow offload panels read what this daemon exports.
+    let (_, scrape) = xnic::cli::block_on(
+        xnic::api::client::Client::new(&l.name).request(xnic::api::client::Method::GET, "/metrics"),
+    )
+    .unwrap();
+    let problems =
+        xnic_tests::dashboard::check(&String::from_utf8_lossy(&scrape), &["xnic_flows_"]);
+    assert!(problems.is_empty(), "{problems:#?}");
     println!("{}", l.cli(&["flows", "stats"]));
 
     let bps = iperf3_ok(&tcp.join().unwrap());

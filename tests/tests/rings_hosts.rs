@@ -148,6 +148,10 @@ fn writes_and_reads_between_two_hosts_are_exact_through_loss() {
     assert!(succeeded >= 10_000.0, "{succeeded}");
     assert_eq!(metric(host, "xnic_rings_queue_pairs", ""), Some(1.0));
     assert_eq!(metric(host, "xnic_rings_in_flight", ""), Some(0.0));
+    let (_, scrape) = block_on(Client::new(host).request(Method::GET, "/metrics")).unwrap();
+    let problems =
+        xnic_tests::dashboard::check(&String::from_utf8_lossy(&scrape), &["xnic_rings_"]);
+    assert!(problems.is_empty(), "{problems:#?}");
 
     // The CLI: a region held by B's worker, written and read back from A, with every frame
     // on the wire recorded at the bridge.
