@@ -71,6 +71,78 @@ fn stream_to_tor(
     Ok((rx, sender))
 }
 
+/// A VM sends from a MAC its port does not own; `xnic monitor` shows each drop with its
+/// reason, port, VM and headers. The VM gets its MAC back afterwards.
+fn drop_explained_demo(
+    lab: &Lab,
+    instance: &str,
+    vm: &str,
+    own: &str,
+    tor: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    const SPOOFED: &str = "02:66:00:00:00:01";
+    heading(&format!(
+        "a drop explained: {vm} sends from {SPOOFED}, a MAC its port does not own; xnic monitor says why its frames go nowhere"
+    ));
+    let ns = lab.vm_ns(vm);
+    let set_mac = |mac: &str| -> anyhow::Result<()> {
+        crate::lab::ip(&["-n", &ns, "link", "set", "eth0", "address", mac])?;
+        // A new MAC flushes the neighbour table: the tor's entry goes back, static.
+        crate::lab::ip(&[
+            "-n",
+            &ns,
+            "neigh",
+            "replace",
+            &tor.to_string(),
+            "lladdr",
+            &crate::lab::TOR_MAC.to_string(),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    };
+    set_mac(SPOOFED)?;
+    let exe = std::env::current_exe().context("cannot find the xnic executable")?;
+    let args = [
+        "monitor",
+        "--count",
+        "3",
+        "--duration",
+        "10",
+        "--reason",
+        "spoofed_mac",
+        "--instance",
+        instance,
+    ];
+    println!("$ xnic {}", args.join(" "));
+    let monitor = std::process::Command::new(&exe)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start xnic monitor")?;
+    std::thread::sleep(Duration::from_millis(800));
+    let (rx, sender) = stream_to_tor(lab, vm, tor, 0.5)?;
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let got = rx.stop()?;
+    let out = monitor.wait_with_output().context("xnic monitor")?;
+    set_mac(own)?;
+    // Its heading and closing counts go to stderr, the events to stdout: in that order.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (head, tail) = err.split_once('\n').unwrap_or((&err, ""));
+    println!("{head}");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print!("{tail}");
+    println!(
+        "{vm} sent {} datagrams from {SPOOFED}: {} arrived at the tor",
+        sent.sent, got.received
+    );
+    Ok(())
+}
+
 pub(super) fn heading(text: &str) {
     println!("\n━━ {text}");
 }
@@ -247,6 +319,14 @@ fn demo(
     }
     if !stop.load(Ordering::Relaxed) {
         super::rings_demo::demo(&format!("{instance}-rings-"), stop)?;
+    }
+    if let (Some(vm0), Some(tor4)) = (
+        lab.config().vms.first(),
+        lab.tor_addrs().iter().find(|a| a.addr.is_ipv4()),
+    ) && !stop.load(Ordering::Relaxed)
+    {
+        let own = vm0.macs.first().map(|m| m.to_string()).unwrap_or_default();
+        drop_explained_demo(lab, &instance, &vm0.name, &own, tor4.addr)?;
     }
 
     heading("steady traffic (Ctrl-C to stop)");
