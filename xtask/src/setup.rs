@@ -57,6 +57,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-scapy",
         "a second RoCEv2 implementation the ICRC is checked against",
     ),
+    (
+        "tmux",
+        "the xnic top test drives it in a terminal (send-keys, capture-pane)",
+    ),
+    (
+        "dpkg-dev",
+        "cargo xtask package: dpkg-deb and dpkg --print-architecture",
+    ),
 ];
 
 /// bpf-linker release that works with the pinned toolchains.

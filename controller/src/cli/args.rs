@@ -58,6 +58,9 @@ pub enum Command {
     /// Dropped frames as they happen: reason, stage, port, VM and headers, from the
     /// dataplane's ring buffer (sampled and rate-limited there; off while no monitor runs).
     Monitor(MonitorArgs),
+    /// A live view of ports, VMs, CPUs and uplinks with their rates, refreshed every second
+    /// (keys: s sort, r reverse, / filter, q quit).
+    Top(ReadArgs),
     /// Show the daemon, its dataplane and ports.
     Status(ReadArgs),
     /// Inspect, add, change and remove VMs.

@@ -21,6 +21,7 @@ mod stats;
 mod status;
 pub mod table;
 mod team;
+mod top;
 mod vm;
 mod vnic;
 
@@ -42,6 +43,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Config(a) => apply::show(&a),
         Command::Events(a) => events::run(&a),
         Command::Monitor(a) => monitor::run(&a),
+        Command::Top(a) => top::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Vm(VmCommand::List(a)) => vm::list(&a),
         Command::Vm(VmCommand::Show { name, read }) => vm::show(&name, &read),
