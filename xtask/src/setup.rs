@@ -61,10 +61,6 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tmux",
         "the xnic top test drives it in a terminal (send-keys, capture-pane)",
     ),
-    (
-        "dpkg-dev",
-        "cargo xtask package: dpkg-deb and dpkg --print-architecture",
-    ),
 ];
 
 /// bpf-linker release that works with the pinned toolchains.
