@@ -347,32 +347,9 @@ fn spoofed_source_mac_is_dropped_and_counted() {
     let mut t = TestLab::new(1);
     t.start_daemon();
     let ns = t.vm_ns("vm0");
-    xnic_tests::ip(&[
-        "-n",
-        &ns,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        "02:66:00:00:00:01",
-    ])
-    .unwrap();
-    // A new MAC flushes the neighbour table; restore the static entry so no ARP is needed.
-    let tor_mac = xnic::lab::TOR_MAC.to_string();
-    xnic_tests::ip(&[
-        "-n",
-        &ns,
-        "neigh",
-        "replace",
-        TOR_IP,
-        "lladdr",
-        &tor_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
+    t.lab
+        .set_vm_mac("vm0", "02:66:00:00:00:01", TOR_IP.parse().unwrap())
+        .unwrap();
     let rx = Receiver::start(Some(&t.lab.tor_ns()), tor_sink()).unwrap();
     let sent = send_udp(
         Some(&ns),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use xnic::lab::{
-    TOR_MAC, TOR_UDP_PORT,
+    TOR_UDP_PORT,
     traffic::{UdpStream, send_udp},
 };
 use xnic_tests::{TestLab, reason_count, xnic_bin};
@@ -19,24 +19,10 @@ const SPOOFED: &str = "02:66:00:00:00:01";
 
 /// vm0 sends from a MAC its port does not own: every frame is a spoofed_mac drop.
 fn spoof(t: &TestLab) -> String {
-    let ns = t.vm_ns("vm0");
-    xnic_tests::ip(&["-n", &ns, "link", "set", "eth0", "address", SPOOFED]).unwrap();
-    let tor_mac = TOR_MAC.to_string();
-    xnic_tests::ip(&[
-        "-n",
-        &ns,
-        "neigh",
-        "replace",
-        TOR_IP,
-        "lladdr",
-        &tor_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    ns
+    t.lab
+        .set_vm_mac("vm0", SPOOFED, TOR_IP.parse().unwrap())
+        .unwrap();
+    t.vm_ns("vm0")
 }
 
 fn blast(ns: &str, pps: u64, ms: u64) -> u64 {

@@ -84,24 +84,7 @@ fn drop_explained_demo(
     heading(&format!(
         "a drop explained: {vm} sends from {SPOOFED}, a MAC its port does not own; xnic monitor says why its frames go nowhere"
     ));
-    let ns = lab.vm_ns(vm);
-    let set_mac = |mac: &str| -> anyhow::Result<()> {
-        crate::lab::ip(&["-n", &ns, "link", "set", "eth0", "address", mac])?;
-        // A new MAC flushes the neighbour table: the tor's entry goes back, static.
-        crate::lab::ip(&[
-            "-n",
-            &ns,
-            "neigh",
-            "replace",
-            &tor.to_string(),
-            "lladdr",
-            &crate::lab::TOR_MAC.to_string(),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
-    };
+    let set_mac = |mac: &str| lab.set_vm_mac(vm, mac, tor);
     set_mac(SPOOFED)?;
     let exe = std::env::current_exe().context("cannot find the xnic executable")?;
     let args = [

@@ -131,6 +131,27 @@ impl Lab {
         format!("{}-{vm}", self.lab.prefix)
     }
 
+    /// Gives VM `vm`'s NIC the MAC address `mac` (one its port may not own: frames from it are
+    /// then spoofed), keeping its static neighbour entry for the tor at `tor`, which a new
+    /// MAC flushes, so no ARP is needed.
+    pub fn set_vm_mac(&self, vm: &str, mac: &str, tor: IpAddr) -> anyhow::Result<()> {
+        let ns = self.vm_ns(vm);
+        ip(&["-n", &ns, "link", "set", "eth0", "address", mac])?;
+        ip(&[
+            "-n",
+            &ns,
+            "neigh",
+            "replace",
+            &tor.to_string(),
+            "lladdr",
+            &TOR_MAC.to_string(),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    }
+
     /// Every namespace the lab owns (with real guests, VMs have none).
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.host_ns().to_string(), self.tor_ns()];
