@@ -10,6 +10,7 @@ mod offload_live;
 mod offload_moves;
 mod ops;
 mod ovs;
+mod plot;
 mod report;
 mod rings;
 mod route;
@@ -32,11 +33,12 @@ fn main() {
         Some("route") => route::run(&args[1..]),
         Some("rings") => rings::run(&args[1..]),
         Some("monitor") => monitor::run(&args[1..]),
+        Some("plot") => plot::all(),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark {other:?}; available: dataplane, monitor, offload, ops, rings, route, rss, team"
+            "unknown benchmark {other:?}; available: dataplane, monitor, offload, ops, rings, route, rss, team, plot"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: xnic-bench <dataplane|monitor|offload|ops|rings|route|rss|team> [OPTIONS]"
+            "usage: xnic-bench <dataplane|monitor|offload|ops|rings|route|rss|team|plot> [OPTIONS]"
         )),
     };
     if let Err(e) = result {

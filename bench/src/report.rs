@@ -9,16 +9,16 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
     Higher,
     Lower,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Host {
     pub kernel: String,
     pub cpus: usize,
@@ -34,7 +34,7 @@ impl Host {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Result {
     pub metric: String,
     pub scenario: String,
@@ -44,7 +44,7 @@ pub struct Result {
     pub baselines: BTreeMap<String, f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub bench: String,
     pub host: Host,
@@ -147,8 +147,16 @@ impl Report {
         let md = dir.join(format!("{}.md", self.bench));
         let text = self.markdown();
         std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+        let svg = dir.join(format!("{}.svg", self.bench));
+        crate::plot::ratios_svg(self, &svg)
+            .with_context(|| format!("writing {}", svg.display()))?;
         println!("{text}");
-        println!("written: {} and {}", json.display(), md.display());
+        println!(
+            "written: {}, {} and {}",
+            json.display(),
+            md.display(),
+            svg.display()
+        );
         Ok(())
     }
 }
