@@ -304,6 +304,13 @@ macro_rules! for_each_map {
             MONITOR_CONFIG: array(u32 => $crate::monitor::MonitorConfig; 1), pinned, Monitor 1;
             /// Per CPU: the rate limit's token bucket.
             MONITOR_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 1;
+            /// Frames of one port (`monitor::DropEvent`, with their action) while `xnic capture`
+            /// holds the lease in `CAPTURE_CONFIG`. Written by the delivery step.
+            CAPTURE_RING: ringbuf(u32 => u32; $crate::monitor::CAPTURE_RING_BYTES), pinned, Monitor 1;
+            /// The capture's lease, port and rate limit. Written by `xnic capture`.
+            CAPTURE_CONFIG: array(u32 => $crate::monitor::MonitorConfig; 1), pinned, Monitor 1;
+            /// Per CPU: the capture's token bucket.
+            CAPTURE_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 1;
             /// Per CPU: `monitor::MonitorCounter`.
             MONITOR_STATS: percpu_array(u32 => u64; $crate::limits::MONITOR_SLOTS as u32), pinned, Monitor 1;
 

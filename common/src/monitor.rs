@@ -17,11 +17,17 @@ const _: () = assert!(SNAP_LEN.is_power_of_two());
 /// dropped, few enough that writing them costs a flooded CPU about 1 %.
 pub const DEFAULT_RATE: u32 = 1000;
 
+/// The capture ring's size: a second of a 10,000 frames/s capture with room to spare.
+pub const CAPTURE_RING_BYTES: u32 = 4 << 20;
+
+/// Frames per second per CPU `xnic capture` takes unless asked otherwise.
+pub const DEFAULT_CAPTURE_RATE: u32 = 10_000;
+
 /// How long a lease lasts: a monitor renews it every second, and a monitor that died stops
 /// costing anything two seconds later.
 pub const LEASE_NS: u64 = 2_000_000_000;
 
-/// `MONITOR_CONFIG[0]`, written by `xnic monitor`.
+/// `MONITOR_CONFIG[0]`, written by `xnic monitor`; `CAPTURE_CONFIG[0]`, by `xnic capture`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MonitorConfig {
@@ -32,7 +38,8 @@ pub struct MonitorConfig {
     /// Events per second per CPU, and the burst the bucket holds.
     pub rate: u32,
     pub burst: u32,
-    pub _pad: u32,
+    /// `xnic capture`: the port whose frames are taken (its ifindex).
+    pub ifindex: u32,
 }
 
 /// Per CPU: the rate limit's token bucket (`MONITOR_BUCKET[0]`).
@@ -88,7 +95,8 @@ pub struct DropEvent {
     pub len: u32,
     pub captured: u32,
     pub cpu: u32,
-    pub _pad: u32,
+    /// The XDP action the frame got (`xdp_action`).
+    pub action: u32,
     pub head: [u8; SNAP_LEN],
 }
 
@@ -103,6 +111,11 @@ crate::counters! {
         RateLimited = 2 => "rate_limited",
         /// The ring was full (the reader is behind).
         RingFull = 3 => "ring_full",
+        /// `xnic capture`: frames written to its ring, over its rate limit, or finding its
+        /// ring full.
+        CaptureEmitted = 4 => "capture_emitted",
+        CaptureRateLimited = 5 => "capture_rate_limited",
+        CaptureRingFull = 6 => "capture_ring_full",
     }
 }
 

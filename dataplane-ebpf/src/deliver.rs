@@ -193,6 +193,7 @@ pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
     };
     let dropped = action == xdp_action::XDP_DROP;
     count(cx, dropped);
+    crate::monitor::delivered(xdp, cx, action);
     if dropped {
         crate::monitor::dropped(xdp, cx);
         debug!(

@@ -1,21 +1,27 @@
-//! The monitor step of the delivery step: a dropped frame becomes a `DropEvent` in
-//! `MONITOR_RING` while a monitor holds the lease, sampled and rate-limited per CPU (see
-//! `xnic_common::monitor`). Off, it costs a drop one array lookup.
+//! The monitor step of the delivery step: while `xnic monitor` holds its lease, a dropped
+//! frame becomes a `DropEvent` in `MONITOR_RING`; while `xnic capture` holds its lease, every
+//! frame of its port becomes one in `CAPTURE_RING`, with the action it got. Both are sampled
+//! and rate-limited per CPU (see `xnic_common::monitor`); off, each costs one array lookup.
 
 use aya_ebpf::{
+    bindings::xdp_action,
     helpers::{
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes,
     },
+    maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use xnic_common::{
     ctx::FrameCtx,
     limits::UNKNOWN_PORT_SLOT,
     maps::NO_VM,
-    monitor::{DropEvent, MonitorCounter, SNAP_LEN, admit},
+    monitor::{Bucket, DropEvent, MonitorConfig, MonitorCounter, SNAP_LEN, admit},
 };
 
-use crate::maps::{MONITOR_BUCKET, MONITOR_CONFIG, MONITOR_RING, MONITOR_STATS};
+use crate::maps::{
+    CAPTURE_BUCKET, CAPTURE_CONFIG, CAPTURE_RING, MONITOR_BUCKET, MONITOR_CONFIG, MONITOR_RING,
+    MONITOR_STATS,
+};
 
 #[inline(always)]
 fn count(c: MonitorCounter) {
@@ -25,13 +31,55 @@ fn count(c: MonitorCounter) {
     }
 }
 
+/// One stream of events: its settings, bucket and ring, and its counters. Built where it is
+/// used, from the map statics, so each map reference stays a constant the loader relocates
+/// (the verifier takes no map pointer read from memory).
+struct Stream<'m> {
+    config: &'m Array<MonitorConfig>,
+    bucket: &'m PerCpuArray<Bucket>,
+    ring: &'m RingBuf,
+    sampled: MonitorCounter,
+    limited: MonitorCounter,
+    full: MonitorCounter,
+    emitted: MonitorCounter,
+}
+
 /// Reports the frame `cx` describes, just dropped, if a monitor is listening.
 #[inline(always)]
 pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
-    let Some(cfg) = MONITOR_CONFIG.get(0) else {
+    let drops = Stream {
+        config: &MONITOR_CONFIG,
+        bucket: &MONITOR_BUCKET,
+        ring: &MONITOR_RING,
+        sampled: MonitorCounter::Sampled,
+        limited: MonitorCounter::RateLimited,
+        full: MonitorCounter::RingFull,
+        emitted: MonitorCounter::Emitted,
+    };
+    report(&drops, xdp, cx, xdp_action::XDP_DROP, false);
+}
+
+/// Reports the frame `cx` describes with the action it got, if a capture of its port runs.
+#[inline(always)]
+pub fn delivered(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
+    let capture = Stream {
+        config: &CAPTURE_CONFIG,
+        bucket: &CAPTURE_BUCKET,
+        ring: &CAPTURE_RING,
+        sampled: MonitorCounter::Sampled,
+        limited: MonitorCounter::CaptureRateLimited,
+        full: MonitorCounter::CaptureRingFull,
+        emitted: MonitorCounter::CaptureEmitted,
+    };
+    report(&capture, xdp, cx, action, true);
+}
+
+#[inline(always)]
+fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port: bool) {
+    let Some(cfg) = s.config.get(0) else {
         return;
     };
-    if cfg.until_ns == 0 {
+    if cfg.until_ns == 0 || one_port && cfg.ifindex != cx.ifindex {
         return;
     }
     // SAFETY: helper without arguments.
@@ -41,19 +89,19 @@ pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
     }
     // SAFETY: helper without arguments.
     if cfg.sample > 1 && unsafe { bpf_get_prandom_u32() } % cfg.sample != 0 {
-        count(MonitorCounter::Sampled);
+        count(s.sampled);
         return;
     }
-    let Some(bucket) = MONITOR_BUCKET.get_ptr_mut(0) else {
+    let Some(bucket) = s.bucket.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU slot, as in `count`.
     if !admit(unsafe { &mut *bucket }, now, cfg.rate, cfg.burst) {
-        count(MonitorCounter::RateLimited);
+        count(s.limited);
         return;
     }
-    let Some(mut entry) = MONITOR_RING.reserve::<DropEvent>(0) else {
-        count(MonitorCounter::RingFull);
+    let Some(mut entry) = s.ring.reserve::<DropEvent>(0) else {
+        count(s.full);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -69,7 +117,7 @@ pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
         (*e).reason = cx.verdict.reason as u32;
         (*e).len = cx.len as u32;
         (*e).cpu = bpf_get_smp_processor_id();
-        (*e)._pad = 0;
+        (*e).action = action;
         // Written so the verifier sees 1..=SNAP_LEN (SNAP_LEN is a power of two).
         let n = (captured.wrapping_sub(1) & (SNAP_LEN as u32 - 1)) + 1;
         let got =
@@ -77,5 +125,5 @@ pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
         (*e).captured = if got { captured } else { 0 };
     }
     entry.submit(0);
-    count(MonitorCounter::Emitted);
+    count(s.emitted);
 }

@@ -58,6 +58,9 @@ pub enum Command {
     /// Dropped frames as they happen: reason, stage, port, VM and headers, from the
     /// dataplane's ring buffer (sampled and rate-limited there; off while no monitor runs).
     Monitor(MonitorArgs),
+    /// Frames of one port as XDP delivered them (after the pipeline), with their verdict:
+    /// one line each, or a pcapng file (-w) whose packet comments hold the verdicts.
+    Capture(CaptureArgs),
     /// A live view of ports, VMs, CPUs and uplinks with their rates, refreshed every second
     /// (keys: s sort, r reverse, / filter, q quit).
     Top(ReadArgs),
@@ -874,5 +877,25 @@ pub struct MonitorArgs {
     pub sample: u32,
     /// Events per second per CPU at most (in the dataplane); the rest are counted.
     #[arg(long, value_name = "N", default_value_t = xnic_common::monitor::DEFAULT_RATE)]
+    pub rate: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The port (a VM port or an uplink, as `xnic status` names it).
+    pub port: String,
+    #[command(flatten)]
+    pub instance: InstanceArg,
+    /// Write a pcapng file (readable by tshark and Wireshark) instead of printing lines.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Frames per second per CPU at most (in the dataplane); the rest are counted.
+    #[arg(long, value_name = "N", default_value_t = xnic_common::monitor::DEFAULT_CAPTURE_RATE)]
     pub rate: u32,
 }

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod args;
+mod capture;
 mod check;
 mod demo;
 mod down;
@@ -43,6 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Config(a) => apply::show(&a),
         Command::Events(a) => events::run(&a),
         Command::Monitor(a) => monitor::run(&a),
+        Command::Capture(a) => capture::run(&a),
         Command::Top(a) => top::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Vm(VmCommand::List(a)) => vm::list(&a),

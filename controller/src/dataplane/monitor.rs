@@ -28,6 +28,8 @@ pub struct Monitor {
     config: Array<MapData, MonitorConfig>,
     stats: PerCpuArray<MapData, u64>,
     settings: MonitorSettings,
+    /// The port a capture takes (0: a monitor of drops).
+    ifindex: u32,
 }
 
 /// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
@@ -38,17 +40,53 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Monitor {
-    /// Opens instance `pins`' monitor maps and takes the lease.
+    /// Opens instance `pins`' monitor maps and takes the lease: dropped frames.
     pub fn open(pins: &PinDir, settings: MonitorSettings) -> anyhow::Result<Monitor> {
+        Self::stream(
+            pins,
+            settings,
+            0,
+            registry::MONITOR_RING::NAME,
+            registry::MONITOR_CONFIG::NAME,
+        )
+    }
+
+    /// Opens instance `pins`' capture maps and takes their lease: every frame of the port
+    /// `ifindex`, with its action.
+    pub fn capture(
+        pins: &PinDir,
+        settings: MonitorSettings,
+        ifindex: u32,
+    ) -> anyhow::Result<Monitor> {
+        Self::stream(
+            pins,
+            settings,
+            ifindex,
+            registry::CAPTURE_RING::NAME,
+            registry::CAPTURE_CONFIG::NAME,
+        )
+    }
+
+    fn stream(
+        pins: &PinDir,
+        settings: MonitorSettings,
+        ifindex: u32,
+        ring: &str,
+        config: &str,
+    ) -> anyhow::Result<Monitor> {
         let mut m = Monitor {
-            ring: RingBuf::try_from(Map::RingBuf(pinned(pins, registry::MONITOR_RING::NAME)?))?,
-            config: Array::try_from(Map::Array(pinned(pins, registry::MONITOR_CONFIG::NAME)?))?,
+            ring: RingBuf::try_from(Map::RingBuf(pinned(pins, ring)?))?,
+            config: Array::try_from(Map::Array(pinned(pins, config)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(
                 pins,
                 registry::MONITOR_STATS::NAME,
             )?))?,
             settings,
+            ifindex,
         };
+        // What is in the ring was written under an earlier lease (a monitor that exited
+        // before it read everything): not this one's.
+        while m.ring.next().is_some() {}
         m.renew()?;
         Ok(m)
     }
@@ -63,7 +101,7 @@ impl Monitor {
             sample: s.sample,
             rate: s.rate,
             burst: s.burst,
-            _pad: 0,
+            ifindex: self.ifindex,
         };
         self.config
             .set(0, config, 0)
