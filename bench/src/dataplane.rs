@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// The "VM" whose frames the VM-port program sees.
-const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
+pub(crate) const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
 const GEN_IP: &str = "10.99.0.1";
 const DUT_IP: &str = "10.99.0.2";
 const TEST_RUN_REPEAT: u32 = 1_000_000;
@@ -327,17 +327,7 @@ impl Bench {
                 baseline_link = Some((p, self.baseline.attach(p, tap.ifindex)?));
             }
             Scenario::XnicVm => {
-                let mut to = self.image.clone();
-                let mut entry = PortEntry::new(2, 0, PortRole::Vm);
-                entry.mac = VM_MAC;
-                to.ports.insert(tap.ifindex, entry);
-                to.macs.insert(
-                    VM_MAC,
-                    MacOwner {
-                        vm_slot: 0,
-                        port_ifindex: tap.ifindex,
-                    },
-                );
+                let to = with_vm_port(&self.image, tap.ifindex, 2);
                 self.image = self.dp.write_image(&self.image, to)?;
                 self.dp.attach(
                     TAP_NAME,
@@ -362,6 +352,23 @@ impl Bench {
 }
 
 const TAP_NAME: &str = "xtap0";
+
+/// `from` with the interface `ifindex` as port slot `port_slot`: VM 0's port, which owns
+/// [`VM_MAC`].
+pub(crate) fn with_vm_port(from: &Image, ifindex: u32, port_slot: u32) -> Image {
+    let mut to = from.clone();
+    let mut entry = PortEntry::new(port_slot, 0, PortRole::Vm);
+    entry.mac = VM_MAC;
+    to.ports.insert(ifindex, entry);
+    to.macs.insert(
+        VM_MAC,
+        MacOwner {
+            vm_slot: 0,
+            port_ifindex: ifindex,
+        },
+    );
+    to
+}
 
 /// How long the guest's iperf3 runs, seconds.
 const GUEST_IPERF_SECS: u32 = 3;

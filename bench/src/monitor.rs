@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::bail;
@@ -21,18 +21,14 @@ use xnic::{
     netns,
     policy::plan::Image,
 };
-use xnic_common::{
-    maps::{MacOwner, PortEntry, PortRole},
-    monitor::DEFAULT_RATE,
-};
+use xnic_common::{maps::PortRole, monitor::DEFAULT_RATE};
 
 use crate::{
-    dataplane::{DataplaneGuard, Tap},
+    dataplane::{DataplaneGuard, Tap, with_vm_port},
     flag,
     report::{Better, Report, median},
 };
 
-const VM_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x10];
 const SPOOFED_MAC: [u8; 6] = [0x02, 0x66, 0, 0, 0, 0x01];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,17 +52,12 @@ impl Reader {
         let mut m = Monitor::open(&PinDir::new(instance), settings)?;
         let (s, e) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || {
-            let mut renewed = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                if renewed.elapsed() > Duration::from_millis(500) {
-                    m.renew()?;
-                    renewed = Instant::now();
-                }
-                if m.next(Duration::from_millis(50))?.is_some() {
+            m.follow(|event| {
+                if event.is_some() {
                     e.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            Ok(())
+                Ok(!s.load(Ordering::Relaxed))
+            })
         });
         Ok(Reader {
             stop,
@@ -102,18 +93,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut dp = Dataplane::open(&instance, 3)?;
     let tap = Tap::create("xmon0", &ns)?;
     let image = Image::default();
-    let mut to = image.clone();
-    let mut entry = PortEntry::new(1, 0, PortRole::Vm);
-    entry.mac = VM_MAC;
-    to.ports.insert(tap.ifindex, entry);
-    to.macs.insert(
-        VM_MAC,
-        MacOwner {
-            vm_slot: 0,
-            port_ifindex: tap.ifindex,
-        },
-    );
-    dp.write_image(&image, to)?;
+    dp.write_image(&image, with_vm_port(&image, tap.ifindex, 1))?;
     dp.attach(
         "xmon0",
         tap.ifindex,

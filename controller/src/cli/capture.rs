@@ -5,8 +5,7 @@
 
 use std::{
     borrow::Cow,
-    sync::atomic::Ordering,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -28,8 +27,6 @@ use xnic_proto::api::StatusView;
 
 use super::{args::CaptureArgs, block_on, frame_summary::summary, resolve_instance};
 use crate::dataplane::{Monitor, MonitorSettings, PinDir};
-
-const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// What an XDP action is called.
 fn action_name(a: u32) -> &'static str {
@@ -106,45 +103,34 @@ pub fn run(a: &CaptureArgs) -> anyhow::Result<()> {
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
     let mono_ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
     let wall_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
-    let started = Instant::now();
-    let mut renewed = Instant::now();
+    let until = super::monitor::Until::new(&stop, a.count, a.duration);
     let mut taken = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if a.count.is_some_and(|n| taken >= n)
-            || a.duration
-                .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
-        {
-            break;
-        }
-        if renewed.elapsed() >= RENEW_EVERY {
-            m.renew()?;
-            renewed = Instant::now();
-        }
-        let Some(e) = m.next(Duration::from_millis(100))? else {
-            continue;
-        };
-        let head = &e.head[..(e.captured as usize).min(e.head.len())];
-        taken += 1;
-        match &mut writer {
-            Some(w) => {
-                let at = wall_ns.wrapping_sub(mono_ns).wrapping_add(e.ts_ns);
-                w.write_pcapng_block(EnhancedPacketBlock {
-                    interface_id: 0,
-                    timestamp: Duration::from_nanos(at),
-                    original_len: e.len,
-                    data: Cow::Borrowed(head),
-                    options: vec![EnhancedPacketOption::Comment(Cow::Owned(verdict(&e)))],
-                })
-                .context("cannot write to the capture file")?;
+    m.follow(|e| {
+        if let Some(e) = e {
+            let head = &e.head[..(e.captured as usize).min(e.head.len())];
+            taken += 1;
+            match &mut writer {
+                Some(w) => {
+                    let at = wall_ns.wrapping_sub(mono_ns).wrapping_add(e.ts_ns);
+                    w.write_pcapng_block(EnhancedPacketBlock {
+                        interface_id: 0,
+                        timestamp: Duration::from_nanos(at),
+                        original_len: e.len,
+                        data: Cow::Borrowed(head),
+                        options: vec![EnhancedPacketOption::Comment(Cow::Owned(verdict(&e)))],
+                    })
+                    .context("cannot write to the capture file")?;
+                }
+                None => println!(
+                    "{:.6} {}: {}",
+                    e.ts_ns as f64 / 1e9,
+                    verdict(&e),
+                    summary(head).text
+                ),
             }
-            None => println!(
-                "{:.6} {}: {}",
-                e.ts_ns as f64 / 1e9,
-                verdict(&e),
-                summary(head).text
-            ),
         }
-    }
+        Ok(until.more(taken))
+    })?;
     if let Some(mut w) = writer {
         use std::io::Write as _;
         w.get_mut()

@@ -5,8 +5,8 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -21,9 +21,6 @@ use super::{
     resolve_instance,
 };
 use crate::dataplane::{Monitor, MonitorSettings, PinDir};
-
-/// How often the lease is renewed (it lasts `monitor::LEASE_NS`).
-const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// One event, as `--json` prints it.
 #[derive(Serialize)]
@@ -40,6 +37,35 @@ struct Shown<'a> {
     headers: &'a FrameSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     head: Option<String>,
+}
+
+/// When a follower of the dataplane's events stops: on a signal, after `count` events, after
+/// `duration` seconds, whichever comes first.
+pub(super) struct Until<'a> {
+    stop: &'a AtomicBool,
+    count: Option<u64>,
+    duration: Option<f64>,
+    started: Instant,
+}
+
+impl<'a> Until<'a> {
+    pub(super) fn new(stop: &'a AtomicBool, count: Option<u64>, duration: Option<f64>) -> Self {
+        Until {
+            stop,
+            count,
+            duration,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether to go on after `done` events.
+    pub(super) fn more(&self, done: u64) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && self.count.is_none_or(|n| done < n)
+            && self
+                .duration
+                .is_none_or(|d| self.started.elapsed().as_secs_f64() < d)
+    }
 }
 
 /// Port and VM names by slot, from the daemon.
@@ -107,28 +133,17 @@ pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
             settings.sample, settings.rate
         );
     }
-    let started = Instant::now();
-    let mut renewed = Instant::now();
+    let until = Until::new(&stop, a.count, a.duration);
     let mut shown = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if a.count.is_some_and(|n| shown >= n)
-            || a.duration
-                .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+    m.follow(|e| {
+        if let Some(e) = e
+            && let Some(line) = render(a, &names, &wanted, &e)?
         {
-            break;
-        }
-        if renewed.elapsed() >= RENEW_EVERY {
-            m.renew()?;
-            renewed = Instant::now();
-        }
-        let Some(e) = m.next(Duration::from_millis(100))? else {
-            continue;
-        };
-        if let Some(line) = render(a, &names, &wanted, &e)? {
             println!("{line}");
             shown += 1;
         }
-    }
+        Ok(until.more(shown))
+    })?;
     if !a.json {
         let counts: Vec<String> = m
             .counters()?

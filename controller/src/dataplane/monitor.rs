@@ -2,7 +2,10 @@
 //! `MONITOR_RING` and the per-CPU counters, through the pinned maps (the monitor is a CLI
 //! process beside the daemon, like `xnic rings run`).
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::{
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
@@ -14,6 +17,12 @@ use super::{
     flows::pinned,
     registry::{self, Registered},
 };
+
+/// How often [`Monitor::follow`] renews the lease (it lasts [`LEASE_NS`]).
+const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// How long [`Monitor::follow`] waits for an event before it asks its caller again.
+pub const WAIT: Duration = Duration::from_millis(100);
 
 /// What the dataplane is asked to report.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +115,25 @@ impl Monitor {
         self.config
             .set(0, config, 0)
             .context("cannot write MONITOR_CONFIG")
+    }
+
+    /// Holds the lease and hands `on` each event as it comes, and `None` at least every
+    /// [`WAIT`] without one (for the caller's own stop conditions), until `on` answers false.
+    pub fn follow(
+        &mut self,
+        mut on: impl FnMut(Option<DropEvent>) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let mut renewed = Instant::now();
+        loop {
+            if renewed.elapsed() >= RENEW_EVERY {
+                self.renew()?;
+                renewed = Instant::now();
+            }
+            let e = self.next(WAIT)?;
+            if !on(e)? {
+                return Ok(());
+            }
+        }
     }
 
     /// The next event, waiting up to `timeout` for one.
