@@ -287,6 +287,27 @@ impl Drop for TestLab {
     }
 }
 
+/// The kernel's ids of the maps `instance` has pinned.
+pub fn pinned_map_ids(instance: &str) -> Vec<u32> {
+    let dir = PathBuf::from(PIN_ROOT).join(instance).join("maps");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| aya::maps::MapData::from_pin(e.path()).ok())
+        .filter_map(|m| m.info().ok())
+        .map(|info| info.id())
+        .collect()
+}
+
+/// Which of the maps `ids` the kernel still holds.
+pub fn maps_alive(ids: &[u32]) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|&id| aya::maps::MapInfo::from_id(id).is_ok())
+        .collect()
+}
+
 /// Polls `cond` every 50 ms for up to `limit`; true if it held.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + limit;

@@ -11,7 +11,9 @@ use xnic::{
         traffic::{Receiver, UdpStream, send_udp},
     },
 };
-use xnic_tests::{TestLab, reason_count, total_frames, xnic};
+use xnic_tests::{
+    TestLab, eventually, maps_alive, pinned_map_ids, reason_count, total_frames, xnic,
+};
 
 const TOR_IP: &str = "10.77.0.1";
 
@@ -165,6 +167,8 @@ fn down_removes_everything_it_attached_and_pinned() {
     assert_eq!(t.interfaces_with_xdp().len(), 4);
     let pins = format!("/sys/fs/bpf/xnic/{}", t.instance);
     assert!(std::path::Path::new(&pins).exists());
+    let map_ids = pinned_map_ids(&t.instance);
+    assert!(map_ids.len() > 10, "{map_ids:?}");
 
     let out = xnic(&["down", "--instance", &t.instance]);
     assert!(
@@ -175,6 +179,15 @@ fn down_removes_everything_it_attached_and_pinned() {
     t.take_daemon().wait(Duration::from_secs(10)).unwrap();
     assert!(t.interfaces_with_xdp().is_empty(), "no XDP left");
     assert!(!std::path::Path::new(&pins).exists(), "no pins left");
+    // Nothing holds the maps any more, so the kernel frees them (it does so shortly after,
+    // not at once). CPU and device map entries holding programs that use those maps would
+    // keep the whole dataplane alive.
+    let mut alive = map_ids.clone();
+    eventually(Duration::from_secs(10), || {
+        alive = maps_alive(&map_ids);
+        alive.is_empty()
+    });
+    assert!(alive.is_empty(), "the kernel still holds maps {alive:?}");
     assert!(
         !xnic::config::socket_path(&t.instance).exists(),
         "no socket left"

@@ -1169,6 +1169,38 @@ pub struct Teardown {
     pub maps: Vec<String>,
 }
 
+/// Empties the CPU map and the device maps, whose entries hold programs: those programs
+/// hold the maps in turn, and the kernel frees such a cycle only when the entries go (it
+/// does so for program arrays by itself, not for CPU and device maps). Without this every
+/// dataplane taken down stayed in kernel memory, flow table and all.
+fn release_programs(pins: &PinDir) {
+    use xnic_common::mapdefs::{MAPS, MapKind};
+    for spec in MAPS.iter().filter(|m| m.pinned) {
+        let Ok(data) = MapData::from_pin(pins.maps().join(spec.name)) else {
+            continue;
+        };
+        match spec.kind {
+            MapKind::CpuMap => {
+                if let Ok(mut cpus) = CpuMap::try_from(aya::maps::Map::CpuMap(data)) {
+                    for cpu in 0..cpus.len() {
+                        // A queue size of 0 removes the CPU's entry.
+                        let _ = cpus.set(cpu, 0, None, 0);
+                    }
+                }
+            }
+            MapKind::DevMapHash => {
+                if let Ok(mut ports) = DevMapHash::try_from(aya::maps::Map::DevMapHash(data)) {
+                    let keys: Vec<u32> = ports.keys().filter_map(Result::ok).collect();
+                    for k in keys {
+                        let _ = ports.remove(k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Removes everything an instance pinned: links first (which detaches its programs from every
 /// interface), then maps, then the directory. Works whether or not a daemon runs.
 pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
@@ -1202,6 +1234,7 @@ pub fn teardown(instance: &str) -> anyhow::Result<Teardown> {
         let path = pins.calls().join(&table);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
+    release_programs(&pins);
     for map in list_dir(&pins.maps())? {
         let path = pins.maps().join(&map);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
