@@ -8,6 +8,7 @@
 mod counters;
 pub mod csum;
 pub mod ctx;
+pub mod dry_run;
 pub mod flow;
 pub mod frame;
 pub mod hash;

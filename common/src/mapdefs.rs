@@ -318,6 +318,19 @@ macro_rules! for_each_map {
             /// (parsed headers, port, verdict, next hop). Not pinned: it holds nothing
             /// between frames.
             SCRATCH: percpu_array(u32 => $crate::ctx::FrameCtx; 1), unpinned, Pipeline 1;
+            /// Per CPU: a dry run's steps (`dry_run::DryRunLog`). Written only by the copy of
+            /// the programs `xnic trace` loads; the daemon's never record.
+            DRY_STEPS: percpu_array(u32 => $crate::dry_run::DryRunLog; 1), unpinned, Pipeline 1;
+            /// Per CPU: what a dry run's flow stage writes instead of the flow's `FLOW_LIVE`
+            /// entry (copied from it first), so a trace changes no flow.
+            DRY_FLOW_LIVE: percpu_array(u32 => $crate::flow::FlowLive; 1), unpinned, Pipeline 1;
+            /// Per CPU: a dry run's copy of the RSS flow slot it reads and writes.
+            DRY_FLOW_SLOT: percpu_array(u32 => $crate::rss::FlowSlot; 1), unpinned, Pipeline 1;
+            /// Per CPU: a dry run's copy of the RSS flow's dequeue counts.
+            DRY_FLOW_DONE: percpu_array(u32 => $crate::rss::FlowDone; 1), unpinned, Pipeline 1;
+            /// Per CPU: a dry run's copy of the VM's token bucket, so a trace spends none of
+            /// its allocation.
+            DRY_VM_BUCKET: percpu_array(u32 => $crate::team::VmBucket; 1), unpinned, Pipeline 1;
             /// Per CPU: this instance's redirects, so the devmap tracepoint tells its flushes
             /// from another namespace's (`xmit::RedirectMark`). Not pinned: each daemon's
             /// programs keep their own.

@@ -60,6 +60,8 @@ unsafe impl aya::Pod for crate::flow::FlowState {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::FlowLive {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::dry_run::DryRunLog {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::FlowConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::Tunnel {}

@@ -4,6 +4,7 @@
 use aya_ebpf::{maps::ProgramArray, programs::XdpContext};
 use xnic_common::{
     ctx::{Call, FrameCtx, Next},
+    dry_run::Stage,
     verdict::Reason,
 };
 
@@ -42,6 +43,7 @@ pub fn jump(xdp: &XdpContext, cx: &mut FrameCtx, call: Call) -> u32 {
 /// [`jump`] through the table of `stages`.
 #[inline(always)]
 pub fn jump_in(stages: Stages, xdp: &XdpContext, cx: &mut FrameCtx, call: Call) -> u32 {
+    crate::dry_run::step(cx, Stage::Call, call as u32);
     // SAFETY: a tail call into a program of the same type and attach type; control does not
     // come back when it succeeds, and nothing here needs dropping.
     unsafe { stages.table().tail_call(xdp, call as u32) };

@@ -158,6 +158,10 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
 
 #[inline(always)]
 fn count(cx: &FrameCtx, dropped: bool) {
+    // A trace's frame is counted nowhere.
+    if crate::dry_run::active() {
+        return;
+    }
     let bytes = cx.len;
     let slot = cx.port().map_or(UNKNOWN_PORT_SLOT, |p| p.slot);
     bump(&VERDICTS_V2, verdict_index(slot, cx.verdict.reason), bytes);
@@ -204,5 +208,6 @@ pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
             cx.len
         );
     }
+    crate::dry_run::step(cx, xnic_common::dry_run::Stage::Deliver, action);
     action
 }

@@ -36,12 +36,17 @@ use xnic_common::{
 
 use crate::{
     atomic,
-    maps::{FLOW_CONFIG, FLOW_LIVE, FLOW_STATE, FLOW_STATS, FLOW_TUNNELS, FLOW_TX, FLOWS},
+    maps::{
+        DRY_FLOW_LIVE, FLOW_CONFIG, FLOW_LIVE, FLOW_STATE, FLOW_STATS, FLOW_TUNNELS, FLOW_TX, FLOWS,
+    },
     tag,
 };
 
 #[inline(always)]
 pub fn count(c: FlowCounter) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(v) = FLOW_STATS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
@@ -143,7 +148,7 @@ fn fast(xdp: &XdpContext, cx: &mut FrameCtx, key: &FlowKey, outer_len: usize) ->
         count(FlowCounter::Missed);
         return false;
     };
-    let (Some(state), Some(live)) = (FLOW_STATE.get(r.slot), FLOW_LIVE.get_ptr_mut(r.slot)) else {
+    let (Some(state), Some(live)) = (FLOW_STATE.get(r.slot), live_entry(r.slot)) else {
         return false;
     };
     // SAFETY: a value in the FLOW_LIVE array, which lives as long as the map; programs on
@@ -280,11 +285,17 @@ fn behind(xdp: &XdpContext, cx: &mut FrameCtx) {
     };
 }
 
+/// Flow `slot`'s `FLOW_LIVE` entry, or in a dry run this CPU's copy of it.
+#[inline(always)]
+fn live_entry(slot: u32) -> Option<*mut FlowLive> {
+    crate::dry_run::private(FLOW_LIVE.get_ptr_mut(slot)?, &DRY_FLOW_LIVE)
+}
+
 /// The live direction a frame context's `offload` names.
 #[inline(always)]
 fn live_dir(slot_dir: u32) -> Option<*mut flow::LiveDir> {
-    let live = FLOW_LIVE.get_ptr_mut(slot_dir / 2)?;
-    // SAFETY: `live` points into the FLOW_LIVE array value.
+    let live = live_entry(slot_dir / 2)?;
+    // SAFETY: `live` points into the FLOW_LIVE array value (or a dry run's copy).
     Some(unsafe { &raw mut (*live).dirs[(slot_dir & 1) as usize] })
 }
 

@@ -32,6 +32,7 @@ mod calls;
 mod carrier;
 mod classify;
 mod deliver;
+mod dry_run;
 mod flow;
 mod lookup;
 mod maps;

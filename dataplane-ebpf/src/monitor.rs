@@ -25,6 +25,9 @@ use crate::maps::{
 
 #[inline(always)]
 fn count(c: MonitorCounter) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(v) = MONITOR_STATS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
@@ -47,6 +50,10 @@ struct Stream<'m> {
 /// Reports the frame `cx` describes, just dropped, if a monitor is listening.
 #[inline(always)]
 pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
+    // A trace's frame is not one the network sent.
+    if crate::dry_run::active() {
+        return;
+    }
     let drops = Stream {
         config: &MONITOR_CONFIG,
         bucket: &MONITOR_BUCKET,
@@ -62,6 +69,9 @@ pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
 /// Reports the frame `cx` describes with the action it got, if a capture of its port runs.
 #[inline(always)]
 pub fn delivered(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
+    if crate::dry_run::active() {
+        return;
+    }
     let capture = Stream {
         config: &CAPTURE_CONFIG,
         bucket: &CAPTURE_BUCKET,

@@ -22,6 +22,7 @@ use aya_ebpf::{
 };
 use xnic_common::{
     ctx::{CTX_WORKER, Call, FrameCtx},
+    dry_run::{FlowOutcome, NO_DETAIL, Stage},
     frame::Frame,
     maps::PortRole,
     parse::parse,
@@ -31,9 +32,9 @@ use crate::{
     calls::{self, Stages},
     classify::{self, Route},
     deliver::deliver,
-    flow,
+    dry_run, flow,
     maps::SCRATCH,
-    rings, shape, steer, team, vnic,
+    rings, shape, steer, tag, team, vnic,
 };
 
 /// This CPU's frame context.
@@ -58,7 +59,9 @@ fn start<'a>(xdp: &XdpContext, cx: &mut FrameCtx, role: PortRole) -> Frame<'a> {
     let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
+    dry_run::step(cx, Stage::Parse, u32::from(cx.parsed.shapes));
     classify::classify(cx, role);
+    dry_run::step(cx, Stage::Classify, cx.port().map_or(NO_DETAIL, |p| p.slot));
     frame
 }
 
@@ -69,25 +72,44 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     };
     let frame = start(xdp, cx, role);
     if role == PortRole::Uplink && rings::take(xdp, &frame, cx) {
+        dry_run::step(cx, Stage::Rings, cx.next.target);
         return deliver(xdp, cx);
     }
     if role == PortRole::Uplink && vnic::wants(cx) {
         if let Some(engine) = vnic::worker_engine()
             && let Some(cpu) = steer::vnic_worker(xdp, cx, engine)
-            && let Some(action) = crate::deliver::to_worker(xdp, cx, cpu)
         {
-            return action;
+            if dry_run::active() {
+                // A trace runs the worker's stages here, as that CPU would.
+                tag::undo(xdp, cx);
+                dry_run::step(cx, Stage::Worker, cpu);
+            } else if let Some(action) = crate::deliver::to_worker(xdp, cx, cpu) {
+                return action;
+            }
         }
         return calls::jump(xdp, cx, Call::Vnic);
     }
-    match flow::offer(xdp, cx, role == PortRole::Uplink) {
+    let offer = flow::offer(xdp, cx, role == PortRole::Uplink);
+    let found = match offer {
+        flow::Offer::Taken => FlowOutcome::Taken,
+        flow::Offer::Decap => FlowOutcome::Decap,
+        flow::Offer::Miss => FlowOutcome::Miss,
+    };
+    dry_run::step(cx, Stage::Flow, found as u32);
+    match offer {
         flow::Offer::Taken => return deliver(xdp, cx),
         flow::Offer::Decap => return calls::jump(xdp, cx, Call::FlowDecap),
         flow::Offer::Miss => {}
     }
     match classify::route(cx, role) {
-        Route::Deliver => deliver(xdp, cx),
-        Route::Call(call) => calls::jump(xdp, cx, call),
+        Route::Deliver => {
+            dry_run::step(cx, Stage::Route, NO_DETAIL);
+            deliver(xdp, cx)
+        }
+        Route::Call(call) => {
+            dry_run::step(cx, Stage::Route, call as u32);
+            calls::jump(xdp, cx, call)
+        }
     }
 }
 
@@ -97,6 +119,7 @@ pub fn team_egress(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     team::egress(cx);
+    dry_run::step(cx, Stage::Team, NO_DETAIL);
     deliver(xdp, cx)
 }
 
@@ -107,6 +130,7 @@ pub fn flow_decap(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     flow::decap(xdp, cx);
+    dry_run::step(cx, Stage::Decap, NO_DETAIL);
     deliver(xdp, cx)
 }
 
@@ -117,7 +141,9 @@ pub fn vnic_arrive(xdp: &XdpContext, stages: Stages) -> u32 {
     let Some(cx) = scratch() else {
         return xdp_action::XDP_PASS;
     };
-    if vnic::arrive(xdp, cx) {
+    let onward = vnic::arrive(xdp, cx);
+    dry_run::step(cx, Stage::Vnic, cx.vnic.target);
+    if onward {
         return calls::jump_in(stages, xdp, cx, Call::VnicOut);
     }
     deliver(xdp, cx)
@@ -130,6 +156,7 @@ pub fn vnic_leave(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     vnic::leave(xdp, cx);
+    dry_run::step(cx, Stage::VnicOut, cx.vnic.target);
     deliver(xdp, cx)
 }
 
@@ -170,6 +197,7 @@ pub fn steer(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     steer::steer(xdp, cx);
+    dry_run::step(cx, Stage::Steer, NO_DETAIL);
     deliver(xdp, cx)
 }
 

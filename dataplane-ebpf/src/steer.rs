@@ -20,13 +20,16 @@ use xnic_common::{
 
 use crate::atomic::{add, load, sub};
 use crate::maps::{
-    BUCKET_STATS, ENGINES, FLOW_DONE, FLOW_SLOTS_V2, RSS_CONFIG, RSS_TABLES, STEER_STATS_V2,
-    VM_CPU_STATS, VM_RSS,
+    BUCKET_STATS, DRY_FLOW_DONE, DRY_FLOW_SLOT, ENGINES, FLOW_DONE, FLOW_SLOTS_V2, RSS_CONFIG,
+    RSS_TABLES, STEER_STATS_V2, VM_CPU_STATS, VM_RSS,
 };
 use crate::tag;
 
 #[inline(always)]
 pub fn count(c: SteerCounter) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(v) = STEER_STATS_V2.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
@@ -102,12 +105,14 @@ fn place(
 
     // Hand the flow over to `want` only once nothing of it is queued on its current CPU.
     let flow_slot = hash & (FLOW_SLOTS_LEN - 1);
-    let slot: *mut FlowSlot = FLOW_SLOTS_V2.get_ptr_mut(flow_slot)?;
+    let slot: *mut FlowSlot =
+        crate::dry_run::private(FLOW_SLOTS_V2.get_ptr_mut(flow_slot)?, &DRY_FLOW_SLOT)?;
     // SAFETY: `slot` points into the FLOW_SLOTS_V2 array value for this index.
     let current = unsafe { (*slot).cpu };
     if current != want {
         // The other side's counts, read only while the flow waits to move.
-        let done: *mut FlowDone = FLOW_DONE.get_ptr_mut(flow_slot)?;
+        let done: *mut FlowDone =
+            crate::dry_run::private(FLOW_DONE.get_ptr_mut(flow_slot)?, &DRY_FLOW_DONE)?;
         // Dequeued first: every dequeued frame was enqueued before, so in-flight ≥ 0.
         // SAFETY: `done` points into the FLOW_DONE array value; counts are read whole.
         let dequeued = load(unsafe { &raw mut (*done).dequeued });
@@ -169,6 +174,9 @@ fn place(
 /// Takes back the enqueue of a frame whose redirect to its CPU failed.
 #[inline(always)]
 pub fn undo_enqueue(flow_slot: u32) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(slot) = FLOW_SLOTS_V2.get_ptr_mut(flow_slot) {
         // SAFETY: `slot` points into the FLOW_SLOTS_V2 array value.
         sub(unsafe { &raw mut (*slot).enqueued });

@@ -18,7 +18,7 @@ use xnic_common::{
 
 use crate::{
     lookup::mac_owner,
-    maps::{MEMBER_DOWN, MEMBER_UP, TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM},
+    maps::{DRY_VM_BUCKET, MEMBER_DOWN, MEMBER_UP, TEAM_TABLES, TEAMS, VM_BUCKETS, VM_TEAM},
 };
 
 /// A teamed VM's frame for the network: sets its reason and next hop. A VM in no team keeps
@@ -143,7 +143,10 @@ fn flood_uplink(vm: &VmTeam) -> u32 {
 /// other's cost once per idle period.
 #[inline(always)]
 fn take(vm_slot: u32, cost: u64, burst_ns: u64, now: u64) -> bool {
-    let Some(bucket) = VM_BUCKETS.get_ptr_mut(vm_slot) else {
+    let Some(bucket) = VM_BUCKETS
+        .get_ptr_mut(vm_slot)
+        .and_then(|b| crate::dry_run::private(b, &DRY_VM_BUCKET))
+    else {
         return true;
     };
     // SAFETY: `bucket` points into the VM_BUCKETS array value, which lives as long as the map

@@ -63,6 +63,9 @@ const OUTER_VXLAN: usize = OUTER_UDP + 8;
 
 #[inline(always)]
 fn event(c: VnicCounter) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(v) = VNIC_EVENTS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
         unsafe { *v += 1 };
@@ -118,6 +121,9 @@ fn finish(cx: &mut FrameCtx, reason: Reason) {
 
 #[inline(always)]
 fn count_vnic(slot: u32, which: impl FnOnce(&mut vnic::VnicCounters) -> &mut Counter, len: u64) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(c) = VNIC_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, as in `event`.
         which(unsafe { &mut *c }).add(len);
@@ -126,6 +132,9 @@ fn count_vnic(slot: u32, which: impl FnOnce(&mut vnic::VnicCounters) -> &mut Cou
 
 #[inline(always)]
 fn count_route(id: u32, len: u64) {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(c) = ROUTE_STATS.get_ptr_mut(id) {
         // SAFETY: a map value, aligned; shared between CPUs, hence atomic adds.
         unsafe {
@@ -430,8 +439,11 @@ fn routed(cx: &FrameCtx, table: u32) -> Option<RouteEntry> {
         Some(c) => c,
         None => {
             let c = chase(cx, table, generation)?;
-            // Best effort: a full cache evicts its least recently used.
-            let _ = ROUTE_CACHE.insert(key, c, 0);
+            // Best effort: a full cache evicts its least recently used. A trace's lookup
+            // leaves the cache as it was.
+            if !crate::dry_run::active() {
+                let _ = ROUTE_CACHE.insert(key, c, 0);
+            }
             c
         }
     };
@@ -906,6 +918,21 @@ fn nat_session(
             vnic: out.vnic,
             gateway,
         };
+        if crate::dry_run::active() {
+            // A trace takes the first free port it would, and keeps none.
+            // SAFETY: a map value, valid while the program runs; only tested for presence.
+            if unsafe { NAT_SESSIONS.get(answer) }.is_none() {
+                return Some(NatEntry {
+                    addr,
+                    port,
+                    _pad: [0; 2],
+                    vnic: out.vnic,
+                    gateway,
+                });
+            }
+            at = (at + 1) % span;
+            continue;
+        }
         if NAT_SESSIONS
             .insert(answer, back, u64::from(BPF_NOEXIST))
             .is_ok()

@@ -19,6 +19,9 @@ use crate::{
 /// Counts one of this instance's redirects on this CPU (called by the delivery step).
 #[inline(always)]
 pub fn mark_redirect() {
+    if crate::dry_run::active() {
+        return;
+    }
     if let Some(m) = REDIRECT_MARK.get_ptr_mut(0) {
         // SAFETY: this CPU's entry, touched only by programs on this CPU.
         unsafe { (*m).redirects += 1 };

@@ -869,3 +869,48 @@ pub struct SecurityListView {
     /// Subnets and VNICs that use it.
     pub used_by: Vec<String>,
 }
+
+/// `POST /v1/trace`: a frame to run through the real programs, as if it arrived on `port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// An uplink or a VM's port, by name.
+    pub port: String,
+    /// The whole frame from its Ethernet header on, in hex.
+    pub frame: String,
+}
+
+/// What a traced frame did: each stage's decision, then the verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceView {
+    pub port: String,
+    pub role: Role,
+    pub ifindex: u32,
+    pub steps: Vec<TraceStepView>,
+    /// Steps beyond what one trace records, left out (0 normally).
+    pub steps_left_out: u32,
+    /// The XDP action: `drop`, `pass`, `tx`, `redirect` or `aborted`.
+    pub action: String,
+    /// The reason the frame ended with.
+    pub reason: String,
+    /// Where it went (`the kernel`, `out of PORT`, `to CPU N`...), or why not.
+    pub next: String,
+    /// The frame as the programs left it, in hex.
+    pub frame_out: String,
+    /// What the run took in the kernel.
+    pub ns: u64,
+}
+
+/// One stage of a trace, and the frame's state once it was done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStepView {
+    pub stage: String,
+    /// What the stage found or did, in words.
+    pub decision: String,
+    /// The verdict's reason then, and its action (`pass`, `drop`, `redirect`).
+    pub reason: String,
+    pub action: String,
+    /// The VM the frame counted against then, if any.
+    pub vm: Option<String>,
+    /// Where the frame was headed then.
+    pub next: String,
+}

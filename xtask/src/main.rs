@@ -16,9 +16,10 @@ mod package;
 mod setup;
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -57,7 +58,7 @@ fn run() -> anyhow::Result<()> {
         "setup" => setup::run(),
         "build" => {
             setup::run()?;
-            build()
+            build(false)
         }
         "test" => {
             setup::run()?;
@@ -90,7 +91,7 @@ fn run() -> anyhow::Result<()> {
         }
         "lint" => {
             setup::run()?;
-            lint()
+            lint(false)
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -182,8 +183,11 @@ const EBPF_TARGET_ARGS: &[&str] = &[
 /// Every host crate: the eBPF crate only builds for the BPF target (see [`EBPF_TARGET_ARGS`]).
 const HOST_CRATES: &[&str] = &["--workspace", "--exclude", "xnic-ebpf"];
 
-fn build() -> anyhow::Result<()> {
+fn build(quiet: bool) -> anyhow::Result<()> {
     let mut args = vec!["build"];
+    if quiet {
+        args.push("--quiet");
+    }
     args.extend(HOST_CRATES);
     args.push("--all-targets");
     cargo(&args)
@@ -204,12 +208,15 @@ fn fmt(check: bool) -> anyhow::Result<()> {
     }
 }
 
-fn lint() -> anyhow::Result<()> {
+fn lint(quiet: bool) -> anyhow::Result<()> {
+    let q: &[&str] = if quiet { &["--quiet"] } else { &[] };
     let mut args = vec!["clippy"];
+    args.extend(q);
     args.extend(HOST_CRATES);
     args.extend(["--all-targets", "--", "-D", "warnings"]);
     cargo(&args)?;
     let mut args = vec!["clippy"];
+    args.extend(q);
     args.extend(EBPF_TARGET_ARGS);
     args.extend(["--", "-D", "warnings"]);
     nightly_cargo(&args)
@@ -225,8 +232,9 @@ fn test(rest: &[&str]) -> anyhow::Result<()> {
         r.with_context(|| format!("stage `{name}` failed"))
     };
     stage("format", &|| fmt(true))?;
-    stage("lint", &lint)?;
-    stage("build", &build)?;
+    // Quiet: compiler progress would bury what the tests print in a CI log.
+    stage("lint", &|| lint(true))?;
+    stage("build", &|| build(true))?;
     stage("guest image", &guest_image)?;
     let extra: Vec<&str> = match rest.iter().position(|a| *a == "--") {
         Some(i) => rest[i + 1..].to_vec(),
@@ -239,13 +247,80 @@ fn test(rest: &[&str]) -> anyhow::Result<()> {
             args.push("--");
             args.extend(&extra);
         }
-        cargo(&args)
+        let before = mem_available_mib();
+        let r = cargo_within(&args, TESTS_DEADLINE);
+        eprintln!(
+            "memory available: {} MiB before the tests, {} MiB after",
+            before.unwrap_or(0),
+            mem_available_mib().unwrap_or(0)
+        );
+        r
     })?;
     eprintln!("\n== summary");
     for (name, secs) in &stages {
         eprintln!("{name:>8}: {secs:6.1} s");
     }
     Ok(())
+}
+
+/// The whole suite takes about 10 minutes on 2 cores and CI stops at 90: a run still going
+/// after this long has hung, and is better stopped with what was running printed than
+/// killed silently from outside.
+const TESTS_DEADLINE: Duration = Duration::from_secs(45 * 60);
+
+/// Runs cargo with `args` in a process group of its own; past `deadline`, prints what the
+/// group still runs, kills it and fails.
+fn cargo_within(args: &[&str], deadline: Duration) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .env("PATH", path_env())
+        .env_remove("CARGO_TERM_QUIET")
+        .current_dir(root())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("`cargo {}` failed ({status})", args.join(" "));
+            }
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            let group = child.id().to_string();
+            eprintln!(
+                "\nthe tests still run after {} min; what is running:",
+                deadline.as_secs() / 60
+            );
+            if let Ok(ps) = output("ps", &["-e", "-o", "pgid=,pid=,etime=,args="]) {
+                for line in ps
+                    .lines()
+                    .filter(|l| l.split_whitespace().next() == Some(group.as_str()))
+                {
+                    eprintln!("  {line}");
+                }
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+            let _ = child.wait();
+            bail!(
+                "the tests did not finish within {} min (stopped)",
+                deadline.as_secs() / 60
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in MiB: a suite that leaks kernel memory shows here.
+fn mem_available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn bench(rest: &[&str]) -> anyhow::Result<()> {

@@ -61,6 +61,15 @@ pub enum Command {
     /// Frames of one port as XDP delivered them (after the pipeline), with their verdict:
     /// one line each, or a pcapng file (-w) whose packet comments hold the verdicts.
     Capture(CaptureArgs),
+    /// Run one frame through the real programs against the live maps, changing nothing,
+    /// and show each stage's decision and the verdict (like `ovs-appctl ofproto/trace`).
+    ///
+    /// Describe the frame (--src, --dst, --proto, ports, flags, VLAN) or take it from a pcap
+    /// or pcapng file (--pcap, --frame N) or as hex (--hex). On a VM's port the source MAC and
+    /// address default to that VM's; a destination address one of the VMs has gives the
+    /// destination MAC. The traced frame is not counted, spends no VM's allocation, changes
+    /// no flow and is sent nowhere.
+    Trace(TraceArgs),
     /// A live view of ports, VMs, CPUs and uplinks with their rates, refreshed every second
     /// (keys: s sort, r reverse, / filter, q quit).
     Top(ReadArgs),
@@ -878,6 +887,59 @@ pub struct MonitorArgs {
     /// Events per second per CPU at most (in the dataplane); the rest are counted.
     #[arg(long, value_name = "N", default_value_t = xnic_common::monitor::DEFAULT_RATE)]
     pub rate: u32,
+}
+
+/// A traced frame's transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The port the frame arrives on (a VM port or an uplink, as `xnic status` names it).
+    #[arg(long = "in", value_name = "PORT")]
+    pub port: String,
+    /// Source MAC (default: the VM's on its port).
+    #[arg(long, value_name = "MAC")]
+    pub src_mac: Option<String>,
+    /// Destination MAC (default: the VM's whose address --dst is, else a router's).
+    #[arg(long, value_name = "MAC")]
+    pub dst_mac: Option<String>,
+    /// Source address (default: the VM's on its port, else 192.0.2.1).
+    #[arg(long, value_name = "ADDR")]
+    pub src: Option<std::net::IpAddr>,
+    /// Destination address (default 192.0.2.2).
+    #[arg(long, value_name = "ADDR")]
+    pub dst: Option<std::net::IpAddr>,
+    #[arg(long, value_enum, default_value = "udp")]
+    pub proto: TraceProto,
+    #[arg(long, value_name = "PORT", default_value_t = 40000)]
+    pub sport: u16,
+    #[arg(long, value_name = "PORT", default_value_t = 80)]
+    pub dport: u16,
+    /// TCP flags, any of S A F R P.
+    #[arg(long, value_name = "FLAGS", default_value = "S")]
+    pub tcp_flags: String,
+    /// An 802.1Q tag with this VLAN id.
+    #[arg(long, value_name = "ID")]
+    pub vlan: Option<u16>,
+    /// Payload bytes after the transport header.
+    #[arg(long, value_name = "BYTES", default_value_t = 18)]
+    pub payload: usize,
+    /// Take the frame from this pcap or pcapng file instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "hex")]
+    pub pcap: Option<PathBuf>,
+    /// Which frame of --pcap (from 1).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub frame: usize,
+    /// Take the frame as hex digits instead (from its Ethernet header on).
+    #[arg(long, value_name = "HEX")]
+    pub hex: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ mod status;
 pub mod table;
 mod team;
 mod top;
+mod trace;
 mod vm;
 mod vnic;
 
@@ -45,6 +46,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Events(a) => events::run(&a),
         Command::Monitor(a) => monitor::run(&a),
         Command::Capture(a) => capture::run(&a),
+        Command::Trace(a) => trace::run(&a),
         Command::Top(a) => top::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Vm(VmCommand::List(a)) => vm::list(&a),

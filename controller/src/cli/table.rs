@@ -1097,6 +1097,49 @@ pub fn rings_status(s: &xnic_rings::control::WorkerStatus) -> String {
     out
 }
 
+/// `xnic trace`: the frame, each stage with what the frame's context said after it, the verdict.
+pub fn trace(v: &crate::api::types::TraceView, frame: &[u8]) -> String {
+    use super::frame_summary;
+    let mut out = String::new();
+    let role = match v.role {
+        Role::Uplink => "uplink",
+        Role::Vm => "VM port",
+    };
+    let _ = writeln!(
+        out,
+        "{}-byte frame in on {} ({role}, ifindex {})",
+        frame.len(),
+        v.port,
+        v.ifindex
+    );
+    let _ = writeln!(out, "  {}", frame_summary::summary(frame).text);
+    let mut t = table(&["#", "STAGE", "DECISION", "REASON", "VM", "NEXT"], 6);
+    for (i, s) in v.steps.iter().enumerate() {
+        t.add_row([
+            (i + 1).to_string(),
+            s.stage.clone(),
+            s.decision.clone(),
+            format!("{} ({})", s.reason, s.action),
+            s.vm.clone().unwrap_or_else(|| "-".into()),
+            s.next.clone(),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+    if v.steps_left_out > 0 {
+        let _ = writeln!(out, "({} more steps not recorded)", v.steps_left_out);
+    }
+    let _ = writeln!(out, "verdict: {} ({}): {}", v.action, v.reason, v.next);
+    if hex::encode(frame) != v.frame_out && v.action != "drop" {
+        let out_frame = hex::decode(&v.frame_out).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "leaves as: {}",
+            frame_summary::summary(&out_frame).text
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use xnic_proto::{
     api::{
         ApiError, ApplyRequest, ChangeView, FlowRequest, FlowRequestView, RouteAddRequest,
         RssEngineAddRequest, RssEngineRemoved, RssEngineSetRequest, RssSetRequest, RuleAddRequest,
-        VmChanged, VmPatch,
+        TraceRequest, VmChanged, VmPatch,
     },
     config::{EngineConfig, VmConfig, VnicConfig},
 };
@@ -82,7 +82,7 @@ const ENDPOINTS: &str = "GET /v1/status, GET|POST /v1/vms, GET|PATCH|DELETE /v1/
      GET /v1/rss/events, POST /v1/rss/vms/NAME, POST /v1/rss/engines, \
      POST|PATCH|DELETE /v1/rss/engines/NAME, GET /v1/rss/engines/NAME/buckets, GET /v1/team, \
      GET /v1/team/events, GET /v1/flows, GET /v1/flows/stats, POST /v1/flows/offload, \
-     POST /v1/flows/demote, GET|POST /v1/vnics, GET /v1/vnics/stats, GET|DELETE /v1/vnics/NAME, \
+     POST /v1/flows/demote, POST /v1/trace, GET|POST /v1/vnics, GET /v1/vnics/stats, GET|DELETE /v1/vnics/NAME, \
      GET|POST|DELETE /v1/routes, GET /v1/routes/lookup, GET|POST|DELETE /v1/rules and \
      GET /metrics";
 
@@ -113,6 +113,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/flows/stats", get(flow_stats))
         .route("/v1/flows/offload", post(flows_offload))
         .route("/v1/flows/demote", post(flows_demote))
+        .route("/v1/trace", post(trace))
         .route("/v1/vnics", get(vnics).post(vnic_add))
         .route("/v1/vnics/stats", get(vnic_stats))
         .route("/v1/vnics/{name}", get(vnic).delete(vnic_del))
@@ -642,6 +643,11 @@ async fn flows_demote(
     bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Failure> {
     flows_move(&d, &bytes, false).await
+}
+
+async fn trace(State(d): Shared, bytes: axum::body::Bytes) -> Result<impl IntoResponse, Failure> {
+    let req: TraceRequest = body(&bytes, r#"{"port": "vm0p", "frame": "02770000..."}"#)?;
+    Ok(Json(d.trace(req).await?))
 }
 
 async fn vnics(State(d): Shared) -> Result<impl IntoResponse, Failure> {

@@ -13,6 +13,7 @@ mod http;
 mod metrics;
 mod sample;
 mod sampler;
+mod trace;
 mod views;
 mod vnic;
 

@@ -10,6 +10,7 @@
 pub mod baseline;
 mod bpffs;
 pub mod counters;
+pub mod dry_run;
 mod execute;
 mod flows;
 mod monitor;
