@@ -72,17 +72,19 @@ fn stream_to_tor(
 }
 
 /// A VM sends from a MAC its port does not own; `xnic monitor` shows each drop with its
-/// reason, port, VM and headers. The VM gets its MAC back afterwards.
+/// reason, port, VM and headers, and `xnic trace` the stage that decided it. The VM gets its
+/// MAC back afterwards.
 fn drop_explained_demo(
     lab: &Lab,
     instance: &str,
     vm: &str,
+    port: &str,
     own: &str,
     tor: std::net::IpAddr,
 ) -> anyhow::Result<()> {
     const SPOOFED: &str = "02:66:00:00:00:01";
     heading(&format!(
-        "a drop explained: {vm} sends from {SPOOFED}, a MAC its port does not own; xnic monitor says why its frames go nowhere"
+        "a drop explained: {vm} sends from {SPOOFED}, a MAC its port does not own; xnic monitor and xnic trace say why its frames go nowhere"
     ));
     let set_mac = |mac: &str| lab.set_vm_mac(vm, mac, tor);
     set_mac(SPOOFED)?;
@@ -123,6 +125,31 @@ fn drop_explained_demo(
         "{vm} sent {} datagrams from {SPOOFED}: {} arrived at the tor",
         sent.sent, got.received
     );
+    // The same frame through the programs, stage by stage, changing nothing.
+    let tor = tor.to_string();
+    let args = [
+        "trace",
+        "--in",
+        port,
+        "--src-mac",
+        SPOOFED,
+        "--dst",
+        &tor,
+        "--instance",
+        instance,
+    ];
+    println!("\n$ xnic {}", args.join(" "));
+    let out = std::process::Command::new(&exe)
+        .args(args)
+        .output()
+        .context("cannot run xnic trace")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        anyhow::bail!(
+            "xnic trace failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 
@@ -309,7 +336,7 @@ fn demo(
     ) && !stop.load(Ordering::Relaxed)
     {
         let own = vm0.macs.first().map(|m| m.to_string()).unwrap_or_default();
-        drop_explained_demo(lab, &instance, &vm0.name, &own, tor4.addr)?;
+        drop_explained_demo(lab, &instance, &vm0.name, &vm0.port, &own, tor4.addr)?;
     }
 
     heading("steady traffic (Ctrl-C to stop)");

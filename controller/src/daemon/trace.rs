@@ -270,7 +270,12 @@ impl Names<'_> {
             reason: reason.map_or("undecided", Reason::name).to_string(),
             action: reason.map_or("-", |r| action_name(r.action())).to_string(),
             vm: self.vm(s.vm_slot),
-            next: self.next(&s.next, s.flags),
+            // A dropped frame goes nowhere, whatever next hop it had before.
+            next: if reason.is_some_and(|r| r.action() == Action::Drop) {
+                "dropped".into()
+            } else {
+                self.next(&s.next, s.flags)
+            },
         }
     }
 }
