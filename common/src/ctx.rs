@@ -222,7 +222,8 @@ pub struct FrameCtx {
     pub member_counter: u32,
     /// The offloaded flow's `slot * 2 + direction`, for a frame of one.
     pub offload: u32,
-    pub _pad2: u32,
+    /// The stages the frame passed, a bit each (`dry_run::Stage`), for `xnic monitor --trace`.
+    pub path: u32,
     pub verdict: Verdict,
     pub next: Next,
     /// VNIC routing's state between its two stages.
@@ -282,6 +283,7 @@ impl FrameCtx {
         self.flow_slot = 0;
         self.member_counter = NO_COUNTER;
         self.offload = 0;
+        self.path = 0;
         self.verdict = Verdict {
             reason: Reason::UnknownPort,
             vm_slot: NO_VM,

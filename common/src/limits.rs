@@ -24,6 +24,8 @@ pub const STEER_SLOTS: usize = 16;
 
 /// `MONITOR_STATS` slots: the monitor's four counters and room for more.
 pub const MONITOR_SLOTS: usize = 8;
+/// Entries of `WATCH_STATS`: 3 watch counters and room for one more.
+pub const WATCH_SLOTS: usize = 4;
 
 /// VMs one host can carry. Thousands of small VMs or containers per host is the design point;
 /// per-CPU VM counters cost `MAX_VMS × 48` bytes per CPU (≈200 KiB).

@@ -311,6 +311,13 @@ macro_rules! for_each_map {
             CAPTURE_CONFIG: array(u32 => $crate::monitor::MonitorConfig; 1), pinned, Monitor 1;
             /// Per CPU: the capture's token bucket.
             CAPTURE_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 1;
+            /// `xnic monitor --trace`'s lease, flow and rate limit: frames of that flow become
+            /// events with the stages they passed, whatever their verdict.
+            WATCH_CONFIG: array(u32 => $crate::monitor::WatchConfig; 1), pinned, Monitor 2;
+            /// Per CPU: the watched flow's token bucket.
+            WATCH_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 2;
+            /// Per CPU: `monitor::WatchCounter`.
+            WATCH_STATS: percpu_array(u32 => u64; $crate::limits::WATCH_SLOTS as u32), pinned, Monitor 2;
             /// Per CPU: `monitor::MonitorCounter`.
             MONITOR_STATS: percpu_array(u32 => u64; $crate::limits::MONITOR_SLOTS as u32), pinned, Monitor 1;
 

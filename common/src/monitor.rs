@@ -3,6 +3,8 @@
 //! which costs a drop one array lookup; while on, the programs sample and rate-limit per CPU
 //! so that a flood of drops costs bounded CPU and a full ring is counted, never waited on.
 
+use crate::parse::{L3, Parsed};
+
 /// The ring's size: 2 MiB holds about 13,000 events, a second of the default rate limit on
 /// 8 CPUs after the reader stalled for a moment (the ring's size must be a power of two and
 /// a multiple of the page size).
@@ -42,6 +44,68 @@ pub struct MonitorConfig {
     pub ifindex: u32,
 }
 
+/// `WatchConfig::flags`: which of its fields a frame must match.
+pub const WATCH_ADDR: u8 = 1;
+pub const WATCH_L4_PORT: u8 = 2;
+pub const WATCH_PROTO: u8 = 4;
+
+/// `WATCH_CONFIG[0]`, written by `xnic monitor --trace`: the frames to report with the stages
+/// they passed and their verdict, whatever it is. Nothing is chosen (`flags` 0) matches no
+/// frame: a trace of every frame would be a capture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// The lease, sampling and rate limit, as for drops (`ifindex` unused).
+    pub limits: MonitorConfig,
+    /// Either address (IPv4 as `::ffff:a.b.c.d`, as the parser keeps it).
+    pub addr: [u8; 16],
+    /// Either transport port.
+    pub l4_port: u16,
+    /// The IP protocol (6 TCP, 17 UDP...).
+    pub proto: u8,
+    /// `WATCH_*`.
+    pub flags: u8,
+    pub _pad: u32,
+}
+
+impl WatchConfig {
+    /// Whether the frame `p` describes is one the monitor chose.
+    #[inline(always)]
+    pub fn matches(&self, p: &Parsed) -> bool {
+        if self.flags == 0 || p.l3 == L3::None {
+            return false;
+        }
+        if self.flags & WATCH_PROTO != 0 && p.ip_proto != self.proto {
+            return false;
+        }
+        if self.flags & WATCH_L4_PORT != 0
+            && p.src_port != self.l4_port
+            && p.dst_port != self.l4_port
+        {
+            return false;
+        }
+        self.flags & WATCH_ADDR == 0 || same(&p.src_ip, &self.addr) || same(&p.dst_ip, &self.addr)
+    }
+}
+
+/// Two addresses compared byte by byte (no `memcmp` in BPF).
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// `DropEvent::kind`: a dropped frame (`MONITOR_RING`), a captured one (`CAPTURE_RING`), a
+/// frame of a watched flow (`MONITOR_RING`, `xnic monitor --trace`).
+pub const EVENT_DROP: u32 = 0;
+pub const EVENT_CAPTURE: u32 = 1;
+pub const EVENT_TRACE: u32 = 2;
+
 /// Per CPU: the rate limit's token bucket (`MONITOR_BUCKET[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,7 +143,7 @@ pub fn admit(b: &mut Bucket, now_ns: u64, rate: u32, burst: u32) -> bool {
     }
 }
 
-/// One dropped frame, as the ring carries it.
+/// One event as a ring carries it: a dropped, captured or watched frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
@@ -97,6 +161,13 @@ pub struct DropEvent {
     pub cpu: u32,
     /// The XDP action the frame got (`xdp_action`).
     pub action: u32,
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// The stages it passed (bit `dry_run::Stage as u32` each).
+    pub path: u32,
+    /// Its next hop (`ctx::NextKind`) and the hop's target (ifindex, CPU, queue).
+    pub next_kind: u32,
+    pub next_target: u32,
     pub head: [u8; SNAP_LEN],
 }
 
@@ -119,9 +190,66 @@ crate::counters! {
     }
 }
 
+crate::counters! {
+    /// Per CPU: what became of the watched flow's frames (`WATCH_STATS[counter]`).
+    pub enum WatchCounter: u32, slots = crate::limits::WATCH_SLOTS, {
+        /// Written to the ring.
+        Emitted = 0 => "trace_emitted",
+        /// Over the rate limit.
+        RateLimited = 1 => "trace_rate_limited",
+        /// The ring was full.
+        RingFull = 2 => "trace_ring_full",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Parsed {
+        let mapped = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        Parsed {
+            l3: L3::Ipv4,
+            ip_proto: 17,
+            src_port: sport,
+            dst_port: dport,
+            src_ip: mapped(src),
+            dst_ip: mapped(dst),
+            ..Parsed::default()
+        }
+    }
+
+    #[test]
+    fn a_watch_matches_its_flow_either_way_and_nothing_when_unset() {
+        let p = udp([10, 0, 0, 1], [10, 0, 0, 2], 4000, 53);
+        assert!(
+            !WatchConfig::default().matches(&p),
+            "nothing chosen: no frame"
+        );
+        let mut w = WatchConfig {
+            flags: WATCH_ADDR | WATCH_L4_PORT | WATCH_PROTO,
+            l4_port: 53,
+            proto: 17,
+            ..WatchConfig::default()
+        };
+        w.addr = udp([10, 0, 0, 2], [0; 4], 0, 0).src_ip;
+        assert!(w.matches(&p));
+        // The answer: the same flow the other way.
+        assert!(w.matches(&udp([10, 0, 0, 2], [10, 0, 0, 1], 53, 4000)));
+        assert!(!w.matches(&udp([10, 0, 0, 3], [10, 0, 0, 1], 53, 4000)));
+        assert!(!w.matches(&udp([10, 0, 0, 2], [10, 0, 0, 1], 54, 4000)));
+        w.proto = 6;
+        assert!(!w.matches(&p), "another protocol");
+        let not_ip = Parsed::default();
+        w.flags = WATCH_L4_PORT;
+        assert!(!w.matches(&not_ip));
+    }
 
     #[test]
     fn the_bucket_lets_a_burst_through_then_the_rate() {

@@ -101,3 +101,5 @@ unsafe impl aya::Pod for crate::vnic::CachedRoute {}
 unsafe impl aya::Pod for crate::monitor::MonitorConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::monitor::Bucket {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::monitor::WatchConfig {}

@@ -197,7 +197,9 @@ pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
     };
     let dropped = action == xdp_action::XDP_DROP;
     count(cx, dropped);
+    crate::dry_run::step(cx, xnic_common::dry_run::Stage::Deliver, action);
     crate::monitor::delivered(xdp, cx, action);
+    crate::monitor::watched(xdp, cx, action);
     if dropped {
         crate::monitor::dropped(xdp, cx);
         debug!(
@@ -208,6 +210,5 @@ pub fn deliver(xdp: &XdpContext, cx: &mut FrameCtx) -> u32 {
             cx.len
         );
     }
-    crate::dry_run::step(cx, xnic_common::dry_run::Stage::Deliver, action);
     action
 }

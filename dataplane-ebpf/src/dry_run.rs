@@ -20,9 +20,11 @@ pub fn active() -> bool {
     DRY_RUN.load() != 0
 }
 
-/// Records that `stage` is done, with the frame's context as it left it.
+/// Records that `stage` is done: in every frame's path (`xnic monitor --trace` reports it),
+/// and in a dry run with the frame's context as it left it.
 #[inline(always)]
-pub fn step(cx: &FrameCtx, stage: Stage, detail: u32) {
+pub fn step(cx: &mut FrameCtx, stage: Stage, detail: u32) {
+    cx.path |= 1 << stage as u32;
     if !active() {
         return;
     }

@@ -1,7 +1,9 @@
 //! The monitor step of the delivery step: while `xnic monitor` holds its lease, a dropped
 //! frame becomes a `DropEvent` in `MONITOR_RING`; while `xnic capture` holds its lease, every
 //! frame of its port becomes one in `CAPTURE_RING`, with the action it got. Both are sampled
-//! and rate-limited per CPU (see `xnic_common::monitor`); off, each costs one array lookup.
+//! and rate-limited per CPU (see `xnic_common::monitor`); while `xnic monitor --trace`
+//! watches a flow, each of its frames becomes one in `MONITOR_RING` with the stages it passed.
+//! Off, each costs one array lookup.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -15,12 +17,15 @@ use xnic_common::{
     ctx::FrameCtx,
     limits::UNKNOWN_PORT_SLOT,
     maps::NO_VM,
-    monitor::{Bucket, DropEvent, MonitorConfig, MonitorCounter, SNAP_LEN, admit},
+    monitor::{
+        Bucket, DropEvent, EVENT_CAPTURE, EVENT_DROP, EVENT_TRACE, MonitorConfig, MonitorCounter,
+        SNAP_LEN, WatchCounter, admit,
+    },
 };
 
 use crate::maps::{
     CAPTURE_BUCKET, CAPTURE_CONFIG, CAPTURE_RING, MONITOR_BUCKET, MONITOR_CONFIG, MONITOR_RING,
-    MONITOR_STATS,
+    MONITOR_STATS, WATCH_BUCKET, WATCH_CONFIG, WATCH_STATS,
 };
 
 #[inline(always)]
@@ -110,9 +115,67 @@ fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port
         count(s.limited);
         return;
     }
-    let Some(mut entry) = s.ring.reserve::<DropEvent>(0) else {
+    let kind = if one_port { EVENT_CAPTURE } else { EVENT_DROP };
+    if write(s.ring, xdp, cx, action, kind, now) {
+        count(s.emitted);
+    } else {
         count(s.full);
+    }
+}
+
+/// Reports a frame of the flow `xnic monitor --trace` watches, with the stages it passed and
+/// where it went, whatever its verdict.
+#[inline(always)]
+pub fn watched(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
+    if crate::dry_run::active() {
         return;
+    }
+    let Some(w) = WATCH_CONFIG.get(0) else {
+        return;
+    };
+    if w.limits.until_ns == 0 || !w.matches(&cx.parsed) {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now > w.limits.until_ns {
+        return;
+    }
+    let Some(bucket) = WATCH_BUCKET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, as in `count`.
+    if !admit(unsafe { &mut *bucket }, now, w.limits.rate, w.limits.burst) {
+        count_watch(WatchCounter::RateLimited);
+        return;
+    }
+    if write(&MONITOR_RING, xdp, cx, action, EVENT_TRACE, now) {
+        count_watch(WatchCounter::Emitted);
+    } else {
+        count_watch(WatchCounter::RingFull);
+    }
+}
+
+#[inline(always)]
+fn count_watch(c: WatchCounter) {
+    if let Some(v) = WATCH_STATS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, touched only by this CPU's programs, which do not nest.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Writes the event for the frame `cx` describes into `ring`; false when the ring is full.
+#[inline(always)]
+fn write(
+    ring: &RingBuf,
+    xdp: &XdpContext,
+    cx: &FrameCtx,
+    action: u32,
+    kind: u32,
+    now: u64,
+) -> bool {
+    let Some(mut entry) = ring.reserve::<DropEvent>(0) else {
+        return false;
     };
     let e = entry.as_mut_ptr();
     let linear = (xdp.data_end() - xdp.data()) as u32;
@@ -128,6 +191,10 @@ fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port
         (*e).len = cx.len as u32;
         (*e).cpu = bpf_get_smp_processor_id();
         (*e).action = action;
+        (*e).kind = kind;
+        (*e).path = cx.path;
+        (*e).next_kind = u32::from(cx.next.kind);
+        (*e).next_target = cx.next.target;
         // Written so the verifier sees 1..=SNAP_LEN (SNAP_LEN is a power of two).
         let n = (captured.wrapping_sub(1) & (SNAP_LEN as u32 - 1)) + 1;
         let got =
@@ -135,5 +202,5 @@ fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port
         (*e).captured = if got { captured } else { 0 };
     }
     entry.submit(0);
-    count(s.emitted);
+    true
 }

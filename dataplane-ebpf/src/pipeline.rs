@@ -59,9 +59,11 @@ fn start<'a>(xdp: &XdpContext, cx: &mut FrameCtx, role: PortRole) -> Frame<'a> {
     let frame = unsafe { Frame::from_raw(xdp.data(), xdp.data_end(), len as usize) };
     let outcome = parse(&frame, &mut cx.parsed);
     cx.set_outcome(outcome);
-    dry_run::step(cx, Stage::Parse, u32::from(cx.parsed.shapes));
+    let shapes = u32::from(cx.parsed.shapes);
+    dry_run::step(cx, Stage::Parse, shapes);
     classify::classify(cx, role);
-    dry_run::step(cx, Stage::Classify, cx.port().map_or(NO_DETAIL, |p| p.slot));
+    let slot = cx.port().map_or(NO_DETAIL, |p| p.slot);
+    dry_run::step(cx, Stage::Classify, slot);
     frame
 }
 
@@ -72,7 +74,8 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
     };
     let frame = start(xdp, cx, role);
     if role == PortRole::Uplink && rings::take(xdp, &frame, cx) {
-        dry_run::step(cx, Stage::Rings, cx.next.target);
+        let queue = cx.next.target;
+        dry_run::step(cx, Stage::Rings, queue);
         return deliver(xdp, cx);
     }
     if role == PortRole::Uplink && vnic::wants(cx) {
@@ -142,7 +145,8 @@ pub fn vnic_arrive(xdp: &XdpContext, stages: Stages) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let onward = vnic::arrive(xdp, cx);
-    dry_run::step(cx, Stage::Vnic, cx.vnic.target);
+    let target = cx.vnic.target;
+    dry_run::step(cx, Stage::Vnic, target);
     if onward {
         return calls::jump_in(stages, xdp, cx, Call::VnicOut);
     }
@@ -156,7 +160,8 @@ pub fn vnic_leave(xdp: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     vnic::leave(xdp, cx);
-    dry_run::step(cx, Stage::VnicOut, cx.vnic.target);
+    let target = cx.vnic.target;
+    dry_run::step(cx, Stage::VnicOut, target);
     deliver(xdp, cx)
 }
 

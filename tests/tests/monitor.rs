@@ -156,3 +156,69 @@ fn drops_are_reported_with_reason_port_vm_and_headers_and_floods_are_rate_limite
         "{out:?}"
     );
 }
+
+#[test]
+fn a_watched_flow_is_traced_stage_by_stage_whatever_its_verdict() {
+    let mut t = TestLab::new(1);
+    t.start_daemon();
+    let vm0 = t.vm("vm0");
+    let port = TOR_UDP_PORT.to_string();
+    let child = monitor(
+        &t.instance,
+        &[
+            "--trace",
+            "--addr",
+            TOR_IP,
+            "--l4-port",
+            &port,
+            "--proto",
+            "udp",
+            "--json",
+            "--count",
+            "5",
+            "--duration",
+            "20",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // vm0's own frames (its MAC): they pass, out of an uplink.
+    let sent = blast(&t.vm_ns("vm0"), 100, 200);
+    assert!(sent >= 5);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let uplinks: Vec<String> = t.config().uplinks.iter().map(|u| u.name.clone()).collect();
+    for e in &lines {
+        assert_eq!(e["event"], "trace", "{e}");
+        assert_eq!(e["action"], "redirect", "{e}");
+        assert_eq!(e["reason"], "to_uplink", "{e}");
+        assert_eq!(e["port"], vm0.port, "{e}");
+        let stages: Vec<&str> = e["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        for want in ["parse", "classify", "flow", "route", "team", "deliver"] {
+            assert!(stages.contains(&want), "{want} missing: {e}");
+        }
+        let next = e["next"].as_str().unwrap();
+        assert!(uplinks.iter().any(|u| u == next), "{e}");
+    }
+
+    // A watch needs a flow.
+    let out = xnic_tests::xnic(&["monitor", "--trace", "--instance", &t.instance]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("choose it with --addr"),
+        "{out:?}"
+    );
+}

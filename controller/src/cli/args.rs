@@ -869,6 +869,14 @@ pub struct MonitorArgs {
     /// Only frames from or to this transport port.
     #[arg(long = "l4-port", value_name = "PORT")]
     pub l4_port: Option<u16>,
+    /// Only frames of this IP protocol (tcp, udp, icmp, icmpv6 or a number).
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// Also report every frame of the flow --addr, --l4-port and --proto choose, whatever
+    /// its verdict, with the stages it passed (parse → classify → ... → deliver) and where it
+    /// went. Rate-limited in the dataplane like drops.
+    #[arg(long)]
+    pub trace: bool,
     /// One JSON object a line instead of text.
     #[arg(long)]
     pub json: bool,

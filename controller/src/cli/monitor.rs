@@ -11,7 +11,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
-use xnic_common::{monitor::DropEvent, verdict::Reason};
+use xnic_common::{
+    ctx::NextKind,
+    dry_run::Stage,
+    monitor::{DropEvent, EVENT_TRACE},
+    verdict::Reason,
+};
 use xnic_proto::api::{StatusView, VmView};
 
 use super::{
@@ -20,13 +25,22 @@ use super::{
     frame_summary::{FrameSummary, summary},
     resolve_instance,
 };
-use crate::dataplane::{Monitor, MonitorSettings, PinDir};
+use crate::dataplane::{Monitor, MonitorSettings, PinDir, Watch};
 
 /// One event, as `--json` prints it.
 #[derive(Serialize)]
 struct Shown<'a> {
     /// `CLOCK_MONOTONIC` nanoseconds, as the dataplane stamped it.
     time_ns: u64,
+    /// `drop`, or `trace` for a frame of the watched flow.
+    event: &'a str,
+    /// A traced frame's action, the stages it passed and where it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
     reason: &'a str,
     stage: &'a str,
     port: String,
@@ -68,10 +82,11 @@ impl<'a> Until<'a> {
     }
 }
 
-/// Port and VM names by slot, from the daemon.
+/// Port and VM names by slot, and ports by ifindex, from the daemon.
 struct Names {
     ports: HashMap<u32, String>,
     vms: HashMap<u32, String>,
+    ifindexes: HashMap<u32, String>,
 }
 
 fn names(instance: &str) -> anyhow::Result<Names> {
@@ -79,6 +94,11 @@ fn names(instance: &str) -> anyhow::Result<Names> {
     let status: StatusView = block_on(c.get("/v1/status"))?;
     let vms: Vec<VmView> = block_on(c.get("/v1/vms"))?;
     Ok(Names {
+        ifindexes: status
+            .ports
+            .iter()
+            .map(|p| (p.ifindex, p.name.clone()))
+            .collect(),
         ports: status.ports.into_iter().map(|p| (p.slot, p.name)).collect(),
         vms: vms.into_iter().map(|v| (v.slot, v.name)).collect(),
     })
@@ -100,10 +120,29 @@ fn reasons(wanted: &[String]) -> anyhow::Result<Vec<Reason>> {
         .collect()
 }
 
+/// `--proto`'s IP protocol number.
+fn proto_number(text: &str) -> anyhow::Result<u8> {
+    Ok(match text {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        n => n.parse().with_context(|| {
+            format!("--proto {n:?}: give tcp, udp, icmp, icmpv6 or a protocol number")
+        })?,
+    })
+}
+
 pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
     crate::daemon::require_root("xnic monitor")?;
     if a.rate == 0 {
         bail!("--rate 0 would report nothing: give a rate of at least 1 event per second");
+    }
+    let proto = a.proto.as_deref().map(proto_number).transpose()?;
+    if a.trace && a.addr.is_none() && a.l4_port.is_none() {
+        bail!(
+            "--trace reports every frame of one flow: choose it with --addr, --l4-port or both (and --proto)"
+        );
     }
     let wanted = reasons(&a.reason)?;
     let instance = resolve_instance(&a.instance)?;
@@ -124,12 +163,28 @@ pub fn run(a: &MonitorArgs) -> anyhow::Result<()> {
         rate: a.rate,
         burst: a.rate.div_ceil(10).max(1),
     };
-    let mut m = Monitor::open(&PinDir::new(&instance), settings).with_context(|| {
+    let pins = PinDir::new(&instance);
+    let mut m = Monitor::open(&pins, settings).with_context(|| {
         format!("instance {instance:?} has no dataplane with a monitor ring: is its daemon running this xnic?")
     })?;
+    if a.trace {
+        let flow = Watch {
+            addr: a.addr,
+            l4_port: a.l4_port,
+            proto,
+        };
+        m.watch(&pins, flow).with_context(|| {
+            format!("instance {instance:?}'s dataplane cannot watch flows: is its daemon running this xnic?")
+        })?;
+    }
     if !a.json {
+        let what = if a.trace {
+            "drops and the watched flow's frames"
+        } else {
+            "drops"
+        };
         eprintln!(
-            "monitoring drops of instance {instance} (1 in {}, at most {} a second per CPU; Ctrl-C stops)",
+            "monitoring {what} of instance {instance} (1 in {}, at most {} a second per CPU; Ctrl-C stops)",
             settings.sample, settings.rate
         );
     }
@@ -166,6 +221,7 @@ fn render(
     if !wanted.is_empty() && !reason.is_some_and(|r| wanted.contains(&r)) {
         return Ok(None);
     }
+    let traced = e.kind == EVENT_TRACE;
     let port = names
         .ports
         .get(&e.port_slot)
@@ -182,6 +238,25 @@ fn render(
     if a.addr.is_some_and(|ip| !has_addr(ip)) || a.l4_port.is_some_and(|p| !has_port(p)) {
         return Ok(None);
     }
+    if let Some(want) = a.proto.as_deref().map(proto_number).transpose()? {
+        let name = match want {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            58 => "icmp6".to_string(),
+            n => n.to_string(),
+        };
+        if headers.proto.as_deref() != Some(name.as_str()) {
+            return Ok(None);
+        }
+    }
+    let stages: Vec<&'static str> = Stage::ALL
+        .iter()
+        .filter(|s| e.path & (1 << **s as u32) != 0)
+        .map(|s| s.name())
+        .collect();
+    let action = action_name(e.action);
+    let next = (traced && e.action != 1).then(|| next_hop(names, e));
     let (reason_name, stage) = reason.map_or(("unknown", "unknown"), |r| (r.name(), r.stage()));
     let hex = a
         .hex
@@ -189,6 +264,10 @@ fn render(
     if a.json {
         let shown = Shown {
             time_ns: e.ts_ns,
+            event: if traced { "trace" } else { "drop" },
+            action: traced.then_some(action),
+            stages: traced.then(|| stages.clone()),
+            next: next.clone(),
             reason: reason_name,
             stage,
             port,
@@ -201,16 +280,58 @@ fn render(
         return Ok(Some(serde_json::to_string(&shown)?));
     }
     let secs = e.ts_ns as f64 / 1e9;
-    let mut line = format!(
-        "{secs:.6} drop {reason_name} ({stage}) port {port}{} cpu {} len {}: {}",
-        vm.map_or(String::new(), |v| format!(" vm {v}")),
-        e.cpu,
-        e.len,
-        headers.text
-    );
+    let vm_text = vm.map_or(String::new(), |v| format!(" vm {v}"));
+    let mut line = if traced {
+        format!(
+            "{secs:.6} trace {action} {reason_name} port {port}{vm_text} cpu {} len {}: {}{}: {}",
+            e.cpu,
+            e.len,
+            stages.join(" → "),
+            next.map_or(String::new(), |n| format!(" → {n}")),
+            headers.text
+        )
+    } else {
+        format!(
+            "{secs:.6} drop {reason_name} ({stage}) port {port}{vm_text} cpu {} len {}: {}",
+            e.cpu, e.len, headers.text
+        )
+    };
     if let Some(h) = hex {
         line.push_str("\n  ");
         line.push_str(&h);
     }
     Ok(Some(line))
+}
+
+fn action_name(a: u32) -> &'static str {
+    match a {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+/// Where a traced frame went, in words.
+fn next_hop(names: &Names, e: &DropEvent) -> String {
+    let port = |ifindex: u32| {
+        names
+            .ifindexes
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+    };
+    let t = e.next_target;
+    match e.next_kind {
+        k if k == NextKind::Kernel as u32 => "the kernel".into(),
+        k if k == NextKind::Port as u32 || k == NextKind::FlowOut as u32 => port(t),
+        k if k == NextKind::Flood as u32 => "flood".into(),
+        k if k == NextKind::Cpu as u32 => format!("CPU {t}"),
+        k if k == NextKind::FlowCpu as u32 => format!("the kernel via CPU {t}"),
+        k if k == NextKind::Back as u32 => "back out".into(),
+        k if k == NextKind::Xsk as u32 => format!("AF_XDP queue {t}"),
+        k => format!("next hop kind {k}"),
+    }
 }

@@ -19,7 +19,7 @@ pub mod objects;
 pub mod qdisc;
 pub mod registry;
 mod rings;
-pub use monitor::{Monitor, MonitorSettings};
+pub use monitor::{Monitor, MonitorSettings, Watch};
 pub use rings::RingsMaps;
 pub mod testrun;
 mod trace;

@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use xnic_common::monitor::{DropEvent, LEASE_NS, MonitorConfig, MonitorCounter};
+use xnic_common::monitor::{
+    DropEvent, LEASE_NS, MonitorConfig, MonitorCounter, WATCH_ADDR, WATCH_L4_PORT, WATCH_PROTO,
+    WatchConfig, WatchCounter,
+};
 
 use super::{
     PinDir,
@@ -32,8 +35,51 @@ pub struct MonitorSettings {
     pub burst: u32,
 }
 
+/// The flow `xnic monitor --trace` watches: each field given narrows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    pub addr: Option<std::net::IpAddr>,
+    pub l4_port: Option<u16>,
+    /// The IP protocol number.
+    pub proto: Option<u8>,
+}
+
+impl Watch {
+    fn config(&self, limits: MonitorConfig) -> WatchConfig {
+        let mut c = WatchConfig {
+            limits,
+            ..WatchConfig::default()
+        };
+        if let Some(addr) = self.addr {
+            // As the parser keeps addresses: IPv4 mapped into IPv6.
+            c.addr = match addr {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            c.flags |= WATCH_ADDR;
+        }
+        if let Some(port) = self.l4_port {
+            c.l4_port = port;
+            c.flags |= WATCH_L4_PORT;
+        }
+        if let Some(proto) = self.proto {
+            c.proto = proto;
+            c.flags |= WATCH_PROTO;
+        }
+        c
+    }
+}
+
+struct Watched {
+    config: Array<MapData, WatchConfig>,
+    flow: Watch,
+    stats: PerCpuArray<MapData, u64>,
+}
+
 pub struct Monitor {
     ring: RingBuf<MapData>,
+    /// While a flow is watched: `WATCH_CONFIG`, what to write there, and `WATCH_STATS`.
+    watch: Option<Watched>,
     config: Array<MapData, MonitorConfig>,
     stats: PerCpuArray<MapData, u64>,
     settings: MonitorSettings,
@@ -92,12 +138,30 @@ impl Monitor {
             )?))?,
             settings,
             ifindex,
+            watch: None,
         };
         // What is in the ring was written under an earlier lease (a monitor that exited
         // before it read everything): not this one's.
         while m.ring.next().is_some() {}
         m.renew()?;
         Ok(m)
+    }
+
+    /// Also reports every frame of `flow`, with the stages it passed and its verdict (a
+    /// monitor of drops only; the dataplane must have the watch maps).
+    pub fn watch(&mut self, pins: &PinDir, flow: Watch) -> anyhow::Result<()> {
+        if flow == Watch::default() {
+            anyhow::bail!("a watched flow needs an address, a port or a protocol");
+        }
+        self.watch = Some(Watched {
+            config: Array::try_from(Map::Array(pinned(pins, registry::WATCH_CONFIG::NAME)?))?,
+            flow,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                pins,
+                registry::WATCH_STATS::NAME,
+            )?))?,
+        });
+        self.renew()
     }
 
     /// Extends the lease (call at least once a second): the dataplane stops reporting
@@ -114,7 +178,13 @@ impl Monitor {
         };
         self.config
             .set(0, config, 0)
-            .context("cannot write MONITOR_CONFIG")
+            .context("cannot write MONITOR_CONFIG")?;
+        if let Some(w) = &mut self.watch {
+            w.config
+                .set(0, w.flow.config(config), 0)
+                .context("cannot write WATCH_CONFIG")?;
+        }
+        Ok(())
     }
 
     /// Holds the lease and hands `on` each event as it comes, and `None` at least every
@@ -160,9 +230,9 @@ impl Monitor {
         })
     }
 
-    /// The monitor's counters, summed over CPUs.
+    /// The monitor's counters, summed over CPUs (with the watched flow's, when one is).
     pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        MonitorCounter::ALL
+        let mut out: Vec<(&'static str, u64)> = MonitorCounter::ALL
             .iter()
             .map(|c| {
                 let v = self
@@ -171,6 +241,16 @@ impl Monitor {
                     .context("cannot read MONITOR_STATS")?;
                 Ok((c.name(), v.iter().sum()))
             })
-            .collect()
+            .collect::<anyhow::Result<_>>()?;
+        if let Some(w) = &self.watch {
+            for c in WatchCounter::ALL {
+                let v = w
+                    .stats
+                    .get(&(c as u32), 0)
+                    .context("cannot read WATCH_STATS")?;
+                out.push((c.name(), v.iter().sum()));
+            }
+        }
+        Ok(out)
     }
 }

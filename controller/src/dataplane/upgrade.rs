@@ -154,6 +154,12 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 0,
         replaced: &[],
     },
+    // Watched flows (`xnic monitor --trace`) are new: none until a monitor chooses one.
+    Migration {
+        family: Family::Monitor,
+        from: 1,
+        replaced: &[],
+    },
 ];
 
 /// Flow slots of version 1 of the RSS family.
