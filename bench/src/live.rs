@@ -290,3 +290,30 @@ pub fn rx_counters(ns: &str, dev: &str) -> anyhow::Result<(u64, u64)> {
         rx["packets"].as_u64().context("no rx packets")?,
     ))
 }
+
+/// Runs `work` while another thread calls `sample` every `every`; returns what `work`
+/// returned and each sample with its time in seconds since the start (samples that fail are
+/// left out: a figure over time has gaps rather than stopping the benchmark).
+pub fn sampled<R, T: Send>(
+    every: Duration,
+    sample: impl Fn() -> anyhow::Result<T> + Sync,
+    work: impl FnOnce() -> R,
+) -> (R, Vec<(f64, T)>) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut out = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(v) = sample() {
+                    out.push((start.elapsed().as_secs_f64(), v));
+                }
+                std::thread::sleep(every);
+            }
+            out
+        });
+        let r = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, sampler.join().unwrap_or_default())
+    })
+}

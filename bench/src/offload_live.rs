@@ -42,7 +42,7 @@ use xnic::{
 use crate::{
     live::{self, proc_net_counter, with_baseline, with_redirect, xdp_received},
     ovs::{BRIDGE, Ovs},
-    report::{Better, Report, median},
+    report::{Better, Line, Report, Series, median},
 };
 
 /// The measured UDP flow's ports (the masquerade keeps the source port: nothing else uses it).
@@ -417,6 +417,7 @@ impl Bench {
             }
             Ok(TcpRun {
                 mbps: steady.iter().sum::<f64>() / steady.len() as f64 / 1e6,
+                intervals_mbps: d.intervals_bps.iter().map(|b| b / 1e6).collect(),
                 retransmits: d.report.retransmits,
                 out_of_order: out_of_order(&tor)? - ofo0,
                 promoted: promoted()? - p0,
@@ -452,9 +453,11 @@ impl Bench {
 /// What one iperf3 run showed: the receiver's Mbit/s after the warm-up, the sender's
 /// retransmits, the segments the receiver's TCP queued out of order, and the connections
 /// xnic promoted meanwhile.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct TcpRun {
     mbps: f64,
+    /// The receiver's rate in each 100 ms interval, warm-up included (for the plot).
+    intervals_mbps: Vec<f64>,
     retransmits: u64,
     out_of_order: u64,
     promoted: u64,
@@ -576,6 +579,32 @@ fn rates(b: &Bench, report: &mut Report, opts: &LiveOpts) -> anyhow::Result<()> 
                 runs[i].push(r);
             }
         }
+        // The first round of each path over time: the slow path's rate, and xnic's as its
+        // connections move to the fast path in the first few hundred milliseconds.
+        report.series.push(Series {
+            title: format!(
+                "iperf3 TCP, {streams} stream(s) VM → server through the host's NAT: receiver's rate every 100 ms (round 1)"
+            ),
+            x_label: "seconds".into(),
+            y_label: "Mbit/s".into(),
+            lines: tcp_paths
+                .iter()
+                .zip(&runs)
+                .map(|(path, r)| Line {
+                    label: path.label().to_string(),
+                    points: r[0]
+                        .intervals_mbps
+                        .iter()
+                        .enumerate()
+                        .map(|(k, m)| ((k + 1) as f64 * 0.1, *m))
+                        .collect(),
+                })
+                .collect(),
+            marks: vec![(
+                TCP_WARMUP_INTERVALS as f64 * 0.1,
+                "end of warm-up (promotion)".into(),
+            )],
+        });
         let med = |i: usize, f: fn(&TcpRun) -> f64| median(runs[i].iter().map(f).collect());
         let scenario = format!("{streams} stream(s) VM → server, masqueraded");
         for (metric, unit, better, f) in [

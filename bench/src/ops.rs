@@ -183,7 +183,7 @@ fn failover(live: &LiveLab, quiet: &Path, opts: &Opts, report: &mut Report) -> a
             std::thread::sleep(TEAM_SETTLE);
             let stop = Arc::new(AtomicBool::new(false));
             let load_thread = loaded.then(|| api_load(&live.instance, SHOW_PER_SEC, stop.clone()));
-            let moved = team::failover_trial(&live.lab, opts.secs);
+            let moved = team::failover_trial(&live.lab, opts.secs).map(|t| t.moved);
             stop.store(true, Ordering::Relaxed);
             if let Some(t) = load_thread {
                 let r = t

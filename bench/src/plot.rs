@@ -1,13 +1,14 @@
 //! A report's figures as a picture (`bench/results/NAME.svg`): one bar per comparison, xnic's
 //! figure over its baseline's, with the line at 1 where they are equal; green where xnic
-//! does better, red where it does worse (by the metric's own direction).
+//! does better, red where it does worse (by the metric's own direction); and each of its
+//! series over time as a line chart (`NAME-series-N.svg`), with marks where things happened.
 
 use std::path::Path;
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use plotters::prelude::*;
 
-use crate::report::{Better, Report};
+use crate::report::{Better, Report, Series};
 
 /// Height of one bar's row, pixels.
 const ROW: u32 = 26;
@@ -87,6 +88,81 @@ pub fn ratios_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Colours of a series' lines, in order.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Each of the report's series as a line chart, `NAME-series-N.svg` in `dir`.
+pub fn series_svgs(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    for (i, s) in report.series.iter().enumerate() {
+        let path = dir.join(crate::report::series_file(&report.bench, i));
+        series_svg(s, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn series_svg(s: &Series, path: &Path) -> anyhow::Result<()> {
+    let points = || s.lines.iter().flat_map(|l| l.points.iter());
+    let (x0, x1) = points().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let y1 = points().fold(0.0f64, |m, p| m.max(p.1)) * 1.1;
+    if x0 >= x1 || y1 <= 0.0 {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&s.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, 0.0..y1)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(s.x_label.as_str())
+        .y_desc(s.y_label.as_str())
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, line) in s.lines.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                line.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(line.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    for (x, label) in &s.marks {
+        chart
+            .draw_series(LineSeries::new(vec![(*x, 0.0), (*x, y1)], BLACK.mix(0.5)))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (*x, y1 * 0.97),
+                ("sans-serif", 13),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
 /// `xnic-bench plot`: the pictures of every report already in `bench/results/`.
 pub fn all() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
@@ -98,6 +174,7 @@ pub fn all() -> anyhow::Result<()> {
                 serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             let svg = path.with_extension("svg");
             ratios_svg(&report, &svg)?;
+            series_svgs(&report, &dir)?;
             println!("written: {}", svg.display());
         }
     }

@@ -34,6 +34,24 @@ impl Host {
     }
 }
 
+/// Figures over time in one run: a line each, with moments worth marking.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Series {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub lines: Vec<Line>,
+    /// (x, what happened then), drawn as vertical lines.
+    #[serde(default)]
+    pub marks: Vec<(f64, String)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Result {
     pub metric: String,
@@ -49,6 +67,9 @@ pub struct Report {
     pub bench: String,
     pub host: Host,
     pub results: Vec<Result>,
+    /// Figures over time (drawn as `NAME-series-N.svg`).
+    #[serde(default)]
+    pub series: Vec<Series>,
     /// How the numbers were taken, for the markdown summary.
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -60,6 +81,7 @@ impl Report {
             bench: bench.to_string(),
             host: Host::this(),
             results: Vec::new(),
+            series: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -93,6 +115,10 @@ impl Report {
         }
         if !self.notes.is_empty() {
             md.push('\n');
+        }
+        let _ = writeln!(md, "![xnic / baseline]({}.svg)\n", self.bench);
+        for (i, s) in self.series.iter().enumerate() {
+            let _ = writeln!(md, "![{}]({})\n", s.title, series_file(&self.bench, i));
         }
         md.push_str("| metric | scenario | xnic | baseline | baseline value | xnic / baseline |\n");
         md.push_str("|---|---|---:|---|---:|---:|\n");
@@ -150,6 +176,7 @@ impl Report {
         let svg = dir.join(format!("{}.svg", self.bench));
         crate::plot::ratios_svg(self, &svg)
             .with_context(|| format!("writing {}", svg.display()))?;
+        crate::plot::series_svgs(self, &dir)?;
         println!("{text}");
         println!(
             "written: {}, {} and {}",
@@ -189,4 +216,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The file series `i` of benchmark `bench` is drawn in.
+pub fn series_file(bench: &str, i: usize) -> String {
+    format!("{bench}-series-{}.svg", i + 1)
 }

@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 use xnic::{
     api::{
         client::Client,
-        types::{RssBucketView, RssSetRequest, RssStatusView, RssVmView},
+        types::{RssBucketView, RssEvent, RssSetRequest, RssStatusView, RssVmView},
     },
     cli::block_on,
     config::default_lab_toml,
@@ -33,8 +33,15 @@ use xnic::{
 use crate::{
     flag,
     live::{LiveLab, udp_delivered, with_baseline},
-    report::{Better, Report},
+    report::{Better, Line, Report, Series},
 };
+
+/// Now as Unix milliseconds, the clock the daemon's events carry.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 const PORT: u16 = 9000;
 
@@ -111,6 +118,10 @@ fn delivered_pps(lab: &Lab, vm: &str, offered: u64, secs: f64) -> anyhow::Result
 
 /// One rebalancing trial's outcome.
 struct Trial {
+    /// Each CPU's load (frames/s) over the trial, as the daemon measured it.
+    over_time: Vec<Line>,
+    /// When buckets moved (seconds from the start).
+    moves: Vec<f64>,
     /// Frames per CPU of the engine under the initial and the final table.
     before: Vec<f64>,
     after: Vec<f64>,
@@ -159,17 +170,36 @@ fn rebalance_trial(live: &LiveLab, client: &Client, secs: f64) -> anyhow::Result
     let rx = Receiver::start(Some(&ns), sink)?;
     let (_, rcvbuf0) = crate::live::udp_counters(&ns)?;
     let (queue0, forced0, drained0) = steering(client)?;
-    let sent = send_udp(
-        Some(&live.lab.tor_ns()),
-        UdpStream {
-            dst: sink,
-            flows: 64,
-            pps: 30_000,
-            duration: Duration::from_secs_f64(secs * 2.0),
-            payload: 64,
-            zipf: Some(1.1),
-        },
-    )?;
+    let started_unix_ms = unix_ms();
+    // The engine's per-CPU load as the daemon measures it, every 100 ms, while it rebalances.
+    let load = || -> anyhow::Result<Vec<(u32, f64)>> {
+        let s: RssStatusView = block_on(Client::new(&live.instance).get("/v1/rss"))?;
+        s.engines
+            .into_iter()
+            .find(|e| e.name == engine.name)
+            .map(|e| e.cpu_pps)
+            .context("the engine went away")
+    };
+    let (sent, loads) = crate::live::sampled(Duration::from_millis(100), load, || {
+        send_udp(
+            Some(&live.lab.tor_ns()),
+            UdpStream {
+                dst: sink,
+                flows: 64,
+                pps: 30_000,
+                duration: Duration::from_secs_f64(secs * 2.0),
+                payload: 64,
+                zipf: Some(1.1),
+            },
+        )
+    });
+    let sent = sent?;
+    let events: Vec<RssEvent> = block_on(client.get("/v1/rss/events"))?;
+    let moves: Vec<f64> = events
+        .iter()
+        .filter(|e| e.kind == "bucket_move" && e.unix_ms >= started_unix_ms)
+        .map(|e| (e.unix_ms - started_unix_ms) as f64 / 1000.0)
+        .collect();
     let got = rx.stop()?;
     let (_, rcvbuf1) = crate::live::udp_counters(&ns)?;
     let (queue1, forced1, drained1) = steering(client)?;
@@ -194,7 +224,20 @@ fn rebalance_trial(live: &LiveLab, client: &Client, secs: f64) -> anyhow::Result
             .collect()
     };
     let final_table: Vec<u32> = buckets.iter().map(|b| b.cpu).collect();
+    let over_time = engine
+        .cpus
+        .iter()
+        .map(|cpu| Line {
+            label: format!("CPU {cpu}"),
+            points: loads
+                .iter()
+                .filter_map(|(t, l)| l.iter().find(|(c, _)| c == cpu).map(|(_, pps)| (*t, *pps)))
+                .collect(),
+        })
+        .collect();
     Ok(Trial {
+        over_time,
+        moves,
         before: per_cpu(&initial_table),
         after: per_cpu(&final_table),
         moved: initial_table
@@ -277,6 +320,21 @@ fn rebalancing(
         );
         results.push(r);
     }
+    let first = &results[0];
+    let mut marks: Vec<(f64, String)> = Vec::new();
+    if let (Some(a), Some(b)) = (first.moves.first(), first.moves.last()) {
+        marks.push((*a, "first bucket move".into()));
+        if b > a {
+            marks.push((*b, format!("last of {} moves", first.moves.len())));
+        }
+    }
+    report.series.push(Series {
+        title: "RSS rebalancing: per-CPU load of one shared engine, 64 Zipf(1.1) flows at 30k pps (trial 1)".into(),
+        x_label: "seconds".into(),
+        y_label: "frames/s steered to the CPU".into(),
+        lines: first.over_time.clone(),
+        marks,
+    });
     let median_of = |f: &dyn Fn(&Trial) -> f64| {
         crate::report::median(results.iter().map(f).collect::<Vec<_>>())
     };

@@ -48,7 +48,7 @@ use crate::{
     flag,
     live::{self, LiveLab, rx_counters, with_baseline, xdp_received},
     ovs::{BRIDGE as OVS_BRIDGE, Ovs},
-    report::{Better, Report, median},
+    report::{Better, Line, Report, Series, median},
 };
 
 /// VMs in the lab: enough that a MAC hash puts some on each uplink.
@@ -291,7 +291,21 @@ pub(crate) struct Failover {
 /// Real-time priority of the failover trial's senders: under the daemon's link thread.
 const SENDER_PRIORITY: i32 = EVENT_THREAD_PRIORITY - 5;
 
-pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<Vec<Failover>> {
+/// What one failover trial saw.
+pub(crate) struct FailoverTrial {
+    /// The VMs that were on the lost uplink.
+    pub moved: Vec<Failover>,
+    /// Frames per millisecond the tor received on each uplink around the carrier loss (x: ms
+    /// from it).
+    pub timeline: Vec<Line>,
+}
+
+/// The timeline's window around the carrier loss, and its bins.
+const TIMELINE_BEFORE_MS: f64 = 20.0;
+const TIMELINE_AFTER_MS: f64 = 60.0;
+const TIMELINE_BIN_MS: f64 = 1.0;
+
+pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<FailoverTrial> {
     let (tor, tor_addr) = lab.endpoint("tor")?;
     let captures = UPLINKS
         .iter()
@@ -390,11 +404,45 @@ pub(crate) fn failover_trial(lab: &Lab, secs: f64) -> anyhow::Result<Vec<Failove
     if moved.is_empty() {
         bail!("no VM was sending over {failed} when it lost its carrier");
     }
-    Ok(moved)
+    let bins = ((TIMELINE_BEFORE_MS + TIMELINE_AFTER_MS) / TIMELINE_BIN_MS) as usize;
+    let timeline = UPLINKS
+        .iter()
+        .zip(&captured)
+        .map(|(u, frames)| {
+            let mut counts = vec![0u64; bins];
+            for c in frames.iter().filter(|c| c.ethertype() == 0x0800) {
+                let ms = (c.at_ns as f64 - down_at as f64) / 1e6 + TIMELINE_BEFORE_MS;
+                if ms >= 0.0 && ((ms / TIMELINE_BIN_MS) as usize) < bins {
+                    counts[(ms / TIMELINE_BIN_MS) as usize] += 1;
+                }
+            }
+            let role = if *u == failed {
+                "loses carrier"
+            } else {
+                "survivor"
+            };
+            Line {
+                label: format!("{u} ({role})"),
+                points: counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        (
+                            i as f64 * TIMELINE_BIN_MS - TIMELINE_BEFORE_MS,
+                            *n as f64 / TIMELINE_BIN_MS,
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(FailoverTrial { moved, timeline })
 }
 
 /// Failover figures of one switch over `trials` trials.
 struct FailoverRuns {
+    /// The first trial's frames per uplink around the carrier loss.
+    timeline: Vec<Line>,
     gaps_ms: Vec<f64>,
     lost: Vec<f64>,
     /// Moved VMs that never reached the survivor.
@@ -409,12 +457,16 @@ fn failover_runs(
     settle: Duration,
 ) -> anyhow::Result<FailoverRuns> {
     let mut runs = FailoverRuns {
+        timeline: Vec::new(),
         gaps_ms: Vec::new(),
         lost: Vec::new(),
         stranded: 0,
     };
     for trial in 0..trials {
-        let moved = failover_trial(lab, secs)?;
+        let FailoverTrial { moved, timeline } = failover_trial(lab, secs)?;
+        if trial == 0 {
+            runs.timeline = timeline;
+        }
         eprintln!(
             "  {label}, trial {}: {}",
             trial + 1,
@@ -636,6 +688,25 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
         "Failover: per VM that was on the lost uplink, the gap runs from its last frame on that uplink to its first on the survivor (kernel receive timestamps at the tor; the senders run at real-time priority, so their own scheduling does not widen it); lost = datagrams it sent minus those the tor received. The uplink loses carrier at the tor's end (`ip link set DEV down`), which the host sees as its uplink's carrier going.".into(),
     );
     for (label, bond_mode, x, d, o, switch_us) in &failover {
+        let named = |who: &str, lines: &[Line]| -> Vec<Line> {
+            lines
+                .iter()
+                .map(|l| Line {
+                    label: format!("{who}: {}", l.label),
+                    points: l.points.clone(),
+                })
+                .collect()
+        };
+        report.series.push(Series {
+            title: format!(
+                "Failover timeline, {label}: frames per ms at the tor on each uplink, {VMS} VMs × {STREAM_PPS} pps (trial 1)"
+            ),
+            x_label: "ms from the carrier loss".into(),
+            y_label: "frames per ms".into(),
+            lines: [named("xnic", &x.timeline), named(&format!("OVS {bond_mode}"), &o.timeline)]
+                .concat(),
+            marks: vec![(0.0, "carrier lost".into())],
+        });
         let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");
         let daemon_name = "xnic, failover by the daemon only (kernel_failover = false)";
         let scenario = format!(
