@@ -44,19 +44,16 @@ pub struct MonitorConfig {
     pub ifindex: u32,
 }
 
-/// `WatchConfig::flags`: which of its fields a frame must match.
+/// `FlowMatch::flags`: which of its fields a frame must match.
 pub const WATCH_ADDR: u8 = 1;
 pub const WATCH_L4_PORT: u8 = 2;
 pub const WATCH_PROTO: u8 = 4;
 
-/// `WATCH_CONFIG[0]`, written by `xnic monitor --trace`: the frames to report with the stages
-/// they passed and their verdict, whatever it is. Nothing is chosen (`flags` 0) matches no
-/// frame: a trace of every frame would be a capture.
+/// Frames of one flow, or of one host or port: what `xnic monitor --trace` watches and what
+/// `xnic capture --filter` keeps. Nothing chosen (`flags` 0) matches no frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// The lease, sampling and rate limit, as for drops (`ifindex` unused).
-    pub limits: MonitorConfig,
+pub struct FlowMatch {
     /// Either address (IPv4 as `::ffff:a.b.c.d`, as the parser keeps it).
     pub addr: [u8; 16],
     /// Either transport port.
@@ -68,8 +65,19 @@ pub struct WatchConfig {
     pub _pad: u32,
 }
 
-impl WatchConfig {
-    /// Whether the frame `p` describes is one the monitor chose.
+/// `WATCH_CONFIG[0]`, written by `xnic monitor --trace`: the frames to report with the stages
+/// they passed and their verdict, whatever it is. A trace of every frame would be a capture:
+/// a watch with nothing chosen reports nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// The lease, sampling and rate limit, as for drops (`ifindex` unused).
+    pub limits: MonitorConfig,
+    pub flow: FlowMatch,
+}
+
+impl FlowMatch {
+    /// Whether the frame `p` describes is one of those chosen.
     #[inline(always)]
     pub fn matches(&self, p: &Parsed) -> bool {
         if self.flags == 0 || p.l3 == L3::None {
@@ -229,14 +237,14 @@ mod tests {
     fn a_watch_matches_its_flow_either_way_and_nothing_when_unset() {
         let p = udp([10, 0, 0, 1], [10, 0, 0, 2], 4000, 53);
         assert!(
-            !WatchConfig::default().matches(&p),
+            !FlowMatch::default().matches(&p),
             "nothing chosen: no frame"
         );
-        let mut w = WatchConfig {
+        let mut w = FlowMatch {
             flags: WATCH_ADDR | WATCH_L4_PORT | WATCH_PROTO,
             l4_port: 53,
             proto: 17,
-            ..WatchConfig::default()
+            ..FlowMatch::default()
         };
         w.addr = udp([10, 0, 0, 2], [0; 4], 0, 0).src_ip;
         assert!(w.matches(&p));

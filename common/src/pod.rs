@@ -103,3 +103,5 @@ unsafe impl aya::Pod for crate::monitor::MonitorConfig {}
 unsafe impl aya::Pod for crate::monitor::Bucket {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::monitor::WatchConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::monitor::FlowMatch {}

@@ -17,6 +17,34 @@ pub enum Action {
     Redirect = 4,
 }
 
+impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::Aborted,
+        Action::Drop,
+        Action::Pass,
+        Action::Tx,
+        Action::Redirect,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Aborted => "aborted",
+            Action::Drop => "drop",
+            Action::Pass => "pass",
+            Action::Tx => "tx",
+            Action::Redirect => "redirect",
+        }
+    }
+
+    /// The name of XDP action code `code`, as a program returned it.
+    pub fn name_of(code: u32) -> &'static str {
+        Action::ALL
+            .iter()
+            .find(|a| **a as u32 == code)
+            .map_or("unknown", |a| a.name())
+    }
+}
+
 crate::counters! {
     /// Why a frame got its action. Every frame is counted under exactly one reason.
     pub enum Reason: u32, slots = crate::limits::REASON_SLOTS, {

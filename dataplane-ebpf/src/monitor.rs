@@ -24,8 +24,8 @@ use xnic_common::{
 };
 
 use crate::maps::{
-    CAPTURE_BUCKET, CAPTURE_CONFIG, CAPTURE_RING, MONITOR_BUCKET, MONITOR_CONFIG, MONITOR_RING,
-    MONITOR_STATS, WATCH_BUCKET, WATCH_CONFIG, WATCH_STATS,
+    CAPTURE_BUCKET, CAPTURE_CONFIG, CAPTURE_FILTER, CAPTURE_RING, MONITOR_BUCKET, MONITOR_CONFIG,
+    MONITOR_RING, MONITOR_STATS, WATCH_BUCKET, WATCH_CONFIG, WATCH_STATS,
 };
 
 #[inline(always)]
@@ -89,12 +89,20 @@ pub fn delivered(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
     report(&capture, xdp, cx, action, true);
 }
 
+/// Whether `xnic capture --filter` keeps the frame (asked only while a capture runs).
+#[inline(always)]
+fn kept(cx: &FrameCtx) -> bool {
+    CAPTURE_FILTER
+        .get(0)
+        .is_none_or(|f| f.flags == 0 || f.matches(&cx.parsed))
+}
+
 #[inline(always)]
 fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port: bool) {
     let Some(cfg) = s.config.get(0) else {
         return;
     };
-    if cfg.until_ns == 0 || one_port && cfg.ifindex != cx.ifindex {
+    if cfg.until_ns == 0 || one_port && (cfg.ifindex != cx.ifindex || !kept(cx)) {
         return;
     }
     // SAFETY: helper without arguments.
@@ -133,7 +141,7 @@ pub fn watched(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
     let Some(w) = WATCH_CONFIG.get(0) else {
         return;
     };
-    if w.limits.until_ns == 0 || !w.matches(&cx.parsed) {
+    if w.limits.until_ns == 0 || !w.flow.matches(&cx.parsed) {
         return;
     }
     // SAFETY: helper without arguments.

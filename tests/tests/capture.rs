@@ -17,10 +17,14 @@ use xnic_tests::{TestLab, xnic_bin};
 const TOR_IP: &str = "10.77.0.1";
 
 fn send(ns: &str, n: u64) {
+    send_to(ns, TOR_UDP_PORT, n);
+}
+
+fn send_to(ns: &str, port: u16, n: u64) {
     send_udp(
         Some(ns),
         UdpStream {
-            dst: SocketAddr::new(TOR_IP.parse().unwrap(), TOR_UDP_PORT),
+            dst: SocketAddr::new(TOR_IP.parse().unwrap(), port),
             flows: 1,
             pps: 100,
             duration: Duration::from_millis(n * 10),
@@ -34,11 +38,22 @@ fn send(ns: &str, n: u64) {
 /// Captures `count` frames of `port` into a file while `traffic` runs; tshark's fields of
 /// each (destination address, UDP port, comment).
 fn capture(t: &TestLab, port: &str, count: u64, traffic: impl FnOnce()) -> Vec<String> {
+    capture_with(t, port, count, &[], traffic)
+}
+
+fn capture_with(
+    t: &TestLab,
+    port: &str,
+    count: u64,
+    extra: &[&str],
+    traffic: impl FnOnce(),
+) -> Vec<String> {
     let file = std::env::temp_dir().join(format!("{}-{port}.pcapng", t.instance));
     let child = Command::new(xnic_bin())
         .args(["capture", port, "-w"])
         .arg(&file)
         .args(["--count", &count.to_string(), "--duration", "15"])
+        .args(extra)
         .args(["--instance", &t.instance])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -97,6 +112,29 @@ fn a_ports_frames_are_written_as_pcapng_with_their_verdicts() {
             "{l}"
         );
     }
+
+    // A filter the dataplane applies: the first datagrams (to another port) are not taken.
+    let lines = capture_with(&t, "vm0", 3, &["--filter", "udp and port 9999"], || {
+        send(&ns, 20);
+        send_to(&ns, 9999, 20);
+    });
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in &lines {
+        assert!(l.starts_with(&format!("{TOR_IP}|9999|")), "{l}");
+    }
+    let out = xnic_tests::xnic(&[
+        "capture",
+        "vm0",
+        "--filter",
+        "src net 10.0.0.0/8",
+        "--instance",
+        &t.instance,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a term it knows"),
+        "{out:?}"
+    );
 
     // From a MAC its port does not own: dropped, and the capture says so.
     t.lab

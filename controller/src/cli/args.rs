@@ -968,4 +968,9 @@ pub struct CaptureArgs {
     /// Frames per second per CPU at most (in the dataplane); the rest are counted.
     #[arg(long, value_name = "N", default_value_t = xnic_common::monitor::DEFAULT_CAPTURE_RATE)]
     pub rate: u32,
+    /// Only frames the dataplane finds matching: `host ADDR`, `port N`, `tcp`, `udp`, `icmp`,
+    /// `icmp6`, `proto N`, joined by `and` (before the rate limit, so it spends none on the
+    /// rest).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
 }

@@ -21,23 +21,64 @@ use pcap_file::{
 };
 use xnic_common::{
     monitor::{DropEvent, SNAP_LEN},
-    verdict::Reason,
+    verdict::{Action, Reason},
 };
 use xnic_proto::api::StatusView;
 
 use super::{args::CaptureArgs, block_on, frame_summary::summary, resolve_instance};
-use crate::dataplane::{Monitor, MonitorSettings, PinDir};
+use crate::dataplane::{Monitor, MonitorSettings, PinDir, Watch};
 
-/// What an XDP action is called.
-fn action_name(a: u32) -> &'static str {
-    match a {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        4 => "redirect",
-        _ => "unknown",
+const FILTER_TERMS: &str = "host ADDR, port N, tcp, udp, icmp, icmp6 or proto N, joined by `and` (e.g. \"host 10.0.0.5 and tcp and port 80\")";
+
+/// `--filter`'s expression: what the dataplane keeps of the port's frames.
+fn parse_filter(expr: &str) -> anyhow::Result<Watch> {
+    let mut w = Watch::default();
+    let mut words = expr
+        .split_whitespace()
+        .filter(|t| *t != "and" && *t != "&&");
+    fn set<T>(slot: &mut Option<T>, v: T, what: &str) -> anyhow::Result<()> {
+        if slot.is_some() {
+            bail!("--filter names {what} twice: one of each is kept");
+        }
+        *slot = Some(v);
+        Ok(())
     }
+    while let Some(word) = words.next() {
+        let mut value = |what: &str| {
+            words
+                .next()
+                .with_context(|| format!("--filter: `{what}` needs a value"))
+        };
+        match word {
+            "host" => {
+                let v = value("host")?;
+                let ip = v
+                    .parse()
+                    .with_context(|| format!("--filter: {v:?} is not an IP address"))?;
+                set(&mut w.addr, ip, "a host")?;
+            }
+            "port" => {
+                let v = value("port")?;
+                let port = v
+                    .parse()
+                    .with_context(|| format!("--filter: {v:?} is not a port number"))?;
+                set(&mut w.l4_port, port, "a port")?;
+            }
+            "proto" => {
+                let v = value("proto")?;
+                let p = v
+                    .parse()
+                    .with_context(|| format!("--filter: {v:?} is not a protocol number"))?;
+                set(&mut w.proto, p, "a protocol")?;
+            }
+            "tcp" => set(&mut w.proto, 6, "a protocol")?,
+            "udp" => set(&mut w.proto, 17, "a protocol")?,
+            "icmp" => set(&mut w.proto, 1, "a protocol")?,
+            "icmp6" => set(&mut w.proto, 58, "a protocol")?,
+            other => bail!("--filter: {other:?} is not a term it knows; it takes {FILTER_TERMS}"),
+        }
+    }
+    Ok(w)
 }
 
 /// The verdict a frame got, as its comment says it.
@@ -45,7 +86,7 @@ fn verdict(e: &DropEvent) -> String {
     let reason = Reason::from_index(e.reason).map_or("unknown", |r| r.name());
     format!(
         "xnic: {} ({reason}), cpu {}, {} of {} bytes",
-        action_name(e.action),
+        Action::name_of(e.action),
         e.cpu,
         e.captured,
         e.len
@@ -93,7 +134,11 @@ pub fn run(a: &CaptureArgs) -> anyhow::Result<()> {
         rate: a.rate,
         burst: a.rate.div_ceil(10).max(1),
     };
-    let mut m = Monitor::capture(&PinDir::new(&instance), settings, port.ifindex)
+    let filter = match &a.filter {
+        Some(expr) => parse_filter(expr)?,
+        None => Watch::default(),
+    };
+    let mut m = Monitor::capture(&PinDir::new(&instance), settings, port.ifindex, filter)
         .with_context(|| format!("instance {instance:?} has no dataplane with a capture ring: is its daemon running this xnic?"))?;
     eprintln!(
         "capturing port {} of instance {instance} (at most {} frames a second per CPU, 128 bytes each; Ctrl-C stops)",
@@ -145,4 +190,27 @@ pub fn run(a: &CaptureArgs) -> anyhow::Result<()> {
         .collect();
     eprintln!("{taken} frames taken; dataplane: {}", counts.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_into_what_the_dataplane_matches() {
+        let w = parse_filter("host 10.0.0.5 and tcp and port 80").unwrap();
+        assert_eq!(w.addr, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!((w.l4_port, w.proto), (Some(80), Some(6)));
+        assert_eq!(parse_filter("").unwrap(), Watch::default());
+        assert_eq!(parse_filter("proto 47").unwrap().proto, Some(47));
+        for bad in [
+            "host",
+            "host nonsense",
+            "port 70000",
+            "udp and tcp",
+            "src host 1.2.3.4",
+        ] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+    }
 }

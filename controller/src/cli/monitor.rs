@@ -15,7 +15,7 @@ use xnic_common::{
     ctx::NextKind,
     dry_run::Stage,
     monitor::{DropEvent, EVENT_TRACE},
-    verdict::Reason,
+    verdict::{Action, Reason},
 };
 use xnic_proto::api::{StatusView, VmView};
 
@@ -255,7 +255,7 @@ fn render(
         .filter(|s| e.path & (1 << **s as u32) != 0)
         .map(|s| s.name())
         .collect();
-    let action = action_name(e.action);
+    let action = Action::name_of(e.action);
     let next = (traced && e.action != 1).then(|| next_hop(names, e));
     let (reason_name, stage) = reason.map_or(("unknown", "unknown"), |r| (r.name(), r.stage()));
     let hex = a
@@ -301,17 +301,6 @@ fn render(
         line.push_str(&h);
     }
     Ok(Some(line))
-}
-
-fn action_name(a: u32) -> &'static str {
-    match a {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        4 => "redirect",
-        _ => "unknown",
-    }
 }
 
 /// Where a traced frame went, in words.

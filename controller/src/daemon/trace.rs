@@ -78,7 +78,7 @@ fn view(snap: &Snapshot, port: &str, role: PortRole, ifindex: u32, o: &DryRunOut
     let reason = last
         .and_then(|s| Reason::from_index(s.reason))
         .map_or("unknown", Reason::name);
-    let action = xdp_action_name(o.action);
+    let action = Action::name_of(o.action);
     let next = match (o.action, last) {
         (1, _) => "dropped".to_string(),
         (2, _) => "the kernel".to_string(),
@@ -99,27 +99,6 @@ fn view(snap: &Snapshot, port: &str, role: PortRole, ifindex: u32, o: &DryRunOut
         next,
         frame_out: hex::encode(&o.frame),
         ns: o.ns,
-    }
-}
-
-fn xdp_action_name(a: u32) -> &'static str {
-    match a {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        4 => "redirect",
-        _ => "unknown",
-    }
-}
-
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Aborted => "aborted",
-        Action::Drop => "drop",
-        Action::Pass => "pass",
-        Action::Tx => "tx",
-        Action::Redirect => "redirect",
     }
 }
 
@@ -256,7 +235,7 @@ impl Names<'_> {
             Stage::Decap => "looked inside the VXLAN packet".into(),
             Stage::Vnic => format!("VNIC, rules and route: next hop slot {}", s.detail),
             Stage::VnicOut => format!("next hop's rules, NAT and wrapping (slot {})", s.detail),
-            Stage::Deliver => format!("XDP action {}", xdp_action_name(s.detail)),
+            Stage::Deliver => format!("XDP action {}", Action::name_of(s.detail)),
         }
     }
 
@@ -268,7 +247,7 @@ impl Names<'_> {
             stage: stage.map_or("unknown", Stage::name).to_string(),
             decision: self.decision(s),
             reason: reason.map_or("undecided", Reason::name).to_string(),
-            action: reason.map_or("-", |r| action_name(r.action())).to_string(),
+            action: reason.map_or("-", |r| r.action().name()).to_string(),
             vm: self.vm(s.vm_slot),
             // A dropped frame goes nowhere, whatever next hop it had before.
             next: if reason.is_some_and(|r| r.action() == Action::Drop) {

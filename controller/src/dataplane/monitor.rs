@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use xnic_common::monitor::{
-    DropEvent, LEASE_NS, MonitorConfig, MonitorCounter, WATCH_ADDR, WATCH_L4_PORT, WATCH_PROTO,
-    WatchConfig, WatchCounter,
+    DropEvent, FlowMatch, LEASE_NS, MonitorConfig, MonitorCounter, WATCH_ADDR, WATCH_L4_PORT,
+    WATCH_PROTO, WatchConfig, WatchCounter,
 };
 
 use super::{
@@ -46,10 +46,15 @@ pub struct Watch {
 
 impl Watch {
     fn config(&self, limits: MonitorConfig) -> WatchConfig {
-        let mut c = WatchConfig {
+        WatchConfig {
             limits,
-            ..WatchConfig::default()
-        };
+            flow: self.flow_match(),
+        }
+    }
+
+    /// The dataplane's form of it (nothing given: `flags` 0).
+    fn flow_match(&self) -> FlowMatch {
+        let mut c = FlowMatch::default();
         if let Some(addr) = self.addr {
             // As the parser keeps addresses: IPv4 mapped into IPv6.
             c.addr = match addr {
@@ -107,12 +112,18 @@ impl Monitor {
     }
 
     /// Opens instance `pins`' capture maps and takes their lease: every frame of the port
-    /// `ifindex`, with its action.
+    /// `ifindex` that `filter` keeps (all, when it chooses nothing), with its action.
     pub fn capture(
         pins: &PinDir,
         settings: MonitorSettings,
         ifindex: u32,
+        filter: Watch,
     ) -> anyhow::Result<Monitor> {
+        // The filter first: the lease below turns the capture on.
+        let mut f: Array<MapData, FlowMatch> =
+            Array::try_from(Map::Array(pinned(pins, registry::CAPTURE_FILTER::NAME)?))?;
+        f.set(0, filter.flow_match(), 0)
+            .context("cannot write CAPTURE_FILTER")?;
         Self::stream(
             pins,
             settings,
