@@ -701,11 +701,11 @@ fn failover(b: &mut Bench, opts: &Opts, report: &mut Report) -> anyhow::Result<(
             title: format!(
                 "Failover timeline, {label}: frames per ms at the tor on each uplink, {VMS} VMs × {STREAM_PPS} pps (trial 1)"
             ),
-            x_label: "ms from the carrier loss".into(),
+            x_label: "ms from asking for the carrier loss".into(),
             y_label: "frames per ms".into(),
             lines: [named("xnic", &x.timeline), named(&format!("OVS {bond_mode}"), &o.timeline)]
                 .concat(),
-            marks: vec![(0.0, "carrier lost".into())],
+            marks: vec![(0.0, "carrier off asked (ip link set down)".into())],
         });
         let ovs_name = format!("OVS {bond_mode} bond (userspace datapath)");
         let daemon_name = "xnic, failover by the daemon only (kernel_failover = false)";
