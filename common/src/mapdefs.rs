@@ -309,8 +309,9 @@ macro_rules! for_each_map {
             CAPTURE_RING: ringbuf(u32 => u32; $crate::monitor::CAPTURE_RING_BYTES), pinned, Monitor 1;
             /// The capture's lease, port and rate limit. Written by `xnic capture`.
             CAPTURE_CONFIG: array(u32 => $crate::monitor::MonitorConfig; 1), pinned, Monitor 1;
-            /// `xnic capture --filter`: the frames a capture keeps (`flags` 0: all).
-            CAPTURE_FILTER: array(u32 => $crate::monitor::FlowMatch; 1), pinned, Monitor 2;
+            /// `xnic capture --filter` and `--at`: the frames a capture keeps (all, when its
+            /// flow chooses nothing), as they arrive and/or as they leave.
+            CAPTURE_FILTER: array(u32 => $crate::monitor::CaptureFilter; 1), pinned, Monitor 2;
             /// Per CPU: the capture's token bucket.
             CAPTURE_BUCKET: percpu_array(u32 => $crate::monitor::Bucket; 1), pinned, Monitor 1;
             /// `xnic monitor --trace`'s lease, flow and rate limit: frames of that flow become

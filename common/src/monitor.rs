@@ -65,6 +65,36 @@ pub struct FlowMatch {
     pub _pad: u32,
 }
 
+/// `CaptureFilter::points`: where `xnic capture` takes a port's frames: as they arrive,
+/// before any stage ran (`CAPTURE_IN`), and as the delivery step finished them, with their
+/// action (`CAPTURE_OUT`). Neither set means out (a filter written by no capture).
+pub const CAPTURE_IN: u32 = 1;
+pub const CAPTURE_OUT: u32 = 2;
+
+/// `CAPTURE_FILTER[0]`, written by `xnic capture`: which frames it keeps, and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureFilter {
+    /// `flags` 0: every frame of the port.
+    pub flow: FlowMatch,
+    /// `CAPTURE_IN` and/or `CAPTURE_OUT`.
+    pub points: u32,
+    pub _pad: u32,
+}
+
+impl CaptureFilter {
+    /// Whether the frame `p` describes is taken at `point`.
+    #[inline(always)]
+    pub fn keeps(&self, p: &Parsed, point: u32) -> bool {
+        let points = if self.points == 0 {
+            CAPTURE_OUT
+        } else {
+            self.points
+        };
+        points & point != 0 && (self.flow.flags == 0 || self.flow.matches(p))
+    }
+}
+
 /// `WATCH_CONFIG[0]`, written by `xnic monitor --trace`: the frames to report with the stages
 /// they passed and their verdict, whatever it is. A trace of every frame would be a capture:
 /// a watch with nothing chosen reports nothing.
@@ -113,6 +143,8 @@ fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
 pub const EVENT_DROP: u32 = 0;
 pub const EVENT_CAPTURE: u32 = 1;
 pub const EVENT_TRACE: u32 = 2;
+/// A captured frame as it arrived, before the pipeline (`CAPTURE_RING`; no action yet).
+pub const EVENT_ARRIVED: u32 = 3;
 
 /// Per CPU: the rate limit's token bucket (`MONITOR_BUCKET[0]`).
 #[repr(C)]

@@ -105,3 +105,5 @@ unsafe impl aya::Pod for crate::monitor::Bucket {}
 unsafe impl aya::Pod for crate::monitor::WatchConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::monitor::FlowMatch {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::monitor::CaptureFilter {}

@@ -18,8 +18,8 @@ use xnic_common::{
     limits::UNKNOWN_PORT_SLOT,
     maps::NO_VM,
     monitor::{
-        Bucket, DropEvent, EVENT_CAPTURE, EVENT_DROP, EVENT_TRACE, MonitorConfig, MonitorCounter,
-        SNAP_LEN, WatchCounter, admit,
+        Bucket, CAPTURE_IN, CAPTURE_OUT, DropEvent, EVENT_ARRIVED, EVENT_CAPTURE, EVENT_DROP,
+        EVENT_TRACE, MonitorConfig, MonitorCounter, SNAP_LEN, WatchCounter, admit,
     },
 };
 
@@ -68,7 +68,32 @@ pub fn dropped(xdp: &XdpContext, cx: &FrameCtx) {
         full: MonitorCounter::RingFull,
         emitted: MonitorCounter::Emitted,
     };
-    report(&drops, xdp, cx, xdp_action::XDP_DROP, false);
+    report(&drops, xdp, cx, xdp_action::XDP_DROP, EVENT_DROP);
+}
+
+/// The capture's stream (its settings, bucket, ring and counters).
+#[inline(always)]
+fn capture() -> Stream<'static> {
+    Stream {
+        config: &CAPTURE_CONFIG,
+        bucket: &CAPTURE_BUCKET,
+        ring: &CAPTURE_RING,
+        sampled: MonitorCounter::Sampled,
+        limited: MonitorCounter::CaptureRateLimited,
+        full: MonitorCounter::CaptureRingFull,
+        emitted: MonitorCounter::CaptureEmitted,
+    }
+}
+
+/// Reports the frame as it arrived, before any stage changed it, if a capture of its port
+/// asked for that (`xnic capture --at in|both`).
+#[inline(always)]
+pub fn arrived(xdp: &XdpContext, cx: &FrameCtx) {
+    if crate::dry_run::active() {
+        return;
+    }
+    // No action yet: none of the XDP actions' numbers.
+    report(&capture(), xdp, cx, u32::MAX, EVENT_ARRIVED);
 }
 
 /// Reports the frame `cx` describes with the action it got, if a capture of its port runs.
@@ -77,32 +102,32 @@ pub fn delivered(xdp: &XdpContext, cx: &FrameCtx, action: u32) {
     if crate::dry_run::active() {
         return;
     }
-    let capture = Stream {
-        config: &CAPTURE_CONFIG,
-        bucket: &CAPTURE_BUCKET,
-        ring: &CAPTURE_RING,
-        sampled: MonitorCounter::Sampled,
-        limited: MonitorCounter::CaptureRateLimited,
-        full: MonitorCounter::CaptureRingFull,
-        emitted: MonitorCounter::CaptureEmitted,
-    };
-    report(&capture, xdp, cx, action, true);
+    report(&capture(), xdp, cx, action, EVENT_CAPTURE);
 }
 
-/// Whether `xnic capture --filter` keeps the frame (asked only while a capture runs).
+/// Whether `xnic capture` keeps the frame at `point` (asked only while a capture runs).
 #[inline(always)]
-fn kept(cx: &FrameCtx) -> bool {
+fn kept(cx: &FrameCtx, point: u32) -> bool {
     CAPTURE_FILTER
         .get(0)
-        .is_none_or(|f| f.flags == 0 || f.matches(&cx.parsed))
+        .is_none_or(|f| f.keeps(&cx.parsed, point))
 }
 
 #[inline(always)]
-fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port: bool) {
+fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, kind: u32) {
     let Some(cfg) = s.config.get(0) else {
         return;
     };
-    if cfg.until_ns == 0 || one_port && (cfg.ifindex != cx.ifindex || !kept(cx)) {
+    if cfg.until_ns == 0 {
+        return;
+    }
+    // A capture takes one port's frames, at the points it asked for.
+    let point = if kind == EVENT_ARRIVED {
+        CAPTURE_IN
+    } else {
+        CAPTURE_OUT
+    };
+    if kind != EVENT_DROP && (cfg.ifindex != cx.ifindex || !kept(cx, point)) {
         return;
     }
     // SAFETY: helper without arguments.
@@ -123,7 +148,6 @@ fn report(s: &Stream<'_>, xdp: &XdpContext, cx: &FrameCtx, action: u32, one_port
         count(s.limited);
         return;
     }
-    let kind = if one_port { EVENT_CAPTURE } else { EVENT_DROP };
     if write(s.ring, xdp, cx, action, kind, now) {
         count(s.emitted);
     } else {

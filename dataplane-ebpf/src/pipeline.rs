@@ -73,6 +73,7 @@ pub fn entry(xdp: &XdpContext, role: PortRole) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let frame = start(xdp, cx, role);
+    crate::monitor::arrived(xdp, cx);
     if role == PortRole::Uplink && rings::take(xdp, &frame, cx) {
         let queue = cx.next.target;
         dry_run::step(cx, Stage::Rings, queue);

@@ -113,6 +113,17 @@ fn a_ports_frames_are_written_as_pcapng_with_their_verdicts() {
         );
     }
 
+    // Before and after the pipeline: each frame as it arrived, then as it was delivered.
+    let lines = capture_with(&t, "vm0", 4, &["--at", "both"], || send(&ns, 20));
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for pair in lines.chunks(2) {
+        assert!(
+            pair[0].contains("xnic: in (before the pipeline)"),
+            "{pair:?}"
+        );
+        assert!(pair[1].contains("xnic: redirect (to_uplink)"), "{pair:?}");
+    }
+
     // A filter the dataplane applies: the first datagrams (to another port) are not taken.
     let lines = capture_with(&t, "vm0", 3, &["--filter", "udp and port 9999"], || {
         send(&ns, 20);

@@ -241,7 +241,8 @@ fn test(rest: &[&str]) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     stage("tests", &|| {
-        let mut args = vec!["test"];
+        // Every test binary runs even after one fails: a CI log then shows every failure.
+        let mut args = vec!["test", "--no-fail-fast"];
         args.extend(HOST_CRATES);
         if !extra.is_empty() {
             args.push("--");

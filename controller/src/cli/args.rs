@@ -973,4 +973,16 @@ pub struct CaptureArgs {
     /// rest).
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
+    /// Where to take the frames: `out` as the delivery step finished them, with their
+    /// verdict; `in` as they arrived, before any stage; `both` (each frame twice, in first).
+    #[arg(long, value_enum, default_value = "out")]
+    pub at: CapturePoint,
+}
+
+/// Where `xnic capture` takes a port's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CapturePoint {
+    In,
+    Out,
+    Both,
 }

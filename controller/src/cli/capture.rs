@@ -20,12 +20,17 @@ use pcap_file::{
     },
 };
 use xnic_common::{
-    monitor::{DropEvent, SNAP_LEN},
+    monitor::{CAPTURE_IN, CAPTURE_OUT, DropEvent, EVENT_ARRIVED, SNAP_LEN},
     verdict::{Action, Reason},
 };
 use xnic_proto::api::StatusView;
 
-use super::{args::CaptureArgs, block_on, frame_summary::summary, resolve_instance};
+use super::{
+    args::{CaptureArgs, CapturePoint},
+    block_on,
+    frame_summary::summary,
+    resolve_instance,
+};
 use crate::dataplane::{Monitor, MonitorSettings, PinDir, Watch};
 
 const FILTER_TERMS: &str = "host ADDR, port N, tcp, udp, icmp, icmp6 or proto N, joined by `and` (e.g. \"host 10.0.0.5 and tcp and port 80\")";
@@ -81,8 +86,14 @@ fn parse_filter(expr: &str) -> anyhow::Result<Watch> {
     Ok(w)
 }
 
-/// The verdict a frame got, as its comment says it.
+/// The verdict a frame got, as its comment says it (or that it was taken as it arrived).
 fn verdict(e: &DropEvent) -> String {
+    if e.kind == EVENT_ARRIVED {
+        return format!(
+            "xnic: in (before the pipeline), cpu {}, {} of {} bytes",
+            e.cpu, e.captured, e.len
+        );
+    }
     let reason = Reason::from_index(e.reason).map_or("unknown", |r| r.name());
     format!(
         "xnic: {} ({reason}), cpu {}, {} of {} bytes",
@@ -138,7 +149,12 @@ pub fn run(a: &CaptureArgs) -> anyhow::Result<()> {
         Some(expr) => parse_filter(expr)?,
         None => Watch::default(),
     };
-    let mut m = Monitor::capture(&PinDir::new(&instance), settings, port.ifindex, filter)
+    let points = match a.at {
+        CapturePoint::In => CAPTURE_IN,
+        CapturePoint::Out => CAPTURE_OUT,
+        CapturePoint::Both => CAPTURE_IN | CAPTURE_OUT,
+    };
+    let mut m = Monitor::capture(&PinDir::new(&instance), settings, port.ifindex, filter, points)
         .with_context(|| format!("instance {instance:?} has no dataplane with a capture ring: is its daemon running this xnic?"))?;
     eprintln!(
         "capturing port {} of instance {instance} (at most {} frames a second per CPU, 128 bytes each; Ctrl-C stops)",

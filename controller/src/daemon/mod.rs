@@ -566,6 +566,17 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
         stop_sampler.clone(),
     )?;
 
+    // The metrics listener before the control socket: a client that finds the socket up
+    // finds /metrics up too.
+    let metrics_listener = match &config.daemon.metrics_listen {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            addr.clone(),
+        )),
+        None => None,
+    };
     let (listener, _socket_guard) = bind_socket(&socket)?;
     {
         let snap = reconcile::current(&published);
@@ -617,12 +628,8 @@ async fn serve(config: Config, text: String, config_path: PathBuf) -> anyhow::Re
             let _ = daemon.stop.send(Some(Stop::Signal));
         })
     };
-    let metrics_listen = config.daemon.metrics_listen.clone();
-    let metrics = match metrics_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let metrics = match metrics_listener {
+        Some((listener, addr)) => {
             info!(%addr, "serving /metrics over TCP");
             let app = http::metrics_router(daemon.clone());
             let mut rx = stop_rx.clone();

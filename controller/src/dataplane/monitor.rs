@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use xnic_common::monitor::{
-    DropEvent, FlowMatch, LEASE_NS, MonitorConfig, MonitorCounter, WATCH_ADDR, WATCH_L4_PORT,
-    WATCH_PROTO, WatchConfig, WatchCounter,
+    CaptureFilter, DropEvent, FlowMatch, LEASE_NS, MonitorConfig, MonitorCounter, WATCH_ADDR,
+    WATCH_L4_PORT, WATCH_PROTO, WatchConfig, WatchCounter,
 };
 
 use super::{
@@ -112,18 +112,24 @@ impl Monitor {
     }
 
     /// Opens instance `pins`' capture maps and takes their lease: every frame of the port
-    /// `ifindex` that `filter` keeps (all, when it chooses nothing), with its action.
+    /// `ifindex` that `filter` keeps (all, when it chooses nothing), at `points`
+    /// (`CAPTURE_IN`: as it arrived; `CAPTURE_OUT`: as delivered, with its action).
     pub fn capture(
         pins: &PinDir,
         settings: MonitorSettings,
         ifindex: u32,
         filter: Watch,
+        points: u32,
     ) -> anyhow::Result<Monitor> {
         // The filter first: the lease below turns the capture on.
-        let mut f: Array<MapData, FlowMatch> =
+        let mut f: Array<MapData, CaptureFilter> =
             Array::try_from(Map::Array(pinned(pins, registry::CAPTURE_FILTER::NAME)?))?;
-        f.set(0, filter.flow_match(), 0)
-            .context("cannot write CAPTURE_FILTER")?;
+        let value = CaptureFilter {
+            flow: filter.flow_match(),
+            points,
+            _pad: 0,
+        };
+        f.set(0, value, 0).context("cannot write CAPTURE_FILTER")?;
         Self::stream(
             pins,
             settings,
