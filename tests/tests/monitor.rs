@@ -41,6 +41,14 @@ fn blast(ns: &str, pps: u64, ms: u64) -> u64 {
     .sent
 }
 
+/// One JSON event a line, as `xnic monitor --json` prints them.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `xnic monitor ARGS` for `instance`, its output piped.
 fn monitor(instance: &str, args: &[&str]) -> std::process::Child {
     Command::new(xnic_bin())
@@ -83,10 +91,7 @@ fn drops_are_reported_with_reason_port_vm_and_headers_and_floods_are_rate_limite
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 5, "{lines:?}");
     let vm0 = t.vm("vm0");
     for e in &lines {
@@ -190,10 +195,7 @@ fn a_watched_flow_is_traced_stage_by_stage_whatever_its_verdict() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 5, "{lines:?}");
     let uplinks: Vec<String> = t.config().uplinks.iter().map(|u| u.name.clone()).collect();
     for e in &lines {

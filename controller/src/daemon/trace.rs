@@ -6,7 +6,6 @@ use xnic_common::{
     dry_run::{DryRunStep, FlowOutcome, NO_DETAIL, Stage},
     maps::PortRole,
     parse::Shape,
-    rss::NO_BUCKET,
     verdict::{Action, Reason},
 };
 use xnic_proto::api::{Role, TraceRequest, TraceStepView, TraceView};
@@ -80,8 +79,8 @@ fn view(snap: &Snapshot, port: &str, role: PortRole, ifindex: u32, o: &DryRunOut
         .map_or("unknown", Reason::name);
     let action = Action::name_of(o.action);
     let next = match (o.action, last) {
-        (1, _) => "dropped".to_string(),
-        (2, _) => "the kernel".to_string(),
+        (a, _) if a == Action::Drop as u32 => "dropped".to_string(),
+        (a, _) if a == Action::Pass as u32 => "the kernel".to_string(),
         (_, Some(s)) => names.next(&s.next, s.flags),
         (_, None) => "unknown".to_string(),
     };
@@ -228,9 +227,6 @@ impl Names<'_> {
             Stage::Route => format!("needs stage {}", call_name(s.detail)),
             Stage::Call => format!("tail call into {}", call_name(s.detail)),
             Stage::Team => format!("allocation and uplink: {}", self.next(&s.next, s.flags)),
-            Stage::Steer if s.detail != NO_DETAIL && s.detail != NO_BUCKET => {
-                format!("RSS bucket {}: {}", s.detail, self.next(&s.next, s.flags))
-            }
             Stage::Steer => format!("RSS: {}", self.next(&s.next, s.flags)),
             Stage::Decap => "looked inside the VXLAN packet".into(),
             Stage::Vnic => format!("VNIC, rules and route: next hop slot {}", s.detail),

@@ -89,14 +89,7 @@ impl DryRun {
             .map(program_name)
             .into_iter()
             .chain(Call::ALL.iter().map(|c| c.program()));
-        for name in names {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected the trace's copy of {name}"))?;
-        }
+        super::load_xdp(&mut ebpf, names, "the trace's copy of")?;
         let mut fds = Vec::new();
         for call in Call::ALL {
             let prog: &Xdp = ebpf

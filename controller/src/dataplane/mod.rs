@@ -268,14 +268,7 @@ impl Dataplane {
             .map_max_entries(registry::FLOW_LIVE::NAME, max_flows)
             .load(objects::DATAPLANE)
             .context("loading the XDP object failed")?;
-        for name in PROGRAMS {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected XDP program {name}"))?;
-        }
+        load_xdp(&mut ebpf, PROGRAMS.iter().copied(), "XDP program")?;
         for name in TC_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -1140,6 +1133,24 @@ fn worker_pin(id: u32) -> String {
 
 /// The program each team uplink's `FLOOD` entry runs on broadcast copies.
 const FLOOD_PROGRAM: &str = "xnic_flood";
+
+/// Loads each of the XDP programs `names` of `ebpf` into the kernel; `what` names them in
+/// the error when the kernel refuses one.
+fn load_xdp<'a>(
+    ebpf: &mut Ebpf,
+    names: impl IntoIterator<Item = &'a str>,
+    what: &str,
+) -> anyhow::Result<()> {
+    for name in names {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel rejected {what} {name}"))?;
+    }
+    Ok(())
+}
 
 pub fn program_name(role: PortRole) -> &'static str {
     match role {
